@@ -1,0 +1,30 @@
+"""KFP shim for ingest. Imports live inside the body: KFP ships only this function."""
+
+from kfp.dsl import Dataset, Metrics, Output
+
+
+def ingest(
+    data_root: str,
+    as_of: str,
+    lookback_days: int,
+    eval_days: int,
+    train_events: Output[Dataset],
+    eval_events: Output[Dataset],
+    users: Output[Dataset],
+    items: Output[Dataset],
+    user_features: Output[Dataset],
+    item_features: Output[Dataset],
+    ingest_metrics: Output[Metrics],
+):
+    from components.ingest.ingest import ingest as run_ingest
+    from recsys.progress import stage
+
+    with stage("ingest"):
+        outputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
+                   "items": items, "user_features": user_features, "item_features": item_features}
+        counts = run_ingest(data_root, as_of, lookback_days, eval_days,
+                            {name: artifact.path for name, artifact in outputs.items()})
+        for name, artifact in outputs.items():
+            artifact.metadata["rows"] = counts[name]
+        for name, value in counts.items():
+            ingest_metrics.log_metric(name, value)

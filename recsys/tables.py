@@ -1,0 +1,118 @@
+"""The raw-data contract and how datasets are stored between stages.
+
+Raw data (what you bring): one table per name below, each either
+``<name>.parquet``, ``<name>.csv``, or a ``<name>/`` directory of such files.
+Timestamp columns (``*_ts``) may be Parquet timestamps, ISO-8601 strings or
+Unix seconds; ingest turns them all into int64 Unix seconds (UTC), which is
+what every later stage (TFDV, TFT, the models) reads.
+
+Between stages a dataset is a directory of ``part-*.parquet`` files, so Beam
+can read and write it in shards.
+"""
+
+import glob
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Required columns per raw table; extra columns are carried along untouched.
+RAW_TABLES = {
+    "impressions": ["event_id", "event_ts", "user_id", "item_id", "clicked", "watch_seconds"],
+    "users": ["user_id", "country", "device", "signup_ts"],
+    "items": ["item_id", "category", "creator_id", "duration_s", "upload_ts"],
+    "user_features": ["user_id", "feature_ts", "user_impressions_7d", "user_clicks_7d",
+                      "user_watch_seconds_7d"],
+    "item_features": ["item_id", "feature_ts", "item_impressions_7d", "item_clicks_7d",
+                      "item_ctr_7d"],
+}
+
+USER_FEATURE_COLUMNS = RAW_TABLES["user_features"][2:]
+ITEM_FEATURE_COLUMNS = RAW_TABLES["item_features"][2:]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given; the message says where and what to do."""
+
+
+def find_table(data_root: str, name: str) -> list[str]:
+    """Files that hold raw table ``name`` under ``data_root``."""
+    candidates = [os.path.join(data_root, f"{name}.parquet"), os.path.join(data_root, f"{name}.csv")]
+    files = [path for path in candidates if os.path.isfile(path)]
+    directory = os.path.join(data_root, name)
+    if os.path.isdir(directory):
+        files += sorted(glob.glob(os.path.join(directory, "*.parquet")))
+        files += sorted(glob.glob(os.path.join(directory, "*.csv")))
+    if not files:
+        raise DataError(
+            f"raw table '{name}' not found under {data_root}: expected {name}.parquet, "
+            f"{name}.csv or a {name}/ directory of such files "
+            f"(see README, 'Bring your own data')."
+        )
+    return files
+
+
+def read_raw_table(data_root: str, name: str) -> pd.DataFrame:
+    """Read a raw table, check its required columns, normalise ``*_ts`` to Unix seconds."""
+    frames = []
+    for path in find_table(data_root, name):
+        if path.endswith(".csv"):
+            frame = pd.read_csv(path, encoding_errors="replace")
+        else:
+            frame = pq.read_table(path).to_pandas()
+        missing = [c for c in RAW_TABLES[name] if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{path}: missing required column(s) {missing} for table '{name}'; "
+                f"found {list(frame.columns)}. Rename or add them (README, 'Bring your own data')."
+            )
+        for column in [c for c in frame.columns if c.endswith("_ts")]:
+            frame[column] = to_unix_seconds(frame[column], path, column)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
+    """Timestamps of any common encoding as int64 Unix seconds (UTC)."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("int64")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, utc=True, errors="coerce")
+        bad = parsed.isna() & values.notna()
+        if bad.any():
+            examples = values[bad].astype(str).head(3).tolist()
+            raise DataError(
+                f"{path}: column '{column}' has {int(bad.sum())} value(s) that are not "
+                f"timestamps, e.g. {examples}. Use ISO-8601, Unix seconds or Parquet timestamps."
+            )
+    if parsed.isna().any():
+        raise DataError(
+            f"{path}: column '{column}' has {int(parsed.isna().sum())} empty timestamp(s); "
+            "every row needs one."
+        )
+    if getattr(parsed.dt, "tz", None) is None:
+        parsed = parsed.dt.tz_localize("UTC")
+    return (parsed.dt.tz_convert("UTC").astype("int64") // 1_000_000_000).astype("int64")
+
+
+def write_dataset(data: pd.DataFrame | pa.Table, directory: str) -> str:
+    """Store a dataset as ``directory/part-00000.parquet``."""
+    os.makedirs(directory, exist_ok=True)
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    path = os.path.join(directory, "part-00000.parquet")
+    pq.write_table(table, path)
+    return path
+
+
+def dataset_pattern(directory: str) -> str:
+    return os.path.join(directory, "*.parquet")
+
+
+def read_dataset(directory: str, columns: list[str] | None = None) -> pd.DataFrame:
+    files = sorted(glob.glob(dataset_pattern(directory)))
+    if not files:
+        raise DataError(f"no Parquet files in dataset directory {directory}")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas()
