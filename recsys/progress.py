@@ -1,22 +1,32 @@
-"""Stage progress lines: what started, what finished, and how long it took."""
+"""Stage progress lines: what started, what finished, and how long it took.
+
+Lines look like ``[12:00:01] features: finished in 16.5s``; ``recsys run``
+shows exactly these lines from the (much noisier) KFP task logs.
+"""
 
 import contextlib
+import re
 import sys
 import time
 
+PROGRESS_LINE = re.compile(r"^\s*\[\d\d:\d\d:\d\d\] [\w-]+: ")
+
 
 def log(stage: str, message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {stage}: {message}", file=sys.stderr, flush=True)
+    stamp = time.strftime("%H:%M:%S")
+    for line in str(message).splitlines() or [""]:
+        print(f"[{stamp}] {stage}: {line}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
 def stage(name: str):
-    """Print a start line, then a finish (or failure) line with the elapsed time."""
+    """Print a start line, then a finish line, or the failure and its message."""
     started = time.monotonic()
     log(name, "started")
     try:
         yield
-    except BaseException:
-        log(name, f"FAILED after {time.monotonic() - started:.1f}s")
+    except BaseException as error:
+        log(name, f"FAILED after {time.monotonic() - started:.1f}s: "
+                  f"{type(error).__name__}: {error}")
         raise
     log(name, f"finished in {time.monotonic() - started:.1f}s")

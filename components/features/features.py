@@ -15,7 +15,7 @@ import pyarrow as pa
 import tensorflow_data_validation as tfdv
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import schema_utils
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 from tfx_bsl.coders import csv_decoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
@@ -163,6 +163,11 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
         transform_fn = (train, adapter_config) | tft_beam.AnalyzeDataset(
             preprocessing.preprocessing_fn)
         _ = transform_fn | tft_beam.WriteTransformFn(transform_graph_dir)
+    # With TFXIO input TFT does not record the raw schema; exporters need it to
+    # build the raw-feature serving signatures (TFX's Transform does the same).
+    metadata_io.write_metadata(
+        dataset_metadata.DatasetMetadata(tfdv.load_schema_text(schema_path)),
+        os.path.join(transform_graph_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
 
     output_schema = _transformed_arrow_schema(transform_graph_dir)
     splits = {"train": train_dir, "eval": eval_dir}

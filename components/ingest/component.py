@@ -26,5 +26,6 @@ def ingest(
                             {name: artifact.path for name, artifact in outputs.items()})
         for name, artifact in outputs.items():
             artifact.metadata["rows"] = counts[name]
+            artifact.metadata["as_of"] = counts["as_of"]
         for name, value in counts.items():
             ingest_metrics.log_metric(name, value)

@@ -1,0 +1,44 @@
+"""KFP shim for evaluate."""
+
+from kfp.dsl import (Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
+                     Output)
+
+
+def evaluate(
+    train_examples: Input[Dataset],
+    eval_examples: Input[Dataset],
+    query_model: Input[Model],
+    item_embeddings: Input[Dataset],
+    retrieval_model: Input[Model],
+    ranking_model: Input[Model],
+    recall_k: int,
+    min_recall: float,
+    min_recall_lift: float,
+    min_auc: float,
+    max_logloss_ratio: float,
+    retrieval_metrics: Output[Metrics],
+    ranking_metrics: Output[Metrics],
+    ranking_roc: Output[ClassificationMetrics],
+    blessing: Output[Artifact],
+    evaluation_report: Output[Markdown],
+):
+    from components.evaluate.evaluate import Thresholds, evaluate as run_evaluate
+    from recsys.progress import log, stage
+
+    with stage("evaluate"):
+        thresholds = Thresholds(recall_k=recall_k, min_recall=min_recall,
+                                min_recall_lift=min_recall_lift, min_auc=min_auc,
+                                max_logloss_ratio=max_logloss_ratio)
+        result = run_evaluate(train_examples.path, eval_examples.path, query_model.path,
+                              item_embeddings.path, retrieval_model.path, ranking_model.path,
+                              thresholds, blessing.path)
+        for name, value in result["retrieval"].items():
+            retrieval_metrics.log_metric(name, value)
+        for name, value in result["ranking"].items():
+            ranking_metrics.log_metric(name, value)
+        ranking_roc.log_roc_curve(*result["roc"])
+        blessing.metadata["blessed"] = result["blessing"]["blessed"]
+        blessing.metadata["reason"] = result["blessing"]["reason"]
+        with open(evaluation_report.path, "w") as handle:
+            handle.write(result["markdown"])
+        log("evaluate", result["blessing"]["reason"])

@@ -1,0 +1,229 @@
+"""Evaluate: full-catalog retrieval recall against popularity, ranking AUC and log
+loss against the click-rate prior, then a blessing with a human-readable reason."""
+
+import json
+from dataclasses import asdict, dataclass
+
+import recsys  # noqa: F401
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from components.features import preprocessing
+from components.train_ranking.train_ranking import PROBABILITY_OUTPUT
+from components.train_retrieval.train_retrieval import QUERY_EMBEDDING_SIGNATURE_OUTPUT
+from recsys import modeling
+from recsys.tables import read_dataset
+
+
+@dataclass
+class Thresholds:
+    recall_k: int = 50
+    min_recall: float = 0.0
+    # The candidate's Recall@K must be at least this multiple of popularity's.
+    min_recall_lift: float = 1.0
+    min_auc: float = 0.55
+    # Ranking log loss may be at most this multiple of the constant-CTR prior's.
+    max_logloss_ratio: float = 1.0
+
+
+def _serving_fn(saved_model_dir: str):
+    return tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+
+
+def _call_in_batches(fn, frame: pd.DataFrame, output: str, batch_size: int = 8192) -> np.ndarray:
+    signature = fn.structured_input_signature[1]
+    parts = [fn(**modeling.raw_tensors(frame.iloc[i:i + batch_size], signature))[output].numpy()
+             for i in range(0, len(frame), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0,))
+
+
+def retrieval_task(train_examples: pd.DataFrame, eval_examples: pd.DataFrame):
+    """Eval users, their query features and positives, and the items to mask.
+
+    Positives are items a user clicked in the eval window and never clicked in
+    training (those are masked, so they could never count as hits). Each user is
+    queried with the features of their first eval impression, as serving would
+    have seen them then.
+    """
+    train_clicks = train_examples.loc[train_examples[preprocessing.LABEL] == 1,
+                                      ["user_id", "item_id"]].drop_duplicates()
+    eval_clicks = eval_examples.loc[eval_examples[preprocessing.LABEL] == 1,
+                                    ["user_id", "item_id"]].drop_duplicates()
+    seen = eval_clicks.merge(train_clicks, on=["user_id", "item_id"], how="left", indicator=True)
+    positives = seen.loc[seen["_merge"] == "left_only", ["user_id", "item_id"]]
+    users = np.sort(positives["user_id"].unique())
+    first = (eval_examples.sort_values("event_ts", kind="stable")
+             .drop_duplicates("user_id").set_index("user_id").loc[users].reset_index())
+    return users, first, positives, train_clicks
+
+
+def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                 masked: pd.DataFrame, k: int) -> np.ndarray:
+    """Top-k catalog indices per user, after masking each user's training items."""
+    scores = scores.astype(np.float64, copy=True)
+    user_pos = pd.Index(users).get_indexer(masked["user_id"])
+    item_pos = pd.Index(item_ids).get_indexer(masked["item_id"])
+    keep = (user_pos >= 0) & (item_pos >= 0)
+    scores[user_pos[keep], item_pos[keep]] = -np.inf
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def recall_at_k(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                positives: pd.DataFrame, k: int) -> float:
+    """Mean over users of |top-k ∩ positives| / |positives|."""
+    hit_matrix = np.zeros((len(users), len(item_ids)), dtype=bool)
+    user_pos = pd.Index(users).get_indexer(positives["user_id"])
+    item_pos = pd.Index(item_ids).get_indexer(positives["item_id"])
+    keep = (user_pos >= 0) & (item_pos >= 0)
+    hit_matrix[user_pos[keep], item_pos[keep]] = True
+    hits = np.take_along_axis(hit_matrix, top[:, :k], axis=1).sum(axis=1)
+    n_positives = np.bincount(user_pos[user_pos >= 0], minlength=len(users))
+    return float(np.mean(hits / np.maximum(n_positives, 1)))
+
+
+def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval_model_dir: str,
+                       train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
+                       ks: list[int]) -> dict:
+    users, queries, positives, train_clicks = retrieval_task(train_examples, eval_examples)
+    if len(users) == 0:
+        raise ValueError("evaluate: no eval user clicked an item new to them; "
+                         "retrieval cannot be evaluated. Lengthen eval_days.")
+    table = read_dataset(item_embeddings_dir)
+    item_ids = table["item_id"].astype(str).to_numpy()
+    item_matrix = np.stack(table["embedding"].to_numpy())
+    query_matrix = _call_in_batches(_serving_fn(query_model_dir), queries,
+                                    QUERY_EMBEDDING_SIGNATURE_OUTPUT)
+    model_scores = query_matrix @ item_matrix.T
+    counts = train_clicks["item_id"].value_counts()
+    popularity = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
+    popularity_scores = np.broadcast_to(popularity, model_scores.shape)
+
+    max_k = max(ks)
+    model_top = rank_catalog(model_scores, users, item_ids, train_clicks, max_k)
+    popularity_top = rank_catalog(popularity_scores, users, item_ids, train_clicks, max_k)
+    metrics = {"eval_users": int(len(users)), "catalog_items": int(len(item_ids))}
+    for k in ks:
+        metrics[f"recall_at_{k}"] = recall_at_k(model_top, users, item_ids, positives, k)
+        metrics[f"popularity_recall_at_{k}"] = recall_at_k(popularity_top, users, item_ids,
+                                                           positives, k)
+    metrics["catalog_coverage_at_10"] = float(len(np.unique(model_top[:, :10])) / len(item_ids))
+    check_serving_agrees(retrieval_model_dir, queries.head(16), model_scores[:16], item_ids)
+    return metrics
+
+
+def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
+                         expected_scores: np.ndarray, item_ids: np.ndarray) -> None:
+    """The exported serving model must score like the towers it was built from."""
+    served = _serving_fn(retrieval_model_dir)(
+        **modeling.raw_tensors(queries, _serving_fn(retrieval_model_dir).structured_input_signature[1]))
+    served_ids = served["item_ids"].numpy().astype(str)
+    served_scores = served["scores"].numpy()
+    positions = pd.Index(item_ids).get_indexer(served_ids.ravel()).reshape(served_ids.shape)
+    recomputed = np.take_along_axis(expected_scores, positions, axis=1)
+    if not np.allclose(recomputed, served_scores, atol=1e-4):
+        raise AssertionError("evaluate: the exported retrieval model's scores differ from the "
+                             "query tower and item embeddings it was built from; export is broken")
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC as the Mann-Whitney statistic (ties get average ranks)."""
+    positives = labels == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 50):
+    thresholds = np.quantile(scores, np.linspace(0, 1, points))[::-1]
+    positives, negatives = max((labels == 1).sum(), 1), max((labels == 0).sum(), 1)
+    tpr = [float(((scores >= t) & (labels == 1)).sum() / positives) for t in thresholds]
+    fpr = [float(((scores >= t) & (labels == 0)).sum() / negatives) for t in thresholds]
+    return fpr, tpr, [float(t) for t in thresholds]
+
+
+def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
+                     eval_examples: pd.DataFrame) -> tuple[dict, tuple]:
+    labels = eval_examples[preprocessing.LABEL].to_numpy()
+    probabilities = _call_in_batches(_serving_fn(ranking_model_dir), eval_examples,
+                                     PROBABILITY_OUTPUT)
+    prior = float(train_examples[preprocessing.LABEL].mean())
+    metrics = {
+        "eval_examples": int(len(labels)),
+        "auc": roc_auc(labels, probabilities),
+        "logloss": log_loss(labels, probabilities),
+        "prior_ctr": prior,
+        "prior_logloss": log_loss(labels, np.full(len(labels), prior)),
+        "mean_predicted_ctr": float(probabilities.mean()),
+        "eval_ctr": float(labels.mean()),
+    }
+    return metrics, roc_curve(labels, probabilities)
+
+
+def bless(retrieval: dict, ranking: dict, thresholds: Thresholds) -> dict:
+    """Every check must pass; the reason lists each with its numbers."""
+    k = thresholds.recall_k
+    recall, popular = retrieval[f"recall_at_{k}"], retrieval[f"popularity_recall_at_{k}"]
+    checks = [
+        (recall >= thresholds.min_recall_lift * popular,
+         f"retrieval Recall@{k} {recall:.4f} vs popularity {popular:.4f} "
+         f"(needs >= {thresholds.min_recall_lift:g}x)"),
+        (recall >= thresholds.min_recall,
+         f"retrieval Recall@{k} {recall:.4f} (needs >= {thresholds.min_recall:g})"),
+        (ranking["auc"] >= thresholds.min_auc,
+         f"ranking AUC {ranking['auc']:.4f} (needs >= {thresholds.min_auc:g})"),
+        (ranking["logloss"] <= thresholds.max_logloss_ratio * ranking["prior_logloss"],
+         f"ranking log loss {ranking['logloss']:.4f} vs constant-CTR prior "
+         f"{ranking['prior_logloss']:.4f} (needs <= {thresholds.max_logloss_ratio:g}x)"),
+    ]
+    failed = [text for ok, text in checks if not ok]
+    passed = [text for ok, text in checks if ok]
+    if failed:
+        reason = "NOT blessed: " + "; ".join(failed) + ". Passed: " + ("; ".join(passed) or "none")
+    else:
+        reason = "blessed: " + "; ".join(passed)
+    return {"blessed": not failed, "reason": reason, "thresholds": asdict(thresholds)}
+
+
+def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: str,
+             item_embeddings_dir: str, retrieval_model_dir: str, ranking_model_dir: str,
+             thresholds: Thresholds, blessing_path: str) -> dict:
+    train_examples = read_dataset(train_examples_dir)
+    eval_examples = read_dataset(eval_examples_dir)
+    ks = sorted({10, thresholds.recall_k, 100})
+    retrieval = evaluate_retrieval(query_model_dir, item_embeddings_dir, retrieval_model_dir,
+                                   train_examples, eval_examples, ks)
+    ranking, roc = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
+    blessing = bless(retrieval, ranking, thresholds)
+    with open(blessing_path, "w") as handle:
+        json.dump(blessing, handle, indent=2)
+    return {"retrieval": retrieval, "ranking": ranking, "roc": roc, "blessing": blessing,
+            "markdown": report_markdown(retrieval, ranking, blessing, thresholds.recall_k)}
+
+
+def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> str:
+    rows = [f"| Recall@{kk} | {retrieval[f'recall_at_{kk}']:.4f} | "
+            f"{retrieval[f'popularity_recall_at_{kk}']:.4f} |"
+            for kk in sorted(int(key.split('_')[-1]) for key in retrieval
+                             if key.startswith("recall_at_"))]
+    return "\n".join([
+        "## Evaluation", "",
+        f"**{blessing['reason']}**", "",
+        f"Retrieval over the full catalog ({retrieval['catalog_items']} items, "
+        f"{retrieval['eval_users']} eval users, training items masked):", "",
+        "| metric | two-tower | popularity |", "|---|---:|---:|", *rows, "",
+        f"Ranking on {ranking['eval_examples']} eval impressions: AUC {ranking['auc']:.4f}, "
+        f"log loss {ranking['logloss']:.4f} (constant-CTR prior {ranking['prior_logloss']:.4f}).",
+        "",
+    ])

@@ -1,0 +1,132 @@
+"""Push: copy blessed models to ``<serving_root>/<model>/<version>/`` atomically,
+with TF Serving warmup requests, plus the feature snapshot serving looks up.
+
+TF Serving picks a version up as soon as its directory appears, so each version
+is staged in a hidden sibling directory on the same filesystem, checked by
+loading it and replaying its warmup requests, and only then renamed into place
+(rename is atomic there). Versions are integers, one more than any existing.
+"""
+
+import json
+import os
+import re
+import shutil
+import uuid
+
+import recsys  # noqa: F401
+
+import pandas as pd
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from recsys import modeling
+from recsys.tables import read_dataset
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+SNAPSHOT_DIR = "feature_snapshot"
+WARMUP_RECORDS = 8
+
+
+def existing_versions(serving_root: str, names: list[str]) -> list[int]:
+    versions = []
+    for name in names:
+        directory = os.path.join(serving_root, name)
+        if os.path.isdir(directory):
+            versions += [int(d) for d in os.listdir(directory) if re.fullmatch(r"\d+", d)]
+    return versions
+
+
+def next_version(serving_root: str, names: list[str]) -> int:
+    return max(existing_versions(serving_root, names), default=0) + 1
+
+
+def latest_version(serving_root: str, name: str) -> int:
+    versions = existing_versions(serving_root, [name])
+    if not versions:
+        raise FileNotFoundError(f"no pushed versions of '{name}' under {serving_root}")
+    return max(versions)
+
+
+def serving_signature(saved_model_dir: str) -> dict[str, tf.TensorSpec]:
+    loaded = tf.saved_model.load(saved_model_dir)
+    return loaded.signatures["serving_default"].structured_input_signature[1]
+
+
+def warmup_requests(model_name: str, signature: dict[str, tf.TensorSpec],
+                    examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
+    """One single-example PredictRequest per warmup record, from real eval rows."""
+    logs = []
+    for _, row in examples.head(WARMUP_RECORDS).iterrows():
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+        for name, spec in signature.items():
+            value = str(row[name]).encode() if spec.dtype == tf.string else row[name]
+            request.inputs[name].CopyFrom(tf.make_tensor_proto([value], dtype=spec.dtype))
+        logs.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return logs
+
+
+def write_warmup(saved_model_dir: str, logs: list) -> str:
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def replay_warmup(saved_model_dir: str) -> int:
+    """Load the staged model fresh and run every warmup request through it."""
+    serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    replayed = 0
+    for record in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        inputs = {name: tf.constant(tf.make_ndarray(proto))
+                  for name, proto in log.predict_log.request.inputs.items()}
+        outputs = serve(**inputs)
+        if not outputs or any(v.shape[0] != 1 for v in outputs.values()):
+            raise AssertionError(f"{saved_model_dir}: warmup request gave {outputs}")
+        replayed += 1
+    return replayed
+
+
+def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
+         snapshots: dict[str, str], serving_root: str) -> dict:
+    """Push every model in ``models`` (name -> SavedModel dir) under one new version.
+
+    Returns a report; when the blessing says no, nothing is written and the
+    report says why.
+    """
+    with open(blessing_path) as handle:
+        blessing = json.load(handle)
+    if not blessing["blessed"]:
+        return {"pushed": False, "reason": f"not pushed: {blessing['reason']}", "paths": {}}
+
+    os.makedirs(serving_root, exist_ok=True)
+    version = next_version(serving_root, list(models) + [SNAPSHOT_DIR])
+    examples = read_dataset(warmup_examples_dir)
+    staged = {}
+    try:
+        for name, source in models.items():
+            stage_dir = os.path.join(serving_root, name, f".staging-{version}-{uuid.uuid4().hex}")
+            shutil.copytree(source, stage_dir)
+            write_warmup(stage_dir, warmup_requests(name, serving_signature(stage_dir), examples))
+            replay_warmup(stage_dir)
+            staged[name] = stage_dir
+        stage_dir = os.path.join(serving_root, SNAPSHOT_DIR, f".staging-{version}-{uuid.uuid4().hex}")
+        os.makedirs(stage_dir)
+        for name, source in snapshots.items():
+            read_dataset(source).to_parquet(os.path.join(stage_dir, f"{name}.parquet"), index=False)
+        staged[SNAPSHOT_DIR] = stage_dir
+    except BaseException:
+        for stage_dir in staged.values():
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        raise
+    paths = {}
+    for name, stage_dir in staged.items():
+        final = os.path.join(serving_root, name, str(version))
+        os.rename(stage_dir, final)  # atomic on one filesystem; fails if `final` exists
+        paths[name] = final
+    return {"pushed": True, "version": version, "paths": paths,
+            "reason": f"pushed version {version}: {blessing['reason']}"}

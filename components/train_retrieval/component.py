@@ -1,0 +1,36 @@
+"""KFP shim for train_retrieval."""
+
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+
+def train_retrieval(
+    transformed_train: Input[Dataset],
+    transformed_eval: Input[Dataset],
+    transform_graph: Input[Artifact],
+    item_snapshot: Input[Dataset],
+    epochs: int,
+    embedding_dim: int,
+    batch_size: int,
+    learning_rate: float,
+    temperature: float,
+    top_k: int,
+    seed: int,
+    retrieval_model: Output[Model],
+    query_model: Output[Model],
+    item_embeddings: Output[Dataset],
+    retrieval_training: Output[Metrics],
+):
+    from components.train_retrieval.train_retrieval import RetrievalConfig, export, train
+    from recsys.progress import stage
+
+    with stage("train_retrieval"):
+        config = RetrievalConfig(embedding_dim=embedding_dim, epochs=epochs,
+                                 batch_size=batch_size, learning_rate=learning_rate,
+                                 temperature=temperature, top_k=top_k, seed=seed)
+        model, metrics = train(transformed_train.path, transformed_eval.path,
+                               transform_graph.path, config)
+        metrics.update(export(model, transform_graph.path, item_snapshot.path, config,
+                              retrieval_model.path, query_model.path, item_embeddings.path))
+        for name, value in metrics.items():
+            retrieval_training.log_metric(name, value)
+        retrieval_model.metadata["top_k"] = metrics["top_k"]

@@ -1,0 +1,139 @@
+"""Train the two-tower retrieval model (TFRS) and export it for TF Serving.
+
+Positives are clicked impressions. The loss is TFRS's in-batch softmax over
+L2-normalised embeddings with a temperature; accidental hits (the same item
+twice in a batch) are not counted as negatives.
+"""
+
+import time
+from dataclasses import dataclass
+
+import recsys  # noqa: F401
+
+import numpy as np
+import pyarrow as pa
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tensorflow_transform as tft
+
+from components.features import preprocessing
+from recsys import modeling
+from recsys.progress import log
+from recsys.tables import read_dataset, write_dataset
+
+QUERY_EMBEDDING_SIGNATURE_OUTPUT = "query_embedding"
+
+
+@dataclass
+class RetrievalConfig:
+    embedding_dim: int = 32
+    epochs: int = 5
+    batch_size: int = 512
+    learning_rate: float = 0.05
+    temperature: float = 0.1
+    top_k: int = 100
+    seed: int = 42
+
+
+class TwoTowerModel(tfrs.Model):
+    def __init__(self, transform_output, config: RetrievalConfig):
+        super().__init__()
+        self.query_tower = modeling.Tower(transform_output, preprocessing.QUERY_FEATURES,
+                                          config.embedding_dim, [64], config.embedding_dim,
+                                          normalize=True, name="query_tower")
+        self.candidate_tower = modeling.Tower(transform_output, preprocessing.CANDIDATE_FEATURES,
+                                              config.embedding_dim, [64], config.embedding_dim,
+                                              normalize=True, name="candidate_tower")
+        self.task = tfrs.tasks.Retrieval(temperature=config.temperature,
+                                         remove_accidental_hits=True)
+
+    def compute_loss(self, features, training=False):
+        return self.task(self.query_tower(features), self.candidate_tower(features),
+                         candidate_ids=features["item_id_idx"], compute_metrics=False)
+
+
+def positives(directory: str, columns: list[str]) -> dict[str, np.ndarray]:
+    frame = read_dataset(directory, columns + [preprocessing.LABEL])
+    frame = frame[frame[preprocessing.LABEL] == 1]
+    return {name: frame[name].to_numpy() for name in columns}
+
+
+def train(transformed_train: str, transformed_eval: str, transform_graph: str,
+          config: RetrievalConfig) -> tuple[TwoTowerModel, dict]:
+    modeling.set_seed(config.seed)
+    transform_output = tft.TFTransformOutput(transform_graph)
+    columns = [preprocessing.transformed_name(f)
+               for f in preprocessing.QUERY_FEATURES + preprocessing.CANDIDATE_FEATURES]
+    train_data = positives(transformed_train, columns)
+    eval_data = positives(transformed_eval, columns)
+    n_train = len(train_data[columns[0]])
+    if n_train < config.batch_size:
+        raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "
+                         f"need at least batch_size={config.batch_size}. Widen the window.")
+    model = TwoTowerModel(transform_output, config)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    started = time.monotonic()
+    history = model.fit(train_data, batch_size=config.batch_size, shuffle=True,
+                        validation_data=modeling.batched(eval_data, 4096),
+                        epochs=config.epochs, verbose=0,
+                        callbacks=[_EpochLogger("train_retrieval")])
+    seconds = time.monotonic() - started
+    metrics = {
+        "train_positives": n_train,
+        "eval_positives": len(eval_data[columns[0]]),
+        "final_train_loss": float(history.history["loss"][-1]),
+        "final_eval_loss": float(history.history["val_loss"][-1]),
+        "train_seconds": round(seconds, 2),
+        "examples_per_second": round(n_train * config.epochs / seconds, 1),
+    }
+    return model, metrics
+
+
+class _EpochLogger(tf.keras.callbacks.Callback):
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+        log(self.stage, f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")
+
+
+def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,
+           serving_model_dir: str, query_model_dir: str, item_embeddings_dir: str) -> dict:
+    """Write the serving SavedModel (raw user features in, top-K ids and scores out,
+    brute-force index, standard ops only), the query-tower SavedModel and the item
+    embedding table."""
+    transform_output = tft.TFTransformOutput(transform_graph)
+    query_model = modeling.RawInputModel(transform_output, model.query_tower)
+    candidate_model = modeling.RawInputModel(transform_output, model.candidate_tower)
+    query_signature = modeling.raw_input_signature(transform_output, preprocessing.QUERY_FEATURES)
+    candidate_signature = modeling.raw_input_signature(transform_output,
+                                                       preprocessing.CANDIDATE_FEATURES)
+
+    items = read_dataset(item_snapshot)
+    item_embeddings = candidate_model(modeling.raw_tensors(items, candidate_signature)).numpy()
+    item_ids = items["item_id"].astype(str).to_numpy()
+    write_dataset(pa.table({
+        "item_id": item_ids,
+        "embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(item_embeddings.astype(np.float32).ravel()), item_embeddings.shape[1]),
+    }), item_embeddings_dir)
+
+    k = min(config.top_k, len(item_ids))
+    index = tfrs.layers.factorized_top_k.BruteForce(query_model, k=k)
+    index.index(tf.constant(item_embeddings), identifiers=tf.constant(item_ids))
+
+    @tf.function(input_signature=[query_signature])
+    def recommend(features):
+        scores, ids = index(features)
+        return {"scores": scores, "item_ids": ids}
+
+    tf.saved_model.save(index, serving_model_dir, signatures={"serving_default": recommend})
+
+    @tf.function(input_signature=[query_signature])
+    def embed_query(features):
+        return {QUERY_EMBEDDING_SIGNATURE_OUTPUT: query_model(features)}
+
+    tf.saved_model.save(query_model, query_model_dir, signatures={"serving_default": embed_query})
+    return {"top_k": k, "indexed_items": len(item_ids)}

@@ -1,0 +1,138 @@
+"""The recsys pipeline: one KFP DAG, read top to bottom in the order it runs.
+
+ingest -> validate -> features -> train_retrieval, train_ranking -> evaluate -> push
+
+Every stage runs in the same project image. Stage logic lives in
+``components/<stage>/``; this file only wires outputs to inputs.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Markdown, Metrics
+
+from components.evaluate.component import evaluate
+from components.features.component import features
+from components.ingest.component import ingest
+from components.push.component import push
+from components.train_ranking.component import train_ranking
+from components.train_retrieval.component import train_retrieval
+from components.validate.component import validate
+
+PIPELINE_NAME = "recsys-pipeline"
+# Tag images immutably: KFP's cache key includes the image string, not its content.
+DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
+
+PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics,
+                             evaluation_report=Markdown, blessing=Artifact, push_report=Markdown)
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    """The pipeline function, with every stage running in ``image``."""
+
+    def stage(func):
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    ingest_op, validate_op, features_op = stage(ingest), stage(validate), stage(features)
+    retrieval_op, ranking_op = stage(train_retrieval), stage(train_ranking)
+    evaluate_op, push_op = stage(evaluate), stage(push)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Raw interaction logs to two-tower retrieval and ranking "
+                              "models pushed for TF Serving.")
+    def recsys_pipeline(
+        data_root: str,
+        serving_root: str,
+        as_of: str = "",
+        lookback_days: int = 14,
+        eval_days: int = 3,
+        schema_dir: str = "",
+        beam_pipeline_args: str = "[]",
+        retrieval_epochs: int = 5,
+        retrieval_embedding_dim: int = 32,
+        retrieval_batch_size: int = 512,
+        retrieval_learning_rate: float = 0.05,
+        retrieval_temperature: float = 0.1,
+        retrieval_top_k: int = 100,
+        ranking_epochs: int = 3,
+        ranking_embedding_dim: int = 16,
+        ranking_batch_size: int = 1024,
+        ranking_learning_rate: float = 0.002,
+        seed: int = 42,
+        recall_k: int = 50,
+        min_recall: float = 0.0,
+        min_recall_lift: float = 1.0,
+        min_auc: float = 0.55,
+        max_logloss_ratio: float = 1.0,
+    ) -> PipelineOutputs:
+        # 1. ingest: the time window, split by time
+        ingested = ingest_op(data_root=data_root, as_of=as_of, lookback_days=lookback_days,
+                             eval_days=eval_days)
+        ingested.set_caching_options(False)  # reads external data that changes under one path
+        tables = {name: ingested.outputs[name] for name in
+                  ("train_events", "eval_events", "users", "items", "user_features",
+                   "item_features")}
+
+        # 2. validate: TFDV statistics against the curated schemas; blocks on anomalies
+        validated = validate_op(**tables, schema_dir=schema_dir,
+                                beam_pipeline_args=beam_pipeline_args)
+
+        # 3. features: point-in-time joins and tensorflow-transform
+        featurized = features_op(**tables, schema=validated.outputs["schema"],
+                                 beam_pipeline_args=beam_pipeline_args)
+
+        # 4. train_retrieval: two-tower model with a brute-force top-K index
+        retrieval = retrieval_op(
+            transformed_train=featurized.outputs["transformed_train"],
+            transformed_eval=featurized.outputs["transformed_eval"],
+            transform_graph=featurized.outputs["transform_graph"],
+            item_snapshot=featurized.outputs["item_snapshot"],
+            epochs=retrieval_epochs, embedding_dim=retrieval_embedding_dim,
+            batch_size=retrieval_batch_size, learning_rate=retrieval_learning_rate,
+            temperature=retrieval_temperature, top_k=retrieval_top_k, seed=seed)
+
+        # 5. train_ranking: click model over user, item and context features
+        ranking = ranking_op(
+            transformed_train=featurized.outputs["transformed_train"],
+            transformed_eval=featurized.outputs["transformed_eval"],
+            transform_graph=featurized.outputs["transform_graph"],
+            epochs=ranking_epochs, embedding_dim=ranking_embedding_dim,
+            batch_size=ranking_batch_size, learning_rate=ranking_learning_rate, seed=seed)
+        for trainer in (retrieval, ranking):
+            trainer.set_cpu_request("2").set_memory_request("8G")
+
+        # 6. evaluate: against popularity and thresholds; writes the blessing
+        evaluation = evaluate_op(
+            train_examples=featurized.outputs["train_examples"],
+            eval_examples=featurized.outputs["eval_examples"],
+            query_model=retrieval.outputs["query_model"],
+            item_embeddings=retrieval.outputs["item_embeddings"],
+            retrieval_model=retrieval.outputs["retrieval_model"],
+            ranking_model=ranking.outputs["ranking_model"],
+            recall_k=recall_k, min_recall=min_recall, min_recall_lift=min_recall_lift,
+            min_auc=min_auc, max_logloss_ratio=max_logloss_ratio)
+
+        # 7. push: only blessed models reach the serving root
+        pushed = push_op(
+            blessing=evaluation.outputs["blessing"],
+            retrieval_model=retrieval.outputs["retrieval_model"],
+            ranking_model=ranking.outputs["ranking_model"],
+            eval_examples=featurized.outputs["eval_examples"],
+            user_snapshot=featurized.outputs["user_snapshot"],
+            item_snapshot=featurized.outputs["item_snapshot"],
+            serving_root=serving_root)
+        pushed.set_caching_options(False)  # a side effect on the serving root, every run
+
+        return PipelineOutputs(ingest_metrics=ingested.outputs["ingest_metrics"],
+                               evaluation_report=evaluation.outputs["evaluation_report"],
+                               blessing=evaluation.outputs["blessing"],
+                               push_report=pushed.outputs["push_report"])
+
+    return recsys_pipeline
+
+
+def compile_pipeline(path: str, image: str = DEFAULT_IMAGE) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(image), path)
+    return path
