@@ -24,6 +24,7 @@ PIPELINE_NAME = "recsys-pipeline"
 DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
 
 PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics,
+                             retrieval_metrics=Metrics, ranking_metrics=Metrics,
                              evaluation_report=Markdown, blessing=Artifact, push_report=Markdown)
 
 
@@ -61,7 +62,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         seed: int = 42,
         recall_k: int = 50,
         min_recall: float = 0.0,
-        min_recall_lift: float = 1.0,
+        min_recall_lift: float = 1.05,
         min_auc: float = 0.55,
         max_logloss_ratio: float = 1.0,
     ) -> PipelineOutputs:
@@ -124,6 +125,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         pushed.set_caching_options(False)  # a side effect on the serving root, every run
 
         return PipelineOutputs(ingest_metrics=ingested.outputs["ingest_metrics"],
+                               retrieval_metrics=evaluation.outputs["retrieval_metrics"],
+                               ranking_metrics=evaluation.outputs["ranking_metrics"],
                                evaluation_report=evaluation.outputs["evaluation_report"],
                                blessing=evaluation.outputs["blessing"],
                                push_report=pushed.outputs["push_report"])

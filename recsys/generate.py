@@ -84,7 +84,7 @@ def _items(rng, n, start_ts, category_vectors):
         "upload_ts": start_ts - rng.integers(DAY, 120 * DAY, n),
     })
     quality = rng.normal(0.0, 0.5, n)
-    popularity = rng.lognormal(0.0, 1.0, n)
+    popularity = rng.lognormal(0.0, 0.7, n)
     return frame, vectors, quality, popularity
 
 
@@ -108,7 +108,7 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     counts = rng.poisson(per_user_day * activity[:, None], size=(n_users, days))
     per_user = counts.sum(axis=1)
     # The incumbent recommender shows a taste/popularity mix, so exposure itself is biased.
-    exposure_logits = 1.2 * affinity + np.log(popularity)[None, :]
+    exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
     exposure = np.exp(exposure_logits - exposure_logits.max(axis=1, keepdims=True))
     exposure /= exposure.sum(axis=1, keepdims=True)
     # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
@@ -128,7 +128,7 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     event_ts = start_ts + day * DAY + hour * 3600 + rng.integers(0, 3600, len(user_index))
 
     evening_boost = np.where(hour >= 18, 0.3, 0.0)
-    logit = 2.2 * affinity[user_index, item_index] + quality[item_index] + evening_boost - 3.0
+    logit = 2.5 * affinity[user_index, item_index] + quality[item_index] + evening_boost - 3.0
     clicked = (rng.random(len(user_index)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
     duration = items_frame["duration_s"].to_numpy()[item_index]
     watched_fraction = np.clip(rng.beta(2, 2, len(user_index)) * (0.6 + 0.2 * logit.clip(-2, 2)),

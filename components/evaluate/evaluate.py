@@ -22,7 +22,7 @@ class Thresholds:
     recall_k: int = 50
     min_recall: float = 0.0
     # The candidate's Recall@K must be at least this multiple of popularity's.
-    min_recall_lift: float = 1.0
+    min_recall_lift: float = 1.05
     min_auc: float = 0.55
     # Ranking log loss may be at most this multiple of the constant-CTR prior's.
     max_logloss_ratio: float = 1.0

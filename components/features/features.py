@@ -33,7 +33,8 @@ def point_in_time_join(events: pd.DataFrame, features: pd.DataFrame, key: str,
     ``feature_ts <= event_ts`` (pandas ``merge_asof``; among rows with equal
     ``feature_ts`` the last one wins). Keeps the events' order and count."""
     left = events.assign(_row=np.arange(len(events))).sort_values("event_ts", kind="stable")
-    right = features[[key, "feature_ts", *value_columns]].sort_values("feature_ts", kind="stable")
+    right = (features[[key, "feature_ts", *value_columns]].astype({"feature_ts": np.int64})
+             .sort_values("feature_ts", kind="stable"))
     joined = pd.merge_asof(left, right, left_on="event_ts", right_on="feature_ts", by=key,
                            direction="backward", allow_exact_matches=True)
     joined = joined.sort_values("_row").drop(columns="_row").reset_index(drop=True)

@@ -1,8 +1,11 @@
 """Train the two-tower retrieval model (TFRS) and export it for TF Serving.
 
 Positives are clicked impressions. The loss is TFRS's in-batch softmax over
-L2-normalised embeddings with a temperature; accidental hits (the same item
-twice in a batch) are not counted as negatives.
+L2-normalised embeddings with a temperature. In-batch negatives are sampled in
+proportion to popularity, which would teach the model to demote popular items;
+the logQ correction (Yi et al., RecSys 2019) subtracts log(sampling probability)
+from each logit, with probabilities from click counts over the training window.
+Accidental hits (the positive item again as a negative in the batch) are removed.
 """
 
 import time
@@ -22,6 +25,7 @@ from recsys.progress import log
 from recsys.tables import read_dataset, write_dataset
 
 QUERY_EMBEDDING_SIGNATURE_OUTPUT = "query_embedding"
+SAMPLING_PROBABILITY = "sampling_probability"
 
 
 @dataclass
@@ -32,6 +36,7 @@ class RetrievalConfig:
     learning_rate: float = 0.05
     temperature: float = 0.1
     top_k: int = 100
+    logq_correction: bool = True
     seed: int = 42
 
 
@@ -49,6 +54,7 @@ class TwoTowerModel(tfrs.Model):
 
     def compute_loss(self, features, training=False):
         return self.task(self.query_tower(features), self.candidate_tower(features),
+                         candidate_sampling_probability=features.get(SAMPLING_PROBABILITY),
                          candidate_ids=features["item_id_idx"], compute_metrics=False)
 
 
@@ -56,6 +62,13 @@ def positives(directory: str, columns: list[str]) -> dict[str, np.ndarray]:
     frame = read_dataset(directory, columns + [preprocessing.LABEL])
     frame = frame[frame[preprocessing.LABEL] == 1]
     return {name: frame[name].to_numpy() for name in columns}
+
+
+def sampling_probability(item_index: np.ndarray) -> np.ndarray:
+    """Each positive's item frequency among all positives: the chance that item
+    shows up as an in-batch negative."""
+    _, inverse, counts = np.unique(item_index, return_inverse=True, return_counts=True)
+    return (counts[inverse] / len(item_index)).astype(np.float32)
 
 
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
@@ -66,6 +79,8 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
                for f in preprocessing.QUERY_FEATURES + preprocessing.CANDIDATE_FEATURES]
     train_data = positives(transformed_train, columns)
     eval_data = positives(transformed_eval, columns)
+    if config.logq_correction:
+        train_data[SAMPLING_PROBABILITY] = sampling_probability(train_data["item_id_idx"])
     n_train = len(train_data[columns[0]])
     if n_train < config.batch_size:
         raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "

@@ -1,0 +1,56 @@
+# The two commands on a fresh machine: `make run` and `make test`.
+# Both create .venv from requirements.lock first if it is missing or stale.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+WORKDIR ?= work
+IMAGE ?= localhost/recsys-pipeline:0.1.0
+BASE_IMAGE ?= localhost/py311:base
+
+.PHONY: help run test compile image base-image lock clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run   - set up .venv if needed, run the whole pipeline on the sample data"
+	@echo "make test  - set up .venv if needed, run the test suite"
+	@echo "make compile | image | base-image | lock | clean"
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-pipeline needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
+	$(BIN)/recsys run --workdir $(WORKDIR)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+compile: $(VENV)/.installed
+	$(BIN)/recsys compile --out pipeline.yaml --image $(IMAGE)
+
+# Rebuild the lock after editing requirements.in.
+lock: $(VENV)/.installed
+	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --generate-hashes
+
+# One image for every component. Docker when an engine answers, otherwise buildah
+# (no daemon needed). Base-image registries may be unreachable: `make base-image`
+# builds a Debian bookworm (Python 3.11) base locally with debootstrap.
+image:
+	@if docker info >/dev/null 2>&1; then \
+		docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . ; \
+	else \
+		buildah bud --isolation chroot --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . ; \
+	fi
+
+base-image:
+	bash scripts/build_base_image.sh $(BASE_IMAGE)
+
+clean:
+	rm -rf $(WORKDIR) .pytest_cache

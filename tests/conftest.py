@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny generated dataset and the stages run on it once.
+
+Stage tests call the plain stage functions (no KFP); the end-to-end tests in
+test_e2e.py run the compiled pipeline instead.
+"""
+
+import os
+
+import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import pytest
+
+from recsys.generate import generate
+
+TINY = dict(users=300, items=120, days=10, seed=3)
+LOOKBACK_DAYS, EVAL_DAYS = 10, 3
+ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
+
+TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features"]
+FEATURE_OUTPUTS = ["train_examples", "eval_examples", "user_snapshot", "item_snapshot",
+                   "transform_graph", "transformed_train", "transformed_eval"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tiny_data"))
+    generate(out, **TINY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stages(tiny_data, tmp_path_factory):
+    """Every stage function run once on the tiny data; returns all paths."""
+    from components.evaluate.evaluate import Thresholds, evaluate
+    from components.features.features import build_features
+    from components.ingest.ingest import ingest
+    from components.train_ranking import train_ranking
+    from components.train_retrieval import train_retrieval
+    from components.validate.validate import validate
+
+    root = tmp_path_factory.mktemp("stages")
+    paths = {name: str(root / name) for name in
+             TABLES + FEATURE_OUTPUTS + ["stats", "anomalies", "retrieval_model", "query_model",
+                                         "item_embeddings", "ranking_model"]}
+    paths["blessing"] = str(root / "blessing.json")
+    counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in TABLES})
+    validate({n: paths[n] for n in TABLES}, "", paths["stats"], paths["anomalies"])
+    build_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
+                   {n: paths[n] for n in FEATURE_OUTPUTS}, str(root / "tft_tmp"))
+    retrieval_config = train_retrieval.RetrievalConfig(epochs=3, batch_size=256, top_k=50)
+    model, _ = train_retrieval.train(paths["transformed_train"], paths["transformed_eval"],
+                                     paths["transform_graph"], retrieval_config)
+    train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"],
+                           retrieval_config, paths["retrieval_model"], paths["query_model"],
+                           paths["item_embeddings"])
+    ranking_config = train_ranking.RankingConfig(epochs=2, batch_size=512)
+    model, _ = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
+                                   paths["transform_graph"], ranking_config)
+    train_ranking.export(model, paths["transform_graph"], paths["ranking_model"])
+    result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
+                      paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
+                      Thresholds(recall_k=20), paths["blessing"])
+    return {"paths": paths, "counts": counts, "evaluation": result, "root": root}

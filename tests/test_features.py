@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import tensorflow_transform as tft
+from hypothesis import given, settings, strategies as st
+
+from components.features.features import point_in_time_join, serving_snapshots
+from components.features import preprocessing
+from recsys.tables import read_dataset
+
+keys = st.sampled_from(["a", "b", "c", "d"])
+timestamps = st.integers(0, 40)
+
+
+def oracle(events, features):
+    """Brute force: newest row with the same key and feature_ts <= event_ts; among
+    equal feature_ts the one given last."""
+    values, missing = [], []
+    for _, event in events.iterrows():
+        rows = features[(features["user_id"] == event["user_id"])
+                        & (features["feature_ts"] <= event["event_ts"])]
+        if rows.empty:
+            values.append(0.0)
+            missing.append(1)
+        else:
+            newest = rows[rows["feature_ts"] == rows["feature_ts"].max()]
+            values.append(float(newest["value"].iloc[-1]))
+            missing.append(0)
+    return np.array(values, dtype=np.float32), np.array(missing)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(keys, timestamps), min_size=1, max_size=30),
+       st.lists(st.tuples(keys, timestamps), min_size=0, max_size=30))
+def test_point_in_time_join_matches_brute_force(event_rows, feature_rows):
+    events = pd.DataFrame(event_rows, columns=["user_id", "event_ts"])
+    events["event_id"] = [f"e{i}" for i in range(len(events))]
+    features = pd.DataFrame(feature_rows, columns=["user_id", "feature_ts"])
+    features["value"] = np.arange(1, len(features) + 1, dtype=float)
+    # Sentinels one tick after the newest event must never be picked.
+    sentinels = pd.DataFrame({"user_id": ["a", "b", "c", "d"],
+                              "feature_ts": events["event_ts"].max() + 1, "value": -1.0})
+    features = pd.concat([features, sentinels], ignore_index=True)
+    joined = point_in_time_join(events, features, "user_id", ["value"], "missing")
+    expected_values, expected_missing = oracle(events, features)
+    assert len(joined) == len(events)
+    assert joined["event_id"].tolist() == events["event_id"].tolist()
+    np.testing.assert_array_equal(joined["value"].to_numpy(), expected_values)
+    np.testing.assert_array_equal(joined["missing"].to_numpy(), expected_missing)
+    assert (joined["value"] != -1.0).all()
+
+
+def test_examples_keep_every_event_and_flag_missing_features(stages):
+    paths, counts = stages["paths"], stages["counts"]
+    train = read_dataset(paths["train_examples"])
+    events = read_dataset(paths["train_events"])
+    assert len(train) == counts["train_events"]
+    assert train["event_id"].tolist() == events["event_id"].tolist()
+    # The generator drops ~3% of snapshots, so some events fall back or miss.
+    assert set(train["user_features_missing"].unique()) <= {0, 1}
+    assert train["hour_of_day"].between(0, 23).all()
+
+
+def test_transform_is_analyzed_on_train_only(stages):
+    paths = stages["paths"]
+    output = tft.TFTransformOutput(paths["transform_graph"])
+    vocabulary = set(output.vocabulary_by_name("item_id"))
+    train_items = set(read_dataset(paths["train_examples"])["item_id"].astype(str))
+    assert {v.decode() for v in vocabulary} == train_items
+    transformed = read_dataset(paths["transformed_train"])
+    assert len(transformed) == stages["counts"]["train_events"]
+    # z-scored on train: mean ~0, std ~1
+    column = transformed["user_impressions_7d_z"]
+    assert abs(column.mean()) < 1e-3 and abs(column.std() - 1) < 1e-2
+    out_of_vocabulary = output.vocabulary_size_by_name("item_id")  # first OOV bucket
+    eval_only = set(read_dataset(paths["eval_examples"])["item_id"]) - train_items
+    transformed_eval = read_dataset(paths["transformed_eval"])
+    raw_eval = read_dataset(paths["eval_examples"])
+    is_eval_only = raw_eval["item_id"].isin(eval_only).to_numpy()
+    assert (transformed_eval.loc[is_eval_only, "item_id_idx"] == out_of_vocabulary).all()
+    assert (transformed_eval.loc[~is_eval_only, "item_id_idx"] < out_of_vocabulary).all()
+
+
+def test_serving_snapshots_use_latest_known_features(stages):
+    paths, as_of = stages["paths"], stages["counts"]["as_of"]
+    user_rows = read_dataset(paths["user_snapshot"])
+    item_rows = read_dataset(paths["item_snapshot"])
+    assert list(user_rows.columns) == preprocessing.QUERY_FEATURES
+    assert list(item_rows.columns) == preprocessing.CANDIDATE_FEATURES
+    features = read_dataset(paths["user_features"])
+    newest = features.sort_values("feature_ts").groupby("user_id").last()
+    some_user = user_rows[user_rows["user_features_missing"] == 0].iloc[0]
+    assert newest.loc[some_user["user_id"], "feature_ts"] <= as_of
+    assert np.isclose(newest.loc[some_user["user_id"], "user_clicks_7d"],
+                      some_user["user_clicks_7d"])
+    assert len(item_rows) == len(read_dataset(paths["items"]))
