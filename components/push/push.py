@@ -91,6 +91,11 @@ def replay_warmup(saved_model_dir: str) -> int:
     return replayed
 
 
+def _staging_dir(serving_root: str, name: str, version: int) -> str:
+    # Hidden and non-numeric, so TF Serving never mistakes it for a version.
+    return os.path.join(serving_root, name, f".staging-{version}-{uuid.uuid4().hex}")
+
+
 def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
          snapshots: dict[str, str], serving_root: str) -> dict:
     """Push every model in ``models`` (name -> SavedModel dir) under one new version.
@@ -109,16 +114,14 @@ def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
     staged = {}
     try:
         for name, source in models.items():
-            stage_dir = os.path.join(serving_root, name, f".staging-{version}-{uuid.uuid4().hex}")
+            stage_dir = staged[name] = _staging_dir(serving_root, name, version)
             shutil.copytree(source, stage_dir)
             write_warmup(stage_dir, warmup_requests(name, serving_signature(stage_dir), examples))
             replay_warmup(stage_dir)
-            staged[name] = stage_dir
-        stage_dir = os.path.join(serving_root, SNAPSHOT_DIR, f".staging-{version}-{uuid.uuid4().hex}")
+        stage_dir = staged[SNAPSHOT_DIR] = _staging_dir(serving_root, SNAPSHOT_DIR, version)
         os.makedirs(stage_dir)
         for name, source in snapshots.items():
             read_dataset(source).to_parquet(os.path.join(stage_dir, f"{name}.parquet"), index=False)
-        staged[SNAPSHOT_DIR] = stage_dir
     except BaseException:
         for stage_dir in staged.values():
             shutil.rmtree(stage_dir, ignore_errors=True)
