@@ -21,8 +21,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-pipeline needs Python 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip sync --system-certs --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --system-certs --python $(BIN)/python --no-deps -e .
 	touch $@
 
 run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
@@ -36,7 +36,7 @@ compile: $(VENV)/.installed
 
 # Rebuild the lock after editing requirements.in.
 lock: $(VENV)/.installed
-	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+	$(BIN)/uv pip compile --system-certs requirements.in -o requirements.lock --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu --generate-hashes
 
 # One image for every component. Docker when an engine answers, otherwise buildah

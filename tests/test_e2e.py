@@ -101,3 +101,29 @@ def test_wrongly_typed_column_fails_at_validate_and_pushes_nothing(config, tmp_p
     assert "What to do" in result.stderr
     assert "features: started" not in result.stderr
     assert not (workdir / "serving").exists() or not any((workdir / "serving").iterdir())
+
+
+STANDARD_OPS_CHECK = """
+import sys
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+model = saved_model_pb2.SavedModel()
+model.ParseFromString(open(sys.argv[1], "rb").read())
+graph = model.meta_graphs[0].graph_def
+ops = {node.op for node in graph.node}
+ops |= {node.op for function in graph.library.function for node in function.node_def}
+ops -= {function.signature.name for function in graph.library.function}
+unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
+print(len(ops), unknown)
+sys.exit(1 if unknown else 0)
+"""
+
+
+def test_pushed_models_use_only_stock_tensorflow_ops(successful_run):
+    # A process that imports only TensorFlow (no TFT, TFRS or ScaNN) knows every
+    # op the models use, so a stock TF Serving build can load them.
+    for name in ("retrieval", "ranking"):
+        pb = successful_run["workdir"] / "serving" / name / "1" / "saved_model.pb"
+        check = subprocess.run([sys.executable, "-c", STANDARD_OPS_CHECK, str(pb)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr[-2000:]
