@@ -6,14 +6,15 @@ set -euo pipefail
 image=${1:-localhost/py311:base}
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs" "$rootfs.tar"' EXIT
-debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates,passwd \
     bookworm "$rootfs"
 # Outbound TLS may be re-signed by a proxy: trust what this machine trusts.
 cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
-# The Dockerfile calls `python3`; bookworm's is 3.11, the project's version.
+# The Dockerfile calls `python3` and `useradd`, as in python:3.11-slim; bookworm's
+# python3 is 3.11, the project's version.
 tar -C "$rootfs" -cf "$rootfs.tar" .
 container=$(buildah from scratch)
 buildah add "$container" "$rootfs.tar" /
-buildah config --env PATH=/usr/local/bin:/usr/bin:/bin --env LANG=C.UTF-8 "$container"
+buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 "$container"
 buildah commit --rm "$container" "$image"
 echo "built $image"
