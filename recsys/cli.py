@@ -94,7 +94,11 @@ def main(argv=None):
     recommend.set_defaults(func=_recommend)
 
     args = parser.parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except (ValueError, OSError) as error:  # bad input: say what, not a traceback
+        print(f"recsys {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

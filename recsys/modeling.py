@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.features import preprocessing
+from recsys.progress import log
 from recsys.tables import read_dataset
 
 # Our call methods have no data-dependent Python control flow. Without this,
@@ -109,3 +110,16 @@ def batched(features: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset
     ``fit(..., shuffle=True)``: Keras shuffles indices and gathers whole batches,
     which is far faster than shuffling dict elements one by one in tf.data."""
     return tf.data.Dataset.from_tensor_slices(features).batch(batch_size)
+
+
+class EpochLogger(tf.keras.callbacks.Callback):
+    """One progress line per epoch with the losses and metrics Keras reports."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items()
+                          if "regularization" not in k and "total" not in k)
+        log(self.stage, f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from components.features.features import UNKNOWN
+from recsys.tables import UNKNOWN
 from components.push.push import SNAPSHOT_DIR, latest_version
 from components.train_ranking.train_ranking import PROBABILITY_OUTPUT
 from recsys import modeling

@@ -29,6 +29,8 @@ RAW_TABLES = {
 }
 
 USER_FEATURE_COLUMNS = RAW_TABLES["user_features"][2:]
+# Value for a categorical attribute of an id missing from the users/items table.
+UNKNOWN = "__unknown__"
 ITEM_FEATURE_COLUMNS = RAW_TABLES["item_features"][2:]
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 import tensorflow_transform as tft
 from hypothesis import given, settings, strategies as st
 
-from components.features.features import point_in_time_join, serving_snapshots
+from components.features.features import point_in_time_join
 from components.features import preprocessing
 from recsys.tables import read_dataset
 

@@ -1,6 +1,5 @@
 import shutil
 
-import pandas as pd
 import pytest
 
 from components.validate.validate import ValidationFailed, validate

@@ -21,10 +21,11 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from components.features import preprocessing
 from recsys.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
-from recsys.tables import ITEM_FEATURE_COLUMNS, USER_FEATURE_COLUMNS, DataError, write_dataset
+from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
+                           write_dataset)
 
 DAY = 86_400
-UNKNOWN = "__unknown__"
+
 
 
 def point_in_time_join(events: pd.DataFrame, features: pd.DataFrame, key: str,

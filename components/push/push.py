@@ -19,7 +19,6 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from recsys import modeling
 from recsys.tables import read_dataset
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")

@@ -15,7 +15,6 @@ import tensorflow_transform as tft
 
 from components.features import preprocessing
 from recsys import modeling
-from recsys.progress import log
 
 RANKING_FEATURES = (preprocessing.QUERY_FEATURES + preprocessing.CANDIDATE_FEATURES
                     + preprocessing.CONTEXT_FEATURES)
@@ -57,13 +56,6 @@ class ClickModel(tfrs.Model):
         return self.task(labels=labels, predictions=self(features))
 
 
-class _EpochLogger(tf.keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items()
-                          if "regularization" not in k and "total" not in k)
-        log("train_ranking", f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")
-
-
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
           config: RankingConfig) -> tuple[ClickModel, dict]:
     modeling.set_seed(config.seed)
@@ -76,7 +68,8 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     started = time.monotonic()
     history = model.fit(train_data, batch_size=config.batch_size, shuffle=True,
                         validation_data=modeling.batched(eval_data, 8192),
-                        epochs=config.epochs, verbose=0, callbacks=[_EpochLogger()])
+                        epochs=config.epochs, verbose=0,
+                        callbacks=[modeling.EpochLogger("train_ranking")])
     seconds = time.monotonic() - started
     n_train = len(train_data[preprocessing.LABEL])
     return model, {

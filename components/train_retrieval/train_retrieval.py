@@ -21,7 +21,6 @@ import tensorflow_transform as tft
 
 from components.features import preprocessing
 from recsys import modeling
-from recsys.progress import log
 from recsys.tables import read_dataset, write_dataset
 
 QUERY_EMBEDDING_SIGNATURE_OUTPUT = "query_embedding"
@@ -91,7 +90,7 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     history = model.fit(train_data, batch_size=config.batch_size, shuffle=True,
                         validation_data=modeling.batched(eval_data, 4096),
                         epochs=config.epochs, verbose=0,
-                        callbacks=[_EpochLogger("train_retrieval")])
+                        callbacks=[modeling.EpochLogger("train_retrieval")])
     seconds = time.monotonic() - started
     metrics = {
         "train_positives": n_train,
@@ -102,16 +101,6 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
         "examples_per_second": round(n_train * config.epochs / seconds, 1),
     }
     return model, metrics
-
-
-class _EpochLogger(tf.keras.callbacks.Callback):
-    def __init__(self, stage):
-        super().__init__()
-        self.stage = stage
-
-    def on_epoch_end(self, epoch, logs=None):
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-        log(self.stage, f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")
 
 
 def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,
