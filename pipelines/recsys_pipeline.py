@@ -65,6 +65,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         min_recall_lift: float = 1.05,
         min_auc: float = 0.55,
         max_logloss_ratio: float = 1.0,
+        max_regression: float = 0.02,
     ) -> PipelineOutputs:
         # 1. ingest: the time window, split by time
         ingested = ingest_op(data_root=data_root, as_of=as_of, lookback_days=lookback_days,
@@ -102,7 +103,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         for trainer in (retrieval, ranking):
             trainer.set_cpu_request("2").set_memory_request("8G")
 
-        # 6. evaluate: against popularity and thresholds; writes the blessing
+        # 6. evaluate: against popularity, thresholds and the model serving now;
+        #    writes the blessing
         evaluation = evaluate_op(
             train_examples=featurized.outputs["train_examples"],
             eval_examples=featurized.outputs["eval_examples"],
@@ -111,7 +113,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             retrieval_model=retrieval.outputs["retrieval_model"],
             ranking_model=ranking.outputs["ranking_model"],
             recall_k=recall_k, min_recall=min_recall, min_recall_lift=min_recall_lift,
-            min_auc=min_auc, max_logloss_ratio=max_logloss_ratio)
+            min_auc=min_auc, max_logloss_ratio=max_logloss_ratio,
+            max_regression=max_regression, serving_root=serving_root)
+        evaluation.set_caching_options(False)  # the serving model it compares with changes
 
         # 7. push: only blessed models reach the serving root
         pushed = push_op(

@@ -58,3 +58,36 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert ranking["logloss"] < ranking["prior_logloss"]
     with open(stages["paths"]["blessing"]) as handle:
         assert json.load(handle)["blessed"] is True
+
+
+def test_comparison_with_the_model_currently_serving(stages, tmp_path):
+    from components.evaluate.evaluate import compare_with_serving
+    from components.push.push import push
+    from recsys.tables import read_dataset
+
+    paths = stages["paths"]
+    candidate = {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]}
+    train = read_dataset(paths["train_examples"])
+    evaluation = read_dataset(paths["eval_examples"])
+    serving_root = str(tmp_path / "serving")
+    nothing = compare_with_serving(serving_root, candidate, train, evaluation, 20)
+    assert nothing == {"serving_version": None, "note": "no model serving yet: first push"}
+
+    push(paths["blessing"], candidate, paths["eval_examples"],
+         {"users": paths["user_snapshot"], "items": paths["item_snapshot"]}, serving_root)
+    same = compare_with_serving(serving_root, candidate, train, evaluation, 20)
+    assert same["serving_version"] == 1
+    assert same["candidate_served_recall_at_20"] == same["serving_served_recall_at_20"] > 0
+    assert same["candidate_auc"] == same["serving_auc"] > 0.5
+    # Served recall can only lose hits to masking, never gain them.
+    assert same["candidate_served_recall_at_20"] <= \
+        stages["evaluation"]["retrieval"]["recall_at_20"] + 1e-9
+
+    retrieval = stages["evaluation"]["retrieval"]
+    ranking = stages["evaluation"]["ranking"]
+    ok = bless(retrieval, ranking, Thresholds(recall_k=20), same)
+    assert ok["blessed"] and "vs serving version 1" in ok["reason"]
+    demanding = bless(retrieval, ranking, Thresholds(recall_k=20, max_regression=-0.5), same)
+    assert not demanding["blessed"]
+    assert "served Recall@20" in demanding["reason"].split("Passed:")[0]
+    assert "AUC" in demanding["reason"].split("Passed:")[0]

@@ -16,6 +16,8 @@ def evaluate(
     min_recall_lift: float,
     min_auc: float,
     max_logloss_ratio: float,
+    max_regression: float,
+    serving_root: str,
     retrieval_metrics: Output[Metrics],
     ranking_metrics: Output[Metrics],
     ranking_roc: Output[ClassificationMetrics],
@@ -28,14 +30,18 @@ def evaluate(
     with stage("evaluate"):
         thresholds = Thresholds(recall_k=recall_k, min_recall=min_recall,
                                 min_recall_lift=min_recall_lift, min_auc=min_auc,
-                                max_logloss_ratio=max_logloss_ratio)
+                                max_logloss_ratio=max_logloss_ratio,
+                                max_regression=max_regression)
         result = run_evaluate(train_examples.path, eval_examples.path, query_model.path,
                               item_embeddings.path, retrieval_model.path, ranking_model.path,
-                              thresholds, blessing.path)
+                              thresholds, blessing.path, serving_root)
         for name, value in result["retrieval"].items():
             retrieval_metrics.log_metric(name, value)
         for name, value in result["ranking"].items():
             ranking_metrics.log_metric(name, value)
+        for name, value in result["serving"].items():
+            if isinstance(value, (int, float)):
+                ranking_metrics.log_metric(f"vs_serving_{name}", value)
         ranking_roc.log_roc_curve(*result["roc"])
         blessing.metadata["blessed"] = result["blessing"]["blessed"]
         blessing.metadata["reason"] = result["blessing"]["reason"]

@@ -2,6 +2,7 @@
 loss against the click-rate prior, then a blessing with a human-readable reason."""
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import recsys  # noqa: F401
@@ -26,6 +27,9 @@ class Thresholds:
     min_auc: float = 0.55
     # Ranking log loss may be at most this multiple of the constant-CTR prior's.
     max_logloss_ratio: float = 1.0
+    # Against the model currently serving: the candidate's served Recall@K and AUC
+    # may be at most this fraction below the serving model's on the same data.
+    max_regression: float = 0.02
 
 
 def _serving_fn(saved_model_dir: str):
@@ -171,7 +175,59 @@ def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
     return metrics, roc_curve(labels, probabilities)
 
 
-def bless(retrieval: dict, ranking: dict, thresholds: Thresholds) -> dict:
+def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
+                       positives: pd.DataFrame, masked: pd.DataFrame, k: int) -> float:
+    """Recall@k of a retrieval serving model as deployed: its own top-K list, with
+    each user's training items removed afterwards (the list cannot be widened, so
+    this is applied identically to candidate and serving models)."""
+    served = _call_in_batches(_serving_fn(retrieval_model_dir), queries, "item_ids")
+    ranked = pd.DataFrame({"user_id": np.repeat(users, served.shape[1]),
+                           "item_id": served.astype(str).ravel(),
+                           "rank": np.tile(np.arange(served.shape[1]), len(users))})
+    ranked = ranked.merge(masked.assign(_masked=True), on=["user_id", "item_id"], how="left")
+    ranked = ranked[ranked["_masked"].isna()].sort_values(["user_id", "rank"], kind="stable")
+    top = ranked.groupby("user_id", sort=False).head(k)
+    hits = top.merge(positives, on=["user_id", "item_id"]).groupby("user_id").size()
+    n_positives = positives.groupby("user_id").size()
+    return float((hits.reindex(users, fill_value=0) / n_positives.reindex(users)).mean())
+
+
+def compare_with_serving(serving_root: str, candidate: dict[str, str],
+                         train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
+                         k: int) -> dict:
+    """The candidate and the newest pushed version, scored on the same eval data.
+
+    Returns ``{"serving_version": None, "note": ...}`` when nothing is serving yet
+    or the serving model cannot take this run's features.
+    """
+    from components.push.push import latest_version
+
+    try:
+        version = latest_version(serving_root, "retrieval") if serving_root else None
+    except FileNotFoundError:
+        version = None
+    if version is None:
+        return {"serving_version": None, "note": "no model serving yet: first push"}
+    serving = {name: os.path.join(serving_root, name, str(version)) for name in candidate}
+    users, queries, positives, train_clicks = retrieval_task(train_examples, eval_examples)
+    labels = eval_examples[preprocessing.LABEL].to_numpy()
+    result = {"serving_version": version}
+    try:
+        for role, models in (("candidate", candidate), ("serving", serving)):
+            result[f"{role}_served_recall_at_{k}"] = served_recall_at_k(
+                models["retrieval"], users, queries, positives, train_clicks, k)
+            result[f"{role}_auc"] = roc_auc(labels, _call_in_batches(
+                _serving_fn(models["ranking"]), eval_examples, PROBABILITY_OUTPUT))
+    except (KeyError, ValueError, TypeError, tf.errors.OpError) as error:
+        # e.g. the serving model expects features this run no longer has
+        return {"serving_version": None,
+                "note": f"serving version {version} cannot be scored on this run's data "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"}
+    return result
+
+
+def bless(retrieval: dict, ranking: dict, thresholds: Thresholds,
+          serving: dict | None = None) -> dict:
     """Every check must pass; the reason lists each with its numbers."""
     k = thresholds.recall_k
     recall, popular = retrieval[f"recall_at_{k}"], retrieval[f"popularity_recall_at_{k}"]
@@ -187,28 +243,45 @@ def bless(retrieval: dict, ranking: dict, thresholds: Thresholds) -> dict:
          f"ranking log loss {ranking['logloss']:.4f} vs constant-CTR prior "
          f"{ranking['prior_logloss']:.4f} (needs <= {thresholds.max_logloss_ratio:g}x)"),
     ]
+    notes = []
+    if serving and serving.get("serving_version") is not None:
+        version, floor = serving["serving_version"], 1 - thresholds.max_regression
+        for metric, label in ((f"served_recall_at_{k}", f"served Recall@{k}"), ("auc", "AUC")):
+            new, old = serving[f"candidate_{metric}"], serving[f"serving_{metric}"]
+            checks.append((new >= floor * old,
+                           f"{label} {new:.4f} vs serving version {version} {old:.4f} "
+                           f"(may drop at most {thresholds.max_regression:.0%})"))
+    elif serving:
+        notes.append(serving["note"])
     failed = [text for ok, text in checks if not ok]
     passed = [text for ok, text in checks if ok]
     if failed:
         reason = "NOT blessed: " + "; ".join(failed) + ". Passed: " + ("; ".join(passed) or "none")
     else:
         reason = "blessed: " + "; ".join(passed)
+    if notes:
+        reason += " (" + "; ".join(notes) + ")"
     return {"blessed": not failed, "reason": reason, "thresholds": asdict(thresholds)}
 
 
 def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: str,
              item_embeddings_dir: str, retrieval_model_dir: str, ranking_model_dir: str,
-             thresholds: Thresholds, blessing_path: str) -> dict:
+             thresholds: Thresholds, blessing_path: str, serving_root: str = "") -> dict:
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     ks = sorted({10, thresholds.recall_k, 100})
     retrieval = evaluate_retrieval(query_model_dir, item_embeddings_dir, retrieval_model_dir,
                                    train_examples, eval_examples, ks)
     ranking, roc = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
-    blessing = bless(retrieval, ranking, thresholds)
+    serving = compare_with_serving(
+        serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
+        train_examples, eval_examples, thresholds.recall_k)
+    blessing = bless(retrieval, ranking, thresholds, serving)
+    blessing["serving_comparison"] = serving
     with open(blessing_path, "w") as handle:
         json.dump(blessing, handle, indent=2)
     return {"retrieval": retrieval, "ranking": ranking, "roc": roc, "blessing": blessing,
+            "serving": serving,
             "markdown": report_markdown(retrieval, ranking, blessing, thresholds.recall_k)}
 
 
