@@ -1,4 +1,4 @@
-"""The ``recsys`` command: generate, compile, run, recommend."""
+"""The ``recsys`` command: generate, compile, run, recommend, schema."""
 
 import argparse
 import os
@@ -56,6 +56,20 @@ def _recommend(args):
     print(table.to_string(index=True, float_format=lambda v: f"{v:.4f}"))
 
 
+def _schema_infer(args):
+    from recsys import schema_tools
+
+    for name, path in schema_tools.infer(args.data, args.out).items():
+        print(f"{name}: {path}")
+    print(f"review with: recsys schema diff --proposed {args.out}")
+
+
+def _schema_diff(args):
+    from recsys import schema_tools
+
+    print(schema_tools.diff(args.proposed, args.curated))
+
+
 def main(argv=None):
     from pipelines.recsys_pipeline import DEFAULT_IMAGE
 
@@ -92,6 +106,17 @@ def main(argv=None):
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--at", help="request time (UTC), default now")
     recommend.set_defaults(func=_recommend)
+
+    schema = commands.add_parser("schema", help="propose a schema from data; diff it")
+    schema_commands = schema.add_subparsers(dest="schema_command", required=True)
+    infer = schema_commands.add_parser("infer", help="propose schemas from raw data statistics")
+    infer.add_argument("--data", required=True, help="raw data directory")
+    infer.add_argument("--out", default="proposed_schemas")
+    infer.set_defaults(func=_schema_infer)
+    schema_diff = schema_commands.add_parser("diff", help="proposed vs curated, per feature")
+    schema_diff.add_argument("--proposed", default="proposed_schemas")
+    schema_diff.add_argument("--curated", default="", help="default: the packaged schemas/")
+    schema_diff.set_defaults(func=_schema_diff)
 
     args = parser.parse_args(argv)
     try:

@@ -14,8 +14,8 @@ from recsys.tables import DataError
 
 # Which curated schema each ingested dataset is checked against.
 SCHEMA_OF_DATASET = {
-    "train_events": "events",
-    "eval_events": "events",
+    "train_events": "impressions",
+    "eval_events": "impressions",
     "users": "users",
     "items": "items",
     "user_features": "user_features",

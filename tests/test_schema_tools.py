@@ -1,0 +1,22 @@
+import shutil
+
+import tensorflow_data_validation as tfdv
+
+import schemas
+from recsys import schema_tools
+
+
+def test_infer_proposes_ranges_and_diff_shows_only_real_differences(tiny_data, tmp_path):
+    written = schema_tools.infer(tiny_data, str(tmp_path / "proposed"))
+    assert set(written) == {"impressions", "users", "items", "user_features", "item_features"}
+    proposed = tfdv.load_schema_text(written["impressions"])
+    watch = tfdv.get_feature(proposed, "watch_seconds")
+    assert watch.float_domain.min >= 0 and watch.float_domain.max > 0  # TFDV alone sets none
+
+    report = schema_tools.diff(str(tmp_path / "proposed"))
+    assert "## impressions: feature 'watch_seconds' (differs)" in report
+    assert "-  max: 86400.0" in report  # the curated bound, versus the observed one
+    assert "feature 'event_id'" not in report  # identical features are not listed
+
+    shutil.copytree(schemas.SCHEMA_DIR, tmp_path / "same")
+    assert schema_tools.diff(str(tmp_path / "same")) == "no differences"
