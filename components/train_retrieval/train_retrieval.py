@@ -116,7 +116,9 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, confi
                                                        preprocessing.CANDIDATE_FEATURES)
 
     items = read_dataset(item_snapshot)
-    item_embeddings = candidate_model(modeling.raw_tensors(items, candidate_signature)).numpy()
+    item_embeddings = np.concatenate([
+        candidate_model(modeling.raw_tensors(items.iloc[i:i + 8192], candidate_signature)).numpy()
+        for i in range(0, len(items), 8192)])
     item_ids = items["item_id"].astype(str).to_numpy()
     write_dataset(pa.table({
         "item_id": item_ids,
