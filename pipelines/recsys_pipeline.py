@@ -9,7 +9,7 @@ Every stage runs in the same project image. Stage logic lives in
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Markdown, Metrics
+from kfp.dsl import HTML, Artifact, Markdown, Metrics
 
 from components.evaluate.component import evaluate
 from components.features.component import features
@@ -25,7 +25,8 @@ DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
 
 PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics,
                              retrieval_metrics=Metrics, ranking_metrics=Metrics,
-                             evaluation_report=Markdown, blessing=Artifact, push_report=Markdown)
+                             evaluation_report=Markdown, evaluation_html=HTML,
+                             blessing=Artifact, push_report=Markdown)
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE):
@@ -132,6 +133,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                                retrieval_metrics=evaluation.outputs["retrieval_metrics"],
                                ranking_metrics=evaluation.outputs["ranking_metrics"],
                                evaluation_report=evaluation.outputs["evaluation_report"],
+                               evaluation_html=evaluation.outputs["evaluation_html"],
                                blessing=evaluation.outputs["blessing"],
                                push_report=pushed.outputs["push_report"])
 

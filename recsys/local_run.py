@@ -118,7 +118,8 @@ def summary(outputs: dict) -> str:
     for name in ("evaluation_report", "push_report"):
         with open(outputs[name]["path"]) as handle:
             lines += [handle.read().strip(), ""]
-    return "\n".join(lines)
+    lines.append(f"plots (HTML, renders offline): {outputs['evaluation_html']['path']}")
+    return "\n".join(lines) + "\n"
 
 
 def _child_main(argv=None) -> int:

@@ -75,6 +75,7 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
                   "evaluate", "push"):
         assert f"{stage}: started" in stderr and f"{stage}: finished in" in stderr
     assert "pushed version 1" in successful_run["result"].stdout
+    assert os.path.isfile(outputs["evaluation_html"]["path"])
 
 
 def test_recommend_prints_ranked_items(successful_run):

@@ -58,6 +58,10 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert ranking["logloss"] < ranking["prior_logloss"]
     with open(stages["paths"]["blessing"]) as handle:
         assert json.load(handle)["blessed"] is True
+    report = result["html"]
+    assert report.count('src="data:image/png;base64,') == 3  # self-contained, no network
+    assert "http://" not in report and "https://" not in report
+    assert result["blessing"]["reason"] in report
 
 
 def test_comparison_with_the_model_currently_serving(stages, tmp_path):

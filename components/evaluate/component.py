@@ -1,7 +1,7 @@
 """KFP shim for evaluate."""
 
-from kfp.dsl import (Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
-                     Output)
+from kfp.dsl import (HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics,
+                     Model, Output)
 
 
 def evaluate(
@@ -23,6 +23,7 @@ def evaluate(
     ranking_roc: Output[ClassificationMetrics],
     blessing: Output[Artifact],
     evaluation_report: Output[Markdown],
+    evaluation_html: Output[HTML],
 ):
     from components.evaluate.evaluate import Thresholds, evaluate as run_evaluate
     from recsys.progress import log, stage
@@ -47,4 +48,6 @@ def evaluate(
         blessing.metadata["reason"] = result["blessing"]["reason"]
         with open(evaluation_report.path, "w") as handle:
             handle.write(result["markdown"])
+        with open(evaluation_html.path, "w") as handle:
+            handle.write(result["html"])
         log("evaluate", result["blessing"]["reason"])

@@ -11,11 +11,15 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from components.evaluate import report
 from components.features import preprocessing
 from components.train_ranking.train_ranking import PROBABILITY_OUTPUT
 from components.train_retrieval.train_retrieval import QUERY_EMBEDDING_SIGNATURE_OUTPUT
 from recsys import modeling
 from recsys.tables import read_dataset
+
+# Cut-offs of the Recall@K curve in the HTML report.
+CURVE_KS = [1, 2, 5, 10, 20, 50, 100]
 
 
 @dataclass
@@ -107,17 +111,22 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     popularity = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
     popularity_scores = np.broadcast_to(popularity, model_scores.shape)
 
-    max_k = max(ks)
+    curve_ks = sorted(set(CURVE_KS) | set(ks))
+    max_k = max(curve_ks)
     model_top = rank_catalog(model_scores, users, item_ids, train_clicks, max_k)
     popularity_top = rank_catalog(popularity_scores, users, item_ids, train_clicks, max_k)
+    curve = {"k": curve_ks,
+             "two_tower": [recall_at_k(model_top, users, item_ids, positives, k)
+                           for k in curve_ks],
+             "popularity": [recall_at_k(popularity_top, users, item_ids, positives, k)
+                            for k in curve_ks]}
     metrics = {"eval_users": int(len(users)), "catalog_items": int(len(item_ids))}
     for k in ks:
-        metrics[f"recall_at_{k}"] = recall_at_k(model_top, users, item_ids, positives, k)
-        metrics[f"popularity_recall_at_{k}"] = recall_at_k(popularity_top, users, item_ids,
-                                                           positives, k)
+        metrics[f"recall_at_{k}"] = curve["two_tower"][curve_ks.index(k)]
+        metrics[f"popularity_recall_at_{k}"] = curve["popularity"][curve_ks.index(k)]
     metrics["catalog_coverage_at_10"] = float(len(np.unique(model_top[:, :10])) / len(item_ids))
     check_serving_agrees(retrieval_model_dir, queries.head(16), model_scores[:16], item_ids)
-    return metrics
+    return metrics, curve
 
 
 def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
@@ -172,7 +181,16 @@ def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
         "mean_predicted_ctr": float(probabilities.mean()),
         "eval_ctr": float(labels.mean()),
     }
-    return metrics, roc_curve(labels, probabilities)
+    return metrics, {"roc": roc_curve(labels, probabilities),
+                     "calibration": calibration(labels, probabilities)}
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict:
+    """Mean predicted vs observed click rate in equal-count bins of the prediction."""
+    order = np.argsort(probabilities, kind="stable")
+    groups = np.array_split(order, bins)
+    return {"predicted": [float(probabilities[g].mean()) for g in groups if len(g)],
+            "observed": [float(labels[g].mean()) for g in groups if len(g)]}
 
 
 def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
@@ -270,9 +288,10 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     ks = sorted({10, thresholds.recall_k, 100})
-    retrieval = evaluate_retrieval(query_model_dir, item_embeddings_dir, retrieval_model_dir,
-                                   train_examples, eval_examples, ks)
-    ranking, roc = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
+    retrieval, recall_curve = evaluate_retrieval(query_model_dir, item_embeddings_dir,
+                                                 retrieval_model_dir, train_examples,
+                                                 eval_examples, ks)
+    ranking, curves = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
     serving = compare_with_serving(
         serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
         train_examples, eval_examples, thresholds.recall_k)
@@ -280,9 +299,10 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     blessing["serving_comparison"] = serving
     with open(blessing_path, "w") as handle:
         json.dump(blessing, handle, indent=2)
-    return {"retrieval": retrieval, "ranking": ranking, "roc": roc, "blessing": blessing,
-            "serving": serving,
-            "markdown": report_markdown(retrieval, ranking, blessing, thresholds.recall_k)}
+    return {"retrieval": retrieval, "ranking": ranking, "roc": curves["roc"],
+            "blessing": blessing, "serving": serving,
+            "markdown": report_markdown(retrieval, ranking, blessing, thresholds.recall_k),
+            "html": report.render(retrieval, ranking, blessing, recall_curve, curves)}
 
 
 def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> str:

@@ -1,0 +1,91 @@
+"""The evaluation report as one self-contained HTML file (plots inlined as PNG),
+so it renders offline, in the Kubeflow UI and from a file share alike."""
+
+import base64
+import html
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on pipeline workers
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _recall_plot(curve: dict) -> str:
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    axis.plot(curve["k"], curve["two_tower"], marker="o", label="two-tower")
+    axis.plot(curve["k"], curve["popularity"], marker="s", label="popularity")
+    axis.set_xscale("log")
+    axis.set_xlabel("K (log scale)")
+    axis.set_ylabel("Recall@K")
+    axis.set_title("Retrieval, full catalog, training items masked")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _png(figure)
+
+
+def _roc_plot(roc) -> str:
+    fpr, tpr, _ = roc
+    figure, axis = plt.subplots(figsize=(3.6, 3.4))
+    axis.plot(fpr, tpr, label="ranking model")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title("Ranking ROC")
+    axis.legend(loc="lower right")
+    return _png(figure)
+
+
+def _calibration_plot(calibration: dict) -> str:
+    figure, axis = plt.subplots(figsize=(3.6, 3.4))
+    axis.plot(calibration["predicted"], calibration["observed"], marker="o", label="model")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    axis.set_xlabel("mean predicted click rate")
+    axis.set_ylabel("observed click rate")
+    axis.set_title("Calibration (10 equal-count bins)")
+    axis.legend(loc="upper left")
+    return _png(figure)
+
+
+def render(retrieval: dict, ranking: dict, blessing: dict, recall_curve: dict,
+           curves: dict) -> str:
+    verdict = "blessed" if blessing["blessed"] else "not blessed"
+    colour = "#1b7f3b" if blessing["blessed"] else "#b3261e"
+    rows = "".join(
+        f"<tr><td>Recall@{k}</td><td>{m:.4f}</td><td>{p:.4f}</td></tr>"
+        for k, m, p in zip(recall_curve["k"], recall_curve["two_tower"],
+                           recall_curve["popularity"]))
+    images = [_recall_plot(recall_curve), _roc_plot(curves["roc"]),
+              _calibration_plot(curves["calibration"])]
+    figures = "".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>recsys evaluation</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; max-width: 1100px; }}
+.verdict {{ color: {colour}; font-weight: bold; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+img {{ margin: 0.3em; vertical-align: top; }}
+</style></head><body>
+<h1>Evaluation</h1>
+<p class="verdict">{html.escape(verdict)}</p>
+<p>{html.escape(blessing["reason"])}</p>
+<h2>Retrieval</h2>
+<p>{retrieval["eval_users"]} eval users, {retrieval["catalog_items"]} catalog items;
+each user's training clicks are masked; positives are eval-window clicks on items
+new to the user.</p>
+<table><tr><th></th><th>two-tower</th><th>popularity</th></tr>{rows}</table>
+<h2>Ranking</h2>
+<p>{ranking["eval_examples"]} eval impressions: AUC {ranking["auc"]:.4f},
+log loss {ranking["logloss"]:.4f} (constant-CTR prior {ranking["prior_logloss"]:.4f}),
+mean predicted CTR {ranking["mean_predicted_ctr"]:.4f} vs observed {ranking["eval_ctr"]:.4f}.</p>
+{figures}
+</body></html>
+"""
