@@ -1,3 +1,4 @@
+import html
 import itertools
 import json
 
@@ -61,7 +62,7 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     report = result["html"]
     assert report.count('src="data:image/png;base64,') == 3  # self-contained, no network
     assert "http://" not in report and "https://" not in report
-    assert result["blessing"]["reason"] in report
+    assert html.escape(result["blessing"]["reason"]) in report
 
 
 def test_comparison_with_the_model_currently_serving(stages, tmp_path):

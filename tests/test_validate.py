@@ -10,10 +10,16 @@ from tests.conftest import TABLES
 def test_clean_data_passes_and_reports_rows(stages):
     # The shared stage run already validated; re-validate to read the summary.
     paths = stages["paths"]
+    report = str(stages["root"] / "validation.html")
     summary = validate({n: paths[n] for n in TABLES}, "", paths["stats"] + "2",
-                       paths["anomalies"] + "2")
+                       paths["anomalies"] + "2", report_path=report)
     assert summary["train_events"] == {"rows": stages["counts"]["train_events"], "anomalies": 0}
     assert "| items |" in summary["markdown"]
+    with open(report) as handle:
+        page = handle.read()
+    assert "No anomalies" in page
+    assert 'alt="watch_seconds" src="data:image/png;base64,' in page  # train vs eval plot
+    assert "http://" not in page and "https://" not in page  # renders offline
 
 
 def _copy_tables(stages, tmp_path):
@@ -31,9 +37,12 @@ def test_wrong_type_blocks_with_feature_and_advice(stages, tmp_path):
     shutil.rmtree(tables["train_events"])
     write_dataset(events, tables["train_events"])
     with pytest.raises(ValidationFailed) as failure:
-        validate(tables, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"))
+        validate(tables, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"),
+                 report_path=str(tmp_path / "report.html"))
     message = str(failure.value)
     assert "train_events: feature 'watch_seconds'" in message
+    # The report is written before the run stops, so the failure can be looked at.
+    assert "Expected data of type: FLOAT" in (tmp_path / "report.html").read_text()
     assert "Expected data of type: FLOAT but got STRING" in message
     assert "What to do" in message
     assert (tmp_path / "anomalies" / "train_events.anomalies.pbtxt").exists()

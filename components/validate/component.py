@@ -1,6 +1,6 @@
 """KFP shim for validate."""
 
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
 
 
 def validate(
@@ -16,6 +16,7 @@ def validate(
     anomalies: Output[Artifact],
     schema: Output[Artifact],
     validation_report: Output[Markdown],
+    validation_html: Output[HTML],
 ):
     from components.validate.validate import export_schemas, validate as run_validate
     from recsys.progress import stage
@@ -24,7 +25,8 @@ def validate(
         datasets = {"train_events": train_events, "eval_events": eval_events, "users": users,
                     "items": items, "user_features": user_features, "item_features": item_features}
         summary = run_validate({name: a.path for name, a in datasets.items()}, schema_dir,
-                               statistics.path, anomalies.path, beam_pipeline_args)
+                               statistics.path, anomalies.path, beam_pipeline_args,
+                               validation_html.path)
         with open(validation_report.path, "w") as handle:
             handle.write(summary.pop("markdown"))
         for name, counts in summary.items():

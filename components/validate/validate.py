@@ -9,6 +9,7 @@ import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
 
 import schemas
+from components.validate import report
 from recsys.beam_io import ReadDataset, pipeline_options, to_list_batch
 from recsys.tables import DataError
 
@@ -53,8 +54,9 @@ def describe_anomalies(dataset: str, schema_path: str, anomalies) -> list[str]:
 
 
 def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalies_dir: str,
-             beam_pipeline_args: str = "[]") -> dict:
-    """Compute statistics, validate each dataset, write anomalies; raise if any block.
+             beam_pipeline_args: str = "[]", report_path: str | None = None) -> dict:
+    """Compute statistics, validate each dataset, write anomalies and (if asked) the
+    HTML report; then raise if any anomaly blocks.
 
     Returns per-dataset row and anomaly counts plus the Markdown summary.
     """
@@ -81,6 +83,12 @@ def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalie
     if problems:
         markdown += "\n**Blocking anomalies**\n\n" + "\n".join(problems) + "\n"
     summary["markdown"] = markdown
+    if report_path:
+        groups = {}
+        for name in statistics:
+            groups.setdefault(SCHEMA_OF_DATASET[name], []).append(name)
+        with open(report_path, "w") as handle:
+            handle.write(report.render(statistics, groups, problems))
     if problems:
         raise ValidationFailed(
             f"validate: {len(problems)} blocking anomal{'y' if len(problems) == 1 else 'ies'}:\n"
