@@ -7,6 +7,8 @@ transform graph, so a SavedModel takes the raw features listed in
 
 import recsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+import time
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -110,6 +112,22 @@ def batched(features: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset
     ``fit(..., shuffle=True)``: Keras shuffles indices and gathers whole batches,
     which is far faster than shuffling dict elements one by one in tf.data."""
     return tf.data.Dataset.from_tensor_slices(features).batch(batch_size)
+
+
+def fit(model: tf.keras.Model, train_data: dict[str, np.ndarray], eval_data: dict[str, np.ndarray],
+        batch_size: int, epochs: int, stage: str) -> dict:
+    """Train with per-epoch progress lines; return the final losses and throughput."""
+    started = time.monotonic()
+    history = model.fit(train_data, batch_size=batch_size, shuffle=True,
+                        validation_data=batched(eval_data, 8192), epochs=epochs, verbose=0,
+                        callbacks=[EpochLogger(stage)])
+    seconds = time.monotonic() - started
+    n_train = len(next(iter(train_data.values())))
+    final = {f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}":
+             float(v[-1]) for k, v in history.history.items()
+             if "regularization" not in k and "total" not in k}
+    return {**final, "train_seconds": round(seconds, 2),
+            "examples_per_second": round(n_train * epochs / seconds, 1)}
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

@@ -4,7 +4,6 @@ It scores (user, item, context) triples; the SavedModel takes the raw features
 through the transform graph and returns a click probability.
 """
 
-import time
 from dataclasses import dataclass
 
 import recsys  # noqa: F401
@@ -65,21 +64,9 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     eval_data = modeling.load_transformed(transformed_eval, columns)
     model = ClickModel(transform_output, config)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    started = time.monotonic()
-    history = model.fit(train_data, batch_size=config.batch_size, shuffle=True,
-                        validation_data=modeling.batched(eval_data, 8192),
-                        epochs=config.epochs, verbose=0,
-                        callbacks=[modeling.EpochLogger("train_ranking")])
-    seconds = time.monotonic() - started
-    n_train = len(train_data[preprocessing.LABEL])
-    return model, {
-        "train_examples": n_train,
-        "final_train_loss": float(history.history["loss"][-1]),
-        "final_eval_loss": float(history.history["val_loss"][-1]),
-        "final_eval_auc": float(history.history["val_auc"][-1]),
-        "train_seconds": round(seconds, 2),
-        "examples_per_second": round(n_train * config.epochs / seconds, 1),
-    }
+    metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
+                           "train_ranking")
+    return model, {"train_examples": len(train_data[preprocessing.LABEL]), **metrics}
 
 
 def export(model: ClickModel, transform_graph: str, serving_model_dir: str) -> None:

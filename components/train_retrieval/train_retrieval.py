@@ -8,7 +8,6 @@ from each logit, with probabilities from click counts over the training window.
 Accidental hits (the positive item again as a negative in the batch) are removed.
 """
 
-import time
 from dataclasses import dataclass
 
 import recsys  # noqa: F401
@@ -86,21 +85,10 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
                          f"need at least batch_size={config.batch_size}. Widen the window.")
     model = TwoTowerModel(transform_output, config)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-    started = time.monotonic()
-    history = model.fit(train_data, batch_size=config.batch_size, shuffle=True,
-                        validation_data=modeling.batched(eval_data, 4096),
-                        epochs=config.epochs, verbose=0,
-                        callbacks=[modeling.EpochLogger("train_retrieval")])
-    seconds = time.monotonic() - started
-    metrics = {
-        "train_positives": n_train,
-        "eval_positives": len(eval_data[columns[0]]),
-        "final_train_loss": float(history.history["loss"][-1]),
-        "final_eval_loss": float(history.history["val_loss"][-1]),
-        "train_seconds": round(seconds, 2),
-        "examples_per_second": round(n_train * config.epochs / seconds, 1),
-    }
-    return model, metrics
+    metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
+                           "train_retrieval")
+    return model, {"train_positives": n_train, "eval_positives": len(eval_data[columns[0]]),
+                   **metrics}
 
 
 def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,
