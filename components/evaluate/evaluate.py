@@ -1,6 +1,7 @@
 """Evaluate: full-catalog retrieval recall against popularity, ranking AUC and log
 loss against the click-rate prior, then a blessing with a human-readable reason."""
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -36,7 +37,9 @@ class Thresholds:
     max_regression: float = 0.02
 
 
+@functools.lru_cache(maxsize=8)
 def _serving_fn(saved_model_dir: str):
+    """A SavedModel's serving signature, loaded once per path in this process."""
     return tf.saved_model.load(saved_model_dir).signatures["serving_default"]
 
 
@@ -132,8 +135,8 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
 def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
                          expected_scores: np.ndarray, item_ids: np.ndarray) -> None:
     """The exported serving model must score like the towers it was built from."""
-    served = _serving_fn(retrieval_model_dir)(
-        **modeling.raw_tensors(queries, _serving_fn(retrieval_model_dir).structured_input_signature[1]))
+    serve = _serving_fn(retrieval_model_dir)
+    served = serve(**modeling.raw_tensors(queries, serve.structured_input_signature[1]))
     served_ids = served["item_ids"].numpy().astype(str)
     served_scores = served["scores"].numpy()
     positions = pd.Index(item_ids).get_indexer(served_ids.ravel()).reshape(served_ids.shape)

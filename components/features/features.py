@@ -19,12 +19,14 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 from tfx_bsl.coders import csv_decoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
+import schemas
 from components.features import preprocessing
 from recsys.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
 from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
-                           write_dataset)
+                           read_dataset, write_dataset)
 
 DAY = 86_400
+EXAMPLES_SCHEMA_NAME = "examples"
 
 
 
@@ -89,13 +91,8 @@ def examples_feature_spec(schema_path: str) -> dict:
     return schema_utils.schema_as_feature_spec(tfdv.load_schema_text(schema_path)).feature_spec
 
 
-EXAMPLES_SCHEMA_NAME = "examples"
-
-
 def conform_to_schema(frame: pd.DataFrame, schema_path: str | None = None) -> pd.DataFrame:
     """Columns and dtypes exactly as the examples schema declares them."""
-    import schemas
-
     spec = examples_feature_spec(schema_path or schemas.schema_path(EXAMPLES_SCHEMA_NAME))
     present = [name for name in spec if name in frame.columns]
     out = frame[present].copy()
@@ -194,9 +191,6 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
 def build_features(inputs: dict[str, str], as_of: int, schema_dir: str, outputs: dict[str, str],
                    temp_dir: str, beam_pipeline_args: str = "[]") -> dict:
     """Join, snapshot and transform. ``inputs``/``outputs`` map names to directories."""
-    from recsys.tables import read_dataset
-    import schemas
-
     tables = {name: read_dataset(path) for name, path in inputs.items()}
     counts = {}
     for split in ("train", "eval"):
