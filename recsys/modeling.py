@@ -114,6 +114,11 @@ def batched(features: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset
     return tf.data.Dataset.from_tensor_slices(features).batch(batch_size)
 
 
+def _reported(log_name: str) -> bool:
+    # TFRS adds regularization_loss and total_loss (= loss without regularizers here).
+    return "regularization" not in log_name and "total" not in log_name
+
+
 def fit(model: tf.keras.Model, train_data: dict[str, np.ndarray], eval_data: dict[str, np.ndarray],
         batch_size: int, epochs: int, stage: str) -> dict:
     """Train with per-epoch progress lines; return the final losses and throughput."""
@@ -124,8 +129,7 @@ def fit(model: tf.keras.Model, train_data: dict[str, np.ndarray], eval_data: dic
     seconds = time.monotonic() - started
     n_train = len(next(iter(train_data.values())))
     final = {f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}":
-             float(v[-1]) for k, v in history.history.items()
-             if "regularization" not in k and "total" not in k}
+             float(v[-1]) for k, v in history.history.items() if _reported(k)}
     return {**final, "train_seconds": round(seconds, 2),
             "examples_per_second": round(n_train * epochs / seconds, 1)}
 
@@ -138,6 +142,5 @@ class EpochLogger(tf.keras.callbacks.Callback):
         self.stage = stage
 
     def on_epoch_end(self, epoch, logs=None):
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items()
-                          if "regularization" not in k and "total" not in k)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if _reported(k))
         log(self.stage, f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")

@@ -46,11 +46,6 @@ def latest_version(serving_root: str, name: str) -> int:
     return max(versions)
 
 
-def serving_signature(saved_model_dir: str) -> dict[str, tf.TensorSpec]:
-    loaded = tf.saved_model.load(saved_model_dir)
-    return loaded.signatures["serving_default"].structured_input_signature[1]
-
-
 def warmup_requests(model_name: str, signature: dict[str, tf.TensorSpec],
                     examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
     """One single-example PredictRequest per warmup record, from real eval rows."""
@@ -75,9 +70,9 @@ def write_warmup(saved_model_dir: str, logs: list) -> str:
     return path
 
 
-def replay_warmup(saved_model_dir: str) -> int:
-    """Load the staged model fresh and run every warmup request through it."""
-    serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+def replay_warmup(saved_model_dir: str, serve) -> int:
+    """Run every warmup request written under ``saved_model_dir`` through ``serve``,
+    the serving signature loaded from that same staged copy."""
     replayed = 0
     for record in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -115,8 +110,12 @@ def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
         for name, source in models.items():
             stage_dir = staged[name] = _staging_dir(serving_root, name, version)
             shutil.copytree(source, stage_dir)
-            write_warmup(stage_dir, warmup_requests(name, serving_signature(stage_dir), examples))
-            replay_warmup(stage_dir)
+            # Loaded once from the staged copy: the signature shapes the warmup
+            # requests, then replays them (warmup files are not part of the graph).
+            serve = tf.saved_model.load(stage_dir).signatures["serving_default"]
+            write_warmup(stage_dir, warmup_requests(
+                name, serve.structured_input_signature[1], examples))
+            replay_warmup(stage_dir, serve)
         stage_dir = staged[SNAPSHOT_DIR] = _staging_dir(serving_root, SNAPSHOT_DIR, version)
         os.makedirs(stage_dir)
         for name, source in snapshots.items():
