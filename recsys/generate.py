@@ -5,6 +5,13 @@ creator), an existing "production" recommender exposes items by a mix of taste
 and popularity, and clicks depend on taste, item quality and time of day. A model
 that learns tastes therefore beats a popularity ranking, which is what the
 pipeline's evaluation checks.
+
+Besides the tables the pipeline trains on, it writes a serving log: the
+features the online system fed the models for each impression, computed the
+way serving computes them (its own lookup of the feature store). Switches
+inject drift (the data changes from a chosen day on) and skew (serving
+computes one feature differently from a chosen day on), so validation can be
+shown to catch both.
 """
 
 import os
@@ -22,17 +29,40 @@ DAY = 86_400
 LATENT_DIM = 8
 HISTORY_DAYS = 7  # window of the rolling feature aggregates
 
+# What each injection does from its chosen day on.
+DRIFTS = {
+    "category": "the feed pushes one category ('gaming'): the category mix shifts",
+    "numeric": "the feed favours long videos: duration_s of impressions shifts up",
+    "volume": "traffic drops to 40%: fewer impressions per day",
+}
+SKEWS = {
+    "device": "serving's user-agent parser reports iOS devices as 'android'",
+    "watch_minutes": "serving logs user_watch_seconds_7d in minutes, not seconds",
+}
+PUSHED_CATEGORY = "gaming"
+
 
 def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed: int = 7,
-             start: str = "2026-01-05", impressions_per_user_day: float = 4.0) -> dict[str, int]:
-    """Write users, items, impressions and daily feature snapshots under ``out``.
+             start: str = "2026-01-05", impressions_per_user_day: float = 4.0,
+             drift: str = "", drift_day: int = 0, skew: str = "",
+             skew_day: int = 0) -> dict[str, int]:
+    """Write users, items, impressions, daily feature snapshots and the serving log
+    under ``out``.
 
     Returns the row count of each table written. The data window is
     ``[start, start + days)``; the last feature snapshot is stamped ``start + days``
-    so that serving at that moment has fresh features.
+    so that serving at that moment has fresh features. ``drift`` (one of DRIFTS)
+    and ``skew`` (one of SKEWS) apply from day index ``drift_day`` / ``skew_day``
+    (0 = ``start``) on.
     """
     if users < 2 or items < 2 or days < 2:
         raise ValueError("generate needs at least 2 users, 2 items and 2 days")
+    for kind, value, known, day in (("drift", drift, DRIFTS, drift_day),
+                                    ("skew", skew, SKEWS, skew_day)):
+        if value and value not in known:
+            raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(known)}")
+        if value and not 0 <= day < days:
+            raise ValueError(f"{kind}_day={day} is outside the {days} generated days")
     rng = np.random.default_rng(seed)
     start_ts = int(pd.Timestamp(start, tz="UTC").timestamp())
 
@@ -44,12 +74,19 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
     affinity = user_vectors @ item_vectors.T / np.sqrt(LATENT_DIM)
     affinity = (affinity - affinity.mean()) / affinity.std()
     impressions = _impressions(rng, affinity, item_quality, item_popularity, user_activity,
-                               items_frame, days, start_ts, impressions_per_user_day)
+                               items_frame, days, start_ts, impressions_per_user_day,
+                               drift, drift_day)
     impressions["user_id"] = users_frame["user_id"].to_numpy()[impressions.pop("user_index")]
     impressions["item_id"] = items_frame["item_id"].to_numpy()[impressions["item_index"]]
 
-    user_features = _snapshots(rng, impressions, "user", users_frame["user_id"], days, start_ts)
-    item_features = _snapshots(rng, impressions, "item", items_frame["item_id"], days, start_ts)
+    user_snapshots = _snapshots(impressions, "user", users_frame["user_id"], days, start_ts)
+    item_snapshots = _snapshots(impressions, "item", items_frame["item_id"], days, start_ts)
+    serving_log = _serving_log(impressions, users_frame, items_frame, user_snapshots,
+                               item_snapshots, days, start_ts, skew, skew_day)
+    # Real feature jobs miss days; a few absent snapshots exercise the as-of fallback.
+    user_features, item_features = (
+        frame[rng.random(len(frame)) >= 0.03].reset_index(drop=True)
+        for frame in (user_snapshots, item_snapshots))
     impressions = impressions.drop(columns=["item_index"])
 
     tables = {
@@ -58,6 +95,7 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
         "impressions": impressions[RAW_TABLES["impressions"]],
         "user_features": user_features,
         "item_features": item_features,
+        "serving_log": serving_log,
     }
     os.makedirs(out, exist_ok=True)
     for name, frame in tables.items():
@@ -103,25 +141,35 @@ def _users(rng, n, start_ts, category_vectors):
 
 
 def _impressions(rng, affinity, quality, popularity, activity, items_frame, days, start_ts,
-                 per_user_day):
+                 per_user_day, drift, drift_day):
     n_users, n_items = affinity.shape
-    counts = rng.poisson(per_user_day * activity[:, None], size=(n_users, days))
+    rate = np.full(days, per_user_day)
+    if drift == "volume":
+        rate[drift_day:] *= 0.4
+    counts = rng.poisson(activity[:, None] * rate[None, :], size=(n_users, days))
     per_user = counts.sum(axis=1)
+    day = np.concatenate([np.repeat(np.arange(days), c) for c in counts]) if per_user.sum() else \
+        np.array([], dtype=np.int64)
     # The incumbent recommender shows a taste/popularity mix, so exposure itself is biased.
     exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
-    exposure = np.exp(exposure_logits - exposure_logits.max(axis=1, keepdims=True))
-    exposure /= exposure.sum(axis=1, keepdims=True)
-    # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
-    cdf = np.cumsum(exposure, axis=1)
+    drifted_logits = exposure_logits.copy()
+    if drift == "category":
+        drifted_logits += 2.5 * (items_frame["category"].to_numpy() == PUSHED_CATEGORY)[None, :]
+    elif drift == "numeric":
+        drifted_logits += 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
     user_index = np.repeat(np.arange(n_users), per_user)
     uniform = rng.random(len(user_index))
     item_index = np.empty(len(user_index), dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(per_user)])
-    for u in range(n_users):  # per user, vectorised within the user
-        lo, hi = offsets[u], offsets[u + 1]
-        item_index[lo:hi] = np.minimum(np.searchsorted(cdf[u], uniform[lo:hi]), n_items - 1)
-    day = np.concatenate([np.repeat(np.arange(days), c) for c in counts]) if len(user_index) else \
-        np.array([], dtype=np.int64)
+    drifted = day >= drift_day if drift in ("category", "numeric") else np.zeros(len(day), bool)
+    for logits, rows in ((exposure_logits, ~drifted), (drifted_logits, drifted)):
+        exposure = np.exp(logits - logits.max(axis=1, keepdims=True))
+        # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
+        cdf = np.cumsum(exposure / exposure.sum(axis=1, keepdims=True), axis=1)
+        for u in range(n_users):  # per user, vectorised within the user
+            lo, hi = offsets[u], offsets[u + 1]
+            mine = lo + np.flatnonzero(rows[lo:hi])
+            item_index[mine] = np.minimum(np.searchsorted(cdf[u], uniform[mine]), n_items - 1)
     hour_weights = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.4, 0.7, 1.0, 1.2, 1.2, 1.2, 1.3,
                              1.5, 1.4, 1.3, 1.3, 1.5, 1.8, 2.2, 2.6, 2.8, 2.5, 2.0, 1.4])
     hour = rng.choice(24, len(user_index), p=hour_weights / hour_weights.sum())
@@ -147,7 +195,7 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     return frame
 
 
-def _snapshots(rng, impressions, entity, ids, days, start_ts):
+def _snapshots(impressions, entity, ids, days, start_ts):
     """Daily snapshots stamped at midnight, aggregating the previous HISTORY_DAYS days."""
     n = len(ids)
     index = impressions[f"{entity}_index"].to_numpy() if entity == "item" else \
@@ -184,6 +232,46 @@ def _snapshots(rng, impressions, entity, ids, days, start_ts):
             # Smoothed towards a 10% prior so new items do not get 0/0 or 1/1.
             "item_ctr_7d": ((clicks_7d + 2.0) / (impressions_7d + 20.0)).ravel().round(5),
         })
-    # Real feature jobs miss days; a few absent snapshots exercise the as-of fallback.
-    keep = rng.random(len(frame)) >= 0.03
-    return frame[keep].reset_index(drop=True)
+    return frame
+
+
+def _serving_log(impressions, users, items, user_snapshots, item_snapshots, days, start_ts,
+                 skew, skew_day):
+    """Per impression, the features serving used: each entity's snapshot of that day
+    from serving's own feature cache (which, unlike the offline table, misses none)."""
+    day = (impressions["event_ts"].to_numpy() - start_ts) // DAY
+    user_index = pd.Index(users["user_id"]).get_indexer(impressions["user_id"])
+    item_index = impressions["item_index"].to_numpy()
+    user_row = user_snapshots.iloc[user_index * (days + 1) + day].reset_index(drop=True)
+    item_row = item_snapshots.iloc[item_index * (days + 1) + day].reset_index(drop=True)
+    timestamps = pd.to_datetime(impressions["event_ts"], unit="s", utc=True)
+    log = pd.DataFrame({
+        "event_id": impressions["event_id"],
+        "event_ts": impressions["event_ts"],
+        "user_id": impressions["user_id"],
+        "country": users["country"].to_numpy()[user_index],
+        "device": users["device"].to_numpy()[user_index],
+        "user_impressions_7d": user_row["user_impressions_7d"].astype(float),
+        "user_clicks_7d": user_row["user_clicks_7d"].astype(float),
+        "user_watch_seconds_7d": user_row["user_watch_seconds_7d"].astype(float),
+        "user_features_missing": 0,
+        "item_id": impressions["item_id"],
+        "category": items["category"].to_numpy()[item_index],
+        "creator_id": items["creator_id"].to_numpy()[item_index],
+        "duration_s": items["duration_s"].to_numpy()[item_index],
+        "item_age_days": ((impressions["event_ts"].to_numpy()
+                           - items["upload_ts"].to_numpy()[item_index]) / DAY).clip(0),
+        "item_impressions_7d": item_row["item_impressions_7d"].astype(float),
+        "item_clicks_7d": item_row["item_clicks_7d"].astype(float),
+        "item_ctr_7d": item_row["item_ctr_7d"],
+        "item_features_missing": 0,
+        "hour_of_day": timestamps.dt.hour.to_numpy(),
+        "day_of_week": timestamps.dt.dayofweek.to_numpy(),
+    })
+    skewed = day >= skew_day
+    if skew == "device":
+        log.loc[skewed & (log["device"] == "ios").to_numpy(), "device"] = "android"
+    elif skew == "watch_minutes":
+        log.loc[skewed, "user_watch_seconds_7d"] = (
+            log.loc[skewed, "user_watch_seconds_7d"] / 60.0).round(2)
+    return log

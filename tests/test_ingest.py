@@ -1,12 +1,16 @@
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from components.ingest.ingest import DAY, Window, ingest, resolve_window, split_events
 from recsys.tables import DataError, read_dataset, read_raw_table, to_unix_seconds
 
-TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features"]
+TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features",
+          "serving_log", "quarantine"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,6 +57,10 @@ def test_ingest_writes_every_table_and_drops_future_snapshots(tiny_data, tmp_pat
     assert (snapshots["feature_ts"] <= counts["as_of"]).all()
     # The tiny data has a snapshot stamped exactly at as_of (serving uses it), none later.
     assert counts["user_features_after_as_of"] == 0
+    assert counts["quarantined"] == 0 and len(read_dataset(outputs["quarantine"])) == 0
+    serving = read_dataset(outputs["serving_log"])
+    assert len(serving) == counts["serving_log"] > 0
+    assert serving["event_ts"].between(counts["as_of"] - DAY, counts["as_of"] - 1).all()
 
 
 def test_csv_with_iso_timestamps_reads_like_parquet(tiny_data, tmp_path):
@@ -75,3 +83,170 @@ def test_missing_table_and_bad_timestamps_are_explained(tmp_path):
         read_raw_table(str(tmp_path), "users")
     with pytest.raises(DataError, match=r"'event_ts' has 2 value\(s\) that are not timestamps"):
         to_unix_seconds(pd.Series(["2026-01-01T00:00:00Z", "soon", "later"]), "x.csv", "event_ts")
+
+
+def _copy_of(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def _ingest(data, tmp_path, **kwargs):
+    outputs = {name: str(tmp_path / "out" / name) for name in TABLES}
+    counts = ingest(str(data), "", 10, 3, outputs, **kwargs)
+    return counts, outputs
+
+
+def _rows_of(impressions: pd.DataFrame, n: int) -> pd.Index:
+    return impressions.index[100:100 + 5 * n:5]
+
+
+def _text_value(frame, rows, column, value):
+    frame[column] = frame[column].astype(object)
+    frame.loc[rows, column] = value
+
+
+# Each fault: (what is done to 4 impression rows, reason, column). The file is
+# written as CSV so text faults arrive as text, the way real exports do.
+FAULTS = {
+    "wrong type": (lambda f, r: _text_value(f, r, "watch_seconds", "12.5s"),
+                   "wrong_type", "watch_seconds"),
+    "NaN": (lambda f, r: _text_value(f, r, "watch_seconds", "NaN"), "not_finite",
+            "watch_seconds"),
+    "inf": (lambda f, r: _text_value(f, r, "watch_seconds", "inf"), "not_finite",
+            "watch_seconds"),
+    "empty required field": (lambda f, r: _text_value(f, r, "user_id", None), "missing_value",
+                             "user_id"),
+    "out-of-range number": (lambda f, r: _text_value(f, r, "clicked", 3), "out_of_range",
+                            "clicked"),
+    "fractional int": (lambda f, r: _text_value(f, r, "clicked", 0.5), "wrong_type", "clicked"),
+    "future timestamp": (lambda f, r: _text_value(f, r, "event_ts", "2099-06-01T00:00:00Z"),
+                         "future_timestamp", "event_ts"),
+    "unparseable timestamp": (lambda f, r: _text_value(f, r, "event_ts", "yesterday"),
+                              "wrong_type", "event_ts"),
+    "duplicate event ids": (lambda f, r: _text_value(f, r, "event_id", f["event_id"].iloc[0]),
+                            "duplicate_key", "event_id"),
+    "unknown user": (lambda f, r: _text_value(f, r, "user_id", "u999999"), "unknown_user_id",
+                     "user_id"),
+    "unknown item": (lambda f, r: _text_value(f, r, "item_id", "v999999"), "unknown_item_id",
+                     "item_id"),
+    "watch longer than video": (lambda f, r: _text_value(f, r, "watch_seconds", 86000.0),
+                                "watch_exceeds_duration", "watch_seconds"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_bad_rows_are_quarantined_with_reason_and_original(fault, tiny_data, tmp_path):
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    events["event_ts"] = events["event_ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    mutate, reason, column = FAULTS[fault]
+    rows = _rows_of(events, 4)
+    originals = events.loc[rows, "event_id"].tolist()
+    mutate(events, rows)
+    (data / "impressions.parquet").unlink()
+    events.to_csv(data / "impressions.csv", index=False)
+
+    counts, outputs = _ingest(data, tmp_path)
+
+    quarantine = read_dataset(outputs["quarantine"])
+    assert counts["impressions_quarantined"] == counts["quarantined"] == len(quarantine) == 4
+    assert counts[f"quarantined_{reason}"] == 4
+    assert set(quarantine["reason"]) == {reason} and set(quarantine["column"]) == {column}
+    assert list(quarantine["row"]) == [i + 1 for i in rows]  # 1-based data rows of the file
+    assert quarantine["source_file"].str.endswith("impressions.csv").all()
+    kept = [json.loads(text)["event_id"] for text in quarantine["original"]]
+    if fault != "duplicate event ids":
+        assert kept == originals
+    accepted = counts["train_events"] + counts["eval_events"] \
+        + counts["impressions_before_window"] + counts["impressions_at_or_after_as_of"]
+    assert accepted + counts["impressions_quarantined"] == counts["impressions_read"] \
+        == len(events)
+
+
+def test_latin1_text_is_quarantined_unless_declared(tiny_data, tmp_path):
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    events["note"] = "plain"
+    events.loc[_rows_of(events, 3), "note"] = "Zoë à São Paulo"
+    (data / "impressions.parquet").unlink()
+    events.to_csv(data / "impressions.csv", index=False, encoding="latin-1")
+    events.loc[_rows_of(events, 1), "note"].iloc[0].encode("latin-1")  # really latin-1 bytes
+
+    counts, outputs = _ingest(data, tmp_path)
+    quarantine = read_dataset(outputs["quarantine"])
+    assert counts["quarantined_undecodable_text"] == 3
+    assert "São Paulo" in quarantine["original"].iloc[0]  # original kept, read as latin-1
+
+    counts, outputs = _ingest(data, tmp_path / "declared", input_encoding="latin-1")
+    assert counts["quarantined"] == 0
+    accepted = pd.concat([read_dataset(outputs["train_events"]),
+                          read_dataset(outputs["eval_events"])])
+    assert (accepted["note"] == "Zoë à São Paulo").sum() == 3
+
+    events.to_csv(data / "impressions.csv", index=False, encoding="utf-8")  # UTF-8 is fine
+    counts, _ = _ingest(data, tmp_path / "utf8")
+    assert counts["quarantined"] == 0
+
+
+def test_duplicate_and_unknown_ids_in_reference_and_feature_tables(tiny_data, tmp_path):
+    data = _copy_of(tiny_data, tmp_path)
+    items = pd.read_parquet(data / "items.parquet")
+    pd.concat([items, items.tail(1)]).to_parquet(data / "items.parquet")
+    snapshots = pd.read_parquet(data / "user_features.parquet")
+    snapshots.loc[snapshots.index[:2], "user_id"] = "u999999"
+    snapshots.to_parquet(data / "user_features.parquet")
+    counts, outputs = _ingest(data, tmp_path, max_reject_rate=0.01)
+    quarantine = read_dataset(outputs["quarantine"]).set_index("table")
+    assert quarantine.loc["items", "reason"] == "duplicate_key"
+    assert quarantine.loc["items", "row"] == len(items) + 1
+    assert list(quarantine.loc["user_features", "reason"]) == ["unknown_user_id"] * 2
+    assert counts["items"] == len(items)
+
+
+def test_reject_rate_above_limit_fails_naming_reasons_examples_and_quarantine(tiny_data,
+                                                                              tmp_path):
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    events["watch_seconds"] = events["watch_seconds"].map(lambda s: f"{s}s")
+    events.loc[events.index[:30], "user_id"] = "u999999"
+    (data / "impressions.parquet").unlink()
+    events.to_csv(data / "impressions.csv", index=False)
+    with pytest.raises(DataError) as error:
+        _ingest(data, tmp_path)
+    message = str(error.value)
+    assert f"{len(events)} of {len(events)} rows (100.0%) of table 'impressions'" in message
+    assert "max_reject_rate=1.0%" in message
+    assert f"wrong_type in column 'watch_seconds': {len(events)} rows" in message
+    assert "impressions.csv row 1" in message and '"watch_seconds":"0.0s"' in message
+    quarantine_dir = str(tmp_path / "out" / "quarantine")
+    assert f"All quarantined rows with their reasons: {quarantine_dir}" in message
+    assert len(read_dataset(quarantine_dir)) == len(events)  # written before failing
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.integers(0, 199), st.sampled_from(sorted(FAULTS)), max_size=12))
+def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_factory, faults):
+    """Any mix of faults on any rows: exactly the faulty rows are quarantined, each
+    with its fault's reason, and read = accepted + quarantined."""
+    tmp_path = tmp_path_factory.mktemp("mix")
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    events = events.iloc[::len(events) // 200].iloc[:200].reset_index(drop=True)
+    events["event_ts"] = events["event_ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for row, fault in faults.items():
+        if fault == "duplicate event ids":  # duplicate of row 0 (which stays clean)
+            if row == 0:
+                continue
+        FAULTS[fault][0](events, pd.Index([row]))
+    if faults.get(0) and any(f == "duplicate event ids" for f in faults.values()):
+        return  # row 0 itself broken: which copy is "first" is a different question
+    (data / "impressions.parquet").unlink()
+    events.to_csv(data / "impressions.csv", index=False)
+    counts, outputs = _ingest(data, tmp_path, max_reject_rate=1.0)
+    quarantine = read_dataset(outputs["quarantine"])
+    expected = {row + 1: FAULTS[fault][1] for row, fault in faults.items()
+                if not (fault == "duplicate event ids" and row == 0)}
+    assert dict(zip(quarantine["row"], quarantine["reason"])) == expected
+    assert counts["impressions_read"] == 200
+    assert counts["impressions_accepted"] + counts["impressions_quarantined"] == 200
