@@ -1,6 +1,11 @@
 """The recsys pipeline: one KFP DAG, read top to bottom in the order it runs.
 
-ingest -> validate -> features -> train_retrieval, train_ranking -> evaluate -> push
+ingest -> features (join) -> validate -> features (transform)
+       -> train_retrieval, train_ranking -> evaluate -> push
+
+validate runs after the point-in-time join because training/serving skew and
+drift are measured on the examples themselves; it checks the ingested tables in
+the same step, and nothing is transformed or trained until it passes.
 
 Every stage runs in the same project image. Stage logic lives in
 ``components/<stage>/``; this file only wires outputs to inputs.
@@ -9,10 +14,10 @@ Every stage runs in the same project image. Stage logic lives in
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Markdown, Metrics
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 
 from components.evaluate.component import evaluate
-from components.features.component import features
+from components.features.component import join_features, transform_features
 from components.ingest.component import ingest
 from components.push.component import push
 from components.train_ranking.component import train_ranking
@@ -23,7 +28,8 @@ PIPELINE_NAME = "recsys-pipeline"
 # Tag images immutably: KFP's cache key includes the image string, not its content.
 DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
 
-PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics,
+PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics, quarantine=Dataset,
+                             validation_report=Markdown, validation_html=HTML,
                              retrieval_metrics=Metrics, ranking_metrics=Metrics,
                              evaluation_report=Markdown, evaluation_html=HTML,
                              blessing=Artifact, push_report=Markdown)
@@ -35,7 +41,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     def stage(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
-    ingest_op, validate_op, features_op = stage(ingest), stage(validate), stage(features)
+    ingest_op, validate_op = stage(ingest), stage(validate)
+    join_op, transform_op = stage(join_features), stage(transform_features)
     retrieval_op, ranking_op = stage(train_retrieval), stage(train_ranking)
     evaluate_op, push_op = stage(evaluate), stage(push)
 
@@ -49,6 +56,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         lookback_days: int = 14,
         eval_days: int = 3,
         schema_dir: str = "",
+        max_reject_rate: float = 0.01,
+        input_encoding: str = "utf-8",
+        statistics_root: str = "",
+        drift_baseline: str = "",
+        anomaly_policy: str = "{}",
         beam_pipeline_args: str = "[]",
         retrieval_epochs: int = 5,
         retrieval_embedding_dim: int = 32,
@@ -68,33 +80,46 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         max_logloss_ratio: float = 1.0,
         max_regression: float = 0.02,
     ) -> PipelineOutputs:
-        # 1. ingest: the time window, split by time
+        # 1. ingest: every row checked against the data contract, bad rows
+        #    quarantined; the time window, split by time
         ingested = ingest_op(data_root=data_root, as_of=as_of, lookback_days=lookback_days,
-                             eval_days=eval_days)
+                             eval_days=eval_days, schema_dir=schema_dir,
+                             max_reject_rate=max_reject_rate, input_encoding=input_encoding)
         ingested.set_caching_options(False)  # reads external data that changes under one path
         tables = {name: ingested.outputs[name] for name in
                   ("train_events", "eval_events", "users", "items", "user_features",
                    "item_features")}
 
-        # 2. validate: TFDV statistics against the curated schemas; blocks on anomalies
-        validated = validate_op(**tables, schema_dir=schema_dir,
-                                beam_pipeline_args=beam_pipeline_args)
+        # 2. features, part 1: point-in-time joins into examples
+        joined = join_op(**tables, schema_dir=schema_dir)
 
-        # 3. features: point-in-time joins and tensorflow-transform
-        featurized = features_op(**tables, schema=validated.outputs["schema"],
-                                 beam_pipeline_args=beam_pipeline_args)
+        # 3. validate: schema, training/serving skew and drift; blocks on anomalies
+        validated = validate_op(
+            **tables, train_examples=joined.outputs["train_examples"],
+            eval_examples=joined.outputs["eval_examples"],
+            serving_log=ingested.outputs["serving_log"], schema_dir=schema_dir,
+            beam_pipeline_args=beam_pipeline_args, statistics_root=statistics_root,
+            drift_baseline=drift_baseline, anomaly_policy=anomaly_policy,
+            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER)
+        validated.set_caching_options(False)  # reads and writes the drift baseline store
 
-        # 4. train_retrieval: two-tower model with a brute-force top-K index
+        # 4. features, part 2: tensorflow-transform, analyzed on train only
+        featurized = transform_op(train_examples=joined.outputs["train_examples"],
+                                  eval_examples=joined.outputs["eval_examples"],
+                                  schema=validated.outputs["schema"],
+                                  beam_pipeline_args=beam_pipeline_args)
+
+        # 5. train_retrieval: two-tower model with a brute-force top-K index
         retrieval = retrieval_op(
             transformed_train=featurized.outputs["transformed_train"],
             transformed_eval=featurized.outputs["transformed_eval"],
             transform_graph=featurized.outputs["transform_graph"],
-            item_snapshot=featurized.outputs["item_snapshot"],
+            item_snapshot=joined.outputs["item_snapshot"],
             epochs=retrieval_epochs, embedding_dim=retrieval_embedding_dim,
             batch_size=retrieval_batch_size, learning_rate=retrieval_learning_rate,
             temperature=retrieval_temperature, top_k=retrieval_top_k, seed=seed)
 
-        # 5. train_ranking: click model over user, item and context features
+        # 6. train_ranking: click model over user, item and context features
         ranking = ranking_op(
             transformed_train=featurized.outputs["transformed_train"],
             transformed_eval=featurized.outputs["transformed_eval"],
@@ -104,11 +129,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         for trainer in (retrieval, ranking):
             trainer.set_cpu_request("2").set_memory_request("8G")
 
-        # 6. evaluate: against popularity, thresholds and the model serving now;
+        # 7. evaluate: against popularity, thresholds and the model serving now;
         #    writes the blessing
         evaluation = evaluate_op(
-            train_examples=featurized.outputs["train_examples"],
-            eval_examples=featurized.outputs["eval_examples"],
+            train_examples=joined.outputs["train_examples"],
+            eval_examples=joined.outputs["eval_examples"],
             query_model=retrieval.outputs["query_model"],
             item_embeddings=retrieval.outputs["item_embeddings"],
             retrieval_model=retrieval.outputs["retrieval_model"],
@@ -118,18 +143,21 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             max_regression=max_regression, serving_root=serving_root)
         evaluation.set_caching_options(False)  # the serving model it compares with changes
 
-        # 7. push: only blessed models reach the serving root
+        # 8. push: only blessed models reach the serving root
         pushed = push_op(
             blessing=evaluation.outputs["blessing"],
             retrieval_model=retrieval.outputs["retrieval_model"],
             ranking_model=ranking.outputs["ranking_model"],
-            eval_examples=featurized.outputs["eval_examples"],
-            user_snapshot=featurized.outputs["user_snapshot"],
-            item_snapshot=featurized.outputs["item_snapshot"],
+            eval_examples=joined.outputs["eval_examples"],
+            user_snapshot=joined.outputs["user_snapshot"],
+            item_snapshot=joined.outputs["item_snapshot"],
             serving_root=serving_root)
         pushed.set_caching_options(False)  # a side effect on the serving root, every run
 
         return PipelineOutputs(ingest_metrics=ingested.outputs["ingest_metrics"],
+                               quarantine=ingested.outputs["quarantine"],
+                               validation_report=validated.outputs["validation_report"],
+                               validation_html=validated.outputs["validation_html"],
                                retrieval_metrics=evaluation.outputs["retrieval_metrics"],
                                ranking_metrics=evaluation.outputs["ranking_metrics"],
                                evaluation_report=evaluation.outputs["evaluation_report"],

@@ -31,7 +31,7 @@ HISTORY_DAYS = 7  # window of the rolling feature aggregates
 
 # What each injection does from its chosen day on.
 DRIFTS = {
-    "category": "the feed pushes one category ('gaming'): the category mix shifts",
+    "category": "the feed pushes the catalogue's smallest category: the category mix shifts",
     "numeric": "the feed favours long videos: duration_s of impressions shifts up",
     "volume": "traffic drops to 40%: fewer impressions per day",
 }
@@ -39,7 +39,6 @@ SKEWS = {
     "device": "serving's user-agent parser reports iOS devices as 'android'",
     "watch_minutes": "serving logs user_watch_seconds_7d in minutes, not seconds",
 }
-PUSHED_CATEGORY = "gaming"
 
 
 def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed: int = 7,
@@ -154,7 +153,9 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
     drifted_logits = exposure_logits.copy()
     if drift == "category":
-        drifted_logits += 2.5 * (items_frame["category"].to_numpy() == PUSHED_CATEGORY)[None, :]
+        category = items_frame["category"]
+        pushed = category.value_counts().index[-1]
+        drifted_logits += 2.5 * (category.to_numpy() == pushed)[None, :]
     elif drift == "numeric":
         drifted_logits += 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
     user_index = np.repeat(np.arange(n_users), per_user)

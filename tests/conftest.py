@@ -11,14 +11,16 @@ import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 import pytest
 
 from recsys.generate import generate
+from schemas import schema_path
 
 TINY = dict(users=300, items=120, days=10, seed=3)
 LOOKBACK_DAYS, EVAL_DAYS = 10, 3
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
 TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features"]
-FEATURE_OUTPUTS = ["train_examples", "eval_examples", "user_snapshot", "item_snapshot",
-                   "transform_graph", "transformed_train", "transformed_eval"]
+INGEST_OUTPUTS = TABLES + ["serving_log", "quarantine"]
+JOIN_OUTPUTS = ["train_examples", "eval_examples", "user_snapshot", "item_snapshot"]
+VALIDATED = TABLES + ["serving_log", "train_examples", "eval_examples"]
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +34,7 @@ def tiny_data(tmp_path_factory):
 def stages(tiny_data, tmp_path_factory):
     """Every stage function run once on the tiny data; returns all paths."""
     from components.evaluate.evaluate import Thresholds, evaluate
-    from components.features.features import build_features
+    from components.features.features import join_features, transform
     from components.ingest.ingest import ingest
     from components.train_ranking import train_ranking
     from components.train_retrieval import train_retrieval
@@ -40,13 +42,20 @@ def stages(tiny_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stages")
     paths = {name: str(root / name) for name in
-             TABLES + FEATURE_OUTPUTS + ["stats", "anomalies", "retrieval_model", "query_model",
-                                         "item_embeddings", "ranking_model"]}
+             INGEST_OUTPUTS + JOIN_OUTPUTS
+             + ["stats", "anomalies", "statistics_root", "transform_graph", "transformed_train",
+                "transformed_eval", "retrieval_model", "query_model", "item_embeddings",
+                "ranking_model"]}
     paths["blessing"] = str(root / "blessing.json")
-    counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in TABLES})
-    validate({n: paths[n] for n in TABLES}, "", paths["stats"], paths["anomalies"])
-    build_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
-                   {n: paths[n] for n in FEATURE_OUTPUTS}, str(root / "tft_tmp"))
+    counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in INGEST_OUTPUTS})
+    join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
+                  {n: paths[n] for n in JOIN_OUTPUTS})
+    validation = validate({n: paths[n] for n in VALIDATED}, "", paths["stats"],
+                          paths["anomalies"], counts["span_start"],
+                          statistics_root=paths["statistics_root"])
+    transform(paths["train_examples"], paths["eval_examples"], schema_path("examples"),
+              paths["transform_graph"], {"train": paths["transformed_train"],
+                                         "eval": paths["transformed_eval"]}, str(root / "tft_tmp"))
     retrieval_config = train_retrieval.RetrievalConfig(epochs=3, batch_size=256, top_k=50)
     model, _ = train_retrieval.train(paths["transformed_train"], paths["transformed_eval"],
                                      paths["transform_graph"], retrieval_config)
@@ -60,4 +69,5 @@ def stages(tiny_data, tmp_path_factory):
     result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
                       paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
                       Thresholds(recall_k=20), paths["blessing"])
-    return {"paths": paths, "counts": counts, "evaluation": result, "root": root}
+    return {"paths": paths, "counts": counts, "validation": validation, "evaluation": result,
+            "root": root}

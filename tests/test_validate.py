@@ -1,64 +1,168 @@
+"""Validate: each anomaly kind injected into otherwise clean data is found, blocks
+(or warns, by policy) with a message a person can act on; clean data raises none."""
+
+import json
+import os
 import shutil
 
+import pandas as pd
 import pytest
 
-from components.validate.validate import ValidationFailed, validate
-from recsys.tables import read_dataset, write_dataset
-from tests.conftest import TABLES
+from components.features.features import join_features
+from components.ingest.ingest import ingest
+from components.validate.validate import (SPAN, ValidationFailed, find_baseline, parse_policy,
+                                          validate)
+from recsys.generate import generate
+from recsys.tables import DataError, read_dataset, write_dataset
+from tests.conftest import INGEST_OUTPUTS, JOIN_OUTPUTS, TABLES, VALIDATED
+
+DETECTION = dict(users=300, items=120, days=10)
+BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the data
 
 
-def test_clean_data_passes_and_reports_rows(stages):
-    # The shared stage run already validated; re-validate to read the summary.
-    paths = stages["paths"]
-    report = str(stages["root"] / "validation.html")
-    summary = validate({n: paths[n] for n in TABLES}, "", paths["stats"] + "2",
-                       paths["anomalies"] + "2", report_path=report)
-    assert summary["train_events"] == {"rows": stages["counts"]["train_events"], "anomalies": 0}
-    assert "| items |" in summary["markdown"]
-    with open(report) as handle:
-        page = handle.read()
-    assert "No anomalies" in page
-    assert 'alt="watch_seconds" src="data:image/png;base64,' in page  # train vs eval plot
-    assert "http://" not in page and "https://" not in page  # renders offline
+def run_span(data, as_of, workdir, statistics_root="", drift_baseline="", anomaly_policy="{}"):
+    """ingest -> join -> validate for one span, as the pipeline chains them."""
+    paths = {name: os.path.join(workdir, name) for name in INGEST_OUTPUTS + JOIN_OUTPUTS}
+    counts = ingest(data, as_of, 7, 3, {n: paths[n] for n in INGEST_OUTPUTS})
+    join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
+                  {n: paths[n] for n in JOIN_OUTPUTS})
+    return validate({n: paths[n] for n in VALIDATED}, "", os.path.join(workdir, "stats"),
+                    os.path.join(workdir, "anomalies"), counts["span_start"],
+                    report_path=os.path.join(workdir, "report.html"),
+                    statistics_root=statistics_root, drift_baseline=drift_baseline,
+                    anomaly_policy=anomaly_policy)
 
 
-def _copy_tables(stages, tmp_path):
+@pytest.fixture(scope="module")
+def clean_baseline(tmp_path_factory):
+    """Statistics of the clean seed-1 span before the injection day."""
+    root = tmp_path_factory.mktemp("baseline")
+    generate(str(root / "data"), seed=1, **DETECTION)
+    run_span(str(root / "data"), BASELINE_AS_OF, str(root / "run"), str(root / "statistics"))
+    return find_baseline(str(root / "statistics"), "2026-01-15")[0]
+
+
+def test_clean_data_raises_no_alarm_over_five_seeds(tmp_path):
+    for seed in range(1, 6):
+        generate(str(tmp_path / f"data{seed}"), seed=seed, **DETECTION)
+        statistics_root = str(tmp_path / f"statistics{seed}")
+        first = run_span(str(tmp_path / f"data{seed}"), BASELINE_AS_OF,
+                         str(tmp_path / f"first{seed}"), statistics_root)
+        assert any("drift was not checked" in note for note in first["notes"])
+        second = run_span(str(tmp_path / f"data{seed}"), AS_OF, str(tmp_path / f"second{seed}"),
+                          statistics_root)
+        assert first["anomalies"] == second["anomalies"] == [], (seed, second["markdown"])
+        assert second["notes"] == []  # drift and skew were both checked
+        assert second["measurements"]["drift"] and second["measurements"]["skew"]
+        assert second["stored_span"].endswith(f"span=2026-01-14/{SPAN}.stats.pb")
+
+
+@pytest.mark.parametrize("injection, kind, feature, expected", [
+    (dict(drift="numeric", drift_day=9), "drift", "duration_s", "Jensen-Shannon divergence"),
+    (dict(drift="category", drift_day=9), "drift", "category", "Linfty distance"),
+    (dict(drift="volume", drift_day=9), "volume", "", "ratio of num examples"),
+    (dict(skew="device", skew_day=7), "skew", "device", "between training and serving"),
+    (dict(skew="watch_minutes", skew_day=7), "skew", "user_watch_seconds_7d",
+     "between training and serving"),
+])
+def test_injected_drift_and_skew_block_with_advice(injection, kind, feature, expected,
+                                                   clean_baseline, tmp_path):
+    generate(str(tmp_path / "data"), seed=1, **DETECTION, **injection)
+    with pytest.raises(ValidationFailed) as failure:
+        run_span(str(tmp_path / "data"), AS_OF, str(tmp_path / "run"),
+                 str(tmp_path / "statistics"), drift_baseline=clean_baseline)
+    message = str(failure.value)
+    where = f"feature '{feature}'" if feature else "dataset"
+    blocking = [line for line in message.splitlines() if line.startswith("  - ")]
+    assert any(f"[{kind}, block]" in line and where in line and expected in line
+               for line in blocking), message
+    assert all(f"[{kind}, block]" in line for line in blocking), message  # nothing else fires
+    assert f"What to do ({kind}):" in message
+    assert not (tmp_path / "statistics").exists()  # a blocked span is not a baseline
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Blocking anomalies" in page and "previous_span" in page and "serving_log" in page
+
+    # The same anomaly under a warn policy: the run goes on, the warning is kept.
+    summary = run_span(str(tmp_path / "data"), AS_OF, str(tmp_path / "warned"),
+                       str(tmp_path / "statistics"), drift_baseline=clean_baseline,
+                       anomaly_policy=json.dumps({kind: "warn"}))
+    assert {a.kind for a in summary["anomalies"]} == {kind}
+    assert "**Warnings**" in summary["markdown"]
+    assert summary["stored_span"]
+
+
+def _copy(stages, tmp_path):
     copies = {}
-    for name in TABLES:
+    for name in VALIDATED:
         copies[name] = str(tmp_path / name)
         shutil.copytree(stages["paths"][name], copies[name])
     return copies
 
 
-def test_wrong_type_blocks_with_feature_and_advice(stages, tmp_path):
-    tables = _copy_tables(stages, tmp_path)
-    events = read_dataset(tables["train_events"])
-    events["watch_seconds"] = events["watch_seconds"].astype(str)  # e.g. a CSV export gone wrong
-    shutil.rmtree(tables["train_events"])
-    write_dataset(events, tables["train_events"])
-    with pytest.raises(ValidationFailed) as failure:
-        validate(tables, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"),
-                 report_path=str(tmp_path / "report.html"))
-    message = str(failure.value)
-    assert "train_events: feature 'watch_seconds'" in message
-    # The report is written before the run stops, so the failure can be looked at.
-    assert "Expected data of type: FLOAT" in (tmp_path / "report.html").read_text()
-    assert "Expected data of type: FLOAT but got STRING" in message
-    assert "What to do" in message
-    assert (tmp_path / "anomalies" / "train_events.anomalies.pbtxt").exists()
+def _rewrite(copies, name, frame):
+    shutil.rmtree(copies[name])
+    write_dataset(frame, copies[name])
 
 
-def test_out_of_range_and_unknown_category_block(stages, tmp_path):
-    tables = _copy_tables(stages, tmp_path)
-    items = read_dataset(tables["items"])
-    items.loc[items.index[: len(items) // 2], "category"] = "crypto"
-    events = read_dataset(tables["eval_events"])
-    events.loc[events.index[0], "clicked"] = 7
-    for name, frame in (("items", items), ("eval_events", events)):
-        shutil.rmtree(tables[name])
-        write_dataset(frame, tables[name])
+def _validate(stages, copies, tmp_path, **kwargs):
+    return validate(copies, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"),
+                    stages["counts"]["span_start"], report_path=str(tmp_path / "report.html"),
+                    **kwargs)
+
+
+def test_clean_run_reports_every_dataset_offline(stages):
+    summary = stages["validation"]
+    assert summary["anomalies"] == []
+    assert summary["train_events"] == {"rows": stages["counts"]["train_events"], "anomalies": 0}
+    assert summary["serving_log"]["rows"] == stages["counts"]["serving_log"] > 0
+    assert "| serving_log |" in summary["markdown"] and "(SERVING)" in summary["markdown"]
+    assert summary["measurements"]["skew"]  # skew checked; drift has no baseline yet
+    assert any("drift was not checked" in note for note in summary["notes"])
+
+
+@pytest.mark.parametrize("dataset, change, anomaly_type, expected", [
+    ("eval_events", lambda f: f.assign(referrer="push"), "SCHEMA_NEW_COLUMN",
+     "New column (column in data but not in schema)"),
+    ("items", lambda f: f.assign(category=["crypto"] * (len(f) // 2)
+                                 + list(f["category"][len(f) // 2:])),
+     "ENUM_TYPE_UNEXPECTED_STRING_VALUES", "values missing from the schema: crypto"),
+    ("serving_log", lambda f: f.assign(clicked=0), "SCHEMA_NEW_COLUMN",
+     "New column clicked found in data but not in the environment SERVING"),
+    ("train_examples", lambda f: f.drop(columns=["device"]), "SCHEMA_MISSING_COLUMN",
+     "Column is completely missing"),
+])
+def test_schema_violations_block_and_policy_can_warn(dataset, change, anomaly_type, expected,
+                                                     stages, tmp_path):
+    copies = _copy(stages, tmp_path)
+    _rewrite(copies, dataset, change(read_dataset(copies[dataset])))
     with pytest.raises(ValidationFailed) as failure:
-        validate(tables, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"))
+        _validate(stages, copies, tmp_path)
     message = str(failure.value)
-    assert "items: feature 'category'" in message
-    assert "eval_events: feature 'clicked'" in message
+    assert f"[schema, block] {dataset}:" in message and expected in message, message
+    assert "What to do (schema):" in message and "recsys schema diff" in message
+    assert (tmp_path / "anomalies" / f"{dataset}.anomalies.pbtxt").exists()
+    assert "Blocking anomalies" in (tmp_path / "report.html").read_text()
+
+    summary = _validate(stages, copies, tmp_path / "warn",
+                        anomaly_policy=json.dumps({anomaly_type: "warn"}))
+    assert [(a.dataset, a.type, a.action) for a in summary["anomalies"]] == \
+        [(dataset, anomaly_type, "warn")]
+
+
+def test_missing_serving_log_is_said_not_skipped(stages, tmp_path):
+    copies = _copy(stages, tmp_path)
+    _rewrite(copies, "serving_log", pd.DataFrame({"event_id": pd.Series([], dtype=str)}))
+    summary = _validate(stages, copies, tmp_path)
+    assert any("serving_log has no rows in the span: skew was not checked" in note
+               for note in summary["notes"])
+    assert "skew was not checked" in (tmp_path / "report.html").read_text()
+
+
+def test_policy_errors_name_the_problem():
+    assert parse_policy('{"drift": "warn", "SCHEMA_NEW_COLUMN": "block"}')
+    with pytest.raises(DataError, match="unknown key 'drfit'"):
+        parse_policy('{"drfit": "warn"}')
+    with pytest.raises(DataError, match="must be 'block' or 'warn'"):
+        parse_policy('{"drift": "ignore"}')
+    with pytest.raises(DataError, match="not JSON"):
+        parse_policy("drift=warn")

@@ -1,45 +1,59 @@
-"""KFP shim for features."""
+"""KFP shims for features: the point-in-time join, then (after validate) transform."""
 
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 
-def features(
+def join_features(
     train_events: Input[Dataset],
     eval_events: Input[Dataset],
     users: Input[Dataset],
     items: Input[Dataset],
     user_features: Input[Dataset],
     item_features: Input[Dataset],
-    schema: Input[Artifact],
-    beam_pipeline_args: str,
+    schema_dir: str,
     train_examples: Output[Dataset],
     eval_examples: Output[Dataset],
     user_snapshot: Output[Dataset],
     item_snapshot: Output[Dataset],
-    transformed_train: Output[Dataset],
-    transformed_eval: Output[Dataset],
-    transform_graph: Output[Artifact],
-    features_metrics: Output[Metrics],
+    join_metrics: Output[Metrics],
 ):
-    import shutil
-
-    from components.features.features import build_features
+    from components.features.features import join_features as run_join
     from recsys.progress import stage
 
-    with stage("features"):
+    with stage("features: point-in-time join"):
         inputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
                   "items": items, "user_features": user_features, "item_features": item_features}
         outputs = {"train_examples": train_examples, "eval_examples": eval_examples,
-                   "user_snapshot": user_snapshot, "item_snapshot": item_snapshot,
-                   "transformed_train": transformed_train, "transformed_eval": transformed_eval,
-                   "transform_graph": transform_graph}
-        temp_dir = transform_graph.path + "-tmp"
-        counts = build_features({name: a.path for name, a in inputs.items()},
-                                int(train_events.metadata["as_of"]), schema.path,
-                                {name: a.path for name, a in outputs.items()}, temp_dir,
-                                beam_pipeline_args)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+                   "user_snapshot": user_snapshot, "item_snapshot": item_snapshot}
+        as_of = int(train_events.metadata["as_of"])
+        counts = run_join({name: a.path for name, a in inputs.items()}, as_of, schema_dir,
+                          {name: a.path for name, a in outputs.items()})
         for name, value in counts.items():
-            features_metrics.log_metric(name, value)
+            join_metrics.log_metric(name, value)
         for name in ("train_examples", "eval_examples"):
-            outputs[name].metadata["rows"] = counts[name]
+            outputs[name].metadata.update(rows=counts[name], as_of=as_of,
+                                          span_start=train_events.metadata["span_start"])
+
+
+def transform_features(
+    train_examples: Input[Dataset],
+    eval_examples: Input[Dataset],
+    schema: Input[Artifact],
+    beam_pipeline_args: str,
+    transformed_train: Output[Dataset],
+    transformed_eval: Output[Dataset],
+    transform_graph: Output[Artifact],
+):
+    import shutil
+
+    import schemas
+    from components.features.features import EXAMPLES_SCHEMA_NAME, transform
+    from recsys.progress import stage
+
+    with stage("features: tensorflow-transform"):
+        temp_dir = transform_graph.path + "-tmp"
+        transform(train_examples.path, eval_examples.path,
+                  schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema.path), transform_graph.path,
+                  {"train": transformed_train.path, "eval": transformed_eval.path}, temp_dir,
+                  beam_pipeline_args)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,5 +1,9 @@
 """Features: point-in-time joins into training examples, then tensorflow-transform.
 
+Two steps with validation between them in the DAG: ``join_features`` builds the
+examples (and the serving snapshots), validate checks them for schema, skew and
+drift, and only then ``transform`` analyzes them.
+
 The join gives each event the newest user and item feature rows whose
 ``feature_ts <= event_ts``: nothing written after the event can leak into
 training. Every event yields exactly one example; events without a feature row
@@ -27,7 +31,6 @@ from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, 
 
 DAY = 86_400
 EXAMPLES_SCHEMA_NAME = "examples"
-
 
 
 def point_in_time_join(events: pd.DataFrame, features: pd.DataFrame, key: str,
@@ -59,7 +62,8 @@ def check_point_in_time(events: pd.DataFrame, joined: pd.DataFrame, key: str) ->
 
 
 def build_examples(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
-                   user_features: pd.DataFrame, item_features: pd.DataFrame) -> pd.DataFrame:
+                   user_features: pd.DataFrame, item_features: pd.DataFrame,
+                   schema_path: str | None = None) -> pd.DataFrame:
     """Events joined with static attributes and as-of features: the TFT input."""
     examples = point_in_time_join(events, user_features, "user_id", USER_FEATURE_COLUMNS,
                                   "user_features_missing")
@@ -73,7 +77,7 @@ def build_examples(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFram
     timestamps = pd.to_datetime(examples["event_ts"], unit="s", utc=True)
     examples["hour_of_day"] = timestamps.dt.hour.astype(np.int64)
     examples["day_of_week"] = timestamps.dt.dayofweek.astype(np.int64)
-    return conform_to_schema(examples.drop(columns="upload_ts"))
+    return conform_to_schema(examples.drop(columns="upload_ts"), schema_path)
 
 
 def _attach_static(frame: pd.DataFrame, table: pd.DataFrame, key: str,
@@ -117,7 +121,8 @@ def latest_snapshot(entities: pd.DataFrame, features: pd.DataFrame, key: str,
     return snapshot.drop(columns=["event_ts", "event_id"])
 
 
-def serving_snapshots(users, items, user_features, item_features, as_of: int):
+def serving_snapshots(users, items, user_features, item_features, as_of: int,
+                      schema_path: str | None = None):
     """(user rows, item rows) with every raw query / candidate feature at ``as_of``."""
     user_rows = latest_snapshot(users, user_features, "user_id", USER_FEATURE_COLUMNS,
                                 "user_features_missing", as_of)
@@ -128,8 +133,8 @@ def serving_snapshots(users, items, user_features, item_features, as_of: int):
     item_rows = _attach_static(item_rows, items.drop_duplicates("item_id", keep="last"), "item_id",
                                ["category", "creator_id", "duration_s", "upload_ts"])
     item_rows["item_age_days"] = ((as_of - item_rows["upload_ts"]) / DAY).clip(lower=0)
-    return (conform_to_schema(user_rows)[preprocessing.QUERY_FEATURES],
-            conform_to_schema(item_rows)[preprocessing.CANDIDATE_FEATURES])
+    return (conform_to_schema(user_rows, schema_path)[preprocessing.QUERY_FEATURES],
+            conform_to_schema(item_rows, schema_path)[preprocessing.CANDIDATE_FEATURES])
 
 
 def _tfxio_config(schema_path: str):
@@ -188,29 +193,26 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
                      file_name_suffix=".parquet"))
 
 
-def build_features(inputs: dict[str, str], as_of: int, schema_dir: str, outputs: dict[str, str],
-                   temp_dir: str, beam_pipeline_args: str = "[]") -> dict:
-    """Join, snapshot and transform. ``inputs``/``outputs`` map names to directories."""
+def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
+                  outputs: dict[str, str]) -> dict:
+    """Point-in-time joins into train/eval examples, and the serving snapshots at
+    ``as_of``. ``inputs``/``outputs`` map names to dataset directories."""
+    schema_path = schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema_dir)
     tables = {name: read_dataset(path) for name, path in inputs.items()}
     counts = {}
     for split in ("train", "eval"):
-        events = tables[f"{split}_events"]
-        examples = build_examples(events, tables["users"], tables["items"],
-                                  tables["user_features"], tables["item_features"])
+        examples = build_examples(tables[f"{split}_events"], tables["users"], tables["items"],
+                                  tables["user_features"], tables["item_features"], schema_path)
         write_dataset(examples, outputs[f"{split}_examples"])
         counts[f"{split}_examples"] = len(examples)
         counts[f"{split}_user_features_missing"] = int(examples["user_features_missing"].sum())
         counts[f"{split}_item_features_missing"] = int(examples["item_features_missing"].sum())
+    if counts["train_examples"] == 0:
+        raise DataError("features: no training examples to analyze")
     user_rows, item_rows = serving_snapshots(tables["users"], tables["items"],
                                              tables["user_features"], tables["item_features"],
-                                             as_of)
+                                             as_of, schema_path)
     write_dataset(user_rows, outputs["user_snapshot"])
     write_dataset(item_rows, outputs["item_snapshot"])
     counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows))
-    if counts["train_examples"] == 0:
-        raise DataError("features: no training examples to analyze")
-    transform(outputs["train_examples"], outputs["eval_examples"],
-              schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema_dir), outputs["transform_graph"],
-              {"train": outputs["transformed_train"], "eval": outputs["transformed_eval"]},
-              temp_dir, beam_pipeline_args)
     return counts

@@ -10,25 +10,43 @@ def validate(
     items: Input[Dataset],
     user_features: Input[Dataset],
     item_features: Input[Dataset],
+    train_examples: Input[Dataset],
+    eval_examples: Input[Dataset],
+    serving_log: Input[Dataset],
     schema_dir: str,
     beam_pipeline_args: str,
+    statistics_root: str,
+    drift_baseline: str,
+    anomaly_policy: str,
+    pipeline_root: str,
     statistics: Output[Artifact],
     anomalies: Output[Artifact],
     schema: Output[Artifact],
     validation_report: Output[Markdown],
     validation_html: Output[HTML],
 ):
+    import os
+
     from components.validate.validate import export_schemas, validate as run_validate
-    from recsys.progress import stage
+    from recsys.progress import log, stage
 
     with stage("validate"):
         datasets = {"train_events": train_events, "eval_events": eval_events, "users": users,
-                    "items": items, "user_features": user_features, "item_features": item_features}
-        summary = run_validate({name: a.path for name, a in datasets.items()}, schema_dir,
-                               statistics.path, anomalies.path, beam_pipeline_args,
-                               validation_html.path)
+                    "items": items, "user_features": user_features, "item_features": item_features,
+                    "train_examples": train_examples, "eval_examples": eval_examples,
+                    "serving_log": serving_log}
+        summary = run_validate(
+            {name: a.path for name, a in datasets.items()}, schema_dir, statistics.path,
+            anomalies.path, int(eval_examples.metadata["span_start"]), beam_pipeline_args,
+            validation_html.path,
+            statistics_root=statistics_root or os.path.join(pipeline_root, "statistics"),
+            drift_baseline=drift_baseline, anomaly_policy=anomaly_policy)
         with open(validation_report.path, "w") as handle:
-            handle.write(summary.pop("markdown"))
-        for name, counts in summary.items():
-            anomalies.metadata[name] = counts["anomalies"]
+            handle.write(summary["markdown"])
+        # Returning means nothing blocked: whatever was found is a warning.
+        for line in [a.line() for a in summary["anomalies"]] + summary["notes"]:
+            log("validate", line.strip(" -"))
+        anomalies.metadata.update(warnings=len(summary["anomalies"]),
+                                  notes=" | ".join(summary["notes"]),
+                                  stored_span=summary["stored_span"] or "")
         export_schemas(schema_dir, schema.path)

@@ -1,5 +1,6 @@
-"""Data validation report: one self-contained HTML file with a plot per feature,
-train and eval overlaid, and the anomalies found. TFDV's own Facets view loads
+"""Data validation report: one self-contained HTML file with the anomalies, the
+skew and drift measurements, and a plot per feature with the compared datasets
+overlaid (train / eval / this span / previous span / serving log). TFDV's own Facets view loads
 its code from the internet; this renders offline (and in the Kubeflow UI)."""
 
 import base64
@@ -30,9 +31,11 @@ def _features(statistics) -> dict:
 
 
 def _plot_feature(name: str, by_dataset: dict) -> str | None:
-    figure, axis = plt.subplots(figsize=(3.4, 2.3))
+    figure, axis = plt.subplots(figsize=(3.6, 2.4))
     plotted = False
-    for label, feature in by_dataset.items():
+    categories = None  # the first dataset's top values, in its order, for every dataset
+    bar_height = 0.8 / len(by_dataset)
+    for position, (label, feature) in enumerate(by_dataset.items()):
         if feature.HasField("num_stats"):
             histogram = next((h for h in feature.num_stats.histograms
                               if h.type == STANDARD_HISTOGRAM), None)
@@ -47,13 +50,15 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
             stats = feature.string_stats
             if stats.unique > MAX_PLOTTED_CATEGORIES:
                 continue
-            total = max(feature.string_stats.common_stats.num_non_missing, 1)
-            values = [v.value for v in stats.top_values[:TOP_VALUES]]
-            shares = [v.frequency / total for v in stats.top_values[:TOP_VALUES]]
-            offset = 0.4 * list(by_dataset).index(label)
-            axis.barh(np.arange(len(values)) + offset, shares, height=0.4, label=label)
-            axis.set_yticks(np.arange(len(values)))
-            axis.set_yticklabels(values, fontsize=7)
+            total = max(stats.common_stats.num_non_missing, 1)
+            frequency = {v.value: v.frequency for v in stats.top_values}
+            if categories is None:
+                categories = [v.value for v in stats.top_values[:TOP_VALUES]]
+            shares = [frequency.get(value, 0.0) / total for value in categories]
+            axis.barh(np.arange(len(categories)) + position * bar_height, shares,
+                      height=bar_height, label=label)
+            axis.set_yticks(np.arange(len(categories)) + 0.4 - bar_height / 2)
+            axis.set_yticklabels(categories, fontsize=7)
             axis.set_xlabel("share of rows", fontsize=7)
             plotted = True
     if not plotted:
@@ -74,17 +79,34 @@ def _summary_cell(feature) -> str:
     return f"{stats.unique} unique, missing {stats.common_stats.num_missing}"
 
 
-def render(statistics: dict, groups: dict[str, list[str]], problems: list[str]) -> str:
+def _measurement_table(title: str, rows) -> str:
+    if not rows:
+        return ""
+    cells = "".join(
+        f"<tr class='{'bad' if value > threshold else ''}'><td>{html.escape(feature)}</td>"
+        f"<td>{html.escape(measure)}</td><td>{value:.4f}</td><td>{threshold:.4f}</td></tr>"
+        for feature, measure, value, threshold in rows)
+    return (f"<h3>{html.escape(title)}</h3><table><tr><th>feature</th><th>measure</th>"
+            f"<th>value</th><th>threshold</th></tr>{cells}</table>")
+
+
+def render(statistics: dict, groups: dict[str, list[str]], blocking: list, warnings: list,
+           measurements: dict, notes: list[str], span_day: str) -> str:
     """``groups`` maps a table to the datasets compared in its plots, e.g.
-    ``{"impressions": ["train_events", "eval_events"]}``."""
+    ``{"impressions": ["train_events", "eval_events"]}``; ``blocking`` and
+    ``warnings`` are validate.Anomaly records."""
     sections = []
     for table, datasets in groups.items():
+        if not datasets:
+            continue
         features = {name: _features(statistics[name]) for name in datasets}
         rows, images = [], []
         for feature_name in features[datasets[0]]:
             by_dataset = {name: features[name][feature_name] for name in datasets
                           if feature_name in features[name]}
-            cells = "".join(f"<td>{html.escape(_summary_cell(f))}</td>" for f in by_dataset.values())
+            cells = "".join(f"<td>{html.escape(_summary_cell(features[name][feature_name]))}"
+                            "</td>" if feature_name in features[name] else "<td>absent</td>"
+                            for name in datasets)
             rows.append(f"<tr><th>{html.escape(feature_name)}</th>{cells}</tr>")
             image = _plot_feature(feature_name, by_dataset)
             if image:
@@ -95,20 +117,34 @@ def render(statistics: dict, groups: dict[str, list[str]], problems: list[str]) 
                          for name in datasets)
         sections.append(f"<h2>{html.escape(table)}</h2><table><tr><th>feature</th>{header}</tr>"
                         f"{''.join(rows)}</table>{''.join(images)}")
-    verdict = ("<p class='bad'>Blocking anomalies:</p><ul>"
-               + "".join(f"<li>{html.escape(p.strip(' -'))}</li>" for p in problems) + "</ul>"
-               if problems else "<p class='good'>No anomalies against the curated schemas.</p>")
+
+    def listing(title, css, anomalies):
+        return (f"<p class='{css}'>{title}:</p><ul>"
+                + "".join(f"<li>{html.escape(a.line().strip(' -'))}</li>" for a in anomalies)
+                + "</ul>") if anomalies else ""
+
+    verdict = (listing("Blocking anomalies", "bad", blocking)
+               + listing("Warnings (policy: warn)", "warn", warnings)
+               or "<p class='good'>No anomalies: schema, skew and drift checks passed.</p>")
+    verdict += "".join(f"<p class='note'>Note: {html.escape(note)}</p>" for note in notes)
+    comparisons = (_measurement_table("Training/serving skew (this span vs serving log)",
+                                      measurements.get("skew"))
+                   + _measurement_table("Drift (this span vs previous span)",
+                                        measurements.get("drift")))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys data validation</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; max-width: 1200px; }}
 .good {{ color: #1b7f3b; font-weight: bold; }} .bad {{ color: #b3261e; font-weight: bold; }}
+.warn {{ color: #8a5300; font-weight: bold; }} .note {{ color: #555; }}
+tr.bad td {{ background: #fbe9e7; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 90%; }}
 td, th {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
 img {{ margin: 0.2em; vertical-align: top; }}
 </style></head><body>
-<h1>Data validation</h1>
+<h1>Data validation, span {html.escape(span_day)}</h1>
 {verdict}
+{comparisons}
 {''.join(sections)}
 </body></html>
 """
