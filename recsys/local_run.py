@@ -115,10 +115,16 @@ def summary(outputs: dict) -> str:
         f"{counts['impressions_at_or_after_as_of']} at/after as_of events",
         "",
     ]
-    for name in ("evaluation_report", "push_report"):
+    quarantined = counts.get("quarantined", 0)
+    reasons = ", ".join(f"{name[len('quarantined_'):]}: {value}" for name, value in counts.items()
+                        if name.startswith("quarantined_"))
+    lines += [f"quarantined {quarantined} rows{f' ({reasons})' if reasons else ''}: "
+              f"{outputs['quarantine']['path']}", ""]
+    for name in ("validation_report", "evaluation_report", "push_report"):
         with open(outputs[name]["path"]) as handle:
             lines += [handle.read().strip(), ""]
-    lines.append(f"plots (HTML, renders offline): {outputs['evaluation_html']['path']}")
+    lines.append(f"plots (HTML, render offline): {outputs['validation_html']['path']}")
+    lines.append(f"                              {outputs['evaluation_html']['path']}")
     return "\n".join(lines) + "\n"
 
 

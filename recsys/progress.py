@@ -9,7 +9,7 @@ import re
 import sys
 import time
 
-PROGRESS_LINE = re.compile(r"^\s*\[\d\d:\d\d:\d\d\] [\w-]+: ")
+PROGRESS_LINE = re.compile(r"^\s*\[\d\d:\d\d:\d\d\] [\w/-]+: ")
 
 
 def log(stage: str, message: str) -> None:

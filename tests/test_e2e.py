@@ -71,11 +71,18 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     assert metrics["recall_at_20"] > metrics["popularity_recall_at_20"]
     assert outputs["blessing"]["metadata"]["blessed"] is True
     assert outputs["push_report"]["metadata"]["pushed"] is True
-    for stage in ("ingest", "validate", "features", "train_retrieval", "train_ranking",
-                  "evaluate", "push"):
+    for stage in ("ingest", "features/join", "validate", "features/transform",
+                  "train_retrieval", "train_ranking", "evaluate", "push"):
         assert f"{stage}: started" in stderr and f"{stage}: finished in" in stderr
     assert "pushed version 1" in successful_run["result"].stdout
     assert os.path.isfile(outputs["evaluation_html"]["path"])
+    assert os.path.isfile(outputs["validation_html"]["path"])
+    assert "quarantined 0 rows" in successful_run["result"].stdout
+    # validate kept this span's statistics under the pipeline root: the next
+    # run's drift baseline.
+    stored = list((successful_run["workdir"] / "pipeline_root" / "statistics").glob(
+        "span=*/span_examples.stats.pb"))
+    assert len(stored) == 1
 
 
 def test_recommend_prints_ranked_items(successful_run):
@@ -87,7 +94,7 @@ def test_recommend_prints_ranked_items(successful_run):
     assert sum(line.split()[1].startswith("v") for line in lines[2:]) == 5
 
 
-def test_wrongly_typed_column_fails_at_validate_and_pushes_nothing(config, tmp_path):
+def test_wrongly_typed_column_fails_at_ingest_and_pushes_nothing(config, tmp_path):
     data = tmp_path / "data"
     generate(str(data), **TINY)
     events = pd.read_parquet(data / "impressions.parquet")
@@ -97,10 +104,10 @@ def test_wrongly_typed_column_fails_at_validate_and_pushes_nothing(config, tmp_p
     workdir = tmp_path / "run"
     result = recsys("run", "--data", str(data), "--workdir", str(workdir), "--config", config)
     assert result.returncode == 1
-    assert "validate: FAILED" in result.stderr
-    assert "feature 'watch_seconds'" in result.stderr
-    assert "What to do" in result.stderr
-    assert "features: started" not in result.stderr
+    assert "ingest: FAILED" in result.stderr
+    assert "wrong_type in column 'watch_seconds'" in result.stderr
+    assert "What to do" in result.stderr and "quarantine" in result.stderr
+    assert "validate: started" not in result.stderr
     assert not (workdir / "serving").exists() or not any((workdir / "serving").iterdir())
 
 

@@ -5,7 +5,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from pipelines.recsys_pipeline import compile_pipeline
 from recsys.local_run import load_config
 
-STAGES = ["ingest", "validate", "features", "train-retrieval", "train-ranking", "evaluate", "push"]
+STAGES = ["ingest", "join-features", "validate", "transform-features", "train-retrieval",
+          "train-ranking", "evaluate", "push"]
 
 
 def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
@@ -14,8 +15,10 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
         spec = json_format.ParseDict(yaml.safe_load(handle), pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
     assert sorted(tasks) == sorted(STAGES)
-    assert list(tasks["validate"].dependent_tasks) == ["ingest"]
-    assert sorted(tasks["evaluate"].dependent_tasks) == ["features", "train-ranking",
+    assert sorted(tasks["validate"].dependent_tasks) == ["ingest", "join-features"]
+    # Nothing is transformed (so nothing trained or pushed) before validate passes.
+    assert sorted(tasks["transform-features"].dependent_tasks) == ["join-features", "validate"]
+    assert sorted(tasks["evaluate"].dependent_tasks) == ["join-features", "train-ranking",
                                                          "train-retrieval"]
     executors = spec.deployment_spec["executors"]
     for executor in executors.values():
@@ -25,6 +28,8 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
     assert tasks["push"].caching_options.enable_cache is False
     assert tasks["ingest"].caching_options.enable_cache is False
     assert "serving_root" in spec.root.input_definitions.parameters
+    pipeline_root = tasks["validate"].inputs.parameters["pipeline_root"]
+    assert pipeline_root.runtime_value.constant.string_value == "{{$.pipeline_root}}"
 
 
 def test_config_rejects_unknown_parameters(tmp_path):

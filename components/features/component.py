@@ -20,7 +20,7 @@ def join_features(
     from components.features.features import join_features as run_join
     from recsys.progress import stage
 
-    with stage("features: point-in-time join"):
+    with stage("features/join"):
         inputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
                   "items": items, "user_features": user_features, "item_features": item_features}
         outputs = {"train_examples": train_examples, "eval_examples": eval_examples,
@@ -50,7 +50,7 @@ def transform_features(
     from components.features.features import EXAMPLES_SCHEMA_NAME, transform
     from recsys.progress import stage
 
-    with stage("features: tensorflow-transform"):
+    with stage("features/transform"):
         temp_dir = transform_graph.path + "-tmp"
         transform(train_examples.path, eval_examples.path,
                   schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema.path), transform_graph.path,
