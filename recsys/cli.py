@@ -1,4 +1,4 @@
-"""The ``recsys`` command: generate, compile, run, recommend, schema."""
+"""The ``recsys`` command: generate, check, compile, run, recommend, schema."""
 
 import argparse
 import os
@@ -12,9 +12,24 @@ def _generate(args):
 
     counts = generate(args.out, users=args.users, items=args.items, days=args.days,
                       seed=args.seed, start=args.start,
-                      impressions_per_user_day=args.impressions_per_user_day)
+                      impressions_per_user_day=args.impressions_per_user_day,
+                      drift=args.drift or "", drift_day=args.drift_day, skew=args.skew or "",
+                      skew_day=args.skew_day)
     for name, rows in counts.items():
         print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
+
+
+def _check(args):
+    from recsys.data_check import check_span
+
+    result = check_span(args.data, args.as_of, args.workdir, args.lookback_days, args.eval_days,
+                        args.schema_dir, args.statistics_root, args.drift_baseline,
+                        args.anomaly_policy, args.max_reject_rate, args.input_encoding)
+    counts = result["ingest"]
+    print(f"ingest: {counts['quarantined']} row(s) quarantined: "
+          f"{os.path.join(args.workdir, 'quarantine')}")
+    print(result["validate"]["markdown"])
+    print(f"report (HTML, renders offline): {result['report']}")
 
 
 def _compile(args):
@@ -72,6 +87,7 @@ def _schema_diff(args):
 
 def main(argv=None):
     from pipelines.recsys_pipeline import DEFAULT_IMAGE
+    from recsys.generate import DRIFTS, SKEWS
 
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,7 +100,32 @@ def main(argv=None):
     generate.add_argument("--seed", type=int, default=7)
     generate.add_argument("--start", default="2026-01-05", help="first day (UTC)")
     generate.add_argument("--impressions-per-user-day", type=float, default=4.0)
+    generate.add_argument("--drift", choices=sorted(DRIFTS),
+                          help="inject drift from --drift-day on: "
+                          + "; ".join(f"{k}: {v}" for k, v in DRIFTS.items()))
+    generate.add_argument("--drift-day", type=int, default=0, help="0 = the first day")
+    generate.add_argument("--skew", choices=sorted(SKEWS),
+                          help="inject training/serving skew into the serving log from "
+                          "--skew-day on: " + "; ".join(f"{k}: {v}" for k, v in SKEWS.items()))
+    generate.add_argument("--skew-day", type=int, default=0, help="0 = the first day")
     generate.set_defaults(func=_generate)
+
+    check = commands.add_parser("check", help="the data checks of one span (ingest, join, "
+                                "validate), without training")
+    check.add_argument("--data", required=True, help="raw data directory")
+    check.add_argument("--as-of", default="", help="end of the span (default: midnight after "
+                                                   "the newest event)")
+    check.add_argument("--workdir", default="check")
+    check.add_argument("--lookback-days", type=int, default=14)
+    check.add_argument("--eval-days", type=int, default=3)
+    check.add_argument("--schema-dir", default="")
+    check.add_argument("--statistics-root", default="",
+                       help="where passed spans are kept as drift baselines")
+    check.add_argument("--drift-baseline", default="", help="a statistics file to compare with")
+    check.add_argument("--anomaly-policy", default="{}", help='e.g. \'{"drift": "warn"}\'')
+    check.add_argument("--max-reject-rate", type=float, default=0.01)
+    check.add_argument("--input-encoding", default="utf-8")
+    check.set_defaults(func=_check)
 
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
     compile_.add_argument("--out", default="pipeline.yaml")

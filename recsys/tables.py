@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# Required columns per raw table; extra columns are carried along untouched.
+# The raw tables and their required columns (used to read tables for `recsys schema
+# infer`). Ingest checks rows against the curated schemas, which add types and ranges.
 RAW_TABLES = {
     "impressions": ["event_id", "event_ts", "user_id", "item_id", "clicked", "watch_seconds"],
     "users": ["user_id", "country", "device", "signup_ts"],

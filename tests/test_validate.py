@@ -2,19 +2,17 @@
 (or warns, by policy) with a message a person can act on; clean data raises none."""
 
 import json
-import os
 import shutil
 
 import pandas as pd
 import pytest
 
-from components.features.features import join_features
-from components.ingest.ingest import ingest
 from components.validate.validate import (SPAN, ValidationFailed, find_baseline, parse_policy,
                                           validate)
+from recsys.data_check import check_span
 from recsys.generate import generate
 from recsys.tables import DataError, read_dataset, write_dataset
-from tests.conftest import INGEST_OUTPUTS, JOIN_OUTPUTS, TABLES, VALIDATED
+from tests.conftest import VALIDATED
 
 DETECTION = dict(users=300, items=120, days=10)
 BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the data
@@ -22,15 +20,8 @@ BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the
 
 def run_span(data, as_of, workdir, statistics_root="", drift_baseline="", anomaly_policy="{}"):
     """ingest -> join -> validate for one span, as the pipeline chains them."""
-    paths = {name: os.path.join(workdir, name) for name in INGEST_OUTPUTS + JOIN_OUTPUTS}
-    counts = ingest(data, as_of, 7, 3, {n: paths[n] for n in INGEST_OUTPUTS})
-    join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
-                  {n: paths[n] for n in JOIN_OUTPUTS})
-    return validate({n: paths[n] for n in VALIDATED}, "", os.path.join(workdir, "stats"),
-                    os.path.join(workdir, "anomalies"), counts["span_start"],
-                    report_path=os.path.join(workdir, "report.html"),
-                    statistics_root=statistics_root, drift_baseline=drift_baseline,
-                    anomaly_policy=anomaly_policy)
+    return check_span(data, as_of, workdir, 7, 3, statistics_root=statistics_root,
+                      drift_baseline=drift_baseline, anomaly_policy=anomaly_policy)["validate"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +70,7 @@ def test_injected_drift_and_skew_block_with_advice(injection, kind, feature, exp
     assert all(f"[{kind}, block]" in line for line in blocking), message  # nothing else fires
     assert f"What to do ({kind}):" in message
     assert not (tmp_path / "statistics").exists()  # a blocked span is not a baseline
-    page = (tmp_path / "run" / "report.html").read_text()
+    page = (tmp_path / "run" / "report.html").read_text()  # written before the run stops
     assert "Blocking anomalies" in page and "previous_span" in page and "serving_log" in page
 
     # The same anomaly under a warn policy: the run goes on, the warning is kept.

@@ -166,9 +166,10 @@ class TableCheck:
                         "not a timestamp (ISO-8601, Unix seconds or a Parquet timestamp)")
         else:
             values = pd.to_numeric(raw, errors="coerce").astype(float)
-            unparsed = ~missing & values.isna().to_numpy()
-            if raw.dtype == object:  # text "nan" parses to NaN and is a value, not garbage
-                unparsed &= ~raw.astype(str).str.strip().str.lower().isin(["nan"]).to_numpy()
+            unparsed = np.zeros(len(raw), dtype=bool)  # a numeric column always parses
+            if raw.dtype == object:  # text: garbage becomes NaN, but so does the text "nan"
+                unparsed = ~missing & values.isna().to_numpy() \
+                    & ~raw.astype(str).str.strip().str.lower().isin(["nan"]).to_numpy()
             self.reject(unparsed, "wrong_type", name, f"not a number ({rule.kind})")
             self.reject(~missing & ~unparsed & ~np.isfinite(values.to_numpy()), "not_finite",
                         name)

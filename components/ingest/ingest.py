@@ -11,7 +11,7 @@ import tensorflow_data_validation as tfdv
 import schemas
 from components.ingest.contract import (TableCheck, column_rules, read_raw_file, reason_counts,
                                         reject_rate_error)
-from recsys.tables import RAW_TABLES, DataError, find_table, write_dataset
+from recsys.tables import DataError, find_table, write_dataset
 
 DAY = 86_400
 

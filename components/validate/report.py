@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 STANDARD_HISTOGRAM = 0  # tensorflow_metadata Histogram.HistogramType.STANDARD
-TOP_VALUES = 8
+TOP_VALUES = 12
 MAX_PLOTTED_CATEGORIES = 50  # above this a string feature is an id: say so, don't plot
 
 
@@ -31,9 +31,16 @@ def _features(statistics) -> dict:
 
 
 def _plot_feature(name: str, by_dataset: dict) -> str | None:
-    figure, axis = plt.subplots(figsize=(3.6, 2.4))
+    figure, axis = plt.subplots(figsize=(3.6, 2.8))
     plotted = False
-    categories = None  # the first dataset's top values, in its order, for every dataset
+    # The same categories for every dataset: the most frequent across all of them, so a
+    # value that only grew in one (drift, skew) is still plotted.
+    frequency_by_value = {}
+    for feature in by_dataset.values():
+        for value in feature.string_stats.top_values if feature.HasField("string_stats") else []:
+            frequency_by_value[value.value] = max(frequency_by_value.get(value.value, 0),
+                                                  value.frequency)
+    categories = sorted(frequency_by_value, key=frequency_by_value.get)[-TOP_VALUES:]
     bar_height = 0.8 / len(by_dataset)
     for position, (label, feature) in enumerate(by_dataset.items()):
         if feature.HasField("num_stats"):
@@ -52,8 +59,6 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
                 continue
             total = max(stats.common_stats.num_non_missing, 1)
             frequency = {v.value: v.frequency for v in stats.top_values}
-            if categories is None:
-                categories = [v.value for v in stats.top_values[:TOP_VALUES]]
             shares = [frequency.get(value, 0.0) / total for value in categories]
             axis.barh(np.arange(len(categories)) + position * bar_height, shares,
                       height=bar_height, label=label)
@@ -66,7 +71,8 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
         return None
     axis.set_title(name, fontsize=9)
     axis.tick_params(labelsize=7)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
+                frameon=False)
     return _png(figure)
 
 

@@ -76,6 +76,10 @@ WHAT_TO_DO = {
 class ValidationFailed(DataError):
     """Blocking anomalies were found; the message lists them and what to do."""
 
+    def __init__(self, message: str, anomalies: list | None = None):
+        super().__init__(message)
+        self.anomalies = anomalies or []  # the blocking Anomaly records
+
 
 @dataclass(frozen=True)
 class Anomaly:
@@ -295,7 +299,8 @@ def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalie
     summary.update(markdown=markdown, anomalies=found, notes=notes, stored_span=stored,
                    measurements=measurements)
     if blocking:
-        raise ValidationFailed(_failure_message(blocking, schema_dir, anomalies_dir, baseline))
+        raise ValidationFailed(_failure_message(blocking, schema_dir, anomalies_dir, baseline),
+                               blocking)
     return summary
 
 
