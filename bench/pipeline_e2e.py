@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-LINE = re.compile(r"\] (\w+): (started|finished in ([\d.]+)s)")
+LINE = re.compile(r"\] ([\w/]+): (started|finished in ([\d.]+)s)")
 
 
 def main():

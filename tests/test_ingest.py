@@ -196,12 +196,16 @@ def test_duplicate_and_unknown_ids_in_reference_and_feature_tables(tiny_data, tm
     snapshots = pd.read_parquet(data / "user_features.parquet")
     snapshots.loc[snapshots.index[:2], "user_id"] = "u999999"
     snapshots.to_parquet(data / "user_features.parquet")
+    serving = pd.read_parquet(data / "serving_log.parquet")
+    serving.loc[serving.index[-2:], "user_id"] = "u999999"  # a user newer than the dump
+    serving.to_parquet(data / "serving_log.parquet")
     counts, outputs = _ingest(data, tmp_path, max_reject_rate=0.01)
     quarantine = read_dataset(outputs["quarantine"]).set_index("table")
     assert quarantine.loc["items", "reason"] == "duplicate_key"
     assert quarantine.loc["items", "row"] == len(items) + 1
     assert list(quarantine.loc["user_features", "reason"]) == ["unknown_user_id"] * 2
     assert counts["items"] == len(items)
+    assert counts["serving_log_quarantined"] == 0  # serving meets new users; not an error
 
 
 def test_reject_rate_above_limit_fails_naming_reasons_examples_and_quarantine(tiny_data,
@@ -250,3 +254,29 @@ def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_
     assert dict(zip(quarantine["row"], quarantine["reason"])) == expected
     assert counts["impressions_read"] == 200
     assert counts["impressions_accepted"] + counts["impressions_quarantined"] == 200
+
+
+def test_missing_required_column_stops_ingest_naming_table_and_column(tiny_data, tmp_path):
+    data = _copy_of(tiny_data, tmp_path)
+    users = pd.read_parquet(data / "users.parquet").drop(columns=["device"])
+    users.to_parquet(data / "users.parquet")
+    with pytest.raises(DataError, match=r"table 'users' .*users.parquet.*: required column "
+                                        r"'device' is missing"):
+        _ingest(data, tmp_path)
+
+
+def test_parquet_null_nan_and_inf_are_told_apart(tiny_data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    watch = events["watch_seconds"].to_numpy().copy()
+    watch[[10, 11]] = [np.nan, np.inf]
+    table = pa.Table.from_pandas(events.drop(columns=["watch_seconds"]), preserve_index=False)
+    null_at_12 = pa.array(watch, mask=np.arange(len(watch)) == 12, from_pandas=False)
+    pq.write_table(table.append_column("watch_seconds", null_at_12), data / "impressions.parquet")
+    counts, outputs = _ingest(data, tmp_path)
+    quarantine = read_dataset(outputs["quarantine"])
+    assert dict(zip(quarantine["row"], quarantine["reason"])) == {
+        11: "not_finite", 12: "not_finite", 13: "missing_value"}

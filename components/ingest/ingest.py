@@ -152,7 +152,10 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
         if name in OPTIONAL_TABLES and not _present(data_root, name):
             counts[f"{name}_read"] = 0
             continue
-        reference = {} if name in ("users", "items") else \
+        # Ids must be known in the tables the models learn from. The serving log is
+        # exempt: serving meets users and items newer than the last table dump, and
+        # those requests belong in its statistics.
+        reference = {} if name in ("users", "items", "serving_log") else \
             {"users": checks["users"].typed(), "items": checks["items"].typed()}
         checks[name] = check_table(data_root, name, schema_dir, input_encoding, now,
                                    **reference)
