@@ -146,7 +146,7 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
     when a table's reject rate is above ``max_reject_rate``.
     """
     now = int(time.time()) if now is None else now
-    checks, counts = {}, {}
+    checks, counts, known = {}, {}, {}
     for name in ("users", "items", "impressions", "user_features", "item_features",
                  "serving_log"):
         if name in OPTIONAL_TABLES and not _present(data_root, name):
@@ -155,10 +155,10 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
         # Ids must be known in the tables the models learn from. The serving log is
         # exempt: serving meets users and items newer than the last table dump, and
         # those requests belong in its statistics.
-        reference = {} if name in ("users", "items", "serving_log") else \
-            {"users": checks["users"].typed(), "items": checks["items"].typed()}
         checks[name] = check_table(data_root, name, schema_dir, input_encoding, now,
-                                   **reference)
+                                   **({} if name == "serving_log" else known))
+        if name == "items":
+            known = {"users": checks["users"].typed(), "items": checks["items"].typed()}
 
     quarantine = pd.concat([c.quarantined() for c in checks.values()], ignore_index=True)
     write_dataset(quarantine, outputs["quarantine"])
