@@ -131,7 +131,7 @@ def render(statistics: dict, groups: dict[str, list[str]], blocking: list, warni
 
     verdict = (listing("Blocking anomalies", "bad", blocking)
                + listing("Warnings (policy: warn)", "warn", warnings)
-               or "<p class='good'>No anomalies: schema, skew and drift checks passed.</p>")
+               or "<p class='good'>No anomalies in the checks that ran.</p>")
     verdict += "".join(f"<p class='note'>Note: {html.escape(note)}</p>" for note in notes)
     comparisons = (_measurement_table("Training/serving skew (this span vs serving log)",
                                       measurements.get("skew"))
