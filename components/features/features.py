@@ -25,6 +25,7 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 import schemas
 from components.features import preprocessing
+from components.features.asof import NO_MATCH, asof_indices
 from recsys.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
 from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
                            read_dataset, write_dataset)
@@ -36,17 +37,18 @@ EXAMPLES_SCHEMA_NAME = "examples"
 def point_in_time_join(events: pd.DataFrame, features: pd.DataFrame, key: str,
                        value_columns: list[str], missing_flag: str) -> pd.DataFrame:
     """Attach to each event the newest feature row with the same key and
-    ``feature_ts <= event_ts`` (pandas ``merge_asof``; among rows with equal
-    ``feature_ts`` the last one wins). Keeps the events' order and count."""
-    left = events.assign(_row=np.arange(len(events))).sort_values("event_ts", kind="stable")
-    right = (features[[key, "feature_ts", *value_columns]].astype({"feature_ts": np.int64})
-             .sort_values("feature_ts", kind="stable"))
-    joined = pd.merge_asof(left, right, left_on="event_ts", right_on="feature_ts", by=key,
-                           direction="backward", allow_exact_matches=True)
-    joined = joined.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    ``feature_ts <= event_ts`` (``asof.asof_indices``; among rows with equal
+    ``feature_ts`` the last one given wins). Keeps the events' order and count."""
+    chosen = asof_indices(events[key].to_numpy(), events["event_ts"].to_numpy(),
+                          features[key].to_numpy(), features["feature_ts"].to_numpy())
+    found = chosen != NO_MATCH
+    joined = events.reset_index(drop=True)
+    joined["feature_ts"] = np.where(found, features["feature_ts"].to_numpy()[chosen], np.nan)
+    for column in value_columns:
+        values = features[column].to_numpy(dtype=np.float64)[chosen]
+        joined[column] = np.where(found, values, 0.0).astype(np.float32)
     check_point_in_time(events, joined, key)
-    joined[missing_flag] = joined["feature_ts"].isna().astype(np.int64)
-    joined[value_columns] = joined[value_columns].fillna(0.0).astype(np.float32)
+    joined[missing_flag] = (~found).astype(np.int64)
     return joined.drop(columns="feature_ts")
 
 
