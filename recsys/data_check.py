@@ -13,10 +13,12 @@ from components.features.features import join_features
 from components.ingest.ingest import ingest
 from components.validate.validate import validate
 
-INGESTED = ["train_events", "eval_events", "users", "items", "user_features", "item_features",
-            "serving_log", "quarantine"]
-JOINED = ["train_examples", "eval_examples", "user_snapshot", "item_snapshot"]
-VALIDATED = INGESTED[:7] + JOINED[:2]
+# Dataset names, as the stages (and the DAG) pass them along.
+TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features"]
+INGESTED = TABLES + ["serving_log", "quarantine"]
+EXAMPLES = ["train_examples", "eval_examples"]
+JOINED = EXAMPLES + ["user_snapshot", "item_snapshot"]
+VALIDATED = TABLES + ["serving_log"] + EXAMPLES
 
 
 def check_span(data_root: str, as_of: str, workdir: str, lookback_days: int = 14,
@@ -30,7 +32,7 @@ def check_span(data_root: str, as_of: str, workdir: str, lookback_days: int = 14
     counts = ingest(data_root, as_of, lookback_days, eval_days,
                     {name: paths[name] for name in INGESTED}, schema_dir, max_reject_rate,
                     input_encoding)
-    join_features({name: paths[name] for name in INGESTED[:6]}, counts["as_of"], schema_dir,
+    join_features({name: paths[name] for name in TABLES}, counts["as_of"], schema_dir,
                   {name: paths[name] for name in JOINED})
     report = os.path.join(workdir, "report.html")
     summary = validate({name: paths[name] for name in VALIDATED}, schema_dir,

@@ -151,19 +151,21 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
         np.array([], dtype=np.int64)
     # The incumbent recommender shows a taste/popularity mix, so exposure itself is biased.
     exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
-    drifted_logits = exposure_logits.copy()
+    drifted_logits = exposure_logits
     if drift == "category":
         category = items_frame["category"]
         pushed = category.value_counts().index[-1]
-        drifted_logits += 2.5 * (category.to_numpy() == pushed)[None, :]
+        drifted_logits = exposure_logits + 2.5 * (category.to_numpy() == pushed)[None, :]
     elif drift == "numeric":
-        drifted_logits += 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
+        drifted_logits = exposure_logits + 2.0 * np.log(
+            items_frame["duration_s"].to_numpy() / 240.0)[None, :]
     user_index = np.repeat(np.arange(n_users), per_user)
     uniform = rng.random(len(user_index))
     item_index = np.empty(len(user_index), dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(per_user)])
     drifted = day >= drift_day if drift in ("category", "numeric") else np.zeros(len(day), bool)
-    for logits, rows in ((exposure_logits, ~drifted), (drifted_logits, drifted)):
+    passes = [(exposure_logits, ~drifted)] + ([(drifted_logits, drifted)] if drifted.any() else [])
+    for logits, rows in passes:
         exposure = np.exp(logits - logits.max(axis=1, keepdims=True))
         # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
         cdf = np.cumsum(exposure / exposure.sum(axis=1, keepdims=True), axis=1)

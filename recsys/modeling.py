@@ -102,6 +102,14 @@ def raw_tensors(frame: pd.DataFrame, signature: dict[str, tf.TensorSpec]) -> dic
     return tensors
 
 
+def predict_in_batches(call, frame: pd.DataFrame, signature: dict[str, tf.TensorSpec],
+                       batch_size: int = 8192) -> np.ndarray:
+    """``call(raw tensors)`` over ``frame`` in slices of ``batch_size`` rows, concatenated."""
+    parts = [np.asarray(call(raw_tensors(frame.iloc[i:i + batch_size], signature)))
+             for i in range(0, len(frame), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0,))
+
+
 def load_transformed(directory: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     frame = read_dataset(directory, columns)
     return {name: frame[name].to_numpy() for name in frame.columns}

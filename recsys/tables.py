@@ -76,29 +76,39 @@ def read_raw_table(data_root: str, name: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
-    """Timestamps of any common encoding as int64 Unix seconds (UTC)."""
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype("int64")
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """Unix seconds (float; NaN where empty or unparseable) from Parquet timestamps,
+    Unix seconds (numbers or numeric text) or date/time text, read as UTC when naive."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values, utc=True, errors="coerce")
-        bad = parsed.isna() & values.notna()
-        if bad.any():
-            examples = values[bad].astype(str).head(3).tolist()
-            raise DataError(
-                f"{path}: column '{column}' has {int(bad.sum())} value(s) that are not "
-                f"timestamps, e.g. {examples}. Use ISO-8601, Unix seconds or Parquet timestamps."
-            )
-    if parsed.isna().any():
+        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None \
+            else values.dt.tz_convert("UTC")
+        seconds = stamps.astype("int64") // 1_000_000_000
+        return seconds.astype(float).where(stamps.notna())
+    numeric = pd.to_numeric(values, errors="coerce").astype(float)
+    text = values[numeric.isna() & values.notna()]
+    if len(text):
+        parsed = pd.to_datetime(text.astype(str), utc=True, errors="coerce")
+        seconds = parsed.astype("int64") // 1_000_000_000
+        numeric.loc[text.index] = seconds.astype(float).where(parsed.notna())
+    return numeric
+
+
+def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
+    """Timestamps of any common encoding as int64 Unix seconds (UTC); every row needs one."""
+    seconds = parse_timestamps(values)
+    bad = seconds.isna() & values.notna()
+    if bad.any():
+        examples = values[bad].astype(str).head(3).tolist()
         raise DataError(
-            f"{path}: column '{column}' has {int(parsed.isna().sum())} empty timestamp(s); "
+            f"{path}: column '{column}' has {int(bad.sum())} value(s) that are not "
+            f"timestamps, e.g. {examples}. Use ISO-8601, Unix seconds or Parquet timestamps."
+        )
+    if seconds.isna().any():
+        raise DataError(
+            f"{path}: column '{column}' has {int(seconds.isna().sum())} empty timestamp(s); "
             "every row needs one."
         )
-    if getattr(parsed.dt, "tz", None) is None:
-        parsed = parsed.dt.tz_localize("UTC")
-    return (parsed.dt.tz_convert("UTC").astype("int64") // 1_000_000_000).astype("int64")
+    return seconds.astype("int64")
 
 
 def write_dataset(data: pd.DataFrame | pa.Table, directory: str) -> str:

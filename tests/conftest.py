@@ -10,6 +10,9 @@ import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 import pytest
 
+from recsys.data_check import INGESTED as INGEST_OUTPUTS
+from recsys.data_check import JOINED as JOIN_OUTPUTS
+from recsys.data_check import TABLES, VALIDATED
 from recsys.generate import generate
 from schemas import schema_path
 
@@ -17,10 +20,6 @@ TINY = dict(users=300, items=120, days=10, seed=3)
 LOOKBACK_DAYS, EVAL_DAYS = 10, 3
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
-TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features"]
-INGEST_OUTPUTS = TABLES + ["serving_log", "quarantine"]
-JOIN_OUTPUTS = ["train_examples", "eval_examples", "user_snapshot", "item_snapshot"]
-VALIDATED = TABLES + ["serving_log", "train_examples", "eval_examples"]
 
 
 @pytest.fixture(scope="session")

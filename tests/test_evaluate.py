@@ -66,7 +66,7 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
 
 
 def test_comparison_with_the_model_currently_serving(stages, tmp_path):
-    from components.evaluate.evaluate import compare_with_serving
+    from components.evaluate.evaluate import compare_with_serving, retrieval_task
     from components.push.push import push
     from recsys.tables import read_dataset
 
@@ -75,12 +75,14 @@ def test_comparison_with_the_model_currently_serving(stages, tmp_path):
     train = read_dataset(paths["train_examples"])
     evaluation = read_dataset(paths["eval_examples"])
     serving_root = str(tmp_path / "serving")
-    nothing = compare_with_serving(serving_root, candidate, train, evaluation, 20)
+    task = retrieval_task(train, evaluation)
+    candidate_auc = stages["evaluation"]["ranking"]["auc"]
+    nothing = compare_with_serving(serving_root, candidate, task, evaluation, 20, candidate_auc)
     assert nothing == {"serving_version": None, "note": "no model serving yet: first push"}
 
     push(paths["blessing"], candidate, paths["eval_examples"],
          {"users": paths["user_snapshot"], "items": paths["item_snapshot"]}, serving_root)
-    same = compare_with_serving(serving_root, candidate, train, evaluation, 20)
+    same = compare_with_serving(serving_root, candidate, task, evaluation, 20, candidate_auc)
     assert same["serving_version"] == 1
     assert same["candidate_served_recall_at_20"] == same["serving_served_recall_at_20"] > 0
     assert same["candidate_auc"] == same["serving_auc"] > 0.5

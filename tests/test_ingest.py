@@ -7,10 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from components.ingest.ingest import DAY, Window, ingest, resolve_window, split_events
+from recsys.data_check import INGESTED
 from recsys.tables import DataError, read_dataset, read_raw_table, to_unix_seconds
 
-TABLES = ["train_events", "eval_events", "users", "items", "user_features", "item_features",
-          "serving_log", "quarantine"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -46,7 +45,7 @@ def test_default_as_of_is_midnight_after_newest_event():
 
 
 def test_ingest_writes_every_table_and_drops_future_snapshots(tiny_data, tmp_path):
-    outputs = {name: str(tmp_path / name) for name in TABLES}
+    outputs = {name: str(tmp_path / name) for name in INGESTED}
     counts = ingest(tiny_data, "", 10, 3, outputs)
     train, evaluation = read_dataset(outputs["train_events"]), read_dataset(outputs["eval_events"])
     assert len(train) == counts["train_events"] > 0
@@ -92,7 +91,7 @@ def _copy_of(tiny_data, tmp_path):
 
 
 def _ingest(data, tmp_path, **kwargs):
-    outputs = {name: str(tmp_path / "out" / name) for name in TABLES}
+    outputs = {name: str(tmp_path / "out" / name) for name in INGESTED}
     counts = ingest(str(data), "", 10, 3, outputs, **kwargs)
     return counts, outputs
 

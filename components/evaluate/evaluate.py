@@ -43,11 +43,9 @@ def _serving_fn(saved_model_dir: str):
     return tf.saved_model.load(saved_model_dir).signatures["serving_default"]
 
 
-def _call_in_batches(fn, frame: pd.DataFrame, output: str, batch_size: int = 8192) -> np.ndarray:
-    signature = fn.structured_input_signature[1]
-    parts = [fn(**modeling.raw_tensors(frame.iloc[i:i + batch_size], signature))[output].numpy()
-             for i in range(0, len(frame), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0,))
+def _call_in_batches(fn, frame: pd.DataFrame, output: str) -> np.ndarray:
+    return modeling.predict_in_batches(lambda tensors: fn(**tensors)[output], frame,
+                                       fn.structured_input_signature[1])
 
 
 def retrieval_task(train_examples: pd.DataFrame, eval_examples: pd.DataFrame):
@@ -98,9 +96,9 @@ def recall_at_k(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
 
 
 def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval_model_dir: str,
-                       train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
-                       ks: list[int]) -> dict:
-    users, queries, positives, train_clicks = retrieval_task(train_examples, eval_examples)
+                       task: tuple, ks: list[int]) -> dict:
+    """``task`` is ``retrieval_task(train_examples, eval_examples)``."""
+    users, queries, positives, train_clicks = task
     if len(users) == 0:
         raise ValueError("evaluate: no eval user clicked an item new to them; "
                          "retrieval cannot be evaluated. Lengthen eval_days.")
@@ -213,10 +211,12 @@ def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.
     return float((hits.reindex(users, fill_value=0) / n_positives.reindex(users)).mean())
 
 
-def compare_with_serving(serving_root: str, candidate: dict[str, str],
-                         train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
-                         k: int) -> dict:
+def compare_with_serving(serving_root: str, candidate: dict[str, str], task: tuple,
+                         eval_examples: pd.DataFrame, k: int, candidate_auc: float) -> dict:
     """The candidate and the newest pushed version, scored on the same eval data.
+
+    ``task`` is ``retrieval_task(...)``; ``candidate_auc`` is the candidate ranking
+    model's AUC on ``eval_examples`` (evaluate_ranking has it already).
 
     Returns ``{"serving_version": None, "note": ...}`` when nothing is serving yet
     or the serving model cannot take this run's features.
@@ -230,15 +230,16 @@ def compare_with_serving(serving_root: str, candidate: dict[str, str],
     if version is None:
         return {"serving_version": None, "note": "no model serving yet: first push"}
     serving = {name: os.path.join(serving_root, name, str(version)) for name in candidate}
-    users, queries, positives, train_clicks = retrieval_task(train_examples, eval_examples)
+    users, queries, positives, train_clicks = task
     labels = eval_examples[preprocessing.LABEL].to_numpy()
     result = {"serving_version": version}
     try:
         for role, models in (("candidate", candidate), ("serving", serving)):
             result[f"{role}_served_recall_at_{k}"] = served_recall_at_k(
                 models["retrieval"], users, queries, positives, train_clicks, k)
-            result[f"{role}_auc"] = roc_auc(labels, _call_in_batches(
-                _serving_fn(models["ranking"]), eval_examples, PROBABILITY_OUTPUT))
+        result["candidate_auc"] = candidate_auc
+        result["serving_auc"] = roc_auc(labels, _call_in_batches(
+            _serving_fn(serving["ranking"]), eval_examples, PROBABILITY_OUTPUT))
     except (KeyError, ValueError, TypeError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has
         return {"serving_version": None,
@@ -291,13 +292,13 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     ks = sorted({10, thresholds.recall_k, 100})
+    task = retrieval_task(train_examples, eval_examples)
     retrieval, recall_curve = evaluate_retrieval(query_model_dir, item_embeddings_dir,
-                                                 retrieval_model_dir, train_examples,
-                                                 eval_examples, ks)
+                                                 retrieval_model_dir, task, ks)
     ranking, curves = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
     serving = compare_with_serving(
         serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
-        train_examples, eval_examples, thresholds.recall_k)
+        task, eval_examples, thresholds.recall_k, ranking["auc"])
     blessing = bless(retrieval, ranking, thresholds, serving)
     blessing["serving_comparison"] = serving
     with open(blessing_path, "w") as handle:

@@ -74,8 +74,11 @@ def join_group(group, view: FeatureView):
     if features is None:
         chosen = np.full(events.num_rows, NO_MATCH, dtype=np.int64)
     else:
-        created = (features.column("created_ts").to_numpy() if view.created_before_event
-                   or "created_ts" in features.column_names else None)
+        has_created = "created_ts" in features.column_names
+        if view.created_before_event and not has_created:
+            raise ValueError(f"feature view '{view.name}': created_before_event needs a "
+                             f"created_ts column; found {features.column_names}")
+        created = features.column("created_ts").to_numpy() if has_created else None
         chosen = asof_indices(events.column(view.key).to_numpy(),
                               events.column("event_ts").to_numpy(),
                               features.column(view.key).to_numpy(),

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from recsys.tables import DataError
+from recsys.tables import DataError, parse_timestamps
 
 # Reasons a row is quarantined, in the order they are checked.
 REASONS = {
@@ -154,22 +154,23 @@ class TableCheck:
 
     def _parse(self, rule: ColumnRule, now: int) -> pd.Series:
         raw, name = self.raw[rule.name], rule.name
-        missing = self.missing[name] | (raw.astype(str).str.strip() == "").to_numpy() \
-            if raw.dtype == object else self.missing[name]
+        trimmed = _trimmed(raw) if raw.dtype == object else None  # text as read
+        missing = self.missing[name] if trimmed is None \
+            else self.missing[name] | _equals(trimmed, "")
         if rule.required:
             self.reject(missing, "missing_value", name)
         if rule.kind == "text":
             return raw.where(~missing, None).astype(object)
         if rule.kind == "timestamp":
-            values = _timestamps(raw)
+            values = parse_timestamps(raw)
             self.reject(~missing & values.isna().to_numpy(), "wrong_type", name,
                         "not a timestamp (ISO-8601, Unix seconds or a Parquet timestamp)")
         else:
             values = pd.to_numeric(raw, errors="coerce").astype(float)
             unparsed = np.zeros(len(raw), dtype=bool)  # a numeric column always parses
-            if raw.dtype == object:  # text: garbage becomes NaN, but so does the text "nan"
+            if trimmed is not None:  # text: garbage becomes NaN, but so does the text "nan"
                 unparsed = ~missing & values.isna().to_numpy() \
-                    & ~raw.astype(str).str.strip().str.lower().isin(["nan"]).to_numpy()
+                    & ~_equals(pc.utf8_lower(trimmed), "nan")
             self.reject(unparsed, "wrong_type", name, f"not a number ({rule.kind})")
             self.reject(~missing & ~unparsed & ~np.isfinite(values.to_numpy()), "not_finite",
                         name)
@@ -217,19 +218,17 @@ class TableCheck:
         })
 
 
-def _timestamps(raw: pd.Series) -> pd.Series:
-    """Unix seconds (float, NaN where unparseable) from any common timestamp encoding."""
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        stamps = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
-        seconds = stamps.astype("int64") // 1_000_000_000
-        return seconds.astype(float).where(stamps.notna())
-    numeric = pd.to_numeric(raw, errors="coerce").astype(float)
-    text = raw[numeric.isna() & raw.notna()]
-    if len(text):
-        parsed = pd.to_datetime(text.astype(str), utc=True, errors="coerce")
-        seconds = parsed.astype("int64") // 1_000_000_000
-        numeric.loc[text.index] = seconds.astype(float).where(parsed.notna())
-    return numeric
+def _trimmed(values: pd.Series) -> pa.Array:
+    """Text values without surrounding whitespace, computed in Arrow, not per row."""
+    try:
+        text = pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: the text of each value
+        text = pa.array(values.astype(str), type=pa.string())
+    return pc.utf8_trim_whitespace(text)
+
+
+def _equals(text: pa.Array, value: str) -> np.ndarray:
+    return pc.fill_null(pc.equal(text, value), False).to_numpy(zero_copy_only=False)
 
 
 def reject_rate_error(table: str, checked: int, quarantine: pd.DataFrame, limit: float,

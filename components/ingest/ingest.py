@@ -146,7 +146,7 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
     when a table's reject rate is above ``max_reject_rate``.
     """
     now = int(time.time()) if now is None else now
-    checks, counts, known = {}, {}, {}
+    checks, accepted, counts, known = {}, {}, {}, {}
     for name in ("users", "items", "impressions", "user_features", "item_features",
                  "serving_log"):
         if name in OPTIONAL_TABLES and not _present(data_root, name):
@@ -157,14 +157,13 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
         # those requests belong in its statistics.
         checks[name] = check_table(data_root, name, schema_dir, input_encoding, now,
                                    **({} if name == "serving_log" else known))
+        accepted[name] = checks[name].typed()
         if name == "items":
-            known = {"users": checks["users"].typed(), "items": checks["items"].typed()}
+            known = {"users": accepted["users"], "items": accepted["items"]}
 
     quarantine = pd.concat([c.quarantined() for c in checks.values()], ignore_index=True)
     write_dataset(quarantine, outputs["quarantine"])
-    accepted = {}
     for name, check in checks.items():
-        accepted[name] = check.typed()
         counts[f"{name}_read"] = len(check.raw)
         counts[f"{name}_quarantined"] = int((~check.accepted).sum())
         assert len(accepted[name]) + counts[f"{name}_quarantined"] == len(check.raw), \

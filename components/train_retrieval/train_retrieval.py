@@ -57,9 +57,9 @@ class TwoTowerModel(tfrs.Model):
 
 
 def positives(directory: str, columns: list[str]) -> dict[str, np.ndarray]:
-    frame = read_dataset(directory, columns + [preprocessing.LABEL])
-    frame = frame[frame[preprocessing.LABEL] == 1]
-    return {name: frame[name].to_numpy() for name in columns}
+    data = modeling.load_transformed(directory, columns + [preprocessing.LABEL])
+    clicked = data.pop(preprocessing.LABEL) == 1
+    return {name: values[clicked] for name, values in data.items()}
 
 
 def sampling_probability(item_index: np.ndarray) -> np.ndarray:
@@ -104,9 +104,7 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, confi
                                                        preprocessing.CANDIDATE_FEATURES)
 
     items = read_dataset(item_snapshot)
-    item_embeddings = np.concatenate([
-        candidate_model(modeling.raw_tensors(items.iloc[i:i + 8192], candidate_signature)).numpy()
-        for i in range(0, len(items), 8192)])
+    item_embeddings = modeling.predict_in_batches(candidate_model, items, candidate_signature)
     item_ids = items["item_id"].astype(str).to_numpy()
     write_dataset(pa.table({
         "item_id": item_ids,
