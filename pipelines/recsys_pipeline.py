@@ -61,6 +61,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         statistics_root: str = "",
         drift_baseline: str = "",
         anomaly_policy: str = "{}",
+        feature_views: str = "{}",
+        history_length: int = 10,
         beam_pipeline_args: str = "[]",
         retrieval_epochs: int = 5,
         retrieval_embedding_dim: int = 32,
@@ -90,8 +92,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                   ("train_events", "eval_events", "users", "items", "user_features",
                    "item_features")}
 
-        # 2. features, part 1: point-in-time joins into examples
-        joined = join_op(**tables, schema_dir=schema_dir)
+        # 2. features, part 1: point-in-time joins (feature views, engagement
+        #    history) into examples, on Beam
+        joined = join_op(**tables, schema_dir=schema_dir, feature_views=feature_views,
+                         history_length=history_length, beam_pipeline_args=beam_pipeline_args)
 
         # 3. validate: schema, training/serving skew and drift; blocks on anomalies
         validated = validate_op(

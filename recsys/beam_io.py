@@ -29,7 +29,10 @@ def pipeline_options(beam_pipeline_args: str | list[str]) -> PipelineOptions:
 
 
 def to_list_array(column: pa.Array) -> pa.Array:
-    """A flat column as a list column: one value per row, null rows become null lists."""
+    """A flat column as a list column: one value per row, null rows become null lists.
+    List columns (variable-length features) are already in that form."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return column
     valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     offsets = np.concatenate([[0], np.cumsum(valid)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), column.filter(pa.array(valid)),

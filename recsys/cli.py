@@ -24,7 +24,8 @@ def _check(args):
 
     result = check_span(args.data, args.as_of, args.workdir, args.lookback_days, args.eval_days,
                         args.schema_dir, args.statistics_root, args.drift_baseline,
-                        args.anomaly_policy, args.max_reject_rate, args.input_encoding)
+                        args.anomaly_policy, args.max_reject_rate, args.input_encoding,
+                        args.feature_views)
     counts = result["ingest"]
     print(f"ingest: {counts['quarantined']} row(s) quarantined: "
           f"{os.path.join(args.workdir, 'quarantine')}")
@@ -123,6 +124,9 @@ def main(argv=None):
                        help="where passed spans are kept as drift baselines")
     check.add_argument("--drift-baseline", default="", help="a statistics file to compare with")
     check.add_argument("--anomaly-policy", default="{}", help='e.g. \'{"drift": "warn"}\'')
+    check.add_argument("--feature-views", default="{}",
+                       help='per view: ttl_days, created_before_event, defaults, join; e.g. '
+                            '\'{"user_features": {"ttl_days": 2}}\'')
     check.add_argument("--max-reject-rate", type=float, default=0.01)
     check.add_argument("--input-encoding", default="utf-8")
     check.set_defaults(func=_check)

@@ -24,7 +24,8 @@ VALIDATED = TABLES + ["serving_log"] + EXAMPLES
 def check_span(data_root: str, as_of: str, workdir: str, lookback_days: int = 14,
                eval_days: int = 3, schema_dir: str = "", statistics_root: str = "",
                drift_baseline: str = "", anomaly_policy: str = "{}",
-               max_reject_rate: float = 0.01, input_encoding: str = "utf-8") -> dict:
+               max_reject_rate: float = 0.01, input_encoding: str = "utf-8",
+               feature_views: str = "{}") -> dict:
     """ingest -> join -> validate for the span ending at ``as_of``; returns
     ``{"ingest": counts, "validate": summary, "report": path}`` or raises the
     stage's DataError / ValidationFailed."""
@@ -33,7 +34,7 @@ def check_span(data_root: str, as_of: str, workdir: str, lookback_days: int = 14
                     {name: paths[name] for name in INGESTED}, schema_dir, max_reject_rate,
                     input_encoding)
     join_features({name: paths[name] for name in TABLES}, counts["as_of"], schema_dir,
-                  {name: paths[name] for name in JOINED})
+                  {name: paths[name] for name in JOINED}, feature_views)
     report = os.path.join(workdir, "report.html")
     summary = validate({name: paths[name] for name in VALIDATED}, schema_dir,
                        os.path.join(workdir, "statistics"), os.path.join(workdir, "anomalies"),

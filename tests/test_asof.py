@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from components.features.asof import NO_MATCH, asof_indices
+from components.features.asof import NO_MATCH, asof_indices, history_indices
 
 
 def oracle(event_keys, event_ts, feature_keys, feature_ts, created, ttl, created_before_event):
@@ -60,3 +60,45 @@ def test_empty_inputs_and_unknown_keys():
     assert asof_indices(np.array(["a"]), np.array([5]), none.astype(str), none).tolist() == [-1]
     assert asof_indices(np.array(["z"]), np.array([5]), np.array(["a"]),
                         np.array([1])).tolist() == [-1]
+
+
+def history_oracle(event_keys, event_ts, history_keys, history_ts, length):
+    indices, counts = [], []
+    for key, ts in zip(event_keys, event_ts):
+        earlier = [i for i in range(len(history_ts))
+                   if history_keys[i] == key and history_ts[i] < ts]
+        # newest first; among equal timestamps the order is unspecified, compare as sets
+        earlier.sort(key=lambda i: history_ts[i], reverse=True)
+        indices.append(earlier[:length])
+        counts.append(len(earlier))
+    return indices, counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), small_times), max_size=40), events,
+       st.integers(1, 5))
+def test_history_matches_brute_force_oracle(history_rows, event_rows, length):
+    history_keys = np.array([r[0] for r in history_rows], dtype=object).astype(str)
+    history_ts = np.array([r[1] for r in history_rows], dtype=np.int64)
+    event_keys = np.array([e[0] for e in event_rows], dtype=object).astype(str)
+    event_ts = np.array([e[1] for e in event_rows], dtype=np.int64)
+    indices, counts = history_indices(event_keys, event_ts, history_keys, history_ts, length)
+    expected, expected_counts = history_oracle(event_keys, event_ts, history_keys, history_ts,
+                                               length)
+    assert indices.shape == (len(event_rows), length)
+    np.testing.assert_array_equal(counts, expected_counts)
+    for got, want, key in zip(indices, expected, event_keys):
+        taken = got[got != NO_MATCH]
+        assert (got[len(taken):] == NO_MATCH).all()  # padding only at the end
+        # Same timestamps in the same order (newest first); rows tied on time may swap.
+        assert history_ts[taken].tolist() == history_ts[want].tolist()
+        assert (history_keys[taken] == key).all()
+
+
+def test_history_never_contains_the_event_or_later_rows():
+    # The event's own engagement is in the history table at the event's second.
+    keys = np.array(["u1", "u1", "u1", "u2"])
+    ts = np.array([10, 20, 30, 20])
+    indices, counts = history_indices(keys, ts, keys, ts, 3)
+    assert counts.tolist() == [0, 1, 2, 0]
+    assert indices.tolist() == [[-1, -1, -1], [0, -1, -1], [1, 0, -1], [-1, -1, -1]]

@@ -3,7 +3,9 @@ import pandas as pd
 import tensorflow_transform as tft
 from hypothesis import given, settings, strategies as st
 
-from components.features.features import point_in_time_join
+import pyarrow as pa
+
+from components.features.beam_asof import FeatureView, join_view
 from components.features import preprocessing
 from recsys.tables import read_dataset
 
@@ -40,12 +42,14 @@ def test_point_in_time_join_matches_brute_force(event_rows, feature_rows):
     sentinels = pd.DataFrame({"user_id": ["a", "b", "c", "d"],
                               "feature_ts": events["event_ts"].max() + 1, "value": -1.0})
     features = pd.concat([features, sentinels], ignore_index=True)
-    joined = point_in_time_join(events, features, "user_id", ["value"], "missing")
+    view = FeatureView("view", "user_id", ("value",))
+    joined = join_view(pa.Table.from_pandas(events, preserve_index=False),
+                       pa.Table.from_pandas(features, preserve_index=False), view).to_pandas()
     expected_values, expected_missing = oracle(events, features)
     assert len(joined) == len(events)
     assert joined["event_id"].tolist() == events["event_id"].tolist()
-    np.testing.assert_array_equal(joined["value"].to_numpy(), expected_values)
-    np.testing.assert_array_equal(joined["missing"].to_numpy(), expected_missing)
+    np.testing.assert_array_equal(joined["value"].to_numpy(np.float32), expected_values)
+    np.testing.assert_array_equal(joined[view.missing_flag].to_numpy(), expected_missing)
     assert (joined["value"] != -1.0).all()
 
 
@@ -54,7 +58,8 @@ def test_examples_keep_every_event_and_flag_missing_features(stages):
     train = read_dataset(paths["train_examples"])
     events = read_dataset(paths["train_events"])
     assert len(train) == counts["train_events"]
-    assert train["event_id"].tolist() == events["event_id"].tolist()
+    assert train["event_id"].is_unique  # never duplicated, never dropped:
+    assert set(train["event_id"]) == set(events["event_id"])
     # The generator drops ~3% of snapshots, so some events fall back or miss.
     assert set(train["user_features_missing"].unique()) <= {0, 1}
     assert train["hour_of_day"].between(0, 23).all()
@@ -93,3 +98,28 @@ def test_serving_snapshots_use_latest_known_features(stages):
     assert np.isclose(newest.loc[some_user["user_id"], "user_clicks_7d"],
                       some_user["user_clicks_7d"])
     assert len(item_rows) == len(read_dataset(paths["items"]))
+
+
+def test_history_holds_only_earlier_engagements(stages):
+    """Brute force over the stage's output: each example's history is its user's
+    clicked items strictly before the event, newest first, with the exact count."""
+    paths = stages["paths"]
+    events = pd.concat([read_dataset(paths["train_events"]), read_dataset(paths["eval_events"])])
+    clicks = events.loc[events["clicked"] == 1, ["user_id", "event_ts", "item_id"]]
+    for split in ("train_examples", "eval_examples"):
+        examples = read_dataset(paths[split])
+        pairs = examples[["event_id", "user_id", "event_ts"]].merge(
+            clicks, on="user_id", suffixes=("", "_click"))
+        earlier = pairs[pairs["event_ts_click"] < pairs["event_ts"]]
+        expected_count = earlier.groupby("event_id").size()
+        got_count = examples.set_index("event_id")["user_history_count"]
+        np.testing.assert_array_equal(
+            got_count.to_numpy(), expected_count.reindex(got_count.index, fill_value=0))
+        lengths = examples["user_history_items"].map(len).to_numpy()
+        np.testing.assert_array_equal(lengths, np.minimum(examples["user_history_count"], 10))
+        listed = (examples[["event_id", "user_history_items"]].explode("user_history_items")
+                  .dropna().rename(columns={"user_history_items": "item_id"}))
+        known = listed.merge(earlier[["event_id", "item_id"]].drop_duplicates(),
+                             on=["event_id", "item_id"], how="left", indicator=True)
+        assert (known["_merge"] == "both").all()  # each listed item: an earlier click
+    assert (examples["user_history_count"] > 0).mean() > 0.5  # the sample has histories

@@ -63,7 +63,8 @@ def retrieval_task(train_examples: pd.DataFrame, eval_examples: pd.DataFrame):
     seen = eval_clicks.merge(train_clicks, on=["user_id", "item_id"], how="left", indicator=True)
     positives = seen.loc[seen["_merge"] == "left_only", ["user_id", "item_id"]]
     users = np.sort(positives["user_id"].unique())
-    first = (eval_examples.sort_values("event_ts", kind="stable")
+    # event_id breaks ties: the join writes examples in no particular order.
+    first = (eval_examples.sort_values(["event_ts", "event_id"])
              .drop_duplicates("user_id").set_index("user_id").loc[users].reset_index())
     return users, first, positives, train_clicks
 

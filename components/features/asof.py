@@ -15,60 +15,128 @@ or one bucket of a Beam job.
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 NO_MATCH = -1
 _TIME_BITS = 34  # relative timestamps below 2**34 s (~540 years) fit beside the key code
 
 
-def asof_indices(event_keys: np.ndarray, event_ts: np.ndarray, feature_keys: np.ndarray,
-                 feature_ts: np.ndarray, created_ts: np.ndarray | None = None,
-                 ttl_seconds: int | None = None,
-                 created_before_event: bool = False) -> np.ndarray:
+def asof_indices(event_keys, event_ts, feature_keys, feature_ts, created_ts=None,
+                 ttl_seconds: int | None = None, created_before_event: bool = False) -> np.ndarray:
     """Index of the chosen feature row for each event, or NO_MATCH (-1).
 
-    Keys may be any hashable dtype numpy can sort (strings, ints); timestamps are
-    int64 seconds.
+    Keys are numpy or Arrow arrays of strings or integers; timestamps int64 seconds.
+    """
+    return AsOfIndex(feature_keys, feature_ts, created_ts, ttl_seconds,
+                     created_before_event).lookup(event_keys, event_ts)
+
+
+class AsOfIndex:
+    """The feature rows of one view, sorted once for any number of event lookups
+    (one Beam bucket, or every event batch when the features are broadcast)."""
+
+    def __init__(self, feature_keys, feature_ts, created_ts=None,
+                 ttl_seconds: int | None = None, created_before_event: bool = False):
+        self.feature_ts = np.asarray(feature_ts, dtype=np.int64)
+        self.ttl_seconds = ttl_seconds
+        n = len(self.feature_ts)
+        created = (np.asarray(created_ts, dtype=np.int64) if created_ts is not None
+                   else np.zeros(n, dtype=np.int64))
+        # When a row becomes usable: at feature_ts, or later if it was written later.
+        available = np.maximum(self.feature_ts, created) if created_before_event \
+            else self.feature_ts
+        # Keys become codes into a dictionary (Arrow's hash table: no Python objects).
+        encoded = pc.dictionary_encode(_arrow(feature_keys))
+        self.keys = encoded.dictionary
+        self.feature_code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(self.keys) >= 2 ** (63 - _TIME_BITS):
+            raise ValueError("too many distinct keys for one as-of lookup; bucket them first")
+        self.origin = int(available.min()) if n else 0
+        if n and int(available.max()) - self.origin >= 2 ** _TIME_BITS:
+            raise ValueError("feature timestamps span more than 2**34 seconds; "
+                             "are they in seconds?")
+
+        # Preference among usable rows of one key: larger feature_ts, then created_ts,
+        # then input position. rank orders all rows by (key, preference).
+        self.preference = np.lexsort((np.arange(n), created, self.feature_ts, self.feature_code))
+        rank = np.empty(n, dtype=np.int64)
+        rank[self.preference] = np.arange(n)
+        # Rows in order of (key, available). Ranks of a key all exceed those of smaller
+        # keys, so a running max over the whole array is the best usable row so far
+        # within each key, never one of another key.
+        self.order = np.lexsort((rank, available, self.feature_code))
+        self.best_rank = np.maximum.accumulate(rank[self.order])
+        self.sorted_available = (self.feature_code[self.order] << _TIME_BITS) \
+            + (available[self.order] - self.origin)
+
+    def lookup(self, event_keys, event_ts) -> np.ndarray:
+        event_ts = np.asarray(event_ts, dtype=np.int64)
+        result = np.full(len(event_ts), NO_MATCH, dtype=np.int64)
+        if len(event_ts) == 0 or len(self.feature_ts) == 0:
+            return result
+        codes = pc.index_in(_arrow(event_keys), value_set=self.keys)
+        known = np.asarray(codes.is_valid(), dtype=bool)
+        event_code = codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # Before every row: -1 lands in the previous key's range, which the key check
+        # below rejects; after every row: the largest offset still finds the last one.
+        offset = np.clip(event_ts - self.origin, -1, 2 ** _TIME_BITS - 1)
+        probe = (event_code << _TIME_BITS) + offset
+        position = np.searchsorted(self.sorted_available, probe, side="right") - 1
+        found = known & (position >= 0)
+        found[found] = self.feature_code[self.order[position[found]]] == event_code[found]
+        chosen = self.preference[self.best_rank[position[found]]]
+        if self.ttl_seconds is not None:
+            fresh = self.feature_ts[chosen] >= event_ts[found] - self.ttl_seconds
+            chosen = np.where(fresh, chosen, NO_MATCH)
+        result[found] = chosen
+        return result
+
+
+def _arrow(keys) -> pa.Array:
+    if isinstance(keys, pa.ChunkedArray):
+        return keys.combine_chunks()
+    return keys if isinstance(keys, pa.Array) else pa.array(np.asarray(keys))
+
+
+def history_indices(event_keys: np.ndarray, event_ts: np.ndarray, history_keys: np.ndarray,
+                    history_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each event's ``length`` newest history rows of its key with ``ts < event_ts``
+    (strictly: the event itself, and anything at the same second, never counts).
+
+    Returns ``(indices, counts)``: an (events, length) matrix of history row indices,
+    newest first, NO_MATCH where the key has fewer earlier rows; and the number of
+    earlier rows of the key in all.
     """
     event_ts = np.asarray(event_ts, dtype=np.int64)
-    feature_ts = np.asarray(feature_ts, dtype=np.int64)
-    result = np.full(len(event_ts), NO_MATCH, dtype=np.int64)
-    if len(event_ts) == 0 or len(feature_ts) == 0:
-        return result
-    created = (np.asarray(created_ts, dtype=np.int64) if created_ts is not None
-               else np.zeros(len(feature_ts), dtype=np.int64))
-    # Any consistent integer per key will do (not sorted): hash-based factorize.
+    history_ts = np.asarray(history_ts, dtype=np.int64)
+    indices = np.full((len(event_ts), length), NO_MATCH, dtype=np.int64)
+    counts = np.zeros(len(event_ts), dtype=np.int64)
+    if len(event_ts) == 0 or len(history_ts) == 0:
+        return indices, counts
+    history_code, event_code, origin = _key_codes_and_origin(history_keys, event_keys,
+                                                             history_ts, event_ts)
+    order = np.lexsort((history_ts, history_code))
+    sorted_history = (history_code[order] << _TIME_BITS) + (history_ts[order] - origin)
+    # side="left": rows at the event's own second are not before it.
+    end = np.searchsorted(sorted_history, (event_code << _TIME_BITS) + (event_ts - origin))
+    start = np.searchsorted(sorted_history, event_code << _TIME_BITS)
+    counts = end - start
+    positions = end[:, None] - 1 - np.arange(length)[None, :]
+    earlier = positions >= start[:, None]
+    indices[earlier] = order[positions[earlier]]
+    return indices, counts
+
+
+def _key_codes_and_origin(feature_keys, event_keys, feature_ts, event_ts):
+    """int64 codes for the keys of both sides and the time origin, checked to fit
+    in one int64 beside each other (code << _TIME_BITS | ts - origin)."""
     inverse, codes = pd.factorize(np.concatenate([np.asarray(feature_keys),
                                                   np.asarray(event_keys)]))
-    feature_code, event_code = inverse[:len(feature_ts)], inverse[len(feature_ts):]
-    # When a row becomes usable: at feature_ts, or later if it was written later.
-    available = np.maximum(feature_ts, created) if created_before_event else feature_ts
-
-    # Preference among usable rows of one key: larger feature_ts, then created_ts,
-    # then input position. rank orders all rows by (key, preference).
-    preference = np.lexsort((np.arange(len(feature_ts)), created, feature_ts, feature_code))
-    rank = np.empty(len(feature_ts), dtype=np.int64)
-    rank[preference] = np.arange(len(feature_ts))
-
-    # Rows in order of (key, available). Ranks of a key all exceed those of smaller
-    # keys, so a running max over the whole array is the best usable row so far
-    # within each key, never one of another key.
-    order = np.lexsort((rank, available, feature_code))
-    best_rank = np.maximum.accumulate(rank[order])
-
-    origin = min(int(available.min()), int(event_ts.min()))
-    if max(int(available.max()), int(event_ts.max())) - origin >= 2 ** _TIME_BITS:
+    inverse = inverse.astype(np.int64)
+    origin = min(int(feature_ts.min()), int(event_ts.min()))
+    if max(int(feature_ts.max()), int(event_ts.max())) - origin >= 2 ** _TIME_BITS:
         raise ValueError("timestamps span more than 2**34 seconds; are they in seconds?")
     if len(codes) >= 2 ** (63 - _TIME_BITS):
         raise ValueError("too many distinct keys for one as-of lookup; bucket them first")
-    sorted_feature = (feature_code[order].astype(np.int64) << _TIME_BITS) \
-        + (available[order] - origin)
-    probe = (event_code.astype(np.int64) << _TIME_BITS) + (event_ts - origin)
-    position = np.searchsorted(sorted_feature, probe, side="right") - 1
-    found = position >= 0
-    found[found] = feature_code[order[position[found]]] == event_code[found]
-    chosen = preference[best_rank[position[found]]]
-    if ttl_seconds is not None:
-        fresh = feature_ts[chosen] >= event_ts[found] - ttl_seconds
-        chosen = np.where(fresh, chosen, NO_MATCH)
-    result[found] = chosen
-    return result
+    return inverse[:len(feature_ts)], inverse[len(feature_ts):], origin

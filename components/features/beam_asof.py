@@ -1,46 +1,103 @@
-"""The as-of join as a Beam transform over Arrow record batches.
+"""Point-in-time joins over Arrow tables, in one process or as Beam transforms.
 
 Beam has no as-of join, and a per-row one (CoGroupByKey per entity, sort,
 bisect) is two orders of magnitude slower than a columnar engine. Here rows
 never travel one by one: both sides are split into hash buckets of the entity
-key batch-wise (numpy), batches are grouped per bucket, and each bucket is
-joined with ``asof.asof_indices`` over whole columns.
+key batch-wise, sub-batches are buffered per bucket for the bundle and grouped
+by bucket, and each bucket is joined with ``asof`` over whole columns. The same
+``join_view`` / ``join_history`` functions do the in-process join (serving
+snapshots), so Beam only adds the partitioning.
 
 Hot keys: events of a bucket are further spread over ``event_splits`` groups and
 the bucket's feature rows are sent to each of them, so a very popular entity's
 events are joined by several workers, each holding that entity's (small)
 feature history.
+
+Guards: every joined group is checked after the join (the chosen row has the
+event's key, ``feature_ts <= event_ts``, the ttl and ``created_ts`` rules hold),
+and ``CheckRowCounts`` fails the pipeline unless rows out equal rows in. A
+violation raises ``PointInTimeViolation`` naming the view and one event.
 """
 
+import functools
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
 
-from components.features.asof import NO_MATCH, asof_indices
+from components.features.asof import NO_MATCH, AsOfIndex, history_indices
+
+
+class PointInTimeViolation(AssertionError):
+    """A joined row that breaks the point-in-time rules: a bug, never bad data."""
 
 
 @dataclass(frozen=True)
 class FeatureView:
-    """One feature table joined onto events (Feast's vocabulary)."""
+    """One feature table joined onto events (Feast's vocabulary).
+
+    The table has ``key``, ``feature_ts``, optionally ``created_ts`` (when the
+    row was written) and the value ``columns``. No matching row: each column gets
+    ``defaults.get(column, 0)`` and ``missing_flag`` is 1.
+    """
     name: str
     key: str
     columns: tuple[str, ...]
     ttl_seconds: int | None = None
     created_before_event: bool = False  # needs a created_ts column
-    defaults: dict = field(default_factory=dict)  # column -> value when no row matches
+    defaults: dict = field(default_factory=dict, hash=False)
 
     @property
     def missing_flag(self) -> str:
         return f"{self.name}_missing"
 
 
-def bucket_ids(keys, num_buckets: int) -> np.ndarray:
-    """Stable across processes and runs (pandas' fixed-key SipHash, not ``hash()``)."""
-    hashed = pd.util.hash_array(np.asarray(keys, dtype=object))
-    return (hashed % np.uint64(num_buckets)).astype(np.int64)
+@dataclass(frozen=True)
+class HistoryView:
+    """Each event's last ``length`` engagements of the same ``key`` strictly before
+    it: their ``item`` ids (a list, newest first, at most ``length``), how many
+    engagements came before it in all, and the mean ``value`` of the listed ones."""
+    name: str = "user_history"
+    key: str = "user_id"
+    item: str = "item_id"
+    value: str = "watch_seconds"
+    length: int = 10
+
+    @property
+    def items_column(self) -> str:
+        return f"{self.name}_items"
+
+    @property
+    def count_column(self) -> str:
+        return f"{self.name}_count"
+
+    @property
+    def mean_column(self) -> str:
+        return f"{self.name}_mean_{self.value}"
+
+
+def key_codes(*keys: pa.Array) -> list[np.ndarray]:
+    """Consistent int64 codes for the values of several key arrays (Arrow's hash
+    dictionary: much faster than building Python strings for pandas)."""
+    encoded = pc.dictionary_encode(pa.concat_arrays(
+        [k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]))
+    codes = encoded.indices.to_numpy().astype(np.int64)
+    bounds = np.cumsum([len(k) for k in keys])[:-1]
+    return np.split(codes, bounds)
+
+
+def bucket_ids(keys: pa.Array, num_buckets: int) -> np.ndarray:
+    """Stable across processes and runs (pandas' fixed-key SipHash, not ``hash()``),
+    hashing each distinct key once."""
+    encoded = pc.dictionary_encode(keys)
+    hashed = pd.util.hash_array(encoded.dictionary.to_numpy(zero_copy_only=False))
+    return (hashed % np.uint64(num_buckets)).astype(np.int64)[encoded.indices.to_numpy()]
 
 
 def split_by_bucket(batch: pa.RecordBatch, key: str, num_buckets: int, splits: int = 1):
@@ -48,7 +105,9 @@ def split_by_bucket(batch: pa.RecordBatch, key: str, num_buckets: int, splits: i
     (by position) so one bucket's rows spread over several groups."""
     if batch.num_rows == 0:
         return
-    groups = bucket_ids(batch.column(key).to_numpy(zero_copy_only=False), num_buckets)
+    keys = batch.column(key)
+    groups = bucket_ids(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys,
+                        num_buckets)
     if splits > 1:
         groups = groups * splits + np.arange(batch.num_rows) % splits
     order = np.argsort(groups, kind="stable")
@@ -64,59 +123,238 @@ def replicate_to_splits(batch: pa.RecordBatch, key: str, num_buckets: int, split
             yield bucket * splits + split, rows
 
 
-def join_group(group, view: FeatureView):
-    """Join one group's events with its feature rows; one output row per event."""
-    _, sides = group
-    events = _concat(sides["events"])
-    if events is None:
-        return
-    features = _concat(sides["features"])
-    if features is None:
-        chosen = np.full(events.num_rows, NO_MATCH, dtype=np.int64)
-    else:
-        has_created = "created_ts" in features.column_names
-        if view.created_before_event and not has_created:
+class _BucketBatches(beam.DoFn):
+    """Buffers sub-batches per group for the bundle (up to ``flush_rows``), so the
+    shuffle carries a few large batches per group, not one small one per input batch."""
+
+    def __init__(self, splitter, flush_rows: int = 2_000_000):
+        self._splitter, self._flush_rows = splitter, flush_rows
+
+    def start_bundle(self):
+        self._buffer, self._rows = defaultdict(list), 0
+
+    def process(self, batch):
+        for group, rows in self._splitter(batch):
+            self._buffer[group].append(rows)
+            self._rows += rows.num_rows
+        if self._rows >= self._flush_rows:
+            yield from self._drain()
+
+    def finish_bundle(self):
+        for element in self._drain():
+            yield WindowedValue(element, window.GlobalWindow().max_timestamp(),
+                                [window.GlobalWindow()])
+
+    def _drain(self):
+        buffer, self._buffer, self._rows = self._buffer, defaultdict(list), 0
+        for group, parts in buffer.items():
+            yield group, _concat(parts)
+
+
+def _concat(parts) -> pa.Table | None:
+    """Tables or record batches as one table; None when there are no rows."""
+    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else p
+              for p in parts if p.num_rows]
+    return pa.concat_tables(tables).combine_chunks() if tables else None
+
+
+class ViewLookup:
+    """One view's feature rows, indexed once, joined onto any number of event tables."""
+
+    def __init__(self, view: FeatureView, features: pa.Table | None):
+        if features is not None and features.num_rows == 0:
+            features = None
+        if features is not None and view.created_before_event \
+                and "created_ts" not in features.column_names:
             raise ValueError(f"feature view '{view.name}': created_before_event needs a "
                              f"created_ts column; found {features.column_names}")
-        created = features.column("created_ts").to_numpy() if has_created else None
-        chosen = asof_indices(events.column(view.key).to_numpy(),
-                              events.column("event_ts").to_numpy(),
-                              features.column(view.key).to_numpy(),
-                              features.column("feature_ts").to_numpy(), created,
-                              view.ttl_seconds, view.created_before_event)
-    found = chosen != NO_MATCH
-    columns = {name: events.column(name) for name in events.column_names}
-    for name in view.columns:
-        default = view.defaults.get(name, 0.0)
-        if features is None:
-            values = np.full(events.num_rows, default, dtype=np.float64)
-        else:
-            source = features.column(name).to_numpy().astype(np.float64)
-            values = np.where(found, source[np.where(found, chosen, 0)], default)
-        columns[name] = pa.array(values.astype(np.float32))
-    columns[view.missing_flag] = pa.array((~found).astype(np.int64))
-    yield from pa.Table.from_pydict(columns).combine_chunks().to_batches()
+        self.view, self.features, self.index = view, features, None
+        if features is not None:
+            created = (features.column("created_ts").to_numpy()
+                       if "created_ts" in features.column_names else None)
+            self.index = AsOfIndex(features.column(view.key), features.column("feature_ts"),
+                                   created, view.ttl_seconds, view.created_before_event)
+
+    def join(self, events: pa.Table) -> pa.Table:
+        """``events`` with the view's columns and missing flag: one row per event, in order."""
+        view, features = self.view, self.features
+        chosen = np.full(events.num_rows, NO_MATCH, dtype=np.int64)
+        if self.index is not None:
+            chosen = self.index.lookup(events.column(view.key),
+                                       events.column("event_ts").to_numpy())
+            self._check_point_in_time(events, chosen)
+        found = chosen != NO_MATCH
+        rows = pa.array(chosen, mask=~found)
+        joined = events
+        for name in view.columns:
+            values = (features.column(name).take(rows) if features is not None
+                      else pa.nulls(events.num_rows, pa.float64()))
+            joined = joined.append_column(name, values.fill_null(view.defaults.get(name, 0)))
+        joined = joined.append_column(view.missing_flag, pa.array((~found).astype(np.int64)))
+        if joined.num_rows != events.num_rows:
+            raise PointInTimeViolation(f"feature view '{view.name}': {events.num_rows} events "
+                                       f"in, {joined.num_rows} rows out")
+        return joined
+
+    def _check_point_in_time(self, events: pa.Table, chosen: np.ndarray) -> None:
+        """Re-check each chosen row against the rules, independently of how it was chosen."""
+        view, features = self.view, self.features
+        found = np.flatnonzero(chosen != NO_MATCH)
+        rows = chosen[found]
+        event_ts = events.column("event_ts").to_numpy()[found]
+        feature_ts = features.column("feature_ts").to_numpy()[rows]
+        same_key = pc.equal(features.column(view.key).take(pa.array(rows)),
+                            events.column(view.key).take(pa.array(found)))
+        broken = {"another key's row": ~np.asarray(same_key, dtype=bool),
+                  "feature_ts after event_ts": feature_ts > event_ts}
+        if view.ttl_seconds is not None:
+            broken[f"feature_ts older than the ttl ({view.ttl_seconds} s)"] = \
+                feature_ts < event_ts - view.ttl_seconds
+        if view.created_before_event:
+            broken["created_ts after event_ts"] = \
+                features.column("created_ts").to_numpy()[rows] > event_ts
+        for rule, bad in broken.items():
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                event = {name: events.column(name)[int(found[first])].as_py()
+                         for name in ("event_id", view.key, "event_ts")
+                         if name in events.column_names}
+                row = features.slice(int(rows[first]), 1).to_pylist()[0]
+                raise PointInTimeViolation(
+                    f"feature view '{view.name}': {int(bad.sum())} joined row(s) break the "
+                    f"point-in-time rule ({rule}), e.g. event {event} got feature row {row}. "
+                    "This is a bug in the join, not in your data: the run stops so no leaked "
+                    "feature reaches training. Please report it with this message.")
 
 
-def _concat(batches) -> pa.Table | None:
-    batches = list(batches)
-    return pa.Table.from_batches(batches).combine_chunks() if batches else None
+def join_view(events: pa.Table, features: pa.Table | None, view: FeatureView) -> pa.Table:
+    """``events`` with the view's columns and missing flag: one row per event, in order."""
+    return ViewLookup(view, features).join(events)
+
+
+def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) -> pa.Table:
+    """``events`` with the view's history columns: one row per event, in order.
+    ``history`` holds the engagements (key, event_ts, item, value)."""
+    n = events.num_rows
+    indices = np.full((n, view.length), NO_MATCH, dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    if history is not None and history.num_rows and n:
+        event_codes, history_codes = key_codes(events.column(view.key), history.column(view.key))
+        event_ts = events.column("event_ts").to_numpy()
+        history_ts = history.column("event_ts").to_numpy()
+        indices, counts = history_indices(event_codes, event_ts, history_codes, history_ts,
+                                          view.length)
+        taken = indices != NO_MATCH
+        late = history_ts[np.where(taken, indices, 0)] >= event_ts[:, None]
+        if (late & taken).any():
+            row = int(np.flatnonzero((late & taken).any(axis=1))[0])
+            raise PointInTimeViolation(
+                f"history view '{view.name}': event {events.slice(row, 1).to_pylist()[0]} "
+                "got an engagement at or after its own time. This is a bug in the join, "
+                "not in your data; please report it with this message.")
+    taken = indices != NO_MATCH  # newest first, so each row's taken entries lead
+    depth = taken.sum(axis=1)
+    if history is None or not taken.any():
+        items = pa.array([], pa.string())
+        values = np.zeros((n, view.length))
+    else:
+        items = history.column(view.item).combine_chunks().take(pa.array(indices[taken]))
+        values = history.column(view.value).to_numpy()[np.where(taken, indices, 0)]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(depth)]).astype(np.int32))
+    item_lists = pa.ListArray.from_arrays(offsets, items.cast(pa.string()))
+    mean = np.where(depth > 0, (values * taken).sum(axis=1) / np.maximum(depth, 1), 0.0)
+    return (events.append_column(view.items_column, item_lists)
+            .append_column(view.count_column, pa.array(counts))
+            .append_column(view.mean_column, pa.array(mean)))
+
+
+class BucketJoin(beam.PTransform):
+    """``{"events": PCollection[RecordBatch], "features": PCollection[RecordBatch]}``
+    -> PCollection[Table]: per hash bucket of ``key``, ``join(events, features)``."""
+
+    def __init__(self, key: str, join, num_buckets: int = 64, event_splits: int = 2):
+        super().__init__()
+        self._key, self._join = key, join
+        self._buckets, self._splits = num_buckets, event_splits
+
+    def expand(self, sides):
+        events = sides["events"] | "BucketEvents" >> beam.ParDo(_BucketBatches(
+            functools.partial(split_by_bucket, key=self._key, num_buckets=self._buckets,
+                              splits=self._splits)))
+        features = sides["features"] | "BucketFeatures" >> beam.ParDo(_BucketBatches(
+            functools.partial(replicate_to_splits, key=self._key, num_buckets=self._buckets,
+                              splits=self._splits)))
+        return ({"events": events, "features": features}
+                | "GroupBatches" >> beam.CoGroupByKey()
+                | "JoinGroups" >> beam.FlatMap(_join_group, self._join))
+
+
+def _join_group(group, join):
+    _, sides = group
+    events = _concat(sides["events"])
+    if events is not None:
+        yield join(events, _concat(sides["features"]))
 
 
 class AsOfJoin(beam.PTransform):
-    """``{"events": PCollection[RecordBatch], "features": PCollection[RecordBatch]}``
-    -> PCollection[RecordBatch] of events with the view's columns and missing flag."""
+    """Events joined with one feature view (``ViewLookup``).
 
-    def __init__(self, view: FeatureView, num_buckets: int = 64, event_splits: int = 4):
+    ``broadcast=True`` (feature table small enough for one worker's memory, like
+    Spark's broadcast join): the view is indexed once and every event batch is
+    joined where it is, with no shuffle. Otherwise both sides are bucketed by key
+    (``BucketJoin``), which scales with the feature table.
+    """
+
+    def __init__(self, view: FeatureView, broadcast: bool = False, **bucketing):
         super().__init__()
-        self._view, self._buckets, self._splits = view, num_buckets, event_splits
+        self._view, self._broadcast, self._bucketing = view, broadcast, bucketing
 
     def expand(self, sides):
-        key = self._view.key
-        events = sides["events"] | "BucketEvents" >> beam.FlatMap(
-            split_by_bucket, key, self._buckets, self._splits)
-        features = sides["features"] | "BucketFeatures" >> beam.FlatMap(
-            replicate_to_splits, key, self._buckets, self._splits)
-        return ({"events": events, "features": features}
-                | "GroupBatches" >> beam.CoGroupByKey()
-                | "JoinGroups" >> beam.FlatMap(join_group, self._view))
+        if not self._broadcast:
+            return sides | "Buckets" >> BucketJoin(
+                self._view.key, functools.partial(join_view, view=self._view), **self._bucketing)
+        lookup = (sides["features"] | "AllFeatures" >> beam.combiners.ToList()
+                  | "Index" >> beam.Map(_view_lookup, self._view))
+        return sides["events"] | "JoinBatches" >> beam.Map(
+            _join_batch, beam.pvalue.AsSingleton(lookup))
+
+
+def _view_lookup(batches, view):
+    return ViewLookup(view, _concat(batches))
+
+
+def _join_batch(batch, lookup: ViewLookup):
+    events = _concat([batch])
+    return lookup.join(events if events is not None else pa.Table.from_batches([batch]))
+
+
+class HistoryJoin(BucketJoin):
+    """Events with each one's engagement history (``join_history``)."""
+
+    def __init__(self, view: HistoryView, **bucketing):
+        super().__init__(view.key, functools.partial(join_history, view=view), **bucketing)
+
+
+class CheckRowCounts(beam.PTransform):
+    """Fails the pipeline unless ``output`` has exactly as many rows as ``input``
+    (both PCollections of Arrow tables or record batches)."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self._what = what
+
+    def expand(self, sides):
+        counts = {name: (sides[name] | f"Rows[{name}]" >> beam.Map(lambda t: t.num_rows)
+                         | f"Sum[{name}]" >> beam.CombineGlobally(sum).without_defaults())
+                  for name in ("input", "output")}
+        return (sides["input"].pipeline | "Once" >> beam.Create([None])
+                | "Compare" >> beam.Map(_compare_counts, self._what,
+                                        beam.pvalue.AsSingleton(counts["input"], default_value=0),
+                                        beam.pvalue.AsSingleton(counts["output"], default_value=0)))
+
+
+def _compare_counts(_, what, rows_in, rows_out):
+    if rows_in != rows_out:
+        raise PointInTimeViolation(f"{what}: {rows_in} events in, {rows_out} rows out; the "
+                                   "join must keep every event exactly once")
+    return rows_in

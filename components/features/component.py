@@ -11,6 +11,9 @@ def join_features(
     user_features: Input[Dataset],
     item_features: Input[Dataset],
     schema_dir: str,
+    feature_views: str,
+    history_length: int,
+    beam_pipeline_args: str,
     train_examples: Output[Dataset],
     eval_examples: Output[Dataset],
     user_snapshot: Output[Dataset],
@@ -27,7 +30,8 @@ def join_features(
                    "user_snapshot": user_snapshot, "item_snapshot": item_snapshot}
         as_of = int(train_events.metadata["as_of"])
         counts = run_join({name: a.path for name, a in inputs.items()}, as_of, schema_dir,
-                          {name: a.path for name, a in outputs.items()})
+                          {name: a.path for name, a in outputs.items()}, feature_views,
+                          history_length, beam_pipeline_args)
         for name, value in counts.items():
             join_metrics.log_metric(name, value)
         for name in ("train_examples", "eval_examples"):

@@ -4,18 +4,26 @@ Two steps with validation between them in the DAG: ``join_features`` builds the
 examples (and the serving snapshots), validate checks them for schema, skew and
 drift, and only then ``transform`` analyzes them.
 
-The join gives each event the newest user and item feature rows whose
-``feature_ts <= event_ts``: nothing written after the event can leak into
-training. Every event yields exactly one example; events without a feature row
-get zeros and a ``*_features_missing`` flag.
+The join is a Beam pipeline (``beam_asof``): each event gets, per feature view,
+the newest row with ``feature_ts <= event_ts`` (Feast's rules: optional ttl,
+ties to the latest ``created_ts``, optionally ``created_ts <= event_ts``), and
+the user's engagement history strictly before the event. Nothing written after
+an event reaches its example; every event yields exactly one example; events
+without a feature row get the view's defaults and a ``*_missing`` flag. The
+serving snapshots use the same lookup code in-process at ``as_of``.
 """
 
+import glob
+import json
 import os
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import tensorflow as tf
 import tensorflow_data_validation as tfdv
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
@@ -25,65 +33,92 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 import schemas
 from components.features import preprocessing
-from components.features.asof import NO_MATCH, asof_indices
+from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView, HistoryJoin,
+                                           HistoryView, ViewLookup)
 from recsys.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
 from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
-                           read_dataset, write_dataset)
+                           dataset_pattern, read_dataset, write_dataset)
 
 DAY = 86_400
 EXAMPLES_SCHEMA_NAME = "examples"
+# The feature views and their defaults; ``feature_views`` (JSON) overrides per view.
+FEATURE_VIEWS = {
+    "user_features": FeatureView("user_features", "user_id", tuple(USER_FEATURE_COLUMNS)),
+    "item_features": FeatureView("item_features", "item_id", tuple(ITEM_FEATURE_COLUMNS)),
+}
+VIEW_OPTIONS = {"ttl_days", "created_before_event", "defaults", "join"}
+JOIN_STRATEGIES = ("auto", "broadcast", "bucket")
+# "auto" broadcasts a feature table up to this many rows (an index of ~50 bytes a
+# row per worker), and buckets both sides by key above it.
+BROADCAST_MAX_ROWS = 5_000_000
+# Rows per Arrow batch read into the join: large, so each step works on whole columns.
+JOIN_BATCH_ROWS = 200_000
+STATIC_ATTRIBUTES = {"user_id": ["country", "device"],
+                     "item_id": ["category", "creator_id", "duration_s", "upload_ts"]}
 
 
-def point_in_time_join(events: pd.DataFrame, features: pd.DataFrame, key: str,
-                       value_columns: list[str], missing_flag: str) -> pd.DataFrame:
-    """Attach to each event the newest feature row with the same key and
-    ``feature_ts <= event_ts`` (``asof.asof_indices``; among rows with equal
-    ``feature_ts`` the last one given wins). Keeps the events' order and count."""
-    chosen = asof_indices(events[key].to_numpy(), events["event_ts"].to_numpy(),
-                          features[key].to_numpy(), features["feature_ts"].to_numpy())
-    found = chosen != NO_MATCH
-    joined = events.reset_index(drop=True)
-    joined["feature_ts"] = np.where(found, features["feature_ts"].to_numpy()[chosen], np.nan)
-    for column in value_columns:
-        values = features[column].to_numpy(dtype=np.float64)[chosen]
-        joined[column] = np.where(found, values, 0.0).astype(np.float32)
-    check_point_in_time(events, joined, key)
-    joined[missing_flag] = (~found).astype(np.int64)
-    return joined.drop(columns="feature_ts")
+def parse_feature_views(config: str | dict = "{}") -> tuple[dict[str, FeatureView], dict]:
+    """``({view name: FeatureView}, {view name: join strategy})`` from the JSON option
+    ``{"user_features": {"ttl_days": 7, "created_before_event": true,
+    "defaults": {"user_clicks_7d": 0}, "join": "auto"}}``; unknown names are errors."""
+    options = json.loads(config) if isinstance(config, str) else dict(config)
+    if not isinstance(options, dict):
+        raise ValueError(f"feature_views must be a JSON object, got {config!r}")
+    views, strategies = dict(FEATURE_VIEWS), {name: "auto" for name in FEATURE_VIEWS}
+    for name, view_options in options.items():
+        if name not in FEATURE_VIEWS:
+            raise ValueError(f"feature_views: unknown view '{name}'; the views are "
+                             f"{sorted(FEATURE_VIEWS)}")
+        unknown = set(view_options) - VIEW_OPTIONS
+        if unknown:
+            raise ValueError(f"feature_views['{name}']: unknown option(s) {sorted(unknown)}; "
+                             f"allowed: {sorted(VIEW_OPTIONS)}")
+        view = views[name]
+        defaults = dict(view_options.get("defaults", {}))
+        if set(defaults) - set(view.columns):
+            raise ValueError(f"feature_views['{name}']: defaults for unknown column(s) "
+                             f"{sorted(set(defaults) - set(view.columns))}; the view's "
+                             f"columns are {list(view.columns)}")
+        ttl_days = view_options.get("ttl_days")
+        if ttl_days is not None and not ttl_days > 0:
+            raise ValueError(f"feature_views['{name}']: ttl_days must be positive, "
+                             f"got {ttl_days!r}")
+        strategies[name] = view_options.get("join", "auto")
+        if strategies[name] not in JOIN_STRATEGIES:
+            raise ValueError(f"feature_views['{name}']: join must be one of "
+                             f"{JOIN_STRATEGIES}, got {strategies[name]!r}")
+        views[name] = FeatureView(
+            name, view.key, view.columns,
+            ttl_seconds=None if ttl_days is None else int(round(ttl_days * DAY)),
+            created_before_event=bool(view_options.get("created_before_event", False)),
+            defaults=defaults)
+    return views, strategies
 
 
-def check_point_in_time(events: pd.DataFrame, joined: pd.DataFrame, key: str) -> None:
-    """Guards: one row per event, and no feature row from after its event."""
-    if len(joined) != len(events):
-        raise AssertionError(f"point-in-time join on {key}: {len(events)} events in, "
-                             f"{len(joined)} rows out")
-    leaked = joined["feature_ts"].notna() & (joined["feature_ts"] > joined["event_ts"])
-    if leaked.any():
-        example = joined.loc[leaked, ["event_id", key, "event_ts", "feature_ts"]].head(1)
-        raise AssertionError(f"point-in-time join on {key} used future features:\n{example}")
+def dataset_rows(directory: str) -> int:
+    """Rows of a Parquet dataset from its footers (no data read)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows
+               for path in glob.glob(dataset_pattern(directory)))
 
 
-def build_examples(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
-                   user_features: pd.DataFrame, item_features: pd.DataFrame,
-                   schema_path: str | None = None) -> pd.DataFrame:
-    """Events joined with static attributes and as-of features: the TFT input."""
-    examples = point_in_time_join(events, user_features, "user_id", USER_FEATURE_COLUMNS,
-                                  "user_features_missing")
-    examples = point_in_time_join(examples, item_features, "item_id", ITEM_FEATURE_COLUMNS,
-                                  "item_features_missing")
-    examples = _attach_static(examples, users.drop_duplicates("user_id", keep="last"), "user_id",
-                              ["country", "device"])
-    examples = _attach_static(examples, items.drop_duplicates("item_id", keep="last"), "item_id",
-                              ["category", "creator_id", "duration_s", "upload_ts"])
+def finish_examples(joined: pa.Table, users: pd.DataFrame, items: pd.DataFrame,
+                    schema_path: str) -> pa.Table:
+    """Joined events plus static attributes and context: the examples, typed and
+    ordered as the examples schema declares them."""
+    examples = joined.to_pandas()
+    for key, table in (("user_id", users), ("item_id", items)):
+        examples = _attach_static(examples, table, key, STATIC_ATTRIBUTES[key])
     examples["item_age_days"] = ((examples["event_ts"] - examples["upload_ts"]) / DAY).clip(lower=0)
     timestamps = pd.to_datetime(examples["event_ts"], unit="s", utc=True)
     examples["hour_of_day"] = timestamps.dt.hour.astype(np.int64)
     examples["day_of_week"] = timestamps.dt.dayofweek.astype(np.int64)
-    return conform_to_schema(examples.drop(columns="upload_ts"), schema_path)
+    return pa.Table.from_pandas(conform_to_schema(examples, schema_path),
+                                schema=examples_arrow_schema(schema_path), preserve_index=False)
 
 
 def _attach_static(frame: pd.DataFrame, table: pd.DataFrame, key: str,
                    columns: list[str]) -> pd.DataFrame:
+    """Static attributes of each row's entity (the tables are de-duplicated by ingest)."""
     joined = frame.merge(table[[key, *columns]], on=key, how="left", validate="many_to_one")
     for column in columns:
         if joined[column].dtype == object:
@@ -104,6 +139,8 @@ def conform_to_schema(frame: pd.DataFrame, schema_path: str | None = None) -> pd
     out = frame[present].copy()
     for name in present:
         dtype = spec[name].dtype
+        if isinstance(spec[name], tf.io.VarLenFeature):
+            continue  # lists stay lists
         if dtype.is_floating:
             out[name] = out[name].astype(np.float32)
         elif dtype.is_integer:
@@ -113,27 +150,31 @@ def conform_to_schema(frame: pd.DataFrame, schema_path: str | None = None) -> pd
     return out
 
 
-def latest_snapshot(entities: pd.DataFrame, features: pd.DataFrame, key: str,
-                    value_columns: list[str], missing_flag: str, as_of: int) -> pd.DataFrame:
-    """Each entity's newest features known at ``as_of``: what serving looks up."""
-    probe = pd.DataFrame({key: entities[key].drop_duplicates().to_numpy()})
-    probe["event_ts"] = np.int64(as_of)
-    probe["event_id"] = probe[key]
-    snapshot = point_in_time_join(probe, features, key, value_columns, missing_flag)
-    return snapshot.drop(columns=["event_ts", "event_id"])
+def examples_arrow_schema(schema_path: str) -> pa.Schema:
+    """The Parquet schema of the examples: flat columns, lists for variable-length ones."""
+    to_arrow = {tf.float32: pa.float32(), tf.int64: pa.int64(), tf.string: pa.string()}
+    fields = []
+    for name, spec in examples_feature_spec(schema_path).items():
+        arrow_type = to_arrow[spec.dtype]
+        if isinstance(spec, tf.io.VarLenFeature):
+            arrow_type = pa.list_(arrow_type)
+        fields.append(pa.field(name, arrow_type))
+    return pa.schema(fields)
 
 
-def serving_snapshots(users, items, user_features, item_features, as_of: int,
-                      schema_path: str | None = None):
-    """(user rows, item rows) with every raw query / candidate feature at ``as_of``."""
-    user_rows = latest_snapshot(users, user_features, "user_id", USER_FEATURE_COLUMNS,
-                                "user_features_missing", as_of)
-    user_rows = _attach_static(user_rows, users.drop_duplicates("user_id", keep="last"),
-                               "user_id", ["country", "device"])
-    item_rows = latest_snapshot(items, item_features, "item_id", ITEM_FEATURE_COLUMNS,
-                                "item_features_missing", as_of)
-    item_rows = _attach_static(item_rows, items.drop_duplicates("item_id", keep="last"), "item_id",
-                               ["category", "creator_id", "duration_s", "upload_ts"])
+def serving_snapshots(users: pd.DataFrame, items: pd.DataFrame, user_features: pa.Table,
+                      item_features: pa.Table, as_of: int, schema_path: str,
+                      views: dict[str, FeatureView] = FEATURE_VIEWS):
+    """(user rows, item rows) with every raw query / candidate feature at ``as_of``:
+    what serving looks up, by the same code as the training join."""
+    def newest(entities: pd.DataFrame, view: FeatureView, features: pa.Table) -> pd.DataFrame:
+        probe = pa.table({view.key: pa.array(entities[view.key].astype(str)),
+                          "event_ts": np.full(len(entities), as_of, dtype=np.int64)})
+        rows = ViewLookup(view, features).join(probe).to_pandas()
+        return _attach_static(rows, entities, view.key, STATIC_ATTRIBUTES[view.key])
+
+    user_rows = newest(users, views["user_features"], user_features)
+    item_rows = newest(items, views["item_features"], item_features)
     item_rows["item_age_days"] = ((as_of - item_rows["upload_ts"]) / DAY).clip(lower=0)
     return (conform_to_schema(user_rows, schema_path)[preprocessing.QUERY_FEATURES],
             conform_to_schema(item_rows, schema_path)[preprocessing.CANDIDATE_FEATURES])
@@ -196,25 +237,81 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
 
 
 def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
-                  outputs: dict[str, str]) -> dict:
-    """Point-in-time joins into train/eval examples, and the serving snapshots at
-    ``as_of``. ``inputs``/``outputs`` map names to dataset directories."""
+                  outputs: dict[str, str], feature_views: str = "{}", history_length: int = 10,
+                  beam_pipeline_args: str = "[]") -> dict:
+    """Point-in-time joins into train/eval examples (one Beam pipeline), and the
+    serving snapshots at ``as_of``. ``inputs``/``outputs`` map names to dataset
+    directories; ``feature_views`` is the JSON of ``parse_feature_views``."""
     schema_path = schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema_dir)
-    tables = {name: read_dataset(path) for name, path in inputs.items()}
+    views, strategies = parse_feature_views(feature_views)
+    history = HistoryView(length=_checked_history_length(history_length, schema_path))
+    for name, view in views.items():
+        columns = pq.read_schema(glob.glob(dataset_pattern(inputs[name]))[0]).names
+        if view.created_before_event and "created_ts" not in columns:
+            raise DataError(f"feature_views['{name}'] sets created_before_event, but the "
+                            f"{name} table has no created_ts column (found {columns}). Add "
+                            "when each row was written, or drop the option.")
+    broadcast = {name: strategies[name] == "broadcast" or (
+        strategies[name] == "auto" and dataset_rows(inputs[name]) <= BROADCAST_MAX_ROWS)
+        for name in views}
+    users, items = read_dataset(inputs["users"]), read_dataset(inputs["items"])
+    arrow_schema = examples_arrow_schema(schema_path)
+
+    with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
+        features = {name: pipeline | f"Read[{name}]" >> ReadDataset(inputs[name], JOIN_BATCH_ROWS)
+                    for name in views}
+        events = {split: pipeline | f"Read[{split}]" >> ReadDataset(inputs[f"{split}_events"],
+                                                                   JOIN_BATCH_ROWS)
+                  for split in ("train", "eval")}
+        engagements = (tuple(events.values()) | "AllEvents" >> beam.Flatten()
+                       | "Engagements" >> beam.Map(_engagements, history))
+        for split, split_events in events.items():
+            joined = split_events
+            for name, view in views.items():
+                joined = ({"events": joined, "features": features[name]}
+                          | f"Join[{split}][{name}]" >> AsOfJoin(view, broadcast[name]))
+            joined = ({"events": joined, "features": engagements}
+                      | f"History[{split}]" >> HistoryJoin(history))
+            examples = joined | f"Finish[{split}]" >> beam.Map(finish_examples, users, items,
+                                                                schema_path)
+            _ = ({"input": split_events, "output": examples}
+                 | f"CheckCounts[{split}]" >> CheckRowCounts(f"features/join ({split})"))
+            _ = examples | f"Write[{split}]" >> beam.io.WriteToParquetBatched(
+                os.path.join(outputs[f"{split}_examples"], "part"), schema=arrow_schema,
+                file_name_suffix=".parquet")
+
     counts = {}
     for split in ("train", "eval"):
-        examples = build_examples(tables[f"{split}_events"], tables["users"], tables["items"],
-                                  tables["user_features"], tables["item_features"], schema_path)
-        write_dataset(examples, outputs[f"{split}_examples"])
-        counts[f"{split}_examples"] = len(examples)
-        counts[f"{split}_user_features_missing"] = int(examples["user_features_missing"].sum())
-        counts[f"{split}_item_features_missing"] = int(examples["item_features_missing"].sum())
+        flags = read_dataset(outputs[f"{split}_examples"],
+                             columns=[view.missing_flag for view in views.values()])
+        counts[f"{split}_examples"] = len(flags)
+        for view in views.values():
+            counts[f"{split}_{view.missing_flag}"] = int(flags[view.missing_flag].sum())
     if counts["train_examples"] == 0:
         raise DataError("features: no training examples to analyze")
-    user_rows, item_rows = serving_snapshots(tables["users"], tables["items"],
-                                             tables["user_features"], tables["item_features"],
-                                             as_of, schema_path)
+    user_rows, item_rows = serving_snapshots(
+        users, items, pq.read_table(inputs["user_features"]),
+        pq.read_table(inputs["item_features"]), as_of, schema_path, views)
     write_dataset(user_rows, outputs["user_snapshot"])
     write_dataset(item_rows, outputs["item_snapshot"])
-    counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows))
+    counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows),
+                  history_length=history.length,
+                  **{f"{name}_broadcast": int(broadcast[name]) for name in views})
     return counts
+
+
+def _engagements(batch, view: HistoryView) -> pa.Table:
+    """The clicked events of a batch: the rows engagement histories are made of."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    clicked = table.filter(pc.equal(table.column(preprocessing.LABEL), 1))
+    return clicked.select([view.key, "event_ts", view.item, view.value])
+
+
+def _checked_history_length(length: int, schema_path: str) -> int:
+    schema = tfdv.load_schema_text(schema_path)
+    items = tfdv.get_feature(schema, HistoryView().items_column)
+    limit = items.value_count.max
+    if not 1 <= length <= limit:
+        raise ValueError(f"history_length must be between 1 and {limit} (the largest "
+                         f"value_count of {items.name} in {schema_path}), got {length}")
+    return int(length)

@@ -143,6 +143,7 @@ class TableCheck:
         return int(new.sum())
 
     def apply(self, rules: list[ColumnRule], now: int) -> None:
+        rules = [rule for rule in rules if rule.required or rule.name in self.raw.columns]
         self.kinds = {rule.name: rule.kind for rule in rules}
         for rule in rules:
             if rule.name not in self.raw.columns:

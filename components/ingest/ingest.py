@@ -188,6 +188,8 @@ def ingest(data_root: str, as_of: str, lookback_days: int, eval_days: int,
         table = accepted[name]
         # Only snapshots known by as_of can be used; later ones would leak the future.
         known = table["feature_ts"] <= window.as_of
+        if "created_ts" in table:
+            known &= table["created_ts"] <= window.as_of
         counts[f"{name}_after_as_of"] = int((~known).sum())
         counts[name] = int(known.sum())
         write_dataset(table[known].reset_index(drop=True), outputs[name])
