@@ -10,13 +10,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from components.features import beam_asof
 from components.features.asof import AsOfIndex
-from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView,
-                                           bucket_ids, join_view)
+from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView, HistoryJoin,
+                                           HistoryView, bucket_ids, join_history, join_view)
 from components.features.features import join_features
 from recsys.beam_io import ReadDataset, pipeline_options
 from recsys.data_check import JOINED, TABLES
@@ -63,6 +64,28 @@ def test_beam_join_equals_in_memory_join(stages, tmp_path, args, broadcast):
     assert len(got) == len(expected) and got["event_id"].is_unique  # never drop or duplicate
     got = got.set_index("event_id").loc[expected["event_id"]].reset_index()
     pd.testing.assert_frame_equal(got[expected.columns], expected)
+
+
+@pytest.mark.parametrize("broadcast", [False, True], ids=["bucket", "broadcast"])
+def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
+    paths = stages["paths"]
+    view = HistoryView(length=5)
+    events = pq.read_table(paths["train_events"])
+    clicks = events.filter(pc.equal(events.column("clicked"), 1)).select(
+        ["user_id", "event_ts", "item_id", "watch_seconds"])
+    expected = join_history(events, clicks, view).to_pandas()
+    with beam.Pipeline() as pipeline:
+        sides = {"events": pipeline | "Events" >> beam.Create(events.to_batches(max_chunksize=700)),
+                 "features": pipeline | "Clicks" >> beam.Create(clicks.to_batches(max_chunksize=300))}
+        joined = sides | HistoryJoin(view, broadcast, num_buckets=8, event_splits=3)
+        _ = (joined | beam.Map(lambda table: table.to_pandas())
+             | beam.combiners.ToList()
+             | beam.Map(lambda frames: pd.concat(frames).to_pickle(str(tmp_path / "got.pkl"))))
+    got = pd.read_pickle(tmp_path / "got.pkl")
+    assert len(got) == len(expected) and got["event_id"].is_unique
+    got = got.set_index("event_id").loc[expected["event_id"]].reset_index()
+    for column in expected.columns:
+        assert got[column].map(repr).tolist() == expected[column].map(repr).tolist(), column
 
 
 def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
@@ -188,3 +211,15 @@ def test_buckets_are_stable_and_spread():
     np.testing.assert_array_equal(first, again)
     counts = np.bincount(first, minlength=64)
     assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()
+
+
+def test_a_hot_key_is_spread_over_the_splits_and_its_features_reach_each():
+    batch = pa.record_batch([pa.array(["hot"] * 1000 + ["cold"] * 10),
+                             pa.array(np.arange(1010))], names=["user_id", "event_ts"])
+    groups = dict(beam_asof.split_by_bucket(batch, "user_id", num_buckets=8, splits=4))
+    hot_bucket = int(bucket_ids(pa.array(["hot"]), 8)[0])
+    hot_groups = {g: rows.num_rows for g, rows in groups.items() if g // 4 == hot_bucket}
+    assert len(hot_groups) == 4 and max(hot_groups.values()) <= 250 + 10
+    features = pa.record_batch([pa.array(["hot"])], names=["user_id"])
+    replicated = [g for g, _ in beam_asof.replicate_to_splits(features, "user_id", 8, 4)]
+    assert sorted(replicated) == sorted(hot_groups)

@@ -9,12 +9,16 @@ row counts only once ``created_ts <= event_ts`` (a late backfill must not leak).
 Written by hand because nothing in the stack does this on arrays: pandas'
 ``merge_asof`` has no ttl-with-ties-and-created_ts rule and needs sorted frames,
 and Beam has no as-of join. Everything is numpy sorts and binary searches over
-whole columns (O((n + m) log(n + m))), so the same function serves one process
-or one bucket of a Beam job.
+whole columns (O((n + m) log(n + m))); keys become codes through Arrow's hash
+dictionary, never Python strings. The feature side is sorted once (``AsOfIndex``,
+``HistoryIndex``) and probed by any number of event batches: one bucket of a Beam
+job, or every batch when the features are broadcast.
+
+Also the engagement history: each event's newest rows of its key strictly
+before it (``HistoryIndex``).
 """
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -99,44 +103,47 @@ def _arrow(keys) -> pa.Array:
     return keys if isinstance(keys, pa.Array) else pa.array(np.asarray(keys))
 
 
-def history_indices(event_keys: np.ndarray, event_ts: np.ndarray, history_keys: np.ndarray,
-                    history_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each event's ``length`` newest history rows of its key with ``ts < event_ts``
-    (strictly: the event itself, and anything at the same second, never counts).
+class HistoryIndex:
+    """History rows (key, ts) sorted once; ``lookup`` gives each event its newest
+    ``length`` rows of the same key with ``ts < event_ts`` (strictly: the event
+    itself, and anything at the same second, never counts)."""
 
-    Returns ``(indices, counts)``: an (events, length) matrix of history row indices,
-    newest first, NO_MATCH where the key has fewer earlier rows; and the number of
-    earlier rows of the key in all.
-    """
-    event_ts = np.asarray(event_ts, dtype=np.int64)
-    history_ts = np.asarray(history_ts, dtype=np.int64)
-    indices = np.full((len(event_ts), length), NO_MATCH, dtype=np.int64)
-    counts = np.zeros(len(event_ts), dtype=np.int64)
-    if len(event_ts) == 0 or len(history_ts) == 0:
+    def __init__(self, history_keys, history_ts):
+        history_ts = np.asarray(history_ts, dtype=np.int64)
+        encoded = pc.dictionary_encode(_arrow(history_keys))
+        self.keys = encoded.dictionary
+        code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self.origin = int(history_ts.min()) if len(history_ts) else 0
+        if len(history_ts) and int(history_ts.max()) - self.origin >= 2 ** _TIME_BITS:
+            raise ValueError("history timestamps span more than 2**34 seconds; "
+                             "are they in seconds?")
+        self.order = np.lexsort((history_ts, code))
+        self.sorted_history = (code[self.order] << _TIME_BITS) \
+            + (history_ts[self.order] - self.origin)
+
+    def lookup(self, event_keys, event_ts, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, counts)``: an (events, length) matrix of history row indices,
+        newest first, NO_MATCH where the key has fewer earlier rows; and the number
+        of earlier rows of the key in all."""
+        event_ts = np.asarray(event_ts, dtype=np.int64)
+        indices = np.full((len(event_ts), length), NO_MATCH, dtype=np.int64)
+        if len(event_ts) == 0 or len(self.order) == 0:
+            return indices, np.zeros(len(event_ts), dtype=np.int64)
+        codes = pc.index_in(_arrow(event_keys), value_set=self.keys)
+        known = np.asarray(codes.is_valid(), dtype=bool)
+        event_code = codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        offset = np.clip(event_ts - self.origin, 0, 2 ** _TIME_BITS - 1)
+        # side="left": rows at the event's own second are not before it.
+        end = np.searchsorted(self.sorted_history, (event_code << _TIME_BITS) + offset)
+        start = np.searchsorted(self.sorted_history, event_code << _TIME_BITS)
+        counts = np.where(known, end - start, 0)
+        positions = end[:, None] - 1 - np.arange(length)[None, :]
+        earlier = (positions >= start[:, None]) & known[:, None]
+        indices[earlier] = self.order[positions[earlier]]
         return indices, counts
-    history_code, event_code, origin = _key_codes_and_origin(history_keys, event_keys,
-                                                             history_ts, event_ts)
-    order = np.lexsort((history_ts, history_code))
-    sorted_history = (history_code[order] << _TIME_BITS) + (history_ts[order] - origin)
-    # side="left": rows at the event's own second are not before it.
-    end = np.searchsorted(sorted_history, (event_code << _TIME_BITS) + (event_ts - origin))
-    start = np.searchsorted(sorted_history, event_code << _TIME_BITS)
-    counts = end - start
-    positions = end[:, None] - 1 - np.arange(length)[None, :]
-    earlier = positions >= start[:, None]
-    indices[earlier] = order[positions[earlier]]
-    return indices, counts
 
 
-def _key_codes_and_origin(feature_keys, event_keys, feature_ts, event_ts):
-    """int64 codes for the keys of both sides and the time origin, checked to fit
-    in one int64 beside each other (code << _TIME_BITS | ts - origin)."""
-    inverse, codes = pd.factorize(np.concatenate([np.asarray(feature_keys),
-                                                  np.asarray(event_keys)]))
-    inverse = inverse.astype(np.int64)
-    origin = min(int(feature_ts.min()), int(event_ts.min()))
-    if max(int(feature_ts.max()), int(event_ts.max())) - origin >= 2 ** _TIME_BITS:
-        raise ValueError("timestamps span more than 2**34 seconds; are they in seconds?")
-    if len(codes) >= 2 ** (63 - _TIME_BITS):
-        raise ValueError("too many distinct keys for one as-of lookup; bucket them first")
-    return inverse[:len(feature_ts)], inverse[len(feature_ts):], origin
+def history_indices(event_keys, event_ts, history_keys, history_ts,
+                    length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``HistoryIndex(history_keys, history_ts).lookup(event_keys, event_ts, length)``."""
+    return HistoryIndex(history_keys, history_ts).lookup(event_keys, event_ts, length)

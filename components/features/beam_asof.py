@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from components.features.asof import NO_MATCH, AsOfIndex, history_indices
+from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
 
 
 class PointInTimeViolation(AssertionError):
@@ -80,16 +80,6 @@ class HistoryView:
     @property
     def mean_column(self) -> str:
         return f"{self.name}_mean_{self.value}"
-
-
-def key_codes(*keys: pa.Array) -> list[np.ndarray]:
-    """Consistent int64 codes for the values of several key arrays (Arrow's hash
-    dictionary: much faster than building Python strings for pandas)."""
-    encoded = pc.dictionary_encode(pa.concat_arrays(
-        [k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]))
-    codes = encoded.indices.to_numpy().astype(np.int64)
-    bounds = np.cumsum([len(k) for k in keys])[:-1]
-    return np.split(codes, bounds)
 
 
 def bucket_ids(keys: pa.Array, num_buckets: int) -> np.ndarray:
@@ -153,8 +143,7 @@ class _BucketBatches(beam.DoFn):
 
 def _concat(parts) -> pa.Table | None:
     """Tables or record batches as one table; None when there are no rows."""
-    tables = [pa.Table.from_batches([p]) if isinstance(p, pa.RecordBatch) else p
-              for p in parts if p.num_rows]
+    tables = [_as_table(p) for p in parts if p.num_rows]
     return pa.concat_tables(tables).combine_chunks() if tables else None
 
 
@@ -232,40 +221,62 @@ def join_view(events: pa.Table, features: pa.Table | None, view: FeatureView) ->
     return ViewLookup(view, features).join(events)
 
 
-def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) -> pa.Table:
-    """``events`` with the view's history columns: one row per event, in order.
-    ``history`` holds the engagements (key, event_ts, item, value)."""
-    n = events.num_rows
-    indices = np.full((n, view.length), NO_MATCH, dtype=np.int64)
-    counts = np.zeros(n, dtype=np.int64)
-    if history is not None and history.num_rows and n:
-        event_codes, history_codes = key_codes(events.column(view.key), history.column(view.key))
-        event_ts = events.column("event_ts").to_numpy()
-        history_ts = history.column("event_ts").to_numpy()
-        indices, counts = history_indices(event_codes, event_ts, history_codes, history_ts,
-                                          view.length)
+class HistoryLookup:
+    """Engagements (key, event_ts, item, value), indexed once, joined onto any number
+    of event tables."""
+
+    def __init__(self, view: HistoryView, history: pa.Table | None):
+        self.view = view
+        self.history = history if history is not None and history.num_rows else None
+        self.index = (HistoryIndex(self.history.column(view.key),
+                                   self.history.column("event_ts"))
+                      if self.history is not None else None)
+
+    def join(self, events: pa.Table) -> pa.Table:
+        """``events`` with the view's history columns: one row per event, in order."""
+        view, history, n = self.view, self.history, events.num_rows
+        indices = np.full((n, view.length), NO_MATCH, dtype=np.int64)
+        counts = np.zeros(n, dtype=np.int64)
+        if self.index is not None:
+            event_ts = events.column("event_ts").to_numpy()
+            indices, counts = self.index.lookup(events.column(view.key), event_ts, view.length)
+            self._check_strictly_before(events, indices, event_ts)
+        taken = indices != NO_MATCH  # newest first, so each row's taken entries lead
+        depth = taken.sum(axis=1)
+        if history is None or not taken.any():
+            items = pa.array([], pa.string())
+            values = np.zeros((n, view.length))
+        else:
+            items = history.column(view.item).combine_chunks().take(pa.array(indices[taken]))
+            values = history.column(view.value).to_numpy()[np.where(taken, indices, 0)]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(depth)]).astype(np.int32))
+        item_lists = pa.ListArray.from_arrays(offsets, items.cast(pa.string()))
+        mean = np.where(depth > 0, (values * taken).sum(axis=1) / np.maximum(depth, 1), 0.0)
+        return (events.append_column(view.items_column, item_lists)
+                .append_column(view.count_column, pa.array(counts))
+                .append_column(view.mean_column, pa.array(mean)))
+
+    def _check_strictly_before(self, events, indices, event_ts):
+        """Re-check, independently of the lookup: same key, and before the event."""
         taken = indices != NO_MATCH
-        late = history_ts[np.where(taken, indices, 0)] >= event_ts[:, None]
-        if (late & taken).any():
-            row = int(np.flatnonzero((late & taken).any(axis=1))[0])
+        rows = np.where(taken, indices, 0)
+        history_ts = self.history.column("event_ts").to_numpy()
+        bad = taken & (history_ts[rows] >= event_ts[:, None])
+        event_rows, slots = np.nonzero(taken)
+        same_key = pc.equal(self.history.column(self.view.key).take(pa.array(rows[taken])),
+                            events.column(self.view.key).take(pa.array(event_rows)))
+        bad[event_rows, slots] |= ~np.asarray(same_key, dtype=bool)
+        if bad.any():
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
             raise PointInTimeViolation(
-                f"history view '{view.name}': event {events.slice(row, 1).to_pylist()[0]} "
-                "got an engagement at or after its own time. This is a bug in the join, "
-                "not in your data; please report it with this message.")
-    taken = indices != NO_MATCH  # newest first, so each row's taken entries lead
-    depth = taken.sum(axis=1)
-    if history is None or not taken.any():
-        items = pa.array([], pa.string())
-        values = np.zeros((n, view.length))
-    else:
-        items = history.column(view.item).combine_chunks().take(pa.array(indices[taken]))
-        values = history.column(view.value).to_numpy()[np.where(taken, indices, 0)]
-    offsets = pa.array(np.concatenate([[0], np.cumsum(depth)]).astype(np.int32))
-    item_lists = pa.ListArray.from_arrays(offsets, items.cast(pa.string()))
-    mean = np.where(depth > 0, (values * taken).sum(axis=1) / np.maximum(depth, 1), 0.0)
-    return (events.append_column(view.items_column, item_lists)
-            .append_column(view.count_column, pa.array(counts))
-            .append_column(view.mean_column, pa.array(mean)))
+                f"history view '{self.view.name}': event {events.slice(row, 1).to_pylist()[0]} "
+                "got another user's engagement or one at or after its own time. This is a "
+                "bug in the join, not in your data; please report it with this message.")
+
+
+def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) -> pa.Table:
+    """``events`` with the view's history columns: one row per event, in order."""
+    return HistoryLookup(view, history).join(events)
 
 
 class BucketJoin(beam.PTransform):
@@ -296,43 +307,64 @@ def _join_group(group, join):
         yield join(events, _concat(sides["features"]))
 
 
-class AsOfJoin(beam.PTransform):
-    """Events joined with one feature view (``ViewLookup``).
+class BroadcastJoin(beam.PTransform):
+    """For a right side small enough for one worker's memory (like Spark's broadcast
+    join): ``make_lookup(right table)`` is built once and handed to every worker as
+    a side input; each event batch is joined where it is, with no shuffle."""
 
-    ``broadcast=True`` (feature table small enough for one worker's memory, like
-    Spark's broadcast join): the view is indexed once and every event batch is
-    joined where it is, with no shuffle. Otherwise both sides are bucketed by key
-    (``BucketJoin``), which scales with the feature table.
-    """
+    def __init__(self, make_lookup):
+        super().__init__()
+        self._make_lookup = make_lookup
+
+    def expand(self, sides):
+        lookup = (sides["features"] | "AllRows" >> beam.combiners.ToList()
+                  | "Index" >> beam.Map(_build_lookup, self._make_lookup))
+        return sides["events"] | "JoinBatches" >> beam.Map(
+            _join_batch, beam.pvalue.AsSingleton(lookup))
+
+
+def _build_lookup(parts, make_lookup):
+    return make_lookup(_concat(parts))
+
+
+def _join_batch(batch, lookup):
+    return lookup.join(_as_table(batch))
+
+
+def _as_table(batch) -> pa.Table:
+    return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+
+
+class AsOfJoin(beam.PTransform):
+    """Events joined with one feature view (``ViewLookup``): broadcast, or both
+    sides bucketed by key (``BucketJoin``), which scales with the feature table."""
 
     def __init__(self, view: FeatureView, broadcast: bool = False, **bucketing):
         super().__init__()
         self._view, self._broadcast, self._bucketing = view, broadcast, bucketing
 
     def expand(self, sides):
-        if not self._broadcast:
-            return sides | "Buckets" >> BucketJoin(
-                self._view.key, functools.partial(join_view, view=self._view), **self._bucketing)
-        lookup = (sides["features"] | "AllFeatures" >> beam.combiners.ToList()
-                  | "Index" >> beam.Map(_view_lookup, self._view))
-        return sides["events"] | "JoinBatches" >> beam.Map(
-            _join_batch, beam.pvalue.AsSingleton(lookup))
+        if self._broadcast:
+            return sides | "Broadcast" >> BroadcastJoin(
+                functools.partial(ViewLookup, self._view))
+        return sides | "Buckets" >> BucketJoin(
+            self._view.key, functools.partial(join_view, view=self._view), **self._bucketing)
 
 
-def _view_lookup(batches, view):
-    return ViewLookup(view, _concat(batches))
+class HistoryJoin(beam.PTransform):
+    """Events with each one's engagement history (``HistoryLookup``), broadcast or
+    bucketed like ``AsOfJoin``."""
 
+    def __init__(self, view: HistoryView, broadcast: bool = False, **bucketing):
+        super().__init__()
+        self._view, self._broadcast, self._bucketing = view, broadcast, bucketing
 
-def _join_batch(batch, lookup: ViewLookup):
-    events = _concat([batch])
-    return lookup.join(events if events is not None else pa.Table.from_batches([batch]))
-
-
-class HistoryJoin(BucketJoin):
-    """Events with each one's engagement history (``join_history``)."""
-
-    def __init__(self, view: HistoryView, **bucketing):
-        super().__init__(view.key, functools.partial(join_history, view=view), **bucketing)
+    def expand(self, sides):
+        if self._broadcast:
+            return sides | "Broadcast" >> BroadcastJoin(
+                functools.partial(HistoryLookup, self._view))
+        return sides | "Buckets" >> BucketJoin(
+            self._view.key, functools.partial(join_history, view=self._view), **self._bucketing)
 
 
 class CheckRowCounts(beam.PTransform):

@@ -13,6 +13,7 @@ without a feature row get the view's defaults and a ``*_missing`` flag. The
 serving snapshots use the same lookup code in-process at ``as_of``.
 """
 
+import functools
 import glob
 import json
 import os
@@ -128,6 +129,7 @@ def _attach_static(frame: pd.DataFrame, table: pd.DataFrame, key: str,
     return joined
 
 
+@functools.lru_cache(maxsize=8)  # the join calls it per batch; parsing pbtxt is slow
 def examples_feature_spec(schema_path: str) -> dict:
     return schema_utils.schema_as_feature_spec(tfdv.load_schema_text(schema_path)).feature_spec
 
@@ -254,6 +256,9 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
     broadcast = {name: strategies[name] == "broadcast" or (
         strategies[name] == "auto" and dataset_rows(inputs[name]) <= BROADCAST_MAX_ROWS)
         for name in views}
+    # Engagements are a subset of the events: broadcast them when the events would be.
+    broadcast_history = sum(dataset_rows(inputs[f"{split}_events"])
+                            for split in ("train", "eval")) <= BROADCAST_MAX_ROWS
     users, items = read_dataset(inputs["users"]), read_dataset(inputs["items"])
     arrow_schema = examples_arrow_schema(schema_path)
 
@@ -271,7 +276,7 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
                 joined = ({"events": joined, "features": features[name]}
                           | f"Join[{split}][{name}]" >> AsOfJoin(view, broadcast[name]))
             joined = ({"events": joined, "features": engagements}
-                      | f"History[{split}]" >> HistoryJoin(history))
+                      | f"History[{split}]" >> HistoryJoin(history, broadcast_history))
             examples = joined | f"Finish[{split}]" >> beam.Map(finish_examples, users, items,
                                                                 schema_path)
             _ = ({"input": split_events, "output": examples}
@@ -296,6 +301,7 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
     write_dataset(item_rows, outputs["item_snapshot"])
     counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows),
                   history_length=history.length,
+                  history_broadcast=int(broadcast_history),
                   **{f"{name}_broadcast": int(broadcast[name]) for name in views})
     return counts
 
