@@ -119,7 +119,7 @@ def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False,
                  for side in ("events", "features")}
         joined = (sides | AsOfJoin(view, broadcast=broadcast) if join
                   else sides["events"] | beam.Map(_without_join, view))
-        _ = (joined | beam.Map(lambda table: table.cast(schema))
+        _ = (joined | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
              | beam.io.WriteToParquetBatched(f"{out}/part", schema=schema,
                                              file_name_suffix=".parquet"))
 

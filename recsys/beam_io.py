@@ -64,4 +64,75 @@ class ReadDataset(beam.PTransform):
     def expand(self, pipeline):
         return (pipeline
                 | "ReadParquet" >> beam.io.ReadFromParquetBatched(dataset_pattern(self._directory))
-                | "ToBatches" >> beam.FlatMap(lambda table, n: table.to_batches(n), self._batch_size))
+                | "ToBatches" >> beam.FlatMap(lambda table, n: table.to_batches(n), self._batch_size)
+                .with_output_types(pa.RecordBatch))
+
+
+class ArrowCoder(beam.coders.Coder):
+    """Arrow tables and record batches in the Arrow IPC stream format.
+
+    Without it Beam pickles them, and pickling a sliced batch (every batch of a
+    Parquet read is a slice of its row group) copies the whole parent buffers:
+    about 8x the bytes here. IPC writes only the slice.
+    """
+
+    def encode(self, value) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write(value)
+        return (b"T" if isinstance(value, pa.Table) else b"B") + sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes):
+        table = pa.ipc.open_stream(memoryview(encoded)[1:]).read_all()
+        if encoded[:1] == b"T":
+            return table
+        batches = table.combine_chunks().to_batches()
+        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def estimate_size(self, value) -> int:
+        return value.nbytes  # Beam's default encodes the value just to measure it
+
+    def to_type_hint(self):
+        return pa.Table
+
+
+class ArrowListCoder(beam.coders.Coder):
+    """A list of Arrow tables as one table (``ArrowCoder``): for combiner accumulators."""
+
+    def encode(self, tables) -> bytes:
+        return ArrowCoder().encode(pa.concat_tables(tables) if tables else pa.table({}))
+
+    def decode(self, encoded: bytes):
+        table = ArrowCoder().decode(encoded)
+        return [table] if table.num_columns else []
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+class ConcatTables(beam.CombineFn):
+    """All tables or record batches of a PCollection as one table (None if empty)."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, tables, part):
+        tables.append(pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part)
+        return tables
+
+    def merge_accumulators(self, accumulators):
+        return [table for tables in accumulators for table in tables]
+
+    def extract_output(self, tables):
+        tables = [t for t in tables if t.num_rows]
+        return pa.concat_tables(tables).combine_chunks() if tables else None
+
+    def get_accumulator_coder(self):
+        return ArrowListCoder()
+
+
+beam.coders.registry.register_coder(pa.Table, ArrowCoder)
+beam.coders.registry.register_coder(pa.RecordBatch, ArrowCoder)

@@ -37,7 +37,7 @@ def beam_join(events_dir, features_dir, out, args, broadcast, view=VIEW):
         _ = {"input": sides["events"], "output": joined} | CheckRowCounts("test join")
         schema = _output_schema(events_dir, features_dir, view)
         # A group without feature rows cannot know their types: cast as any sink would.
-        _ = (joined | beam.Map(lambda table: table.cast(schema))
+        _ = (joined | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
              | beam.io.WriteToParquetBatched(out + "/part", schema=schema,
                                              file_name_suffix=".parquet"))
     return pd.concat([pq.read_table(f).to_pandas() for f in glob.glob(out + "/*.parquet")])

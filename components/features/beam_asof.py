@@ -32,6 +32,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
 from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
+from recsys.beam_io import ConcatTables
 
 
 class PointInTimeViolation(AssertionError):
@@ -289,15 +290,16 @@ class BucketJoin(beam.PTransform):
         self._buckets, self._splits = num_buckets, event_splits
 
     def expand(self, sides):
+        grouped = beam.typehints.Tuple[int, pa.Table]
         events = sides["events"] | "BucketEvents" >> beam.ParDo(_BucketBatches(
             functools.partial(split_by_bucket, key=self._key, num_buckets=self._buckets,
-                              splits=self._splits)))
+                              splits=self._splits))).with_output_types(grouped)
         features = sides["features"] | "BucketFeatures" >> beam.ParDo(_BucketBatches(
             functools.partial(replicate_to_splits, key=self._key, num_buckets=self._buckets,
-                              splits=self._splits)))
+                              splits=self._splits))).with_output_types(grouped)
         return ({"events": events, "features": features}
                 | "GroupBatches" >> beam.CoGroupByKey()
-                | "JoinGroups" >> beam.FlatMap(_join_group, self._join))
+                | "JoinGroups" >> beam.FlatMap(_join_group, self._join).with_output_types(pa.Table))
 
 
 def _join_group(group, join):
@@ -317,14 +319,12 @@ class BroadcastJoin(beam.PTransform):
         self._make_lookup = make_lookup
 
     def expand(self, sides):
-        lookup = (sides["features"] | "AllRows" >> beam.combiners.ToList()
-                  | "Index" >> beam.Map(_build_lookup, self._make_lookup))
+        lookup = (sides["features"]
+                  | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
+                  | "Index" >> beam.Map(self._make_lookup))
         return sides["events"] | "JoinBatches" >> beam.Map(
-            _join_batch, beam.pvalue.AsSingleton(lookup))
-
-
-def _build_lookup(parts, make_lookup):
-    return make_lookup(_concat(parts))
+            _join_batch, beam.pvalue.AsSingleton(lookup, default_value=self._make_lookup(None))
+        ).with_output_types(pa.Table)
 
 
 def _join_batch(batch, lookup):

@@ -70,6 +70,9 @@ def parse_feature_views(config: str | dict = "{}") -> tuple[dict[str, FeatureVie
         if name not in FEATURE_VIEWS:
             raise ValueError(f"feature_views: unknown view '{name}'; the views are "
                              f"{sorted(FEATURE_VIEWS)}")
+        if not isinstance(view_options, dict):
+            raise ValueError(f"feature_views['{name}'] must be an object of options "
+                             f"{sorted(VIEW_OPTIONS)}, got {view_options!r}")
         unknown = set(view_options) - VIEW_OPTIONS
         if unknown:
             raise ValueError(f"feature_views['{name}']: unknown option(s) {sorted(unknown)}; "
@@ -232,7 +235,7 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
             _ = (transformed
                  | f"Flatten[{split}]" >> beam.Map(
                      lambda pair, schema: pa.Table.from_batches([from_list_batch(pair[0])])
-                     .select(schema.names).cast(schema), output_schema)
+                     .select(schema.names).cast(schema), output_schema).with_output_types(pa.Table)
                  | f"Write[{split}]" >> beam.io.WriteToParquetBatched(
                      os.path.join(transformed_dirs[split], "part"), schema=output_schema,
                      file_name_suffix=".parquet"))
@@ -269,7 +272,7 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
                                                                    JOIN_BATCH_ROWS)
                   for split in ("train", "eval")}
         engagements = (tuple(events.values()) | "AllEvents" >> beam.Flatten()
-                       | "Engagements" >> beam.Map(_engagements, history))
+                       | "Engagements" >> beam.Map(_engagements, history).with_output_types(pa.Table))
         for split, split_events in events.items():
             joined = split_events
             for name, view in views.items():
@@ -277,8 +280,8 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
                           | f"Join[{split}][{name}]" >> AsOfJoin(view, broadcast[name]))
             joined = ({"events": joined, "features": engagements}
                       | f"History[{split}]" >> HistoryJoin(history, broadcast_history))
-            examples = joined | f"Finish[{split}]" >> beam.Map(finish_examples, users, items,
-                                                                schema_path)
+            examples = joined | f"Finish[{split}]" >> beam.Map(
+                finish_examples, users, items, schema_path).with_output_types(pa.Table)
             _ = ({"input": split_events, "output": examples}
                  | f"CheckCounts[{split}]" >> CheckRowCounts(f"features/join ({split})"))
             _ = examples | f"Write[{split}]" >> beam.io.WriteToParquetBatched(
