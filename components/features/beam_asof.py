@@ -2,21 +2,17 @@
 
 Beam has no as-of join, and a per-row one (CoGroupByKey per entity, sort,
 bisect) is two orders of magnitude slower than a columnar engine. Here rows
-never travel one by one: both sides are split into hash buckets of the entity
-key batch-wise, sub-batches are buffered per bucket for the bundle and grouped
-by bucket, and each bucket is joined with ``asof`` over whole columns. The same
-``join_view`` / ``join_history`` functions do the in-process join (serving
-snapshots), so Beam only adds the partitioning.
+never travel one by one. ``ViewLookup`` (a feature view) and ``HistoryLookup``
+(engagement history) index the right side once with ``asof`` and join whole
+event tables; ``LookupJoin`` runs them on Beam, broadcast or hash-bucketed by
+key (with hot keys spread over several groups). The serving snapshots use the
+same lookups in-process.
 
-Hot keys: events of a bucket are further spread over ``event_splits`` groups and
-the bucket's feature rows are sent to each of them, so a very popular entity's
-events are joined by several workers, each holding that entity's (small)
-feature history.
-
-Guards: every joined group is checked after the join (the chosen row has the
-event's key, ``feature_ts <= event_ts``, the ttl and ``created_ts`` rules hold),
-and ``CheckRowCounts`` fails the pipeline unless rows out equal rows in. A
-violation raises ``PointInTimeViolation`` naming the view and one event.
+Guards: every lookup re-checks the rows it chose (the event's key,
+``feature_ts <= event_ts``, the ttl and ``created_ts`` rules; history strictly
+before the event), and ``CheckRowCounts`` fails the pipeline unless rows out
+equal rows in. A violation raises ``PointInTimeViolation`` naming the view and
+one event.
 """
 
 import functools
@@ -280,16 +276,35 @@ def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) 
     return HistoryLookup(view, history).join(events)
 
 
-class BucketJoin(beam.PTransform):
-    """``{"events": PCollection[RecordBatch], "features": PCollection[RecordBatch]}``
-    -> PCollection[Table]: per hash bucket of ``key``, ``join(events, features)``."""
+class LookupJoin(beam.PTransform):
+    """``{"events": PCollection[RecordBatch | Table], "features": PCollection[...]}``
+    -> PCollection[Table]: events joined with ``make_lookup(right rows)``, an object
+    whose ``join(events)`` returns one row per event (``ViewLookup``, ``HistoryLookup``).
 
-    def __init__(self, key: str, join, num_buckets: int = 64, event_splits: int = 2):
+    ``broadcast=True``, for a right side small enough for one worker's memory (like
+    Spark's broadcast join): the lookup is built once and handed to every worker as
+    a side input; each event batch is joined where it is, with no shuffle.
+    Otherwise both sides are bucketed by a hash of ``key`` (scales with the right
+    side): sub-batches are buffered per bucket and grouped, and each bucket builds
+    its own lookup; each bucket's events are spread over ``event_splits`` groups
+    (hot keys) and its right rows go to each of them.
+    """
+
+    def __init__(self, key: str, make_lookup, broadcast: bool = False,
+                 num_buckets: int = 64, event_splits: int = 2):
         super().__init__()
-        self._key, self._join = key, join
+        self._key, self._make_lookup, self._broadcast = key, make_lookup, broadcast
         self._buckets, self._splits = num_buckets, event_splits
 
     def expand(self, sides):
+        if self._broadcast:
+            lookup = (sides["features"]
+                      | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
+                      | "Index" >> beam.Map(self._make_lookup))
+            return sides["events"] | "JoinBatches" >> beam.Map(
+                _join_batch, beam.pvalue.AsSingleton(lookup,
+                                                     default_value=self._make_lookup(None))
+            ).with_output_types(pa.Table)
         grouped = beam.typehints.Tuple[int, pa.Table]
         events = sides["events"] | "BucketEvents" >> beam.ParDo(_BucketBatches(
             functools.partial(split_by_bucket, key=self._key, num_buckets=self._buckets,
@@ -299,72 +314,38 @@ class BucketJoin(beam.PTransform):
                               splits=self._splits))).with_output_types(grouped)
         return ({"events": events, "features": features}
                 | "GroupBatches" >> beam.CoGroupByKey()
-                | "JoinGroups" >> beam.FlatMap(_join_group, self._join).with_output_types(pa.Table))
-
-
-def _join_group(group, join):
-    _, sides = group
-    events = _concat(sides["events"])
-    if events is not None:
-        yield join(events, _concat(sides["features"]))
-
-
-class BroadcastJoin(beam.PTransform):
-    """For a right side small enough for one worker's memory (like Spark's broadcast
-    join): ``make_lookup(right table)`` is built once and handed to every worker as
-    a side input; each event batch is joined where it is, with no shuffle."""
-
-    def __init__(self, make_lookup):
-        super().__init__()
-        self._make_lookup = make_lookup
-
-    def expand(self, sides):
-        lookup = (sides["features"]
-                  | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
-                  | "Index" >> beam.Map(self._make_lookup))
-        return sides["events"] | "JoinBatches" >> beam.Map(
-            _join_batch, beam.pvalue.AsSingleton(lookup, default_value=self._make_lookup(None))
-        ).with_output_types(pa.Table)
+                | "JoinGroups" >> beam.FlatMap(_join_group, self._make_lookup)
+                .with_output_types(pa.Table))
 
 
 def _join_batch(batch, lookup):
     return lookup.join(_as_table(batch))
 
 
+def _join_group(group, make_lookup):
+    _, sides = group
+    events = _concat(sides["events"])
+    if events is not None:
+        yield make_lookup(_concat(sides["features"])).join(events)
+
+
 def _as_table(batch) -> pa.Table:
     return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
 
 
-class AsOfJoin(beam.PTransform):
-    """Events joined with one feature view (``ViewLookup``): broadcast, or both
-    sides bucketed by key (``BucketJoin``), which scales with the feature table."""
+class AsOfJoin(LookupJoin):
+    """Events joined with one feature view (``ViewLookup``)."""
 
     def __init__(self, view: FeatureView, broadcast: bool = False, **bucketing):
-        super().__init__()
-        self._view, self._broadcast, self._bucketing = view, broadcast, bucketing
-
-    def expand(self, sides):
-        if self._broadcast:
-            return sides | "Broadcast" >> BroadcastJoin(
-                functools.partial(ViewLookup, self._view))
-        return sides | "Buckets" >> BucketJoin(
-            self._view.key, functools.partial(join_view, view=self._view), **self._bucketing)
+        super().__init__(view.key, functools.partial(ViewLookup, view), broadcast, **bucketing)
 
 
-class HistoryJoin(beam.PTransform):
-    """Events with each one's engagement history (``HistoryLookup``), broadcast or
-    bucketed like ``AsOfJoin``."""
+class HistoryJoin(LookupJoin):
+    """Events with each one's engagement history (``HistoryLookup``)."""
 
     def __init__(self, view: HistoryView, broadcast: bool = False, **bucketing):
-        super().__init__()
-        self._view, self._broadcast, self._bucketing = view, broadcast, bucketing
-
-    def expand(self, sides):
-        if self._broadcast:
-            return sides | "Broadcast" >> BroadcastJoin(
-                functools.partial(HistoryLookup, self._view))
-        return sides | "Buckets" >> BucketJoin(
-            self._view.key, functools.partial(join_history, view=self._view), **self._bucketing)
+        super().__init__(view.key, functools.partial(HistoryLookup, view), broadcast,
+                         **bucketing)
 
 
 class CheckRowCounts(beam.PTransform):

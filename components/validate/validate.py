@@ -34,6 +34,10 @@ from components.validate import report
 from recsys.beam_io import ReadDataset, pipeline_options, to_list_batch
 from recsys.tables import DataError, dataset_pattern
 
+# TFDV emits one Beam element per distinct string value per batch for its top-k
+# and unique counts, so small batches multiply Python per-element overhead.
+STATS_BATCH_ROWS = 65_536
+
 # Which curated schema (and environment) each dataset is checked against.
 SCHEMA_OF_DATASET = {
     "train_events": ("impressions", None),
@@ -141,7 +145,7 @@ def compute_statistics(datasets: dict[str, str], stats_dir: str, beam_pipeline_a
     with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
         keyed = []
         for name, (directory, keep) in sources.items():
-            batches = pipeline | f"Read[{name}]" >> ReadDataset(directory)
+            batches = pipeline | f"Read[{name}]" >> ReadDataset(directory, STATS_BATCH_ROWS)
             if keep:
                 batches = batches | f"Since[{name}]" >> beam.Map(_since, *keep)
             keyed.append(batches | f"Key[{name}]" >> beam.Map(
