@@ -68,6 +68,16 @@ class ReadDataset(beam.PTransform):
                 .with_output_types(pa.RecordBatch))
 
 
+def as_table(part: pa.Table | pa.RecordBatch) -> pa.Table:
+    return pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part
+
+
+def concat_tables(parts) -> pa.Table | None:
+    """Tables or record batches as one single-chunk table; None when there are no rows."""
+    tables = [as_table(part) for part in parts if part.num_rows]
+    return pa.concat_tables(tables).combine_chunks() if tables else None
+
+
 class ArrowCoder(beam.coders.Coder):
     """Arrow tables and record batches in the Arrow IPC stream format.
 
@@ -120,15 +130,14 @@ class ConcatTables(beam.CombineFn):
         return []
 
     def add_input(self, tables, part):
-        tables.append(pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part)
+        tables.append(as_table(part))
         return tables
 
     def merge_accumulators(self, accumulators):
         return [table for tables in accumulators for table in tables]
 
     def extract_output(self, tables):
-        tables = [t for t in tables if t.num_rows]
-        return pa.concat_tables(tables).combine_chunks() if tables else None
+        return concat_tables(tables)
 
     def get_accumulator_coder(self):
         return ArrowListCoder()

@@ -3,7 +3,17 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from components.features.asof import NO_MATCH, asof_indices, history_indices
+from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
+
+
+def asof_indices(event_keys, event_ts, feature_keys, feature_ts, created=None, ttl=None,
+                 created_before_event=False):
+    return AsOfIndex(feature_keys, feature_ts, created, ttl,
+                     created_before_event).lookup(event_keys, event_ts)
+
+
+def history_indices(event_keys, event_ts, history_keys, history_ts, length):
+    return HistoryIndex(history_keys, history_ts).lookup(event_keys, event_ts, length)
 
 
 def oracle(event_keys, event_ts, feature_keys, feature_ts, created, ttl, created_before_event):

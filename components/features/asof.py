@@ -26,16 +26,6 @@ NO_MATCH = -1
 _TIME_BITS = 34  # relative timestamps below 2**34 s (~540 years) fit beside the key code
 
 
-def asof_indices(event_keys, event_ts, feature_keys, feature_ts, created_ts=None,
-                 ttl_seconds: int | None = None, created_before_event: bool = False) -> np.ndarray:
-    """Index of the chosen feature row for each event, or NO_MATCH (-1).
-
-    Keys are numpy or Arrow arrays of strings or integers; timestamps int64 seconds.
-    """
-    return AsOfIndex(feature_keys, feature_ts, created_ts, ttl_seconds,
-                     created_before_event).lookup(event_keys, event_ts)
-
-
 class AsOfIndex:
     """The feature rows of one view, sorted once for any number of event lookups
     (one Beam bucket, or every event batch when the features are broadcast)."""
@@ -45,15 +35,14 @@ class AsOfIndex:
         self.feature_ts = np.asarray(feature_ts, dtype=np.int64)
         self.ttl_seconds = ttl_seconds
         n = len(self.feature_ts)
+        if created_before_event and created_ts is None:
+            raise ValueError("created_before_event needs the rows' created_ts")
         created = (np.asarray(created_ts, dtype=np.int64) if created_ts is not None
                    else np.zeros(n, dtype=np.int64))
         # When a row becomes usable: at feature_ts, or later if it was written later.
         available = np.maximum(self.feature_ts, created) if created_before_event \
             else self.feature_ts
-        # Keys become codes into a dictionary (Arrow's hash table: no Python objects).
-        encoded = pc.dictionary_encode(_arrow(feature_keys))
-        self.keys = encoded.dictionary
-        self.feature_code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self.keys, self.feature_code = _encode(feature_keys)
         if len(self.keys) >= 2 ** (63 - _TIME_BITS):
             raise ValueError("too many distinct keys for one as-of lookup; bucket them first")
         self.origin = int(available.min()) if n else 0
@@ -79,9 +68,7 @@ class AsOfIndex:
         result = np.full(len(event_ts), NO_MATCH, dtype=np.int64)
         if len(event_ts) == 0 or len(self.feature_ts) == 0:
             return result
-        codes = pc.index_in(_arrow(event_keys), value_set=self.keys)
-        known = np.asarray(codes.is_valid(), dtype=bool)
-        event_code = codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        event_code, known = _codes_in(event_keys, self.keys)
         # Before every row: -1 lands in the previous key's range, which the key check
         # below rejects; after every row: the largest offset still finds the last one.
         offset = np.clip(event_ts - self.origin, -1, 2 ** _TIME_BITS - 1)
@@ -97,10 +84,24 @@ class AsOfIndex:
         return result
 
 
-def _arrow(keys) -> pa.Array:
+def arrow_array(keys) -> pa.Array:
+    """Keys from numpy, a chunked or a plain Arrow array, as one Arrow array."""
     if isinstance(keys, pa.ChunkedArray):
         return keys.combine_chunks()
     return keys if isinstance(keys, pa.Array) else pa.array(np.asarray(keys))
+
+
+def _encode(keys) -> tuple[pa.Array, np.ndarray]:
+    """(distinct keys, int64 code per row): Arrow's hash table, no Python objects."""
+    encoded = pc.dictionary_encode(arrow_array(keys))
+    return encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _codes_in(keys, dictionary: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, 0 where unknown; whether the key is in ``dictionary``)."""
+    codes = pc.index_in(arrow_array(keys), value_set=dictionary)
+    known = np.asarray(codes.is_valid(), dtype=bool)
+    return codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64), known
 
 
 class HistoryIndex:
@@ -110,9 +111,7 @@ class HistoryIndex:
 
     def __init__(self, history_keys, history_ts):
         history_ts = np.asarray(history_ts, dtype=np.int64)
-        encoded = pc.dictionary_encode(_arrow(history_keys))
-        self.keys = encoded.dictionary
-        code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        self.keys, code = _encode(history_keys)
         self.origin = int(history_ts.min()) if len(history_ts) else 0
         if len(history_ts) and int(history_ts.max()) - self.origin >= 2 ** _TIME_BITS:
             raise ValueError("history timestamps span more than 2**34 seconds; "
@@ -129,9 +128,7 @@ class HistoryIndex:
         indices = np.full((len(event_ts), length), NO_MATCH, dtype=np.int64)
         if len(event_ts) == 0 or len(self.order) == 0:
             return indices, np.zeros(len(event_ts), dtype=np.int64)
-        codes = pc.index_in(_arrow(event_keys), value_set=self.keys)
-        known = np.asarray(codes.is_valid(), dtype=bool)
-        event_code = codes.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        event_code, known = _codes_in(event_keys, self.keys)
         offset = np.clip(event_ts - self.origin, 0, 2 ** _TIME_BITS - 1)
         # side="left": rows at the event's own second are not before it.
         end = np.searchsorted(self.sorted_history, (event_code << _TIME_BITS) + offset)
@@ -141,9 +138,3 @@ class HistoryIndex:
         earlier = (positions >= start[:, None]) & known[:, None]
         indices[earlier] = self.order[positions[earlier]]
         return indices, counts
-
-
-def history_indices(event_keys, event_ts, history_keys, history_ts,
-                    length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``HistoryIndex(history_keys, history_ts).lookup(event_keys, event_ts, length)``."""
-    return HistoryIndex(history_keys, history_ts).lookup(event_keys, event_ts, length)

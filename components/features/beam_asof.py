@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
-from recsys.beam_io import ConcatTables
+from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex, arrow_array
+from recsys.beam_io import ConcatTables, as_table, concat_tables
 
 
 class PointInTimeViolation(AssertionError):
@@ -82,7 +82,7 @@ class HistoryView:
 def bucket_ids(keys: pa.Array, num_buckets: int) -> np.ndarray:
     """Stable across processes and runs (pandas' fixed-key SipHash, not ``hash()``),
     hashing each distinct key once."""
-    encoded = pc.dictionary_encode(keys)
+    encoded = pc.dictionary_encode(arrow_array(keys))
     hashed = pd.util.hash_array(encoded.dictionary.to_numpy(zero_copy_only=False))
     return (hashed % np.uint64(num_buckets)).astype(np.int64)[encoded.indices.to_numpy()]
 
@@ -92,9 +92,7 @@ def split_by_bucket(batch: pa.RecordBatch, key: str, num_buckets: int, splits: i
     (by position) so one bucket's rows spread over several groups."""
     if batch.num_rows == 0:
         return
-    keys = batch.column(key)
-    groups = bucket_ids(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys,
-                        num_buckets)
+    groups = bucket_ids(batch.column(key), num_buckets)
     if splits > 1:
         groups = groups * splits + np.arange(batch.num_rows) % splits
     order = np.argsort(groups, kind="stable")
@@ -135,13 +133,7 @@ class _BucketBatches(beam.DoFn):
     def _drain(self):
         buffer, self._buffer, self._rows = self._buffer, defaultdict(list), 0
         for group, parts in buffer.items():
-            yield group, _concat(parts)
-
-
-def _concat(parts) -> pa.Table | None:
-    """Tables or record batches as one table; None when there are no rows."""
-    tables = [_as_table(p) for p in parts if p.num_rows]
-    return pa.concat_tables(tables).combine_chunks() if tables else None
+            yield group, concat_tables(parts)
 
 
 class ViewLookup:
@@ -150,10 +142,6 @@ class ViewLookup:
     def __init__(self, view: FeatureView, features: pa.Table | None):
         if features is not None and features.num_rows == 0:
             features = None
-        if features is not None and view.created_before_event \
-                and "created_ts" not in features.column_names:
-            raise ValueError(f"feature view '{view.name}': created_before_event needs a "
-                             f"created_ts column; found {features.column_names}")
         self.view, self.features, self.index = view, features, None
         if features is not None:
             created = (features.column("created_ts").to_numpy()
@@ -176,11 +164,7 @@ class ViewLookup:
             values = (features.column(name).take(rows) if features is not None
                       else pa.nulls(events.num_rows, pa.float64()))
             joined = joined.append_column(name, values.fill_null(view.defaults.get(name, 0)))
-        joined = joined.append_column(view.missing_flag, pa.array((~found).astype(np.int64)))
-        if joined.num_rows != events.num_rows:
-            raise PointInTimeViolation(f"feature view '{view.name}': {events.num_rows} events "
-                                       f"in, {joined.num_rows} rows out")
-        return joined
+        return joined.append_column(view.missing_flag, pa.array((~found).astype(np.int64)))
 
     def _check_point_in_time(self, events: pa.Table, chosen: np.ndarray) -> None:
         """Re-check each chosen row against the rules, independently of how it was chosen."""
@@ -319,18 +303,14 @@ class LookupJoin(beam.PTransform):
 
 
 def _join_batch(batch, lookup):
-    return lookup.join(_as_table(batch))
+    return lookup.join(as_table(batch))
 
 
 def _join_group(group, make_lookup):
     _, sides = group
-    events = _concat(sides["events"])
+    events = concat_tables(sides["events"])
     if events is not None:
-        yield make_lookup(_concat(sides["features"])).join(events)
-
-
-def _as_table(batch) -> pa.Table:
-    return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        yield make_lookup(concat_tables(sides["features"])).join(events)
 
 
 class AsOfJoin(LookupJoin):

@@ -36,7 +36,8 @@ import schemas
 from components.features import preprocessing
 from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView, HistoryJoin,
                                            HistoryView, ViewLookup)
-from recsys.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
+from recsys.beam_io import (ReadDataset, as_table, from_list_batch, pipeline_options,
+                            to_list_array)
 from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
                            dataset_pattern, read_dataset, write_dataset)
 
@@ -311,7 +312,7 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
 
 def _engagements(batch, view: HistoryView) -> pa.Table:
     """The clicked events of a batch: the rows engagement histories are made of."""
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    table = as_table(batch)
     clicked = table.filter(pc.equal(table.column(preprocessing.LABEL), 1))
     return clicked.select([view.key, "event_ts", view.item, view.value])
 
