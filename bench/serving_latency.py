@@ -16,6 +16,7 @@ import time
 import recsys  # noqa: F401
 
 import numpy as np
+import pandas as pd
 
 from recsys import modeling
 from recsys.serving import Recommender
@@ -41,7 +42,8 @@ def main():
     retrieval_ms, full_ms = [], []
     for user in users:
         started = time.perf_counter()
-        recommender.retrieve(**modeling.raw_tensors(recommender.user_row(user), signature))
+        request = recommender.user_row(user, pd.Timestamp.now(tz="UTC"))
+        recommender.retrieve(**modeling.raw_tensors(request, signature))
         retrieval_ms.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         recommender.recommend(user, k=args.k)

@@ -64,12 +64,16 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         feature_views: str = "{}",
         history_length: int = 10,
         beam_pipeline_args: str = "[]",
-        retrieval_epochs: int = 5,
+        retrieval_epochs: int = 10,
         retrieval_embedding_dim: int = 32,
         retrieval_batch_size: int = 512,
         retrieval_learning_rate: float = 0.05,
         retrieval_temperature: float = 0.1,
         retrieval_top_k: int = 100,
+        retrieval_uniform_negatives: int = 256,
+        retrieval_positive_weighting: str = "none",
+        retrieval_early_stopping_patience: int = 2,
+        retrieval_ann_index: str = "",
         ranking_epochs: int = 3,
         ranking_embedding_dim: int = 16,
         ranking_batch_size: int = 1024,
@@ -113,7 +117,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                                   schema=validated.outputs["schema"],
                                   beam_pipeline_args=beam_pipeline_args)
 
-        # 5. train_retrieval: two-tower model with a brute-force top-K index
+        # 5. train_retrieval: two-tower model (logQ-corrected mixed negatives, early
+        #    stopping on eval recall) with a brute-force top-K index
         retrieval = retrieval_op(
             transformed_train=featurized.outputs["transformed_train"],
             transformed_eval=featurized.outputs["transformed_eval"],
@@ -121,7 +126,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             item_snapshot=joined.outputs["item_snapshot"],
             epochs=retrieval_epochs, embedding_dim=retrieval_embedding_dim,
             batch_size=retrieval_batch_size, learning_rate=retrieval_learning_rate,
-            temperature=retrieval_temperature, top_k=retrieval_top_k, seed=seed)
+            temperature=retrieval_temperature, top_k=retrieval_top_k,
+            uniform_negatives=retrieval_uniform_negatives,
+            positive_weighting=retrieval_positive_weighting,
+            early_stopping_patience=retrieval_early_stopping_patience,
+            ann_index=retrieval_ann_index, seed=seed)
 
         # 6. train_ranking: click model over user, item and context features
         ranking = ranking_op(

@@ -43,11 +43,13 @@ def to_list_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([to_list_array(c) for c in batch.columns], batch.schema.names)
 
 
-def from_list_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Flatten single-valued list columns (TFT's output) back to plain columns."""
+def from_list_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Flatten single-valued list columns (TFT's output) back to plain columns; the
+    columns ``schema`` declares as lists stay lists."""
     columns = []
-    for column in batch.columns:
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+    for name, column in zip(batch.schema.names, batch.columns):
+        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        if is_list and not pa.types.is_list(schema.field(name).type):
             column = column.flatten()
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, batch.schema.names)

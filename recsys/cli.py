@@ -1,4 +1,5 @@
-"""The ``recsys`` command: generate, check, compile, run, recommend, schema."""
+"""The ``recsys`` command: generate, import-movielens, check, compile, run, recommend,
+schema."""
 
 import argparse
 import os
@@ -33,6 +34,16 @@ def _check(args):
     print(f"report (HTML, renders offline): {result['report']}")
 
 
+def _import_movielens(args):
+    from recsys.movielens import DATA_CONFIG, import_movielens
+
+    for name, rows in import_movielens(args.src, args.out).items():
+        print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
+    print(f"schemas: {os.path.join(args.out, 'schemas')}; pipeline parameters: "
+          f"{os.path.join(args.out, DATA_CONFIG)}")
+    print(f"run the pipeline on it: recsys run --data {args.out}")
+
+
 def _compile(args):
     from pipelines.recsys_pipeline import compile_pipeline
 
@@ -44,8 +55,8 @@ def _run(args):
     from recsys.generate import generate
     from recsys.progress import log
 
-    config = local_run.load_config(args.config)
     data_root = args.data
+    config = {**local_run.data_config(data_root), **local_run.load_config(args.config)}
     if not data_root:
         data_root = os.path.join(args.workdir, "sample_data")
         log("run", f"no --data given: generating the sample into {data_root}")
@@ -131,6 +142,12 @@ def main(argv=None):
     check.add_argument("--input-encoding", default="utf-8")
     check.set_defaults(func=_check)
 
+    movielens = commands.add_parser(
+        "import-movielens", help="convert MovieLens 100K (u.data, u.user, u.item) to raw tables")
+    movielens.add_argument("--src", required=True, help="the unzipped ml-100k directory")
+    movielens.add_argument("--out", required=True, help="raw data directory to write")
+    movielens.set_defaults(func=_import_movielens)
+
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
     compile_.add_argument("--out", default="pipeline.yaml")
     compile_.add_argument("--image", default=DEFAULT_IMAGE)
@@ -140,7 +157,8 @@ def main(argv=None):
     run.add_argument("--data", help="raw data directory (default: generate the sample)")
     run.add_argument("--workdir", default="work", help="outputs: pipeline.yaml, pipeline_root/, "
                                                         "serving/")
-    run.add_argument("--config", help="YAML file of pipeline parameters")
+    run.add_argument("--config", help="YAML file of pipeline parameters (over the data "
+                                      "directory's recsys.yaml, if it has one)")
     run.add_argument("--image", default=DEFAULT_IMAGE)
     run.add_argument("--verbose", action="store_true", help="stream every task's full log")
     run.set_defaults(func=_run)

@@ -78,8 +78,8 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
     impressions["user_id"] = users_frame["user_id"].to_numpy()[impressions.pop("user_index")]
     impressions["item_id"] = items_frame["item_id"].to_numpy()[impressions["item_index"]]
 
-    user_snapshots = _snapshots(impressions, "user", users_frame["user_id"], days, start_ts)
-    item_snapshots = _snapshots(impressions, "item", items_frame["item_id"], days, start_ts)
+    user_snapshots = daily_snapshots(impressions, "user", users_frame["user_id"], days, start_ts)
+    item_snapshots = daily_snapshots(impressions, "item", items_frame["item_id"], days, start_ts)
     serving_log = _serving_log(impressions, users_frame, items_frame, user_snapshots,
                                item_snapshots, days, start_ts, skew, skew_day)
     # Real feature jobs miss days; a few absent snapshots exercise the as-of fallback.
@@ -198,11 +198,13 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     return frame
 
 
-def _snapshots(impressions, entity, ids, days, start_ts):
-    """Daily snapshots stamped at midnight, aggregating the previous HISTORY_DAYS days."""
+def daily_snapshots(impressions: pd.DataFrame, entity: str, ids, days: int,
+                    start_ts: int) -> pd.DataFrame:
+    """The ``user_features`` / ``item_features`` table (``entity`` "user" / "item") of
+    ``impressions`` (event_ts, ``<entity>_id``, clicked, watch_seconds): one row per id
+    and day, stamped at midnight, aggregating the previous HISTORY_DAYS days."""
     n = len(ids)
-    index = impressions[f"{entity}_index"].to_numpy() if entity == "item" else \
-        pd.Index(ids).get_indexer(impressions["user_id"])
+    index = pd.Index(ids).get_indexer(impressions[f"{entity}_id"])
     day = ((impressions["event_ts"].to_numpy() - start_ts) // DAY).astype(np.int64)
     flat = index * days + day
 

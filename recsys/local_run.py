@@ -50,6 +50,19 @@ def load_config(path: str | None) -> dict:
     return config
 
 
+def data_config(data_root: str | None) -> dict:
+    """Pipeline parameters a data directory carries in ``recsys.yaml`` (as
+    ``recsys import-movielens`` writes), with ``schema_dir`` relative to it."""
+    path = os.path.join(data_root, "recsys.yaml") if data_root else ""
+    if not os.path.isfile(path):
+        return {}
+    config = load_config(path)
+    if config.get("schema_dir"):
+        config["schema_dir"] = os.path.join(os.path.abspath(data_root), config["schema_dir"])
+    log("run", f"parameters from {path}: {json.dumps(config)}")
+    return config
+
+
 def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dict:
     """Execute the compiled YAML in this process; return the pipeline's outputs as
     ``{name: {"path": ..., "metadata": {...}}}``."""

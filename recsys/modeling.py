@@ -11,12 +11,13 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.features import preprocessing
 from recsys.progress import log
-from recsys.tables import read_dataset
+from recsys.tables import read_dataset_table
 
 # Our call methods have no data-dependent Python control flow. Without this,
 # autograph transpiles Keras and TFRS internals on the first fit: ~20 s per model.
@@ -24,6 +25,14 @@ NO_AUTOGRAPH = tf.autograph.experimental.do_not_convert
 
 # Integer features with a fixed range, embedded like vocabularies.
 FIXED_CARDINALITY = {"hour_of_day": 24, "day_of_week": 7}
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k highest scores, best first (ties: lower index)."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
 
 
 def set_seed(seed: int) -> None:
@@ -36,8 +45,18 @@ def id_cardinality(transform_output: tft.TFTransformOutput, raw_name: str) -> in
     return transform_output.vocabulary_size_by_name(raw_name) + preprocessing.OOV_BUCKETS
 
 
+def sequence_ids(values) -> tf.Tensor:
+    """A transformed id sequence as a dense [batch, length] tensor padded with
+    SEQUENCE_PADDING: TFT hands the exported model a SparseTensor, training a
+    padded array."""
+    if isinstance(values, tf.SparseTensor):
+        return tf.sparse.to_dense(values, default_value=preprocessing.SEQUENCE_PADDING)
+    return tf.convert_to_tensor(values)
+
+
 class Tower(tf.keras.Model):
-    """Embeddings of the id features plus the dense features, then an MLP."""
+    """Embeddings of the id features, the mean embedding of each id sequence (the
+    engagement history) and the dense features, then an MLP."""
 
     def __init__(self, transform_output: tft.TFTransformOutput, raw_features: list[str],
                  embedding_dim: int, hidden_units: list[int], output_dim: int | None,
@@ -45,14 +64,21 @@ class Tower(tf.keras.Model):
         super().__init__(**kwargs)
         id_features = [f for f in raw_features
                        if f in preprocessing.VOCABULARY_FEATURES or f in FIXED_CARDINALITY]
+        sequences = [f for f in raw_features if f in preprocessing.SEQUENCE_FEATURES]
         self.id_inputs = [preprocessing.transformed_name(f) for f in id_features]
+        self.sequence_inputs = [preprocessing.transformed_name(f) for f in sequences]
         self.dense_inputs = [preprocessing.transformed_name(f) for f in raw_features
-                             if f not in id_features]
-        self.embeddings = [
-            tf.keras.layers.Embedding(id_cardinality(transform_output, raw),
-                                      min(embedding_dim, id_cardinality(transform_output, raw)),
-                                      name=f"{name}_embedding")
-            for raw, name in zip(id_features, self.id_inputs)]
+                             if f not in id_features and f not in sequences]
+
+        def embedding(raw_vocabulary, name):
+            cardinality = id_cardinality(transform_output, raw_vocabulary)
+            return tf.keras.layers.Embedding(cardinality, min(embedding_dim, cardinality),
+                                             name=f"{name}_embedding")
+
+        self.embeddings = [embedding(raw, name) for raw, name in zip(id_features, self.id_inputs)]
+        self.sequence_embeddings = [
+            embedding(preprocessing.SEQUENCE_FEATURES[raw], name)
+            for raw, name in zip(sequences, self.sequence_inputs)]
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))
@@ -63,6 +89,11 @@ class Tower(tf.keras.Model):
     def call(self, features, training=None):
         parts = [embed(tf.reshape(features[name], [-1]))
                  for embed, name in zip(self.embeddings, self.id_inputs)]
+        for embed, name in zip(self.sequence_embeddings, self.sequence_inputs):
+            ids = sequence_ids(features[name])
+            present = tf.cast(ids != preprocessing.SEQUENCE_PADDING, tf.float32)[..., None]
+            summed = tf.reduce_sum(embed(tf.maximum(ids, 0)) * present, axis=1)
+            parts.append(summed / tf.maximum(tf.reduce_sum(present, axis=1), 1.0))
         if self.dense_inputs:
             parts.append(tf.stack([tf.cast(tf.reshape(features[name], [-1]), tf.float32)
                                    for name in self.dense_inputs], axis=1))
@@ -82,13 +113,30 @@ class RawInputModel(tf.keras.Model):
 
     @NO_AUTOGRAPH
     def call(self, raw_features, training=None):
-        return self.model(self.tft_layer(raw_features))
+        # Serving signatures take lists as dense [batch, length] tensors padded with
+        # "" (TF Serving's Predict API has no sparse inputs); TFT wants them sparse.
+        features = {name: tf.sparse.from_dense(value) if value.shape.rank == 2 else value
+                    for name, value in raw_features.items()}
+        return self.model(self.tft_layer(features))
 
 
 def raw_input_signature(transform_output: tft.TFTransformOutput,
                         raw_features: list[str]) -> dict[str, tf.TensorSpec]:
+    """One tensor per raw feature: [batch] for single values, [batch, length]
+    padded with "" for lists (the engagement history)."""
     spec = transform_output.raw_feature_spec()
-    return {name: tf.TensorSpec([None], spec[name].dtype, name=name) for name in raw_features}
+    return {name: tf.TensorSpec([None, None] if isinstance(spec[name], tf.io.VarLenFeature)
+                                else [None], spec[name].dtype, name=name)
+            for name in raw_features}
+
+
+def pad_lists(flat: np.ndarray, lengths: np.ndarray, padding) -> np.ndarray:
+    """Lists given as their concatenated values and lengths, as a [rows, longest]
+    array filled with ``padding`` (at least one column)."""
+    out = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), padding,
+                  dtype=object if isinstance(padding, str) else flat.dtype)
+    out[np.arange(out.shape[1]) < lengths[:, None]] = flat
+    return out
 
 
 def raw_tensors(frame: pd.DataFrame, signature: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
@@ -96,6 +144,10 @@ def raw_tensors(frame: pd.DataFrame, signature: dict[str, tf.TensorSpec]) -> dic
     tensors = {}
     for name, spec in signature.items():
         values = frame[name].to_numpy()
+        if spec.shape.rank == 2:
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+            flat = np.concatenate(values) if lengths.sum() else np.zeros(0, object)
+            values = pad_lists(flat, lengths, "" if spec.dtype == tf.string else 0)
         if spec.dtype == tf.string:
             values = values.astype(str).astype(object)
         tensors[name] = tf.constant(values, dtype=spec.dtype)
@@ -110,9 +162,26 @@ def predict_in_batches(call, frame: pd.DataFrame, signature: dict[str, tf.Tensor
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
+def predict_batches(model: tf.keras.Model, features: dict[str, np.ndarray],
+                    batch_size: int = 8192) -> np.ndarray:
+    """``model`` over transformed feature arrays, in batches, as one numpy array."""
+    return np.concatenate([model(batch, training=False).numpy()
+                           for batch in batched(features, batch_size)])
+
+
 def load_transformed(directory: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    frame = read_dataset(directory, columns)
-    return {name: frame[name].to_numpy() for name in frame.columns}
+    """Transformed columns as arrays; id sequences padded to the longest one."""
+    table = read_dataset_table(directory, columns)
+    arrays = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            arrays[name] = pad_lists(column.flatten().to_numpy(),
+                                     column.value_lengths().fill_null(0).to_numpy(),
+                                     preprocessing.SEQUENCE_PADDING)
+        else:
+            arrays[name] = column.to_numpy()
+    return arrays
 
 
 def batched(features: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
@@ -128,18 +197,21 @@ def _reported(log_name: str) -> bool:
 
 
 def fit(model: tf.keras.Model, train_data: dict[str, np.ndarray], eval_data: dict[str, np.ndarray],
-        batch_size: int, epochs: int, stage: str) -> dict:
-    """Train with per-epoch progress lines; return the final losses and throughput."""
+        batch_size: int, epochs: int, stage: str, callbacks: list | None = None) -> dict:
+    """Train with per-epoch progress lines; return the final losses, throughput and
+    the per-epoch ``history``. ``callbacks`` run before the progress line."""
     started = time.monotonic()
     history = model.fit(train_data, batch_size=batch_size, shuffle=True,
                         validation_data=batched(eval_data, 8192), epochs=epochs, verbose=0,
-                        callbacks=[EpochLogger(stage)])
+                        callbacks=[*(callbacks or []), EpochLogger(stage)])
     seconds = time.monotonic() - started
     n_train = len(next(iter(train_data.values())))
     final = {f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}":
              float(v[-1]) for k, v in history.history.items() if _reported(k)}
+    epochs_run = len(next(iter(history.history.values())))
     return {**final, "train_seconds": round(seconds, 2),
-            "examples_per_second": round(n_train * epochs / seconds, 1)}
+            "examples_per_second": round(n_train * epochs_run / seconds, 1),
+            "history": history.history}
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

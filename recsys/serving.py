@@ -39,19 +39,22 @@ class Recommender:
                    pd.read_parquet(os.path.join(snapshot, "items.parquet")).set_index("item_id"),
                    version)
 
-    def user_row(self, user_id: str) -> pd.DataFrame:
+    def user_row(self, user_id: str, at: pd.Timestamp) -> pd.DataFrame:
+        """The user's features from the snapshot plus the request's context."""
         if user_id in self.users.index:
-            return self.users.loc[[user_id]].reset_index()
-        # Cold start: unknown user, default features with the missing flag set.
-        columns = self.users.columns
-        row = {c: (UNKNOWN if self.users[c].dtype == object else 0) for c in columns}
-        row["user_features_missing"] = 1
-        return pd.DataFrame([{"user_id": user_id, **row}])
+            row = self.users.loc[[user_id]].reset_index()
+        else:
+            # Cold start: unknown user, default features with the missing flag set.
+            defaults = {c: (UNKNOWN if self.users[c].dtype == object else 0)
+                        for c in self.users.columns}
+            defaults.update(user_features_missing=1, user_history_items=[])
+            row = pd.DataFrame([{"user_id": user_id, **defaults}])
+        return row.assign(hour_of_day=np.int64(at.hour), day_of_week=np.int64(at.dayofweek))
 
     def recommend(self, user_id: str, k: int = 10, at: pd.Timestamp | None = None,
                   max_per_creator: int = 2) -> pd.DataFrame:
         at = at or pd.Timestamp.now(tz="UTC")
-        user = self.user_row(user_id)
+        user = self.user_row(user_id, at)
         retrieved = self.retrieve(**modeling.raw_tensors(
             user, self.retrieve.structured_input_signature[1]))
         ids = retrieved["item_ids"].numpy()[0].astype(str)
@@ -61,9 +64,7 @@ class Recommender:
         candidates = candidates[candidates["item_id"].isin(self.items.index)]
         features = candidates.join(self.items, on="item_id")
         for column in user.columns:
-            features[column] = user[column].iloc[0]
-        features["hour_of_day"] = np.int64(at.hour)
-        features["day_of_week"] = np.int64(at.dayofweek)
+            features[column] = [user[column].iloc[0]] * len(features)
         scores = self.rank(**modeling.raw_tensors(features, self.rank.structured_input_signature[1]))
         features["click_probability"] = scores[PROBABILITY_OUTPUT].numpy()
         return rerank(features, k, max_per_creator)

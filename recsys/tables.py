@@ -124,8 +124,12 @@ def dataset_pattern(directory: str) -> str:
     return os.path.join(directory, "*.parquet")
 
 
-def read_dataset(directory: str, columns: list[str] | None = None) -> pd.DataFrame:
+def read_dataset_table(directory: str, columns: list[str] | None = None) -> pa.Table:
     files = sorted(glob.glob(dataset_pattern(directory)))
     if not files:
         raise DataError(f"no Parquet files in dataset directory {directory}")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas()
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def read_dataset(directory: str, columns: list[str] | None = None) -> pd.DataFrame:
+    return read_dataset_table(directory, columns).to_pandas()

@@ -21,7 +21,6 @@ LOOKBACK_DAYS, EVAL_DAYS = 10, 3
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
 
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny_data"))
@@ -47,8 +46,8 @@ def stages(tiny_data, tmp_path_factory):
                 "ranking_model"]}
     paths["blessing"] = str(root / "blessing.json")
     counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in INGEST_OUTPUTS})
-    join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
-                  {n: paths[n] for n in JOIN_OUTPUTS})
+    join_counts = join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
+                                {n: paths[n] for n in JOIN_OUTPUTS})
     validation = validate({n: paths[n] for n in VALIDATED}, "", paths["stats"],
                           paths["anomalies"], counts["span_start"],
                           statistics_root=paths["statistics_root"])
@@ -68,5 +67,5 @@ def stages(tiny_data, tmp_path_factory):
     result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
                       paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
                       Thresholds(recall_k=20), paths["blessing"])
-    return {"paths": paths, "counts": counts, "validation": validation, "evaluation": result,
-            "root": root}
+    return {"paths": paths, "counts": counts, "join_counts": join_counts,
+            "validation": validation, "evaluation": result, "root": root}

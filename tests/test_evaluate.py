@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from hypothesis import given, settings, strategies as st
 
-from components.evaluate.evaluate import (Thresholds, bless, rank_catalog, recall_at_k,
-                                          roc_auc)
+from components.evaluate.evaluate import (Thresholds, bless, rank_catalog, ranking_metrics,
+                                          roc_auc, user_slices)
 
 
 def test_masking_and_recall_by_hand():
@@ -20,8 +20,48 @@ def test_masking_and_recall_by_hand():
     assert items[top[0]].tolist() == ["b", "c"]
     assert items[top[1]].tolist() == ["d", "c"]
     positives = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["c", "d", "a"]})
+    slices = {"first": np.array([True, False])}
+    metrics = ranking_metrics(top, users, items, positives, [2], slices)
     # u1: 1 of 2 positives in top-2; u2: 0 of 1
-    assert recall_at_k(top, users, items, positives, 2) == 0.25
+    assert metrics["recall_at_2"] == 0.25
+    assert metrics["first_recall_at_2"] == 0.5 and metrics["first_users"] == 1
+    # u1's hit is at rank 2 of an ideal list with both positives on top; u2 has none
+    u1_ndcg = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+    assert np.isclose(metrics["ndcg_at_10"], u1_ndcg / 2)
+    assert np.isclose(metrics["first_ndcg_at_10"], u1_ndcg)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=10, max_size=10), min_size=1, max_size=6),
+       st.lists(st.integers(0, 5), min_size=6, max_size=6))
+def test_ndcg_matches_its_definition(hit_rows, extra_positives):
+    """Each user's NDCG@10 from a ranked list of 10 items, some positive, plus
+    positives outside the list, against DCG / ideal DCG written out per user."""
+    items = np.array([f"i{j}" for j in range(20)])
+    users = np.array([f"u{i}" for i in range(len(hit_rows))])
+    top = np.tile(np.arange(10), (len(users), 1))
+    rows = []
+    for user, hits, extra in zip(users, hit_rows, extra_positives):
+        rows += [(user, items[r]) for r in range(10) if hits[r]]
+        rows += [(user, items[10 + j]) for j in range(extra)]
+    positives = pd.DataFrame(rows, columns=["user_id", "item_id"])
+    metrics = ranking_metrics(top, users, items, positives, [10], {})
+    expected = []
+    for hits, extra in zip(hit_rows, extra_positives):
+        n = sum(hits) + extra
+        dcg = sum(1 / np.log2(r + 2) for r in range(10) if hits[r])
+        ideal = sum(1 / np.log2(r + 2) for r in range(min(n, 10)))
+        expected.append(dcg / ideal if n else 0.0)
+    assert np.isclose(metrics["ndcg_at_10"], np.mean(expected))
+
+
+def test_slices_split_users_by_training_clicks():
+    users = np.array(["new", "light", "heavy"])
+    clicks = pd.DataFrame({"user_id": ["light"] + ["heavy"] * 9,
+                           "item_id": [f"i{j}" for j in range(10)]})
+    slices = user_slices(users, clicks)
+    assert slices["new_users"].tolist() == [True, False, False]
+    assert slices["heavy_users"].tolist() == [False, False, True]
 
 
 @settings(max_examples=50, deadline=None)

@@ -90,7 +90,8 @@ def test_serving_snapshots_use_latest_known_features(stages):
     user_rows = read_dataset(paths["user_snapshot"])
     item_rows = read_dataset(paths["item_snapshot"])
     assert list(user_rows.columns) == preprocessing.QUERY_FEATURES
-    assert list(item_rows.columns) == preprocessing.CANDIDATE_FEATURES
+    assert list(item_rows.columns) == (preprocessing.CANDIDATE_FEATURES
+                                       + preprocessing.ITEM_STATISTICS)
     features = read_dataset(paths["user_features"])
     newest = features.sort_values("feature_ts").groupby("user_id").last()
     some_user = user_rows[user_rows["user_features_missing"] == 0].iloc[0]
@@ -98,6 +99,16 @@ def test_serving_snapshots_use_latest_known_features(stages):
     assert np.isclose(newest.loc[some_user["user_id"], "user_clicks_7d"],
                       some_user["user_clicks_7d"])
     assert len(item_rows) == len(read_dataset(paths["items"]))
+    # Each user's history at as_of: their last clicks, newest first (brute force).
+    events = pd.concat([read_dataset(paths["train_events"]), read_dataset(paths["eval_events"])])
+    clicks = events[events["clicked"] == 1].sort_values(["event_ts", "event_id"])
+    length = stages["join_counts"]["history_length"]
+    for _, user in user_rows.sample(50, random_state=0).iterrows():
+        mine = clicks[clicks["user_id"] == user["user_id"]]
+        assert user["user_history_count"] == len(mine)
+        newest_first = mine["item_id"].to_numpy()[::-1][:length]
+        # Clicks within the same second may come in either order.
+        assert sorted(user["user_history_items"]) == sorted(newest_first)
 
 
 def test_history_holds_only_earlier_engagements(stages):

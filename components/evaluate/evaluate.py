@@ -77,23 +77,58 @@ def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
     item_pos = pd.Index(item_ids).get_indexer(masked["item_id"])
     keep = (user_pos >= 0) & (item_pos >= 0)
     scores[user_pos[keep], item_pos[keep]] = -np.inf
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    return modeling.top_k(scores, k)
 
 
-def recall_at_k(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
-                positives: pd.DataFrame, k: int) -> float:
-    """Mean over users of |top-k ∩ positives| / |positives|."""
+def hits_and_counts(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                    positives: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(users x ranks boolean matrix: is the item at that rank a positive, each
+    user's number of positives)."""
     hit_matrix = np.zeros((len(users), len(item_ids)), dtype=bool)
     user_pos = pd.Index(users).get_indexer(positives["user_id"])
     item_pos = pd.Index(item_ids).get_indexer(positives["item_id"])
     keep = (user_pos >= 0) & (item_pos >= 0)
     hit_matrix[user_pos[keep], item_pos[keep]] = True
-    hits = np.take_along_axis(hit_matrix, top[:, :k], axis=1).sum(axis=1)
     n_positives = np.bincount(user_pos[user_pos >= 0], minlength=len(users))
-    return float(np.mean(hits / np.maximum(n_positives, 1)))
+    return np.take_along_axis(hit_matrix, top, axis=1), n_positives
+
+
+def recall_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarray:
+    """|top-k ∩ positives| / |positives| per user."""
+    return hits[:, :k].sum(axis=1) / np.maximum(n_positives, 1)
+
+
+def ndcg_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarray:
+    """Binary-relevance NDCG@k per user: DCG of the list over the DCG of an ideal
+    list with min(k, |positives|) hits on top."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits[:, :k] * discounts[:hits[:, :k].shape[1]]).sum(axis=1)
+    ideal = np.cumsum(discounts)[np.clip(np.minimum(n_positives, k), 1, k) - 1]
+    return np.where(n_positives > 0, dcg / ideal, 0.0)
+
+
+def user_slices(users: np.ndarray, train_clicks: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Boolean masks over ``users``: new users (no training click) and heavy users
+    (the top decile of training clicks among the evaluated users, at least one)."""
+    clicks = train_clicks["user_id"].value_counts().reindex(users, fill_value=0).to_numpy()
+    heavy_floor = max(np.quantile(clicks, 0.9), 1) if len(clicks) else 1
+    return {"new_users": clicks == 0, "heavy_users": clicks >= heavy_floor}
+
+
+def ranking_metrics(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                    positives: pd.DataFrame, ks: list[int],
+                    slices: dict[str, np.ndarray]) -> dict:
+    """Recall@k for each k and NDCG@10, overall and per slice (with its user count)."""
+    hits, n_positives = hits_and_counts(top, users, item_ids, positives)
+    per_user = {f"recall_at_{k}": recall_per_user(hits, n_positives, k) for k in ks}
+    per_user["ndcg_at_10"] = ndcg_per_user(hits, n_positives, 10)
+    metrics = {name: float(values.mean()) for name, values in per_user.items()}
+    for slice_name, members in slices.items():
+        metrics[f"{slice_name}_users"] = int(members.sum())
+        for name, values in per_user.items():
+            metrics[f"{slice_name}_{name}"] = (float(values[members].mean()) if members.any()
+                                               else float("nan"))
+    return metrics
 
 
 def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval_model_dir: str,
@@ -117,16 +152,26 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     max_k = max(curve_ks)
     model_top = rank_catalog(model_scores, users, item_ids, train_clicks, max_k)
     popularity_top = rank_catalog(popularity_scores, users, item_ids, train_clicks, max_k)
+    slices = user_slices(users, train_clicks)
+    model_metrics = ranking_metrics(model_top, users, item_ids, positives, curve_ks, slices)
+    popularity_metrics = ranking_metrics(popularity_top, users, item_ids, positives, curve_ks,
+                                         slices)
     curve = {"k": curve_ks,
-             "two_tower": [recall_at_k(model_top, users, item_ids, positives, k)
-                           for k in curve_ks],
-             "popularity": [recall_at_k(popularity_top, users, item_ids, positives, k)
-                            for k in curve_ks]}
+             "two_tower": [model_metrics[f"recall_at_{k}"] for k in curve_ks],
+             "popularity": [popularity_metrics[f"recall_at_{k}"] for k in curve_ks]}
+    reported = [f"recall_at_{k}" for k in ks] + ["ndcg_at_10"]
     metrics = {"eval_users": int(len(users)), "catalog_items": int(len(item_ids))}
-    for k in ks:
-        metrics[f"recall_at_{k}"] = curve["two_tower"][curve_ks.index(k)]
-        metrics[f"popularity_recall_at_{k}"] = curve["popularity"][curve_ks.index(k)]
-    metrics["catalog_coverage_at_10"] = float(len(np.unique(model_top[:, :10])) / len(item_ids))
+    for name in reported:
+        metrics[name] = model_metrics[name]
+        metrics[f"popularity_{name}"] = popularity_metrics[name]
+    for slice_name in slices:
+        metrics[f"{slice_name}_users"] = model_metrics[f"{slice_name}_users"]
+        for name in reported:
+            metrics[f"{slice_name}_{name}"] = model_metrics[f"{slice_name}_{name}"]
+            metrics[f"{slice_name}_popularity_{name}"] = popularity_metrics[f"{slice_name}_{name}"]
+    for k in (10, 100):
+        metrics[f"catalog_coverage_at_{k}"] = float(
+            len(np.unique(model_top[:, :k])) / len(item_ids))
     check_serving_agrees(retrieval_model_dir, queries.head(16), model_scores[:16], item_ids)
     return metrics, curve
 
@@ -311,16 +356,28 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
 
 
 def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> str:
-    rows = [f"| Recall@{kk} | {retrieval[f'recall_at_{kk}']:.4f} | "
-            f"{retrieval[f'popularity_recall_at_{kk}']:.4f} |"
-            for kk in sorted(int(key.split('_')[-1]) for key in retrieval
-                             if key.startswith("recall_at_"))]
+    names = [f"recall_at_{kk}" for kk in sorted(int(key.split("_")[-1]) for key in retrieval
+                                                if key.startswith("recall_at_"))]
+    names.append("ndcg_at_10")
+    label = {name: name.replace("recall_at_", "Recall@").replace("ndcg_at_", "NDCG@")
+             for name in names}
+    rows = [f"| {label[n]} | {retrieval[n]:.4f} | {retrieval[f'popularity_{n}']:.4f} |"
+            for n in names]
+    slice_rows = [
+        f"| {name.replace('_', ' ')} | {retrieval[f'{name}_users']} | "
+        + " | ".join(f"{retrieval[f'{name}_{n}']:.4f} / {retrieval[f'{name}_popularity_{n}']:.4f}"
+                     for n in names) + " |"
+        for name in ("new_users", "heavy_users") if f"{name}_users" in retrieval]
     return "\n".join([
         "## Evaluation", "",
         f"**{blessing['reason']}**", "",
         f"Retrieval over the full catalog ({retrieval['catalog_items']} items, "
-        f"{retrieval['eval_users']} eval users, training items masked):", "",
+        f"{retrieval['eval_users']} eval users, training items masked; catalog coverage of "
+        f"the top 10: {retrieval['catalog_coverage_at_10']:.1%}):", "",
         "| metric | two-tower | popularity |", "|---|---:|---:|", *rows, "",
+        "Per slice (two-tower / popularity):", "",
+        "| slice | users | " + " | ".join(label[n] for n in names) + " |",
+        "|---|---:|" + "---:|" * len(names), *slice_rows, "",
         f"Ranking on {ranking['eval_examples']} eval impressions: AUC {ranking['auc']:.4f}, "
         f"log loss {ranking['logloss']:.4f} (constant-CTR prior {ranking['prior_logloss']:.4f}).",
         "",

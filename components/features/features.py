@@ -35,11 +35,11 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 import schemas
 from components.features import preprocessing
 from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView, HistoryJoin,
-                                           HistoryView, ViewLookup)
-from recsys.beam_io import (ReadDataset, as_table, from_list_batch, pipeline_options,
-                            to_list_array)
+                                           HistoryLookup, HistoryView, ViewLookup)
+from recsys.beam_io import (ReadDataset, as_table, concat_tables, from_list_batch,
+                            pipeline_options, to_list_array)
 from recsys.tables import (ITEM_FEATURE_COLUMNS, UNKNOWN, USER_FEATURE_COLUMNS, DataError,
-                           dataset_pattern, read_dataset, write_dataset)
+                           dataset_pattern, read_dataset, read_dataset_table, write_dataset)
 
 DAY = 86_400
 EXAMPLES_SCHEMA_NAME = "examples"
@@ -169,21 +169,26 @@ def examples_arrow_schema(schema_path: str) -> pa.Schema:
 
 
 def serving_snapshots(users: pd.DataFrame, items: pd.DataFrame, user_features: pa.Table,
-                      item_features: pa.Table, as_of: int, schema_path: str,
-                      views: dict[str, FeatureView] = FEATURE_VIEWS):
-    """(user rows, item rows) with every raw query / candidate feature at ``as_of``:
-    what serving looks up, by the same code as the training join."""
-    def newest(entities: pd.DataFrame, view: FeatureView, features: pa.Table) -> pd.DataFrame:
+                      item_features: pa.Table, engagements: pa.Table, as_of: int,
+                      schema_path: str, views: dict[str, FeatureView] = FEATURE_VIEWS,
+                      history: HistoryView = HistoryView()):
+    """(user rows, item rows) with every raw user feature (history included) and
+    item feature at ``as_of``: what serving looks up, by the same code as the
+    training join. ``engagements`` are the clicked events (``_engagements``)."""
+    def newest(entities: pd.DataFrame, view: FeatureView, features: pa.Table) -> pa.Table:
         probe = pa.table({view.key: pa.array(entities[view.key].astype(str)),
                           "event_ts": np.full(len(entities), as_of, dtype=np.int64)})
-        rows = ViewLookup(view, features).join(probe).to_pandas()
-        return _attach_static(rows, entities, view.key, STATIC_ATTRIBUTES[view.key])
+        return ViewLookup(view, features).join(probe)
 
-    user_rows = newest(users, views["user_features"], user_features)
-    item_rows = newest(items, views["item_features"], item_features)
+    user_rows = HistoryLookup(history, engagements).join(
+        newest(users, views["user_features"], user_features)).to_pandas()
+    user_rows = _attach_static(user_rows, users, "user_id", STATIC_ATTRIBUTES["user_id"])
+    item_rows = _attach_static(newest(items, views["item_features"], item_features).to_pandas(),
+                               items, "item_id", STATIC_ATTRIBUTES["item_id"])
     item_rows["item_age_days"] = ((as_of - item_rows["upload_ts"]) / DAY).clip(lower=0)
     return (conform_to_schema(user_rows, schema_path)[preprocessing.QUERY_FEATURES],
-            conform_to_schema(item_rows, schema_path)[preprocessing.CANDIDATE_FEATURES])
+            conform_to_schema(item_rows, schema_path)[preprocessing.CANDIDATE_FEATURES
+                                                      + preprocessing.ITEM_STATISTICS])
 
 
 def _tfxio_config(schema_path: str):
@@ -200,9 +205,13 @@ def _to_tfxio_batch(batch: pa.RecordBatch, arrow_schema: pa.Schema) -> pa.Record
 
 
 def _transformed_arrow_schema(transform_graph_dir: str) -> pa.Schema:
+    """Flat columns, and lists for the variable-length outputs (id sequences)."""
     spec = tft.TFTransformOutput(transform_graph_dir).transformed_feature_spec()
     to_arrow = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.binary()}
-    return pa.schema([(name, to_arrow[feature.dtype.name]) for name, feature in sorted(spec.items())])
+    return pa.schema([
+        (name, pa.list_(to_arrow[feature.dtype.name])
+         if isinstance(feature, tf.io.VarLenFeature) else to_arrow[feature.dtype.name])
+        for name, feature in sorted(spec.items())])
 
 
 def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_dir: str,
@@ -235,7 +244,7 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
             os.makedirs(transformed_dirs[split], exist_ok=True)
             _ = (transformed
                  | f"Flatten[{split}]" >> beam.Map(
-                     lambda pair, schema: pa.Table.from_batches([from_list_batch(pair[0])])
+                     lambda pair, schema: pa.Table.from_batches([from_list_batch(pair[0], schema)])
                      .select(schema.names).cast(schema), output_schema).with_output_types(pa.Table)
                  | f"Write[{split}]" >> beam.io.WriteToParquetBatched(
                      os.path.join(transformed_dirs[split], "part"), schema=output_schema,
@@ -298,9 +307,12 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
             counts[f"{split}_{view.missing_flag}"] = int(flags[view.missing_flag].sum())
     if counts["train_examples"] == 0:
         raise DataError("features: no training examples to analyze")
+    engagements = concat_tables([
+        _engagements(read_dataset_table(inputs[f"{split}_events"]), history)
+        for split in ("train", "eval")])
     user_rows, item_rows = serving_snapshots(
         users, items, pq.read_table(inputs["user_features"]),
-        pq.read_table(inputs["item_features"]), as_of, schema_path, views)
+        pq.read_table(inputs["item_features"]), engagements, as_of, schema_path, views, history)
     write_dataset(user_rows, outputs["user_snapshot"])
     write_dataset(item_rows, outputs["item_snapshot"])
     counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows),

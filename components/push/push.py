@@ -19,6 +19,7 @@ import pandas as pd
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from recsys import modeling
 from recsys.tables import read_dataset
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -48,14 +49,14 @@ def latest_version(serving_root: str, name: str) -> int:
 
 def warmup_requests(model_name: str, signature: dict[str, tf.TensorSpec],
                     examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
-    """One single-example PredictRequest per warmup record, from real eval rows."""
+    """One single-example PredictRequest per warmup record, from real eval rows, with
+    the tensors built by the same code as every other caller of the model."""
     logs = []
-    for _, row in examples.head(WARMUP_RECORDS).iterrows():
+    for row in range(min(WARMUP_RECORDS, len(examples))):
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-        for name, spec in signature.items():
-            value = str(row[name]).encode() if spec.dtype == tf.string else row[name]
-            request.inputs[name].CopyFrom(tf.make_tensor_proto([value], dtype=spec.dtype))
+        for name, tensor in modeling.raw_tensors(examples.iloc[row:row + 1], signature).items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs

@@ -16,7 +16,7 @@ from components.features import preprocessing
 from recsys import modeling
 
 RANKING_FEATURES = (preprocessing.QUERY_FEATURES + preprocessing.CANDIDATE_FEATURES
-                    + preprocessing.CONTEXT_FEATURES)
+                    + preprocessing.ITEM_STATISTICS + preprocessing.CONTEXT_FEATURES)
 PROBABILITY_OUTPUT = "click_probability"
 
 
@@ -66,6 +66,7 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
                            "train_ranking")
+    metrics.pop("history")
     return model, {"train_examples": len(train_data[preprocessing.LABEL]), **metrics}
 
 

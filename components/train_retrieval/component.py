@@ -14,6 +14,10 @@ def train_retrieval(
     learning_rate: float,
     temperature: float,
     top_k: int,
+    uniform_negatives: int,
+    positive_weighting: str,
+    early_stopping_patience: int,
+    ann_index: str,
     seed: int,
     retrieval_model: Output[Model],
     query_model: Output[Model],
@@ -26,11 +30,19 @@ def train_retrieval(
     with stage("train_retrieval"):
         config = RetrievalConfig(embedding_dim=embedding_dim, epochs=epochs,
                                  batch_size=batch_size, learning_rate=learning_rate,
-                                 temperature=temperature, top_k=top_k, seed=seed)
+                                 temperature=temperature, top_k=top_k,
+                                 uniform_negatives=uniform_negatives,
+                                 positive_weighting=positive_weighting,
+                                 early_stopping_patience=early_stopping_patience,
+                                 ann_index=ann_index, seed=seed)
         model, metrics = train(transformed_train.path, transformed_eval.path,
                                transform_graph.path, config)
         metrics.update(export(model, transform_graph.path, item_snapshot.path, config,
-                              retrieval_model.path, query_model.path, item_embeddings.path))
+                              retrieval_model.path, query_model.path, item_embeddings.path,
+                              transformed_eval.path))
         for name, value in metrics.items():
-            retrieval_training.log_metric(name, value)
+            if isinstance(value, (int, float)):
+                retrieval_training.log_metric(name, value)
         retrieval_model.metadata["top_k"] = metrics["top_k"]
+        if ann_index:
+            item_embeddings.metadata.update(ann_index=metrics["ann_index"], ann_kind=ann_index)

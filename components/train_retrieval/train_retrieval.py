@@ -1,18 +1,35 @@
 """Train the two-tower retrieval model (TFRS) and export it for TF Serving.
 
-Positives are clicked impressions. The loss is TFRS's in-batch softmax over
-L2-normalised embeddings with a temperature. In-batch negatives are sampled in
-proportion to popularity, which would teach the model to demote popular items;
-the logQ correction (Yi et al., RecSys 2019) subtracts log(sampling probability)
-from each logit, with probabilities from click counts over the training window.
-Accidental hits (the positive item again as a negative in the batch) are removed.
+Positives are clicked impressions. The query tower sees the user (id, attributes,
+trailing statistics, the engagement history before the event) and the request's
+context; the candidate tower sees only static item attributes (see
+``preprocessing.CANDIDATE_FEATURES``). The loss is a sampled softmax over
+L2-normalised embeddings with a temperature, in the form large platforms
+describe:
+
+- in-batch negatives, with the logQ correction (Yi et al., RecSys 2019): popular
+  items appear as in-batch negatives in proportion to their popularity, which
+  would teach the model to demote them, so log(sampling probability) is
+  subtracted from each logit; probabilities are click counts over the window;
+- mixed negative sampling (Yang et al., WWW 2020): ``uniform_negatives`` items
+  drawn uniformly from the corpus are added to every batch, so the long tail is
+  seen as negatives too; the correction then uses each item's expected count in
+  the mixed sample;
+- accidental hits (the positive item again among the negatives) are removed;
+- positives optionally weighted by engagement (``positive_weighting="watch_time"``).
+
+Training stops early when Recall@K on the validation positives (full corpus,
+the user's training clicks masked) stops improving, and keeps the best epoch's
+weights. Seeded: the same inputs and seed give the same model.
 """
 
+import os
 from dataclasses import dataclass
 
 import recsys  # noqa: F401
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -20,28 +37,57 @@ import tensorflow_transform as tft
 
 from components.features import preprocessing
 from recsys import modeling
+from recsys.progress import log
 from recsys.tables import read_dataset, write_dataset
 
 QUERY_EMBEDDING_SIGNATURE_OUTPUT = "query_embedding"
-SAMPLING_PROBABILITY = "sampling_probability"
+ITEM_ID = preprocessing.transformed_name("item_id")
+USER_ID = preprocessing.transformed_name("user_id")
+POSITIVE_WEIGHTINGS = ("none", "watch_time")
+ANN_INDEXES = ("", "faiss-hnsw")
+ANN_INDEX_FILE = "ann_hnsw.faiss"
+# Validation recall is computed on at most this many positives (a seeded sample).
+MAX_VALIDATION_QUERIES = 5000
 
 
 @dataclass
 class RetrievalConfig:
     embedding_dim: int = 32
-    epochs: int = 5
+    epochs: int = 10  # at most; early stopping usually ends sooner
     batch_size: int = 512
     learning_rate: float = 0.05
     temperature: float = 0.1
     top_k: int = 100
     logq_correction: bool = True
+    uniform_negatives: int = 256  # per batch, 0 = in-batch negatives only
+    positive_weighting: str = "none"
+    early_stopping_patience: int = 2  # epochs without improvement; 0 = train all epochs
+    validation_k: int = 50
+    ann_index: str = ""  # "faiss-hnsw" also writes an approximate index
     seed: int = 42
+
+    def __post_init__(self):
+        if self.positive_weighting not in POSITIVE_WEIGHTINGS:
+            raise ValueError(f"positive_weighting must be one of {POSITIVE_WEIGHTINGS}, "
+                             f"got {self.positive_weighting!r}")
+        if self.ann_index not in ANN_INDEXES:
+            raise ValueError(f"ann_index must be one of {ANN_INDEXES} ('' = none), "
+                             f"got {self.ann_index!r}")
+        for name in ("epochs", "batch_size", "top_k", "validation_k", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.uniform_negatives < 0 or self.early_stopping_patience < 0:
+            raise ValueError("uniform_negatives and early_stopping_patience must be >= 0")
 
 
 class TwoTowerModel(tfrs.Model):
-    def __init__(self, transform_output, config: RetrievalConfig):
+    def __init__(self, transform_output, config: RetrievalConfig, corpus: dict[str, np.ndarray],
+                 item_frequency: np.ndarray):
+        """``corpus``: transformed candidate features, one row per item, the pool of
+        uniform negatives; ``item_frequency``: each item index's share of the
+        training positives (its chance to be an in-batch negative)."""
         super().__init__()
-        self.query_tower = modeling.Tower(transform_output, preprocessing.QUERY_FEATURES,
+        self.query_tower = modeling.Tower(transform_output, preprocessing.QUERY_TOWER_FEATURES,
                                           config.embedding_dim, [64], config.embedding_dim,
                                           normalize=True, name="query_tower")
         self.candidate_tower = modeling.Tower(transform_output, preprocessing.CANDIDATE_FEATURES,
@@ -49,57 +95,177 @@ class TwoTowerModel(tfrs.Model):
                                               normalize=True, name="candidate_tower")
         self.task = tfrs.tasks.Retrieval(temperature=config.temperature,
                                          remove_accidental_hits=True)
+        self.corpus = {name: tf.constant(values) for name, values in corpus.items()}
+        self.corpus_size = len(corpus[ITEM_ID])
+        self.uniform_negatives = config.uniform_negatives
+        self.batch_size = config.batch_size
+        self.item_frequency = (tf.constant(item_frequency, tf.float32)
+                               if config.logq_correction else None)
+        self.seed = config.seed
 
+    def sampling_probability(self, item_ids):
+        """Each candidate's expected share of the negatives: in-batch draws follow
+        click frequency, uniform draws add M / (B * N) for every item."""
+        probability = tf.gather(self.item_frequency, item_ids)
+        if self.uniform_negatives:
+            probability += self.uniform_negatives / (self.batch_size * self.corpus_size)
+        return probability
+
+    # Not NO_AUTOGRAPH: TFRS's Retrieval.call relies on autograph (len() of a shape).
     def compute_loss(self, features, training=False):
-        return self.task(self.query_tower(features), self.candidate_tower(features),
-                         candidate_sampling_probability=features.get(SAMPLING_PROBABILITY),
-                         candidate_ids=features["item_id_idx"], compute_metrics=False)
+        queries = self.query_tower(features)
+        candidates = self.candidate_tower(features)
+        item_ids = tf.reshape(features[ITEM_ID], [-1])
+        if training and self.uniform_negatives:
+            drawn = tf.random.uniform([self.uniform_negatives], 0, self.corpus_size,
+                                      dtype=tf.int64)
+            sampled = {name: tf.gather(values, drawn) for name, values in self.corpus.items()}
+            candidates = tf.concat([candidates, self.candidate_tower(sampled)], axis=0)
+            item_ids = tf.concat([item_ids, tf.reshape(sampled[ITEM_ID], [-1])], axis=0)
+        probability = (self.sampling_probability(item_ids)
+                       if self.item_frequency is not None else None)
+        return self.task(queries, candidates, sample_weight=features.get("sample_weight"),
+                         candidate_sampling_probability=probability, candidate_ids=item_ids,
+                         compute_metrics=False)
 
 
-def positives(directory: str, columns: list[str]) -> dict[str, np.ndarray]:
-    data = modeling.load_transformed(directory, columns + [preprocessing.LABEL])
-    clicked = data.pop(preprocessing.LABEL) == 1
-    return {name: values[clicked] for name, values in data.items()}
+def _columns(features: list[str]) -> list[str]:
+    return [preprocessing.transformed_name(f) for f in features]
 
 
-def sampling_probability(item_index: np.ndarray) -> np.ndarray:
-    """Each positive's item frequency among all positives: the chance that item
-    shows up as an in-batch negative."""
-    _, inverse, counts = np.unique(item_index, return_inverse=True, return_counts=True)
-    return (counts[inverse] / len(item_index)).astype(np.float32)
+def corpus_table(*datasets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candidate features of every item in the data, one row per item (they are
+    static, so any row of an item will do: the first)."""
+    columns = _columns(preprocessing.CANDIDATE_FEATURES)
+    merged = {name: np.concatenate([d[name] for d in datasets]) for name in columns}
+    _, first = np.unique(merged[ITEM_ID], return_index=True)
+    return {name: values[first] for name, values in merged.items()}
+
+
+def item_frequency(item_index: np.ndarray, vocabulary_size: int) -> np.ndarray:
+    """Each item index's share of the positives: its chance to be an in-batch negative."""
+    counts = np.bincount(item_index, minlength=vocabulary_size)
+    return (counts / max(len(item_index), 1)).astype(np.float32)
+
+
+def positive_weights(watch_seconds: np.ndarray, weighting: str) -> np.ndarray | None:
+    """Per-positive loss weights, mean 1: log1p(watch time) for "watch_time"."""
+    if weighting == "none":
+        return None
+    weights = np.log1p(np.maximum(watch_seconds, 0.0))
+    if not weights.any():
+        raise ValueError("positive_weighting='watch_time' but every clicked training example "
+                         "has watch_seconds 0 (e.g. MovieLens); use 'none'")
+    # Clicks with no watch time still count a little, not zero.
+    weights = np.maximum(weights, np.quantile(weights[weights > 0], 0.05))
+    return (weights / weights.mean()).astype(np.float32)
+
+
+class ValidationRecall(tf.keras.callbacks.Callback):
+    """Recall@K of the validation positives over the whole corpus after each epoch,
+    with each user's training clicks masked; added to the logs as ``val_recall_at_K``
+    (before EarlyStopping reads them)."""
+
+    def __init__(self, queries: dict[str, np.ndarray], corpus: dict[str, np.ndarray],
+                 train_pairs: np.ndarray, k: int):
+        super().__init__()
+        self.k, self.corpus, self.queries = k, corpus, queries
+        corpus_index = pd.Index(corpus[ITEM_ID])
+        self.target = corpus_index.get_indexer(queries[ITEM_ID])
+        rows = pd.DataFrame({"user": queries[USER_ID], "row": np.arange(len(self.target))})
+        clicked = pd.DataFrame({"user": train_pairs[:, 0],
+                                "col": corpus_index.get_indexer(train_pairs[:, 1])})
+        masked = rows.merge(clicked[clicked["col"] >= 0].drop_duplicates(), on="user")
+        self.mask = (masked["row"].to_numpy(), masked["col"].to_numpy())
+        clicked_before = np.zeros(len(self.target), dtype=bool)
+        clicked_before[masked["row"][masked["col"] == self.target[masked["row"]]]] = True
+        # Only positives that can be hits: in the corpus and new to the user.
+        self.valid = (self.target >= 0) & ~clicked_before
+
+    def recall(self) -> float:
+        model = self.model
+        candidates = modeling.predict_batches(model.candidate_tower, self.corpus)
+        queries = modeling.predict_batches(model.query_tower, self.queries)
+        scores = queries @ candidates.T
+        scores[self.mask] = -np.inf
+        rows = np.flatnonzero(self.valid)
+        target_scores = scores[rows, self.target[rows]]
+        rank = (scores[rows] > target_scores[:, None]).sum(axis=1)
+        return float(np.mean(rank < self.k)) if len(rows) else float("nan")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[f"val_recall_at_{self.k}"] = self.recall()
+
+
+def _sample(data: dict[str, np.ndarray], limit: int, seed: int) -> dict[str, np.ndarray]:
+    n = len(next(iter(data.values())))
+    if n <= limit:
+        return data
+    rows = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return {name: values[rows] for name, values in data.items()}
 
 
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
           config: RetrievalConfig) -> tuple[TwoTowerModel, dict]:
+    """Train on the clicked rows of ``transformed_train``; ``transformed_eval`` is
+    the validation data (early stopping and the reported validation loss)."""
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
-    columns = [preprocessing.transformed_name(f)
-               for f in preprocessing.QUERY_FEATURES + preprocessing.CANDIDATE_FEATURES]
-    train_data = positives(transformed_train, columns)
-    eval_data = positives(transformed_eval, columns)
-    if config.logq_correction:
-        train_data[SAMPLING_PROBABILITY] = sampling_probability(train_data["item_id_idx"])
-    n_train = len(train_data[columns[0]])
+    columns = _columns(preprocessing.QUERY_TOWER_FEATURES + preprocessing.CANDIDATE_FEATURES)
+    wanted = columns + [preprocessing.LABEL, "watch_seconds"]
+    train_rows = modeling.load_transformed(transformed_train, wanted)
+    eval_rows = modeling.load_transformed(transformed_eval, wanted)
+    corpus = corpus_table(train_rows, eval_rows)
+    train_data, eval_data = (
+        {name: rows[name][rows[preprocessing.LABEL] == 1] for name in columns + ["watch_seconds"]}
+        for rows in (train_rows, eval_rows))
+    n_train = len(train_data[ITEM_ID])
     if n_train < config.batch_size:
         raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "
                          f"need at least batch_size={config.batch_size}. Widen the window.")
-    model = TwoTowerModel(transform_output, config)
+    weights = positive_weights(train_data.pop("watch_seconds"), config.positive_weighting)
+    if weights is not None:
+        train_data["sample_weight"] = weights
+    eval_data.pop("watch_seconds")
+    vocabulary_size = modeling.id_cardinality(transform_output, "item_id")
+    model = TwoTowerModel(transform_output, config, corpus,
+                          item_frequency(train_data[ITEM_ID], vocabulary_size))
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    train_pairs = np.stack([train_data[USER_ID], train_data[ITEM_ID]], axis=1)
+    validation = ValidationRecall(_sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
+                                  corpus, train_pairs, config.validation_k)
+    callbacks = [validation]
+    monitor = f"val_recall_at_{config.validation_k}"
+    if config.early_stopping_patience:
+        callbacks.append(tf.keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=config.early_stopping_patience,
+            restore_best_weights=True))
     metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
-                           "train_retrieval")
-    return model, {"train_positives": n_train, "eval_positives": len(eval_data[columns[0]]),
+                           "train_retrieval", callbacks)
+    history = metrics.pop("history")
+    best_epoch = int(np.nanargmax(history[monitor])) + 1
+    if config.early_stopping_patience:
+        log("train_retrieval", f"best {monitor} {max(history[monitor]):.4f} at epoch "
+                               f"{best_epoch} of {len(history[monitor])}")
+    return model, {"train_positives": n_train, "eval_positives": len(eval_data[ITEM_ID]),
+                   "corpus_items": len(corpus[ITEM_ID]), "epochs_run": len(history[monitor]),
+                   "best_epoch": best_epoch, f"best_{monitor}": float(np.nanmax(history[monitor])),
                    **metrics}
 
 
 def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,
-           serving_model_dir: str, query_model_dir: str, item_embeddings_dir: str) -> dict:
+           serving_model_dir: str, query_model_dir: str, item_embeddings_dir: str,
+           transformed_eval: str = "") -> dict:
     """Write the serving SavedModel (raw user features in, top-K ids and scores out,
     brute-force index, standard ops only), the query-tower SavedModel and the item
-    embedding table."""
+    embedding table; with ``config.ann_index``, also an approximate index next to the
+    table, its recall against exact search measured on the queries of
+    ``transformed_eval``."""
     transform_output = tft.TFTransformOutput(transform_graph)
     query_model = modeling.RawInputModel(transform_output, model.query_tower)
     candidate_model = modeling.RawInputModel(transform_output, model.candidate_tower)
-    query_signature = modeling.raw_input_signature(transform_output, preprocessing.QUERY_FEATURES)
+    query_signature = modeling.raw_input_signature(transform_output,
+                                                   preprocessing.QUERY_TOWER_FEATURES)
     candidate_signature = modeling.raw_input_signature(transform_output,
                                                        preprocessing.CANDIDATE_FEATURES)
 
@@ -128,4 +294,41 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, confi
         return {QUERY_EMBEDDING_SIGNATURE_OUTPUT: query_model(features)}
 
     tf.saved_model.save(query_model, query_model_dir, signatures={"serving_default": embed_query})
-    return {"top_k": k, "indexed_items": len(item_ids)}
+    exported = {"top_k": k, "indexed_items": len(item_ids)}
+    if config.ann_index:
+        queries = modeling.load_transformed(
+            transformed_eval, _columns(preprocessing.QUERY_TOWER_FEATURES))
+        query_embeddings = modeling.predict_batches(
+            model.query_tower, _sample(queries, MAX_VALIDATION_QUERIES, config.seed))
+        exported.update(write_ann_index(item_embeddings, query_embeddings, k,
+                                        os.path.join(item_embeddings_dir, ANN_INDEX_FILE)))
+    return exported
+
+
+def write_ann_index(item_embeddings: np.ndarray, query_embeddings: np.ndarray, k: int,
+                    path: str, neighbours: int = 32, ef_search: int = 128) -> dict:
+    """A faiss HNSW graph over the item embeddings (inner product, the towers'
+    score), written to ``path``, and its recall@k against exact search on
+    ``query_embeddings``. Rows of the index are rows of the embedding table.
+
+    For catalogs past about a million items, where exact search per request gets
+    too slow; TF Serving cannot run it (faiss is not a TF op), so it is served by
+    the caller next to the query-tower SavedModel."""
+    import faiss
+
+    items = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+    index = faiss.IndexHNSWFlat(items.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = ef_search
+    index.add(items)
+    faiss.write_index(index, path)
+    _, approximate = index.search(queries, k)
+    exact = modeling.top_k(queries @ items.T, k)
+    return {f"ann_recall_at_{k}_vs_exact": recall_vs_exact(approximate, exact),
+            "ann_index": os.path.basename(path)}
+
+
+def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each exact top-k list that the approximate list also returns."""
+    found = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate, exact)]
+    return float(np.mean(found) / exact.shape[1])
