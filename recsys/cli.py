@@ -22,7 +22,13 @@ def _generate(args):
 
 def _check(args):
     from recsys.data_check import check_span
+    from recsys.local_run import data_config
 
+    # Unset options come from the data directory's recsys.yaml, then the defaults.
+    config = data_config(args.data)
+    for name, default in (("lookback_days", 14), ("eval_days", 3), ("schema_dir", "")):
+        if getattr(args, name) is None:
+            setattr(args, name, config.get(name, default))
     result = check_span(args.data, args.as_of, args.workdir, args.lookback_days, args.eval_days,
                         args.schema_dir, args.statistics_root, args.drift_baseline,
                         args.anomaly_policy, args.max_reject_rate, args.input_encoding,
@@ -128,9 +134,10 @@ def main(argv=None):
     check.add_argument("--as-of", default="", help="end of the span (default: midnight after "
                                                    "the newest event)")
     check.add_argument("--workdir", default="check")
-    check.add_argument("--lookback-days", type=int, default=14)
-    check.add_argument("--eval-days", type=int, default=3)
-    check.add_argument("--schema-dir", default="")
+    check.add_argument("--lookback-days", type=int, help="default: the data directory's "
+                                                        "recsys.yaml, else 14")
+    check.add_argument("--eval-days", type=int, help="default: recsys.yaml, else 3")
+    check.add_argument("--schema-dir", help="default: recsys.yaml, else the packaged schemas/")
     check.add_argument("--statistics-root", default="",
                        help="where passed spans are kept as drift baselines")
     check.add_argument("--drift-baseline", default="", help="a statistics file to compare with")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from recsys import modeling
 from recsys.generate import generate
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, TINY
 
@@ -57,10 +58,10 @@ def test_run_pushes_loadable_models_with_warmup(successful_run):
     # A fresh load of the pushed retrieval model answers for a raw user.
     serve = tf.saved_model.load(str(serving / "retrieval" / "1")).signatures["serving_default"]
     users = pd.read_parquet(serving / "feature_snapshot" / "1" / "users.parquet").head(3)
-    inputs = {name: tf.constant(users[name].to_numpy().astype(object) if spec.dtype == tf.string
-                                else users[name].to_numpy(), dtype=spec.dtype)
-              for name, spec in serve.structured_input_signature[1].items()}
-    ids = serve(**inputs)["item_ids"].numpy()
+    # The request: the user's snapshot row (history included) and the request's context.
+    requests = users.assign(hour_of_day=20, day_of_week=4)
+    ids = serve(**modeling.raw_tensors(requests, serve.structured_input_signature[1]))
+    ids = ids["item_ids"].numpy()
     assert ids.shape == (3, 50)
     assert all(len(set(row)) == 50 for row in ids)
 

@@ -38,12 +38,12 @@ class Thresholds:
 
 
 @functools.lru_cache(maxsize=8)
-def _serving_fn(saved_model_dir: str):
+def serving_fn(saved_model_dir: str):
     """A SavedModel's serving signature, loaded once per path in this process."""
     return tf.saved_model.load(saved_model_dir).signatures["serving_default"]
 
 
-def _call_in_batches(fn, frame: pd.DataFrame, output: str) -> np.ndarray:
+def call_in_batches(fn, frame: pd.DataFrame, output: str) -> np.ndarray:
     return modeling.predict_in_batches(lambda tensors: fn(**tensors)[output], frame,
                                        fn.structured_input_signature[1])
 
@@ -141,7 +141,7 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     table = read_dataset(item_embeddings_dir)
     item_ids = table["item_id"].astype(str).to_numpy()
     item_matrix = np.stack(table["embedding"].to_numpy())
-    query_matrix = _call_in_batches(_serving_fn(query_model_dir), queries,
+    query_matrix = call_in_batches(serving_fn(query_model_dir), queries,
                                     QUERY_EMBEDDING_SIGNATURE_OUTPUT)
     model_scores = query_matrix @ item_matrix.T
     counts = train_clicks["item_id"].value_counts()
@@ -179,7 +179,7 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
 def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
                          expected_scores: np.ndarray, item_ids: np.ndarray) -> None:
     """The exported serving model must score like the towers it was built from."""
-    serve = _serving_fn(retrieval_model_dir)
+    serve = serving_fn(retrieval_model_dir)
     served = serve(**modeling.raw_tensors(queries, serve.structured_input_signature[1]))
     served_ids = served["item_ids"].numpy().astype(str)
     served_scores = served["scores"].numpy()
@@ -216,7 +216,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 50):
 def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
                      eval_examples: pd.DataFrame) -> tuple[dict, tuple]:
     labels = eval_examples[preprocessing.LABEL].to_numpy()
-    probabilities = _call_in_batches(_serving_fn(ranking_model_dir), eval_examples,
+    probabilities = call_in_batches(serving_fn(ranking_model_dir), eval_examples,
                                      PROBABILITY_OUTPUT)
     prior = float(train_examples[preprocessing.LABEL].mean())
     metrics = {
@@ -245,7 +245,7 @@ def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.
     """Recall@k of a retrieval serving model as deployed: its own top-K list, with
     each user's training items removed afterwards (the list cannot be widened, so
     this is applied identically to candidate and serving models)."""
-    served = _call_in_batches(_serving_fn(retrieval_model_dir), queries, "item_ids")
+    served = call_in_batches(serving_fn(retrieval_model_dir), queries, "item_ids")
     ranked = pd.DataFrame({"user_id": np.repeat(users, served.shape[1]),
                            "item_id": served.astype(str).ravel(),
                            "rank": np.tile(np.arange(served.shape[1]), len(users))})
@@ -284,8 +284,8 @@ def compare_with_serving(serving_root: str, candidate: dict[str, str], task: tup
             result[f"{role}_served_recall_at_{k}"] = served_recall_at_k(
                 models["retrieval"], users, queries, positives, train_clicks, k)
         result["candidate_auc"] = candidate_auc
-        result["serving_auc"] = roc_auc(labels, _call_in_batches(
-            _serving_fn(serving["ranking"]), eval_examples, PROBABILITY_OUTPUT))
+        result["serving_auc"] = roc_auc(labels, call_in_batches(
+            serving_fn(serving["ranking"]), eval_examples, PROBABILITY_OUTPUT))
     except (KeyError, ValueError, TypeError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has
         return {"serving_version": None,

@@ -101,32 +101,34 @@ class TwoTowerModel(tfrs.Model):
         self.batch_size = config.batch_size
         self.item_frequency = (tf.constant(item_frequency, tf.float32)
                                if config.logq_correction else None)
-        self.seed = config.seed
-
-    def sampling_probability(self, item_ids):
-        """Each candidate's expected share of the negatives: in-batch draws follow
-        click frequency, uniform draws add M / (B * N) for every item."""
-        probability = tf.gather(self.item_frequency, item_ids)
-        if self.uniform_negatives:
-            probability += self.uniform_negatives / (self.batch_size * self.corpus_size)
-        return probability
 
     # Not NO_AUTOGRAPH: TFRS's Retrieval.call relies on autograph (len() of a shape).
     def compute_loss(self, features, training=False):
         queries = self.query_tower(features)
         candidates = self.candidate_tower(features)
         item_ids = tf.reshape(features[ITEM_ID], [-1])
-        if training and self.uniform_negatives:
-            drawn = tf.random.uniform([self.uniform_negatives], 0, self.corpus_size,
+        uniform_negatives = self.uniform_negatives if training else 0
+        if uniform_negatives:
+            drawn = tf.random.uniform([uniform_negatives], 0, self.corpus_size,
                                       dtype=tf.int64)
             sampled = {name: tf.gather(values, drawn) for name, values in self.corpus.items()}
             candidates = tf.concat([candidates, self.candidate_tower(sampled)], axis=0)
             item_ids = tf.concat([item_ids, tf.reshape(sampled[ITEM_ID], [-1])], axis=0)
-        probability = (self.sampling_probability(item_ids)
+        probability = (mixed_sampling_probability(self.item_frequency, item_ids,
+                                                  uniform_negatives, self.batch_size,
+                                                  self.corpus_size)
                        if self.item_frequency is not None else None)
         return self.task(queries, candidates, sample_weight=features.get("sample_weight"),
                          candidate_sampling_probability=probability, candidate_ids=item_ids,
                          compute_metrics=False)
+
+
+def mixed_sampling_probability(item_frequency, item_ids, uniform_negatives: int,
+                               batch_size: int, corpus_size: int):
+    """Each candidate's expected count in one batch's negatives, divided by the batch
+    size: B in-batch draws that follow click frequency p_i plus M uniform draws over
+    N items give B * p_i + M / N; dividing by B leaves the softmax unchanged."""
+    return tf.gather(item_frequency, item_ids) + uniform_negatives / (batch_size * corpus_size)
 
 
 def _columns(features: list[str]) -> list[str]:
@@ -149,15 +151,14 @@ def item_frequency(item_index: np.ndarray, vocabulary_size: int) -> np.ndarray:
 
 
 def positive_weights(watch_seconds: np.ndarray, weighting: str) -> np.ndarray | None:
-    """Per-positive loss weights, mean 1: log1p(watch time) for "watch_time"."""
+    """Per-positive loss weights, mean 1: for "watch_time", 1 + log1p(watch seconds),
+    so a click without watch time still counts and long watches count more."""
     if weighting == "none":
         return None
-    weights = np.log1p(np.maximum(watch_seconds, 0.0))
-    if not weights.any():
+    if not (watch_seconds > 0).any():
         raise ValueError("positive_weighting='watch_time' but every clicked training example "
                          "has watch_seconds 0 (e.g. MovieLens); use 'none'")
-    # Clicks with no watch time still count a little, not zero.
-    weights = np.maximum(weights, np.quantile(weights[weights > 0], 0.05))
+    weights = 1.0 + np.log1p(np.maximum(watch_seconds, 0.0))
     return (weights / weights.mean()).astype(np.float32)
 
 
@@ -215,7 +216,9 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     wanted = columns + [preprocessing.LABEL, "watch_seconds"]
     train_rows = modeling.load_transformed(transformed_train, wanted)
     eval_rows = modeling.load_transformed(transformed_eval, wanted)
-    corpus = corpus_table(train_rows, eval_rows)
+    # Negatives come from the training window's items; validation ranks every item.
+    corpus = corpus_table(train_rows)
+    catalog = corpus_table(train_rows, eval_rows)
     train_data, eval_data = (
         {name: rows[name][rows[preprocessing.LABEL] == 1] for name in columns + ["watch_seconds"]}
         for rows in (train_rows, eval_rows))
@@ -223,6 +226,9 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     if n_train < config.batch_size:
         raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "
                          f"need at least batch_size={config.batch_size}. Widen the window.")
+    if not len(eval_data[ITEM_ID]):
+        raise ValueError("train_retrieval: the eval split has no clicked examples to validate "
+                         "on (early stopping needs them). Lengthen eval_days.")
     weights = positive_weights(train_data.pop("watch_seconds"), config.positive_weighting)
     if weights is not None:
         train_data["sample_weight"] = weights
@@ -233,7 +239,7 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     train_pairs = np.stack([train_data[USER_ID], train_data[ITEM_ID]], axis=1)
     validation = ValidationRecall(_sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
-                                  corpus, train_pairs, config.validation_k)
+                                  catalog, train_pairs, config.validation_k)
     callbacks = [validation]
     monitor = f"val_recall_at_{config.validation_k}"
     if config.early_stopping_patience:
@@ -244,13 +250,14 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
                            "train_retrieval", callbacks)
     history = metrics.pop("history")
     best_epoch = int(np.nanargmax(history[monitor])) + 1
-    if config.early_stopping_patience:
-        log("train_retrieval", f"best {monitor} {max(history[monitor]):.4f} at epoch "
-                               f"{best_epoch} of {len(history[monitor])}")
+    kept = validation.recall()  # of the weights returned: the best epoch's, if stopping early
+    log("train_retrieval", f"best {monitor} {np.nanmax(history[monitor]):.4f} at epoch "
+                           f"{best_epoch} of {len(history[monitor])}; the model kept has {kept:.4f}")
     return model, {"train_positives": n_train, "eval_positives": len(eval_data[ITEM_ID]),
-                   "corpus_items": len(corpus[ITEM_ID]), "epochs_run": len(history[monitor]),
+                   "negative_corpus_items": len(corpus[ITEM_ID]),
+                   "validation_catalog_items": len(catalog[ITEM_ID]), "epochs_run": len(history[monitor]),
                    "best_epoch": best_epoch, f"best_{monitor}": float(np.nanmax(history[monitor])),
-                   **metrics}
+                   monitor: kept, **metrics}
 
 
 def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,

@@ -1,0 +1,327 @@
+"""Retrieval quality on MovieLens 100K: popularity, implicit ALS and this two-tower,
+in one run, on the same splits; then two-tower training time on 100k-5M
+synthetic events.
+
+    .venv/bin/python bench/retrieval_quality.py                  # both parts
+    .venv/bin/python bench/retrieval_quality.py --quality-only   # MovieLens only
+    .venv/bin/python bench/retrieval_quality.py --scaling 100k 1M
+
+Protocol (docs/benchmarks.md has the results):
+- ``recsys import-movielens`` converts the data, ingest checks it (the rating of
+  the one movie missing from this copy's u.item is quarantined there);
+  positives are ratings >= 4.
+- Splits: per user (each user's last 20% of ratings by time are test) and global
+  (the last 20% of all ratings by time; only users seen in training). For
+  tuning, the same rule carves a validation split out of training.
+- Every method ranks the whole catalog for each test user, with the user's
+  training items (every rating, any value) masked; test positives are the
+  user's test ratings >= 4. Recall@10/50/100 and NDCG@10 (binary relevance).
+- Popularity: count of training positives. ALS (``implicit``): trained on
+  training positives; factors, regularization and alpha chosen on the validation
+  split by Recall@50, then refit on the whole training split. Two-tower: the
+  pipeline's own stage functions (point-in-time join with engagement history,
+  tensorflow-transform, ``train_retrieval``); the number of epochs is chosen on
+  the validation split by early stopping, then the model is retrained on the
+  whole training split for that many epochs (early stopping off: the test split
+  is passed as the trainer's eval data only to report a loss). Each test user is
+  queried with the features of their first test rating, as serving would have
+  seen them then.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import recsys  # noqa: E402,F401
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from components.evaluate.evaluate import (call_in_batches, serving_fn, rank_catalog,  # noqa: E402
+                                          ranking_metrics)
+from components.features.features import join_features, transform  # noqa: E402
+from components.ingest.ingest import ingest  # noqa: E402
+from components.train_retrieval import train_retrieval  # noqa: E402
+from recsys.data_check import INGESTED, JOINED, TABLES  # noqa: E402
+from recsys.movielens import import_movielens  # noqa: E402
+from recsys.tables import read_dataset, write_dataset  # noqa: E402
+from schemas import schema_path  # noqa: E402
+
+KS = [10, 50, 100]
+TEST_FRACTION = 0.2
+ALS_GRID = {"factors": [16, 32, 64, 128], "regularization": [0.01, 0.1, 1.0, 10.0],
+            "alpha": [1.0, 5.0, 10.0, 40.0]}
+ALS_ITERATIONS = 20
+TWO_TOWER = dict(embedding_dim=64, epochs=30, batch_size=256, learning_rate=0.1,
+                 temperature=0.1, top_k=100, early_stopping_patience=3, seed=42)
+SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
+DEFAULT_ML_100K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                               "data", "ml-100k")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- splits -------------------------------------------------------------------------
+
+def _ordered(events: pd.DataFrame) -> pd.DataFrame:
+    return events.sort_values(["event_ts", "event_id"], kind="stable", ignore_index=True)
+
+
+def per_user_split(events: pd.DataFrame, fraction: float = TEST_FRACTION):
+    """(train, test): each user's last ``fraction`` of events by time are test."""
+    events = _ordered(events)
+    position = events.groupby("user_id").cumcount()
+    size = events.groupby("user_id")["event_id"].transform("size")
+    is_test = position >= size - np.round(fraction * size).astype(int)
+    return events[~is_test], events[is_test]
+
+
+def global_split(events: pd.DataFrame, fraction: float = TEST_FRACTION):
+    """(train, test): the last ``fraction`` of all events by time are test, for
+    users that also have training events."""
+    events = _ordered(events)
+    cut = int(round(len(events) * (1 - fraction)))
+    train, test = events.iloc[:cut], events.iloc[cut:]
+    return train, test[test["user_id"].isin(train["user_id"])]
+
+
+# ---- evaluation ---------------------------------------------------------------------
+
+def task(train: pd.DataFrame, test: pd.DataFrame):
+    """(users, positives, masked): test users with at least one positive new to
+    them, their positives, and every (user, item) of training to mask."""
+    masked = train[["user_id", "item_id"]].drop_duplicates()
+    clicked = test.loc[test["clicked"] == 1, ["user_id", "item_id"]].drop_duplicates()
+    fresh = clicked.merge(masked, how="left", indicator=True)
+    positives = fresh.loc[fresh["_merge"] == "left_only", ["user_id", "item_id"]]
+    return np.sort(positives["user_id"].unique()), positives, masked
+
+
+def score(scores: np.ndarray, users, item_ids, positives, masked) -> dict:
+    top = rank_catalog(scores, users, item_ids, masked, max(KS))
+    metrics = ranking_metrics(top, users, item_ids, positives, KS, {})
+    return {**metrics, "users": int(len(users))}
+
+
+def popularity_scores(train: pd.DataFrame, users, item_ids) -> np.ndarray:
+    counts = train.loc[train["clicked"] == 1, "item_id"].value_counts()
+    popular = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
+    return np.broadcast_to(popular, (len(users), len(item_ids)))
+
+
+# ---- ALS ----------------------------------------------------------------------------
+
+def als_scores(train: pd.DataFrame, users, item_ids, factors: int, regularization: float,
+               alpha: float) -> np.ndarray:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    clicks = train[train["clicked"] == 1]
+    all_users = pd.Index(np.union1d(users, clicks["user_id"].unique()))
+    rows = all_users.get_indexer(clicks["user_id"])
+    cols = pd.Index(item_ids).get_indexer(clicks["item_id"])
+    keep = cols >= 0
+    matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
+                           shape=(len(all_users), len(item_ids)))
+    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                    iterations=ALS_ITERATIONS, random_state=42,
+                                    calculate_training_loss=False)
+    model.fit(matrix, show_progress=False)
+    return model.user_factors[all_users.get_indexer(users)] @ model.item_factors.T
+
+
+def tune_als(fit: pd.DataFrame, validation: pd.DataFrame, item_ids) -> tuple[dict, float]:
+    users, positives, masked = task(fit, validation)
+    best, best_recall = None, -1.0
+    for values in itertools.product(*ALS_GRID.values()):
+        params = dict(zip(ALS_GRID, values))
+        recall = score(als_scores(fit, users, item_ids, **params), users, item_ids, positives,
+                       masked)["recall_at_50"]
+        if recall > best_recall:
+            best, best_recall = params, recall
+    return best, best_recall
+
+
+# ---- two-tower through the pipeline's stage functions --------------------------------
+
+class Pipeline:
+    """The ingested tables of one dataset, re-split and run through join,
+    transform and train_retrieval."""
+
+    def __init__(self, ingested: dict[str, str], schema_dir: str, as_of: int, root: str):
+        self.ingested, self.schema_dir, self.as_of, self.root = ingested, schema_dir, as_of, root
+        self.runs = 0
+
+    def run(self, train: pd.DataFrame, evaluation: pd.DataFrame,
+            config: train_retrieval.RetrievalConfig):
+        """(model artifacts, train metrics, eval examples)."""
+        self.runs += 1
+        work = os.path.join(self.root, f"run{self.runs}")
+        paths = {name: os.path.join(work, name) for name in
+                 JOINED + ["train_events", "eval_events", "transform_graph", "transformed_train",
+                           "transformed_eval", "retrieval_model", "query_model",
+                           "item_embeddings"]}
+        write_dataset(train, paths["train_events"])
+        write_dataset(evaluation, paths["eval_events"])
+        inputs = {name: self.ingested[name] for name in TABLES}
+        inputs.update(train_events=paths["train_events"], eval_events=paths["eval_events"])
+        join_features(inputs, self.as_of, self.schema_dir, {n: paths[n] for n in JOINED})
+        transform(paths["train_examples"], paths["eval_examples"],
+                  schema_path("examples", self.schema_dir), paths["transform_graph"],
+                  {"train": paths["transformed_train"], "eval": paths["transformed_eval"]},
+                  os.path.join(work, "tft_tmp"))
+        started = time.monotonic()
+        model, metrics = train_retrieval.train(paths["transformed_train"],
+                                               paths["transformed_eval"],
+                                               paths["transform_graph"], config)
+        metrics["wall_seconds"] = time.monotonic() - started
+        train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
+                               paths["retrieval_model"], paths["query_model"],
+                               paths["item_embeddings"])
+        return paths, metrics
+
+
+def two_tower_scores(paths: dict, users, item_ids) -> np.ndarray:
+    """Each user queried with the features of their first eval event."""
+    examples = read_dataset(paths["eval_examples"])
+    first = (examples.sort_values(["event_ts", "event_id"]).drop_duplicates("user_id")
+             .set_index("user_id").loc[users].reset_index())
+    queries = call_in_batches(serving_fn(paths["query_model"]), first,
+                               train_retrieval.QUERY_EMBEDDING_SIGNATURE_OUTPUT)
+    table = read_dataset(paths["item_embeddings"]).set_index("item_id")
+    items = np.stack(table["embedding"].reindex(item_ids).to_numpy())
+    return queries @ items.T
+
+
+def quality(src: str, root: str) -> dict:
+    raw = os.path.join(root, "raw")
+    import_movielens(src, raw)
+    schema_dir = os.path.join(raw, "schemas")
+    ingested = {name: os.path.join(root, "ingested", name) for name in INGESTED}
+    counts = ingest(raw, "", 400, 1, ingested, schema_dir)
+    events = pd.concat([read_dataset(ingested["train_events"]),
+                        read_dataset(ingested["eval_events"])], ignore_index=True)
+    item_ids = read_dataset(ingested["items"])["item_id"].astype(str).to_numpy()
+    log(f"MovieLens 100K: {len(events)} ratings ({counts['quarantined']} quarantined), "
+        f"{events['user_id'].nunique()} users, {len(item_ids)} catalog items")
+    pipeline = Pipeline(ingested, schema_dir, counts["as_of"], os.path.join(root, "two_tower"))
+
+    results = {}
+    for split_name, split in (("per_user", per_user_split), ("global", global_split)):
+        train, test = split(events)
+        fit, validation = split(train)
+        users, positives, masked = task(train, test)
+        log(f"{split_name}: {len(train)} train / {len(test)} test ratings, {len(users)} users")
+        table = {"popularity": score(popularity_scores(train, users, item_ids), users, item_ids,
+                                     positives, masked)}
+
+        started = time.monotonic()
+        params, val_recall = tune_als(fit, validation, item_ids)
+        table["implicit ALS"] = score(als_scores(train, users, item_ids, **params), users,
+                                      item_ids, positives, masked)
+        table["implicit ALS"]["chosen"] = {**params, "validation_recall_at_50": val_recall}
+        log(f"{split_name}: ALS tuned and fitted in {time.monotonic() - started:.0f}s: {params}")
+
+        config = train_retrieval.RetrievalConfig(**TWO_TOWER)
+        _, tuning = pipeline.run(fit, validation, config)
+        final_config = train_retrieval.RetrievalConfig(
+            **{**TWO_TOWER, "epochs": tuning["best_epoch"], "early_stopping_patience": 0})
+        paths, metrics = pipeline.run(train, test, final_config)
+        table["two-tower"] = score(two_tower_scores(paths, users, item_ids), users, item_ids,
+                                   positives, masked)
+        table["two-tower"]["chosen"] = {"epochs": tuning["best_epoch"],
+                                        "validation_recall_at_50":
+                                            tuning["best_val_recall_at_50"]}
+        table["two-tower"]["train_seconds"] = metrics["train_seconds"]
+        log(f"{split_name}: two-tower {tuning['best_epoch']} epochs, "
+            f"{metrics['train_seconds']:.0f}s training")
+        results[split_name] = table
+    return results
+
+
+def scaling(sizes: list[str], root: str) -> list[dict]:
+    """Two-tower training time on synthetic data of each size (events), one epoch
+    past the first (which includes tracing), same config as the pipeline's default."""
+    from recsys.generate import generate
+
+    rows = []
+    for size in sizes:
+        events = SIZES[size]
+        users = max(events // (4 * 14), 2)
+        data = os.path.join(root, f"synthetic_{size}")
+        # A fixed catalog: the generator holds a users x items affinity matrix.
+        generate(data, users=users, items=2000, days=14)
+        ingested = {name: os.path.join(data, "ingested", name) for name in INGESTED}
+        counts = ingest(data, "", 14, 3, ingested)
+        pipeline = Pipeline(ingested, "", counts["as_of"], os.path.join(data, "two_tower"))
+        train = read_dataset(ingested["train_events"])
+        evaluation = read_dataset(ingested["eval_events"])
+        config = train_retrieval.RetrievalConfig(epochs=2, early_stopping_patience=0)
+        log(f"scaling {size}: {len(train) + len(evaluation)} events")
+        _, metrics = pipeline.run(train, evaluation, config)
+        rows.append({"size": size, "events": len(train) + len(evaluation),
+                     "train_positives": metrics["train_positives"],
+                     "train_seconds_2_epochs": metrics["train_seconds"],
+                     "examples_per_second": metrics["examples_per_second"]})
+        log(f"scaling {size}: {rows[-1]}")
+    return rows
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for split_name, table in results.items():
+        users = next(iter(table.values()))["users"]
+        lines += [f"### {split_name.replace('_', '-')} temporal split ({users} test users)", "",
+                  "| method | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | chosen on validation |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for method, m in table.items():
+            chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in m.get("chosen", {}).items())
+            lines.append(f"| {method} | {m['recall_at_10']:.4f} | {m['recall_at_50']:.4f} | "
+                         f"{m['recall_at_100']:.4f} | {m['ndcg_at_10']:.4f} | {chosen} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", default=DEFAULT_ML_100K, help="the ml-100k directory")
+    parser.add_argument("--scaling", nargs="*", default=["100k", "1M", "5M"],
+                        choices=sorted(SIZES), help="synthetic sizes for training time")
+    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--out", default="", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    print(f"machine: {os.cpu_count()} cores, {platform.platform()}, Python "
+          f"{platform.python_version()}")
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        if not os.path.isdir(args.src):
+            print(f"MovieLens 100K not found at {args.src}; pass --src", file=sys.stderr)
+            return 2
+        results["quality"] = quality(args.src, root)
+        print(markdown(results["quality"]))
+        if not args.quality_only and args.scaling:
+            results["scaling"] = scaling(args.scaling, root)
+            print("| synthetic events | training positives | 2 epochs (s) | examples/s |")
+            print("|---:|---:|---:|---:|")
+            for row in results["scaling"]:
+                print(f"| {row['events']:,} | {row['train_positives']:,} | "
+                      f"{row['train_seconds_2_epochs']:.1f} | {row['examples_per_second']:,.0f} |")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
