@@ -162,7 +162,7 @@ def predict_in_batches(call, frame: pd.DataFrame, signature: dict[str, tf.Tensor
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
-def predict_batches(model: tf.keras.Model, features: dict[str, np.ndarray],
+def predict_transformed(model: tf.keras.Model, features: dict[str, np.ndarray],
                     batch_size: int = 8192) -> np.ndarray:
     """``model`` over transformed feature arrays, in batches, as one numpy array."""
     return np.concatenate([model(batch, training=False).numpy()

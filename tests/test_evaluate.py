@@ -103,6 +103,11 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert report.count('src="data:image/png;base64,') == 3  # self-contained, no network
     assert "http://" not in report and "https://" not in report
     assert html.escape(result["blessing"]["reason"]) in report
+    assert "NDCG@10" in report and "heavy users" in report
+    # Slices partition nothing away: their users are among the evaluated ones.
+    assert 0 < retrieval["heavy_users_users"] < retrieval["eval_users"]
+    assert 0.0 <= retrieval["ndcg_at_10"] <= 1.0 and 0.0 < retrieval["catalog_coverage_at_100"] <= 1.0
+    assert "| heavy users |" in result["markdown"]
 
 
 def test_comparison_with_the_model_currently_serving(stages, tmp_path):

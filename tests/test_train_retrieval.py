@@ -73,6 +73,12 @@ def test_validation_recall_matches_brute_force(seed, k):
         assert np.isclose(recall, np.mean(hits))
     else:
         assert np.isnan(recall)
+    chunked = tr.SCORE_CHUNK_ELEMENTS
+    try:
+        tr.SCORE_CHUNK_ELEMENTS = 2 * n_items  # two query rows at a time
+        assert np.isclose(callback.recall(), recall, equal_nan=True)
+    finally:
+        tr.SCORE_CHUNK_ELEMENTS = chunked
 
 
 def test_watch_time_weights():
@@ -102,7 +108,7 @@ def _train(stages, **overrides):
 def _item_embeddings(model, stages):
     rows = modeling.load_transformed(stages["paths"]["transformed_train"],
                                      tr._columns(preprocessing.CANDIDATE_FEATURES))
-    return modeling.predict_batches(model.candidate_tower, tr.corpus_table(rows))
+    return modeling.predict_transformed(model.candidate_tower, tr.corpus_table(rows))
 
 
 def test_training_is_repeatable_for_a_seed(stages):

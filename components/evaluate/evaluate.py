@@ -142,7 +142,7 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     item_ids = table["item_id"].astype(str).to_numpy()
     item_matrix = np.stack(table["embedding"].to_numpy())
     query_matrix = call_in_batches(serving_fn(query_model_dir), queries,
-                                    QUERY_EMBEDDING_SIGNATURE_OUTPUT)
+                                   QUERY_EMBEDDING_SIGNATURE_OUTPUT)
     model_scores = query_matrix @ item_matrix.T
     counts = train_clicks["item_id"].value_counts()
     popularity = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
@@ -217,7 +217,7 @@ def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
                      eval_examples: pd.DataFrame) -> tuple[dict, tuple]:
     labels = eval_examples[preprocessing.LABEL].to_numpy()
     probabilities = call_in_batches(serving_fn(ranking_model_dir), eval_examples,
-                                     PROBABILITY_OUTPUT)
+                                    PROBABILITY_OUTPUT)
     prior = float(train_examples[preprocessing.LABEL].mean())
     metrics = {
         "eval_examples": int(len(labels)),

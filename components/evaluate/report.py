@@ -62,6 +62,15 @@ def render(retrieval: dict, ranking: dict, blessing: dict, recall_curve: dict,
         f"<tr><td>Recall@{k}</td><td>{m:.4f}</td><td>{p:.4f}</td></tr>"
         for k, m, p in zip(recall_curve["k"], recall_curve["two_tower"],
                            recall_curve["popularity"]))
+    rows += (f"<tr><td>NDCG@10</td><td>{retrieval['ndcg_at_10']:.4f}</td>"
+             f"<td>{retrieval['popularity_ndcg_at_10']:.4f}</td></tr>")
+    k = blessing["thresholds"]["recall_k"]
+    slice_rows = "".join(
+        f"<tr><td>{name.replace('_', ' ')}</td><td>{retrieval[f'{name}_users']}</td>"
+        + "".join(f"<td>{retrieval[f'{name}_{metric}']:.4f}</td>"
+                  f"<td>{retrieval[f'{name}_popularity_{metric}']:.4f}</td>"
+                  for metric in (f"recall_at_{k}", "ndcg_at_10")) + "</tr>"
+        for name in ("new_users", "heavy_users") if f"{name}_users" in retrieval)
     images = [_recall_plot(recall_curve), _roc_plot(curves["roc"]),
               _calibration_plot(curves["calibration"])]
     figures = "".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)
@@ -82,6 +91,10 @@ img {{ margin: 0.3em; vertical-align: top; }}
 each user's training clicks are masked; positives are eval-window clicks on items
 new to the user.</p>
 <table><tr><th></th><th>two-tower</th><th>popularity</th></tr>{rows}</table>
+<p>Catalog coverage of the two-tower's top 10: {retrieval["catalog_coverage_at_10"]:.1%},
+top 100: {retrieval["catalog_coverage_at_100"]:.1%}.</p>
+<table><tr><th>slice</th><th>users</th><th>Recall@{k} two-tower</th><th>popularity</th>
+<th>NDCG@10 two-tower</th><th>popularity</th></tr>{slice_rows}</table>
 <h2>Ranking</h2>
 <p>{ranking["eval_examples"]} eval impressions: AUC {ranking["auc"]:.4f},
 log loss {ranking["logloss"]:.4f} (constant-CTR prior {ranking["prior_logloss"]:.4f}),

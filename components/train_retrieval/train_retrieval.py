@@ -48,6 +48,8 @@ ANN_INDEXES = ("", "faiss-hnsw")
 ANN_INDEX_FILE = "ann_hnsw.faiss"
 # Validation recall is computed on at most this many positives (a seeded sample).
 MAX_VALIDATION_QUERIES = 5000
+# Scores held at once while ranking the catalog for validation (float32: 200 MB).
+SCORE_CHUNK_ELEMENTS = 50_000_000
 
 
 @dataclass
@@ -176,7 +178,8 @@ class ValidationRecall(tf.keras.callbacks.Callback):
         rows = pd.DataFrame({"user": queries[USER_ID], "row": np.arange(len(self.target))})
         clicked = pd.DataFrame({"user": train_pairs[:, 0],
                                 "col": corpus_index.get_indexer(train_pairs[:, 1])})
-        masked = rows.merge(clicked[clicked["col"] >= 0].drop_duplicates(), on="user")
+        masked = (rows.merge(clicked[clicked["col"] >= 0].drop_duplicates(), on="user")
+                  .sort_values("row", kind="stable"))
         self.mask = (masked["row"].to_numpy(), masked["col"].to_numpy())
         clicked_before = np.zeros(len(self.target), dtype=bool)
         clicked_before[masked["row"][masked["col"] == self.target[masked["row"]]]] = True
@@ -185,14 +188,22 @@ class ValidationRecall(tf.keras.callbacks.Callback):
 
     def recall(self) -> float:
         model = self.model
-        candidates = modeling.predict_batches(model.candidate_tower, self.corpus)
-        queries = modeling.predict_batches(model.query_tower, self.queries)
-        scores = queries @ candidates.T
-        scores[self.mask] = -np.inf
-        rows = np.flatnonzero(self.valid)
-        target_scores = scores[rows, self.target[rows]]
-        rank = (scores[rows] > target_scores[:, None]).sum(axis=1)
-        return float(np.mean(rank < self.k)) if len(rows) else float("nan")
+        candidates = modeling.predict_transformed(model.candidate_tower, self.corpus)
+        queries = modeling.predict_transformed(model.query_tower, self.queries)
+        mask_rows, mask_cols = self.mask
+        hits = []
+        # Score in chunks of rows so a large catalog never needs a queries x items matrix.
+        step = max(1, SCORE_CHUNK_ELEMENTS // max(len(candidates), 1))
+        for start in range(0, len(queries), step):
+            stop = min(start + step, len(queries))
+            scores = queries[start:stop] @ candidates.T
+            in_chunk = slice(*np.searchsorted(mask_rows, [start, stop]))
+            scores[mask_rows[in_chunk] - start, mask_cols[in_chunk]] = -np.inf
+            rows = np.flatnonzero(self.valid[start:stop])
+            target_scores = scores[rows, self.target[start + rows]]
+            hits.append((scores[rows] > target_scores[:, None]).sum(axis=1) < self.k)
+        hits = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+        return float(hits.mean()) if len(hits) else float("nan")
 
     def on_epoch_end(self, epoch, logs=None):
         logs[f"val_recall_at_{self.k}"] = self.recall()
@@ -305,7 +316,7 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, confi
     if config.ann_index:
         queries = modeling.load_transformed(
             transformed_eval, _columns(preprocessing.QUERY_TOWER_FEATURES))
-        query_embeddings = modeling.predict_batches(
+        query_embeddings = modeling.predict_transformed(
             model.query_tower, _sample(queries, MAX_VALIDATION_QUERIES, config.seed))
         exported.update(write_ann_index(item_embeddings, query_embeddings, k,
                                         os.path.join(item_embeddings_dir, ANN_INDEX_FILE)))
