@@ -2,9 +2,9 @@
 in one run, on the same splits; then two-tower training time on 100k-5M
 synthetic events.
 
-    .venv/bin/python bench/retrieval_quality.py                  # both parts
-    .venv/bin/python bench/retrieval_quality.py --quality-only   # MovieLens only
-    .venv/bin/python bench/retrieval_quality.py --scaling 100k 1M
+    .venv/bin/python bench/retrieval_quality.py                      # both parts, ~30 min
+    .venv/bin/python bench/retrieval_quality.py --parts quality      # MovieLens only
+    .venv/bin/python bench/retrieval_quality.py --parts scaling --sizes 100k 1M
 
 Protocol (docs/benchmarks.md has the results):
 - ``recsys import-movielens`` converts the data, ingest checks it (the rating of
@@ -45,8 +45,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from components.evaluate.evaluate import (call_in_batches, serving_fn, rank_catalog,  # noqa: E402
-                                          ranking_metrics)
+from components.evaluate.evaluate import (call_in_batches, hits_and_counts,  # noqa: E402
+                                          rank_catalog, ranking_metrics, recall_per_user,
+                                          serving_fn)
 from components.features.features import join_features, transform  # noqa: E402
 from components.ingest.ingest import ingest  # noqa: E402
 from components.train_retrieval import train_retrieval  # noqa: E402
@@ -112,7 +113,16 @@ def task(train: pd.DataFrame, test: pd.DataFrame):
 def score(scores: np.ndarray, users, item_ids, positives, masked) -> dict:
     top = rank_catalog(scores, users, item_ids, masked, max(KS))
     metrics = ranking_metrics(top, users, item_ids, positives, KS, {})
-    return {**metrics, "users": int(len(users))}
+    hits, n_positives = hits_and_counts(top, users, item_ids, positives)
+    return {**metrics, "users": int(len(users)),
+            "per_user_recall_at_50": recall_per_user(hits, n_positives, 50)}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean per-user difference a - b and its 95% normal-approximation half-width:
+    how far apart two methods are, given how much users vary."""
+    difference = a - b
+    return float(difference.mean()), float(1.96 * difference.std(ddof=1) / np.sqrt(len(a)))
 
 
 def popularity_scores(train: pd.DataFrame, users, item_ids) -> np.ndarray:
@@ -159,8 +169,10 @@ class Pipeline:
     """The ingested tables of one dataset, re-split, run through join and
     transform once per split, then train_retrieval and export per config."""
 
-    def __init__(self, ingested: dict[str, str], schema_dir: str, as_of: int, root: str):
+    def __init__(self, ingested: dict[str, str], schema_dir: str, as_of: int, root: str,
+                 history_length: int = 10):
         self.ingested, self.schema_dir, self.as_of, self.root = ingested, schema_dir, as_of, root
+        self.history_length = history_length
         self.runs = 0
 
     def prepare(self, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict:
@@ -174,7 +186,8 @@ class Pipeline:
         write_dataset(evaluation, paths["eval_events"])
         inputs = {name: self.ingested[name] for name in TABLES}
         inputs.update(train_events=paths["train_events"], eval_events=paths["eval_events"])
-        join_features(inputs, self.as_of, self.schema_dir, {n: paths[n] for n in JOINED})
+        join_features(inputs, self.as_of, self.schema_dir, {n: paths[n] for n in JOINED},
+                      history_length=self.history_length)
         transform(paths["train_examples"], paths["eval_examples"],
                   schema_path("examples", self.schema_dir), paths["transform_graph"],
                   {"train": paths["transformed_train"], "eval": paths["transformed_eval"]},
@@ -267,6 +280,11 @@ def quality(src: str, root: str) -> dict:
         table["two-tower"]["train_seconds"] = metrics["train_seconds"]
         log(f"{split_name}: two-tower tuned and trained in {time.monotonic() - started:.0f}s: "
             f"{params}, {tuning['best_epoch']} epochs")
+        difference, half_width = paired_difference(
+            table["two-tower"].pop("per_user_recall_at_50"),
+            table["implicit ALS"].pop("per_user_recall_at_50"))
+        table["popularity"].pop("per_user_recall_at_50")
+        table["two-tower"]["minus_als_recall_at_50"] = [difference, half_width]
         results[split_name] = table
     return results
 
@@ -312,7 +330,10 @@ def markdown(results: dict) -> str:
                                for k, v in m.get("chosen", {}).items())
             lines.append(f"| {method} | {m['recall_at_10']:.4f} | {m['recall_at_50']:.4f} | "
                          f"{m['recall_at_100']:.4f} | {m['ndcg_at_10']:.4f} | {chosen} |")
-        lines.append("")
+        difference, half_width = table["two-tower"]["minus_als_recall_at_50"]
+        lines += ["", f"two-tower minus ALS, Recall@50 per user: {difference:+.4f} "
+                      f"(95% interval {difference - half_width:+.4f} to "
+                      f"{difference + half_width:+.4f})", ""]
     return "\n".join(lines)
 
 
@@ -320,22 +341,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the ml-100k directory")
-    parser.add_argument("--scaling", nargs="*", default=["100k", "1M", "5M"],
-                        choices=sorted(SIZES), help="synthetic sizes for training time")
-    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--parts", nargs="+", default=["quality", "scaling"],
+                        choices=["quality", "scaling"])
+    parser.add_argument("--sizes", nargs="+", default=["100k", "1M", "5M"],
+                        choices=sorted(SIZES), help="synthetic sizes for the training time")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     print(f"machine: {os.cpu_count()} cores, {platform.platform()}, Python "
           f"{platform.python_version()}")
     results = {}
     with tempfile.TemporaryDirectory() as root:
-        if not os.path.isdir(args.src):
-            print(f"MovieLens 100K not found at {args.src}; pass --src", file=sys.stderr)
-            return 2
-        results["quality"] = quality(args.src, root)
-        print(markdown(results["quality"]))
-        if not args.quality_only and args.scaling:
-            results["scaling"] = scaling(args.scaling, root)
+        if "quality" in args.parts:
+            if not os.path.isfile(os.path.join(args.src, "u.data")):
+                print(f"MovieLens 100K not found at {args.src}; pass --src", file=sys.stderr)
+                return 2
+            results["quality"] = quality(args.src, root)
+            print(markdown(results["quality"]))
+        if "scaling" in args.parts:
+            results["scaling"] = scaling(args.sizes, root)
             print("| synthetic events | training positives | 2 epochs (s) | examples/s |")
             print("|---:|---:|---:|---:|")
             for row in results["scaling"]:
