@@ -14,12 +14,10 @@ computes one feature differently from a chosen day on), so validation can be
 shown to catch both.
 """
 
-import os
-
 import numpy as np
 import pandas as pd
 
-from recsys.tables import RAW_TABLES
+from recsys.tables import RAW_TABLES, write_raw_tables
 
 CATEGORIES = ["news", "music", "gaming", "sports", "comedy", "education", "cooking",
               "travel", "tech", "beauty", "animals", "film"]
@@ -96,13 +94,7 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
         "item_features": item_features,
         "serving_log": serving_log,
     }
-    os.makedirs(out, exist_ok=True)
-    for name, frame in tables.items():
-        frame = frame.copy()
-        for column in [c for c in frame.columns if c.endswith("_ts")]:
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        frame.to_parquet(os.path.join(out, f"{name}.parquet"), index=False)
-    return {name: len(frame) for name, frame in tables.items()}
+    return write_raw_tables(tables, out)
 
 
 def _items(rng, n, start_ts, category_vectors):

@@ -34,7 +34,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 import schemas
 from recsys.generate import DAY, daily_snapshots
 from recsys.progress import log
-from recsys.tables import RAW_TABLES, UNKNOWN
+from recsys.tables import RAW_TABLES, UNKNOWN, write_raw_tables
 
 ENCODING = "latin-1"  # u.item titles are ISO-8859-1
 POSITIVE_RATING = 4
@@ -173,16 +173,11 @@ def import_movielens(src: str, out: str) -> dict[str, int]:
         "user_features": daily_snapshots(rated, "user", users["user_id"], days, start_ts),
         "item_features": daily_snapshots(rated, "item", items["item_id"], days, start_ts),
     }
-    os.makedirs(out, exist_ok=True)
-    for name, frame in tables.items():
-        frame = frame.copy()
-        for column in [c for c in frame.columns if c.endswith("_ts")]:
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        frame.to_parquet(os.path.join(out, f"{name}.parquet"), index=False)
+    counts = write_raw_tables(tables, out)
     movielens_schemas(genres, os.path.join(out, SCHEMA_DIR))
     with open(os.path.join(out, DATA_CONFIG), "w") as handle:
         handle.write("# Pipeline parameters for MovieLens 100K, written by recsys import-movielens.\n"
                      "# `recsys run --data <this dir>` reads them; --config overrides them.\n")
         yaml.safe_dump({"schema_dir": SCHEMA_DIR, "lookback_days": days,
                         "eval_days": EVAL_DAYS}, handle, sort_keys=False)
-    return {name: len(frame) for name, frame in tables.items()}
+    return counts

@@ -111,6 +111,18 @@ def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
     return seconds.astype("int64")
 
 
+def write_raw_tables(tables: dict[str, pd.DataFrame], out: str) -> dict[str, int]:
+    """Raw tables as ``out/<name>.parquet`` with ``*_ts`` columns (Unix seconds) as
+    Parquet timestamps; returns each table's row count."""
+    os.makedirs(out, exist_ok=True)
+    for name, frame in tables.items():
+        frame = frame.copy()
+        for column in [c for c in frame.columns if c.endswith("_ts")]:
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        frame.to_parquet(os.path.join(out, f"{name}.parquet"), index=False)
+    return {name: len(frame) for name, frame in tables.items()}
+
+
 def write_dataset(data: pd.DataFrame | pa.Table, directory: str) -> str:
     """Store a dataset as ``directory/part-00000.parquet``."""
     os.makedirs(directory, exist_ok=True)
