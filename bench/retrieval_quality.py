@@ -45,9 +45,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from components.evaluate.evaluate import (call_in_batches, hits_and_counts,  # noqa: E402
-                                          rank_catalog, ranking_metrics, recall_per_user,
-                                          serving_fn)
+from components.evaluate.evaluate import (call_in_batches, first_examples,  # noqa: E402
+                                          hits_and_counts, rank_catalog, ranking_metrics,
+                                          recall_per_user, serving_fn)
 from components.features.features import join_features, transform  # noqa: E402
 from components.ingest.ingest import ingest  # noqa: E402
 from components.train_retrieval import train_retrieval  # noqa: E402
@@ -209,9 +209,7 @@ class Pipeline:
 
 def two_tower_scores(paths: dict, users, item_ids) -> np.ndarray:
     """Each user queried with the features of their first eval event."""
-    examples = read_dataset(paths["eval_examples"])
-    first = (examples.sort_values(["event_ts", "event_id"]).drop_duplicates("user_id")
-             .set_index("user_id").loc[users].reset_index())
+    first = first_examples(read_dataset(paths["eval_examples"]), users)
     queries = call_in_batches(serving_fn(paths["query_model"]), first,
                               train_retrieval.QUERY_EMBEDDING_SIGNATURE_OUTPUT)
     table = read_dataset(paths["item_embeddings"]).set_index("item_id")

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -169,9 +170,15 @@ def predict_transformed(model: tf.keras.Model, features: dict[str, np.ndarray],
                            for batch in batched(features, batch_size)])
 
 
-def load_transformed(directory: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Transformed columns as arrays; id sequences padded to the longest one."""
-    table = read_dataset_table(directory, columns)
+def load_transformed(directory: str, columns: list[str] | None = None,
+                     clicked_only: bool = False) -> dict[str, np.ndarray]:
+    """Transformed columns as arrays; id sequences padded to the longest one.
+    ``clicked_only`` keeps the positive rows, filtered before any conversion."""
+    label = [preprocessing.LABEL] if clicked_only and columns is not None \
+        and preprocessing.LABEL not in columns else []
+    table = read_dataset_table(directory, columns and columns + label)
+    if clicked_only:
+        table = table.filter(pc.equal(table.column(preprocessing.LABEL), 1)).drop(label)
     arrays = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()

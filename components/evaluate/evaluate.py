@@ -63,10 +63,15 @@ def retrieval_task(train_examples: pd.DataFrame, eval_examples: pd.DataFrame):
     seen = eval_clicks.merge(train_clicks, on=["user_id", "item_id"], how="left", indicator=True)
     positives = seen.loc[seen["_merge"] == "left_only", ["user_id", "item_id"]]
     users = np.sort(positives["user_id"].unique())
+    return users, first_examples(eval_examples, users), positives, train_clicks
+
+
+def first_examples(examples: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """Each of ``users``' earliest example, in the order of ``users``: the features
+    serving had for the user's first request of the window."""
     # event_id breaks ties: the join writes examples in no particular order.
-    first = (eval_examples.sort_values(["event_ts", "event_id"])
-             .drop_duplicates("user_id").set_index("user_id").loc[users].reset_index())
-    return users, first, positives, train_clicks
+    return (examples.sort_values(["event_ts", "event_id"])
+            .drop_duplicates("user_id").set_index("user_id").loc[users].reset_index())
 
 
 def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,

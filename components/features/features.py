@@ -307,8 +307,10 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
             counts[f"{split}_{view.missing_flag}"] = int(flags[view.missing_flag].sum())
     if counts["train_examples"] == 0:
         raise DataError("features: no training examples to analyze")
+    # Only the columns a history needs, for the snapshot's history at as_of.
+    history_columns = [history.key, "event_ts", history.item, history.value, preprocessing.LABEL]
     engagements = concat_tables([
-        _engagements(read_dataset_table(inputs[f"{split}_events"]), history)
+        _engagements(read_dataset_table(inputs[f"{split}_events"], history_columns), history)
         for split in ("train", "eval")])
     user_rows, item_rows = serving_snapshots(
         users, items, pq.read_table(inputs["user_features"]),

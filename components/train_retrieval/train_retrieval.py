@@ -224,15 +224,17 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
     columns = _columns(preprocessing.QUERY_TOWER_FEATURES + preprocessing.CANDIDATE_FEATURES)
-    wanted = columns + [preprocessing.LABEL, "watch_seconds"]
-    train_rows = modeling.load_transformed(transformed_train, wanted)
-    eval_rows = modeling.load_transformed(transformed_eval, wanted)
+    # Every row's item attributes for the corpus; query features of the clicks only
+    # (padding every impression's history would be the costly part).
+    train_items, eval_items = (
+        modeling.load_transformed(path, _columns(preprocessing.CANDIDATE_FEATURES))
+        for path in (transformed_train, transformed_eval))
     # Negatives come from the training window's items; validation ranks every item.
-    corpus = corpus_table(train_rows)
-    catalog = corpus_table(train_rows, eval_rows)
+    corpus = corpus_table(train_items)
+    catalog = corpus_table(train_items, eval_items)
     train_data, eval_data = (
-        {name: rows[name][rows[preprocessing.LABEL] == 1] for name in columns + ["watch_seconds"]}
-        for rows in (train_rows, eval_rows))
+        modeling.load_transformed(path, columns + ["watch_seconds"], clicked_only=True)
+        for path in (transformed_train, transformed_eval))
     n_train = len(train_data[ITEM_ID])
     if n_train < config.batch_size:
         raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "
