@@ -57,11 +57,17 @@ def sequence_ids(values) -> tf.Tensor:
 
 class Tower(tf.keras.Model):
     """Embeddings of the id features, the mean embedding of each id sequence (the
-    engagement history) and the dense features, then an MLP."""
+    engagement history) and the dense features, then an MLP.
+
+    With ``history_affinity``, a sequence whose ids share a vocabulary with an id
+    feature of the tower (the history and the candidate item, in the ranker) uses
+    that feature's embedding table, and the dot product of the sequence's mean
+    embedding with the id's embedding is added as a feature: how close the
+    candidate is to what the user engaged with."""
 
     def __init__(self, transform_output: tft.TFTransformOutput, raw_features: list[str],
                  embedding_dim: int, hidden_units: list[int], output_dim: int | None,
-                 normalize: bool = False, **kwargs):
+                 normalize: bool = False, history_affinity: bool = False, **kwargs):
         super().__init__(**kwargs)
         id_features = [f for f in raw_features
                        if f in preprocessing.VOCABULARY_FEATURES or f in FIXED_CARDINALITY]
@@ -77,9 +83,14 @@ class Tower(tf.keras.Model):
                                              name=f"{name}_embedding")
 
         self.embeddings = [embedding(raw, name) for raw, name in zip(id_features, self.id_inputs)]
+        # For each sequence: the position of the id feature it is compared with, or None.
+        self.affinity_with = [id_features.index(preprocessing.SEQUENCE_FEATURES[raw])
+                              if history_affinity and preprocessing.SEQUENCE_FEATURES[raw]
+                              in id_features else None for raw in sequences]
         self.sequence_embeddings = [
-            embedding(preprocessing.SEQUENCE_FEATURES[raw], name)
-            for raw, name in zip(sequences, self.sequence_inputs)]
+            self.embeddings[shared] if shared is not None
+            else embedding(preprocessing.SEQUENCE_FEATURES[raw], name)
+            for raw, name, shared in zip(sequences, self.sequence_inputs, self.affinity_with)]
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))
@@ -90,11 +101,15 @@ class Tower(tf.keras.Model):
     def call(self, features, training=None):
         parts = [embed(tf.reshape(features[name], [-1]))
                  for embed, name in zip(self.embeddings, self.id_inputs)]
-        for embed, name in zip(self.sequence_embeddings, self.sequence_inputs):
+        for embed, name, shared in zip(self.sequence_embeddings, self.sequence_inputs,
+                                       self.affinity_with):
             ids = sequence_ids(features[name])
             present = tf.cast(ids != preprocessing.SEQUENCE_PADDING, tf.float32)[..., None]
             summed = tf.reduce_sum(embed(tf.maximum(ids, 0)) * present, axis=1)
-            parts.append(summed / tf.maximum(tf.reduce_sum(present, axis=1), 1.0))
+            mean = summed / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
+            parts.append(mean)
+            if shared is not None:
+                parts.append(tf.reduce_sum(mean * parts[shared], axis=1, keepdims=True))
         if self.dense_inputs:
             parts.append(tf.stack([tf.cast(tf.reshape(features[name], [-1]), tf.float32)
                                    for name in self.dense_inputs], axis=1))

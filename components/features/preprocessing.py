@@ -23,6 +23,11 @@ CANDIDATE_FEATURES = ["item_id", "category", "creator_id", "duration_s"]
 # Time-varying item statistics: for the ranker, which scores at request time.
 ITEM_STATISTICS = ["item_age_days", "item_impressions_7d", "item_clicks_7d", "item_ctr_7d",
                    "item_features_missing"]
+# Derived in the transform graph from several raw features, so training and serving
+# compute them identically: whether the candidate is already in the user's history.
+# User x item features like this are what the ranker adds over the retrieval towers,
+# which see the user and the item separately.
+CROSS_FEATURES = ["history_has_item"]
 LABEL = "clicked"
 LABELS = ["clicked", "watch_seconds"]
 
@@ -68,6 +73,16 @@ def preprocessing_fn(inputs):
         outputs[name] = tf.cast(inputs[name], tf.float32)
     for name in CONTEXT_FEATURES:
         outputs[name] = inputs[name]
+    outputs["history_has_item"] = history_has_item(inputs["user_history_items"],
+                                                   inputs["item_id"])
     for name in LABELS:
         outputs[name] = inputs[name]
     return outputs
+
+
+def history_has_item(history: tf.SparseTensor, item_id: tf.Tensor) -> tf.Tensor:
+    """1.0 where the row's item id occurs in the row's history list, else 0.0."""
+    rows = history.indices[:, 0]
+    matches = tf.cast(tf.equal(history.values, tf.gather(item_id, rows)), tf.float32)
+    found = tf.math.unsorted_segment_sum(matches, rows, tf.shape(item_id, out_type=tf.int64)[0])
+    return tf.minimum(found, 1.0)
