@@ -164,6 +164,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             eval_examples=joined.outputs["eval_examples"],
             user_snapshot=joined.outputs["user_snapshot"],
             item_snapshot=joined.outputs["item_snapshot"],
+            item_embeddings=retrieval.outputs["item_embeddings"],
             serving_root=serving_root)
         pushed.set_caching_options(False)  # a side effect on the serving root, every run
 

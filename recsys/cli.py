@@ -79,14 +79,32 @@ def _run(args):
 def _recommend(args):
     import pandas as pd
 
-    from recsys.serving import Recommender
+    from components.rerank.rerank import RerankConfig
+    from recsys.funnel import Context, Funnel, GrpcBackend, RestBackend, ServingLog
 
-    recommender = Recommender.load(args.serving_root)
+    if args.backend != "in-process" and not args.target:
+        raise ValueError(f"--backend {args.backend} needs --target (grpc: host:8500, "
+                         "rest: http://host:8501)")
+    backend = {"in-process": lambda: None, "grpc": lambda: GrpcBackend(args.target),
+               "rest": lambda: RestBackend(args.target)}[args.backend]()
+    log = ServingLog(args.log_dir) if args.log_dir else None
+    config = RerankConfig(k=args.k, max_per_creator=args.max_per_creator,
+                          max_per_category=args.max_per_category, mmr_lambda=args.mmr_lambda,
+                          freshness_boost=args.freshness_boost,
+                          blocklist=frozenset(args.blocklist or ()))
+    funnel = Funnel.from_serving_root(args.serving_root, backend, rerank_config=config,
+                                      serving_log=log)
     at = pd.Timestamp(args.at, tz="UTC") if args.at else None
-    table = recommender.recommend(args.user_id, k=args.k, at=at)
-    known = "" if args.user_id in recommender.users.index else " (unknown user: cold start)"
-    print(f"top {len(table)} for {args.user_id}{known}, model version {recommender.version}")
-    print(table.to_string(index=True, float_format=lambda v: f"{v:.4f}"))
+    result = funnel.recommend(args.user_id, Context(at))
+    known = "" if result.known_user else " (unknown user: cold start)"
+    print(f"top {len(result.items)} for {args.user_id}{known}, model version {funnel.version}, "
+          f"{args.backend}")
+    print(result.items.to_string(index=True, float_format=lambda v: f"{v:.4f}"))
+    print("removed before the page: " + ", ".join(f"{k} {v}" for k, v in result.removed.items()))
+    print("milliseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.milliseconds.items()))
+    if log:
+        log.close()
+        print(f"served features logged under {args.log_dir}")
 
 
 def _schema_infer(args):
@@ -175,6 +193,18 @@ def main(argv=None):
     recommend.add_argument("--user-id", required=True)
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--at", help="request time (UTC), default now")
+    recommend.add_argument("--backend", choices=["in-process", "grpc", "rest"],
+                           default="in-process", help="where the models run (default: the "
+                           "pushed SavedModels in this process; grpc/rest: TF Serving)")
+    recommend.add_argument("--target", help="TF Serving address: host:8500 (grpc) or "
+                                            "http://host:8501 (rest)")
+    recommend.add_argument("--max-per-creator", type=int, default=2, help="0 = no cap")
+    recommend.add_argument("--max-per-category", type=int, default=0, help="0 = no cap")
+    recommend.add_argument("--mmr-lambda", type=float, default=1.0,
+                           help="1 = relevance only; lower = more diverse")
+    recommend.add_argument("--freshness-boost", type=float, default=0.0)
+    recommend.add_argument("--blocklist", nargs="*", help="item ids never to recommend")
+    recommend.add_argument("--log-dir", help="append the served features to this serving log")
     recommend.set_defaults(func=_recommend)
 
     schema = commands.add_parser("schema", help="propose a schema from data; diff it")

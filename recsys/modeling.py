@@ -155,19 +155,31 @@ def pad_lists(flat: np.ndarray, lengths: np.ndarray, padding) -> np.ndarray:
     return out
 
 
-def raw_tensors(frame: pd.DataFrame, signature: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
-    """DataFrame columns as the tensors a raw-input signature expects."""
-    tensors = {}
+def raw_arrays(columns, signature: dict[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
+    """The numpy arrays a raw-input signature expects, from a DataFrame or a mapping
+    of column name to array: lists (the history) padded to [rows, longest] with "",
+    strings as str objects. Every caller of an exported model builds its inputs
+    here: evaluation, warmup requests, the online funnel and its TF Serving clients."""
+    arrays = {}
     for name, spec in signature.items():
-        values = frame[name].to_numpy()
-        if spec.shape.rank == 2:
+        values = np.asarray(columns[name]) if not isinstance(columns, pd.DataFrame) \
+            else columns[name].to_numpy()
+        if spec.shape.rank == 2 and values.ndim == 1:
             lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
             flat = np.concatenate(values) if lengths.sum() else np.zeros(0, object)
             values = pad_lists(flat, lengths, "" if spec.dtype == tf.string else 0)
         if spec.dtype == tf.string:
             values = values.astype(str).astype(object)
-        tensors[name] = tf.constant(values, dtype=spec.dtype)
-    return tensors
+        else:
+            values = values.astype(spec.dtype.as_numpy_dtype, copy=False)
+        arrays[name] = values
+    return arrays
+
+
+def raw_tensors(columns, signature: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
+    """``raw_arrays`` as tensors."""
+    return {name: tf.constant(values, dtype=signature[name].dtype)
+            for name, values in raw_arrays(columns, signature).items()}
 
 
 def predict_in_batches(call, frame: pd.DataFrame, signature: dict[str, tf.TensorSpec],

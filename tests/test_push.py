@@ -7,7 +7,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from components.push.push import SNAPSHOT_DIR, WARMUP_FILE, push
-from recsys.serving import Recommender
 
 
 def _push(stages, serving_root, blessing=None, models=None):
@@ -62,18 +61,3 @@ def test_a_broken_model_leaves_no_version_and_no_staging(stages, tmp_path):
         directory = os.path.join(serving_root, name)
         assert not os.path.isdir(directory) or os.listdir(directory) == []
     assert _leftovers(serving_root) == []
-
-
-def test_recommend_from_pushed_models(stages, tmp_path):
-    serving_root = str(tmp_path / "serving")
-    _push(stages, serving_root)
-    recommender = Recommender.load(serving_root)
-    known_user = recommender.users.index[0]
-    table = recommender.recommend(known_user, k=10)
-    assert len(table) == 10
-    assert table["item_id"].is_unique
-    assert table["click_probability"].is_monotonic_decreasing
-    assert table.groupby("creator_id").size().max() <= 2
-    assert set(table["item_id"]) <= set(recommender.items.index)
-    cold = recommender.recommend("someone-new", k=5)
-    assert len(cold) == 5

@@ -11,6 +11,7 @@ def push(
     eval_examples: Input[Dataset],
     user_snapshot: Input[Dataset],
     item_snapshot: Input[Dataset],
+    item_embeddings: Input[Dataset],
     serving_root: str,
     push_report: Output[Markdown],
 ):
@@ -21,7 +22,8 @@ def push(
         report = run_push(blessing.path,
                           {"retrieval": retrieval_model.path, "ranking": ranking_model.path},
                           eval_examples.path,
-                          {"users": user_snapshot.path, "items": item_snapshot.path},
+                          {"users": user_snapshot.path, "items": item_snapshot.path,
+                           "item_embeddings": item_embeddings.path},
                           serving_root)
         push_report.metadata.update(report)
         lines = [f"## Push\n\n{report['reason']}\n"]

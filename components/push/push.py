@@ -16,11 +16,12 @@ import uuid
 import recsys  # noqa: F401
 
 import pandas as pd
+import pyarrow.parquet as pq
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from recsys import modeling
-from recsys.tables import read_dataset
+from recsys.tables import read_dataset, read_dataset_table
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SNAPSHOT_DIR = "feature_snapshot"
@@ -120,7 +121,7 @@ def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
         stage_dir = staged[SNAPSHOT_DIR] = _staging_dir(serving_root, SNAPSHOT_DIR, version)
         os.makedirs(stage_dir)
         for name, source in snapshots.items():
-            read_dataset(source).to_parquet(os.path.join(stage_dir, f"{name}.parquet"), index=False)
+            pq.write_table(read_dataset_table(source), os.path.join(stage_dir, f"{name}.parquet"))
     except BaseException:
         for stage_dir in staged.values():
             shutil.rmtree(stage_dir, ignore_errors=True)

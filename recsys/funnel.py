@@ -1,0 +1,381 @@
+"""Online recommendations: retrieval top-N, then ranking, then re-ranking to K.
+
+``Funnel.recommend(user_id, context)`` runs the three steps on one request. The
+models are reached through a backend, all with one interface (``signature`` and
+``predict`` by model name):
+
+- ``InProcessBackend``: the newest pushed SavedModels, loaded in this process;
+- ``GrpcBackend``: TF Serving's ``PredictionService`` over gRPC
+  (``tensorflow-serving-api``), signatures from ``GetModelMetadata``;
+- ``RestBackend``: TF Serving's REST API (``/v1/models/<name>:predict``, columnar
+  "inputs"), signatures from ``/v1/models/<name>/metadata``.
+
+Requests are built by ``modeling.raw_arrays``, the function evaluation and push's
+warmup records use, from the feature snapshot pushed with the models (it stands in
+for an online feature store). With a ``ServingLog``, every served item's features
+are logged in the serving-log layout ingest reads, which is what the validate
+stage's training/serving skew check compares with the training examples.
+"""
+
+import base64
+import json
+import os
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field, replace
+
+import recsys  # noqa: F401
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.features import preprocessing
+from components.push.push import SNAPSHOT_DIR, latest_version
+from components.rerank.rerank import Candidates, RerankConfig, rerank
+from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, SCORE_OUTPUT,
+                                                    WATCH_OUTPUT)
+from recsys import modeling
+from recsys.tables import UNKNOWN
+
+RETRIEVAL, RANKING = "retrieval", "ranking"
+SIGNATURE = "serving_default"
+
+
+@dataclass
+class Context:
+    """What the request knows besides the user: its time (default: now)."""
+    at: pd.Timestamp | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        at = self.at if self.at is not None else pd.Timestamp.now(tz="UTC")
+        return {"hour_of_day": np.array([at.hour]), "day_of_week": np.array([at.dayofweek]),
+                "event_ts": np.array([int(at.timestamp())])}
+
+
+class FeatureSnapshot:
+    """User and item features (and item-tower embeddings) by id, as numpy columns."""
+
+    def __init__(self, users: pd.DataFrame, items: pd.DataFrame,
+                 item_embeddings: pd.DataFrame | None = None):
+        self.user_index = pd.Index(users["user_id"].astype(str))
+        self.users = {name: users[name].to_numpy() for name in users.columns}
+        self.item_index = pd.Index(items["item_id"].astype(str))
+        self.items = {name: items[name].to_numpy() for name in items.columns}
+        self.embeddings = None
+        if item_embeddings is not None:
+            rows = pd.Index(item_embeddings["item_id"].astype(str)).get_indexer(self.item_index)
+            matrix = np.stack(item_embeddings["embedding"].to_numpy())
+            # Items without an embedding get zeros: similar to nothing under MMR.
+            self.embeddings = np.where((rows >= 0)[:, None], matrix[np.maximum(rows, 0)], 0.0)
+
+    @classmethod
+    def load(cls, directory: str) -> "FeatureSnapshot":
+        read = lambda name: pd.read_parquet(os.path.join(directory, f"{name}.parquet"))  # noqa: E731
+        embeddings = os.path.join(directory, "item_embeddings.parquet")
+        return cls(read("users"), read("items"),
+                   pd.read_parquet(embeddings) if os.path.exists(embeddings) else None)
+
+    def user(self, user_id: str) -> tuple[dict[str, np.ndarray], bool]:
+        """One user's feature columns (length 1) and whether the user is known. An
+        unknown user gets defaults with ``user_features_missing`` set and an empty
+        history: the cold-start row the model saw in training for users without
+        features."""
+        row = self.user_index.get_indexer([user_id])[0]
+        if row >= 0:
+            return {name: values[row:row + 1] for name, values in self.users.items()}, True
+        columns = {}
+        for name, values in self.users.items():
+            default = UNKNOWN if values.dtype == object else 0
+            columns[name] = np.array([default], dtype=values.dtype)
+        history = np.empty(1, dtype=object)
+        history[0] = []
+        columns.update(user_id=np.array([user_id], dtype=object), user_features_missing=
+                       np.array([1], dtype=self.users["user_features_missing"].dtype),
+                       user_history_items=history)
+        return columns, False
+
+    def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each id in the snapshot, -1 where unknown."""
+        return self.item_index.get_indexer(item_ids)
+
+
+class InProcessBackend:
+    """The pushed SavedModels of one version, called in this process."""
+
+    def __init__(self, serving_root: str, version: int | None = None):
+        import tensorflow as tf
+
+        self.version = version or latest_version(serving_root, RETRIEVAL)
+        self._functions = {
+            name: tf.saved_model.load(os.path.join(serving_root, name, str(self.version)))
+            .signatures[SIGNATURE] for name in (RETRIEVAL, RANKING)}
+
+    def signature(self, model: str) -> dict:
+        return self._functions[model].structured_input_signature[1]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        signature = self.signature(model)
+        outputs = self._functions[model](**{name: tf.constant(values, signature[name].dtype)
+                                            for name, values in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _spec_from_tensor_info(name: str, dtype, shape) -> "object":
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, tf.dtypes.as_dtype(dtype), name=name)
+
+
+class GrpcBackend:
+    """TF Serving over gRPC: ``PredictionService.Predict``, with each model's input
+    signature read once from ``GetModelMetadata``."""
+
+    def __init__(self, target: str, timeout_seconds: float = 1.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.timeout = timeout_seconds
+        self._signatures = {}
+
+    def signature(self, model: str) -> dict:
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        if model not in self._signatures:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=model_pb2.ModelSpec(name=model), metadata_field=["signature_def"])
+            response = self.stub.GetModelMetadata(request, timeout=self.timeout * 10)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signatures)
+            inputs = signatures.signature_def[SIGNATURE].inputs
+            self._signatures[model] = {
+                name: _spec_from_tensor_info(
+                    name, info.dtype, None if info.tensor_shape.unknown_rank else
+                    [d.size if d.size >= 0 else None for d in info.tensor_shape.dim])
+                for name, info in inputs.items()}
+        return self._signatures[model]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
+        signature = self.signature(model)
+        for name, values in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, signature[name].dtype))
+        response = self.stub.Predict(request, timeout=self.timeout)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def close(self):
+        self.channel.close()
+
+
+class RestBackend:
+    """TF Serving's REST API: ``POST <url>/v1/models/<name>:predict`` in the columnar
+    format, signatures from ``GET <url>/v1/models/<name>/metadata``."""
+
+    def __init__(self, url: str, timeout_seconds: float = 1.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout_seconds
+        self._signatures = {}
+
+    def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+            return json.loads(response.read())
+
+    def _metadata(self, model: str) -> dict:
+        """{"inputs": {name: TensorSpec}, "outputs": {name: numpy dtype}}, fetched once."""
+        from tensorflow.core.framework import types_pb2
+
+        if model not in self._signatures:
+            metadata = self._call(f"/v1/models/{model}/metadata", timeout=self.timeout * 10)
+            signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
+            dtype = lambda info: types_pb2.DataType.Value(info["dtype"])  # noqa: E731
+            self._signatures[model] = {
+                "inputs": {name: _spec_from_tensor_info(
+                    name, dtype(info), None if info["tensor_shape"].get("unknown_rank") else
+                    [int(d["size"]) if int(d["size"]) >= 0 else None
+                     for d in info["tensor_shape"].get("dim", [])])
+                    for name, info in signature["inputs"].items()},
+                "outputs": {name: _numpy_dtype(dtype(info))
+                            for name, info in signature["outputs"].items()}}
+        return self._signatures[model]
+
+    def signature(self, model: str) -> dict:
+        return self._metadata(model)["inputs"]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        body = {"signature_name": SIGNATURE,
+                "inputs": {name: _json_values(values) for name, values in inputs.items()}}
+        outputs = self._call(f"/v1/models/{model}:predict", body)["outputs"]
+        dtypes = self._metadata(model)["outputs"]
+        return {name: np.asarray(values, dtype=dtypes[name]) for name, values in outputs.items()}
+
+
+def _numpy_dtype(data_type: int):
+    import tensorflow as tf
+
+    dtype = tf.dtypes.as_dtype(data_type)
+    return object if dtype == tf.string else dtype.as_numpy_dtype
+
+
+def _json_values(values: np.ndarray):
+    """JSON for a tensor: strings as text (TF Serving wants {"b64": ...} only for
+    bytes that are not UTF-8, which ids and categories never are)."""
+    if values.dtype == object:
+        return [_json_values(row) for row in values] if values.ndim > 1 else [
+            v if isinstance(v, str) else {"b64": base64.b64encode(v).decode()} for v in values]
+    return values.tolist()
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """String tensors come back as bytes (in process, gRPC) or str (REST)."""
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values],
+                    dtype=object)
+
+
+@dataclass
+class Recommendations:
+    items: pd.DataFrame  # item_id, score, click_probability, ..., best first
+    request_id: str
+    version: int | None
+    known_user: bool
+    removed: dict  # candidates removed before the page: rule -> count
+    milliseconds: dict = field(default_factory=dict)  # per step
+
+
+class Funnel:
+    def __init__(self, backend, features: FeatureSnapshot, rerank_config: RerankConfig =
+                 RerankConfig(), serving_log: "ServingLog | None" = None):
+        self.backend, self.features, self.config = backend, features, rerank_config
+        self.serving_log = serving_log
+        self.version = getattr(backend, "version", None)
+        self.retrieval_signature = backend.signature(RETRIEVAL)
+        self.ranking_signature = backend.signature(RANKING)
+        self.user_inputs = [name for name in self.ranking_signature
+                            if name in preprocessing.QUERY_TOWER_FEATURES]
+        self.item_inputs = [name for name in self.ranking_signature
+                            if name not in self.user_inputs]
+
+    @classmethod
+    def from_serving_root(cls, serving_root: str, backend=None, **kwargs) -> "Funnel":
+        """The newest pushed version's feature snapshot, and its models in this
+        process unless another backend is given."""
+        backend = backend or InProcessBackend(serving_root)
+        version = getattr(backend, "version", None) or latest_version(serving_root, RETRIEVAL)
+        funnel = cls(backend, FeatureSnapshot.load(
+            os.path.join(serving_root, SNAPSHOT_DIR, str(version))), **kwargs)
+        funnel.version = version
+        return funnel
+
+    def recommend(self, user_id: str, context: Context | None = None,
+                  k: int | None = None) -> Recommendations:
+        started = time.perf_counter()
+        clock = {}
+
+        def lap(step):
+            nonlocal started
+            now = time.perf_counter()
+            clock[step] = (now - started) * 1000
+            started = now
+
+        context = context or Context()
+        request_id = uuid.uuid4().hex
+        user, known = self.features.user(str(user_id))
+        query = {**user, **context.columns()}
+        retrieved = self.backend.predict(RETRIEVAL, modeling.raw_arrays(
+            query, self.retrieval_signature))
+        item_ids = _text(np.asarray(retrieved["item_ids"])[0])
+        retrieval_scores = np.asarray(retrieved["scores"])[0]
+        lap("retrieval")
+
+        rows = self.features.item_rows(item_ids)
+        known_items = rows >= 0
+        item_ids, rows, retrieval_scores = (item_ids[known_items], rows[known_items],
+                                            retrieval_scores[known_items])
+        n = len(rows)
+        item_columns = {name: self.features.items[name][rows] for name in self.item_inputs}
+        inputs = modeling.raw_arrays(item_columns, {name: self.ranking_signature[name]
+                                                    for name in self.item_inputs})
+        user_arrays = modeling.raw_arrays(query, {name: self.ranking_signature[name]
+                                                  for name in self.user_inputs})
+        inputs.update({name: np.repeat(values, n, axis=0) for name, values in user_arrays.items()})
+        ranked = self.backend.predict(RANKING, inputs) if n else {
+            name: np.zeros(0) for name in (SCORE_OUTPUT, PROBABILITY_OUTPUT, WATCH_OUTPUT)}
+        lap("ranking")
+
+        embeddings = (self.features.embeddings[rows]
+                      if self.features.embeddings is not None else None)
+        config = replace(self.config, k=k) if k else self.config
+        page = rerank(Candidates(item_ids, np.asarray(ranked[SCORE_OUTPUT], dtype=np.float64),
+                                 self.features.items["creator_id"][rows],
+                                 self.features.items["category"][rows],
+                                 self.features.items["item_age_days"][rows], embeddings),
+                      config, watched=list(user["user_history_items"][0]))
+        chosen = page.positions
+        items = pd.DataFrame({
+            "item_id": item_ids[chosen], "score": page.scores,
+            "click_probability": np.asarray(ranked[PROBABILITY_OUTPUT])[chosen],
+            "expected_watch_seconds": np.asarray(ranked[WATCH_OUTPUT])[chosen],
+            "retrieval_score": retrieval_scores[chosen],
+            "category": self.features.items["category"][rows][chosen],
+            "creator_id": self.features.items["creator_id"][rows][chosen]})
+        removed = {"not_in_snapshot": int((~known_items).sum()), **page.removed}
+        lap("rerank")
+        if self.serving_log is not None:
+            self.serving_log.append(request_id, query, item_columns, chosen)
+            lap("log")
+        return Recommendations(items, request_id, self.version, known, removed, clock)
+
+
+class ServingLog:
+    """The features of every served item, one row per impression, written as
+    ``part-*.parquet`` files under ``directory``: point a run's
+    ``<data_root>/serving_log`` at it and the validate stage compares them with the
+    training examples (skew). Rows are buffered and written every ``rows_per_file``
+    rows and on ``close()``."""
+
+    def __init__(self, directory: str, rows_per_file: int = 50_000):
+        self.directory, self.rows_per_file = directory, rows_per_file
+        os.makedirs(directory, exist_ok=True)
+        self._parts: list[pd.DataFrame] = []
+        self._rows = 0
+
+    def append(self, request_id: str, query: dict[str, np.ndarray],
+               item_columns: dict[str, np.ndarray], chosen: np.ndarray) -> None:
+        n = len(chosen)
+        rows = {"event_id": [f"{request_id}-{i}" for i in range(n)],
+                "event_ts": np.repeat(query["event_ts"], n)}
+        for name, values in query.items():
+            if name != "event_ts":
+                rows[name] = np.repeat(values, n)
+        for name, values in item_columns.items():
+            rows[name] = values[chosen]
+        self._parts.append(pd.DataFrame(rows))
+        self._rows += n
+        if self._rows >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> str | None:
+        if not self._parts:
+            return None
+        frame = pd.concat(self._parts, ignore_index=True)
+        frame["user_history_items"] = frame["user_history_items"].map(list)
+        path = os.path.join(self.directory,
+                            f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        self._parts, self._rows = [], 0
+        return path
+
+    def close(self) -> None:
+        self.flush()
