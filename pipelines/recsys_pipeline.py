@@ -31,6 +31,7 @@ DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
 PipelineOutputs = NamedTuple("PipelineOutputs", ingest_metrics=Metrics, quarantine=Dataset,
                              validation_report=Markdown, validation_html=HTML,
                              retrieval_metrics=Metrics, ranking_metrics=Metrics,
+                             funnel_metrics=Metrics,
                              evaluation_report=Markdown, evaluation_html=HTML,
                              blessing=Artifact, push_report=Markdown)
 
@@ -76,14 +77,20 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         retrieval_ann_index: str = "",
         ranking_epochs: int = 3,
         ranking_embedding_dim: int = 16,
+        ranking_cross_layers: int = 2,
+        ranking_cross_projection_dim: int = 0,
         ranking_batch_size: int = 1024,
         ranking_learning_rate: float = 0.002,
+        ranking_negative_sampling_rate: float = 1.0,
+        ranking_watch_loss_weight: float = 1.0,
+        ranking_score_watch_weight: float = 1.0,
+        rerank: str = '{"k": 10, "max_per_creator": 2}',
         seed: int = 42,
         recall_k: int = 50,
         min_recall: float = 0.0,
         min_recall_lift: float = 1.05,
         min_auc: float = 0.55,
-        max_logloss_ratio: float = 1.0,
+        max_normalized_entropy: float = 1.0,
         max_regression: float = 0.02,
     ) -> PipelineOutputs:
         # 1. ingest: every row checked against the data contract, bad rows
@@ -132,18 +139,24 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             early_stopping_patience=retrieval_early_stopping_patience,
             ann_index=retrieval_ann_index, seed=seed)
 
-        # 6. train_ranking: click model over user, item and context features
+        # 6. train_ranking: DCN-v2 with click and watch-time heads over user, item,
+        #    context and user x item features (calibrated under negative downsampling)
         ranking = ranking_op(
             transformed_train=featurized.outputs["transformed_train"],
             transformed_eval=featurized.outputs["transformed_eval"],
             transform_graph=featurized.outputs["transform_graph"],
             epochs=ranking_epochs, embedding_dim=ranking_embedding_dim,
-            batch_size=ranking_batch_size, learning_rate=ranking_learning_rate, seed=seed)
+            cross_layers=ranking_cross_layers, cross_projection_dim=ranking_cross_projection_dim,
+            batch_size=ranking_batch_size, learning_rate=ranking_learning_rate,
+            negative_sampling_rate=ranking_negative_sampling_rate,
+            watch_loss_weight=ranking_watch_loss_weight,
+            score_watch_weight=ranking_score_watch_weight, seed=seed)
         for trainer in (retrieval, ranking):
             trainer.set_cpu_request("2").set_memory_request("8G")
 
-        # 7. evaluate: against popularity, thresholds and the model serving now;
-        #    writes the blessing
+        # 7. evaluate: retrieval against popularity, ranking calibration, the whole
+        #    funnel (with the re-ranking rules) against thresholds and the model
+        #    serving now; writes the blessing
         evaluation = evaluate_op(
             train_examples=joined.outputs["train_examples"],
             eval_examples=joined.outputs["eval_examples"],
@@ -151,9 +164,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             item_embeddings=retrieval.outputs["item_embeddings"],
             retrieval_model=retrieval.outputs["retrieval_model"],
             ranking_model=ranking.outputs["ranking_model"],
+            eval_item_snapshot=joined.outputs["eval_item_snapshot"],
             recall_k=recall_k, min_recall=min_recall, min_recall_lift=min_recall_lift,
-            min_auc=min_auc, max_logloss_ratio=max_logloss_ratio,
-            max_regression=max_regression, serving_root=serving_root)
+            min_auc=min_auc, max_normalized_entropy=max_normalized_entropy,
+            max_regression=max_regression, rerank=rerank, serving_root=serving_root)
         evaluation.set_caching_options(False)  # the serving model it compares with changes
 
         # 8. push: only blessed models reach the serving root
@@ -165,7 +179,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             user_snapshot=joined.outputs["user_snapshot"],
             item_snapshot=joined.outputs["item_snapshot"],
             item_embeddings=retrieval.outputs["item_embeddings"],
-            serving_root=serving_root)
+            rerank=rerank, serving_root=serving_root)
         pushed.set_caching_options(False)  # a side effect on the serving root, every run
 
         return PipelineOutputs(ingest_metrics=ingested.outputs["ingest_metrics"],
@@ -174,6 +188,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                                validation_html=validated.outputs["validation_html"],
                                retrieval_metrics=evaluation.outputs["retrieval_metrics"],
                                ranking_metrics=evaluation.outputs["ranking_metrics"],
+                               funnel_metrics=evaluation.outputs["funnel_metrics"],
                                evaluation_report=evaluation.outputs["evaluation_report"],
                                evaluation_html=evaluation.outputs["evaluation_html"],
                                blessing=evaluation.outputs["blessing"],

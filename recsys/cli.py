@@ -79,7 +79,8 @@ def _run(args):
 def _recommend(args):
     import pandas as pd
 
-    from components.rerank.rerank import RerankConfig
+    from dataclasses import replace
+
     from recsys.funnel import Context, Funnel, GrpcBackend, RestBackend, ServingLog
 
     if args.backend != "in-process" and not args.target:
@@ -88,12 +89,14 @@ def _recommend(args):
     backend = {"in-process": lambda: None, "grpc": lambda: GrpcBackend(args.target),
                "rest": lambda: RestBackend(args.target)}[args.backend]()
     log = ServingLog(args.log_dir) if args.log_dir else None
-    config = RerankConfig(k=args.k, max_per_creator=args.max_per_creator,
-                          max_per_category=args.max_per_category, mmr_lambda=args.mmr_lambda,
-                          freshness_boost=args.freshness_boost,
-                          blocklist=frozenset(args.blocklist or ()))
-    funnel = Funnel.from_serving_root(args.serving_root, backend, rerank_config=config,
-                                      serving_log=log)
+    funnel = Funnel.from_serving_root(args.serving_root, backend, serving_log=log)
+    # The rules pushed with the models, with the options given here replacing theirs.
+    overrides = {name: getattr(args, name) for name in (
+        "k", "max_per_creator", "max_per_category", "mmr_lambda", "freshness_boost")
+        if getattr(args, name) is not None}
+    if args.blocklist is not None:
+        overrides["blocklist"] = frozenset(args.blocklist)
+    funnel.config = replace(funnel.config, **overrides)
     at = pd.Timestamp(args.at, tz="UTC") if args.at else None
     result = funnel.recommend(args.user_id, Context(at))
     known = "" if result.known_user else " (unknown user: cold start)"
@@ -191,18 +194,19 @@ def main(argv=None):
     recommend = commands.add_parser("recommend", help="top items for a user from pushed models")
     recommend.add_argument("--serving-root", required=True)
     recommend.add_argument("--user-id", required=True)
-    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--k", type=int, help="page length (default: the pushed rules')")
     recommend.add_argument("--at", help="request time (UTC), default now")
     recommend.add_argument("--backend", choices=["in-process", "grpc", "rest"],
                            default="in-process", help="where the models run (default: the "
                            "pushed SavedModels in this process; grpc/rest: TF Serving)")
     recommend.add_argument("--target", help="TF Serving address: host:8500 (grpc) or "
                                             "http://host:8501 (rest)")
-    recommend.add_argument("--max-per-creator", type=int, default=2, help="0 = no cap")
-    recommend.add_argument("--max-per-category", type=int, default=0, help="0 = no cap")
-    recommend.add_argument("--mmr-lambda", type=float, default=1.0,
+    # Re-ranking rules: unset options keep the rules pushed with the models.
+    recommend.add_argument("--max-per-creator", type=int, help="0 = no cap")
+    recommend.add_argument("--max-per-category", type=int, help="0 = no cap")
+    recommend.add_argument("--mmr-lambda", type=float,
                            help="1 = relevance only; lower = more diverse")
-    recommend.add_argument("--freshness-boost", type=float, default=0.0)
+    recommend.add_argument("--freshness-boost", type=float)
     recommend.add_argument("--blocklist", nargs="*", help="item ids never to recommend")
     recommend.add_argument("--log-dir", help="append the served features to this serving log")
     recommend.set_defaults(func=_recommend)

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.features import preprocessing
-from components.push.push import SNAPSHOT_DIR, latest_version
-from components.rerank.rerank import Candidates, RerankConfig, rerank
+from components.push.push import RERANK_FILE, SNAPSHOT_DIR, latest_version
+from components.rerank.rerank import Candidates, RerankConfig, parse_rerank_config, rerank
 from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, SCORE_OUTPUT,
                                                     WATCH_OUTPUT)
 from recsys import modeling
@@ -58,8 +58,11 @@ class Context:
 class FeatureSnapshot:
     """User and item features (and item-tower embeddings) by id, as numpy columns."""
 
-    def __init__(self, users: pd.DataFrame, items: pd.DataFrame,
+    def __init__(self, users: pd.DataFrame | None, items: pd.DataFrame,
                  item_embeddings: pd.DataFrame | None = None):
+        """``users`` may be None when queries bring their own user features
+        (offline evaluation)."""
+        users = users if users is not None else pd.DataFrame({"user_id": []})
         self.user_index = pd.Index(users["user_id"].astype(str))
         self.users = {name: users[name].to_numpy() for name in users.columns}
         self.item_index = pd.Index(items["item_id"].astype(str))
@@ -102,16 +105,31 @@ class FeatureSnapshot:
         return self.item_index.get_indexer(item_ids)
 
 
-class InProcessBackend:
-    """The pushed SavedModels of one version, called in this process."""
+def pushed_rerank_config(snapshot_dir: str) -> RerankConfig:
+    """The re-ranking rules pushed with a version (defaults for older pushes)."""
+    path = os.path.join(snapshot_dir, RERANK_FILE)
+    if not os.path.exists(path):
+        return RerankConfig()
+    with open(path) as handle:
+        return parse_rerank_config(json.load(handle))
 
-    def __init__(self, serving_root: str, version: int | None = None):
+
+class InProcessBackend:
+    """SavedModels called in this process: ``model_dirs`` maps "retrieval" and
+    "ranking" to their directories (``from_serving_root`` takes a pushed version)."""
+
+    def __init__(self, model_dirs: dict[str, str], version: int | None = None):
         import tensorflow as tf
 
-        self.version = version or latest_version(serving_root, RETRIEVAL)
-        self._functions = {
-            name: tf.saved_model.load(os.path.join(serving_root, name, str(self.version)))
-            .signatures[SIGNATURE] for name in (RETRIEVAL, RANKING)}
+        self.version = version
+        self._functions = {name: tf.saved_model.load(directory).signatures[SIGNATURE]
+                           for name, directory in model_dirs.items()}
+
+    @classmethod
+    def from_serving_root(cls, serving_root: str, version: int | None = None):
+        version = version or latest_version(serving_root, RETRIEVAL)
+        return cls({name: os.path.join(serving_root, name, str(version))
+                    for name in (RETRIEVAL, RANKING)}, version)
 
     def signature(self, model: str) -> dict:
         return self._functions[model].structured_input_signature[1]
@@ -254,9 +272,14 @@ class Recommendations:
     milliseconds: dict = field(default_factory=dict)  # per step
 
 
+# Rows per model call when many queries are scored at once (offline evaluation).
+PREDICT_BATCH_ROWS = 8192
+
+
 class Funnel:
-    def __init__(self, backend, features: FeatureSnapshot, rerank_config: RerankConfig =
-                 RerankConfig(), serving_log: "ServingLog | None" = None):
+    def __init__(self, backend, features: FeatureSnapshot,
+                 rerank_config: RerankConfig = RerankConfig(),
+                 serving_log: "ServingLog | None" = None):
         self.backend, self.features, self.config = backend, features, rerank_config
         self.serving_log = serving_log
         self.version = getattr(backend, "version", None)
@@ -268,74 +291,115 @@ class Funnel:
                             if name not in self.user_inputs]
 
     @classmethod
-    def from_serving_root(cls, serving_root: str, backend=None, **kwargs) -> "Funnel":
-        """The newest pushed version's feature snapshot, and its models in this
-        process unless another backend is given."""
-        backend = backend or InProcessBackend(serving_root)
+    def from_serving_root(cls, serving_root: str, backend=None,
+                          rerank_config: RerankConfig | None = None, **kwargs) -> "Funnel":
+        """The newest pushed version's feature snapshot and re-ranking rules (those the
+        evaluation measured, unless ``rerank_config`` is given), and its models in
+        this process unless another backend is given."""
+        backend = backend or InProcessBackend.from_serving_root(serving_root)
         version = getattr(backend, "version", None) or latest_version(serving_root, RETRIEVAL)
-        funnel = cls(backend, FeatureSnapshot.load(
-            os.path.join(serving_root, SNAPSHOT_DIR, str(version))), **kwargs)
+        snapshot = os.path.join(serving_root, SNAPSHOT_DIR, str(version))
+        if rerank_config is None:
+            rerank_config = pushed_rerank_config(snapshot)
+        funnel = cls(backend, FeatureSnapshot.load(snapshot), rerank_config, **kwargs)
         funnel.version = version
         return funnel
 
     def recommend(self, user_id: str, context: Context | None = None,
                   k: int | None = None) -> Recommendations:
-        started = time.perf_counter()
+        """One request: the user's features from the snapshot plus the context."""
         clock = {}
+        user, known = self.features.user(str(user_id))
+        query = {**user, **(context or Context()).columns()}
+        (page, removed, served_rows), = self.pages(query, k, clock)
+        request_id = uuid.uuid4().hex
+        if self.serving_log is not None:
+            started = time.perf_counter()
+            self.serving_log.append(request_id, query, {
+                name: self.features.items[name][served_rows] for name in self.item_inputs})
+            clock["log"] = (time.perf_counter() - started) * 1000
+        return Recommendations(page, request_id, self.version, known, removed, clock)
+
+    def pages(self, queries: dict, k: int | None = None,
+              clock: dict | None = None) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
+        """Pages for many queries at once (raw query columns, one row per query):
+        one (page, removed-counts, snapshot rows of the page's items) per query.
+        ``clock`` collects milliseconds per step."""
+        if isinstance(queries, pd.DataFrame):
+            queries = {name: queries[name].to_numpy() for name in queries.columns}
+        started = time.perf_counter()
 
         def lap(step):
             nonlocal started
-            now = time.perf_counter()
-            clock[step] = (now - started) * 1000
-            started = now
+            if clock is not None:
+                clock[step] = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
 
-        context = context or Context()
-        request_id = uuid.uuid4().hex
-        user, known = self.features.user(str(user_id))
-        query = {**user, **context.columns()}
-        retrieved = self.backend.predict(RETRIEVAL, modeling.raw_arrays(
-            query, self.retrieval_signature))
-        item_ids = _text(np.asarray(retrieved["item_ids"])[0])
-        retrieval_scores = np.asarray(retrieved["scores"])[0]
+        retrieved = self._predict(RETRIEVAL, modeling.raw_arrays(
+            queries, self.retrieval_signature))
+        n_queries, n_retrieved = retrieved["item_ids"].shape
+        item_ids = _text(retrieved["item_ids"].ravel())
+        retrieval_scores = retrieved["scores"].ravel()
+        rows = self.features.item_rows(item_ids)
+        in_snapshot = rows >= 0
+        query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
+        item_ids, rows, retrieval_scores = (item_ids[in_snapshot], rows[in_snapshot],
+                                            retrieval_scores[in_snapshot])
         lap("retrieval")
 
-        rows = self.features.item_rows(item_ids)
-        known_items = rows >= 0
-        item_ids, rows, retrieval_scores = (item_ids[known_items], rows[known_items],
-                                            retrieval_scores[known_items])
-        n = len(rows)
-        item_columns = {name: self.features.items[name][rows] for name in self.item_inputs}
-        inputs = modeling.raw_arrays(item_columns, {name: self.ranking_signature[name]
-                                                    for name in self.item_inputs})
-        user_arrays = modeling.raw_arrays(query, {name: self.ranking_signature[name]
-                                                  for name in self.user_inputs})
-        inputs.update({name: np.repeat(values, n, axis=0) for name, values in user_arrays.items()})
-        ranked = self.backend.predict(RANKING, inputs) if n else {
-            name: np.zeros(0) for name in (SCORE_OUTPUT, PROBABILITY_OUTPUT, WATCH_OUTPUT)}
+        inputs = modeling.raw_arrays(
+            {name: self.features.items[name][rows] for name in self.item_inputs},
+            {name: self.ranking_signature[name] for name in self.item_inputs})
+        user_arrays = modeling.raw_arrays(queries, {name: self.ranking_signature[name]
+                                                    for name in self.user_inputs})
+        inputs.update({name: values[query_of] for name, values in user_arrays.items()})
+        ranked = self._predict(RANKING, inputs)
         lap("ranking")
 
-        embeddings = (self.features.embeddings[rows]
-                      if self.features.embeddings is not None else None)
         config = replace(self.config, k=k) if k else self.config
-        page = rerank(Candidates(item_ids, np.asarray(ranked[SCORE_OUTPUT], dtype=np.float64),
-                                 self.features.items["creator_id"][rows],
-                                 self.features.items["category"][rows],
-                                 self.features.items["item_age_days"][rows], embeddings),
-                      config, watched=list(user["user_history_items"][0]))
-        chosen = page.positions
-        items = pd.DataFrame({
-            "item_id": item_ids[chosen], "score": page.scores,
-            "click_probability": np.asarray(ranked[PROBABILITY_OUTPUT])[chosen],
-            "expected_watch_seconds": np.asarray(ranked[WATCH_OUTPUT])[chosen],
-            "retrieval_score": retrieval_scores[chosen],
-            "category": self.features.items["category"][rows][chosen],
-            "creator_id": self.features.items["creator_id"][rows][chosen]})
-        removed = {"not_in_snapshot": int((~known_items).sum()), **page.removed}
+        items = self.features.items
+        bounds = np.searchsorted(query_of, np.arange(n_queries + 1))
+        missing = np.bincount(np.repeat(np.arange(n_queries), n_retrieved)[~in_snapshot],
+                              minlength=n_queries)
+        results = []
+        for query in range(n_queries):
+            mine = slice(bounds[query], bounds[query + 1])
+            candidate_rows = rows[mine]
+            page = rerank(Candidates(
+                item_ids[mine], np.asarray(ranked[SCORE_OUTPUT][mine], dtype=np.float64),
+                items["creator_id"][candidate_rows], items["category"][candidate_rows],
+                items["item_age_days"][candidate_rows],
+                self.features.embeddings[candidate_rows]
+                if self.features.embeddings is not None else None),
+                config, watched=list(queries["user_history_items"][query]))
+            chosen = page.positions + bounds[query]
+            frame = pd.DataFrame({
+                "item_id": item_ids[chosen], "score": page.scores,
+                "click_probability": ranked[PROBABILITY_OUTPUT][chosen],
+                "expected_watch_seconds": ranked[WATCH_OUTPUT][chosen],
+                "retrieval_score": retrieval_scores[chosen],
+                "category": items["category"][rows[chosen]],
+                "creator_id": items["creator_id"][rows[chosen]]})
+            results.append((frame, {"not_in_snapshot": int(missing[query]), **page.removed},
+                            rows[chosen]))
         lap("rerank")
-        if self.serving_log is not None:
-            self.serving_log.append(request_id, query, item_columns, chosen)
-            lap("log")
-        return Recommendations(items, request_id, self.version, known, removed, clock)
+        return results
+
+    def _predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``backend.predict`` in slices of PREDICT_BATCH_ROWS rows, concatenated."""
+        n = len(next(iter(inputs.values())))
+        if n <= PREDICT_BATCH_ROWS:
+            return self.backend.predict(model, inputs) if n else self._empty(model)
+        parts = [self.backend.predict(model, {name: values[start:start + PREDICT_BATCH_ROWS]
+                                              for name, values in inputs.items()})
+                 for start in range(0, n, PREDICT_BATCH_ROWS)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    @staticmethod
+    def _empty(model: str) -> dict[str, np.ndarray]:
+        names = ((SCORE_OUTPUT, PROBABILITY_OUTPUT, WATCH_OUTPUT) if model == RANKING
+                 else ("item_ids", "scores"))
+        return {name: np.zeros((0,)) for name in names}
 
 
 class ServingLog:
@@ -352,15 +416,15 @@ class ServingLog:
         self._rows = 0
 
     def append(self, request_id: str, query: dict[str, np.ndarray],
-               item_columns: dict[str, np.ndarray], chosen: np.ndarray) -> None:
-        n = len(chosen)
+               served_items: dict[str, np.ndarray]) -> None:
+        """One request: its query columns (one row) and the served items' columns."""
+        n = len(next(iter(served_items.values())))
         rows = {"event_id": [f"{request_id}-{i}" for i in range(n)],
                 "event_ts": np.repeat(query["event_ts"], n)}
         for name, values in query.items():
             if name != "event_ts":
                 rows[name] = np.repeat(values, n)
-        for name, values in item_columns.items():
-            rows[name] = values[chosen]
+        rows.update(served_items)
         self._parts.append(pd.DataFrame(rows))
         self._rows += n
         if self._rows >= self.rows_per_file:

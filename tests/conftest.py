@@ -32,6 +32,7 @@ def tiny_data(tmp_path_factory):
 def stages(tiny_data, tmp_path_factory):
     """Every stage function run once on the tiny data; returns all paths."""
     from components.evaluate.evaluate import Thresholds, evaluate
+    from components.rerank.rerank import RerankConfig
     from components.features.features import join_features, transform
     from components.ingest.ingest import ingest
     from components.train_ranking import train_ranking
@@ -43,11 +44,12 @@ def stages(tiny_data, tmp_path_factory):
              INGEST_OUTPUTS + JOIN_OUTPUTS
              + ["stats", "anomalies", "statistics_root", "transform_graph", "transformed_train",
                 "transformed_eval", "retrieval_model", "query_model", "item_embeddings",
-                "ranking_model"]}
+                "ranking_model", "eval_item_snapshot"]}
     paths["blessing"] = str(root / "blessing.json")
     counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in INGEST_OUTPUTS})
     join_counts = join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
-                                {n: paths[n] for n in JOIN_OUTPUTS})
+                                {n: paths[n] for n in JOIN_OUTPUTS + ["eval_item_snapshot"]},
+                                eval_start=counts["eval_start"])
     validation = validate({n: paths[n] for n in VALIDATED}, "", paths["stats"],
                           paths["anomalies"], counts["span_start"],
                           statistics_root=paths["statistics_root"])
@@ -66,6 +68,7 @@ def stages(tiny_data, tmp_path_factory):
     train_ranking.export(model, paths["transform_graph"], paths["ranking_model"])
     result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
                       paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
-                      Thresholds(recall_k=20), paths["blessing"])
+                      paths["eval_item_snapshot"], Thresholds(recall_k=20),
+                      RerankConfig(k=10, max_per_creator=2), paths["blessing"])
     return {"paths": paths, "counts": counts, "join_counts": join_counts,
             "validation": validation, "evaluation": result, "root": root}

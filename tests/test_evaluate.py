@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from components.evaluate.evaluate import (Thresholds, bless, rank_catalog, ranking_metrics,
-                                          roc_auc, user_slices)
+from components.evaluate.evaluate import (Thresholds, bless, calibration,
+                                          expected_calibration_error, gini, log_loss,
+                                          normalized_entropy, page_metrics, rank_catalog,
+                                          ranking_metrics, roc_auc, user_slices)
 
 
 def test_masking_and_recall_by_hand():
@@ -80,14 +83,16 @@ def test_auc_equals_pairwise_definition(pairs):
 
 def test_blessing_names_every_failed_check():
     retrieval = {"recall_at_50": 0.20, "popularity_recall_at_50": 0.25}
-    ranking = {"auc": 0.52, "logloss": 0.70, "prior_logloss": 0.69}
+    ranking = {"auc": 0.52, "logloss": 0.70, "prior_logloss": 0.69,
+               "normalized_entropy": 0.70 / 0.69}
     verdict = bless(retrieval, ranking, Thresholds())
     assert not verdict["blessed"]
     assert "retrieval Recall@50 0.2000 vs popularity 0.2500" in verdict["reason"]
     assert "ranking AUC 0.5200 (needs >= 0.55)" in verdict["reason"]
-    assert "log loss 0.7000" in verdict["reason"]
+    assert "normalized entropy 1.0145" in verdict["reason"]
     good = bless({"recall_at_50": 0.4, "popularity_recall_at_50": 0.25},
-                 {"auc": 0.8, "logloss": 0.5, "prior_logloss": 0.69}, Thresholds())
+                 {"auc": 0.8, "logloss": 0.5, "prior_logloss": 0.69,
+                  "normalized_entropy": 0.5 / 0.69}, Thresholds())
     assert good["blessed"] and good["reason"].startswith("blessed:")
 
 
@@ -97,6 +102,12 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert retrieval["recall_at_20"] > retrieval["popularity_recall_at_20"]
     assert ranking["auc"] > 0.7
     assert ranking["logloss"] < ranking["prior_logloss"]
+    assert ranking["normalized_entropy"] == pytest.approx(
+        ranking["logloss"] / ranking["prior_logloss"])
+    assert 0.8 < ranking["calibration_ratio"] < 1.25
+    assert 0.0 < ranking["expected_calibration_error"] < 0.1
+    assert 0.7 < ranking["watch_time_ratio"] < 1.4
+    assert result["reliability_png"].startswith(b"\x89PNG")
     with open(stages["paths"]["blessing"]) as handle:
         assert json.load(handle)["blessed"] is True
     report = result["html"]
@@ -143,3 +154,52 @@ def test_comparison_with_the_model_currently_serving(stages, tmp_path):
     assert not demanding["blessed"]
     assert "served Recall@20" in demanding["reason"].split("Passed:")[0]
     assert "AUC" in demanding["reason"].split("Passed:")[0]
+
+
+def test_gini_of_exposure():
+    assert gini(np.array([5, 5, 5, 5])) == 0.0
+    assert gini(np.array([0, 0, 0, 12])) == pytest.approx(3 / 4)  # (n - 1) / n
+    assert gini(np.array([0, 0, 0])) == 0.0
+    # Order does not matter; more concentrated is higher.
+    assert gini(np.array([3, 1, 0, 0])) == gini(np.array([0, 3, 0, 1])) > gini(np.array([1, 1, 1, 1]))
+
+
+def test_calibration_bins_and_ece_by_hand():
+    labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+    predictions = np.array([0.1, 0.1, 0.2, 0.2, 0.7, 0.7, 0.9, 0.9])
+    curve = calibration(labels, predictions, bins=4)
+    assert curve["predicted"] == pytest.approx([0.1, 0.2, 0.7, 0.9])
+    assert curve["observed"] == pytest.approx([0.0, 1.0, 0.5, 1.0])
+    assert expected_calibration_error(curve) == pytest.approx((0.1 + 0.8 + 0.2 + 0.1) / 4)
+    assert normalized_entropy(labels, predictions, labels.mean()) == pytest.approx(
+        log_loss(labels, predictions) / log_loss(labels, np.full(8, labels.mean())))
+
+
+def test_page_metrics_by_hand():
+    users = np.array(["u1", "u2"])
+    positives = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "c", "d"]})
+    catalog = np.array(["a", "b", "c", "d"])
+    embeddings = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    pages = [np.array(["b", "a"]), np.array(["d", "c"])]
+    metrics = page_metrics(pages, users, positives, catalog, embeddings, k=2)
+    assert metrics["recall_at_2"] == pytest.approx((1 / 2 + 1) / 2)
+    ideal_u1 = 1 + 1 / np.log2(3)
+    assert metrics["ndcg_at_10"] == pytest.approx(((1 / np.log2(3)) / ideal_u1 + 1.0) / 2)
+    assert metrics["intra_list_diversity"] == pytest.approx(0.0)  # both pages: one direction
+    assert metrics["catalog_coverage"] == 1.0 and metrics["exposure_gini"] == 0.0
+    diverse = page_metrics([np.array(["a", "c"]), np.array(["a", "d"])], users, positives,
+                           catalog, embeddings, k=2)
+    assert diverse["intra_list_diversity"] == pytest.approx(1.0)
+    assert diverse["catalog_coverage"] == 0.75 and diverse["exposure_gini"] > 0
+
+
+def test_funnel_evaluation_reports_pages_as_served(stages):
+    funnel = stages["evaluation"]["funnel"]
+    assert funnel["funnel_k"] == 10 and funnel["funnel_mean_page_length"] == 10
+    for name in ("funnel", "retrieval_order"):
+        assert 0 < funnel[f"{name}_ndcg_at_10"] <= 1
+        assert 0 < funnel[f"{name}_catalog_coverage"] <= 1
+        assert 0 <= funnel[f"{name}_exposure_gini"] < 1
+    # The creator cap and the ranker change the pages: they are not the retrieval order.
+    assert funnel["funnel_intra_list_diversity"] != funnel["retrieval_order_intra_list_diversity"]
+    assert "| exposure Gini |" in stages["evaluation"]["markdown"]

@@ -11,39 +11,50 @@ def evaluate(
     item_embeddings: Input[Dataset],
     retrieval_model: Input[Model],
     ranking_model: Input[Model],
+    eval_item_snapshot: Input[Dataset],
     recall_k: int,
     min_recall: float,
     min_recall_lift: float,
     min_auc: float,
-    max_logloss_ratio: float,
+    max_normalized_entropy: float,
     max_regression: float,
+    rerank: str,
     serving_root: str,
     retrieval_metrics: Output[Metrics],
     ranking_metrics: Output[Metrics],
+    funnel_metrics: Output[Metrics],
     ranking_roc: Output[ClassificationMetrics],
+    reliability_png: Output[Artifact],
     blessing: Output[Artifact],
     evaluation_report: Output[Markdown],
     evaluation_html: Output[HTML],
 ):
     from components.evaluate.evaluate import Thresholds, evaluate as run_evaluate
+    from components.rerank.rerank import parse_rerank_config
     from recsys.progress import log, stage
 
     with stage("evaluate"):
         thresholds = Thresholds(recall_k=recall_k, min_recall=min_recall,
                                 min_recall_lift=min_recall_lift, min_auc=min_auc,
-                                max_logloss_ratio=max_logloss_ratio,
+                                max_normalized_entropy=max_normalized_entropy,
                                 max_regression=max_regression)
         result = run_evaluate(train_examples.path, eval_examples.path, query_model.path,
                               item_embeddings.path, retrieval_model.path, ranking_model.path,
-                              thresholds, blessing.path, serving_root)
+                              eval_item_snapshot.path, thresholds, parse_rerank_config(rerank),
+                              blessing.path, serving_root)
         for name, value in result["retrieval"].items():
             retrieval_metrics.log_metric(name, value)
         for name, value in result["ranking"].items():
             ranking_metrics.log_metric(name, value)
+        for name, value in result["funnel"].items():
+            funnel_metrics.log_metric(name, value)
         for name, value in result["serving"].items():
             if isinstance(value, (int, float)):
                 ranking_metrics.log_metric(f"vs_serving_{name}", value)
         ranking_roc.log_roc_curve(*result["roc"])
+        with open(reliability_png.path, "wb") as handle:
+            handle.write(result["reliability_png"])
+        reliability_png.metadata["mime_type"] = "image/png"
         blessing.metadata["blessed"] = result["blessing"]["blessed"]
         blessing.metadata["reason"] = result["blessing"]["reason"]
         with open(evaluation_report.path, "w") as handle:

@@ -1,5 +1,7 @@
-"""Evaluate: full-catalog retrieval recall against popularity, ranking AUC and log
-loss against the click-rate prior, then a blessing with a human-readable reason."""
+"""Evaluate: full-catalog retrieval recall against popularity; the ranker's AUC,
+normalized entropy and calibration; the whole funnel (retrieval -> ranking ->
+re-ranking, as served) against the retrieval order alone; then a blessing with a
+human-readable reason."""
 
 import functools
 import json
@@ -14,9 +16,12 @@ import tensorflow as tf
 
 from components.evaluate import report
 from components.features import preprocessing
-from components.train_ranking.train_ranking import PROBABILITY_OUTPUT
+from components.rerank.rerank import RerankConfig
+from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, WATCH_OUTPUT,
+                                                    WATCH_SECONDS)
 from components.train_retrieval.train_retrieval import QUERY_EMBEDDING_SIGNATURE_OUTPUT
 from recsys import modeling
+from recsys.funnel import FeatureSnapshot, Funnel, InProcessBackend
 from recsys.tables import read_dataset
 
 # Cut-offs of the Recall@K curve in the HTML report.
@@ -30,8 +35,8 @@ class Thresholds:
     # The candidate's Recall@K must be at least this multiple of popularity's.
     min_recall_lift: float = 1.05
     min_auc: float = 0.55
-    # Ranking log loss may be at most this multiple of the constant-CTR prior's.
-    max_logloss_ratio: float = 1.0
+    # Ranking log loss over the constant-CTR prior's (normalized entropy) at most this.
+    max_normalized_entropy: float = 1.0
     # Against the model currently serving: the candidate's served Recall@K and AUC
     # may be at most this fraction below the serving model's on the same data.
     max_regression: float = 0.02
@@ -46,6 +51,15 @@ def serving_fn(saved_model_dir: str):
 def call_in_batches(fn, frame: pd.DataFrame, output: str) -> np.ndarray:
     return modeling.predict_in_batches(lambda tensors: fn(**tensors)[output], frame,
                                        fn.structured_input_signature[1])
+
+
+def outputs_in_batches(fn, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every output of a serving signature over ``frame``."""
+    names = sorted(fn.structured_outputs)
+    stacked = modeling.predict_in_batches(
+        lambda tensors: np.stack([fn(**tensors)[name].numpy() for name in names], axis=1),
+        frame, fn.structured_input_signature[1])
+    return {name: stacked[:, i] for i, name in enumerate(names)}
 
 
 def retrieval_task(train_examples: pd.DataFrame, eval_examples: pd.DataFrame):
@@ -218,31 +232,129 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 50):
     return fpr, tpr, [float(t) for t in thresholds]
 
 
+def normalized_entropy(labels: np.ndarray, probabilities: np.ndarray, prior: float) -> float:
+    """Log loss over the log loss of always predicting the training click rate
+    (He et al., ADKDD 2014): below 1 the model knows more than the base rate."""
+    return log_loss(labels, probabilities) / log_loss(labels, np.full(len(labels), prior))
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict:
+    """Mean predicted vs observed click rate in equal-count bins of the prediction
+    (equal-width bins would put almost every impression of a low-CTR feed in one)."""
+    order = np.argsort(probabilities, kind="stable")
+    groups = [g for g in np.array_split(order, bins) if len(g)]
+    return {"predicted": [float(probabilities[g].mean()) for g in groups],
+            "observed": [float(labels[g].mean()) for g in groups],
+            "count": [int(len(g)) for g in groups]}
+
+
+def expected_calibration_error(curve: dict) -> float:
+    """Size-weighted mean |predicted - observed| over the bins of ``calibration``."""
+    count = np.asarray(curve["count"], dtype=float)
+    gap = np.abs(np.asarray(curve["predicted"]) - np.asarray(curve["observed"]))
+    return float((gap * count).sum() / count.sum()) if count.sum() else float("nan")
+
+
 def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
-                     eval_examples: pd.DataFrame) -> tuple[dict, tuple]:
+                     eval_examples: pd.DataFrame) -> tuple[dict, dict]:
     labels = eval_examples[preprocessing.LABEL].to_numpy()
-    probabilities = call_in_batches(serving_fn(ranking_model_dir), eval_examples,
-                                    PROBABILITY_OUTPUT)
+    outputs = outputs_in_batches(serving_fn(ranking_model_dir), eval_examples)
+    probabilities = outputs[PROBABILITY_OUTPUT]
     prior = float(train_examples[preprocessing.LABEL].mean())
+    curve = calibration(labels, probabilities)
     metrics = {
         "eval_examples": int(len(labels)),
         "auc": roc_auc(labels, probabilities),
         "logloss": log_loss(labels, probabilities),
+        "normalized_entropy": normalized_entropy(labels, probabilities, prior),
         "prior_ctr": prior,
         "prior_logloss": log_loss(labels, np.full(len(labels), prior)),
         "mean_predicted_ctr": float(probabilities.mean()),
         "eval_ctr": float(labels.mean()),
+        "calibration_ratio": float(probabilities.mean() / max(labels.mean(), 1e-12)),
+        "expected_calibration_error": expected_calibration_error(curve),
     }
-    return metrics, {"roc": roc_curve(labels, probabilities),
-                     "calibration": calibration(labels, probabilities)}
+    watched = (labels == 1) & (eval_examples[WATCH_SECONDS].to_numpy() > 0)
+    if watched.any() and outputs[WATCH_OUTPUT][watched].any():
+        predicted = outputs[WATCH_OUTPUT][watched]
+        observed = eval_examples[WATCH_SECONDS].to_numpy()[watched]
+        metrics["watch_time_ratio"] = float(predicted.mean() / observed.mean())
+        metrics["watch_time_mae_seconds"] = float(np.abs(predicted - observed).mean())
+    return metrics, {"roc": roc_curve(labels, probabilities), "calibration": curve}
 
 
-def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict:
-    """Mean predicted vs observed click rate in equal-count bins of the prediction."""
-    order = np.argsort(probabilities, kind="stable")
-    groups = np.array_split(order, bins)
-    return {"predicted": [float(probabilities[g].mean()) for g in groups if len(g)],
-            "observed": [float(labels[g].mean()) for g in groups if len(g)]}
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of exposure: 0 when every item is shown equally often,
+    (n - 1) / n when one item takes every impression."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    if len(x) == 0 or x.sum() == 0:
+        return 0.0
+    ranks = np.arange(1, len(x) + 1)
+    return float(((2 * ranks - len(x) - 1) @ x) / (len(x) * x.sum()))
+
+
+def intra_list_diversity(page_rows: list[np.ndarray], embeddings: np.ndarray) -> float:
+    """Mean over pages of the mean pairwise cosine distance (1 - cosine similarity)
+    of the page's item-tower embeddings; pages under two items are skipped."""
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    values = []
+    for rows in page_rows:
+        if len(rows) >= 2:
+            similarity = unit[rows] @ unit[rows].T
+            values.append(1.0 - similarity[np.triu_indices(len(rows), 1)].mean())
+    return float(np.mean(values)) if values else float("nan")
+
+
+def page_metrics(pages: list[np.ndarray], users: np.ndarray, positives: pd.DataFrame,
+                 catalog: np.ndarray, embeddings: np.ndarray, k: int) -> dict:
+    """NDCG@10, Recall@k, intra-list diversity, catalog coverage and exposure Gini of
+    one page of item ids per user (pages may be shorter than k)."""
+    catalog_index = pd.Index(catalog)
+    page_rows = [catalog_index.get_indexer(page) for page in pages]
+    hit_matrix = np.zeros((len(users), max(k, 10)), dtype=bool)
+    positive_sets = positives.groupby("user_id")["item_id"].agg(set)
+    n_positives = positive_sets.map(len).reindex(users, fill_value=0).to_numpy()
+    for row, (user, page) in enumerate(zip(users, pages)):
+        mine = positive_sets.get(user, set())
+        hit_matrix[row, :len(page)] = [item in mine for item in page[:hit_matrix.shape[1]]]
+    shown = np.concatenate(page_rows + [np.zeros(0, int)])
+    shown = shown[shown >= 0]
+    exposure = np.bincount(shown, minlength=len(catalog))
+    return {f"recall_at_{k}": float(recall_per_user(hit_matrix, n_positives, k).mean()),
+            "ndcg_at_10": float(ndcg_per_user(hit_matrix, n_positives, 10).mean()),
+            "intra_list_diversity": intra_list_diversity(
+                [rows[rows >= 0] for rows in page_rows], embeddings),
+            "catalog_coverage": float(len(np.unique(shown)) / len(catalog)),
+            "exposure_gini": gini(exposure),
+            "mean_page_length": float(np.mean([len(page) for page in pages]))}
+
+
+def evaluate_funnel(retrieval_model_dir: str, ranking_model_dir: str, item_embeddings_dir: str,
+                    eval_item_snapshot_dir: str, task: tuple, config: RerankConfig) -> dict:
+    """The funnel as served (``recsys.funnel``: retrieval top-N, ranking, re-ranking
+    to ``config.k``) for each eval user's first request, against the retrieval order
+    alone (the same candidates, minus the user's history, cut to k). Items carry
+    their features from the start of the eval split, so no eval-window statistic
+    reaches the ranker."""
+    users, queries, positives, _ = task
+    items = read_dataset(eval_item_snapshot_dir)
+    embeddings = read_dataset(item_embeddings_dir)
+    features = FeatureSnapshot(None, items, embeddings)
+    backend = InProcessBackend({"retrieval": retrieval_model_dir, "ranking": ranking_model_dir})
+    funnel = Funnel(backend, features, config)
+    funnel_pages = [page["item_id"].to_numpy() for page, _, _ in funnel.pages(queries)]
+    retrieved = call_in_batches(serving_fn(retrieval_model_dir), queries, "item_ids")
+    retrieval_pages = []
+    for ids, history in zip(retrieved, queries["user_history_items"]):
+        ids = np.array([v.decode() if isinstance(v, bytes) else v for v in ids], dtype=object)
+        retrieval_pages.append(ids[~np.isin(ids, np.asarray(history, dtype=object))][:config.k])
+    catalog = features.item_index.to_numpy()
+    metrics = {"funnel_k": config.k, "candidates_per_user": int(retrieved.shape[1])}
+    for name, pages in (("funnel", funnel_pages), ("retrieval_order", retrieval_pages)):
+        for metric, value in page_metrics(pages, users, positives, catalog,
+                                          features.embeddings, config.k).items():
+            metrics[f"{name}_{metric}"] = value
+    return metrics
 
 
 def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
@@ -312,9 +424,10 @@ def bless(retrieval: dict, ranking: dict, thresholds: Thresholds,
          f"retrieval Recall@{k} {recall:.4f} (needs >= {thresholds.min_recall:g})"),
         (ranking["auc"] >= thresholds.min_auc,
          f"ranking AUC {ranking['auc']:.4f} (needs >= {thresholds.min_auc:g})"),
-        (ranking["logloss"] <= thresholds.max_logloss_ratio * ranking["prior_logloss"],
-         f"ranking log loss {ranking['logloss']:.4f} vs constant-CTR prior "
-         f"{ranking['prior_logloss']:.4f} (needs <= {thresholds.max_logloss_ratio:g}x)"),
+        (ranking["normalized_entropy"] <= thresholds.max_normalized_entropy,
+         f"ranking normalized entropy {ranking['normalized_entropy']:.4f} (log loss "
+         f"{ranking['logloss']:.4f} over the constant-CTR prior's {ranking['prior_logloss']:.4f}; "
+         f"needs <= {thresholds.max_normalized_entropy:g})"),
     ]
     notes = []
     if serving and serving.get("serving_version") is not None:
@@ -339,7 +452,8 @@ def bless(retrieval: dict, ranking: dict, thresholds: Thresholds,
 
 def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: str,
              item_embeddings_dir: str, retrieval_model_dir: str, ranking_model_dir: str,
-             thresholds: Thresholds, blessing_path: str, serving_root: str = "") -> dict:
+             eval_item_snapshot_dir: str, thresholds: Thresholds, rerank_config: RerankConfig,
+             blessing_path: str, serving_root: str = "") -> dict:
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     ks = sorted({10, thresholds.recall_k, 100})
@@ -347,6 +461,8 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     retrieval, recall_curve = evaluate_retrieval(query_model_dir, item_embeddings_dir,
                                                  retrieval_model_dir, task, ks)
     ranking, curves = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
+    funnel = evaluate_funnel(retrieval_model_dir, ranking_model_dir, item_embeddings_dir,
+                             eval_item_snapshot_dir, task, rerank_config)
     serving = compare_with_serving(
         serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
         task, eval_examples, thresholds.recall_k, ranking["auc"])
@@ -354,13 +470,14 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     blessing["serving_comparison"] = serving
     with open(blessing_path, "w") as handle:
         json.dump(blessing, handle, indent=2)
-    return {"retrieval": retrieval, "ranking": ranking, "roc": curves["roc"],
+    return {"retrieval": retrieval, "ranking": ranking, "funnel": funnel, "roc": curves["roc"],
             "blessing": blessing, "serving": serving,
-            "markdown": report_markdown(retrieval, ranking, blessing, thresholds.recall_k),
-            "html": report.render(retrieval, ranking, blessing, recall_curve, curves)}
+            "reliability_png": report.reliability_png(curves["calibration"]),
+            "markdown": report_markdown(retrieval, ranking, funnel, blessing),
+            "html": report.render(retrieval, ranking, funnel, blessing, recall_curve, curves)}
 
 
-def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> str:
+def report_markdown(retrieval: dict, ranking: dict, funnel: dict, blessing: dict) -> str:
     names = [f"recall_at_{kk}" for kk in sorted(int(key.split("_")[-1]) for key in retrieval
                                                 if key.startswith("recall_at_"))]
     names.append("ndcg_at_10")
@@ -373,6 +490,12 @@ def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> s
         + " | ".join(f"{retrieval[f'{name}_{n}']:.4f} / {retrieval[f'{name}_popularity_{n}']:.4f}"
                      for n in names) + " |"
         for name in ("new_users", "heavy_users") if f"{name}_users" in retrieval]
+    k = funnel["funnel_k"]
+    funnel_rows = [f"| {title} | {funnel[f'funnel_{name}']:.4f} | "
+                   f"{funnel[f'retrieval_order_{name}']:.4f} |"
+                   for name, title in report.funnel_metric_names(k)]
+    watch = (f" Watch time of clicks: predicted / observed {ranking['watch_time_ratio']:.3f}."
+             if "watch_time_ratio" in ranking else "")
     return "\n".join([
         "## Evaluation", "",
         f"**{blessing['reason']}**", "",
@@ -384,6 +507,11 @@ def report_markdown(retrieval: dict, ranking: dict, blessing: dict, k: int) -> s
         "| slice | users | " + " | ".join(label[n] for n in names) + " |",
         "|---|---:|" + "---:|" * len(names), *slice_rows, "",
         f"Ranking on {ranking['eval_examples']} eval impressions: AUC {ranking['auc']:.4f}, "
-        f"log loss {ranking['logloss']:.4f} (constant-CTR prior {ranking['prior_logloss']:.4f}).",
-        "",
+        f"normalized entropy {ranking['normalized_entropy']:.4f} (log loss "
+        f"{ranking['logloss']:.4f}, constant-CTR prior {ranking['prior_logloss']:.4f}), "
+        f"calibration ratio {ranking['calibration_ratio']:.3f}, ECE "
+        f"{ranking['expected_calibration_error']:.4f}.{watch}", "",
+        f"Funnel, as served (retrieval top {funnel['candidates_per_user']} -> ranking -> "
+        f"re-ranking to {k}), vs the retrieval order of the same candidates:", "",
+        "| metric | funnel | retrieval order |", "|---|---:|---:|", *funnel_rows, "",
     ])

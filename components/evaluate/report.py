@@ -11,11 +11,15 @@ matplotlib.use("Agg")  # no display on pipeline workers
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _png(figure) -> str:
+def _png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _png(figure) -> str:
+    return base64.b64encode(_png_bytes(figure)).decode()
 
 
 def _recall_plot(curve: dict) -> str:
@@ -43,19 +47,37 @@ def _roc_plot(roc) -> str:
     return _png(figure)
 
 
-def _calibration_plot(calibration: dict) -> str:
+def _reliability_figure(calibration: dict):
     figure, axis = plt.subplots(figsize=(3.6, 3.4))
+    top = max(max(calibration["predicted"], default=0), max(calibration["observed"], default=0))
+    top = min(1.0, top * 1.1) or 1.0
+    axis.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect")
     axis.plot(calibration["predicted"], calibration["observed"], marker="o", label="model")
-    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    axis.set_xlabel("mean predicted click rate")
+    axis.set_xlim(0, top)
+    axis.set_ylim(0, top)
+    axis.set_xlabel("mean predicted click probability")
     axis.set_ylabel("observed click rate")
-    axis.set_title("Calibration (10 equal-count bins)")
+    axis.set_title(f"Reliability ({len(calibration['predicted'])} equal-count bins)")
     axis.legend(loc="upper left")
-    return _png(figure)
+    return figure
 
 
-def render(retrieval: dict, ranking: dict, blessing: dict, recall_curve: dict,
+def reliability_png(calibration: dict) -> bytes:
+    """The reliability diagram as PNG bytes (its own pipeline artifact too)."""
+    return _png_bytes(_reliability_figure(calibration))
+
+
+def funnel_metric_names(k: int) -> list[tuple[str, str]]:
+    """(metric key, title) of the funnel table, for pages of k items."""
+    return [("ndcg_at_10", "NDCG@10"), (f"recall_at_{k}", f"Recall@{k}"),
+            ("intra_list_diversity", "intra-list diversity"),
+            ("catalog_coverage", "catalog coverage"), ("exposure_gini", "exposure Gini"),
+            ("mean_page_length", "page length")]
+
+
+def render(retrieval: dict, ranking: dict, funnel: dict, blessing: dict, recall_curve: dict,
            curves: dict) -> str:
+
     verdict = "blessed" if blessing["blessed"] else "not blessed"
     colour = "#1b7f3b" if blessing["blessed"] else "#b3261e"
     rows = "".join(
@@ -72,7 +94,11 @@ def render(retrieval: dict, ranking: dict, blessing: dict, recall_curve: dict,
                   for metric in (f"recall_at_{k}", "ndcg_at_10")) + "</tr>"
         for name in ("new_users", "heavy_users") if f"{name}_users" in retrieval)
     images = [_recall_plot(recall_curve), _roc_plot(curves["roc"]),
-              _calibration_plot(curves["calibration"])]
+              _png(_reliability_figure(curves["calibration"]))]
+    funnel_rows = "".join(
+        f"<tr><td>{title}</td><td>{funnel[f'funnel_{name}']:.4f}</td>"
+        f"<td>{funnel[f'retrieval_order_{name}']:.4f}</td></tr>"
+        for name, title in funnel_metric_names(funnel["funnel_k"]))
     figures = "".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys evaluation</title>
@@ -97,8 +123,16 @@ top 100: {retrieval["catalog_coverage_at_100"]:.1%}.</p>
 <th>NDCG@10 two-tower</th><th>popularity</th></tr>{slice_rows}</table>
 <h2>Ranking</h2>
 <p>{ranking["eval_examples"]} eval impressions: AUC {ranking["auc"]:.4f},
-log loss {ranking["logloss"]:.4f} (constant-CTR prior {ranking["prior_logloss"]:.4f}),
-mean predicted CTR {ranking["mean_predicted_ctr"]:.4f} vs observed {ranking["eval_ctr"]:.4f}.</p>
+normalized entropy {ranking["normalized_entropy"]:.4f} (log loss {ranking["logloss"]:.4f},
+constant-CTR prior {ranking["prior_logloss"]:.4f}), mean predicted CTR
+{ranking["mean_predicted_ctr"]:.4f} vs observed {ranking["eval_ctr"]:.4f} (calibration ratio
+{ranking["calibration_ratio"]:.3f}, expected calibration error
+{ranking["expected_calibration_error"]:.4f}).</p>
+<h2>Funnel</h2>
+<p>As served: retrieval top {funnel["candidates_per_user"]}, ranking, re-ranking to
+{funnel["funnel_k"]}, for each eval user's first request, with item features from the start
+of the eval split; against the retrieval order of the same candidates.</p>
+<table><tr><th></th><th>funnel</th><th>retrieval order</th></tr>{funnel_rows}</table>
 {figures}
 </body></html>
 """

@@ -18,6 +18,7 @@ def join_features(
     eval_examples: Output[Dataset],
     user_snapshot: Output[Dataset],
     item_snapshot: Output[Dataset],
+    eval_item_snapshot: Output[Dataset],
     join_metrics: Output[Metrics],
 ):
     from components.features.features import join_features as run_join
@@ -27,11 +28,13 @@ def join_features(
         inputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
                   "items": items, "user_features": user_features, "item_features": item_features}
         outputs = {"train_examples": train_examples, "eval_examples": eval_examples,
-                   "user_snapshot": user_snapshot, "item_snapshot": item_snapshot}
+                   "user_snapshot": user_snapshot, "item_snapshot": item_snapshot,
+                   "eval_item_snapshot": eval_item_snapshot}
         as_of = int(train_events.metadata["as_of"])
         counts = run_join({name: a.path for name, a in inputs.items()}, as_of, schema_dir,
                           {name: a.path for name, a in outputs.items()}, feature_views,
-                          history_length, beam_pipeline_args)
+                          history_length, beam_pipeline_args,
+                          eval_start=int(eval_events.metadata["eval_start"]))
         for name, value in counts.items():
             join_metrics.log_metric(name, value)
         for name in ("train_examples", "eval_examples"):

@@ -253,10 +253,16 @@ def transform(train_dir: str, eval_dir: str, schema_path: str, transform_graph_d
 
 def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
                   outputs: dict[str, str], feature_views: str = "{}", history_length: int = 10,
-                  beam_pipeline_args: str = "[]") -> dict:
+                  beam_pipeline_args: str = "[]", eval_start: int | None = None) -> dict:
     """Point-in-time joins into train/eval examples (one Beam pipeline), and the
     serving snapshots at ``as_of``. ``inputs``/``outputs`` map names to dataset
-    directories; ``feature_views`` is the JSON of ``parse_feature_views``."""
+    directories; ``feature_views`` is the JSON of ``parse_feature_views``.
+
+    With ``eval_start`` and an ``eval_item_snapshot`` output, also the item rows as
+    of the start of the eval split: what the funnel evaluation ranks eval users'
+    candidates with (the ``as_of`` snapshot holds the eval window's statistics)."""
+    if "eval_item_snapshot" in outputs and eval_start is None:
+        raise ValueError("join_features: an eval_item_snapshot output needs eval_start")
     schema_path = schemas.schema_path(EXAMPLES_SCHEMA_NAME, schema_dir)
     views, strategies = parse_feature_views(feature_views)
     history = HistoryView(length=_checked_history_length(history_length, schema_path))
@@ -317,6 +323,12 @@ def join_features(inputs: dict[str, str], as_of: int, schema_dir: str,
         pq.read_table(inputs["item_features"]), engagements, as_of, schema_path, views, history)
     write_dataset(user_rows, outputs["user_snapshot"])
     write_dataset(item_rows, outputs["item_snapshot"])
+    if "eval_item_snapshot" in outputs:
+        _, eval_item_rows = serving_snapshots(
+            users.head(0), items, pq.read_table(inputs["user_features"]),
+            pq.read_table(inputs["item_features"]), engagements, eval_start, schema_path, views,
+            history)
+        write_dataset(eval_item_rows, outputs["eval_item_snapshot"])
     counts.update(snapshot_users=len(user_rows), snapshot_items=len(item_rows),
                   history_length=history.length,
                   history_broadcast=int(broadcast_history),

@@ -34,7 +34,8 @@ def ingest(
         for name, artifact in outputs.items():
             artifact.metadata.update(rows=counts[name] if name != "quarantine"
                                      else counts["quarantined"],
-                                     as_of=counts["as_of"], span_start=counts["span_start"])
+                                     as_of=counts["as_of"], span_start=counts["span_start"],
+                                     eval_start=counts["eval_start"])
         for name, value in counts.items():
             ingest_metrics.log_metric(name, value)
         if counts["quarantined"]:

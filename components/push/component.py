@@ -12,6 +12,7 @@ def push(
     user_snapshot: Input[Dataset],
     item_snapshot: Input[Dataset],
     item_embeddings: Input[Dataset],
+    rerank: str,
     serving_root: str,
     push_report: Output[Markdown],
 ):
@@ -24,7 +25,7 @@ def push(
                           eval_examples.path,
                           {"users": user_snapshot.path, "items": item_snapshot.path,
                            "item_embeddings": item_embeddings.path},
-                          serving_root)
+                          serving_root, rerank)
         push_report.metadata.update(report)
         lines = [f"## Push\n\n{report['reason']}\n"]
         lines += [f"- `{name}`: `{path}`" for name, path in report["paths"].items()]

@@ -7,6 +7,7 @@ loading it and replaying its warmup requests, and only then renamed into place
 (rename is atomic there). Versions are integers, one more than any existing.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -20,11 +21,13 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from components.rerank.rerank import parse_rerank_config
 from recsys import modeling
 from recsys.tables import read_dataset, read_dataset_table
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 SNAPSHOT_DIR = "feature_snapshot"
+RERANK_FILE = "rerank.json"
 WARMUP_RECORDS = 8
 
 
@@ -93,8 +96,11 @@ def _staging_dir(serving_root: str, name: str, version: int) -> str:
 
 
 def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
-         snapshots: dict[str, str], serving_root: str) -> dict:
-    """Push every model in ``models`` (name -> SavedModel dir) under one new version.
+         snapshots: dict[str, str], serving_root: str, rerank: str = "") -> dict:
+    """Push every model in ``models`` (name -> SavedModel dir) under one new version,
+    with the feature snapshot (``snapshots``: name -> dataset dir) and the re-ranking
+    rules the evaluation used (``rerank``, the JSON of ``parse_rerank_config``), which
+    the online funnel applies by default.
 
     Returns a report; when the blessing says no, nothing is written and the
     report says why.
@@ -122,6 +128,9 @@ def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
         os.makedirs(stage_dir)
         for name, source in snapshots.items():
             pq.write_table(read_dataset_table(source), os.path.join(stage_dir, f"{name}.parquet"))
+        with open(os.path.join(stage_dir, RERANK_FILE), "w") as handle:
+            json.dump(dataclasses.asdict(parse_rerank_config(rerank)), handle, indent=2,
+                      default=sorted)
     except BaseException:
         for stage_dir in staged.values():
             shutil.rmtree(stage_dir, ignore_errors=True)

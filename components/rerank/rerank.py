@@ -26,6 +26,8 @@ with per-attribute caps, and a few hundred candidates per request need
 vectorised code, not per-item Python.
 """
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,3 +145,16 @@ def _select(scores: np.ndarray, candidates: Candidates, order: np.ndarray,
         if use_mmr:
             max_similarity = np.maximum(max_similarity, vectors @ vectors[best])
     return np.asarray(chosen, dtype=int), int((available & ~eligible()).sum())
+
+
+def parse_rerank_config(text: str | dict) -> RerankConfig:
+    """A RerankConfig from its JSON (pipeline parameter ``rerank``), e.g.
+    ``{"k": 10, "max_per_creator": 2, "mmr_lambda": 0.8, "blocklist": ["v1"]}``."""
+    values = json.loads(text or "{}") if isinstance(text, str) else dict(text)
+    allowed = [f.name for f in dataclasses.fields(RerankConfig)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"rerank: unknown option(s) {unknown}; allowed: {allowed}")
+    if "blocklist" in values:
+        values["blocklist"] = frozenset(values["blocklist"])
+    return RerankConfig(**values)
