@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,13 +47,12 @@ import scipy.sparse as sp  # noqa: E402
 from components.evaluate.evaluate import (call_in_batches, first_examples,  # noqa: E402
                                           hits_and_counts, rank_catalog, ranking_metrics,
                                           recall_per_user, serving_fn)
-from components.features.features import join_features, transform  # noqa: E402
+from bench.common import DEFAULT_ML_100K, log, machine, prepare_split  # noqa: E402
 from components.ingest.ingest import ingest  # noqa: E402
 from components.train_retrieval import train_retrieval  # noqa: E402
-from recsys.data_check import INGESTED, JOINED, TABLES  # noqa: E402
+from recsys.data_check import INGESTED  # noqa: E402
 from recsys.movielens import import_movielens  # noqa: E402
-from recsys.tables import read_dataset, write_dataset  # noqa: E402
-from schemas import schema_path  # noqa: E402
+from recsys.tables import read_dataset  # noqa: E402
 
 KS = [10, 50, 100]
 TEST_FRACTION = 0.2
@@ -66,12 +64,6 @@ TWO_TOWER = dict(embedding_dim=64, epochs=30, batch_size=256, learning_rate=0.1,
                  temperature=0.1, top_k=100, early_stopping_patience=3, seed=42)
 TWO_TOWER_GRID = {"temperature": [0.05, 0.1, 0.2], "learning_rate": [0.05, 0.1]}
 SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
-DEFAULT_ML_100K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                               "data", "ml-100k")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- splits -------------------------------------------------------------------------
@@ -178,21 +170,9 @@ class Pipeline:
     def prepare(self, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict:
         """Examples and transformed data of one (train, eval) split; returns paths."""
         self.runs += 1
-        work = os.path.join(self.root, f"split{self.runs}")
-        paths = {name: os.path.join(work, name) for name in
-                 JOINED + ["train_events", "eval_events", "transform_graph", "transformed_train",
-                           "transformed_eval"]}
-        write_dataset(train, paths["train_events"])
-        write_dataset(evaluation, paths["eval_events"])
-        inputs = {name: self.ingested[name] for name in TABLES}
-        inputs.update(train_events=paths["train_events"], eval_events=paths["eval_events"])
-        join_features(inputs, self.as_of, self.schema_dir, {n: paths[n] for n in JOINED},
-                      history_length=self.history_length)
-        transform(paths["train_examples"], paths["eval_examples"],
-                  schema_path("examples", self.schema_dir), paths["transform_graph"],
-                  {"train": paths["transformed_train"], "eval": paths["transformed_eval"]},
-                  os.path.join(work, "tft_tmp"))
-        return paths
+        return prepare_split(self.ingested, self.schema_dir, self.as_of,
+                             os.path.join(self.root, f"split{self.runs}"), train, evaluation,
+                             self.history_length)
 
     def train(self, paths: dict, config: train_retrieval.RetrievalConfig, name: str):
         """(paths with the exported models under ``name``, training metrics)."""
@@ -345,8 +325,7 @@ def main(argv=None) -> int:
                         choices=sorted(SIZES), help="synthetic sizes for the training time")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    print(f"machine: {os.cpu_count()} cores, {platform.platform()}, Python "
-          f"{platform.python_version()}")
+    print(machine())
     results = {}
     with tempfile.TemporaryDirectory() as root:
         if "quality" in args.parts:

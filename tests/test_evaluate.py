@@ -200,6 +200,7 @@ def test_funnel_evaluation_reports_pages_as_served(stages):
         assert 0 < funnel[f"{name}_ndcg_at_10"] <= 1
         assert 0 < funnel[f"{name}_catalog_coverage"] <= 1
         assert 0 <= funnel[f"{name}_exposure_gini"] < 1
+    assert 0.5 < funnel["retrieval_score_impression_auc"] < 1
     # The creator cap and the ranker change the pages: they are not the retrieval order.
     assert funnel["funnel_intra_list_diversity"] != funnel["retrieval_order_intra_list_diversity"]
     assert "| exposure Gini |" in stages["evaluation"]["markdown"]

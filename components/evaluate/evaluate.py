@@ -329,6 +329,19 @@ def page_metrics(pages: list[np.ndarray], users: np.ndarray, positives: pd.DataF
             "mean_page_length": float(np.mean([len(page) for page in pages]))}
 
 
+def retrieval_impression_auc(query_model_dir: str, item_embeddings_dir: str,
+                             eval_examples: pd.DataFrame) -> float:
+    """AUC of the two-tower score (query . item embedding) on the eval impressions: the
+    ranker's task, so the two stages can be compared on it."""
+    queries = call_in_batches(serving_fn(query_model_dir), eval_examples,
+                              QUERY_EMBEDDING_SIGNATURE_OUTPUT)
+    table = read_dataset(item_embeddings_dir).set_index("item_id")
+    rows = table.index.get_indexer(eval_examples["item_id"].astype(str))
+    matrix = np.stack(table["embedding"].to_numpy())
+    scores = np.where(rows >= 0, (queries * matrix[np.maximum(rows, 0)]).sum(axis=1), -np.inf)
+    return roc_auc(eval_examples[preprocessing.LABEL].to_numpy(), scores)
+
+
 def evaluate_funnel(retrieval_model_dir: str, ranking_model_dir: str, item_embeddings_dir: str,
                     eval_item_snapshot_dir: str, task: tuple, config: RerankConfig) -> dict:
     """The funnel as served (``recsys.funnel``: retrieval top-N, ranking, re-ranking
@@ -463,6 +476,8 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
     ranking, curves = evaluate_ranking(ranking_model_dir, train_examples, eval_examples)
     funnel = evaluate_funnel(retrieval_model_dir, ranking_model_dir, item_embeddings_dir,
                              eval_item_snapshot_dir, task, rerank_config)
+    funnel["retrieval_score_impression_auc"] = retrieval_impression_auc(
+        query_model_dir, item_embeddings_dir, eval_examples)
     serving = compare_with_serving(
         serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
         task, eval_examples, thresholds.recall_k, ranking["auc"])
@@ -514,4 +529,8 @@ def report_markdown(retrieval: dict, ranking: dict, funnel: dict, blessing: dict
         f"Funnel, as served (retrieval top {funnel['candidates_per_user']} -> ranking -> "
         f"re-ranking to {k}), vs the retrieval order of the same candidates:", "",
         "| metric | funnel | retrieval order |", "|---|---:|---:|", *funnel_rows, "",
+        f"On the eval impressions (the ranker's task) the two-tower score has AUC "
+        f"{funnel['retrieval_score_impression_auc']:.4f}, the ranker {ranking['auc']:.4f}. "
+        "Clicks in a log are clicks on what the logging policy showed, so pages that "
+        "reproduce that policy score higher on them (docs/design.md, 'Funnel').", "",
     ])

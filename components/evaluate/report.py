@@ -133,6 +133,10 @@ constant-CTR prior {ranking["prior_logloss"]:.4f}), mean predicted CTR
 {funnel["funnel_k"]}, for each eval user's first request, with item features from the start
 of the eval split; against the retrieval order of the same candidates.</p>
 <table><tr><th></th><th>funnel</th><th>retrieval order</th></tr>{funnel_rows}</table>
+<p>On the eval impressions (the ranker's task) the two-tower score has AUC
+{funnel["retrieval_score_impression_auc"]:.4f}, the ranker {ranking["auc"]:.4f}. Clicks in a
+log are clicks on what the logging policy showed, so pages that reproduce that policy score
+higher on them.</p>
 {figures}
 </body></html>
 """

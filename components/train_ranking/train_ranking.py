@@ -155,7 +155,10 @@ def downsample_negatives(data: dict[str, np.ndarray], rate: float,
 
 
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
-          config: RankingConfig) -> tuple[RankingModel, dict]:
+          config: RankingConfig, callbacks: list | None = None) -> tuple[RankingModel, dict]:
+    """Train on ``transformed_train``; ``transformed_eval`` gives the per-epoch
+    validation lines. ``callbacks`` are Keras callbacks (the benchmark's epoch
+    selection)."""
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
     columns = ([preprocessing.transformed_name(f) for f in RANKING_FEATURES]
@@ -175,7 +178,7 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     model = RankingModel(transform_output, config, watch_head)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
-                           "train_ranking")
+                           "train_ranking", callbacks)
     metrics.pop("history")
     return model, {"train_examples": len(all_train[preprocessing.LABEL]),
                    "train_examples_kept": len(clicks), "train_clicks": int(clicks.sum()),
