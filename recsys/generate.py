@@ -232,6 +232,26 @@ def daily_snapshots(impressions: pd.DataFrame, entity: str, ids, days: int,
     return frame
 
 
+def _serving_history(impressions: pd.DataFrame) -> pd.DataFrame:
+    """Each impression's engagement history as serving had it: the user's clicks
+    strictly before it (the same lookup the training join uses)."""
+    import pyarrow as pa
+
+    from components.features.beam_asof import HistoryView, join_history
+
+    view = HistoryView()
+    clicked = impressions[impressions["clicked"] == 1]
+    engagements = pa.table({view.key: clicked["user_id"].astype(str).to_numpy(),
+                            "event_ts": clicked["event_ts"].to_numpy(np.int64),
+                            view.item: clicked["item_id"].astype(str).to_numpy(),
+                            view.value: clicked["watch_seconds"].to_numpy(float)})
+    events = pa.table({view.key: impressions["user_id"].astype(str).to_numpy(),
+                       "event_ts": impressions["event_ts"].to_numpy(np.int64)})
+    history = join_history(events, engagements, view).to_pandas()
+    return history[[view.items_column, view.count_column, view.mean_column]].set_axis(
+        impressions.index)
+
+
 def _serving_log(impressions, users, items, user_snapshots, item_snapshots, days, start_ts,
                  skew, skew_day):
     """Per impression, the features serving used: each entity's snapshot of that day
@@ -265,6 +285,7 @@ def _serving_log(impressions, users, items, user_snapshots, item_snapshots, days
         "hour_of_day": timestamps.dt.hour.to_numpy(),
         "day_of_week": timestamps.dt.dayofweek.to_numpy(),
     })
+    log = pd.concat([log, _serving_history(impressions)], axis=1)
     skewed = day >= skew_day
     if skew == "device":
         log.loc[skewed & (log["device"] == "ios").to_numpy(), "device"] = "android"

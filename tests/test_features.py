@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import tensorflow_transform as tft
@@ -134,3 +136,28 @@ def test_history_holds_only_earlier_engagements(stages):
                              on=["event_id", "item_id"], how="left", indicator=True)
         assert (known["_merge"] == "both").all()  # each listed item: an earlier click
     assert (examples["user_history_count"] > 0).mean() > 0.5  # the sample has histories
+
+
+def test_generated_serving_log_has_the_history_the_join_gives(stages, tiny_data):
+    """The sample data's serving log records each impression's history as serving
+    saw it; the window covers every generated day, so it equals the training join's."""
+    paths = stages["paths"]
+    examples = pd.concat([read_dataset(paths["train_examples"]),
+                          read_dataset(paths["eval_examples"])]).set_index("event_id")
+    serving = pd.read_parquet(os.path.join(tiny_data, "serving_log.parquet")).set_index("event_id")
+    shared = serving.index.intersection(examples.index)
+    assert len(shared) == len(serving) > 0
+    for column in ("user_history_count", "user_history_mean_watch_seconds"):
+        np.testing.assert_allclose(serving.loc[shared, column], examples.loc[shared, column],
+                                   rtol=1e-5)
+    assert (serving.loc[shared, "user_history_items"].map(list)
+            == examples.loc[shared, "user_history_items"].map(list)).all()
+
+
+def test_history_has_item_marks_rows_whose_item_is_in_their_history():
+    import tensorflow as tf
+
+    history = tf.sparse.from_dense(tf.constant([["a", "b", ""], ["", "", ""], ["c", "x", "a"]]))
+    items = tf.constant(["b", "a", "a"])
+    np.testing.assert_array_equal(preprocessing.history_has_item(history, items).numpy(),
+                                  [1.0, 0.0, 1.0])

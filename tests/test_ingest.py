@@ -279,3 +279,33 @@ def test_parquet_null_nan_and_inf_are_told_apart(tiny_data, tmp_path):
     quarantine = read_dataset(outputs["quarantine"])
     assert dict(zip(quarantine["row"], quarantine["reason"])) == {
         11: "not_finite", 12: "not_finite", 13: "missing_value"}
+
+
+def test_history_lists_in_the_serving_log_are_checked(tiny_data, tmp_path):
+    """The engagement history is a list column: text where a list belongs and a list
+    longer than the schema's value_count max are quarantined; lists pass typed."""
+    data = _copy_of(tiny_data, tmp_path)
+    serving = pd.read_parquet(data / "serving_log.parquet")
+    # Rows of the last half day: ingest keeps the serving log of the run's last day.
+    last_day = serving.index[serving["event_ts"] >= serving["event_ts"].max()
+                             - pd.Timedelta(hours=12)]
+    as_text, too_long = last_day[0], last_day[1]
+    history = serving["user_history_items"].map(list)
+    history[too_long] = [f"v{i}" for i in range(51)]
+    serving["user_history_items"] = history
+    # Parquet cannot mix lists and text in one column: the text row comes in its own file.
+    text_row = serving.loc[[as_text]].assign(user_history_items="v000001,v000002")
+    (data / "serving_log.parquet").unlink()
+    (data / "serving_log").mkdir()
+    serving.drop(index=as_text).to_parquet(data / "serving_log" / "part-0.parquet")
+    text_row.to_parquet(data / "serving_log" / "part-1.parquet")
+    counts, outputs = _ingest(data, tmp_path, max_reject_rate=0.5)
+    quarantine = read_dataset(outputs["quarantine"])
+    bad = quarantine[quarantine["table"] == "serving_log"].set_index("reason")
+    assert counts["serving_log_quarantined"] == 2
+    assert bad.loc["wrong_type", "column"] == "user_history_items"
+    assert "CSV cannot hold lists" in bad.loc["wrong_type", "detail"]
+    assert bad.loc["out_of_range", "detail"] == "more than 50 values"
+    kept = read_dataset(outputs["serving_log"])
+    assert kept["user_history_items"].map(lambda v: len(v) <= 50).all()
+    assert len(kept) == counts["serving_log"] > 0

@@ -44,7 +44,7 @@ REASONS = {
 @dataclass(frozen=True)
 class ColumnRule:
     name: str
-    kind: str  # "int", "float", "text" or "timestamp"
+    kind: str  # "int", "float", "text", "timestamp" or "list" (of text; min/max = length)
     required: bool
     minimum: float | None = None
     maximum: float | None = None
@@ -59,9 +59,12 @@ def column_rules(schema: schema_pb2.Schema, environment: str | None = None) -> l
             continue
         if feature.name.endswith("_ts"):
             kind = "timestamp"
+        elif feature.HasField("value_count") and feature.value_count.max != 1:
+            kind = "list"  # e.g. the engagement history: a list of item ids
         else:
             kind = {schema_pb2.INT: "int", schema_pb2.FLOAT: "float"}.get(feature.type, "text")
-        domain = (feature.int_domain if feature.HasField("int_domain")
+        domain = (feature.value_count if kind == "list"
+                  else feature.int_domain if feature.HasField("int_domain")
                   else feature.float_domain if feature.HasField("float_domain") else None)
         minimum = domain.min if domain is not None and domain.HasField("min") else None
         maximum = domain.max if domain is not None and domain.HasField("max") else None
@@ -153,8 +156,29 @@ class TableCheck:
                     "(README, 'Bring your own data').")
             self.values[rule.name] = self._parse(rule, now)
 
+    def _parse_list(self, rule: ColumnRule) -> pd.Series:
+        raw, name = self.raw[rule.name], rule.name
+        missing = self.missing[name] | raw.isna().to_numpy()
+        if rule.required:
+            self.reject(missing, "missing_value", name)
+        # One call per row: Parquet list columns arrive as arrays, CSV has only text.
+        lengths = raw.map(lambda value: len(value) if isinstance(
+            value, (list, tuple, np.ndarray)) else -1).to_numpy()
+        is_list = lengths >= 0
+        self.reject(~missing & ~is_list, "wrong_type", name,
+                    "not a list of ids (a Parquet list column; CSV cannot hold lists)")
+        if rule.minimum is not None:
+            self.reject(is_list & (lengths < rule.minimum), "out_of_range", name,
+                        f"fewer than {rule.minimum:g} values")
+        if rule.maximum is not None:
+            self.reject(is_list & (lengths > rule.maximum), "out_of_range", name,
+                        f"more than {rule.maximum:g} values")
+        return raw
+
     def _parse(self, rule: ColumnRule, now: int) -> pd.Series:
         raw, name = self.raw[rule.name], rule.name
+        if rule.kind == "list":
+            return self._parse_list(rule)
         trimmed = _trimmed(raw) if raw.dtype == object else None  # text as read
         missing = self.missing[name] if trimmed is None \
             else self.missing[name] | _equals(trimmed, "")
@@ -200,6 +224,8 @@ class TableCheck:
                 out[name] = values.astype("int64")
             elif kind == "float":
                 out[name] = values.astype("float64")
+            elif kind == "list":
+                out[name] = values.map(list)
             else:
                 out[name] = values.astype(str)
         return out.reset_index(drop=True)
