@@ -36,6 +36,7 @@ def build_serving_root(root: str, items: int, candidates: int) -> str:
     import json
 
     from bench.common import prepare_split
+    from components.infra_validate.infra_validate import infra_validate
     from components.ingest.ingest import ingest
     from components.push.push import push
     from components.train_ranking import train_ranking
@@ -65,13 +66,19 @@ def build_serving_root(root: str, items: int, candidates: int) -> str:
     model, _ = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
                                    paths["transform_graph"], train_ranking.RankingConfig(epochs=1))
     train_ranking.export(model, paths["transform_graph"], models["ranking_model"])
+    served = {"retrieval": models["retrieval_model"], "ranking": models["ranking_model"]}
+    warmup = os.path.join(root, "warmup")
+    infra = infra_validate(served, paths["eval_examples"], warmup,
+                           os.path.join(root, "infra.json"))
+    for name, result in infra["models"].items():
+        log(f"infra validation of {name}: {result['summary']}")
     blessing = os.path.join(root, "blessing.json")
-    with open(blessing, "w") as handle:
+    with open(blessing, "w") as handle:  # quality is not what is measured here
         json.dump({"blessed": True, "reason": "benchmark"}, handle)
     serving_root = os.path.join(root, "serving")
-    push(blessing, {"retrieval": models["retrieval_model"], "ranking": models["ranking_model"]},
-         paths["eval_examples"], {"users": paths["user_snapshot"], "items": paths["item_snapshot"],
-                                  "item_embeddings": models["item_embeddings"]}, serving_root)
+    push(blessing, served, warmup, {"users": paths["user_snapshot"],
+                                    "items": paths["item_snapshot"],
+                                    "item_embeddings": models["item_embeddings"]}, serving_root)
     return serving_root
 
 

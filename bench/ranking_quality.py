@@ -60,7 +60,7 @@ NUMERIC = [f for f in train_ranking.RANKING_FEATURES
 LIGHTGBM_GRID = {"learning_rate": [0.03, 0.1], "num_leaves": [31, 127]}
 LIGHTGBM_MAX_ROUNDS = 3000
 RANKER = dict(epochs=8, batch_size=1024)
-RANKER_GRID = {"learning_rate": [0.001, 0.003]}
+RANKER_GRID = {"learning_rate": [0.001, 0.003], "id_dropout": [0.1, 0.3]}
 DOWNSAMPLED_RATE = 0.25
 DATASETS = {
     # name: (lookback_days, eval_days)

@@ -1,7 +1,7 @@
 """The recsys pipeline: one KFP DAG, read top to bottom in the order it runs.
 
 ingest -> features (join) -> validate -> features (transform)
-       -> train_retrieval, train_ranking -> evaluate -> push
+       -> train_retrieval, train_ranking -> infra_validate -> evaluate -> push
 
 validate runs after the point-in-time join because training/serving skew and
 drift are measured on the examples themselves; it checks the ingested tables in
@@ -18,6 +18,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 
 from components.evaluate.component import evaluate
 from components.features.component import join_features, transform_features
+from components.infra_validate.component import infra_validate
 from components.ingest.component import ingest
 from components.push.component import push
 from components.train_ranking.component import train_ranking
@@ -45,7 +46,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     ingest_op, validate_op = stage(ingest), stage(validate)
     join_op, transform_op = stage(join_features), stage(transform_features)
     retrieval_op, ranking_op = stage(train_retrieval), stage(train_ranking)
-    evaluate_op, push_op = stage(evaluate), stage(push)
+    infra_op, evaluate_op, push_op = stage(infra_validate), stage(evaluate), stage(push)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Raw interaction logs to two-tower retrieval and ranking "
@@ -86,12 +87,22 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         ranking_score_watch_weight: float = 1.0,
         rerank: str = '{"k": 10, "max_per_creator": 2}',
         seed: int = 42,
+        max_load_seconds: float = 60.0,
+        max_request_ms: float = 100.0,
         recall_k: int = 50,
         min_recall: float = 0.0,
         min_recall_lift: float = 1.05,
         min_auc: float = 0.55,
         max_normalized_entropy: float = 1.0,
+        min_calibration_ratio: float = 0.8,
+        max_calibration_ratio: float = 1.25,
         max_regression: float = 0.02,
+        max_slice_regression: float = 0.05,
+        min_slice_size: int = 30,
+        slice_top_categories: int = 3,
+        compare_with_champion: bool = True,
+        keep_versions: int = 5,
+        tf_serving_root: str = "",
     ) -> PipelineOutputs:
         # 1. ingest: every row checked against the data contract, bad rows
         #    quarantined; the time window, split by time
@@ -154,9 +165,18 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         for trainer in (retrieval, ranking):
             trainer.set_cpu_request("2").set_memory_request("8G")
 
-        # 7. evaluate: retrieval against popularity, ranking calibration, the whole
-        #    funnel (with the re-ranking rules) against thresholds and the model
-        #    serving now; writes the blessing
+        # 7. infra_validate: each SavedModel loads in a fresh process with only
+        #    TensorFlow, takes the serving contract and answers its warmup requests
+        #    within budget
+        infra = infra_op(retrieval_model=retrieval.outputs["retrieval_model"],
+                         ranking_model=ranking.outputs["ranking_model"],
+                         eval_examples=joined.outputs["eval_examples"], schema_dir=schema_dir,
+                         max_load_seconds=max_load_seconds, max_request_ms=max_request_ms)
+
+        # 8. evaluate: value thresholds (retrieval against popularity, ranking
+        #    calibration), the whole funnel, change thresholds against the model
+        #    serving now (overall and per slice) and infra validation; writes the
+        #    blessing with every check
         evaluation = evaluate_op(
             train_examples=joined.outputs["train_examples"],
             eval_examples=joined.outputs["eval_examples"],
@@ -165,21 +185,30 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             retrieval_model=retrieval.outputs["retrieval_model"],
             ranking_model=ranking.outputs["ranking_model"],
             eval_item_snapshot=joined.outputs["eval_item_snapshot"],
+            infra_validation=infra.outputs["infra_validation"],
             recall_k=recall_k, min_recall=min_recall, min_recall_lift=min_recall_lift,
             min_auc=min_auc, max_normalized_entropy=max_normalized_entropy,
-            max_regression=max_regression, rerank=rerank, serving_root=serving_root)
+            min_calibration_ratio=min_calibration_ratio,
+            max_calibration_ratio=max_calibration_ratio, max_regression=max_regression,
+            max_slice_regression=max_slice_regression, min_slice_size=min_slice_size,
+            slice_top_categories=slice_top_categories,
+            compare_with_champion=compare_with_champion, rerank=rerank,
+            serving_root=serving_root)
         evaluation.set_caching_options(False)  # the serving model it compares with changes
 
-        # 8. push: only blessed models reach the serving root
+        # 9. push: only blessed models reach the serving root, as one new version,
+        #    atomically, with the warmup requests infra validation replayed
         pushed = push_op(
             blessing=evaluation.outputs["blessing"],
             retrieval_model=retrieval.outputs["retrieval_model"],
             ranking_model=ranking.outputs["ranking_model"],
-            eval_examples=joined.outputs["eval_examples"],
+            warmup_requests=infra.outputs["warmup_requests"],
             user_snapshot=joined.outputs["user_snapshot"],
             item_snapshot=joined.outputs["item_snapshot"],
             item_embeddings=retrieval.outputs["item_embeddings"],
-            rerank=rerank, serving_root=serving_root)
+            ingest_metrics=ingested.outputs["ingest_metrics"],
+            rerank=rerank, serving_root=serving_root, tf_serving_root=tf_serving_root,
+            keep_versions=keep_versions, image=image)
         pushed.set_caching_options(False)  # a side effect on the serving root, every run
 
         return PipelineOutputs(ingest_metrics=ingested.outputs["ingest_metrics"],

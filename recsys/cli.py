@@ -1,9 +1,10 @@
 """The ``recsys`` command: generate, import-movielens, check, compile, run, recommend,
-schema."""
+versions, rollback, schema."""
 
 import argparse
 import os
 import sys
+import time
 
 import recsys  # noqa: F401
 
@@ -110,6 +111,37 @@ def _recommend(args):
         print(f"served features logged under {args.log_dir}")
 
 
+def _versions(args):
+    from components.push import serving_root as root_
+
+    served = root_.served_versions(args.serving_root)
+    committed = root_.committed_versions(args.serving_root)
+    if not committed:
+        print(f"nothing pushed under {args.serving_root}")
+        return
+    print(f"{'version':>7}  {'served as':<20} {'content':<12}  {'data until':<16} reason")
+    for version in committed:
+        record = root_.read_record(args.serving_root, version)
+        serving = ", ".join(sorted(name for name, v in served.items() if v == version))
+        as_of = (record.get("data_window") or {}).get("as_of")
+        until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(as_of)) if as_of else "?"
+        print(f"{version:>7}  {serving or '-':<20} {record['content_hash'][:12]}  {until:<16} "
+              f"{record['blessing']['reason'][:100]}")
+    print("\nrecent events:")
+    for event in root_.events(args.serving_root)[-args.events:]:
+        details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "at"))
+        print(f"  {event['at']} {event['kind']}: {details}")
+
+
+def _rollback(args):
+    from components.push import serving_root as root_
+
+    event = root_.rollback(args.serving_root, args.model, args.to, args.reason)
+    print(f"{args.model}: now serving version {event['to_version']} (was "
+          f"{event['from_version']}); {os.path.join(args.serving_root, root_.CONFIG_FILE)} "
+          "updated, TF Serving picks it up at its next config poll")
+
+
 def _schema_infer(args):
     from recsys import schema_tools
 
@@ -210,6 +242,21 @@ def main(argv=None):
     recommend.add_argument("--blocklist", nargs="*", help="item ids never to recommend")
     recommend.add_argument("--log-dir", help="append the served features to this serving log")
     recommend.set_defaults(func=_recommend)
+
+    versions = commands.add_parser("versions", help="pushed versions, which are served, and "
+                                   "recent pushes and rollbacks")
+    versions.add_argument("--serving-root", required=True)
+    versions.add_argument("--events", type=int, default=10, help="how many recent events")
+    versions.set_defaults(func=_versions)
+
+    rollback = commands.add_parser("rollback", help="serve an earlier pushed version of a model "
+                                   "(atomically, recorded)")
+    rollback.add_argument("--serving-root", required=True)
+    rollback.add_argument("--model", required=True, help="e.g. retrieval or ranking")
+    rollback.add_argument("--to", type=int, help="version to serve (default: the newest one "
+                                                 "below the served version)")
+    rollback.add_argument("--reason", default="", help="recorded with the rollback")
+    rollback.set_defaults(func=_rollback)
 
     schema = commands.add_parser("schema", help="propose a schema from data; diff it")
     schema_commands = schema.add_subparsers(dest="schema_command", required=True)

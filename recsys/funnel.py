@@ -33,12 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.features import preprocessing
-from components.push.push import RERANK_FILE, SNAPSHOT_DIR, latest_version
+from components.push.push import RERANK_FILE
+from components.push.serving_root import SNAPSHOT_DIR, served_version
 from components.rerank.rerank import Candidates, RerankConfig, parse_rerank_config, rerank
 from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, SCORE_OUTPUT,
                                                     WATCH_OUTPUT)
 from recsys import modeling
-from recsys.tables import UNKNOWN
+from recsys.tables import UNKNOWN, read_dataset
 
 RETRIEVAL, RANKING = "retrieval", "ranking"
 SIGNATURE = "serving_default"
@@ -76,10 +77,11 @@ class FeatureSnapshot:
 
     @classmethod
     def load(cls, directory: str) -> "FeatureSnapshot":
-        read = lambda name: pd.read_parquet(os.path.join(directory, f"{name}.parquet"))  # noqa: E731
-        embeddings = os.path.join(directory, "item_embeddings.parquet")
-        return cls(read("users"), read("items"),
-                   pd.read_parquet(embeddings) if os.path.exists(embeddings) else None)
+        """A pushed snapshot: ``users/``, ``items/`` and optionally ``item_embeddings/``."""
+        embeddings = os.path.join(directory, "item_embeddings")
+        return cls(read_dataset(os.path.join(directory, "users")),
+                   read_dataset(os.path.join(directory, "items")),
+                   read_dataset(embeddings) if os.path.isdir(embeddings) else None)
 
     def user(self, user_id: str) -> tuple[dict[str, np.ndarray], bool]:
         """One user's feature columns (length 1) and whether the user is known. An
@@ -116,20 +118,21 @@ def pushed_rerank_config(snapshot_dir: str) -> RerankConfig:
 
 class InProcessBackend:
     """SavedModels called in this process: ``model_dirs`` maps "retrieval" and
-    "ranking" to their directories (``from_serving_root`` takes a pushed version)."""
+    "ranking" to their directories (``from_serving_root`` takes the served versions)."""
 
-    def __init__(self, model_dirs: dict[str, str], version: int | None = None):
+    def __init__(self, model_dirs: dict[str, str], versions: dict[str, int] | None = None):
         import tensorflow as tf
 
-        self.version = version
+        self.versions = versions or {}
         self._functions = {name: tf.saved_model.load(directory).signatures[SIGNATURE]
                            for name, directory in model_dirs.items()}
 
     @classmethod
-    def from_serving_root(cls, serving_root: str, version: int | None = None):
-        version = version or latest_version(serving_root, RETRIEVAL)
+    def from_serving_root(cls, serving_root: str):
+        """The versions ``models.config`` serves, as TF Serving would load them."""
+        versions = {name: served_version(serving_root, name) for name in (RETRIEVAL, RANKING)}
         return cls({name: os.path.join(serving_root, name, str(version))
-                    for name in (RETRIEVAL, RANKING)}, version)
+                    for name, version in versions.items()}, versions)
 
     def signature(self, model: str) -> dict:
         return self._functions[model].structured_input_signature[1]
@@ -266,7 +269,7 @@ def _text(values: np.ndarray) -> np.ndarray:
 class Recommendations:
     items: pd.DataFrame  # item_id, score, click_probability, ..., best first
     request_id: str
-    version: int | None
+    version: int | None  # of the feature snapshot and re-ranking rules (= retrieval's)
     known_user: bool
     removed: dict  # candidates removed before the page: rule -> count
     milliseconds: dict = field(default_factory=dict)  # per step
@@ -279,10 +282,9 @@ PREDICT_BATCH_ROWS = 8192
 class Funnel:
     def __init__(self, backend, features: FeatureSnapshot,
                  rerank_config: RerankConfig = RerankConfig(),
-                 serving_log: "ServingLog | None" = None):
+                 serving_log: "ServingLog | None" = None, version: int | None = None):
         self.backend, self.features, self.config = backend, features, rerank_config
-        self.serving_log = serving_log
-        self.version = getattr(backend, "version", None)
+        self.serving_log, self.version = serving_log, version
         self.retrieval_signature = backend.signature(RETRIEVAL)
         self.ranking_signature = backend.signature(RANKING)
         self.user_inputs = [name for name in self.ranking_signature
@@ -293,17 +295,16 @@ class Funnel:
     @classmethod
     def from_serving_root(cls, serving_root: str, backend=None,
                           rerank_config: RerankConfig | None = None, **kwargs) -> "Funnel":
-        """The newest pushed version's feature snapshot and re-ranking rules (those the
-        evaluation measured, unless ``rerank_config`` is given), and its models in
-        this process unless another backend is given."""
+        """The served models (in this process unless another backend is given), with the
+        feature snapshot and re-ranking rules pushed with the served retrieval version
+        (the rules the evaluation measured, unless ``rerank_config`` is given)."""
         backend = backend or InProcessBackend.from_serving_root(serving_root)
-        version = getattr(backend, "version", None) or latest_version(serving_root, RETRIEVAL)
+        version = served_version(serving_root, RETRIEVAL)
         snapshot = os.path.join(serving_root, SNAPSHOT_DIR, str(version))
         if rerank_config is None:
             rerank_config = pushed_rerank_config(snapshot)
-        funnel = cls(backend, FeatureSnapshot.load(snapshot), rerank_config, **kwargs)
-        funnel.version = version
-        return funnel
+        return cls(backend, FeatureSnapshot.load(snapshot), rerank_config, version=version,
+                   **kwargs)
 
     def recommend(self, user_id: str, context: Context | None = None,
                   k: int | None = None) -> Recommendations:

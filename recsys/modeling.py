@@ -26,6 +26,10 @@ NO_AUTOGRAPH = tf.autograph.experimental.do_not_convert
 
 # Integer features with a fixed range, embedded like vocabularies.
 FIXED_CARDINALITY = {"hour_of_day": 24, "day_of_week": 7}
+# Ids that keep arriving new after training (new users, new uploads): serving maps
+# them to the out-of-vocabulary bucket, which training never sees unless some
+# known ids are dropped to it (``Tower(id_dropout=...)``).
+CHURNING_IDS = ["user_id", "item_id"]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -67,7 +71,8 @@ class Tower(tf.keras.Model):
 
     def __init__(self, transform_output: tft.TFTransformOutput, raw_features: list[str],
                  embedding_dim: int, hidden_units: list[int], output_dim: int | None,
-                 normalize: bool = False, history_affinity: bool = False, **kwargs):
+                 normalize: bool = False, history_affinity: bool = False,
+                 id_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         id_features = [f for f in raw_features
                        if f in preprocessing.VOCABULARY_FEATURES or f in FIXED_CARDINALITY]
@@ -83,6 +88,11 @@ class Tower(tf.keras.Model):
                                              name=f"{name}_embedding")
 
         self.embeddings = [embedding(raw, name) for raw, name in zip(id_features, self.id_inputs)]
+        # Per id input: the out-of-vocabulary index its ids are dropped to in training.
+        self.dropout_to = [id_cardinality(transform_output, raw) - preprocessing.OOV_BUCKETS
+                           if raw in CHURNING_IDS and id_dropout > 0 else None
+                           for raw in id_features]
+        self.id_dropout = id_dropout
         # For each sequence: the position of the id feature it is compared with, or None.
         self.affinity_with = [id_features.index(preprocessing.SEQUENCE_FEATURES[raw])
                               if history_affinity and preprocessing.SEQUENCE_FEATURES[raw]
@@ -99,8 +109,13 @@ class Tower(tf.keras.Model):
 
     @NO_AUTOGRAPH
     def call(self, features, training=None):
-        parts = [embed(tf.reshape(features[name], [-1]))
-                 for embed, name in zip(self.embeddings, self.id_inputs)]
+        parts = []
+        for embed, name, oov in zip(self.embeddings, self.id_inputs, self.dropout_to):
+            ids = tf.reshape(features[name], [-1])
+            if training and oov is not None:
+                dropped = tf.random.uniform(tf.shape(ids)) < self.id_dropout
+                ids = tf.where(dropped, tf.cast(oov, ids.dtype), ids)
+            parts.append(embed(ids))
         for embed, name, shared in zip(self.sequence_embeddings, self.sequence_inputs,
                                        self.affinity_with):
             ids = sequence_ids(features[name])

@@ -31,7 +31,9 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stages(tiny_data, tmp_path_factory):
     """Every stage function run once on the tiny data; returns all paths."""
-    from components.evaluate.evaluate import Thresholds, evaluate
+    from components.evaluate.evaluate import evaluate
+    from components.evaluate.gate import Thresholds
+    from components.infra_validate.infra_validate import infra_validate
     from components.rerank.rerank import RerankConfig
     from components.features.features import join_features, transform
     from components.ingest.ingest import ingest
@@ -44,8 +46,9 @@ def stages(tiny_data, tmp_path_factory):
              INGEST_OUTPUTS + JOIN_OUTPUTS
              + ["stats", "anomalies", "statistics_root", "transform_graph", "transformed_train",
                 "transformed_eval", "retrieval_model", "query_model", "item_embeddings",
-                "ranking_model", "eval_item_snapshot"]}
+                "ranking_model", "eval_item_snapshot", "warmup_requests"]}
     paths["blessing"] = str(root / "blessing.json")
+    paths["infra_validation"] = str(root / "infra_validation.json")
     counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in INGEST_OUTPUTS})
     join_counts = join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
                                 {n: paths[n] for n in JOIN_OUTPUTS + ["eval_item_snapshot"]},
@@ -66,9 +69,26 @@ def stages(tiny_data, tmp_path_factory):
     model, _ = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
                                    paths["transform_graph"], ranking_config)
     train_ranking.export(model, paths["transform_graph"], paths["ranking_model"])
+    infra = infra_validate({"retrieval": paths["retrieval_model"],
+                            "ranking": paths["ranking_model"]}, paths["eval_examples"],
+                           paths["warmup_requests"], paths["infra_validation"])
     result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
                       paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
-                      paths["eval_item_snapshot"], Thresholds(recall_k=20),
-                      RerankConfig(k=10, max_per_creator=2), paths["blessing"])
+                      paths["eval_item_snapshot"], paths["infra_validation"],
+                      Thresholds(recall_k=20), RerankConfig(k=10, max_per_creator=2),
+                      paths["blessing"])
     return {"paths": paths, "counts": counts, "join_counts": join_counts,
-            "validation": validation, "evaluation": result, "root": root}
+            "validation": validation, "infra": infra, "evaluation": result, "root": root}
+
+
+def push_stages(stages, serving_root: str, blessing: str = "", models: dict | None = None,
+                **options) -> dict:
+    """Push the stages' models (or ``models``) with their warmup requests and snapshots."""
+    from components.push.push import push
+
+    paths = stages["paths"]
+    return push(blessing or paths["blessing"],
+                models or {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]},
+                paths["warmup_requests"],
+                {"users": paths["user_snapshot"], "items": paths["item_snapshot"],
+                 "item_embeddings": paths["item_embeddings"]}, serving_root, **options)

@@ -9,23 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.push.push import push
 from components.rerank.rerank import RerankConfig
 from recsys.funnel import Context, Funnel, GrpcBackend, RestBackend, ServingLog
 from recsys.tables import read_dataset
-from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS
+from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, push_stages
 from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
 
 @pytest.fixture(scope="module")
 def serving_root(stages, tmp_path_factory):
-    paths = stages["paths"]
     root = str(tmp_path_factory.mktemp("serving"))
-    report = push(paths["blessing"], {"retrieval": paths["retrieval_model"],
-                                      "ranking": paths["ranking_model"]},
-                  paths["eval_examples"],
-                  {"users": paths["user_snapshot"], "items": paths["item_snapshot"],
-                   "item_embeddings": paths["item_embeddings"]}, root, )
+    report = push_stages(stages, root)
     assert report["pushed"], report["reason"]
     return root
 

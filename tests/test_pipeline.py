@@ -6,7 +6,7 @@ from pipelines.recsys_pipeline import compile_pipeline
 from recsys.local_run import load_config
 
 STAGES = ["ingest", "join-features", "validate", "transform-features", "train-retrieval",
-          "train-ranking", "evaluate", "push"]
+          "train-ranking", "infra-validate", "evaluate", "push"]
 
 
 def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
@@ -18,8 +18,16 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
     assert sorted(tasks["validate"].dependent_tasks) == ["ingest", "join-features"]
     # Nothing is transformed (so nothing trained or pushed) before validate passes.
     assert sorted(tasks["transform-features"].dependent_tasks) == ["join-features", "validate"]
-    assert sorted(tasks["evaluate"].dependent_tasks) == ["join-features", "train-ranking",
-                                                         "train-retrieval"]
+    assert sorted(tasks["infra-validate"].dependent_tasks) == ["join-features", "train-ranking",
+                                                               "train-retrieval"]
+    # The blessing includes infra validation; push ships the warmup requests it replayed.
+    assert sorted(tasks["evaluate"].dependent_tasks) == ["infra-validate", "join-features",
+                                                         "train-ranking", "train-retrieval"]
+    assert sorted(tasks["push"].dependent_tasks) == ["evaluate", "infra-validate", "ingest",
+                                                     "join-features", "train-ranking",
+                                                     "train-retrieval"]
+    image = tasks["push"].inputs.parameters["image"].runtime_value.constant.string_value
+    assert image == "registry.example/recsys:1.2.3"  # recorded with every pushed version
     executors = spec.deployment_spec["executors"]
     for executor in executors.values():
         container = executor["container"]

@@ -1,13 +1,14 @@
 """A stand-in for TF Serving in tests: TF Serving's model server cannot be
 installed here, so the clients in ``recsys.funnel`` are tested against this.
 
-It serves the newest version of each model under a serving root, from the real
+It serves the version of each model that the serving root's ``models.config``
+pins (as TF Serving started with ``--model_config_file`` does), from the real
 SavedModels, through the real protocols: a gRPC ``PredictionService`` built on
 ``tensorflow-serving-api``'s generated servicer (``Predict`` and
 ``GetModelMetadata``), and the REST endpoints ``POST /v1/models/<name>:predict``
 (columnar "inputs") and ``GET /v1/models/<name>/metadata``. Message layouts
-follow TF Serving's; batching, version policies and model config files do not
-exist here.
+follow TF Serving's; batching and config polling do not exist here (make a new
+``ServedModels`` after the config changes).
 """
 
 import json
@@ -24,14 +25,14 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from components.push.push import latest_version
+from components.push.serving_root import served_version
 
 
 class ServedModels:
     def __init__(self, serving_root: str, names: list[str]):
         self.functions, self.signature_maps, self.versions = {}, {}, {}
         for name in names:
-            version = latest_version(serving_root, name)
+            version = served_version(serving_root, name)
             directory = os.path.join(serving_root, name, str(version))
             self.functions[name] = tf.saved_model.load(directory).signatures["serving_default"]
             saved_model = saved_model_pb2.SavedModel()

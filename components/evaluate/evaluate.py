@@ -6,7 +6,7 @@ human-readable reason."""
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import recsys  # noqa: F401
 
@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from components.evaluate import report
+from components.evaluate import gate, report
 from components.features import preprocessing
+from components.push import serving_root as root_
 from components.rerank.rerank import RerankConfig
 from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, WATCH_OUTPUT,
                                                     WATCH_SECONDS)
@@ -26,20 +27,6 @@ from recsys.tables import read_dataset
 
 # Cut-offs of the Recall@K curve in the HTML report.
 CURVE_KS = [1, 2, 5, 10, 20, 50, 100]
-
-
-@dataclass
-class Thresholds:
-    recall_k: int = 50
-    min_recall: float = 0.0
-    # The candidate's Recall@K must be at least this multiple of popularity's.
-    min_recall_lift: float = 1.05
-    min_auc: float = 0.55
-    # Ranking log loss over the constant-CTR prior's (normalized entropy) at most this.
-    max_normalized_entropy: float = 1.0
-    # Against the model currently serving: the candidate's served Recall@K and AUC
-    # may be at most this fraction below the serving model's on the same data.
-    max_regression: float = 0.02
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,12 +113,36 @@ def ndcg_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarr
     return np.where(n_positives > 0, dcg / ideal, 0.0)
 
 
-def user_slices(users: np.ndarray, train_clicks: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Boolean masks over ``users``: new users (no training click) and heavy users
-    (the top decile of training clicks among the evaluated users, at least one)."""
-    clicks = train_clicks["user_id"].value_counts().reindex(users, fill_value=0).to_numpy()
-    heavy_floor = max(np.quantile(clicks, 0.9), 1) if len(clicks) else 1
-    return {"new_users": clicks == 0, "heavy_users": clicks >= heavy_floor}
+@dataclass
+class Slices:
+    """Who and what the per-slice checks look at, fixed once per run so candidate and
+    champion are sliced identically: new users (no training click), heavy users (at
+    least the top decile of training clicks among the evaluated users), and the most
+    frequent item categories of the eval impressions."""
+    train_clicks_per_user: pd.Series
+    heavy_floor: float
+    categories: list
+
+    @classmethod
+    def of(cls, users: np.ndarray, train_clicks: pd.DataFrame,
+           eval_examples: pd.DataFrame | None = None, top_categories: int = 0) -> "Slices":
+        per_user = train_clicks["user_id"].value_counts()
+        evaluated = per_user.reindex(users, fill_value=0).to_numpy()
+        heavy_floor = max(np.quantile(evaluated, 0.9), 1) if len(evaluated) else 1
+        categories = [] if eval_examples is None else list(
+            eval_examples["category"].astype(str).value_counts().index[:top_categories])
+        return cls(per_user, heavy_floor, categories)
+
+    def masks(self, user_ids, categories=None) -> dict[str, np.ndarray]:
+        """Boolean masks over rows given each row's user (and item category, for the
+        category slices)."""
+        clicks = self.train_clicks_per_user.reindex(np.asarray(user_ids), fill_value=0).to_numpy()
+        masks = {"all": np.ones(len(clicks), bool), "new_users": clicks == 0,
+                 "heavy_users": clicks >= self.heavy_floor}
+        for category in self.categories:
+            categories = np.asarray(categories).astype(str)
+            masks[f"category={category}"] = categories == category
+        return masks
 
 
 def ranking_metrics(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
@@ -171,7 +182,8 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     max_k = max(curve_ks)
     model_top = rank_catalog(model_scores, users, item_ids, train_clicks, max_k)
     popularity_top = rank_catalog(popularity_scores, users, item_ids, train_clicks, max_k)
-    slices = user_slices(users, train_clicks)
+    slices = {name: mask for name, mask in Slices.of(users, train_clicks).masks(users).items()
+              if name != "all"}
     model_metrics = ranking_metrics(model_top, users, item_ids, positives, curve_ks, slices)
     popularity_metrics = ranking_metrics(popularity_top, users, item_ids, positives, curve_ks,
                                          slices)
@@ -370,103 +382,101 @@ def evaluate_funnel(retrieval_model_dir: str, ranking_model_dir: str, item_embed
     return metrics
 
 
-def served_recall_at_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
-                       positives: pd.DataFrame, masked: pd.DataFrame, k: int) -> float:
-    """Recall@k of a retrieval serving model as deployed: its own top-K list, with
-    each user's training items removed afterwards (the list cannot be widened, so
-    this is applied identically to candidate and serving models)."""
+def served_top_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
+                 masked: pd.DataFrame, k: int) -> pd.DataFrame:
+    """A retrieval serving model's own top-K list per user (user_id, item_id), with
+    the user's training items removed afterwards, cut to k: how the model performs
+    as deployed. The list cannot be widened, so candidate and champion are treated
+    identically."""
     served = call_in_batches(serving_fn(retrieval_model_dir), queries, "item_ids")
     ranked = pd.DataFrame({"user_id": np.repeat(users, served.shape[1]),
                            "item_id": served.astype(str).ravel(),
                            "rank": np.tile(np.arange(served.shape[1]), len(users))})
     ranked = ranked.merge(masked.assign(_masked=True), on=["user_id", "item_id"], how="left")
     ranked = ranked[ranked["_masked"].isna()].sort_values(["user_id", "rank"], kind="stable")
-    top = ranked.groupby("user_id", sort=False).head(k)
-    hits = top.merge(positives, on=["user_id", "item_id"]).groupby("user_id").size()
-    n_positives = positives.groupby("user_id").size()
-    return float((hits.reindex(users, fill_value=0) / n_positives.reindex(users)).mean())
+    return ranked.groupby("user_id", sort=False).head(k)[["user_id", "item_id"]]
 
 
-def compare_with_serving(serving_root: str, candidate: dict[str, str], task: tuple,
-                         eval_examples: pd.DataFrame, k: int, candidate_auc: float) -> dict:
-    """The candidate and the newest pushed version, scored on the same eval data.
-
-    ``task`` is ``retrieval_task(...)``; ``candidate_auc`` is the candidate ranking
-    model's AUC on ``eval_examples`` (evaluate_ranking has it already).
-
-    Returns ``{"serving_version": None, "note": ...}`` when nothing is serving yet
-    or the serving model cannot take this run's features.
-    """
-    from components.push.push import latest_version
-
-    try:
-        version = latest_version(serving_root, "retrieval") if serving_root else None
-    except FileNotFoundError:
-        version = None
-    if version is None:
-        return {"serving_version": None, "note": "no model serving yet: first push"}
-    serving = {name: os.path.join(serving_root, name, str(version)) for name in candidate}
+def served_metrics(models: dict[str, str], task: tuple, eval_examples: pd.DataFrame,
+                   slices: Slices, k: int) -> tuple[dict, dict]:
+    """Served Recall@k and ranking AUC, overall and per slice, of one pair of serving
+    models: ({metric: {slice: value}}, {metric: {slice: positives}}). A category
+    slice of retrieval is the recall of the eval positives in that category. The
+    same code scores the candidate and the champion."""
     users, queries, positives, train_clicks = task
+    category_of = eval_examples.drop_duplicates("item_id").set_index("item_id")["category"]
+    top = served_top_k(models["retrieval"], users, queries, train_clicks, k)
+    hit = positives.merge(top.assign(_hit=True), on=["user_id", "item_id"], how="left")
+    hit["_hit"] = hit["_hit"].notna()
     labels = eval_examples[preprocessing.LABEL].to_numpy()
-    result = {"serving_version": version}
+    probabilities = call_in_batches(serving_fn(models["ranking"]), eval_examples,
+                                    PROBABILITY_OUTPUT)
+    positive_rows = slices.masks(hit["user_id"], category_of.reindex(hit["item_id"]))
+    impression_rows = slices.masks(eval_examples["user_id"], eval_examples["category"])
+    recall_name, auc_name = f"served Recall@{k}", "ranking AUC"
+    values, sizes = {recall_name: {}, auc_name: {}}, {recall_name: {}, auc_name: {}}
+    for name in positive_rows:
+        per_user = hit[positive_rows[name]].groupby("user_id")["_hit"].mean()
+        values[recall_name][name] = float(per_user.mean()) if len(per_user) else float("nan")
+        sizes[recall_name][name] = int(len(per_user))
+        mask = impression_rows[name]
+        values[auc_name][name] = roc_auc(labels[mask], probabilities[mask])
+        sizes[auc_name][name] = int(labels[mask].sum())
+    return values, sizes
+
+
+def champion_checks(serving_root: str, candidate: dict[str, str], task: tuple,
+                    eval_examples: pd.DataFrame, thresholds: gate.Thresholds) -> tuple[list, dict]:
+    """Change checks of the candidate against the version serving now, both scored on
+    the same eval data here. Returns (checks, a summary for the blessing)."""
+    served = root_.served_versions(serving_root) if serving_root else {}
+    if not thresholds.compare_with_champion:
+        return [], {"version": served.get("retrieval"),
+                    "note": "not compared with the serving model: compare_with_champion is false"}
+    if not served:
+        return [], {"version": None, "note": "no model serving yet: value thresholds only"}
+    champion = {name: os.path.join(serving_root, name, str(served[name])) for name in candidate
+                if name in served}
+    version = served.get("retrieval")
+    label = ", ".join(f"{name} {served[name]}" for name in sorted(champion))
+    if set(champion) != set(candidate):
+        note = f"models.config serves {sorted(served)}, not every one of {sorted(candidate)}"
+        return gate.champion_unavailable(note, thresholds), {"version": version, "note": note}
+    users, _, _, train_clicks = task
+    slices = Slices.of(users, train_clicks, eval_examples, thresholds.slice_top_categories)
+    scored = {}
     try:
-        for role, models in (("candidate", candidate), ("serving", serving)):
-            result[f"{role}_served_recall_at_{k}"] = served_recall_at_k(
-                models["retrieval"], users, queries, positives, train_clicks, k)
-        result["candidate_auc"] = candidate_auc
-        result["serving_auc"] = roc_auc(labels, call_in_batches(
-            serving_fn(serving["ranking"]), eval_examples, PROBABILITY_OUTPUT))
-    except (KeyError, ValueError, TypeError, tf.errors.OpError) as error:
+        for role, models in (("candidate", candidate), ("champion", champion)):
+            scored[role] = served_metrics(models, task, eval_examples, slices,
+                                          thresholds.recall_k)
+    except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has
-        return {"serving_version": None,
-                "note": f"serving version {version} cannot be scored on this run's data "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"}
-    return result
+        note = (f"serving version ({label}) cannot be scored on this run's data "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+        return gate.champion_unavailable(note, thresholds), {"version": version, "note": note}
+    (candidate_values, sizes), (champion_values, _) = scored["candidate"], scored["champion"]
+    checks = gate.change_checks(candidate_values, champion_values, sizes,
+                                version if len(set(served[n] for n in champion)) == 1 else label,
+                                thresholds)
+    return checks, {"version": version, "versions": {n: served[n] for n in champion},
+                    "note": f"compared with serving version {label} on the same eval data",
+                    "candidate": candidate_values, "champion": champion_values, "sizes": sizes}
 
 
-def bless(retrieval: dict, ranking: dict, thresholds: Thresholds,
-          serving: dict | None = None) -> dict:
-    """Every check must pass; the reason lists each with its numbers."""
-    k = thresholds.recall_k
-    recall, popular = retrieval[f"recall_at_{k}"], retrieval[f"popularity_recall_at_{k}"]
-    checks = [
-        (recall >= thresholds.min_recall_lift * popular,
-         f"retrieval Recall@{k} {recall:.4f} vs popularity {popular:.4f} "
-         f"(needs >= {thresholds.min_recall_lift:g}x)"),
-        (recall >= thresholds.min_recall,
-         f"retrieval Recall@{k} {recall:.4f} (needs >= {thresholds.min_recall:g})"),
-        (ranking["auc"] >= thresholds.min_auc,
-         f"ranking AUC {ranking['auc']:.4f} (needs >= {thresholds.min_auc:g})"),
-        (ranking["normalized_entropy"] <= thresholds.max_normalized_entropy,
-         f"ranking normalized entropy {ranking['normalized_entropy']:.4f} (log loss "
-         f"{ranking['logloss']:.4f} over the constant-CTR prior's {ranking['prior_logloss']:.4f}; "
-         f"needs <= {thresholds.max_normalized_entropy:g})"),
-    ]
-    notes = []
-    if serving and serving.get("serving_version") is not None:
-        version, floor = serving["serving_version"], 1 - thresholds.max_regression
-        for metric, label in ((f"served_recall_at_{k}", f"served Recall@{k}"), ("auc", "AUC")):
-            new, old = serving[f"candidate_{metric}"], serving[f"serving_{metric}"]
-            checks.append((new >= floor * old,
-                           f"{label} {new:.4f} vs serving version {version} {old:.4f} "
-                           f"(may drop at most {thresholds.max_regression:.0%})"))
-    elif serving:
-        notes.append(serving["note"])
-    failed = [text for ok, text in checks if not ok]
-    passed = [text for ok, text in checks if ok]
-    if failed:
-        reason = "NOT blessed: " + "; ".join(failed) + ". Passed: " + ("; ".join(passed) or "none")
-    else:
-        reason = "blessed: " + "; ".join(passed)
-    if notes:
-        reason += " (" + "; ".join(notes) + ")"
-    return {"blessed": not failed, "reason": reason, "thresholds": asdict(thresholds)}
+def read_infra_validation(path: str) -> dict:
+    """Infra validation's result; a missing or unreadable one fails closed in the gate."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        return {"models": {}, "error": f"{path}: {error}"}
 
 
 def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: str,
              item_embeddings_dir: str, retrieval_model_dir: str, ranking_model_dir: str,
-             eval_item_snapshot_dir: str, thresholds: Thresholds, rerank_config: RerankConfig,
-             blessing_path: str, serving_root: str = "") -> dict:
+             eval_item_snapshot_dir: str, infra_validation_path: str,
+             thresholds: gate.Thresholds, rerank_config: RerankConfig, blessing_path: str,
+             serving_root: str = "") -> dict:
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     ks = sorted({10, thresholds.recall_k, 100})
@@ -478,18 +488,27 @@ def evaluate(train_examples_dir: str, eval_examples_dir: str, query_model_dir: s
                              eval_item_snapshot_dir, task, rerank_config)
     funnel["retrieval_score_impression_auc"] = retrieval_impression_auc(
         query_model_dir, item_embeddings_dir, eval_examples)
-    serving = compare_with_serving(
+    infra = read_infra_validation(infra_validation_path)
+    change, champion = champion_checks(
         serving_root, {"retrieval": retrieval_model_dir, "ranking": ranking_model_dir},
-        task, eval_examples, thresholds.recall_k, ranking["auc"])
-    blessing = bless(retrieval, ranking, thresholds, serving)
-    blessing["serving_comparison"] = serving
+        task, eval_examples, thresholds)
+    checks = gate.value_checks(retrieval, ranking, thresholds) + change + gate.infra_checks(infra)
+    blessing = gate.decide(checks, thresholds, champion["note"])
+    blessing.update(champion=champion, infra_validation=infra,
+                    metrics={"retrieval": retrieval, "ranking": ranking, "funnel": funnel})
     with open(blessing_path, "w") as handle:
-        json.dump(blessing, handle, indent=2)
+        json.dump(blessing, handle, indent=2, default=_jsonable)
     return {"retrieval": retrieval, "ranking": ranking, "funnel": funnel, "roc": curves["roc"],
-            "blessing": blessing, "serving": serving,
+            "blessing": blessing, "champion": champion,
             "reliability_png": report.reliability_png(curves["calibration"]),
             "markdown": report_markdown(retrieval, ranking, funnel, blessing),
             "html": report.render(retrieval, ranking, funnel, blessing, recall_curve, curves)}
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return str(value)
 
 
 def report_markdown(retrieval: dict, ranking: dict, funnel: dict, blessing: dict) -> str:
@@ -514,6 +533,7 @@ def report_markdown(retrieval: dict, ranking: dict, funnel: dict, blessing: dict
     return "\n".join([
         "## Evaluation", "",
         f"**{blessing['reason']}**", "",
+        "Checks, failing first:", "", gate.checks_markdown(blessing), "",
         f"Retrieval over the full catalog ({retrieval['catalog_items']} items, "
         f"{retrieval['eval_users']} eval users, training items masked; catalog coverage of "
         f"the top 10: {retrieval['catalog_coverage_at_10']:.1%}):", "",

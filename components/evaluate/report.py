@@ -67,6 +67,22 @@ def reliability_png(calibration: dict) -> bytes:
     return _png_bytes(_reliability_figure(calibration))
 
 
+def _checks_table(checks: list[dict]) -> str:
+    def value(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+    rows = "".join(
+        f'<tr class="{c["status"].lower()}"><td>{html.escape(c["status"])}</td>'
+        f'<td>{html.escape(c["kind"])}</td><td>{html.escape(c["metric"])}</td>'
+        f'<td>{html.escape(c["slice"])}</td><td>{value(c["candidate"])}</td>'
+        f'<td>{value(c["baseline"])} {html.escape(c["baseline_name"])}</td>'
+        f'<td>{html.escape(c["threshold"])}</td><td>{html.escape(c["note"])}</td></tr>'
+        for c in checks)
+    return ("<table><tr><th>status</th><th>kind</th><th>metric</th><th>slice</th>"
+            "<th>candidate</th><th>baseline</th><th>threshold</th><th>note</th></tr>"
+            f"{rows}</table>")
+
+
 def funnel_metric_names(k: int) -> list[tuple[str, str]]:
     """(metric key, title) of the funnel table, for pages of k items."""
     return [("ndcg_at_10", "NDCG@10"), (f"recall_at_{k}", f"Recall@{k}"),
@@ -105,6 +121,8 @@ def render(retrieval: dict, ranking: dict, funnel: dict, blessing: dict, recall_
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; max-width: 1100px; }}
 .verdict {{ color: {colour}; font-weight: bold; }}
+tr.fail td {{ background: #fde7e9; }}
+tr.skipped td {{ color: #777; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 img {{ margin: 0.3em; vertical-align: top; }}
@@ -112,6 +130,8 @@ img {{ margin: 0.3em; vertical-align: top; }}
 <h1>Evaluation</h1>
 <p class="verdict">{html.escape(verdict)}</p>
 <p>{html.escape(blessing["reason"])}</p>
+<h2>Checks (failing first)</h2>
+{_checks_table(blessing["checks"])}
 <h2>Retrieval</h2>
 <p>{retrieval["eval_users"]} eval users, {retrieval["catalog_items"]} catalog items;
 each user's training clicks are masked; positives are eval-window clicks on items

@@ -1,34 +1,50 @@
 """KFP shim for push. It always runs; the blessing decides whether anything is
 written (KFP's local runner cannot run dsl.If, and the gate belongs to the data)."""
 
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def push(
     blessing: Input[Artifact],
     retrieval_model: Input[Model],
     ranking_model: Input[Model],
-    eval_examples: Input[Dataset],
+    warmup_requests: Input[Artifact],
     user_snapshot: Input[Dataset],
     item_snapshot: Input[Dataset],
     item_embeddings: Input[Dataset],
+    ingest_metrics: Input[Metrics],
     rerank: str,
     serving_root: str,
+    tf_serving_root: str,
+    keep_versions: int,
+    image: str,
     push_report: Output[Markdown],
 ):
     from components.push.push import push as run_push
+    from recsys import code_version
     from recsys.progress import log, stage
 
     with stage("push"):
+        window = {name: ingest_metrics.metadata.get(name)
+                  for name in ("window_start", "eval_start", "as_of", "span_start")}
         report = run_push(blessing.path,
                           {"retrieval": retrieval_model.path, "ranking": ranking_model.path},
-                          eval_examples.path,
+                          warmup_requests.path,
                           {"users": user_snapshot.path, "items": item_snapshot.path,
                            "item_embeddings": item_embeddings.path},
-                          serving_root, rerank)
-        push_report.metadata.update(report)
+                          serving_root, rerank, keep_versions, tf_serving_root,
+                          provenance={"data_window": window, "code_version": code_version(),
+                                      "image": image,
+                                      "sources": {"retrieval": retrieval_model.uri,
+                                                  "ranking": ranking_model.uri}})
+        push_report.metadata.update({k: v for k, v in report.items()
+                                     if isinstance(v, (str, int, float, bool))})
         lines = [f"## Push\n\n{report['reason']}\n"]
         lines += [f"- `{name}`: `{path}`" for name, path in report["paths"].items()]
+        if report.get("models_config"):
+            lines.append(f"- TF Serving config: `{report['models_config']}`")
+        if report.get("removed_versions"):
+            lines.append(f"- removed old versions: {report['removed_versions']}")
         with open(push_report.path, "w") as handle:
             handle.write("\n".join(lines) + "\n")
         log("push", report["reason"])

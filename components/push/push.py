@@ -1,144 +1,134 @@
-"""Push: copy blessed models to ``<serving_root>/<model>/<version>/`` atomically,
-with TF Serving warmup requests, plus the feature snapshot serving looks up.
+"""Push: publish blessed models to the TF Serving serving root as one new version.
 
-TF Serving picks a version up as soon as its directory appears, so each version
-is staged in a hidden sibling directory on the same filesystem, checked by
-loading it and replaying its warmup requests, and only then renamed into place
-(rename is atomic there). Versions are integers, one more than any existing.
+Each model is copied with the warmup requests infra validation replayed
+(``assets.extra/tf_serving_warmup_requests``), beside a feature snapshot and the
+re-ranking rules the evaluation measured; then a push record is written and
+``models.config`` switched to the new version. ``serving_root`` explains why a
+reader never sees a partial version, even if the push is killed.
+
+Pushing content that is already served (same content hash) is a no-op. This
+module imports no TensorFlow: it is file operations only.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
-import re
 import shutil
-import uuid
 
-import recsys  # noqa: F401
-
-import pandas as pd
-import pyarrow.parquet as pq
-import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
+from components.push import serving_root as root_
+from components.push.serving_root import SNAPSHOT_DIR
 from components.rerank.rerank import parse_rerank_config
-from recsys import modeling
-from recsys.tables import read_dataset, read_dataset_table
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-SNAPSHOT_DIR = "feature_snapshot"
+# TF Serving replays this file (TFRecord PredictionLog) before serving a version.
+WARMUP_FILE_NAME = "tf_serving_warmup_requests"
+WARMUP_FILE = os.path.join("assets.extra", WARMUP_FILE_NAME)
 RERANK_FILE = "rerank.json"
-WARMUP_RECORDS = 8
+DEFAULT_KEEP_VERSIONS = 5
 
 
-def existing_versions(serving_root: str, names: list[str]) -> list[int]:
-    versions = []
-    for name in names:
-        directory = os.path.join(serving_root, name)
-        if os.path.isdir(directory):
-            versions += [int(d) for d in os.listdir(directory) if re.fullmatch(r"\d+", d)]
-    return versions
+def warmup_path(warmup_dir: str, name: str) -> str:
+    """Where infra validation leaves model ``name``'s warmup requests for push."""
+    return os.path.join(warmup_dir, name, WARMUP_FILE_NAME)
 
 
-def next_version(serving_root: str, names: list[str]) -> int:
-    return max(existing_versions(serving_root, names), default=0) + 1
+def release_hash(models: dict[str, str], warmup_dir: str, snapshots: dict[str, str],
+                 rules: dict) -> str:
+    """What a version holds, hashed: the models, their warmup requests, the snapshot
+    tables and the re-ranking rules."""
+    files = {f"model/{name}": path for name, path in models.items()}
+    files.update({f"warmup/{name}": warmup_path(warmup_dir, name) for name in models})
+    files.update({f"snapshot/{name}": path for name, path in snapshots.items()})
+    digest = hashlib.sha256(root_.content_hash(files).encode())
+    digest.update(json.dumps(rules, sort_keys=True, default=sorted).encode())
+    return digest.hexdigest()
 
 
-def latest_version(serving_root: str, name: str) -> int:
-    versions = existing_versions(serving_root, [name])
-    if not versions:
-        raise FileNotFoundError(f"no pushed versions of '{name}' under {serving_root}")
-    return max(versions)
+def _stage_model(serving_root: str, name: str, version: int, source: str,
+                 warmup_file: str) -> str:
+    staged = root_.staging_dir(serving_root, name, version)
+    shutil.copytree(source, staged)
+    os.makedirs(os.path.join(staged, os.path.dirname(WARMUP_FILE)), exist_ok=True)
+    shutil.copyfile(warmup_file, os.path.join(staged, WARMUP_FILE))
+    return staged
 
 
-def warmup_requests(model_name: str, signature: dict[str, tf.TensorSpec],
-                    examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
-    """One single-example PredictRequest per warmup record, from real eval rows, with
-    the tensors built by the same code as every other caller of the model."""
-    logs = []
-    for row in range(min(WARMUP_RECORDS, len(examples))):
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-        for name, tensor in modeling.raw_tensors(examples.iloc[row:row + 1], signature).items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
-        logs.append(prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)))
-    return logs
+def _stage_snapshot(serving_root: str, version: int, snapshots: dict[str, str],
+                    rules: dict) -> str:
+    staged = root_.staging_dir(serving_root, SNAPSHOT_DIR, version)
+    os.makedirs(staged)
+    for name, source in snapshots.items():
+        shutil.copytree(source, os.path.join(staged, name))
+    with open(os.path.join(staged, RERANK_FILE), "w") as handle:
+        json.dump(rules, handle, indent=2, default=sorted)
+    return staged
 
 
-def write_warmup(saved_model_dir: str, logs: list) -> str:
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        for log in logs:
-            writer.write(log.SerializeToString())
-    return path
+def push(blessing_path: str, models: dict[str, str], warmup_dir: str,
+         snapshots: dict[str, str], serving_root: str, rerank: str = "",
+         keep_versions: int = DEFAULT_KEEP_VERSIONS, tf_serving_root: str = "",
+         provenance: dict | None = None) -> dict:
+    """Push every model in ``models`` (name -> SavedModel dir) as one new version.
 
-
-def replay_warmup(saved_model_dir: str, serve) -> int:
-    """Run every warmup request written under ``saved_model_dir`` through ``serve``,
-    the serving signature loaded from that same staged copy."""
-    replayed = 0
-    for record in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
-        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        inputs = {name: tf.constant(tf.make_ndarray(proto))
-                  for name, proto in log.predict_log.request.inputs.items()}
-        outputs = serve(**inputs)
-        if not outputs or any(v.shape[0] != 1 for v in outputs.values()):
-            raise AssertionError(f"{saved_model_dir}: warmup request gave {outputs}")
-        replayed += 1
-    return replayed
-
-
-def _staging_dir(serving_root: str, name: str, version: int) -> str:
-    # Hidden and non-numeric, so TF Serving never mistakes it for a version.
-    return os.path.join(serving_root, name, f".staging-{version}-{uuid.uuid4().hex}")
-
-
-def push(blessing_path: str, models: dict[str, str], warmup_examples_dir: str,
-         snapshots: dict[str, str], serving_root: str, rerank: str = "") -> dict:
-    """Push every model in ``models`` (name -> SavedModel dir) under one new version,
-    with the feature snapshot (``snapshots``: name -> dataset dir) and the re-ranking
-    rules the evaluation used (``rerank``, the JSON of ``parse_rerank_config``), which
-    the online funnel applies by default.
-
-    Returns a report; when the blessing says no, nothing is written and the
-    report says why.
+    ``warmup_dir`` holds ``<name>/tf_serving_warmup_requests`` per model (infra
+    validation's output); ``snapshots`` maps a table name to a dataset directory;
+    ``rerank`` is the JSON of ``parse_rerank_config``; ``provenance`` (data window,
+    code and image version, run) goes into the push record. Keeps the newest
+    ``keep_versions`` versions (and every served one). Returns a report; when the
+    blessing says no, nothing is written and the report says why.
     """
+    if keep_versions < 1:
+        raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
     with open(blessing_path) as handle:
         blessing = json.load(handle)
-    if not blessing["blessed"]:
-        return {"pushed": False, "reason": f"not pushed: {blessing['reason']}", "paths": {}}
+    if not blessing.get("blessed"):
+        return {"pushed": False, "reason": f"not pushed: {blessing.get('reason', 'no reason')}",
+                "paths": {}}
+    for name in models:
+        warmup = warmup_path(warmup_dir, name)
+        if not os.path.isfile(warmup):
+            raise FileNotFoundError(f"push: no warmup requests for '{name}' at {warmup}; "
+                                    "infra validation writes them")
+    rules = dataclasses.asdict(parse_rerank_config(rerank))
+    digest = release_hash(models, warmup_dir, snapshots, rules)
 
-    os.makedirs(serving_root, exist_ok=True)
-    version = next_version(serving_root, list(models) + [SNAPSHOT_DIR])
-    examples = read_dataset(warmup_examples_dir)
-    staged = {}
-    try:
-        for name, source in models.items():
-            stage_dir = staged[name] = _staging_dir(serving_root, name, version)
-            shutil.copytree(source, stage_dir)
-            # Loaded once from the staged copy: the signature shapes the warmup
-            # requests, then replays them (warmup files are not part of the graph).
-            serve = tf.saved_model.load(stage_dir).signatures["serving_default"]
-            write_warmup(stage_dir, warmup_requests(
-                name, serve.structured_input_signature[1], examples))
-            replay_warmup(stage_dir, serve)
-        stage_dir = staged[SNAPSHOT_DIR] = _staging_dir(serving_root, SNAPSHOT_DIR, version)
-        os.makedirs(stage_dir)
-        for name, source in snapshots.items():
-            pq.write_table(read_dataset_table(source), os.path.join(stage_dir, f"{name}.parquet"))
-        with open(os.path.join(stage_dir, RERANK_FILE), "w") as handle:
-            json.dump(dataclasses.asdict(parse_rerank_config(rerank)), handle, indent=2,
-                      default=sorted)
-    except BaseException:
-        for stage_dir in staged.values():
-            shutil.rmtree(stage_dir, ignore_errors=True)
-        raise
-    paths = {}
-    for name, stage_dir in staged.items():
-        final = os.path.join(serving_root, name, str(version))
-        os.rename(stage_dir, final)  # atomic on one filesystem; fails if `final` exists
-        paths[name] = final
-    return {"pushed": True, "version": version, "paths": paths,
+    with root_.lock(serving_root):
+        served = root_.served_versions(serving_root)
+        current = served.get(next(iter(models)))
+        record = root_.read_record(serving_root, current) if current else None
+        if record and record["content_hash"] == digest and all(
+                served.get(name) == current for name in models):
+            root_.record_event(serving_root, "noop", version=current, content_hash=digest)
+            return {"pushed": False, "noop": True, "version": current, "paths": {},
+                    "reason": f"not pushed: version {current} already serves this exact "
+                              f"content (hash {digest[:12]})"}
+
+        version = root_.next_version(serving_root, list(models) + [SNAPSHOT_DIR])
+        staged = {}
+        try:
+            for name, source in models.items():
+                staged[name] = _stage_model(serving_root, name, version, source,
+                                            warmup_path(warmup_dir, name))
+            staged[SNAPSHOT_DIR] = _stage_snapshot(serving_root, version, snapshots, rules)
+            for directory in staged.values():
+                root_.fsync_tree(directory)
+        except BaseException:
+            for directory in staged.values():
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        paths = {name: root_.publish(directory, serving_root, name, version)
+                 for name, directory in staged.items()}
+        root_.write_record(serving_root, version, {
+            "version": version, "content_hash": digest, "models": sorted(models),
+            "previously_served": served, "blessing": blessing, **(provenance or {})})
+        config = root_.write_config(serving_root, {**served, **{n: version for n in models}},
+                                    tf_serving_root or root_.config_base(serving_root))
+        root_.record_event(serving_root, "push", version=version, content_hash=digest,
+                           previously_served=served)
+        removed = root_.remove_old_versions(serving_root, list(models) + [SNAPSHOT_DIR],
+                                            keep_versions)
+        if removed:
+            root_.record_event(serving_root, "remove", versions=removed)
+    return {"pushed": True, "version": version, "paths": paths, "models_config": config,
+            "content_hash": digest, "removed_versions": removed,
             "reason": f"pushed version {version}: {blessing['reason']}"}

@@ -58,12 +58,17 @@ class RankingConfig:
     epochs: int = 3
     batch_size: int = 1024
     learning_rate: float = 0.002
+    # Share of training rows whose user and item ids are replaced by the unknown-id
+    # bucket, so it learns what new users and items look like (0 = off).
+    id_dropout: float = 0.1
     negative_sampling_rate: float = 1.0  # share of non-clicks kept for training
     watch_loss_weight: float = 1.0  # 0 = click head only
     score_watch_weight: float = 1.0  # a watched minute's value relative to a click
     seed: int = 42
 
     def __post_init__(self):
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout is a share of rows in [0, 1), got {self.id_dropout}")
         if not 0.0 < self.negative_sampling_rate <= 1.0:
             raise ValueError("negative_sampling_rate is the share of non-clicked examples "
                              f"kept, in (0, 1]; got {self.negative_sampling_rate}")
@@ -89,7 +94,7 @@ class RankingModel(tfrs.Model):
         self.encoder = modeling.Tower(
             transform_output, RANKING_FEATURES + preprocessing.CROSS_FEATURES,
             config.embedding_dim, hidden_units=[], output_dim=None, history_affinity=True,
-            name="encoder")
+            id_dropout=config.id_dropout, name="encoder")
         self.cross = [tfrs.layers.dcn.Cross(projection_dim=config.cross_projection_dim or None,
                                             kernel_initializer="glorot_uniform")
                       for _ in range(config.cross_layers)]
@@ -109,7 +114,7 @@ class RankingModel(tfrs.Model):
     def call(self, features, training=None):
         """{"click_logit": calibrated outside training, "watch_log_minutes": log of the
         expected watched minutes given a click}, each [batch, 1]."""
-        x0 = self.encoder(features)
+        x0 = self.encoder(features, training=training)
         x = x0
         for cross in self.cross:
             x = cross(x0, x)

@@ -1,0 +1,1 @@
+"""Infra validation: would TF Serving load these models and answer in time?"""
