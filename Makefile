@@ -9,12 +9,13 @@ WORKDIR ?= work
 IMAGE ?= localhost/recsys-pipeline:0.1.0
 BASE_IMAGE ?= localhost/py311:base
 
-.PHONY: help run test compile image base-image lock clean
+.PHONY: help run test test-image compile image base-image lock clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run   - set up .venv if needed, run the whole pipeline on the sample data"
 	@echo "make test  - set up .venv if needed, run the test suite"
+	@echo "make test-image - build the image with buildah and run a component in it"
 	@echo "make compile | image | base-image | lock | clean"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -28,8 +29,15 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 	$(BIN)/recsys run --workdir $(WORKDIR)
 
+# Two workers (the machine's two cores): tests sharing the trained stages run on one,
+# whole-pipeline runs (mostly single-threaded imports) beside them.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# Builds the image (buildah on a debootstrap base when no Docker engine runs) and
+# runs the CLI and one component in it as the non-root user; about 4 minutes.
+test-image: $(VENV)/.installed
+	$(BIN)/python -m pytest -m image tests/test_image.py
 
 compile: $(VENV)/.installed
 	$(BIN)/recsys compile --out pipeline.yaml --image $(IMAGE)

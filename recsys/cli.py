@@ -1,5 +1,5 @@
-"""The ``recsys`` command: generate, import-movielens, check, compile, run, recommend,
-versions, rollback, schema."""
+"""The ``recsys`` command: generate, import-movielens, check, compile, run, submit,
+schedule, simulate, recommend, versions, rollback, schema."""
 
 import argparse
 import os
@@ -75,6 +75,59 @@ def _run(args):
         return 1
     print(local_run.summary(outputs))
     return 0
+
+
+def _submit(args):
+    from recsys import kubeflow
+    from recsys.local_run import pipeline_parameters
+
+    params = kubeflow.parse_params(args.param, pipeline_parameters())
+    with kubeflow.api_errors(args.host):
+        run = kubeflow.submit(args.host, params, args.experiment, args.run_name, args.image,
+                              args.pipeline_yaml)
+    print(f"submitted run {run['run_id']} to experiment '{args.experiment}': {run['url']}")
+
+
+def _schedule(args):
+    from recsys import kubeflow
+    from recsys.local_run import pipeline_parameters
+
+    with kubeflow.api_errors(args.host):
+        if args.list:
+            print(kubeflow.format_schedules(kubeflow.list_schedules(args.host, args.experiment)))
+            return
+        if args.disable:
+            kubeflow.disable_schedule(args.host, args.disable)
+            print(f"disabled recurring run {args.disable}")
+            return
+        if args.delete:
+            kubeflow.delete_schedule(args.host, args.delete)
+            print(f"deleted recurring run {args.delete}")
+            return
+        if not args.cron:
+            raise ValueError("--cron is required to create a recurring run (or pass --list, "
+                             "--disable ID or --delete ID)")
+        params = kubeflow.parse_params(args.param, pipeline_parameters())
+        job = kubeflow.schedule(args.host, args.cron, params, args.name,
+                                args.experiment or kubeflow.DEFAULT_EXPERIMENT,
+                                not args.catchup, args.max_concurrency, args.image,
+                                args.pipeline_yaml)
+        print(f"created recurring run {job['recurring_run_id']} ('{job['name']}', cron "
+              f"'{job['cron']}', max concurrency {args.max_concurrency}, "
+              f"{'catch-up' if args.catchup else 'no catch-up'})")
+
+
+def _simulate(args):
+    from recsys import local_run
+    from recsys.simulate import simulate
+
+    result = simulate(args.workdir, args.days, args.drift_day, args.drift, args.lookback_days,
+                      args.eval_days, args.users, args.items, args.seed,
+                      local_run.load_config(args.config))
+    for day in result["days"]:
+        print(f"day {day['day']} (as_of {day['as_of']}): {day['status']}; serving version "
+              f"{day['served_version']}")
+    print(f"timeline: {os.path.join(result['workdir'], 'timeline.html')} (and timeline.png)")
 
 
 def _recommend(args):
@@ -222,6 +275,55 @@ def main(argv=None):
     run.add_argument("--image", default=DEFAULT_IMAGE)
     run.add_argument("--verbose", action="store_true", help="stream every task's full log")
     run.set_defaults(func=_run)
+
+    def kubeflow_options(command):
+        command.add_argument("--host", required=True,
+                             help="the KFP API, e.g. https://kubeflow.example.com/pipeline")
+        command.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                             help="a pipeline parameter (repeatable), e.g. data_root=/data")
+        command.add_argument("--image", default=DEFAULT_IMAGE,
+                             help="the image every stage runs in (compiled in as the "
+                                  "default of the image parameter)")
+        command.add_argument("--pipeline-yaml", help="submit this compiled package instead of "
+                                                     "compiling one")
+
+    submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow")
+    kubeflow_options(submit)
+    submit.add_argument("--experiment", default="recsys")
+    submit.add_argument("--run-name", default="")
+    submit.set_defaults(func=_submit)
+
+    schedule = commands.add_parser("schedule", help="create, list, disable or delete "
+                                   "recurring runs on Kubeflow")
+    kubeflow_options(schedule)
+    schedule.add_argument("--cron", help='six fields, seconds first: "0 0 3 * * *" = 03:00 daily')
+    schedule.add_argument("--name", default="recsys-daily", help="the recurring run's name")
+    schedule.add_argument("--experiment", help="default: recsys (with --list: all experiments)")
+    schedule.add_argument("--catchup", action="store_true",
+                          help="run every missed interval after a pause (default: only the "
+                               "latest)")
+    schedule.add_argument("--no-catchup", dest="catchup", action="store_false")
+    schedule.add_argument("--max-concurrency", type=int, default=1)
+    manage = schedule.add_mutually_exclusive_group()
+    manage.add_argument("--list", action="store_true", help="list recurring runs")
+    manage.add_argument("--disable", metavar="ID", help="disable a recurring run")
+    manage.add_argument("--delete", metavar="ID", help="delete a recurring run")
+    schedule.set_defaults(func=_schedule)
+
+    simulate = commands.add_parser("simulate", help="N consecutive daily retrains locally on "
+                                   "synthetic data, with a timeline report")
+    simulate.add_argument("--days", type=int, required=True)
+    simulate.add_argument("--drift-day", type=int, default=0,
+                          help="inject drift from this simulated day on (1..days; 0 = none)")
+    simulate.add_argument("--drift", choices=sorted(DRIFTS), default="category")
+    simulate.add_argument("--workdir", default="simulation")
+    simulate.add_argument("--lookback-days", type=int, default=14)
+    simulate.add_argument("--eval-days", type=int, default=3)
+    simulate.add_argument("--users", type=int, default=2000)
+    simulate.add_argument("--items", type=int, default=400)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--config", help="YAML file of pipeline parameters for every day")
+    simulate.set_defaults(func=_simulate)
 
     recommend = commands.add_parser("recommend", help="top items for a user from pushed models")
     recommend.add_argument("--serving-root", required=True)

@@ -6,6 +6,7 @@ in) unless given a compiled package, and check the parameters against the
 pipeline's signature before anything reaches the server.
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -13,6 +14,31 @@ import tempfile
 from pipelines.recsys_pipeline import DEFAULT_IMAGE, compile_pipeline
 
 DEFAULT_EXPERIMENT = "recsys"
+# KFP's recurring-run controller replaces this macro in run parameters with each
+# run's scheduled time (Go time layout, UTC), so a daily run's data window ends at
+# its scheduled time and a re-run or backfill of that run sees the same window.
+SCHEDULED_AS_OF = "[[ScheduledTime.2006-01-02T15:04:05Z]]"
+
+
+class KubeflowError(ValueError):
+    """The KFP API refused a request or could not be reached; says which and why."""
+
+
+@contextlib.contextmanager
+def api_errors(host: str):
+    """KFP client and connection errors as one readable message."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as error:
+        raise KubeflowError(f"the KFP API at {host} answered {error.status} {error.reason}: "
+                            f"{(error.body or '').strip()[:500]}") from None
+    except urllib3.exceptions.HTTPError as error:
+        raise KubeflowError(f"cannot reach the KFP API at {host} ({error}); check --host "
+                            "(e.g. https://kubeflow.example.com/pipeline) and credentials"
+                            ) from None
 
 
 def parse_params(pairs: list[str], known: dict) -> dict:
@@ -75,8 +101,9 @@ def experiment_id(kfp_client, name: str) -> str:
 def schedule(host: str, cron: str, params: dict, name: str, experiment: str = DEFAULT_EXPERIMENT,
              no_catchup: bool = True, max_concurrency: int = 1, image: str = DEFAULT_IMAGE,
              pipeline_yaml: str | None = None, kfp_client=None) -> dict:
-    """A recurring run. ``cron`` has six fields, seconds first, as KFP expects;
-    ``as_of`` left empty makes each run's data window end at its scheduled time."""
+    """A recurring run. ``cron`` has six fields, seconds first, as KFP expects.
+    Unless ``params`` sets ``as_of``, each run's data window ends at its scheduled
+    time (``SCHEDULED_AS_OF``)."""
     fields = cron.split()
     if len(fields) != 6:
         raise ValueError(f"--cron {cron!r}: KFP cron expressions have 6 fields (seconds "
@@ -88,7 +115,7 @@ def schedule(host: str, cron: str, params: dict, name: str, experiment: str = DE
         job = kfp_client.create_recurring_run(
             experiment_id=experiment_id(kfp_client, experiment), job_name=name,
             cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-            params=params, pipeline_package_path=package(pipeline_yaml, image, directory))
+            params={"as_of": SCHEDULED_AS_OF, **params}, pipeline_package_path=package(pipeline_yaml, image, directory))
     return {"recurring_run_id": job.recurring_run_id, "name": name, "cron": cron}
 
 

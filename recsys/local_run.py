@@ -79,16 +79,19 @@ def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dic
 
 
 def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
-        verbose: bool = False) -> dict:
-    """Compile, run the YAML in a child process, return its outputs (raises RunFailed)."""
+        verbose: bool = False, label: str = "") -> dict:
+    """Compile, run the YAML in a child process, return its outputs (raises RunFailed).
+    Runs in one ``workdir`` share its pipeline root and serving root, as scheduled
+    runs do; ``label`` names this run's ``outputs-<label>.json`` and ``run-<label>.log``."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     pipeline_yaml = compile_pipeline(os.path.join(workdir, "pipeline.yaml"), image)
     arguments = {"data_root": os.path.abspath(data_root),
                  "serving_root": os.path.join(workdir, "serving")}
     arguments.update(config)
-    outputs_path = os.path.join(workdir, "outputs.json")
-    log_path = os.path.join(workdir, "run.log")
+    suffix = f"-{label}" if label else ""
+    outputs_path = os.path.join(workdir, f"outputs{suffix}.json")
+    log_path = os.path.join(workdir, f"run{suffix}.log")
     if os.path.exists(outputs_path):
         os.remove(outputs_path)
     log("run", f"compiled {pipeline_yaml}; running it locally (full log: {log_path})")
@@ -112,6 +115,7 @@ def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
         outputs = json.load(handle)
     outputs["seconds"] = time.monotonic() - started
     outputs["arguments"] = arguments
+    outputs["log"] = log_path
     return outputs
 
 

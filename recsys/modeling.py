@@ -101,6 +101,13 @@ class Tower(tf.keras.Model):
             self.embeddings[shared] if shared is not None
             else embedding(preprocessing.SEQUENCE_FEATURES[raw], name)
             for raw, name, shared in zip(sequences, self.sequence_inputs, self.affinity_with)]
+        # The vocabulary behind each embedding table (None: a fixed range), so a warm
+        # start can match rows by token (recsys.warm_start).
+        self.vocabulary_of = {id(table): raw if raw not in FIXED_CARDINALITY else None
+                              for table, raw in zip(self.embeddings, id_features)}
+        self.vocabulary_of.update({id(table): preprocessing.SEQUENCE_FEATURES[raw]
+                                   for table, raw in zip(self.sequence_embeddings, sequences)
+                                   if id(table) not in self.vocabulary_of})
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))

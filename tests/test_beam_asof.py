@@ -23,6 +23,9 @@ from recsys.beam_io import ReadDataset, pipeline_options
 from recsys.data_check import JOINED, TABLES
 from recsys.tables import USER_FEATURE_COLUMNS, read_dataset
 
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
 VIEW = FeatureView("user_features", "user_id", tuple(USER_FEATURE_COLUMNS))
 MULTI_PROCESSING = '["--direct_num_workers=2", "--direct_running_mode=multi_processing"]'
 

@@ -1,4 +1,5 @@
-"""The compiled pipeline, run locally from its YAML, on tiny generated data."""
+"""The compiled pipeline, run locally from its YAML, on tiny generated data: three
+simulated daily retrains (``recsys simulate``), then what they left behind."""
 
 import json
 import os
@@ -9,16 +10,19 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from recsys import modeling
+from components.push import serving_root as root_
+from recsys import local_run, modeling
 from recsys.generate import generate
 from recsys.tables import read_dataset
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, TINY
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
 
 CONFIG = f"""\
 lookback_days: {LOOKBACK_DAYS}
 eval_days: {EVAL_DAYS}
+# Slices of 300 users and 120 items are small: a day's noise is larger than 5%.
+max_slice_regression: 0.25
 retrieval_epochs: 3
 retrieval_batch_size: 256
 retrieval_top_k: 50
@@ -41,12 +45,23 @@ def config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def successful_run(tiny_data, config, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    result = recsys("run", "--data", tiny_data, "--workdir", str(workdir), "--config", config)
+def simulation(config, tmp_path_factory):
+    """Three daily runs in one workdir; category drift from day 3 on."""
+    workdir = tmp_path_factory.mktemp("simulation")
+    result = recsys("simulate", "--days", "3", "--drift-day", "3", "--workdir", str(workdir),
+                    "--users", str(TINY["users"]), "--items", str(TINY["items"]),
+                    "--seed", str(TINY["seed"]), "--lookback-days", str(LOOKBACK_DAYS),
+                    "--eval-days", str(EVAL_DAYS), "--config", config)
     assert result.returncode == 0, result.stderr[-5000:]
-    with open(workdir / "outputs.json") as handle:
-        return {"workdir": workdir, "outputs": json.load(handle), "result": result}
+    with open(workdir / "timeline.json") as handle:
+        return {"workdir": workdir, "timeline": json.load(handle)["days"], "result": result}
+
+
+@pytest.fixture(scope="module")
+def successful_run(simulation):
+    """Day 1: the first run, nothing serving yet."""
+    with open(simulation["workdir"] / "outputs-day01.json") as handle:
+        return {**simulation, "outputs": json.load(handle)}
 
 
 def test_run_pushes_loadable_models_with_warmup(successful_run):
@@ -77,19 +92,43 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     for stage in ("ingest", "features/join", "validate", "features/transform",
                   "train_retrieval", "train_ranking", "infra_validate", "evaluate", "push"):
         assert f"{stage}: started" in stderr and f"{stage}: finished in" in stderr
-    stdout = successful_run["result"].stdout
-    assert "pushed version 1" in stdout
-    # The summary shows every check of the blessing (infra validation included).
-    assert "| pass | infra | infra validation of retrieval |" in stdout
-    assert "no model serving yet: value thresholds only" in stdout
+    # The summary `recsys run` prints shows every check of the blessing.
+    summary = local_run.summary({**outputs, "seconds": 0})
+    assert "pushed version 1" in summary
+    assert "| pass | infra | infra validation of retrieval |" in summary
+    assert "no model serving yet: value thresholds only" in summary
+    assert "quarantined 0 rows" in summary
     assert os.path.isfile(outputs["evaluation_html"]["path"])
     assert os.path.isfile(outputs["validation_html"]["path"])
-    assert "quarantined 0 rows" in successful_run["result"].stdout
-    # validate kept this span's statistics under the pipeline root: the next
-    # run's drift baseline.
-    stored = list((successful_run["workdir"] / "pipeline_root" / "statistics").glob(
+
+
+def test_daily_runs_warm_start_compare_with_the_champion_and_stop_on_drift(simulation):
+    day1, day2, day3 = simulation["timeline"]
+    workdir = simulation["workdir"]
+    # Day 1: nothing to start from, compare with or drift against.
+    assert day1["status"] == "pushed version 1" and day1["drift"] is None
+    assert day1["warm_start"] == {"retrieval": None, "ranking": None}
+    # Day 2 found what it needed under the pipeline root and the serving root:
+    # the blessed checkpoint of version 1, day 1's span statistics, version 1 serving.
+    assert day2["warm_start"] == {"retrieval": 1, "ranking": 1}
+    assert day2["drift"] is not None and day2["drift"]["flagged"] == []
+    assert "compared with serving version ranking 1, retrieval 1" in day2["reason"]
+    assert day2["blessed"] and day2["status"] == "pushed version 2", day2["reason"]
+    # Day 3: the category mix drifts; validate blocks; nothing is trained or pushed.
+    assert day3["status"] == "stopped at validate" and not day3["pushed"]
+    assert "category" in day3["drift"]["flagged"] and day3["drift"]["max_ratio"] > 1
+    assert day3["served_version"] == 2
+    assert root_.committed_versions(str(workdir / "serving")) == [1, 2]
+    # Only spans that passed are baselines: day 4 would compare with day 2's.
+    stored = sorted(p.parent.name for p in (workdir / "pipeline_root" / "statistics").glob(
         "span=*/span_examples.stats.pb"))
-    assert len(stored) == 1
+    assert len(stored) == 2
+    stderr = simulation["result"].stderr
+    assert f"previous span ({stored[-1].removeprefix('span=')}" in stderr
+    report = (workdir / "timeline.html").read_text()
+    assert "category drift injected from day 3" in report
+    assert report.count('src="data:image/png;base64,') == 1 and "https://" not in report
+    assert (workdir / "timeline.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_recommend_prints_ranked_items(successful_run):

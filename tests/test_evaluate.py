@@ -11,6 +11,9 @@ from components.evaluate.evaluate import (Slices, calibration, expected_calibrat
                                           gini, log_loss, normalized_entropy, page_metrics,
                                           rank_catalog, ranking_metrics, roc_auc)
 
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
 
 def test_masking_and_recall_by_hand():
     users = np.array(["u1", "u2"])

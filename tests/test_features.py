@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import numpy as np
 import pandas as pd
 import tensorflow_transform as tft
@@ -10,6 +11,9 @@ import pyarrow as pa
 from components.features.beam_asof import FeatureView, join_view
 from components.features import preprocessing
 from recsys.tables import read_dataset
+
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
 
 keys = st.sampled_from(["a", "b", "c", "d"])
 timestamps = st.integers(0, 40)

@@ -15,6 +15,9 @@ from recsys.tables import read_dataset
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, push_stages
 from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
 
 @pytest.fixture(scope="module")
 def serving_root(stages, tmp_path_factory):

@@ -162,6 +162,7 @@ def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
 
 @needs_movielens
 @pytest.mark.e2e
+@pytest.mark.xdist_group("movielens")  # a whole pipeline run: its own group, any worker
 def test_recsys_run_on_movielens(tmp_path):
     """`recsys import-movielens`, then `recsys run --data` with nothing else: the
     data directory's recsys.yaml supplies the window and the schemas."""

@@ -3,6 +3,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipelines.recsys_pipeline import compile_pipeline
+from recsys import code_version
 from recsys.local_run import load_config
 
 STAGES = ["ingest", "join-features", "validate", "transform-features", "train-retrieval",
@@ -26,16 +27,43 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
     assert sorted(tasks["push"].dependent_tasks) == ["evaluate", "infra-validate", "ingest",
                                                      "join-features", "train-ranking",
                                                      "train-retrieval"]
-    image = tasks["push"].inputs.parameters["image"].runtime_value.constant.string_value
-    assert image == "registry.example/recsys:1.2.3"  # recorded with every pushed version
+    # The image a run used is recorded with every pushed version.
+    assert tasks["push"].inputs.parameters["image"].component_input_parameter == "image"
+    # One image for every stage: set at compile time, overridable per run.
+    image = spec.root.input_definitions.parameters["image"]
+    assert image.default_value.string_value == "registry.example/recsys:1.2.3"
     executors = spec.deployment_spec["executors"]
+    assert len(executors) == len(STAGES)
     for executor in executors.values():
         container = executor["container"]
-        assert container["image"] == "registry.example/recsys:1.2.3"
+        assert container["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}"
         assert "pip install" not in " ".join(container["command"])  # install_kfp_package=False
-    assert tasks["push"].caching_options.enable_cache is False
-    assert tasks["ingest"].caching_options.enable_cache is False
-    assert "serving_root" in spec.root.input_definitions.parameters
+        # The code version is on the command line, so KFP's cache key covers it.
+        assert list(container["args"])[-2:] == ["--code-version", code_version()]
+    for name, task in tasks.items():
+        assert task.inputs.parameters["pipelinechannel--image"].component_input_parameter \
+            == "image", name
+    resources = {name.removeprefix("exec-"): executor["container"]["resources"]
+                 for name, executor in executors.items()}
+    assert resources["train-retrieval"]["resourceCpuRequest"] == "2"
+    assert resources["train-ranking"]["resourceMemoryRequest"] == "8G"
+    assert resources["push"]["resourceMemoryLimit"] == "2G"
+    assert all("resourceCpuRequest" in r and "resourceMemoryLimit" in r
+               for r in resources.values())
+    # Data stages (and the idempotent push) retry with backoff; nothing else does.
+    retried = {name for name, task in tasks.items() if task.retry_policy.max_retry_count}
+    assert retried == {"ingest", "join-features", "validate", "transform-features", "push"}
+    assert tasks["ingest"].retry_policy.backoff_duration.seconds == 60
+    # No cache where a task has side effects or reads what KFP cannot see.
+    uncached = {name for name, task in tasks.items() if not task.caching_options.enable_cache}
+    assert uncached == {"ingest", "validate", "train-retrieval", "train-ranking", "evaluate",
+                        "push"}
+    parameters = spec.root.input_definitions.parameters
+    assert "serving_root" in parameters and not parameters["serving_root"].is_optional
+    assert parameters["lookback_days"].default_value.number_value == 14
+    assert parameters["as_of"].default_value.string_value == ""
+    assert parameters["warm_start"].default_value.bool_value is False
+
     pipeline_root = tasks["validate"].inputs.parameters["pipeline_root"]
     assert pipeline_root.runtime_value.constant.string_value == "{{$.pipeline_root}}"
 

@@ -19,6 +19,9 @@ from components.push.serving_root import SNAPSHOT_DIR
 from recsys.cli import main as recsys_main
 from tests.conftest import push_stages
 
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
 RULES_A, RULES_B = '{"k": 10}', '{"k": 12}'
 MODELS = ("retrieval", "ranking")
 

@@ -22,6 +22,9 @@ from components.rerank.rerank import RerankConfig
 from recsys.tables import read_dataset, read_dataset_table, write_dataset
 from tests.conftest import push_stages
 
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
 THRESHOLDS = dict(recall_k=20, min_slice_size=5)
 
 

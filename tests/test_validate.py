@@ -101,6 +101,7 @@ def _validate(stages, copies, tmp_path, **kwargs):
                     **kwargs)
 
 
+@pytest.mark.xdist_group("stages")
 def test_clean_run_reports_every_dataset_offline(stages):
     summary = stages["validation"]
     assert summary["anomalies"] == []
@@ -140,6 +141,7 @@ def test_schema_violations_block_and_policy_can_warn(dataset, change, anomaly_ty
         [(dataset, anomaly_type, "warn")]
 
 
+@pytest.mark.xdist_group("stages")
 def test_missing_serving_log_is_said_not_skipped(stages, tmp_path):
     copies = _copy(stages, tmp_path)
     _rewrite(copies, "serving_log", pd.DataFrame({"event_id": pd.Series([], dtype=str)}))

@@ -25,7 +25,6 @@ import recsys  # noqa: F401
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -35,7 +34,7 @@ from components.train_ranking.train_ranking import (PROBABILITY_OUTPUT, RANKING_
                                                     SCORE_OUTPUT, WATCH_OUTPUT)
 from recsys import modeling
 from recsys.tables import read_dataset
-from schemas import schema_path
+from schemas import load_schema
 
 MODEL_INPUTS = {"retrieval": preprocessing.QUERY_TOWER_FEATURES, "ranking": RANKING_FEATURES}
 MODEL_OUTPUTS = {
@@ -67,9 +66,7 @@ class Budgets:
 def serving_contract(model: str, schema_dir: str = "") -> dict[str, tuple[str, int]]:
     """The inputs serving sends ``model``: name -> (dtype, rank), from the examples
     schema (lists, the engagement history, are [batch, length])."""
-    schema = text_format.Parse(open(schema_path("examples", schema_dir)).read(),
-                               schema_pb2.Schema())
-    types = {feature.name: feature.type for feature in schema.feature}
+    types = {feature.name: feature.type for feature in load_schema("examples", schema_dir).feature}
     return {name: (SCHEMA_DTYPES[types[name]],
                    2 if name in preprocessing.SEQUENCE_FEATURES else 1)
             for name in MODEL_INPUTS[model]}

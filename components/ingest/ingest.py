@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import tensorflow_data_validation as tfdv
 
 import schemas
 from components.ingest.contract import (TableCheck, column_rules, read_raw_file, reason_counts,
@@ -53,7 +52,10 @@ def resolve_window(as_of: str, lookback_days: int, eval_days: int,
         try:
             stamp = pd.Timestamp(as_of)
         except ValueError as error:
-            raise DataError(f"as_of={as_of!r} is not a date or timestamp ({error})") from None
+            hint = (" KFP substitutes [[ScheduledTime...]] macros only in runs of a recurring "
+                    "run; give a date for a one-off run" if "[[" in as_of else "")
+            raise DataError(f"as_of={as_of!r} is not a date or timestamp ({error}).{hint}") \
+                from None
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         as_of_ts = int(stamp.timestamp())
     else:
@@ -115,8 +117,7 @@ def check_table(data_root: str, name: str, schema_dir: str, encoding: str, now: 
     """Every row of raw table ``name`` checked against the contract."""
     check = TableCheck(name, [read_raw_file(path, encoding) for path in find_table(data_root, name)])
     schema_name, environment = SCHEMA_OF_TABLE[name]
-    rules = column_rules(tfdv.load_schema_text(schemas.schema_path(schema_name, schema_dir)),
-                         environment)
+    rules = column_rules(schemas.load_schema(schema_name, schema_dir), environment)
     check.apply(rules, now)
     key = UNIQUE_KEYS.get(name)
     if key:

@@ -13,16 +13,20 @@ def push(
     item_snapshot: Input[Dataset],
     item_embeddings: Input[Dataset],
     ingest_metrics: Input[Metrics],
+    retrieval_checkpoint: Input[Model],
+    ranking_checkpoint: Input[Model],
     rerank: str,
     serving_root: str,
     tf_serving_root: str,
     keep_versions: int,
     image: str,
+    pipeline_root: str,
     push_report: Output[Markdown],
 ):
     from components.push.push import push as run_push
     from recsys import code_version
     from recsys.progress import log, stage
+    from recsys.warm_start import keep_blessed
 
     with stage("push"):
         window = {name: ingest_metrics.metadata.get(name)
@@ -37,6 +41,12 @@ def push(
                                       "image": image,
                                       "sources": {"retrieval": retrieval_model.uri,
                                                   "ranking": ranking_model.uri}})
+        if report["pushed"] or report.get("noop"):
+            # What the next run's warm start finds under the pipeline root.
+            kept = keep_blessed(pipeline_root, report["version"],
+                                {"retrieval": retrieval_checkpoint.path,
+                                 "ranking": ranking_checkpoint.path})
+            log("push", f"warm-start checkpoints of version {report['version']}: {kept}")
         push_report.metadata.update({k: v for k, v in report.items()
                                      if isinstance(v, (str, int, float, bool))})
         lines = [f"## Push\n\n{report['reason']}\n"]

@@ -13,25 +13,41 @@ def train_ranking(
     cross_projection_dim: int,
     batch_size: int,
     learning_rate: float,
+    id_dropout: float,
     negative_sampling_rate: float,
     watch_loss_weight: float,
     score_watch_weight: float,
     seed: int,
+    warm_start: bool,
+    pipeline_root: str,
     ranking_model: Output[Model],
     ranking_training: Output[Metrics],
+    checkpoint: Output[Model],
 ):
+    import tensorflow_transform as tft
+
     from components.train_ranking.train_ranking import RankingConfig, export, train
-    from recsys.progress import stage
+    from recsys import warm_start as warm
+    from recsys.progress import log, stage
 
     with stage("train_ranking"):
         config = RankingConfig(embedding_dim=embedding_dim, cross_layers=cross_layers,
                                cross_projection_dim=cross_projection_dim, epochs=epochs,
                                batch_size=batch_size, learning_rate=learning_rate,
+                               id_dropout=id_dropout,
                                negative_sampling_rate=negative_sampling_rate,
                                watch_loss_weight=watch_loss_weight,
                                score_watch_weight=score_watch_weight, seed=seed)
+        version, start_from = (warm.warm_start_from(pipeline_root, "ranking") if warm_start
+                               else (None, ""))
+        if warm_start and not start_from:
+            log("train_ranking", "warm_start: no blessed model under the pipeline root yet; "
+                                 "training from scratch")
         model, metrics = train(transformed_train.path, transformed_eval.path,
-                               transform_graph.path, config)
+                               transform_graph.path, config, warm_start_dir=start_from)
+        if metrics["warm_start"]:
+            metrics["warm_start_version"] = version
+        warm.save(model, tft.TFTransformOutput(transform_graph.path), checkpoint.path)
         export(model, transform_graph.path, ranking_model.path)
         for name, value in metrics.items():
             ranking_training.log_metric(name, value)

@@ -35,7 +35,7 @@ import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from components.features import preprocessing
-from recsys import modeling
+from recsys import modeling, warm_start
 from recsys.progress import log
 
 # The raw features the exported model takes.
@@ -160,10 +160,12 @@ def downsample_negatives(data: dict[str, np.ndarray], rate: float,
 
 
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
-          config: RankingConfig, callbacks: list | None = None) -> tuple[RankingModel, dict]:
+          config: RankingConfig, callbacks: list | None = None,
+          warm_start_dir: str = "") -> tuple[RankingModel, dict]:
     """Train on ``transformed_train``; ``transformed_eval`` gives the per-epoch
     validation lines. ``callbacks`` are Keras callbacks (the benchmark's epoch
-    selection)."""
+    selection). With ``warm_start_dir`` (a ``recsys.warm_start`` checkpoint), start
+    from its weights."""
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
     columns = ([preprocessing.transformed_name(f) for f in RANKING_FEATURES]
@@ -182,13 +184,17 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
                              "head is off and the score is the click probability")
     model = RankingModel(transform_output, config, watch_head)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    sample = {name: values[:2] for name, values in train_data.items()}
+    warm = warm_start.initialise(model, transform_output, warm_start_dir, "train_ranking",
+                                 lambda: model(sample))
     metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
                            "train_ranking", callbacks)
     metrics.pop("history")
     return model, {"train_examples": len(all_train[preprocessing.LABEL]),
                    "train_examples_kept": len(clicks), "train_clicks": int(clicks.sum()),
                    "negative_sampling_rate": config.negative_sampling_rate,
-                   "watch_head": int(watch_head), **metrics}
+                   "watch_head": int(watch_head), "warm_start": int(warm["warm_start"]),
+                   **metrics}
 
 
 def export(model: RankingModel, transform_graph: str, serving_model_dir: str) -> None:

@@ -19,13 +19,19 @@ def train_retrieval(
     early_stopping_patience: int,
     ann_index: str,
     seed: int,
+    warm_start: bool,
+    pipeline_root: str,
     retrieval_model: Output[Model],
     query_model: Output[Model],
     item_embeddings: Output[Dataset],
     retrieval_training: Output[Metrics],
+    checkpoint: Output[Model],
 ):
+    import tensorflow_transform as tft
+
     from components.train_retrieval.train_retrieval import RetrievalConfig, export, train
-    from recsys.progress import stage
+    from recsys import warm_start as warm
+    from recsys.progress import log, stage
 
     with stage("train_retrieval"):
         config = RetrievalConfig(embedding_dim=embedding_dim, epochs=epochs,
@@ -35,8 +41,16 @@ def train_retrieval(
                                  positive_weighting=positive_weighting,
                                  early_stopping_patience=early_stopping_patience,
                                  ann_index=ann_index, seed=seed)
+        version, start_from = (warm.warm_start_from(pipeline_root, "retrieval") if warm_start
+                               else (None, ""))
+        if warm_start and not start_from:
+            log("train_retrieval", "warm_start: no blessed model under the pipeline root "
+                                   "yet; training from scratch")
         model, metrics = train(transformed_train.path, transformed_eval.path,
-                               transform_graph.path, config)
+                               transform_graph.path, config, warm_start_dir=start_from)
+        if metrics["warm_start"]:
+            metrics["warm_start_version"] = version
+        warm.save(model, tft.TFTransformOutput(transform_graph.path), checkpoint.path)
         metrics.update(export(model, transform_graph.path, item_snapshot.path, config,
                               retrieval_model.path, query_model.path, item_embeddings.path,
                               transformed_eval.path))

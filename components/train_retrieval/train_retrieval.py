@@ -36,7 +36,7 @@ import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from components.features import preprocessing
-from recsys import modeling
+from recsys import modeling, warm_start
 from recsys.progress import log
 from recsys.tables import read_dataset, write_dataset
 
@@ -218,9 +218,10 @@ def _sample(data: dict[str, np.ndarray], limit: int, seed: int) -> dict[str, np.
 
 
 def train(transformed_train: str, transformed_eval: str, transform_graph: str,
-          config: RetrievalConfig) -> tuple[TwoTowerModel, dict]:
+          config: RetrievalConfig, warm_start_dir: str = "") -> tuple[TwoTowerModel, dict]:
     """Train on the clicked rows of ``transformed_train``; ``transformed_eval`` is
-    the validation data (early stopping and the reported validation loss)."""
+    the validation data (early stopping and the reported validation loss). With
+    ``warm_start_dir`` (a ``recsys.warm_start`` checkpoint), start from its weights."""
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
     columns = _columns(preprocessing.QUERY_TOWER_FEATURES + preprocessing.CANDIDATE_FEATURES)
@@ -250,6 +251,10 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     model = TwoTowerModel(transform_output, config, corpus,
                           item_frequency(train_data[ITEM_ID], vocabulary_size))
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    sample = {name: values[:2] for name, values in train_data.items()}
+    warm = warm_start.initialise(
+        model, transform_output, warm_start_dir, "train_retrieval",
+        lambda: (model.query_tower(sample), model.candidate_tower(sample)))
     train_pairs = np.stack([train_data[USER_ID], train_data[ITEM_ID]], axis=1)
     validation = ValidationRecall(_sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
                                   catalog, train_pairs, config.validation_k)
@@ -270,7 +275,7 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
                    "negative_corpus_items": len(corpus[ITEM_ID]),
                    "validation_catalog_items": len(catalog[ITEM_ID]), "epochs_run": len(history[monitor]),
                    "best_epoch": best_epoch, f"best_{monitor}": float(np.nanmax(history[monitor])),
-                   monitor: kept, **metrics}
+                   monitor: kept, "warm_start": int(warm["warm_start"]), **metrics}
 
 
 def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str, config: RetrievalConfig,
