@@ -26,9 +26,8 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from components.features import preprocessing
-from recsys import modeling
-
+# TensorFlow-heavy modules (modeling, preprocessing) are imported where weights are
+# touched: push keeps checkpoints with ``keep_blessed`` and imports no TensorFlow.
 BLESSED_DIR = "blessed"
 WEIGHTS_FILE = "weights.npz"
 LAYOUT_FILE = "layout.json"
@@ -36,6 +35,8 @@ LAYOUT_FILE = "layout.json"
 
 def vocabularies(model) -> list[str | None]:
     """The vocabulary of each trainable weight (None: not an id embedding)."""
+    from recsys import modeling
+
     tables = {}
     for layer in [model, *model.submodules]:
         if isinstance(layer, modeling.Tower):
@@ -71,6 +72,8 @@ def save(model, transform_output, directory: str) -> str:
 def restore(model, transform_output, directory: str) -> dict:
     """Copy the checkpoint in ``directory`` into ``model`` (its variables must exist).
     Returns what was done, or ``{"warm_start": False, "reason": ...}``."""
+    from components.features import preprocessing
+
     with open(os.path.join(directory, LAYOUT_FILE)) as handle:
         layout = json.load(handle)
     with np.load(os.path.join(directory, WEIGHTS_FILE)) as stored:

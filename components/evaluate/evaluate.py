@@ -139,8 +139,9 @@ class Slices:
         clicks = self.train_clicks_per_user.reindex(np.asarray(user_ids), fill_value=0).to_numpy()
         masks = {"all": np.ones(len(clicks), bool), "new_users": clicks == 0,
                  "heavy_users": clicks >= self.heavy_floor}
-        for category in self.categories:
+        if self.categories:
             categories = np.asarray(categories).astype(str)
+        for category in self.categories:
             masks[f"category={category}"] = categories == category
         return masks
 
