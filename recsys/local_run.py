@@ -115,7 +115,6 @@ def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
         outputs = json.load(handle)
     outputs["seconds"] = time.monotonic() - started
     outputs["arguments"] = arguments
-    outputs["log"] = log_path
     return outputs
 
 

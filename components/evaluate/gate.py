@@ -95,34 +95,37 @@ def _finite(*values) -> bool:
                for v in values)
 
 
+def within(kind, metric, slice_, candidate, low=None, high=None, baseline=None,
+           baseline_name="", threshold="") -> Check:
+    """low <= candidate <= high (None: no bound); a value or bound that is missing or
+    not finite (NaN) fails closed."""
+    known = _finite(candidate, *[bound for bound in (low, high) if bound is not None])
+    passed = known and (low is None or candidate >= low) and (high is None or candidate <= high)
+    return Check(kind, metric, slice_, candidate, baseline, baseline_name, threshold, passed,
+                 "" if known else "a value is missing: fails closed")
+
+
 def at_least(kind, metric, slice_, candidate, minimum, baseline=None, baseline_name="",
              threshold="") -> Check:
-    known = _finite(candidate, minimum)
-    return Check(kind, metric, slice_, candidate, baseline, baseline_name,
-                 threshold or f">= {minimum:g}", known and candidate >= minimum,
-                 "" if known else "a value is missing: fails closed")
+    return within(kind, metric, slice_, candidate, minimum, None, baseline, baseline_name,
+                  threshold or f">= {minimum:g}")
 
 
 def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list[Check]:
     k = thresholds.recall_k
     recall, popular = retrieval.get(f"recall_at_{k}"), retrieval.get(f"popularity_recall_at_{k}")
-    lift_floor = (thresholds.min_recall_lift * popular) if _finite(popular) else None
-    ratio = ranking.get("calibration_ratio")
+    lift_floor = thresholds.min_recall_lift * popular if _finite(popular) else float("nan")
     low, high = thresholds.min_calibration_ratio, thresholds.max_calibration_ratio
-    in_bounds = _finite(ratio) and low <= ratio <= high
-    entropy = ranking.get("normalized_entropy")
     return [
         at_least("value", f"retrieval Recall@{k}", "all", recall, lift_floor, popular,
                  "popularity", f">= {thresholds.min_recall_lift:g} x popularity"),
         at_least("value", f"retrieval Recall@{k}", "all", recall, thresholds.min_recall),
         at_least("value", "ranking AUC", "all", ranking.get("auc"), thresholds.min_auc),
-        Check("value", "ranking normalized entropy", "all", entropy, None, "",
-              f"<= {thresholds.max_normalized_entropy:g}",
-              _finite(entropy) and entropy <= thresholds.max_normalized_entropy,
-              "" if _finite(entropy) else "a value is missing: fails closed"),
-        Check("value", "ranking calibration ratio", "all", ratio, None, "",
-              f"in [{low:g}, {high:g}]", in_bounds,
-              "" if _finite(ratio) else "a value is missing: fails closed"),
+        within("value", "ranking normalized entropy", "all", ranking.get("normalized_entropy"),
+               high=thresholds.max_normalized_entropy,
+               threshold=f"<= {thresholds.max_normalized_entropy:g}"),
+        within("value", "ranking calibration ratio", "all", ranking.get("calibration_ratio"),
+               low, high, threshold=f"in [{low:g}, {high:g}]"),
     ]
 
 
@@ -144,7 +147,7 @@ def change_checks(candidate: dict, champion: dict, sizes: dict, version: int,
                                     f"skipped: {size} positives < min_slice_size "
                                     f"{thresholds.min_slice_size}"))
                 continue
-            floor = (1 - allowed) * old if _finite(old) else None
+            floor = (1 - allowed) * old if _finite(old) else float("nan")
             checks.append(at_least("change", metric, slice_, value, floor, old, name, threshold))
     return checks
 
