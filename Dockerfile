@@ -26,9 +26,6 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY recsys ./recsys
-COPY components ./components
-COPY pipelines ./pipelines
-COPY schemas ./schemas
 RUN /opt/venv/bin/uv pip install --system-certs --no-cache --python /opt/venv/bin/python --no-deps . \
     && useradd --create-home --uid 1000 recsys
 

@@ -9,14 +9,15 @@ WORKDIR ?= work
 IMAGE ?= localhost/recsys-pipeline:0.1.0
 BASE_IMAGE ?= localhost/py311:base
 
-.PHONY: help run test test-image compile image base-image lock clean
+.PHONY: help run test lint format test-image compile image base-image lock clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run   - set up .venv if needed, run the whole pipeline on the sample data"
 	@echo "make test  - set up .venv if needed, run the test suite"
 	@echo "make test-image - build the image with buildah and run a component in it"
-	@echo "make compile | image | base-image | lock | clean"
+	@echo "make lint  - ruff (lint and format check) and the import layers; part of make test"
+	@echo "make format | compile | image | base-image | lock | clean"
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-pipeline needs Python 3.11; set PYTHON=/path/to/python3.11")'
@@ -29,10 +30,20 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 	$(BIN)/recsys run --workdir $(WORKDIR)
 
-# Two workers (the machine's two cores): tests sharing the trained stages run on one,
-# whole-pipeline runs (mostly single-threaded imports) beside them.
-test: $(VENV)/.installed
+# Lint first (seconds), then two workers (the machine's two cores): tests sharing the
+# trained stages run on one, whole-pipeline runs (mostly single-threaded imports) beside them.
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# ruff's rules and format (pyproject.toml), and import-linter's layer contracts.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Builds the image (buildah on a debootstrap base when no Docker engine runs) and
 # runs the CLI and one component in it as the non-root user; about 4 minutes.

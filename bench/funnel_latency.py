@@ -5,10 +5,11 @@
     .venv/bin/python bench/funnel_latency.py --serving-root work/serving --candidates 100
 
 Without ``--serving-root`` it builds a serving root first: the synthetic
-generator with ``--items`` items (500 users, 7 days), the pipeline's own stage
-functions (ingest, join, transform), one epoch of each trainer (quality is not
-what is measured), retrieval exported with top_k = ``--candidates`` over the whole
-catalog, and push. Then a fresh process pins itself to one CPU
+generator with ``--items`` items (500 users, 7 days), then the pipeline's own DAG
+in process (ingest, join, transform, one epoch of each trainer, infra validation,
+push; validate's checks and evaluate's gate are given, since quality is not what
+is measured), retrieval exported with top_k = ``--candidates`` over the whole
+catalog. Then a fresh process pins itself to one CPU
 (``sched_setaffinity``) with TensorFlow's thread pools at one thread, and times
 ``Funnel.recommend`` for ``--requests`` requests of distinct users, after 20
 warmup requests. Peers, in the same process and run: the same funnel with MMR
@@ -33,52 +34,28 @@ STEPS = ("retrieval", "ranking", "rerank")
 
 
 def build_serving_root(root: str, items: int, candidates: int) -> str:
+    """The pipeline's DAG in process on generated data, one epoch per trainer, with
+    validate's checks and evaluate's gate given (quality is not what is measured)."""
     import json
 
-    from bench.common import prepare_split
-    from components.infra_validate.infra_validate import infra_validate
-    from components.ingest.ingest import ingest
-    from components.push.push import push
-    from components.train_ranking import train_ranking
-    from components.train_retrieval import train_retrieval
-    from recsys.data_check import INGESTED
-    from recsys.generate import generate
-    from recsys.tables import read_dataset
+    from recsys.app.generate import generate
+    from recsys.core.schemas import SCHEMA_DIR
+    from recsys.pipelines.in_process import run_in_process
 
     raw = os.path.join(root, "raw")
     log(f"generating 500 users x {items} items x 7 days")
     generate(raw, users=500, items=items, days=7)
-    ingested = {name: os.path.join(root, "ingested", name) for name in INGESTED}
-    counts = ingest(raw, "", 7, 2, ingested)
-    paths = prepare_split(ingested, "", counts["as_of"], os.path.join(root, "split"),
-                          read_dataset(ingested["train_events"]),
-                          read_dataset(ingested["eval_events"]))
-    log("training both models for one epoch")
-    config = train_retrieval.RetrievalConfig(epochs=1, top_k=candidates,
-                                             early_stopping_patience=0)
-    model, _ = train_retrieval.train(paths["transformed_train"], paths["transformed_eval"],
-                                     paths["transform_graph"], config)
-    models = {name: os.path.join(root, name) for name in
-              ("retrieval_model", "query_model", "item_embeddings", "ranking_model")}
-    train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
-                           models["retrieval_model"], models["query_model"],
-                           models["item_embeddings"])
-    model, _ = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
-                                   paths["transform_graph"], train_ranking.RankingConfig(epochs=1))
-    train_ranking.export(model, paths["transform_graph"], models["ranking_model"])
-    served = {"retrieval": models["retrieval_model"], "ranking": models["ranking_model"]}
-    warmup = os.path.join(root, "warmup")
-    infra = infra_validate(served, paths["eval_examples"], warmup,
-                           os.path.join(root, "infra.json"))
-    for name, result in infra["models"].items():
-        log(f"infra validation of {name}: {result['summary']}")
     blessing = os.path.join(root, "blessing.json")
-    with open(blessing, "w") as handle:  # quality is not what is measured here
+    with open(blessing, "w") as handle:
         json.dump({"blessed": True, "reason": "benchmark"}, handle)
     serving_root = os.path.join(root, "serving")
-    push(blessing, served, warmup, {"users": paths["user_snapshot"],
-                                    "items": paths["item_snapshot"],
-                                    "item_embeddings": models["item_embeddings"]}, serving_root)
+    log("running the DAG: ingest, join, transform, one epoch of each trainer, infra "
+        "validation, push")
+    run_in_process(os.path.join(root, "pipeline_root"), {
+        "data_root": raw, "serving_root": serving_root, "lookback_days": 7, "eval_days": 2,
+        "retrieval_epochs": 1, "retrieval_top_k": candidates,
+        "retrieval_early_stopping_patience": 0, "ranking_epochs": 1},
+        given={"validate": {"schema": SCHEMA_DIR}, "evaluate": {"blessing": blessing}})
     return serving_root
 
 
@@ -91,9 +68,9 @@ def percentiles(samples) -> dict:
 def measure(serving_root: str, k: int, requests: int) -> None:
     """Runs in its own process: one core, one TensorFlow thread per pool."""
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    import recsys  # noqa: F401
-
     import tensorflow as tf
+
+    import recsys  # noqa: F401  (prepares the process for TensorFlow)
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -102,8 +79,7 @@ def measure(serving_root: str, k: int, requests: int) -> None:
 
     import pandas as pd
 
-    from components.rerank.rerank import RerankConfig
-    from recsys.funnel import Context, Funnel, GrpcBackend, RestBackend
+    from recsys.serving import Context, Funnel, GrpcBackend, RerankConfig, RestBackend
     from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
     base = RerankConfig(k=k, max_per_creator=2)
@@ -149,10 +125,10 @@ def measure(serving_root: str, k: int, requests: int) -> None:
 
 
 def _one_query(funnel, user, context):
-    from recsys import modeling
+    from recsys.core.requests import raw_arrays
 
-    return modeling.raw_arrays({**funnel.features.user(user)[0], **context.columns()},
-                               funnel.retrieval_signature)
+    return raw_arrays({**funnel.features.user(user)[0], **context.columns()},
+                      funnel.retrieval_signature)
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix=f"bench-x{args.scale}-")
     data = os.path.join(workdir, "data")
-    recsys = [sys.executable, "-m", "recsys.cli"]
+    recsys = [sys.executable, "-m", "recsys.app.cli"]
     subprocess.run(recsys + ["generate", "--out", data, "--users", str(2000 * args.scale),
                              "--items", str(400 * args.scale)], check=True,
                    stdout=subprocess.DEVNULL)

@@ -105,8 +105,8 @@ def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False,
              join: bool = True):
     import apache_beam as beam
 
-    from components.features.beam_asof import AsOfJoin, FeatureView
-    from recsys.beam_io import ReadDataset, pipeline_options
+    from recsys.components.features.beam_asof import AsOfJoin, FeatureView
+    from recsys.core.beam_io import ReadDataset, pipeline_options
 
     view = FeatureView("user_features", "user_id", tuple(VALUES))
     schema = pq.read_schema(glob.glob(f"{data}/events/*.parquet")[0])

@@ -35,28 +35,35 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import recsys  # noqa: E402,F401
-
 import lightgbm as lgb  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import DEFAULT_ML_100K, log, machine, prepare_split  # noqa: E402
-from components.evaluate.evaluate import (calibration, call_in_batches,  # noqa: E402
-                                          expected_calibration_error, log_loss,
-                                          normalized_entropy, roc_auc, serving_fn)
-from components.features import preprocessing  # noqa: E402
-from components.ingest.ingest import DAY, ingest  # noqa: E402
-from components.train_ranking import train_ranking  # noqa: E402
-from recsys import modeling  # noqa: E402
-from recsys.data_check import INGESTED  # noqa: E402
-from recsys.movielens import import_movielens  # noqa: E402
-from recsys.tables import read_dataset  # noqa: E402
+import recsys  # noqa: E402,F401  (prepares the process for TensorFlow)
+from bench.common import DEFAULT_ML_100K, ingest, log, machine, prepare_split  # noqa: E402
+from recsys.app.movielens import import_movielens  # noqa: E402
+from recsys.components.evaluate.metrics import (  # noqa: E402
+    calibration,
+    expected_calibration_error,
+    log_loss,
+    normalized_entropy,
+    roc_auc,
+)
+from recsys.components.evaluate.models import call_in_batches, serving_fn  # noqa: E402
+from recsys.components.train_ranking import train_ranking  # noqa: E402
+from recsys.components.train_ranking.config import RankingConfig  # noqa: E402
+from recsys.core import modeling  # noqa: E402
+from recsys.core.contracts import CLICK_PROBABILITY, CLICKED, RANKER  # noqa: E402
+from recsys.core.derived import DAY  # noqa: E402
+from recsys.core.features import load_registry  # noqa: E402
+from recsys.core.tables import read_dataset  # noqa: E402
 
-CATEGORICAL = ["user_id", "item_id", "country", "device", "category", "creator_id"]
-NUMERIC = [f for f in train_ranking.RANKING_FEATURES
-           if f not in CATEGORICAL and f not in preprocessing.SEQUENCE_FEATURES]
+# The ranker's features, for LightGBM: categories as categories, lists left out (the
+# history enters as the cross feature history_has_item, computed below).
+RANKER_FEATURES = load_registry().select(tower=RANKER)
+CATEGORICAL = [f.name for f in RANKER_FEATURES if f.transform == "vocabulary"]
+NUMERIC = [f.name for f in RANKER_FEATURES if f.name not in CATEGORICAL and not f.is_list]
 LIGHTGBM_GRID = {"learning_rate": [0.03, 0.1], "num_leaves": [31, 127]}
 LIGHTGBM_MAX_ROUNDS = 3000
 RANKER = dict(epochs=8, batch_size=1024)
@@ -101,9 +108,9 @@ def fit_lightgbm(train: pd.DataFrame, validation: pd.DataFrame | None, params: d
     frames = [lightgbm_frame(train)] + ([lightgbm_frame(validation)] if validation is not None
                                         else [])
     categorize(frames)
-    data = lgb.Dataset(frames[0], train[preprocessing.LABEL].to_numpy(),
+    data = lgb.Dataset(frames[0], train[CLICKED].to_numpy(),
                        categorical_feature=CATEGORICAL)
-    valid = [lgb.Dataset(frames[1], validation[preprocessing.LABEL].to_numpy(), reference=data)] \
+    valid = [lgb.Dataset(frames[1], validation[CLICKED].to_numpy(), reference=data)] \
         if validation is not None else []
     callbacks = [lgb.early_stopping(50, verbose=False)] if valid else []
     return lgb.train({"objective": "binary", "metric": "binary_logloss", "verbosity": -1,
@@ -119,10 +126,10 @@ def predict_lightgbm(model: lgb.Booster, train: pd.DataFrame, test: pd.DataFrame
 
 def tune_lightgbm(paths: dict) -> tuple[dict, float]:
     fit, validation = (read_dataset(paths[n]) for n in ("train_examples", "eval_examples"))
-    labels = validation[preprocessing.LABEL].to_numpy()
+    labels = validation[CLICKED].to_numpy()
     best, best_loss = None, np.inf
     for values in itertools.product(*LIGHTGBM_GRID.values()):
-        params = dict(zip(LIGHTGBM_GRID, values))
+        params = dict(zip(LIGHTGBM_GRID, values, strict=True))
         model = fit_lightgbm(fit, validation, params, LIGHTGBM_MAX_ROUNDS)
         loss = log_loss(labels, predict_lightgbm(model, fit, validation))
         log(f"lightgbm {params}: {model.best_iteration} rounds, validation log loss {loss:.4f}")
@@ -137,10 +144,12 @@ class ValidationLogLoss(tf.keras.callbacks.Callback):
 
     def __init__(self, transformed_validation: str):
         super().__init__()
-        columns = [preprocessing.transformed_name(f) for f in train_ranking.RANKING_FEATURES]
-        self.data = modeling.load_transformed(
-            transformed_validation, columns + preprocessing.CROSS_FEATURES + [preprocessing.LABEL])
-        self.labels = self.data.pop(preprocessing.LABEL)
+        registry = load_registry()
+        columns = [f.transformed_name for f in registry.select(tower=RANKER)]
+        crosses = [cross.transformed_name for cross in registry.tower_crosses(RANKER)]
+        self.data = modeling.load_transformed(transformed_validation,
+                                              columns + crosses + [CLICKED])
+        self.labels = self.data.pop(CLICKED)
         self.losses = []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -152,10 +161,10 @@ class ValidationLogLoss(tf.keras.callbacks.Callback):
 def tune_ranker(paths: dict, rate: float) -> tuple[dict, float]:
     best, best_loss = None, np.inf
     for values in itertools.product(*RANKER_GRID.values()):
-        params = dict(zip(RANKER_GRID, values))
+        params = dict(zip(RANKER_GRID, values, strict=True))
         validation = ValidationLogLoss(paths["transformed_eval"])
         train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
-                            paths["transform_graph"], train_ranking.RankingConfig(
+                            paths["transform_graph"], RankingConfig(
                                 **{**RANKER, **params, "negative_sampling_rate": rate}),
                             callbacks=[validation])
         epoch = int(np.argmin(validation.losses))
@@ -167,49 +176,50 @@ def tune_ranker(paths: dict, rate: float) -> tuple[dict, float]:
 
 
 def ranker_probabilities(paths: dict, params: dict, rate: float, work: str) -> tuple[np.ndarray, dict]:
-    config = train_ranking.RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate})
+    config = RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate})
     model, metrics = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
                                          paths["transform_graph"], config)
     exported = os.path.join(work, f"ranker_{rate}")
     train_ranking.export(model, paths["transform_graph"], exported)
     examples = read_dataset(paths["eval_examples"])
     return call_in_batches(serving_fn(exported), examples,
-                           train_ranking.PROBABILITY_OUTPUT), metrics
+                           CLICK_PROBABILITY), metrics
 
 
-def load(dataset: str, root: str, src: str) -> tuple[dict, str, int]:
+def load(dataset: str, root: str, src: str):
+    """(the ingest run, the schema directory) of ``dataset``."""
     raw = os.path.join(root, "raw")
     if dataset == "movielens":
         import_movielens(src, raw)
         schema_dir = os.path.join(raw, "schemas")
     else:
-        from recsys.generate import generate
+        from recsys.app.generate import generate
 
         generate(raw, users=3000, items=600, days=DATASETS[dataset][0] + 1)
         schema_dir = ""
-    ingested = {name: os.path.join(root, "ingested", name) for name in INGESTED}
     lookback, eval_days = DATASETS[dataset]
-    counts = ingest(raw, "", lookback, eval_days, ingested, schema_dir)
-    return ingested, schema_dir, counts["as_of"]
+    return ingest(raw, os.path.join(root, "ingested"), lookback_days=lookback,
+                  eval_days=eval_days, schema_dir=schema_dir), schema_dir
 
 
 def compare(dataset: str, root: str, src: str) -> dict:
-    ingested, schema_dir, as_of = load(dataset, root, src)
+    ingested, schema_dir = load(dataset, root, src)
+    as_of = int(ingested.artifact("ingest", "ingest_metrics").metadata["as_of"])
     eval_days = DATASETS[dataset][1]
-    train = read_dataset(ingested["train_events"])
-    evaluation = read_dataset(ingested["eval_events"])
+    train = read_dataset(ingested.artifact("ingest", "train_events").path)
+    evaluation = read_dataset(ingested.artifact("ingest", "eval_events").path)
     cut = as_of - 2 * eval_days * DAY
     fit, validation = train[train["event_ts"] < cut], train[train["event_ts"] >= cut]
     log(f"{dataset}: {len(fit)} fit / {len(validation)} validation / {len(evaluation)} eval "
         f"events")
-    tuning = prepare_split(ingested, schema_dir, as_of, os.path.join(root, "tuning"), fit,
-                           validation)
-    final = prepare_split(ingested, schema_dir, as_of, os.path.join(root, "final"), train,
-                          evaluation)
+    tuning = prepare_split(ingested, os.path.join(root, "tuning"), fit, validation, cut,
+                           schema_dir=schema_dir)
+    final = prepare_split(ingested, os.path.join(root, "final"), train, evaluation,
+                          as_of - eval_days * DAY, schema_dir=schema_dir)
     train_examples, eval_examples = (read_dataset(final[n])
                                      for n in ("train_examples", "eval_examples"))
-    labels = eval_examples[preprocessing.LABEL].to_numpy()
-    prior = float(train_examples[preprocessing.LABEL].mean())
+    labels = eval_examples[CLICKED].to_numpy()
+    prior = float(train_examples[CLICKED].mean())
     result = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
               "train_ctr": prior, "eval_ctr": float(labels.mean()), "rows": {}}
 

@@ -38,21 +38,25 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import recsys  # noqa: E402,F401
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from components.evaluate.evaluate import (call_in_batches, first_examples,  # noqa: E402
-                                          hits_and_counts, rank_catalog, ranking_metrics,
-                                          recall_per_user, serving_fn)
-from bench.common import DEFAULT_ML_100K, log, machine, prepare_split  # noqa: E402
-from components.ingest.ingest import ingest  # noqa: E402
-from components.train_retrieval import train_retrieval  # noqa: E402
-from recsys.data_check import INGESTED  # noqa: E402
-from recsys.movielens import import_movielens  # noqa: E402
-from recsys.tables import read_dataset  # noqa: E402
+from bench.common import DEFAULT_ML_100K, ingest, log, machine, prepare_split  # noqa: E402
+from recsys.app.movielens import import_movielens  # noqa: E402
+from recsys.components.evaluate.metrics import (  # noqa: E402
+    hits_and_counts,
+    list_quality,
+    rank_catalog,
+    recall_per_user,
+)
+from recsys.components.evaluate.models import call_in_batches, serving_fn  # noqa: E402
+from recsys.components.evaluate.retrieval import first_examples  # noqa: E402
+from recsys.components.train_retrieval import train_retrieval  # noqa: E402
+from recsys.components.train_retrieval.config import RetrievalConfig  # noqa: E402
+from recsys.core.contracts import QUERY_EMBEDDING  # noqa: E402
+from recsys.core.features import load_registry  # noqa: E402
+from recsys.core.tables import read_dataset  # noqa: E402
 
 KS = [10, 50, 100]
 TEST_FRACTION = 0.2
@@ -104,7 +108,7 @@ def task(train: pd.DataFrame, test: pd.DataFrame):
 
 def score(scores: np.ndarray, users, item_ids, positives, masked) -> dict:
     top = rank_catalog(scores, users, item_ids, masked, max(KS))
-    metrics = ranking_metrics(top, users, item_ids, positives, KS, {})
+    metrics = list_quality(top, users, item_ids, positives, KS)["all"].metrics()
     hits, n_positives = hits_and_counts(top, users, item_ids, positives)
     return {**metrics, "users": int(len(users)),
             "per_user_recall_at_50": recall_per_user(hits, n_positives, 50)}
@@ -147,7 +151,7 @@ def tune_als(fit: pd.DataFrame, validation: pd.DataFrame, item_ids) -> tuple[dic
     users, positives, masked = task(fit, validation)
     best, best_recall = None, -1.0
     for values in itertools.product(*ALS_GRID.values()):
-        params = dict(zip(ALS_GRID, values))
+        params = dict(zip(ALS_GRID, values, strict=True))
         recall = score(als_scores(fit, users, item_ids, **params), users, item_ids, positives,
                        masked)["recall_at_50"]
         if recall > best_recall:
@@ -161,37 +165,34 @@ class Pipeline:
     """The ingested tables of one dataset, re-split, run through join and
     transform once per split, then train_retrieval and export per config."""
 
-    def __init__(self, ingested: dict[str, str], schema_dir: str, as_of: int, root: str,
-                 history_length: int = 10):
-        self.ingested, self.schema_dir, self.as_of, self.root = ingested, schema_dir, as_of, root
-        self.history_length = history_length
+    def __init__(self, ingested, schema_dir: str, root: str):
+        self.ingested, self.schema_dir, self.root = ingested, schema_dir, root
+        self.registry = load_registry(schema_dir)
         self.runs = 0
 
     def prepare(self, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict:
         """Examples and transformed data of one (train, eval) split; returns paths."""
         self.runs += 1
-        return prepare_split(self.ingested, self.schema_dir, self.as_of,
-                             os.path.join(self.root, f"split{self.runs}"), train, evaluation,
-                             self.history_length)
+        return prepare_split(self.ingested, os.path.join(self.root, f"split{self.runs}"), train,
+                             evaluation, schema_dir=self.schema_dir)
 
-    def train(self, paths: dict, config: train_retrieval.RetrievalConfig, name: str):
+    def train(self, paths: dict, config: RetrievalConfig, name: str):
         """(paths with the exported models under ``name``, training metrics)."""
         model, metrics = train_retrieval.train(paths["transformed_train"],
                                                paths["transformed_eval"],
-                                               paths["transform_graph"], config)
+                                               paths["transform_graph"], config, self.registry)
         models = {kind: os.path.join(os.path.dirname(paths["train_events"]), name, kind)
                   for kind in ("retrieval_model", "query_model", "item_embeddings")}
         train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
                                models["retrieval_model"], models["query_model"],
-                               models["item_embeddings"])
+                               models["item_embeddings"], registry=self.registry)
         return {**paths, **models}, metrics
 
 
 def two_tower_scores(paths: dict, users, item_ids) -> np.ndarray:
     """Each user queried with the features of their first eval event."""
     first = first_examples(read_dataset(paths["eval_examples"]), users)
-    queries = call_in_batches(serving_fn(paths["query_model"]), first,
-                              train_retrieval.QUERY_EMBEDDING_SIGNATURE_OUTPUT)
+    queries = call_in_batches(serving_fn(paths["query_model"]), first, QUERY_EMBEDDING)
     table = read_dataset(paths["item_embeddings"]).set_index("item_id")
     items = np.stack(table["embedding"].reindex(item_ids).to_numpy())
     return queries @ items.T
@@ -205,8 +206,8 @@ def tune_two_tower(pipeline: Pipeline, fit: pd.DataFrame, validation: pd.DataFra
     paths = pipeline.prepare(fit, validation)
     best, best_tuning = None, {"recall_at_50": -1.0}
     for number, values in enumerate(itertools.product(*TWO_TOWER_GRID.values())):
-        params = dict(zip(TWO_TOWER_GRID, values))
-        config = train_retrieval.RetrievalConfig(**{**TWO_TOWER, **params})
+        params = dict(zip(TWO_TOWER_GRID, values, strict=True))
+        config = RetrievalConfig(**{**TWO_TOWER, **params})
         models, metrics = pipeline.train(paths, config, f"tune{number}")
         recall = score(two_tower_scores(models, users, item_ids), users, item_ids, positives,
                        masked)["recall_at_50"]
@@ -220,14 +221,16 @@ def quality(src: str, root: str) -> dict:
     raw = os.path.join(root, "raw")
     import_movielens(src, raw)
     schema_dir = os.path.join(raw, "schemas")
-    ingested = {name: os.path.join(root, "ingested", name) for name in INGESTED}
-    counts = ingest(raw, "", 400, 1, ingested, schema_dir)
-    events = pd.concat([read_dataset(ingested["train_events"]),
-                        read_dataset(ingested["eval_events"])], ignore_index=True)
-    item_ids = read_dataset(ingested["items"])["item_id"].astype(str).to_numpy()
+    ingested = ingest(raw, os.path.join(root, "ingested"), lookback_days=400, eval_days=1,
+                      schema_dir=schema_dir)
+    counts = ingested.artifact("ingest", "ingest_metrics").metadata
+    events = pd.concat([read_dataset(ingested.artifact("ingest", name).path)
+                        for name in ("train_events", "eval_events")], ignore_index=True)
+    item_ids = read_dataset(ingested.artifact("ingest", "items").path)["item_id"] \
+        .astype(str).to_numpy()
     log(f"MovieLens 100K: {len(events)} ratings ({counts['quarantined']} quarantined), "
         f"{events['user_id'].nunique()} users, {len(item_ids)} catalog items")
-    pipeline = Pipeline(ingested, schema_dir, counts["as_of"], os.path.join(root, "two_tower"))
+    pipeline = Pipeline(ingested, schema_dir, os.path.join(root, "two_tower"))
 
     results = {}
     for split_name, split in (("per_user", per_user_split), ("global", global_split)):
@@ -247,7 +250,7 @@ def quality(src: str, root: str) -> dict:
 
         started = time.monotonic()
         params, tuning = tune_two_tower(pipeline, fit, validation, item_ids)
-        final_config = train_retrieval.RetrievalConfig(
+        final_config = RetrievalConfig(
             **{**TWO_TOWER, **params, "epochs": tuning["best_epoch"],
                "early_stopping_patience": 0})
         paths, metrics = pipeline.train(pipeline.prepare(train, test), final_config, "final")
@@ -271,7 +274,7 @@ def scaling(sizes: list[str], root: str) -> list[dict]:
     """Two-tower training time on synthetic data of each size (events): two epochs
     with the pipeline's default config, including the first epoch's graph tracing
     and the validation recall after each epoch."""
-    from recsys.generate import generate
+    from recsys.app.generate import generate
 
     rows = []
     for size in sizes:
@@ -280,12 +283,11 @@ def scaling(sizes: list[str], root: str) -> list[dict]:
         data = os.path.join(root, f"synthetic_{size}")
         # A fixed catalog: the generator holds a users x items affinity matrix.
         generate(data, users=users, items=2000, days=14)
-        ingested = {name: os.path.join(data, "ingested", name) for name in INGESTED}
-        counts = ingest(data, "", 14, 3, ingested)
-        pipeline = Pipeline(ingested, "", counts["as_of"], os.path.join(data, "two_tower"))
-        train = read_dataset(ingested["train_events"])
-        evaluation = read_dataset(ingested["eval_events"])
-        config = train_retrieval.RetrievalConfig(epochs=2, early_stopping_patience=0)
+        ingested = ingest(data, os.path.join(data, "ingested"), lookback_days=14, eval_days=3)
+        pipeline = Pipeline(ingested, "", os.path.join(data, "two_tower"))
+        train = read_dataset(ingested.artifact("ingest", "train_events").path)
+        evaluation = read_dataset(ingested.artifact("ingest", "eval_events").path)
+        config = RetrievalConfig(epochs=2, early_stopping_patience=0)
         log(f"scaling {size}: {len(train) + len(evaluation)} events")
         _, metrics = pipeline.train(pipeline.prepare(train, evaluation), config, "scaling")
         rows.append({"size": size, "events": len(train) + len(evaluation),

@@ -16,15 +16,13 @@ import shutil
 import tempfile
 import time
 
-import recsys  # noqa: F401
-
 import numpy as np
 import pandas as pd
 
-from components.validate.validate import ValidationFailed, find_baseline
-from recsys.data_check import check_span
-from recsys.generate import generate
-from recsys.tables import DataError
+from recsys.app.data_check import check_span
+from recsys.app.generate import generate
+from recsys.components.validate.validate import ValidationFailed, find_baseline
+from recsys.core.tables import DataError
 
 BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9
 
@@ -86,7 +84,8 @@ SCENARIOS = {
 def outcome(data, workdir, baseline) -> tuple[str, str, str]:
     """(detected as, blocked?, where) for one scenario."""
     try:
-        result = check_span(data, AS_OF, workdir, 7, 3, drift_baseline=baseline)
+        result = check_span(data, workdir, dict(as_of=AS_OF, lookback_days=7, eval_days=3,
+                                                drift_baseline=baseline))
     except ValidationFailed as failure:
         found = sorted({f"{a.kind} {a.type} ({a.dataset}"
                         + (f".{a.feature})" if a.feature else ")") for a in failure.anomalies})
@@ -120,8 +119,8 @@ def main():
     clean = os.path.join(scratch, "clean")
     generate(clean, seed=1, **size)
     statistics_root = os.path.join(scratch, "statistics")
-    check_span(clean, BASELINE_AS_OF, os.path.join(scratch, "baseline"), 7, 3,
-               statistics_root=statistics_root)
+    check_span(clean, os.path.join(scratch, "baseline"), dict(
+        as_of=BASELINE_AS_OF, lookback_days=7, eval_days=3, statistics_root=statistics_root))
     baseline = find_baseline(statistics_root, "2026-01-15")[0]
 
     rows = []
@@ -141,8 +140,8 @@ def main():
         root = os.path.join(scratch, f"statistics{seed}")
         for as_of in (BASELINE_AS_OF, AS_OF):
             try:
-                result = check_span(data, as_of, os.path.join(scratch, f"c{seed}{as_of}"), 7, 3,
-                                    statistics_root=root)
+                result = check_span(data, os.path.join(scratch, f"c{seed}{as_of}"), dict(
+                    as_of=as_of, lookback_days=7, eval_days=3, statistics_root=root))
                 false_alarms += len(result["validate"]["anomalies"]) \
                     + result["ingest"]["quarantined"]
             except DataError as error:

@@ -1,4 +1,16 @@
-"""recsys-pipeline: raw interaction logs to TF Serving recommenders, one KFP DAG."""
+"""recsys-pipeline: raw interaction logs to TF Serving recommenders, one KFP DAG.
+
+The package is layered, each layer importing only those below it
+(docs/design.md opens with the map; ``make test`` checks the rule):
+
+    recsys.app          CLI, local and Kubeflow runs, simulation, data checks, generators
+    recsys.pipelines    the DAG: parameters, wiring, KFP compilation, in-process runs
+    recsys.components   one package per stage; no stage imports another
+    recsys.serving      the online path: funnel, re-ranking, the serving root
+    recsys.core         contracts, the feature registry, table and file I/O, model blocks
+
+This file only prepares the process for TensorFlow; it imports nothing.
+"""
 
 import os
 import warnings
@@ -14,20 +26,3 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 __version__ = "0.1.0"
-
-
-def code_version() -> str:
-    """The package version and a hash of its source (code, schemas): identifies the code
-    a model was trained and pushed with, in an image as well as in a checkout."""
-    import hashlib
-
-    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = hashlib.sha256()
-    for package in ("recsys", "components", "pipelines", "schemas"):
-        for directory, _, names in sorted(os.walk(os.path.join(top, package))):
-            for name in sorted(n for n in names if n.endswith((".py", ".pbtxt"))):
-                path = os.path.join(directory, name)
-                digest.update(os.path.relpath(path, top).encode())
-                with open(path, "rb") as handle:
-                    digest.update(handle.read())
-    return f"{__version__}+{digest.hexdigest()[:12]}"

@@ -1,23 +1,24 @@
-"""Shared fixtures: a tiny generated dataset and the stages run on it once.
+"""Shared fixtures: a tiny generated dataset and the whole DAG run on it once.
 
-Stage tests call the plain stage functions (no KFP); the end-to-end tests in
-test_e2e.py run the compiled pipeline instead.
+``stages`` runs the pipeline's own wiring in this process (``run_in_process``):
+the same stages and arguments as the compiled pipeline, without KFP. The
+end-to-end tests in test_e2e.py run the compiled YAML instead.
 """
 
+import json
 import os
-
-import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 import pytest
 
-from recsys.data_check import INGESTED as INGEST_OUTPUTS
-from recsys.data_check import JOINED as JOIN_OUTPUTS
-from recsys.data_check import TABLES, VALIDATED
-from recsys.generate import generate
-from schemas import schema_path
+from recsys.app.generate import generate
+from recsys.core.contracts import RANKING, RETRIEVAL
 
 TINY = dict(users=300, items=120, days=10, seed=3)
 LOOKBACK_DAYS, EVAL_DAYS = 10, 3
+# Small models for small data: the pipeline parameters the shared run uses.
+TEST_PARAMETERS = dict(lookback_days=LOOKBACK_DAYS, eval_days=EVAL_DAYS, retrieval_epochs=3,
+                       retrieval_batch_size=256, retrieval_top_k=50, ranking_epochs=2,
+                       ranking_batch_size=512, recall_k=20)
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
 
@@ -30,65 +31,52 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stages(tiny_data, tmp_path_factory):
-    """Every stage function run once on the tiny data; returns all paths."""
-    from components.evaluate.evaluate import evaluate
-    from components.evaluate.gate import Thresholds
-    from components.infra_validate.infra_validate import infra_validate
-    from components.rerank.rerank import RerankConfig
-    from components.features.features import join_features, transform
-    from components.ingest.ingest import ingest
-    from components.train_ranking import train_ranking
-    from components.train_retrieval import train_retrieval
-    from components.validate.validate import validate
+    """The whole DAG run once on the tiny data (nothing serving before it, so push
+    pushes version 1 into its own serving root); every output's path, and what the
+    stages reported."""
+    from recsys.components.validate.validate import SUMMARY_FILE
+    from recsys.pipelines.in_process import run_in_process
 
     root = tmp_path_factory.mktemp("stages")
-    paths = {name: str(root / name) for name in
-             INGEST_OUTPUTS + JOIN_OUTPUTS
-             + ["stats", "anomalies", "statistics_root", "transform_graph", "transformed_train",
-                "transformed_eval", "retrieval_model", "query_model", "item_embeddings",
-                "ranking_model", "eval_item_snapshot", "warmup_requests"]}
-    paths["blessing"] = str(root / "blessing.json")
-    paths["infra_validation"] = str(root / "infra_validation.json")
-    counts = ingest(tiny_data, "", LOOKBACK_DAYS, EVAL_DAYS, {n: paths[n] for n in INGEST_OUTPUTS})
-    join_counts = join_features({n: paths[n] for n in TABLES}, counts["as_of"], "",
-                                {n: paths[n] for n in JOIN_OUTPUTS + ["eval_item_snapshot"]},
-                                eval_start=counts["eval_start"])
-    validation = validate({n: paths[n] for n in VALIDATED}, "", paths["stats"],
-                          paths["anomalies"], counts["span_start"],
-                          statistics_root=paths["statistics_root"])
-    transform(paths["train_examples"], paths["eval_examples"], schema_path("examples"),
-              paths["transform_graph"], {"train": paths["transformed_train"],
-                                         "eval": paths["transformed_eval"]}, str(root / "tft_tmp"))
-    retrieval_config = train_retrieval.RetrievalConfig(epochs=3, batch_size=256, top_k=50)
-    model, _ = train_retrieval.train(paths["transformed_train"], paths["transformed_eval"],
-                                     paths["transform_graph"], retrieval_config)
-    train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"],
-                           retrieval_config, paths["retrieval_model"], paths["query_model"],
-                           paths["item_embeddings"])
-    ranking_config = train_ranking.RankingConfig(epochs=2, batch_size=512)
-    model, _ = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
-                                   paths["transform_graph"], ranking_config)
-    train_ranking.export(model, paths["transform_graph"], paths["ranking_model"])
-    infra = infra_validate({"retrieval": paths["retrieval_model"],
-                            "ranking": paths["ranking_model"]}, paths["eval_examples"],
-                           paths["warmup_requests"], paths["infra_validation"])
-    result = evaluate(paths["train_examples"], paths["eval_examples"], paths["query_model"],
-                      paths["item_embeddings"], paths["retrieval_model"], paths["ranking_model"],
-                      paths["eval_item_snapshot"], paths["infra_validation"],
-                      Thresholds(recall_k=20), RerankConfig(k=10, max_per_creator=2),
-                      paths["blessing"])
-    return {"paths": paths, "counts": counts, "join_counts": join_counts,
-            "validation": validation, "infra": infra, "evaluation": result, "root": root}
+    run = run_in_process(str(root / "pipeline_root"), {
+        "data_root": tiny_data, "serving_root": str(root / "serving"), **TEST_PARAMETERS})
+    paths = run.paths()
+    paths["statistics_root"] = str(root / "pipeline_root" / "statistics")
+    with open(paths["infra_validation"]) as handle:
+        infra = json.load(handle)
+    with open(os.path.join(paths["anomalies"], SUMMARY_FILE)) as handle:
+        validation = json.load(handle)
+    return {"paths": paths, "run": run, "root": root, "serving_root": str(root / "serving"),
+            "counts": dict(run.artifact("ingest", "ingest_metrics").metadata),
+            "join_counts": dict(run.artifact("join_features", "join_metrics").metadata),
+            "validation": validation, "infra": infra, "evaluation": evaluation_of(run)}
+
+
+def evaluation_of(run) -> dict:
+    """What evaluate reported: its metrics, the blessing and the reports, as written."""
+    def read(output, mode="r"):
+        with open(run.artifact("evaluate", output).path, mode) as handle:
+            return handle.read()
+
+    return {"retrieval": dict(run.artifact("evaluate", "retrieval_metrics").metadata),
+            "ranking": dict(run.artifact("evaluate", "ranking_metrics").metadata),
+            "funnel": dict(run.artifact("evaluate", "funnel_metrics").metadata),
+            "blessing": json.loads(read("blessing")), "markdown": read("evaluation_report"),
+            "html": read("evaluation_html"), "reliability_png": read("reliability_png", "rb")}
 
 
 def push_stages(stages, serving_root: str, blessing: str = "", models: dict | None = None,
-                **options) -> dict:
-    """Push the stages' models (or ``models``) with their warmup requests and snapshots."""
-    from components.push.push import push
+                keep_versions: int = 5, **options) -> dict:
+    """Push the stages' models (or ``models``) with their warmup requests and snapshots;
+    ``options`` are push's (rerank, provenance, ...)."""
+    from recsys.components.push.config import PushConfig
+    from recsys.components.push.push import push
+    from recsys.core.contracts import SNAPSHOT_EMBEDDINGS, SNAPSHOT_ITEMS, SNAPSHOT_USERS
 
     paths = stages["paths"]
     return push(blessing or paths["blessing"],
-                models or {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]},
+                models or {RETRIEVAL: paths["retrieval_model"], RANKING: paths["ranking_model"]},
                 paths["warmup_requests"],
-                {"users": paths["user_snapshot"], "items": paths["item_snapshot"],
-                 "item_embeddings": paths["item_embeddings"]}, serving_root, **options)
+                {SNAPSHOT_USERS: paths["user_snapshot"], SNAPSHOT_ITEMS: paths["item_snapshot"],
+                 SNAPSHOT_EMBEDDINGS: paths["item_embeddings"]}, serving_root,
+                config=PushConfig(keep_versions=keep_versions), **options)

@@ -1,9 +1,10 @@
 """The vectorized as-of lookup against a brute-force oracle (Feast's semantics)."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
+from recsys.components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
 
 
 def asof_indices(event_keys, event_ts, feature_keys, feature_ts, created=None, ttl=None,
@@ -18,7 +19,7 @@ def history_indices(event_keys, event_ts, history_keys, history_ts, length):
 
 def oracle(event_keys, event_ts, feature_keys, feature_ts, created, ttl, created_before_event):
     chosen = []
-    for key, ts in zip(event_keys, event_ts):
+    for key, ts in zip(event_keys, event_ts, strict=True):
         candidates = [i for i in range(len(feature_ts))
                       if feature_keys[i] == key and feature_ts[i] <= ts
                       and (ttl is None or feature_ts[i] >= ts - ttl)
@@ -74,7 +75,7 @@ def test_empty_inputs_and_unknown_keys():
 
 def history_oracle(event_keys, event_ts, history_keys, history_ts, length):
     indices, counts = [], []
-    for key, ts in zip(event_keys, event_ts):
+    for key, ts in zip(event_keys, event_ts, strict=True):
         earlier = [i for i in range(len(history_ts))
                    if history_keys[i] == key and history_ts[i] < ts]
         # newest first; among equal timestamps the order is unspecified, compare as sets
@@ -97,7 +98,7 @@ def test_history_matches_brute_force_oracle(history_rows, event_rows, length):
                                                length)
     assert indices.shape == (len(event_rows), length)
     np.testing.assert_array_equal(counts, expected_counts)
-    for got, want, key in zip(indices, expected, event_keys):
+    for got, want, key in zip(indices, expected, event_keys, strict=True):
         taken = got[got != NO_MATCH]
         assert (got[len(taken):] == NO_MATCH).all()  # padding only at the end
         # Same timestamps in the same order (newest first); rows tied on time may swap.

@@ -14,19 +14,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from components.features import beam_asof
-from components.features.asof import AsOfIndex
-from components.features.beam_asof import (AsOfJoin, CheckRowCounts, FeatureView, HistoryJoin,
-                                           HistoryView, bucket_ids, join_history, join_view)
-from components.features.features import join_features
-from recsys.beam_io import ReadDataset, pipeline_options
-from recsys.data_check import JOINED, TABLES
-from recsys.tables import USER_FEATURE_COLUMNS, read_dataset
+from recsys.components.features import beam_asof
+from recsys.components.features.asof import AsOfIndex
+from recsys.components.features.beam_asof import (
+    AsOfJoin,
+    CheckRowCounts,
+    FeatureView,
+    HistoryJoin,
+    HistoryView,
+    bucket_ids,
+    join_history,
+    join_view,
+)
+from recsys.components.features.config import JoinConfig
+from recsys.components.features.join import join_features
+from recsys.core.beam_io import ReadDataset, pipeline_options
+from recsys.core.contracts import (
+    EVAL_EXAMPLES,
+    ITEM_SNAPSHOT,
+    JOIN_INPUTS,
+    TRAIN_EXAMPLES,
+    USER_SNAPSHOT,
+)
+from recsys.core.features import load_registry
+from recsys.core.tables import read_dataset
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
 
+USER_FEATURE_COLUMNS = [f.name for f in load_registry().select(source="user_features")]
 VIEW = FeatureView("user_features", "user_id", tuple(USER_FEATURE_COLUMNS))
+JOINED = [TRAIN_EXAMPLES, EVAL_EXAMPLES, USER_SNAPSHOT, ITEM_SNAPSHOT]
 MULTI_PROCESSING = '["--direct_num_workers=2", "--direct_running_mode=multi_processing"]'
 
 
@@ -94,7 +112,7 @@ def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
 def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
     paths = stages["paths"]
     outputs = {name: str(tmp_path / name) for name in JOINED}
-    join_features({name: paths[name] for name in TABLES}, stages["counts"]["as_of"], "",
+    join_features({name: paths[name] for name in JOIN_INPUTS}, stages["counts"]["as_of"], "",
                   outputs, beam_pipeline_args=MULTI_PROCESSING)
     for split in ("train_examples", "eval_examples"):
         expected = read_dataset(paths[split]).sort_values("event_id", ignore_index=True)
@@ -133,10 +151,10 @@ def test_ttl_option_against_brute_force(stages, tmp_path):
     paths = stages["paths"]
     outputs = {name: str(tmp_path / name) for name in JOINED}
     ttl = 0.5 * 86_400
-    counts = join_features({name: paths[name] for name in TABLES}, stages["counts"]["as_of"], "",
-                           outputs, feature_views=json.dumps(
+    counts = join_features({name: paths[name] for name in JOIN_INPUTS},
+                           stages["counts"]["as_of"], "", outputs, JoinConfig(feature_views=json.dumps(
                                {"user_features": {"ttl_days": 0.5, "defaults": {
-                                   "user_clicks_7d": -1}}}))
+                                   "user_clicks_7d": -1}}})))
     examples = read_dataset(outputs["train_examples"])
     pairs = examples[["event_id", "user_id", "event_ts"]].merge(
         read_dataset(paths["user_features"]), on="user_id")
@@ -192,7 +210,7 @@ def test_injected_bucketing_bug_fails_the_row_count_check(stages, tmp_path, monk
 
 def test_feature_view_options_are_checked(stages, tmp_path):
     paths = stages["paths"]
-    inputs = {name: paths[name] for name in TABLES}
+    inputs = {name: paths[name] for name in JOIN_INPUTS}
     outputs = {name: str(tmp_path / name) for name in JOINED}
     as_of = stages["counts"]["as_of"]
     for config, message in [
@@ -203,9 +221,9 @@ def test_feature_view_options_are_checked(stages, tmp_path):
             ('{"user_features": {"defaults": {"clicks": 0}}}', "defaults for unknown column"),
             ('{"user_features": {"created_before_event": true}}', "has no created_ts column")]:
         with pytest.raises(ValueError, match=message):
-            join_features(inputs, as_of, "", outputs, feature_views=config)
+            join_features(inputs, as_of, "", outputs, JoinConfig(feature_views=config))
     with pytest.raises(ValueError, match="history_length must be between 1 and 50"):
-        join_features(inputs, as_of, "", outputs, history_length=51)
+        join_features(inputs, as_of, "", outputs, JoinConfig(history_length=51))
 
 
 def test_buckets_are_stable_and_spread():

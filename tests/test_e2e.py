@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from components.push import serving_root as root_
-from recsys import local_run, modeling
-from recsys.generate import generate
-from recsys.tables import read_dataset
+from recsys.app import local_run
+from recsys.app.generate import generate
+from recsys.core import modeling
+from recsys.core.tables import read_dataset
+from recsys.serving import serving_root as root_
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, TINY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline")]
@@ -33,7 +34,7 @@ recall_k: 20
 
 
 def recsys(*args):
-    return subprocess.run([sys.executable, "-m", "recsys.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "recsys.app.cli", *args], capture_output=True,
                           text=True, timeout=900)
 
 

@@ -5,11 +5,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.evaluate.evaluate import (Slices, calibration, expected_calibration_error,
-                                          gini, log_loss, normalized_entropy, page_metrics,
-                                          rank_catalog, ranking_metrics, roc_auc)
+from recsys.components.evaluate.metrics import (
+    calibration,
+    expected_calibration_error,
+    gini,
+    list_quality,
+    log_loss,
+    normalized_entropy,
+    page_quality,
+    rank_catalog,
+    roc_auc,
+)
+from recsys.components.evaluate.slices import Slices
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
@@ -26,14 +36,14 @@ def test_masking_and_recall_by_hand():
     assert items[top[1]].tolist() == ["d", "c"]
     positives = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["c", "d", "a"]})
     slices = {"first": np.array([True, False])}
-    metrics = ranking_metrics(top, users, items, positives, [2], slices)
+    quality = list_quality(top, users, items, positives, [2], slices)
     # u1: 1 of 2 positives in top-2; u2: 0 of 1
-    assert metrics["recall_at_2"] == 0.25
-    assert metrics["first_recall_at_2"] == 0.5 and metrics["first_users"] == 1
+    assert quality["all"].recall[2] == 0.25
+    assert quality["first"].recall[2] == 0.5 and quality["first"].users == 1
     # u1's hit is at rank 2 of an ideal list with both positives on top; u2 has none
     u1_ndcg = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
-    assert np.isclose(metrics["ndcg_at_10"], u1_ndcg / 2)
-    assert np.isclose(metrics["first_ndcg_at_10"], u1_ndcg)
+    assert np.isclose(quality["all"].ndcg_at_10, u1_ndcg / 2)
+    assert np.isclose(quality["first"].ndcg_at_10, u1_ndcg)
 
 
 @settings(max_examples=50, deadline=None)
@@ -46,18 +56,18 @@ def test_ndcg_matches_its_definition(hit_rows, extra_positives):
     users = np.array([f"u{i}" for i in range(len(hit_rows))])
     top = np.tile(np.arange(10), (len(users), 1))
     rows = []
-    for user, hits, extra in zip(users, hit_rows, extra_positives):
+    for user, hits, extra in zip(users, hit_rows, extra_positives, strict=True):
         rows += [(user, items[r]) for r in range(10) if hits[r]]
         rows += [(user, items[10 + j]) for j in range(extra)]
     positives = pd.DataFrame(rows, columns=["user_id", "item_id"])
-    metrics = ranking_metrics(top, users, items, positives, [10], {})
+    quality = list_quality(top, users, items, positives, [10])
     expected = []
-    for hits, extra in zip(hit_rows, extra_positives):
+    for hits, extra in zip(hit_rows, extra_positives, strict=True):
         n = sum(hits) + extra
         dcg = sum(1 / np.log2(r + 2) for r in range(10) if hits[r])
         ideal = sum(1 / np.log2(r + 2) for r in range(min(n, 10)))
         expected.append(dcg / ideal if n else 0.0)
-    assert np.isclose(metrics["ndcg_at_10"], np.mean(expected))
+    assert np.isclose(quality["all"].ndcg_at_10, np.mean(expected))
 
 
 def test_slices_split_users_by_training_clicks():
@@ -123,8 +133,8 @@ def test_calibration_bins_and_ece_by_hand():
     labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
     predictions = np.array([0.1, 0.1, 0.2, 0.2, 0.7, 0.7, 0.9, 0.9])
     curve = calibration(labels, predictions, bins=4)
-    assert curve["predicted"] == pytest.approx([0.1, 0.2, 0.7, 0.9])
-    assert curve["observed"] == pytest.approx([0.0, 1.0, 0.5, 1.0])
+    assert curve.predicted == pytest.approx([0.1, 0.2, 0.7, 0.9])
+    assert curve.observed == pytest.approx([0.0, 1.0, 0.5, 1.0])
     assert expected_calibration_error(curve) == pytest.approx((0.1 + 0.8 + 0.2 + 0.1) / 4)
     assert normalized_entropy(labels, predictions, labels.mean()) == pytest.approx(
         log_loss(labels, predictions) / log_loss(labels, np.full(8, labels.mean())))
@@ -136,16 +146,16 @@ def test_page_metrics_by_hand():
     catalog = np.array(["a", "b", "c", "d"])
     embeddings = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     pages = [np.array(["b", "a"]), np.array(["d", "c"])]
-    metrics = page_metrics(pages, users, positives, catalog, embeddings, k=2)
-    assert metrics["recall_at_2"] == pytest.approx((1 / 2 + 1) / 2)
+    metrics = page_quality(pages, users, positives, catalog, embeddings, k=2)
+    assert metrics.recall == pytest.approx((1 / 2 + 1) / 2)
     ideal_u1 = 1 + 1 / np.log2(3)
-    assert metrics["ndcg_at_10"] == pytest.approx(((1 / np.log2(3)) / ideal_u1 + 1.0) / 2)
-    assert metrics["intra_list_diversity"] == pytest.approx(0.0)  # both pages: one direction
-    assert metrics["catalog_coverage"] == 1.0 and metrics["exposure_gini"] == 0.0
-    diverse = page_metrics([np.array(["a", "c"]), np.array(["a", "d"])], users, positives,
+    assert metrics.ndcg_at_10 == pytest.approx(((1 / np.log2(3)) / ideal_u1 + 1.0) / 2)
+    assert metrics.intra_list_diversity == pytest.approx(0.0)  # both pages: one direction
+    assert metrics.catalog_coverage == 1.0 and metrics.exposure_gini == 0.0
+    diverse = page_quality([np.array(["a", "c"]), np.array(["a", "d"])], users, positives,
                            catalog, embeddings, k=2)
-    assert diverse["intra_list_diversity"] == pytest.approx(1.0)
-    assert diverse["catalog_coverage"] == 0.75 and diverse["exposure_gini"] > 0
+    assert diverse.intra_list_diversity == pytest.approx(1.0)
+    assert diverse.catalog_coverage == 0.75 and diverse.exposure_gini > 0
 
 
 def test_funnel_evaluation_reports_pages_as_served(stages):

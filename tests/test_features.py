@@ -1,16 +1,17 @@
 import os
 
-import pytest
 import numpy as np
 import pandas as pd
-import tensorflow_transform as tft
-from hypothesis import given, settings, strategies as st
-
 import pyarrow as pa
+import pytest
+import tensorflow_transform as tft
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.features.beam_asof import FeatureView, join_view
-from components.features import preprocessing
-from recsys.tables import read_dataset
+from recsys.components.features.beam_asof import FeatureView, join_view
+from recsys.components.features.transform import history_has_item
+from recsys.core.features import load_registry
+from recsys.core.tables import read_dataset
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
@@ -95,9 +96,9 @@ def test_serving_snapshots_use_latest_known_features(stages):
     paths, as_of = stages["paths"], stages["counts"]["as_of"]
     user_rows = read_dataset(paths["user_snapshot"])
     item_rows = read_dataset(paths["item_snapshot"])
-    assert list(user_rows.columns) == preprocessing.QUERY_FEATURES
-    assert list(item_rows.columns) == (preprocessing.CANDIDATE_FEATURES
-                                       + preprocessing.ITEM_STATISTICS)
+    registry = load_registry()
+    assert list(user_rows.columns) == registry.side("user")
+    assert list(item_rows.columns) == registry.side("item")
     features = read_dataset(paths["user_features"])
     newest = features.sort_values("feature_ts").groupby("user_id").last()
     some_user = user_rows[user_rows["user_features_missing"] == 0].iloc[0]
@@ -163,5 +164,5 @@ def test_history_has_item_marks_rows_whose_item_is_in_their_history():
 
     history = tf.sparse.from_dense(tf.constant([["a", "b", ""], ["", "", ""], ["c", "x", "a"]]))
     items = tf.constant(["b", "a", "a"])
-    np.testing.assert_array_equal(preprocessing.history_has_item(history, items).numpy(),
+    np.testing.assert_array_equal(history_has_item(history, items).numpy(),
                                   [1.0, 0.0, 1.0])

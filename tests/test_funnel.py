@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.rerank.rerank import RerankConfig
-from recsys.funnel import Context, Funnel, GrpcBackend, RestBackend, ServingLog
-from recsys.tables import read_dataset
+from recsys.core.tables import read_dataset
+from recsys.serving import Context, Funnel, GrpcBackend, RerankConfig, RestBackend, ServingLog
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, push_stages
 from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
@@ -54,11 +53,10 @@ def test_recommend_applies_the_rules_to_ranked_candidates(stages, serving_root):
 
 
 def _retrieved(funnel, user, stages):
-    from recsys import modeling
+    from recsys.core.requests import raw_arrays
 
     query = {**funnel.features.user(user)[0], **Context(request_time(stages)).columns()}
-    out = funnel.backend.predict("retrieval", modeling.raw_arrays(query,
-                                                                  funnel.retrieval_signature))
+    out = funnel.backend.predict("retrieval", raw_arrays(query, funnel.retrieval_signature))
     return [v.decode() for v in out["item_ids"][0]]
 
 
@@ -116,8 +114,9 @@ def test_rest_errors_name_the_model(serving_root):
 def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_data, tmp_path):
     """What the funnel logs passes ingest's serving-log contract row for row, with
     the features it served."""
-    from components.ingest.ingest import ingest
-    from recsys.data_check import INGESTED
+    from recsys.components.ingest.config import IngestConfig
+    from recsys.components.ingest.ingest import ingest
+    from recsys.core.contracts import INGEST_OUTPUTS
 
     log_dir = tmp_path / "data" / "serving_log"
     log = ServingLog(str(log_dir), rows_per_file=25)
@@ -139,7 +138,8 @@ def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_d
     for name in os.listdir(tiny_data):
         if not name.startswith("serving_log"):
             shutil.copy(os.path.join(tiny_data, name), data / name)
-    outputs = {name: str(tmp_path / "out" / name) for name in INGESTED}
-    counts = ingest(str(data), "", LOOKBACK_DAYS, EVAL_DAYS, outputs)
+    outputs = {name: str(tmp_path / "out" / name) for name in INGEST_OUTPUTS}
+    counts = ingest(str(data), outputs, IngestConfig(lookback_days=LOOKBACK_DAYS,
+                                                     eval_days=EVAL_DAYS))
     assert counts["serving_log_read"] == 60 and counts["serving_log_quarantined"] == 0
     assert counts["serving_log"] == 60

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipelines.recsys_pipeline import compile_pipeline
+from recsys.pipelines.kfp_pipeline import compile_pipeline
 
 pytestmark = pytest.mark.image
 

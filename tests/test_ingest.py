@@ -4,12 +4,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from components.ingest.ingest import DAY, Window, ingest, resolve_window, split_events
-from recsys.data_check import INGESTED
-from recsys.tables import DataError, read_dataset, read_raw_table, to_unix_seconds
-
+from recsys.components.ingest.config import IngestConfig
+from recsys.components.ingest.ingest import Window, ingest, resolve_window, split_events
+from recsys.core.contracts import INGEST_OUTPUTS
+from recsys.core.derived import DAY
+from recsys.core.tables import DataError, read_dataset, read_raw_table, to_unix_seconds
 
 
 @settings(max_examples=60, deadline=None)
@@ -45,8 +47,8 @@ def test_default_as_of_is_midnight_after_newest_event():
 
 
 def test_ingest_writes_every_table_and_drops_future_snapshots(tiny_data, tmp_path):
-    outputs = {name: str(tmp_path / name) for name in INGESTED}
-    counts = ingest(tiny_data, "", 10, 3, outputs)
+    outputs = {name: str(tmp_path / name) for name in INGEST_OUTPUTS}
+    counts = ingest(tiny_data, outputs, IngestConfig(lookback_days=10, eval_days=3))
     train, evaluation = read_dataset(outputs["train_events"]), read_dataset(outputs["eval_events"])
     assert len(train) == counts["train_events"] > 0
     assert len(evaluation) == counts["eval_events"] > 0
@@ -90,9 +92,10 @@ def _copy_of(tiny_data, tmp_path):
     return data
 
 
-def _ingest(data, tmp_path, **kwargs):
-    outputs = {name: str(tmp_path / "out" / name) for name in INGESTED}
-    counts = ingest(str(data), "", 10, 3, outputs, **kwargs)
+def _ingest(data, tmp_path, now=None, **options):
+    outputs = {name: str(tmp_path / "out" / name) for name in INGEST_OUTPUTS}
+    counts = ingest(str(data), outputs, IngestConfig(lookback_days=10, eval_days=3, **options),
+                    now=now)
     return counts, outputs
 
 
@@ -250,7 +253,7 @@ def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_
     quarantine = read_dataset(outputs["quarantine"])
     expected = {row + 1: FAULTS[fault][1] for row, fault in faults.items()
                 if not (fault == "duplicate event ids" and row == 0)}
-    assert dict(zip(quarantine["row"], quarantine["reason"])) == expected
+    assert dict(zip(quarantine["row"], quarantine["reason"], strict=True)) == expected
     assert counts["impressions_read"] == 200
     assert counts["impressions_accepted"] + counts["impressions_quarantined"] == 200
 
@@ -277,7 +280,7 @@ def test_parquet_null_nan_and_inf_are_told_apart(tiny_data, tmp_path):
     pq.write_table(table.append_column("watch_seconds", null_at_12), data / "impressions.parquet")
     counts, outputs = _ingest(data, tmp_path)
     quarantine = read_dataset(outputs["quarantine"])
-    assert dict(zip(quarantine["row"], quarantine["reason"])) == {
+    assert dict(zip(quarantine["row"], quarantine["reason"], strict=True)) == {
         11: "not_finite", 12: "not_finite", 13: "missing_value"}
 
 

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from recsys.cli import main as recsys_main
+from recsys.app.cli import main as recsys_main
 
 API = "/apis/v2beta1"
 

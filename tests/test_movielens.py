@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from recsys import cli
-from recsys.local_run import data_config
-from recsys.movielens import EVAL_DAYS, import_movielens, read_ratings
-from recsys.tables import UNKNOWN
+from recsys.app import cli
+from recsys.app.local_run import data_config
+from recsys.app.movielens import EVAL_DAYS, import_movielens, read_ratings
+from recsys.core.contracts import UNKNOWN
 from tests.conftest import ML_100K
 
 DAY = 86_400
@@ -138,7 +138,7 @@ needs_movielens = pytest.mark.skipif(
 def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
     """The real files through import, then ingest -> join -> validate with the
     written schemas and parameters: what `recsys run --data` runs first."""
-    from recsys.data_check import check_span
+    from recsys.app.data_check import check_span
 
     out = tmp_path / "raw"
     counts = import_movielens(ML_100K, str(out))
@@ -150,8 +150,7 @@ def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
                           np.sort(ratings["timestamp"]))
     config = data_config(str(out))
     # Raises ValidationFailed on any blocking anomaly against the written schemas.
-    result = check_span(str(out), "", str(tmp_path / "check"), config["lookback_days"],
-                        config["eval_days"], config["schema_dir"])
+    result = check_span(str(out), str(tmp_path / "check"), config)
     ingested = result["ingest"]
     # Only ratings of movies missing from u.item are quarantined, with their reason.
     listed = set(pd.read_parquet(out / "items.parquet")["item_id"])

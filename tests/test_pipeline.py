@@ -2,9 +2,9 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipelines.recsys_pipeline import compile_pipeline
-from recsys import code_version
-from recsys.local_run import load_config
+from recsys.app.local_run import load_config
+from recsys.core.provenance import code_version
+from recsys.pipelines.kfp_pipeline import compile_pipeline
 
 STAGES = ["ingest", "join-features", "validate", "transform-features", "train-retrieval",
           "train-ranking", "infra-validate", "evaluate", "push"]

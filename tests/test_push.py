@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components.push import serving_root as root_
-from components.push.push import WARMUP_FILE, push
-from components.push.serving_root import SNAPSHOT_DIR
-from recsys.cli import main as recsys_main
+from recsys.app.cli import main as recsys_main
+from recsys.components.push.config import PushConfig
+from recsys.components.push.push import push
+from recsys.core.contracts import SNAPSHOT_DIR, WARMUP_FILE
+from recsys.serving import serving_root as root_
 from tests.conftest import push_stages
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
@@ -45,7 +46,8 @@ def test_push_writes_a_version_its_record_and_the_tf_serving_config(stages, tmp_
         signature = tf.saved_model.load(version_dir).signatures["serving_default"]
         assert set(request.inputs) == set(signature.structured_input_signature[1])
     snapshot = os.path.join(serving_root, SNAPSHOT_DIR, "1")
-    assert sorted(os.listdir(snapshot)) == ["item_embeddings", "items", "rerank.json", "users"]
+    assert sorted(os.listdir(snapshot)) == ["item_embeddings", "items", "rerank.json", "schemas",
+                                            "users"]
 
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
     config = root_.read_config(serving_root).model_config_list.config
@@ -104,7 +106,7 @@ def test_keeps_the_newest_versions(stages, tmp_path):
 
 
 def test_rollback_round_trip(stages, tmp_path, capsys):
-    from recsys.funnel import InProcessBackend
+    from recsys.serving import InProcessBackend
     from tests.tf_serving_double import ServedModels
 
     serving_root = str(tmp_path / "serving")
@@ -170,7 +172,7 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_pa
                             "ranking": paths["ranking_model"]},
                  "warmup_dir": paths["warmup_requests"],
                  "snapshots": {"users": paths["user_snapshot"], "items": paths["item_snapshot"]},
-                 "serving_root": serving_root, "keep_versions": 3}
+                 "serving_root": serving_root, "config": PushConfig(keep_versions=3)}
     contents = ['{"k": 10}', '{"k": 12}', '{"k": 14}']
     # Complete versions of each content, to know what every complete directory hashes to.
     for rules in contents:
@@ -182,7 +184,7 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_pa
     # Children fork from a server that has imported push but not TensorFlow, so each
     # starts in milliseconds and dies wherever the random delay lands.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["components.push.push"])
+    context.set_forkserver_preload(["recsys.components.push.push"])
 
     def start_child(rules):
         # The target is push itself: unpickling it imports nothing the server lacks.

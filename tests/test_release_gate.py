@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.evaluate import gate
-from components.evaluate.evaluate import Slices, evaluate, retrieval_task
-from components.evaluate.gate import Thresholds
-from components.infra_validate.infra_validate import (MODEL_OUTPUTS, Budgets, infra_validate,
-                                                      probe, serving_contract)
-from components.push import serving_root as root_
-from components.rerank.rerank import RerankConfig
-from recsys.tables import read_dataset, read_dataset_table, write_dataset
+from recsys.components.evaluate import gate
+from recsys.components.evaluate.config import Thresholds
+from recsys.components.evaluate.evaluate import CandidateModels, evaluate
+from recsys.components.evaluate.retrieval import RetrievalTask
+from recsys.components.evaluate.slices import Slices
+from recsys.components.infra_validate.config import Budgets
+from recsys.components.infra_validate.infra_validate import infra_validate, probe
+from recsys.core.contracts import MODEL_OUTPUTS
+from recsys.core.features import load_registry
+from recsys.core.requests import serving_contract
+from recsys.core.tables import read_dataset, read_dataset_table, write_dataset
+from recsys.serving import serving_root as root_
+from recsys.serving.rerank import RerankConfig
 from tests.conftest import push_stages
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
@@ -31,11 +36,12 @@ THRESHOLDS = dict(recall_k=20, min_slice_size=5)
 def _evaluate(stages, models: dict, infra_path: str, serving_root: str, blessing: str,
               **thresholds) -> dict:
     paths = stages["paths"]
-    return evaluate(paths["train_examples"], paths["eval_examples"], models["query_model"],
-                    models["item_embeddings"], models["retrieval_model"],
-                    models["ranking_model"], paths["eval_item_snapshot"], infra_path,
+    return evaluate(paths["train_examples"], paths["eval_examples"],
+                    CandidateModels(models["retrieval_model"], models["query_model"],
+                                    models["item_embeddings"], models["ranking_model"]),
+                    paths["eval_item_snapshot"], infra_path,
                     Thresholds(**{**THRESHOLDS, **thresholds}), RerankConfig(k=10),
-                    blessing, serving_root)["blessing"]
+                    blessing, serving_root).blessing
 
 
 def _failed(blessing: dict) -> list[tuple[str, str, str]]:
@@ -47,8 +53,10 @@ def _failed(blessing: dict) -> list[tuple[str, str, str]]:
 def shuffled(stages, tmp_path_factory):
     """Both models trained on shuffled click labels (same features, same epochs):
     what a labelling bug upstream would produce. Exported and infra-validated."""
-    from components.train_ranking import train_ranking
-    from components.train_retrieval import train_retrieval
+    from recsys.components.train_ranking import train_ranking
+    from recsys.components.train_ranking.config import RankingConfig
+    from recsys.components.train_retrieval import train_retrieval
+    from recsys.components.train_retrieval.config import RetrievalConfig
 
     paths, root = stages["paths"], tmp_path_factory.mktemp("shuffled")
     table = read_dataset_table(paths["transformed_train"])
@@ -60,15 +68,14 @@ def shuffled(stages, tmp_path_factory):
     write_dataset(table, transformed)
     models = {name: str(root / name) for name in
               ("retrieval_model", "query_model", "item_embeddings", "ranking_model")}
-    config = train_retrieval.RetrievalConfig(epochs=3, batch_size=256, top_k=50,
-                                             early_stopping_patience=0)
+    config = RetrievalConfig(epochs=3, batch_size=256, top_k=50, early_stopping_patience=0)
     model, _ = train_retrieval.train(transformed, paths["transformed_eval"],
                                      paths["transform_graph"], config)
     train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
                            models["retrieval_model"], models["query_model"],
                            models["item_embeddings"])
     model, _ = train_ranking.train(transformed, paths["transformed_eval"], paths["transform_graph"],
-                                   train_ranking.RankingConfig(epochs=2, batch_size=512))
+                                   RankingConfig(epochs=2, batch_size=512))
     train_ranking.export(model, paths["transform_graph"], models["ranking_model"])
     models["warmup_requests"] = str(root / "warmup")
     models["infra_validation"] = str(root / "infra.json")
@@ -115,7 +122,7 @@ def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, s
 
 def test_a_better_candidate_is_blessed_against_the_champion_and_pushed(stages, shuffled,
                                                                        tmp_path):
-    from components.push.push import push
+    from recsys.components.push.push import push
 
     # The champion: a bad release that once got through (its ranker trained on
     # shuffled labels, its retrieval list served upside down): worse in every slice.
@@ -147,10 +154,11 @@ class Reordered(tf.Module):
     items moved to the end (worse for that category's users, nearly the same
     overall), or the whole list reversed (worse for everyone)."""
 
-    def __init__(self, champion_dir: str, demoted: np.ndarray = np.array([""]),
+    def __init__(self, champion_dir: str, demoted: np.ndarray | None = None,
                  reverse: bool = False):
         super().__init__()
         self.champion = tf.saved_model.load(champion_dir)
+        demoted = np.array([""]) if demoted is None else demoted
         self.demoted = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(demoted.astype(str)),
                                                 tf.ones(len(demoted))), default_value=0.0)
@@ -176,9 +184,10 @@ def test_a_candidate_worse_on_one_slice_only_is_refused(stages, tmp_path):
     serving_root = str(tmp_path / "serving")
     push_stages(stages, serving_root)
     train, evaluation = (read_dataset(paths[n]) for n in ("train_examples", "eval_examples"))
-    users, _, _, clicks = retrieval_task(train, evaluation)
+    task = RetrievalTask.of(train, evaluation)
     # The third most shown category: a slice of its own, a small part of the others.
-    demoted = Slices.of(users, clicks, evaluation, top_categories=3).categories[2]
+    demoted = Slices.of(task.users, task.train_clicks, evaluation, top_categories=3,
+                        category=load_registry().role("category")).categories[2]
     items = read_dataset(paths["item_snapshot"])
     demoting = Reordered(paths["retrieval_model"],
                          items.loc[items["category"] == demoted, "item_id"].to_numpy())
@@ -280,7 +289,7 @@ def test_infra_validation_passes_the_trained_models(stages):
 
 
 def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path):
-    contract = serving_contract("ranking")
+    contract = serving_contract("ranking", load_registry())
     warmup = os.path.join(stages["paths"]["warmup_requests"], "ranking",
                           "tf_serving_warmup_requests")
 

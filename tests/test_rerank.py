@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.rerank.rerank import Candidates, RerankConfig, rerank
+from recsys.serving.rerank import Candidates, RerankConfig, rerank
 
 
 def candidates(ids, scores, creators=None, categories=None, ages=None, embeddings=None):

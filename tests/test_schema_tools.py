@@ -2,8 +2,8 @@ import shutil
 
 import tensorflow_data_validation as tfdv
 
-import schemas
-from recsys import schema_tools
+from recsys.app import schema_tools
+from recsys.core.schemas import SCHEMA_DIR
 
 
 def test_infer_proposes_ranges_and_diff_shows_only_real_differences(tiny_data, tmp_path):
@@ -18,5 +18,5 @@ def test_infer_proposes_ranges_and_diff_shows_only_real_differences(tiny_data, t
     assert "-  max: 86400.0" in report  # the curated bound, versus the observed one
     assert "feature 'event_id'" not in report  # identical features are not listed
 
-    shutil.copytree(schemas.SCHEMA_DIR, tmp_path / "same")
+    shutil.copytree(SCHEMA_DIR, tmp_path / "same")
     assert schema_tools.diff(str(tmp_path / "same")) == "no differences"

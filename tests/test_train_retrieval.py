@@ -6,12 +6,17 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.features import preprocessing
-from components.train_retrieval import train_retrieval as tr
-from recsys import modeling
-from recsys.tables import read_dataset
+from recsys.components.train_retrieval import train_retrieval as tr
+from recsys.components.train_retrieval.config import RetrievalConfig
+from recsys.core import modeling
+from recsys.core.contracts import CANDIDATE_TOWER, ITEM_ID, QUERY_EMBEDDING, QUERY_TOWER
+from recsys.core.features import load_registry
+from recsys.core.tables import read_dataset
+
+REGISTRY = load_registry()
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
@@ -43,8 +48,8 @@ class FixedTowers:
     def __init__(self, user_vectors, item_vectors):
         def tower(key, table):
             return lambda features, training=False: tf.gather(table, features[key])
-        self.query_tower = tower(tr.USER_ID, tf.constant(user_vectors, tf.float32))
-        self.candidate_tower = tower(tr.ITEM_ID, tf.constant(item_vectors, tf.float32))
+        self.query_tower = tower(tr.USER_INDEX, tf.constant(user_vectors, tf.float32))
+        self.candidate_tower = tower(tr.ITEM_INDEX, tf.constant(item_vectors, tf.float32))
 
 
 @settings(max_examples=40, deadline=None)
@@ -54,16 +59,16 @@ def test_validation_recall_matches_brute_force(seed, k):
     n_users, n_items, n_queries = 5, 12, 15
     user_vectors = rng.normal(size=(n_users, 4))
     item_vectors = rng.normal(size=(n_items + 3, 4))  # ids 12-14 are not in the corpus
-    corpus = {tr.ITEM_ID: rng.permutation(n_items)}
-    queries = {tr.USER_ID: rng.integers(0, n_users, n_queries),
-               tr.ITEM_ID: rng.integers(0, n_items + 3, n_queries)}
+    corpus = {tr.ITEM_INDEX: rng.permutation(n_items)}
+    queries = {tr.USER_INDEX: rng.integers(0, n_users, n_queries),
+               tr.ITEM_INDEX: rng.integers(0, n_items + 3, n_queries)}
     train_pairs = np.stack([rng.integers(0, n_users, 20), rng.integers(0, n_items, 20)], axis=1)
     callback = tr.ValidationRecall(queries, corpus, train_pairs, k)
     callback.model = FixedTowers(user_vectors, item_vectors)
 
     clicked = set(map(tuple, train_pairs))
     hits = []
-    for user, target in zip(queries[tr.USER_ID], queries[tr.ITEM_ID]):
+    for user, target in zip(queries[tr.USER_INDEX], queries[tr.ITEM_INDEX], strict=True):
         if target >= n_items or (user, target) in clicked:
             continue  # cannot be a hit: outside the corpus, or masked
         scores = {item: float(np.float32(user_vectors[user]).astype(np.float32)
@@ -95,14 +100,14 @@ def test_watch_time_weights():
 
 def test_config_errors_name_the_allowed_values():
     with pytest.raises(ValueError, match="positive_weighting must be one of"):
-        tr.RetrievalConfig(positive_weighting="dwell")
+        RetrievalConfig(positive_weighting="dwell")
     with pytest.raises(ValueError, match="ann_index must be one of"):
-        tr.RetrievalConfig(ann_index="scann")
+        RetrievalConfig(ann_index="scann")
 
 
 def _train(stages, **overrides):
     paths = stages["paths"]
-    config = tr.RetrievalConfig(**{**dict(epochs=1, batch_size=256, top_k=20,
+    config = RetrievalConfig(**{**dict(epochs=1, batch_size=256, top_k=20,
                                           early_stopping_patience=0), **overrides})
     return tr.train(paths["transformed_train"], paths["transformed_eval"],
                     paths["transform_graph"], config)
@@ -110,8 +115,8 @@ def _train(stages, **overrides):
 
 def _item_embeddings(model, stages):
     rows = modeling.load_transformed(stages["paths"]["transformed_train"],
-                                     tr._columns(preprocessing.CANDIDATE_FEATURES))
-    return modeling.predict_transformed(model.candidate_tower, tr.corpus_table(rows))
+                                     tr.tower_columns(REGISTRY, CANDIDATE_TOWER))
+    return modeling.predict_transformed(model.candidate_tower, tr.corpus_table(REGISTRY, rows))
 
 
 def test_training_is_repeatable_for_a_seed(stages):
@@ -134,13 +139,13 @@ def test_mixed_negatives_join_the_softmax(stages):
     corpus, each corrected by its mixed sampling probability."""
     paths = stages["paths"]
     transform_output = tft.TFTransformOutput(paths["transform_graph"])
-    columns = tr._columns(preprocessing.QUERY_TOWER_FEATURES + preprocessing.CANDIDATE_FEATURES)
+    columns = tr.tower_columns(REGISTRY, QUERY_TOWER, CANDIDATE_TOWER)
     rows = modeling.load_transformed(paths["transformed_train"], columns)
-    corpus = tr.corpus_table(rows)
-    frequency = tr.item_frequency(rows[tr.ITEM_ID],
-                                  modeling.id_cardinality(transform_output, "item_id"))
-    config = tr.RetrievalConfig(batch_size=32, uniform_negatives=16)
-    model = tr.TwoTowerModel(transform_output, config, corpus, frequency)
+    corpus = tr.corpus_table(REGISTRY, rows)
+    frequency = tr.item_frequency(rows[tr.ITEM_INDEX],
+                                  modeling.id_cardinality(transform_output, REGISTRY[ITEM_ID]))
+    config = RetrievalConfig(batch_size=32, uniform_negatives=16)
+    model = tr.TwoTowerModel(transform_output, REGISTRY, config, corpus, frequency)
     seen = {}
 
     def record(queries, candidates, candidate_sampling_probability, candidate_ids, **_):
@@ -152,10 +157,10 @@ def test_mixed_negatives_join_the_softmax(stages):
     batch = {name: values[:32] for name, values in rows.items()}
     model.compute_loss(batch, training=True)
     assert seen["queries"].shape[0] == 32 and seen["candidates"].shape[0] == 32 + 16
-    assert np.array_equal(seen["ids"][:32], batch[tr.ITEM_ID])
-    assert np.isin(seen["ids"][32:], corpus[tr.ITEM_ID]).all()
+    assert np.array_equal(seen["ids"][:32], batch[tr.ITEM_INDEX])
+    assert np.isin(seen["ids"][32:], corpus[tr.ITEM_INDEX]).all()
     assert np.allclose(seen["probability"],
-                       frequency[seen["ids"]] + 16 / (32 * len(corpus[tr.ITEM_ID])))
+                       frequency[seen["ids"]] + 16 / (32 * len(corpus[tr.ITEM_INDEX])))
     model.compute_loss(batch, training=False)  # validation loss: in-batch only
     assert seen["candidates"].shape[0] == 32
 
@@ -168,7 +173,7 @@ def test_query_tower_reads_history_and_context(stages):
 
     def embed(frame):
         tensors = modeling.raw_tensors(frame, serve.structured_input_signature[1])
-        return serve(**tensors)[tr.QUERY_EMBEDDING_SIGNATURE_OUTPUT].numpy()
+        return serve(**tensors)[QUERY_EMBEDDING].numpy()
 
     base = embed(request)
     assert np.array_equal(base, embed(request.copy()))
@@ -188,7 +193,7 @@ def test_ann_index_recall_against_exact_search(tmp_path):
     result = tr.write_ann_index(items, queries, 50, path)
     _, found = faiss.read_index(path).search(queries, 50)
     exact = np.argsort(-(queries @ items.T), axis=1)[:, :50]
-    by_hand = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, exact)])
+    by_hand = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, exact, strict=True)])
     assert np.isclose(result["ann_recall_at_50_vs_exact"], by_hand)
     assert by_hand > 0.9
     assert tr.recall_vs_exact(np.array([[1, 2, -1]]), np.array([[2, 3, 4]])) == pytest.approx(1 / 3)
@@ -197,7 +202,7 @@ def test_ann_index_recall_against_exact_search(tmp_path):
 def test_export_writes_the_ann_index_beside_the_embeddings(stages, tmp_path):
     model, _ = _train(stages)
     paths = stages["paths"]
-    config = tr.RetrievalConfig(top_k=20, ann_index="faiss-hnsw")
+    config = RetrievalConfig(top_k=20, ann_index="faiss-hnsw")
     out = {name: str(tmp_path / name) for name in ("retrieval", "query", "embeddings")}
     exported = tr.export(model, paths["transform_graph"], paths["item_snapshot"], config,
                          out["retrieval"], out["query"], out["embeddings"],

@@ -7,12 +7,18 @@ import shutil
 import pandas as pd
 import pytest
 
-from components.validate.validate import (SPAN, ValidationFailed, find_baseline, parse_policy,
-                                          validate)
-from recsys.data_check import check_span
-from recsys.generate import generate
-from recsys.tables import DataError, read_dataset, write_dataset
-from tests.conftest import VALIDATED
+from recsys.app.data_check import check_span
+from recsys.app.generate import generate
+from recsys.components.validate.config import ValidateConfig
+from recsys.components.validate.validate import (
+    SPAN,
+    ValidationFailed,
+    find_baseline,
+    parse_policy,
+    validate,
+)
+from recsys.core.contracts import DATASET_SCHEMAS
+from recsys.core.tables import DataError, read_dataset, write_dataset
 
 DETECTION = dict(users=300, items=120, days=10)
 BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the data
@@ -20,8 +26,9 @@ BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the
 
 def run_span(data, as_of, workdir, statistics_root="", drift_baseline="", anomaly_policy="{}"):
     """ingest -> join -> validate for one span, as the pipeline chains them."""
-    return check_span(data, as_of, workdir, 7, 3, statistics_root=statistics_root,
-                      drift_baseline=drift_baseline, anomaly_policy=anomaly_policy)["validate"]
+    return check_span(data, workdir, dict(
+        as_of=as_of, lookback_days=7, eval_days=3, statistics_root=statistics_root,
+        drift_baseline=drift_baseline, anomaly_policy=anomaly_policy))["validate"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +91,7 @@ def test_injected_drift_and_skew_block_with_advice(injection, kind, feature, exp
 
 def _copy(stages, tmp_path):
     copies = {}
-    for name in VALIDATED:
+    for name in DATASET_SCHEMAS:
         copies[name] = str(tmp_path / name)
         shutil.copytree(stages["paths"][name], copies[name])
     return copies
@@ -95,10 +102,10 @@ def _rewrite(copies, name, frame):
     write_dataset(frame, copies[name])
 
 
-def _validate(stages, copies, tmp_path, **kwargs):
+def _validate(stages, copies, tmp_path, **options):
     return validate(copies, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"),
-                    stages["counts"]["span_start"], report_path=str(tmp_path / "report.html"),
-                    **kwargs)
+                    stages["counts"]["span_start"], ValidateConfig(**options),
+                    report_path=str(tmp_path / "report.html"))
 
 
 @pytest.mark.xdist_group("stages")

@@ -1,0 +1,163 @@
+"""Run the compiled pipeline YAML locally: KFP's SubprocessRunner + Beam DirectRunner.
+
+The same ``pipeline.yaml`` that is uploaded to Kubeflow is loaded here, so a
+local run exercises exactly the DAG that production runs. KFP's local runner
+is chatty (it dumps every task's executor input), so it runs in a child
+process whose full output goes to ``<workdir>/run.log``; the console shows the
+stage progress lines and, at the end, a summary.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import yaml
+
+from recsys.core.progress import PROGRESS_LINE, log
+from recsys.pipelines.kfp_pipeline import compile_pipeline
+from recsys.pipelines.parameters import DEFAULT_IMAGE, pipeline_parameters
+
+# Pipeline parameters that belong to a data directory (``recsys import-movielens``
+# writes them), picked up by ``recsys run --data`` and ``recsys check``.
+DATA_CONFIG = "recsys.yaml"
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def load_config(path: str | None) -> dict:
+    """A YAML mapping of pipeline parameters; unknown keys are an error, not ignored."""
+    if not path:
+        return {}
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of pipeline parameters, got {type(config)}")
+    known = pipeline_parameters()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: unknown pipeline parameter(s) {unknown}; "
+                         f"known: {sorted(known)}")
+    if isinstance(config.get("beam_pipeline_args"), list):
+        config["beam_pipeline_args"] = json.dumps(config["beam_pipeline_args"])
+    return config
+
+
+def data_config(data_root: str | None) -> dict:
+    """Pipeline parameters a data directory carries in ``recsys.yaml`` (as
+    ``recsys import-movielens`` writes), with ``schema_dir`` relative to it."""
+    path = os.path.join(data_root, DATA_CONFIG) if data_root else ""
+    if not os.path.isfile(path):
+        return {}
+    config = load_config(path)
+    if config.get("schema_dir"):
+        config["schema_dir"] = os.path.join(os.path.abspath(data_root), config["schema_dir"])
+    log("run", f"parameters from {path}: {json.dumps(config)}")
+    return config
+
+
+def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dict:
+    """Execute the compiled YAML in this process; return the pipeline's outputs as
+    ``{name: {"path": ..., "metadata": {...}}}``."""
+    import kfp.components
+    import kfp.local
+
+    # kfp warns for any image whose name lacks "python"; ours is a Python image.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
+                   pipeline_root=pipeline_root, raise_on_error=True)
+    task = kfp.components.load_component_from_file(pipeline_yaml)(**arguments)
+    return {name: {"path": artifact.path, "metadata": dict(artifact.metadata)}
+            for name, artifact in task.outputs.items()}
+
+
+def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
+        verbose: bool = False, label: str = "") -> dict:
+    """Compile, run the YAML in a child process, return its outputs (raises RunFailed).
+    Runs in one ``workdir`` share its pipeline root and serving root, as scheduled
+    runs do; ``label`` names this run's ``outputs-<label>.json`` and ``run-<label>.log``."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    pipeline_yaml = compile_pipeline(os.path.join(workdir, "pipeline.yaml"), image)
+    arguments = {"data_root": os.path.abspath(data_root),
+                 "serving_root": os.path.join(workdir, "serving")}
+    arguments.update(config)
+    suffix = f"-{label}" if label else ""
+    outputs_path = os.path.join(workdir, f"outputs{suffix}.json")
+    log_path = os.path.join(workdir, f"run{suffix}.log")
+    if os.path.exists(outputs_path):
+        os.remove(outputs_path)
+    log("run", f"compiled {pipeline_yaml}; running it locally (full log: {log_path})")
+    log("run", f"arguments: {json.dumps(arguments)}")
+    started = time.monotonic()
+    command = [sys.executable, "-m", "recsys.app.local_run", "--pipeline-yaml", pipeline_yaml,
+               "--arguments", json.dumps(arguments),
+               "--pipeline-root", os.path.join(workdir, "pipeline_root"),
+               "--outputs", outputs_path]
+    with open(log_path, "w") as log_file, subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            bufsize=1) as child:
+        for line in child.stdout:
+            log_file.write(line)
+            if verbose or PROGRESS_LINE.match(line):
+                print(line.strip() if not verbose else line.rstrip(), file=sys.stderr, flush=True)
+    if child.returncode != 0 or not os.path.exists(outputs_path):
+        raise RunFailed(f"the pipeline failed after {time.monotonic() - started:.0f}s; "
+                        f"the failing stage's message is above, the full log in {log_path}")
+    with open(outputs_path) as handle:
+        outputs = json.load(handle)
+    outputs["seconds"] = time.monotonic() - started
+    outputs["arguments"] = arguments
+    return outputs
+
+
+def summary(outputs: dict) -> str:
+    """Data sizes, metrics against baseline, the gate decision and pushed paths."""
+    counts = {k: int(v) for k, v in outputs["ingest_metrics"]["metadata"].items()}
+    lines = [
+        "",
+        f"=== recsys run finished in {outputs['seconds']:.0f}s ===",
+        f"data: {counts['train_events']} train / {counts['eval_events']} eval events, "
+        f"{counts['users']} users, {counts['items']} items, {counts['user_features']} user + "
+        f"{counts['item_features']} item feature rows; outside the window and left out: "
+        f"{counts['impressions_before_window']} older and "
+        f"{counts['impressions_at_or_after_as_of']} at/after as_of events",
+        "",
+    ]
+    quarantined = counts.get("quarantined", 0)
+    reasons = ", ".join(f"{name[len('quarantined_'):]}: {value}" for name, value in counts.items()
+                        if name.startswith("quarantined_"))
+    lines += [f"quarantined {quarantined} rows{f' ({reasons})' if reasons else ''}: "
+              f"{outputs['quarantine']['path']}", ""]
+    for name in ("validation_report", "evaluation_report", "push_report"):
+        with open(outputs[name]["path"]) as handle:
+            lines += [handle.read().strip(), ""]
+    lines.append(f"plots (HTML, render offline): {outputs['validation_html']['path']}")
+    lines.append(f"                              {outputs['evaluation_html']['path']}")
+    return "\n".join(lines) + "\n"
+
+
+def _child_main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pipeline-yaml", required=True)
+    parser.add_argument("--arguments", required=True)
+    parser.add_argument("--pipeline-root", required=True)
+    parser.add_argument("--outputs", required=True)
+    args = parser.parse_args(argv)
+    try:
+        outputs = run_compiled(args.pipeline_yaml, json.loads(args.arguments), args.pipeline_root)
+    except RuntimeError as error:  # kfp.local: a task failed
+        print(f"run: {error}", flush=True)
+        return 1
+    with open(args.outputs, "w") as handle:
+        json.dump(outputs, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

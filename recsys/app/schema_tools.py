@@ -1,0 +1,85 @@
+"""`recsys schema infer` and `recsys schema diff`: curation as a reviewable diff.
+
+`infer` computes TFDV statistics of raw tables and proposes one schema per table
+(TFDV's inference plus numeric ranges, which TFDV leaves out, taken from the
+observed min and max). `diff` prints, feature by feature, how a proposed schema
+differs from the curated one, as a unified diff of their text form.
+"""
+
+import difflib
+import os
+import tempfile
+
+import tensorflow_data_validation as tfdv
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from recsys.components.validate.validate import compute_statistics
+from recsys.core.contracts import RAW_TABLES
+from recsys.core.schemas import SCHEMA_DIR, schema_path
+from recsys.core.tables import read_raw_table, write_dataset
+
+# The tables a user brings (the serving log is checked against the examples schema).
+CURATED_TABLES = [table.name for table in RAW_TABLES.values() if not table.optional]
+
+
+def add_numeric_ranges(schema, statistics) -> None:
+    """Observed [min, max] as int/float domains, where the schema has none."""
+    numeric = {f.path.step[0]: f.num_stats for f in statistics.datasets[0].features
+               if f.HasField("num_stats")}
+    for feature in schema.feature:
+        stats = numeric.get(feature.name)
+        if stats is None or feature.WhichOneof("domain_info") is not None:
+            continue
+        if feature.type == schema_pb2.INT:
+            feature.int_domain.min, feature.int_domain.max = int(stats.min), int(stats.max)
+        elif feature.type == schema_pb2.FLOAT:
+            feature.float_domain.min, feature.float_domain.max = stats.min, stats.max
+
+
+def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[str, str]:
+    """Propose ``<table>.schema.pbtxt`` for every raw table under ``data_root``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        datasets = {}
+        for name in CURATED_TABLES:
+            datasets[name] = os.path.join(scratch, name)
+            write_dataset(read_raw_table(data_root, name), datasets[name])
+        statistics = compute_statistics(datasets, os.path.join(scratch, "stats"),
+                                        beam_pipeline_args)
+    written = {}
+    for name, stats in statistics.items():
+        # value_count (not shape) for single values: the curated schemas use it too,
+        # so the diff shows real differences only.
+        schema = tfdv.infer_schema(stats, infer_feature_shape=False)
+        add_numeric_ranges(schema, stats)
+        written[name] = os.path.join(out_dir, f"{name}.schema.pbtxt")
+        tfdv.write_schema_text(schema, written[name])
+    return written
+
+
+def _features_as_text(schema) -> dict[str, list[str]]:
+    return {feature.name: text_format.MessageToString(feature).splitlines()
+            for feature in schema.feature}
+
+
+def diff(proposed_dir: str, curated_dir: str = "") -> str:
+    """Unified diff, per table and feature, from curated to proposed."""
+    curated_dir = curated_dir or SCHEMA_DIR
+    out = []
+    for name in CURATED_TABLES:
+        proposed_path = os.path.join(proposed_dir, f"{name}.schema.pbtxt")
+        if not os.path.isfile(proposed_path):
+            continue
+        curated = _features_as_text(tfdv.load_schema_text(schema_path(name, curated_dir)))
+        proposed = _features_as_text(tfdv.load_schema_text(proposed_path))
+        for feature in sorted(set(curated) | set(proposed)):
+            before, after = curated.get(feature, []), proposed.get(feature, [])
+            if before == after:
+                continue
+            label = ("only in proposed" if not before else "only in curated" if not after
+                     else "differs")
+            out.append(f"## {name}: feature '{feature}' ({label})")
+            out += list(difflib.unified_diff(before, after, f"curated/{name}", f"proposed/{name}",
+                                             lineterm="", n=1))
+    return "\n".join(out) if out else "no differences"

@@ -1,0 +1,100 @@
+"""Evaluate: everything the release gate decides on, measured in one step.
+
+Retrieval over the full catalog against popularity (``retrieval``), the ranker
+against the constant-CTR prior (``ranking``), the whole funnel as served against
+the retrieval order (``funnel``), the candidate against the models serving now
+(``champion``); then the gate (``gate``) turns them into a blessing with every
+check, and ``report`` renders it. Each returns a typed result.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.components.evaluate import gate, report
+from recsys.components.evaluate.champion import ChampionComparison, champion_checks
+from recsys.components.evaluate.funnel import FunnelEvaluation, evaluate_funnel
+from recsys.components.evaluate.ranking import RankingEvaluation, evaluate_ranking
+from recsys.components.evaluate.retrieval import (
+    RetrievalEvaluation,
+    RetrievalTask,
+    evaluate_retrieval,
+    retrieval_impression_auc,
+)
+from recsys.core.contracts import RANKING, RETRIEVAL
+from recsys.core.features import FeatureRegistry, load_registry
+from recsys.core.tables import read_dataset
+from recsys.serving.rerank import RerankConfig
+
+
+@dataclass
+class CandidateModels:
+    """What train_retrieval and train_ranking exported (directories)."""
+    retrieval_model: str
+    query_model: str
+    item_embeddings: str
+    ranking_model: str
+
+
+@dataclass
+class Evaluation:
+    retrieval: RetrievalEvaluation
+    ranking: RankingEvaluation
+    funnel: FunnelEvaluation
+    champion: ChampionComparison
+    blessing: dict  # as written to the blessing file
+    markdown: str = field(repr=False)
+    html: str = field(repr=False)
+    reliability_png: bytes = field(repr=False)
+
+
+def read_infra_validation(path: str) -> dict:
+    """Infra validation's result; a missing or unreadable one fails closed in the gate."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        return {"models": {}, "error": f"{path}: {error}"}
+
+
+def evaluate(train_examples_dir: str, eval_examples_dir: str, models: CandidateModels,
+             eval_item_snapshot_dir: str, infra_validation_path: str,
+             thresholds: gate.Thresholds, rerank_config: RerankConfig, blessing_path: str,
+             serving_root: str = "", registry: FeatureRegistry | None = None) -> Evaluation:
+    """Measure the candidate, compare it with the version serving now (if any), decide
+    and write the blessing to ``blessing_path``."""
+    registry = registry or load_registry()
+    train_examples = read_dataset(train_examples_dir)
+    eval_examples = read_dataset(eval_examples_dir)
+    task = RetrievalTask.of(train_examples, eval_examples)
+    retrieval = evaluate_retrieval(models.query_model, models.item_embeddings,
+                                   models.retrieval_model, task,
+                                   sorted({10, thresholds.recall_k, 100}))
+    ranking = evaluate_ranking(models.ranking_model, train_examples, eval_examples)
+    funnel = evaluate_funnel(
+        models.retrieval_model, models.ranking_model, models.item_embeddings,
+        eval_item_snapshot_dir, task, rerank_config, registry,
+        retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples))
+    infra = read_infra_validation(infra_validation_path)
+    champion = champion_checks(
+        serving_root, {RETRIEVAL: models.retrieval_model, RANKING: models.ranking_model},
+        task, eval_examples, thresholds, registry.role("category"))
+    checks = (gate.value_checks(retrieval.metrics(), ranking.metrics(), thresholds)
+              + champion.checks + gate.infra_checks(infra))
+    blessing = gate.decide(checks, thresholds, champion.note)
+    blessing.update(champion=champion.summary(), infra_validation=infra,
+                    metrics={"retrieval": retrieval.metrics(), "ranking": ranking.metrics(),
+                             "funnel": funnel.metrics()})
+    with open(blessing_path, "w") as handle:
+        json.dump(blessing, handle, indent=2, default=_jsonable)
+    return Evaluation(retrieval, ranking, funnel, champion, blessing,
+                      report.markdown(retrieval, ranking, funnel, blessing),
+                      report.render(retrieval, ranking, funnel, blessing),
+                      report.reliability_png(ranking.calibration))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return str(value)

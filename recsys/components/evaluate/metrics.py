@@ -1,0 +1,221 @@
+"""Metric math, over numpy arrays and small frames: no models, no files.
+
+Ranked lists (Recall@k, NDCG@10 over a full catalog, with each user's training
+items masked), pages (the same plus diversity, coverage and exposure), and
+probabilities (AUC, log loss, normalized entropy, calibration). Each function
+states its definition; the tests check them against brute force.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys.core.contracts import ITEM_ID, USER_ID
+from recsys.core.ranking import top_k
+
+# --- ranked lists ---------------------------------------------------------------------
+
+
+def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                 masked: pd.DataFrame, k: int) -> np.ndarray:
+    """Top-k catalog indices per user, after masking each user's training items."""
+    scores = scores.astype(np.float64, copy=True)
+    user_pos = pd.Index(users).get_indexer(masked[USER_ID])
+    item_pos = pd.Index(item_ids).get_indexer(masked[ITEM_ID])
+    keep = (user_pos >= 0) & (item_pos >= 0)
+    scores[user_pos[keep], item_pos[keep]] = -np.inf
+    return top_k(scores, k)
+
+
+def hits_and_counts(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                    positives: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(users x ranks boolean matrix: is the item at that rank a positive, each
+    user's number of positives)."""
+    hit_matrix = np.zeros((len(users), len(item_ids)), dtype=bool)
+    user_pos = pd.Index(users).get_indexer(positives[USER_ID])
+    item_pos = pd.Index(item_ids).get_indexer(positives[ITEM_ID])
+    keep = (user_pos >= 0) & (item_pos >= 0)
+    hit_matrix[user_pos[keep], item_pos[keep]] = True
+    n_positives = np.bincount(user_pos[user_pos >= 0], minlength=len(users))
+    return np.take_along_axis(hit_matrix, top, axis=1), n_positives
+
+
+def recall_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarray:
+    """|top-k ∩ positives| / |positives| per user."""
+    return hits[:, :k].sum(axis=1) / np.maximum(n_positives, 1)
+
+
+def ndcg_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarray:
+    """Binary-relevance NDCG@k per user: DCG of the list over the DCG of an ideal
+    list with min(k, |positives|) hits on top."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits[:, :k] * discounts[:hits[:, :k].shape[1]]).sum(axis=1)
+    ideal = np.cumsum(discounts)[np.clip(np.minimum(n_positives, k), 1, k) - 1]
+    return np.where(n_positives > 0, dcg / ideal, 0.0)
+
+
+@dataclass
+class ListQuality:
+    """Recall@k (for each k) and NDCG@10 of ranked lists, averaged over ``users``
+    users (NaN where a slice has none)."""
+    users: int
+    recall: dict[int, float]
+    ndcg_at_10: float
+
+    def metrics(self) -> dict[str, float]:
+        """As metric names: recall_at_<k>, ndcg_at_10."""
+        return {**{f"recall_at_{k}": value for k, value in self.recall.items()},
+                "ndcg_at_10": self.ndcg_at_10}
+
+
+def list_quality(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                 positives: pd.DataFrame, ks: list[int],
+                 slices: dict[str, np.ndarray] | None = None) -> dict[str, ListQuality]:
+    """The quality of each user's top list (``top``: catalog indices), over all users
+    ("all") and over the users of each slice (name -> boolean mask over ``users``)."""
+    hits, n_positives = hits_and_counts(top, users, item_ids, positives)
+    recalls = {k: recall_per_user(hits, n_positives, k) for k in ks}
+    ndcg = ndcg_per_user(hits, n_positives, 10)
+
+    def mean(values, members):
+        return float(values[members].mean()) if members.any() else float("nan")
+
+    masks = {"all": np.ones(len(users), dtype=bool), **(slices or {})}
+    return {name: ListQuality(int(members.sum()),
+                              {k: mean(values, members) for k, values in recalls.items()},
+                              mean(ndcg, members))
+            for name, members in masks.items()}
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of exposure: 0 when every item is shown equally often,
+    (n - 1) / n when one item takes every impression."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    if len(x) == 0 or x.sum() == 0:
+        return 0.0
+    ranks = np.arange(1, len(x) + 1)
+    return float(((2 * ranks - len(x) - 1) @ x) / (len(x) * x.sum()))
+
+
+def intra_list_diversity(page_rows: list[np.ndarray], embeddings: np.ndarray) -> float:
+    """Mean over pages of the mean pairwise cosine distance (1 - cosine similarity)
+    of the page's item-tower embeddings; pages under two items are skipped."""
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    values = []
+    for rows in page_rows:
+        if len(rows) >= 2:
+            similarity = unit[rows] @ unit[rows].T
+            values.append(1.0 - similarity[np.triu_indices(len(rows), 1)].mean())
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class PageQuality:
+    """What a set of pages (one per user, up to ``k`` items) is worth."""
+    k: int
+    recall: float  # Recall@k
+    ndcg_at_10: float
+    intra_list_diversity: float
+    catalog_coverage: float
+    exposure_gini: float
+    mean_page_length: float
+
+    def metrics(self) -> dict[str, float]:
+        return {f"recall_at_{self.k}": self.recall, "ndcg_at_10": self.ndcg_at_10,
+                "intra_list_diversity": self.intra_list_diversity,
+                "catalog_coverage": self.catalog_coverage, "exposure_gini": self.exposure_gini,
+                "mean_page_length": self.mean_page_length}
+
+
+def page_quality(pages: list[np.ndarray], users: np.ndarray, positives: pd.DataFrame,
+                 catalog: np.ndarray, embeddings: np.ndarray, k: int) -> PageQuality:
+    """NDCG@10, Recall@k, intra-list diversity, catalog coverage and exposure Gini of
+    one page of item ids per user (pages may be shorter than k)."""
+    catalog_index = pd.Index(catalog)
+    page_rows = [catalog_index.get_indexer(page) for page in pages]
+    hit_matrix = np.zeros((len(users), max(k, 10)), dtype=bool)
+    positive_sets = positives.groupby(USER_ID)[ITEM_ID].agg(set)
+    n_positives = positive_sets.map(len).reindex(users, fill_value=0).to_numpy()
+    for row, (user, page) in enumerate(zip(users, pages, strict=True)):
+        mine = positive_sets.get(user, set())
+        hit_matrix[row, :len(page)] = [item in mine for item in page[:hit_matrix.shape[1]]]
+    shown = np.concatenate(page_rows + [np.zeros(0, int)])
+    shown = shown[shown >= 0]
+    exposure = np.bincount(shown, minlength=len(catalog))
+    return PageQuality(
+        k=k, recall=float(recall_per_user(hit_matrix, n_positives, k).mean()),
+        ndcg_at_10=float(ndcg_per_user(hit_matrix, n_positives, 10).mean()),
+        intra_list_diversity=intra_list_diversity([rows[rows >= 0] for rows in page_rows],
+                                                  embeddings),
+        catalog_coverage=float(len(np.unique(shown)) / len(catalog)),
+        exposure_gini=gini(exposure),
+        mean_page_length=float(np.mean([len(page) for page in pages])))
+
+
+# --- probabilities --------------------------------------------------------------------
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC as the Mann-Whitney statistic (ties get average ranks)."""
+    positives = labels == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+@dataclass
+class RocCurve:
+    false_positive_rate: list[float]
+    true_positive_rate: list[float]
+    thresholds: list[float]
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray, points: int = 50) -> RocCurve:
+    thresholds = np.quantile(scores, np.linspace(0, 1, points))[::-1]
+    positives, negatives = max((labels == 1).sum(), 1), max((labels == 0).sum(), 1)
+    tpr = [float(((scores >= t) & (labels == 1)).sum() / positives) for t in thresholds]
+    fpr = [float(((scores >= t) & (labels == 0)).sum() / negatives) for t in thresholds]
+    return RocCurve(fpr, tpr, [float(t) for t in thresholds])
+
+
+def normalized_entropy(labels: np.ndarray, probabilities: np.ndarray, prior: float) -> float:
+    """Log loss over the log loss of always predicting the training click rate
+    (He et al., ADKDD 2014): below 1 the model knows more than the base rate."""
+    return log_loss(labels, probabilities) / log_loss(labels, np.full(len(labels), prior))
+
+
+@dataclass
+class CalibrationCurve:
+    """Mean predicted and observed click rate, and the size, of each bin."""
+    predicted: list[float]
+    observed: list[float]
+    count: list[int]
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+                ) -> CalibrationCurve:
+    """Mean predicted vs observed click rate in equal-count bins of the prediction
+    (equal-width bins would put almost every impression of a low-CTR feed in one)."""
+    order = np.argsort(probabilities, kind="stable")
+    groups = [g for g in np.array_split(order, bins) if len(g)]
+    return CalibrationCurve([float(probabilities[g].mean()) for g in groups],
+                            [float(labels[g].mean()) for g in groups],
+                            [int(len(g)) for g in groups])
+
+
+def expected_calibration_error(curve: CalibrationCurve) -> float:
+    """Size-weighted mean |predicted - observed| over the bins of ``calibration``."""
+    count = np.asarray(curve.count, dtype=float)
+    gap = np.abs(np.asarray(curve.predicted) - np.asarray(curve.observed))
+    return float((gap * count).sum() / count.sum()) if count.sum() else float("nan")

@@ -1,0 +1,76 @@
+"""Ranking quality: the exported ranker on every eval impression, against the
+constant-CTR prior of the training window."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recsys.components.evaluate.metrics import (
+    CalibrationCurve,
+    RocCurve,
+    calibration,
+    expected_calibration_error,
+    log_loss,
+    normalized_entropy,
+    roc_auc,
+    roc_curve,
+)
+from recsys.components.evaluate.models import outputs_in_batches, serving_fn
+from recsys.core.contracts import CLICK_PROBABILITY, CLICKED, EXPECTED_WATCH_SECONDS, WATCH_SECONDS
+
+
+@dataclass
+class RankingEvaluation:
+    eval_examples: int
+    auc: float
+    logloss: float
+    normalized_entropy: float  # log loss over the constant-CTR prior's
+    prior_ctr: float  # the training window's click rate
+    prior_logloss: float
+    mean_predicted_ctr: float
+    eval_ctr: float
+    calibration_ratio: float  # mean predicted / observed click rate
+    expected_calibration_error: float
+    # Predicted over observed mean watch time of clicks, and its mean absolute error;
+    # None without watch time (MovieLens) or a watch head.
+    watch_time_ratio: float | None
+    watch_time_mae_seconds: float | None
+    calibration: CalibrationCurve = field(repr=False)
+    roc: RocCurve = field(repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat, as logged; the watch-time metrics only where they exist."""
+        names = ["eval_examples", "auc", "logloss", "normalized_entropy", "prior_ctr",
+                 "prior_logloss", "mean_predicted_ctr", "eval_ctr", "calibration_ratio",
+                 "expected_calibration_error", "watch_time_ratio", "watch_time_mae_seconds"]
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
+                     eval_examples: pd.DataFrame) -> RankingEvaluation:
+    labels = eval_examples[CLICKED].to_numpy()
+    outputs = outputs_in_batches(serving_fn(ranking_model_dir), eval_examples)
+    probabilities = outputs[CLICK_PROBABILITY]
+    prior = float(train_examples[CLICKED].mean())
+    curve = calibration(labels, probabilities)
+    watch_ratio = watch_error = None
+    watched = (labels == 1) & (eval_examples[WATCH_SECONDS].to_numpy() > 0)
+    if watched.any() and outputs[EXPECTED_WATCH_SECONDS][watched].any():
+        predicted = outputs[EXPECTED_WATCH_SECONDS][watched]
+        observed = eval_examples[WATCH_SECONDS].to_numpy()[watched]
+        watch_ratio = float(predicted.mean() / observed.mean())
+        watch_error = float(np.abs(predicted - observed).mean())
+    return RankingEvaluation(
+        eval_examples=int(len(labels)),
+        auc=roc_auc(labels, probabilities),
+        logloss=log_loss(labels, probabilities),
+        normalized_entropy=normalized_entropy(labels, probabilities, prior),
+        prior_ctr=prior,
+        prior_logloss=log_loss(labels, np.full(len(labels), prior)),
+        mean_predicted_ctr=float(probabilities.mean()),
+        eval_ctr=float(labels.mean()),
+        calibration_ratio=float(probabilities.mean() / max(labels.mean(), 1e-12)),
+        expected_calibration_error=expected_calibration_error(curve),
+        watch_time_ratio=watch_ratio, watch_time_mae_seconds=watch_error,
+        calibration=curve, roc=roc_curve(labels, probabilities))

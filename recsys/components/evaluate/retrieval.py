@@ -1,0 +1,162 @@
+"""Retrieval quality: the two-tower model over the full catalog against popularity.
+
+Positives are items a user clicked in the eval window and never clicked in
+training (those are masked, so they could never count as hits). Each eval user is
+queried with the features of their first eval impression, as serving would have
+seen them then. Popularity (training clicks per item) is scored on the same
+users, positives and masks, in the same step.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recsys.components.evaluate.metrics import ListQuality, list_quality, rank_catalog, roc_auc
+from recsys.components.evaluate.models import call_in_batches, serving_fn
+from recsys.components.evaluate.slices import Slices
+from recsys.core import modeling
+from recsys.core.contracts import (
+    CLICKED,
+    EVENT_ID,
+    EVENT_TS,
+    ITEM_ID,
+    ITEM_IDS,
+    QUERY_EMBEDDING,
+    SCORES,
+    USER_ID,
+)
+from recsys.core.tables import read_dataset
+
+# Cut-offs of the Recall@K curve in the HTML report.
+CURVE_KS = [1, 2, 5, 10, 20, 50, 100]
+# User slices reported for retrieval (the gate adds category slices).
+USER_SLICES = ("new_users", "heavy_users")
+
+
+@dataclass
+class RetrievalTask:
+    """Who is evaluated and on what: the eval users (sorted), each one's query (the
+    features of their first eval impression), the positives (user, item) and the
+    training clicks (user, item), which are masked."""
+    users: np.ndarray
+    queries: pd.DataFrame
+    positives: pd.DataFrame
+    train_clicks: pd.DataFrame
+
+    @classmethod
+    def of(cls, train_examples: pd.DataFrame, eval_examples: pd.DataFrame) -> "RetrievalTask":
+        pairs = [USER_ID, ITEM_ID]
+        train_clicks = train_examples.loc[train_examples[CLICKED] == 1, pairs].drop_duplicates()
+        eval_clicks = eval_examples.loc[eval_examples[CLICKED] == 1, pairs].drop_duplicates()
+        seen = eval_clicks.merge(train_clicks, on=pairs, how="left", indicator=True)
+        positives = seen.loc[seen["_merge"] == "left_only", pairs]
+        users = np.sort(positives[USER_ID].unique())
+        return cls(users, first_examples(eval_examples, users), positives, train_clicks)
+
+
+def first_examples(examples: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """Each of ``users``' earliest example, in the order of ``users``: the features
+    serving had for the user's first request of the window."""
+    # event_id breaks ties: the join writes examples in no particular order.
+    return (examples.sort_values([EVENT_TS, EVENT_ID])
+            .drop_duplicates(USER_ID).set_index(USER_ID).loc[users].reset_index())
+
+
+@dataclass
+class RecallCurve:
+    """Recall@k of the two-tower model and of popularity at each cut-off k."""
+    k: list[int]
+    two_tower: list[float]
+    popularity: list[float]
+
+
+@dataclass
+class RetrievalEvaluation:
+    eval_users: int
+    catalog_items: int
+    ks: list[int]  # the cut-offs reported (10, recall_k, 100)
+    model: dict[str, ListQuality]  # by slice: "all", new_users, heavy_users
+    popularity: dict[str, ListQuality]
+    catalog_coverage: dict[int, float]  # share of the catalog in the top k, k = 10, 100
+    curve: RecallCurve = field(repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat, as logged (the run summary, the gate and the Kubeflow UI read these):
+        the model's metrics, popularity_<metric>, <slice>_<metric>,
+        <slice>_popularity_<metric>, <slice>_users and catalog_coverage_at_<k>."""
+        reported = [f"recall_at_{k}" for k in self.ks] + ["ndcg_at_10"]
+        metrics = {"eval_users": self.eval_users, "catalog_items": self.catalog_items}
+        for name in reported:
+            metrics[name] = self.model["all"].metrics()[name]
+            metrics[f"popularity_{name}"] = self.popularity["all"].metrics()[name]
+        for slice_name in USER_SLICES:
+            metrics[f"{slice_name}_users"] = self.model[slice_name].users
+            for name in reported:
+                metrics[f"{slice_name}_{name}"] = self.model[slice_name].metrics()[name]
+                metrics[f"{slice_name}_popularity_{name}"] = \
+                    self.popularity[slice_name].metrics()[name]
+        for k, coverage in self.catalog_coverage.items():
+            metrics[f"catalog_coverage_at_{k}"] = coverage
+        return metrics
+
+
+def item_embeddings(directory: str) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, embedding matrix) of the exported item embedding table."""
+    table = read_dataset(directory)
+    return table[ITEM_ID].astype(str).to_numpy(), np.stack(table["embedding"].to_numpy())
+
+
+def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval_model_dir: str,
+                       task: RetrievalTask, ks: list[int]) -> RetrievalEvaluation:
+    if len(task.users) == 0:
+        raise ValueError("evaluate: no eval user clicked an item new to them; "
+                         "retrieval cannot be evaluated. Lengthen eval_days.")
+    item_ids, item_matrix = item_embeddings(item_embeddings_dir)
+    query_matrix = call_in_batches(serving_fn(query_model_dir), task.queries, QUERY_EMBEDDING)
+    model_scores = query_matrix @ item_matrix.T
+    counts = task.train_clicks[ITEM_ID].value_counts()
+    popularity = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
+    popularity_scores = np.broadcast_to(popularity, model_scores.shape)
+
+    curve_ks = sorted(set(CURVE_KS) | set(ks))
+    max_k = max(curve_ks)
+    model_top = rank_catalog(model_scores, task.users, item_ids, task.train_clicks, max_k)
+    popularity_top = rank_catalog(popularity_scores, task.users, item_ids, task.train_clicks,
+                                  max_k)
+    masks = Slices.of(task.users, task.train_clicks).masks(task.users)
+    slices = {name: masks[name] for name in USER_SLICES}
+    model = list_quality(model_top, task.users, item_ids, task.positives, curve_ks, slices)
+    popular = list_quality(popularity_top, task.users, item_ids, task.positives, curve_ks,
+                           slices)
+    curve = RecallCurve(curve_ks, [model["all"].recall[k] for k in curve_ks],
+                        [popular["all"].recall[k] for k in curve_ks])
+    coverage = {k: float(len(np.unique(model_top[:, :k])) / len(item_ids)) for k in (10, 100)}
+    check_serving_agrees(retrieval_model_dir, task.queries.head(16), model_scores[:16], item_ids)
+    return RetrievalEvaluation(int(len(task.users)), int(len(item_ids)), list(ks), model, popular,
+                               coverage, curve)
+
+
+def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
+                         expected_scores: np.ndarray, item_ids: np.ndarray) -> None:
+    """The exported serving model must score like the towers it was built from."""
+    serve = serving_fn(retrieval_model_dir)
+    served = serve(**modeling.raw_tensors(queries, serve.structured_input_signature[1]))
+    served_ids = served[ITEM_IDS].numpy().astype(str)
+    served_scores = served[SCORES].numpy()
+    positions = pd.Index(item_ids).get_indexer(served_ids.ravel()).reshape(served_ids.shape)
+    recomputed = np.take_along_axis(expected_scores, positions, axis=1)
+    if not np.allclose(recomputed, served_scores, atol=1e-4):
+        raise AssertionError("evaluate: the exported retrieval model's scores differ from the "
+                             "query tower and item embeddings it was built from; export is broken")
+
+
+def retrieval_impression_auc(query_model_dir: str, item_embeddings_dir: str,
+                             eval_examples: pd.DataFrame) -> float:
+    """AUC of the two-tower score (query . item embedding) on the eval impressions: the
+    ranker's task, so the two stages can be compared on it."""
+    queries = call_in_batches(serving_fn(query_model_dir), eval_examples, QUERY_EMBEDDING)
+    item_ids, matrix = item_embeddings(item_embeddings_dir)
+    rows = pd.Index(item_ids).get_indexer(eval_examples[ITEM_ID].astype(str))
+    scores = np.where(rows >= 0, (queries * matrix[np.maximum(rows, 0)]).sum(axis=1), -np.inf)
+    return roc_auc(eval_examples[CLICKED].to_numpy(), scores)

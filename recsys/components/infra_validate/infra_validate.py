@@ -1,0 +1,124 @@
+"""Infra validation: would TF Serving load these SavedModels and answer in time?
+
+TFX's InfraValidator starts a TF Serving container and sends it requests. No
+model server can be installed where this project is built and tested, and CI has
+no container engine, so each model is checked in a fresh Python process that
+imports only TensorFlow and the serving protos (``probe.py``: ops, load time,
+signature against the serving contract, warmup replay, outputs, latency). What
+this cannot catch is a difference between TensorFlow's Python runtime and the
+model server's C++ one; the README says so.
+
+The serving contract is the registry's (``recsys.core.requests``), the outputs
+``contracts.MODEL_OUTPUTS``. The warmup requests are built here, from eval
+examples, with ``tensorflow-serving-api``'s ``PredictionLog`` protos and the same
+``raw_arrays`` every client uses; push ships exactly these files in
+``assets.extra/`` so TF Serving replays them before it serves a version.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from recsys.components.infra_validate.config import Budgets
+from recsys.core.contracts import MODEL_OUTPUTS, SIGNATURE, warmup_path
+from recsys.core.features import FeatureRegistry, load_registry
+from recsys.core.requests import raw_arrays, serving_contract
+from recsys.core.tables import read_dataset
+
+# Run as a script by path: a module of this package would run ``recsys/__init__``,
+# which sets the training stack's Keras flag that TF Serving never has.
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
+
+
+def warmup_rows(examples: pd.DataFrame, count: int) -> pd.DataFrame:
+    """``count`` eval rows spread evenly over the split (varied users, histories, times)."""
+    positions = np.unique(np.linspace(0, len(examples) - 1, min(count, len(examples)))
+                          .astype(int))
+    return examples.iloc[positions]
+
+
+def warmup_requests(model: str, contract: dict[str, tuple[str, int]],
+                    examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
+    """One single-example PredictRequest per row, as TF Serving's warmup file holds them."""
+    signature = {name: tf.TensorSpec([None] * rank, tf.as_dtype(dtype), name=name)
+                 for name, (dtype, rank) in contract.items()}
+    logs = []
+    for row in range(len(examples)):
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
+        for name, values in raw_arrays(examples.iloc[row:row + 1], signature).items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, signature[name].dtype))
+        logs.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return logs
+
+
+def write_warmup(path: str, logs: list) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString(deterministic=True))
+    return path
+
+
+def probe(model_dir: str, warmup_file: str, contract: dict, outputs: dict,
+          budgets: Budgets) -> dict:
+    """Run probe.py on one model in a fresh process; a crash or hang is a failed check."""
+    spec = {"model_dir": model_dir, "warmup_file": warmup_file,
+            "inputs": {name: list(value) for name, value in contract.items()},
+            "outputs": outputs, **asdict(budgets)}
+    environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    timeout = budgets.max_load_seconds + 300
+    try:
+        done = subprocess.run([sys.executable, PROBE],
+                              input=json.dumps(spec), capture_output=True, text=True,
+                              timeout=timeout, env=environment)
+    except subprocess.TimeoutExpired:
+        return {"model_dir": model_dir, "passed": False, "checks": [
+            {"check": "responds", "passed": False,
+             "detail": f"the probe did not finish within {timeout:g} s"}]}
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        return {"model_dir": model_dir, "passed": False, "checks": [
+            {"check": "responds", "passed": False,
+             "detail": f"the probe process exited with {done.returncode}: {' | '.join(tail)}"}]}
+    return json.loads(done.stdout)
+
+
+def summary(result: dict) -> str:
+    if not result.get("passed"):
+        return "; ".join(c["detail"] for c in result["checks"] if not c["passed"])
+    latency = result["latency_ms"]
+    return (f"loads in {result['load_seconds']:.2f} s, warmup p50 {latency['p50']:.1f} ms, "
+            f"p99 {latency['p99']:.1f} ms")
+
+
+def infra_validate(models: dict[str, str], eval_examples_dir: str, warmup_dir: str,
+                   result_path: str, budgets: Budgets = Budgets(),
+                   registry: FeatureRegistry | None = None) -> dict:
+    """Probe each model (name -> SavedModel dir) with warmup requests built from the
+    eval examples; write them to ``warmup_dir/<name>/tf_serving_warmup_requests`` and
+    the result to ``result_path``. The serving contract (inputs) comes from the
+    feature registry (default: the packaged one). Does not raise on a failed check:
+    the result goes into the blessing, where a failure blocks the push."""
+    registry = registry or load_registry()
+    rows = warmup_rows(read_dataset(eval_examples_dir), budgets.warmup_records)
+    results = {}
+    for name, model_dir in models.items():
+        contract = serving_contract(name, registry)
+        warmup = write_warmup(warmup_path(warmup_dir, name),
+                              warmup_requests(name, contract, rows))
+        results[name] = probe(model_dir, warmup, contract, MODEL_OUTPUTS[name], budgets)
+        results[name]["summary"] = summary(results[name])
+    outcome = {"passed": all(r["passed"] for r in results.values()), "models": results,
+               "budgets": asdict(budgets)}
+    with open(result_path, "w") as handle:
+        json.dump(outcome, handle, indent=2)
+    return outcome

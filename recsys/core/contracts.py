@@ -1,0 +1,147 @@
+"""Every name that crosses a stage boundary, declared once.
+
+Column names every table shares, the raw tables a user brings and the datasets
+the stages pass on (each with the curated schema it is checked against), the
+models and their serving signatures, and the file layout of the serving root and
+of the pipeline root. Stages, serving code and the application import these
+names; none of them spells one out again.
+
+What a *feature* is for (its group, the models that use it, its transform and its
+default) is the feature registry's business: ``recsys.core.features``.
+"""
+
+import os
+from dataclasses import dataclass
+
+# --- columns ---------------------------------------------------------------------------
+
+EVENT_ID, EVENT_TS = "event_id", "event_ts"
+USER_ID, ITEM_ID = "user_id", "item_id"
+# The labels: whether the impression was clicked, and how long the item was watched.
+CLICKED, WATCH_SECONDS = "clicked", "watch_seconds"
+# Feature tables: a row is valid from FEATURE_TS on; CREATED_TS says when it was written.
+FEATURE_TS, CREATED_TS = "feature_ts", "created_ts"
+# Timestamp columns (any common encoding in raw data, int64 Unix seconds after ingest).
+TIMESTAMP_SUFFIX = "_ts"
+# Value of a text attribute nobody knows (a missing attribute, an unknown id).
+UNKNOWN = "__unknown__"
+# An item's length: a watch cannot be longer (ingest's watch_exceeds_duration rule).
+ITEM_DURATION = "duration_s"
+
+# --- raw tables and the datasets between stages ----------------------------------------
+
+# TFDV environments of the examples schema: labels exist in training only.
+TRAINING, SERVING = "TRAINING", "SERVING"
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A table the user brings under ``data_root`` and the curated schema its rows
+    are checked against (in ``environment``); rows repeating ``key`` are quarantined."""
+    name: str
+    schema: str
+    environment: str | None = None
+    key: str | None = None
+    optional: bool = False
+
+
+USERS, ITEMS, IMPRESSIONS = "users", "items", "impressions"
+USER_FEATURES, ITEM_FEATURES, SERVING_LOG = "user_features", "item_features", "serving_log"
+# In the order ingest checks them: events are checked against the users and items
+# accepted before them.
+RAW_TABLES = {table.name: table for table in (
+    RawTable(USERS, "users", key=USER_ID),
+    RawTable(ITEMS, "items", key=ITEM_ID),
+    RawTable(IMPRESSIONS, "impressions", key=EVENT_ID),
+    RawTable(USER_FEATURES, "user_features"),
+    RawTable(ITEM_FEATURES, "item_features"),
+    # What serving fed the models per impression: the examples in the SERVING environment.
+    RawTable(SERVING_LOG, "examples", SERVING, key=EVENT_ID, optional=True),
+)}
+
+# Datasets ingest writes (Dataset artifacts), each from the raw table of the same name
+# but the events, which are split by time.
+TRAIN_EVENTS, EVAL_EVENTS, QUARANTINE = "train_events", "eval_events", "quarantine"
+INGESTED = {TRAIN_EVENTS: IMPRESSIONS, EVAL_EVENTS: IMPRESSIONS, USERS: USERS, ITEMS: ITEMS,
+            USER_FEATURES: USER_FEATURES, ITEM_FEATURES: ITEM_FEATURES,
+            SERVING_LOG: SERVING_LOG}
+# Everything ingest writes: the datasets and the quarantined rows with their reasons.
+INGEST_OUTPUTS = (*INGESTED, QUARANTINE)
+# What the point-in-time join reads from ingest.
+JOIN_INPUTS = [TRAIN_EVENTS, EVAL_EVENTS, USERS, ITEMS, USER_FEATURES, ITEM_FEATURES]
+# Datasets the join writes: examples (one per event) and the serving snapshots.
+TRAIN_EXAMPLES, EVAL_EXAMPLES = "train_examples", "eval_examples"
+USER_SNAPSHOT, ITEM_SNAPSHOT = "user_snapshot", "item_snapshot"
+# Items as of the start of the eval split, for the funnel evaluation.
+EVAL_ITEM_SNAPSHOT = "eval_item_snapshot"
+EXAMPLES_SCHEMA = "examples"
+# Which curated schema (and environment) validate checks each dataset against.
+DATASET_SCHEMAS = {
+    **{name: (RAW_TABLES[table].schema, RAW_TABLES[table].environment)
+       for name, table in INGESTED.items()},
+    TRAIN_EXAMPLES: (EXAMPLES_SCHEMA, TRAINING),
+    EVAL_EXAMPLES: (EXAMPLES_SCHEMA, TRAINING),
+}
+# The feature-table views the join looks up point in time, by the key they are joined on.
+FEATURE_VIEWS = {USER_FEATURES: USER_ID, ITEM_FEATURES: ITEM_ID}
+
+
+def missing_flag(view: str) -> str:
+    """The column that is 1 where view ``view`` had no row for the event."""
+    return f"{view}_missing"
+
+
+# --- models and their serving signatures -----------------------------------------------
+
+RETRIEVAL, RANKING = "retrieval", "ranking"
+MODELS = (RETRIEVAL, RANKING)
+SIGNATURE = "serving_default"
+# The towers and models that use features (the registry's ``models``). A serving
+# model's inputs are the raw features of the tower it serves.
+QUERY_TOWER, CANDIDATE_TOWER = "retrieval.query", "retrieval.candidate"
+RANKER = "ranking"
+TOWERS = (QUERY_TOWER, CANDIDATE_TOWER, RANKER)
+SERVING_INPUTS = {RETRIEVAL: QUERY_TOWER, RANKING: RANKER}
+# Outputs of the retrieval model (top-K item ids and scores) and of the query model.
+ITEM_IDS, SCORES = "item_ids", "scores"
+QUERY_EMBEDDING = "query_embedding"
+# Outputs of the ranking model.
+CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS, SCORE = (
+    "click_probability", "expected_watch_seconds", "score")
+# What each serving model returns: dtype, rank and the range a sane value lies in.
+MODEL_OUTPUTS = {
+    RETRIEVAL: {ITEM_IDS: {"dtype": "string", "rank": 2},
+                SCORES: {"dtype": "float32", "rank": 2}},
+    RANKING: {CLICK_PROBABILITY: {"dtype": "float32", "rank": 1, "min": 0.0, "max": 1.0},
+              EXPECTED_WATCH_SECONDS: {"dtype": "float32", "rank": 1, "min": 0.0},
+              SCORE: {"dtype": "float32", "rank": 1, "min": 0.0}},
+}
+
+# --- the serving root (what TF Serving and the funnel read; push writes it) -------------
+
+MODELS_CONFIG = "models.config"  # TF Serving's --model_config_file
+RECORDS_DIR = "records"  # records/<version>.json: the push record
+EVENTS_DIR = os.path.join(RECORDS_DIR, "events")  # every push, no-op, rollback, removal
+SNAPSHOT_DIR = "feature_snapshot"  # feature_snapshot/<version>/: what the funnel looks up
+LOCK_FILE = ".lock"
+# TF Serving replays this file (TFRecord PredictionLog) before serving a version.
+WARMUP_FILE_NAME = "tf_serving_warmup_requests"
+WARMUP_FILE = os.path.join("assets.extra", WARMUP_FILE_NAME)
+# Inside feature_snapshot/<version>/: the tables, the rules, and the curated schemas with
+# the feature registry (``schemas/``) the models were trained with.
+SNAPSHOT_USERS, SNAPSHOT_ITEMS, SNAPSHOT_EMBEDDINGS = "users", "items", "item_embeddings"
+RERANK_FILE = "rerank.json"
+SNAPSHOT_SCHEMAS = "schemas"
+# The feature registry's file, beside the curated schemas.
+FEATURES_FILE = "features.yaml"
+
+
+def warmup_path(warmup_dir: str, model: str) -> str:
+    """Where infra validation leaves ``model``'s warmup requests for push."""
+    return os.path.join(warmup_dir, model, WARMUP_FILE_NAME)
+
+
+# --- state kept under the pipeline root between runs -----------------------------------
+
+STATISTICS_DIR = "statistics"  # statistics/span=<day>/: drift baselines (validate)
+BLESSED_DIR = "blessed"  # blessed/<version>/<model>/: warm-start checkpoints (push)

@@ -1,0 +1,81 @@
+"""The DAG as one KFP v2 pipeline: ``wire`` over KFP components, compiled to YAML.
+
+Every stage runs in the same project image (a lightweight Python component whose
+function is the stage's shim). The same YAML runs on Kubeflow and, locally, under
+KFP's local runner (``recsys.app.local_run``). The pipeline's parameters are
+``parameters.pipeline_parameters()``, with their defaults and descriptions.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
+
+from recsys.core.provenance import code_version
+from recsys.pipelines.dag import OUTPUTS, STAGES, wire
+from recsys.pipelines.parameters import DEFAULT_IMAGE, Arguments, pipeline_parameters, signature
+
+PIPELINE_NAME = "recsys-pipeline"
+DESCRIPTION = ("Raw interaction logs to two-tower retrieval and ranking models pushed for "
+               "TF Serving.")
+OUTPUT_TYPES = {"ingest_metrics": Metrics, "quarantine": Dataset, "validation_report": Markdown,
+                "validation_html": HTML, "retrieval_training": Metrics,
+                "ranking_training": Metrics, "retrieval_metrics": Metrics,
+                "ranking_metrics": Metrics, "funnel_metrics": Metrics,
+                "evaluation_report": Markdown, "evaluation_html": HTML, "blessing": Artifact,
+                "push_report": Markdown}
+PipelineOutputs = NamedTuple("PipelineOutputs", [
+    (name, OUTPUT_TYPES[name]) for names in OUTPUTS.values() for name in names])
+
+
+class KfpStages:
+    """The stages as KFP components in ``image``; ``configure`` sets where and how a
+    task runs on Kubeflow (the local runner ignores all of it)."""
+
+    pipeline_root = dsl.PIPELINE_ROOT_PLACEHOLDER
+
+    def __init__(self, image: str):
+        code = code_version()
+        for name, shim in STAGES.items():
+            component = dsl.component(shim, base_image=image, install_kfp_package=False)
+            # KFP's cache key covers the image string and the command line, not what
+            # the image holds; the code version on the command line (the executor
+            # ignores unknown arguments) keeps a reused tag from serving results of
+            # older code.
+            component.component_spec.implementation.container.args.extend(
+                ["--code-version", code])
+            setattr(self, name, component)
+        self.image = image
+
+    def configure(self, task, cpu: str, memory: str, retries: int = 0, cache: bool = True):
+        task.set_container_image(self.image)
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        if retries:  # transient storage and scheduling failures: try again, slower
+            task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+        task.set_caching_options(cache)
+        return task
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE):
+    """The pipeline; every stage runs in ``image`` unless a run sets the ``image``
+    parameter."""
+    names = list(pipeline_parameters(image))
+    stages = KfpStages(image)
+
+    def recsys_pipeline(*values):
+        arguments = Arguments(dict(zip(names, values, strict=True)))
+        stages.image = arguments["image"]  # the pipeline parameter: a run may override it
+        return PipelineOutputs(**wire(stages, arguments))
+
+    recsys_pipeline.__signature__ = signature(image, PipelineOutputs)
+    # KFP reads the parameters' descriptions from the docstring's Args section.
+    recsys_pipeline.__doc__ = f"{DESCRIPTION}\n\nArgs:\n" + "".join(
+        f"    {p.name}: {p.help}\n" for p in pipeline_parameters(image).values())
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(recsys_pipeline)
+
+
+def compile_pipeline(path: str, image: str = DEFAULT_IMAGE) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(image), path)
+    return path

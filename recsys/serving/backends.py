@@ -1,0 +1,165 @@
+"""Where the funnel's models run, all behind one interface: ``signature(model)``
+(name -> TensorSpec) and ``predict(model, arrays)`` by model name.
+
+- ``InProcessBackend``: the pushed SavedModels, loaded in this process;
+- ``GrpcBackend``: TF Serving's ``PredictionService`` over gRPC
+  (``tensorflow-serving-api``), signatures from ``GetModelMetadata``;
+- ``RestBackend``: TF Serving's REST API (``/v1/models/<name>:predict``, columnar
+  "inputs"), signatures from ``/v1/models/<name>/metadata``.
+
+TensorFlow and the serving protos are imported when a backend is made, not
+with this module.
+"""
+
+import base64
+import json
+import os
+import urllib.request
+
+import numpy as np
+
+from recsys.core.contracts import MODELS, SIGNATURE
+from recsys.serving.serving_root import served_version
+
+
+class InProcessBackend:
+    """SavedModels called in this process: ``model_dirs`` maps each model name to its
+    directory (``from_serving_root`` takes the served versions)."""
+
+    def __init__(self, model_dirs: dict[str, str], versions: dict[str, int] | None = None):
+        import tensorflow as tf
+
+        self.versions = versions or {}
+        self._functions = {name: tf.saved_model.load(directory).signatures[SIGNATURE]
+                           for name, directory in model_dirs.items()}
+
+    @classmethod
+    def from_serving_root(cls, serving_root: str):
+        """The versions ``models.config`` serves, as TF Serving would load them."""
+        versions = {name: served_version(serving_root, name) for name in MODELS}
+        return cls({name: os.path.join(serving_root, name, str(version))
+                    for name, version in versions.items()}, versions)
+
+    def signature(self, model: str) -> dict:
+        return self._functions[model].structured_input_signature[1]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        signature = self.signature(model)
+        outputs = self._functions[model](**{name: tf.constant(values, signature[name].dtype)
+                                            for name, values in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _spec_from_tensor_info(name: str, dtype, shape) -> "object":
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, tf.dtypes.as_dtype(dtype), name=name)
+
+
+class GrpcBackend:
+    """TF Serving over gRPC: ``PredictionService.Predict``, with each model's input
+    signature read once from ``GetModelMetadata``."""
+
+    def __init__(self, target: str, timeout_seconds: float = 1.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.timeout = timeout_seconds
+        self._signatures = {}
+
+    def signature(self, model: str) -> dict:
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+        if model not in self._signatures:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=model_pb2.ModelSpec(name=model), metadata_field=["signature_def"])
+            response = self.stub.GetModelMetadata(request, timeout=self.timeout * 10)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signatures)
+            inputs = signatures.signature_def[SIGNATURE].inputs
+            self._signatures[model] = {
+                name: _spec_from_tensor_info(
+                    name, info.dtype, None if info.tensor_shape.unknown_rank else
+                    [d.size if d.size >= 0 else None for d in info.tensor_shape.dim])
+                for name, info in inputs.items()}
+        return self._signatures[model]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import model_pb2, predict_pb2
+
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
+        signature = self.signature(model)
+        for name, values in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values, signature[name].dtype))
+        response = self.stub.Predict(request, timeout=self.timeout)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def close(self):
+        self.channel.close()
+
+
+class RestBackend:
+    """TF Serving's REST API: ``POST <url>/v1/models/<name>:predict`` in the columnar
+    format, signatures from ``GET <url>/v1/models/<name>/metadata``."""
+
+    def __init__(self, url: str, timeout_seconds: float = 1.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout_seconds
+        self._signatures = {}
+
+    def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+            return json.loads(response.read())
+
+    def _metadata(self, model: str) -> dict:
+        """{"inputs": {name: TensorSpec}, "outputs": {name: numpy dtype}}, fetched once."""
+        from tensorflow.core.framework import types_pb2
+
+        if model not in self._signatures:
+            metadata = self._call(f"/v1/models/{model}/metadata", timeout=self.timeout * 10)
+            signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
+            dtype = lambda info: types_pb2.DataType.Value(info["dtype"])  # noqa: E731
+            self._signatures[model] = {
+                "inputs": {name: _spec_from_tensor_info(
+                    name, dtype(info), None if info["tensor_shape"].get("unknown_rank") else
+                    [int(d["size"]) if int(d["size"]) >= 0 else None
+                     for d in info["tensor_shape"].get("dim", [])])
+                    for name, info in signature["inputs"].items()},
+                "outputs": {name: _numpy_dtype(dtype(info))
+                            for name, info in signature["outputs"].items()}}
+        return self._signatures[model]
+
+    def signature(self, model: str) -> dict:
+        return self._metadata(model)["inputs"]
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        body = {"signature_name": SIGNATURE,
+                "inputs": {name: _json_values(values) for name, values in inputs.items()}}
+        outputs = self._call(f"/v1/models/{model}:predict", body)["outputs"]
+        dtypes = self._metadata(model)["outputs"]
+        return {name: np.asarray(values, dtype=dtypes[name]) for name, values in outputs.items()}
+
+
+def _numpy_dtype(data_type: int):
+    import tensorflow as tf
+
+    dtype = tf.dtypes.as_dtype(data_type)
+    return object if dtype == tf.string else dtype.as_numpy_dtype
+
+
+def _json_values(values: np.ndarray):
+    """JSON for a tensor: strings as text (TF Serving wants {"b64": ...} only for
+    bytes that are not UTF-8, which ids and categories never are)."""
+    if values.dtype == object:
+        return [_json_values(row) for row in values] if values.ndim > 1 else [
+            v if isinstance(v, str) else {"b64": base64.b64encode(v).decode()} for v in values]
+    return values.tolist()

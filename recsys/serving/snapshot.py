@@ -1,0 +1,83 @@
+"""What serving looks up beside the models, pushed with them as
+``feature_snapshot/<version>/`` in the serving root: each user's and item's
+features as of the push, the item-tower embeddings (for MMR), the re-ranking
+rules, and the curated schemas and feature registry the models were trained
+with. A stand-in for an online feature store."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from recsys.core import contracts
+from recsys.core.features import FeatureRegistry, load_registry
+from recsys.core.tables import read_dataset
+from recsys.serving.rerank import RerankConfig, parse_rerank_config
+
+
+class FeatureSnapshot:
+    """User and item features (and item-tower embeddings) by id, as numpy columns."""
+
+    def __init__(self, users: pd.DataFrame | None, items: pd.DataFrame,
+                 item_embeddings: pd.DataFrame | None = None,
+                 registry: FeatureRegistry | None = None):
+        """``users`` may be None when queries bring their own user features
+        (offline evaluation)."""
+        self.registry = registry or load_registry()
+        users = users if users is not None else pd.DataFrame({contracts.USER_ID: []})
+        self.user_index = pd.Index(users[contracts.USER_ID].astype(str))
+        self.users = {name: users[name].to_numpy() for name in users.columns}
+        self.item_index = pd.Index(items[contracts.ITEM_ID].astype(str))
+        self.items = {name: items[name].to_numpy() for name in items.columns}
+        self.embeddings = None
+        if item_embeddings is not None:
+            rows = pd.Index(item_embeddings[contracts.ITEM_ID].astype(str)).get_indexer(
+                self.item_index)
+            matrix = np.stack(item_embeddings["embedding"].to_numpy())
+            # Items without an embedding get zeros: similar to nothing under MMR.
+            self.embeddings = np.where((rows >= 0)[:, None], matrix[np.maximum(rows, 0)], 0.0)
+
+    @classmethod
+    def load(cls, directory: str) -> "FeatureSnapshot":
+        """A pushed snapshot: users, items, item embeddings (if pushed) and the registry."""
+        embeddings = os.path.join(directory, contracts.SNAPSHOT_EMBEDDINGS)
+        return cls(read_dataset(os.path.join(directory, contracts.SNAPSHOT_USERS)),
+                   read_dataset(os.path.join(directory, contracts.SNAPSHOT_ITEMS)),
+                   read_dataset(embeddings) if os.path.isdir(embeddings) else None,
+                   pushed_registry(directory))
+
+    def user(self, user_id: str) -> tuple[dict[str, np.ndarray], bool]:
+        """One user's feature columns (length 1) and whether the user is known. An
+        unknown user gets the registry's cold-start row (defaults, missing flags set,
+        an empty history): what the model saw in training for users without features."""
+        row = self.user_index.get_indexer([user_id])[0]
+        if row >= 0:
+            return {name: values[row:row + 1] for name, values in self.users.items()}, True
+        return self.registry.missing_row("user", user_id), False
+
+    def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each id in the snapshot, -1 where unknown."""
+        return self.item_index.get_indexer(item_ids)
+
+    def item_attribute(self, role: str, rows: np.ndarray) -> np.ndarray | None:
+        """The items' values of the feature playing ``role`` (category, creator,
+        item_age), or None when no feature plays it."""
+        name = self.registry.role(role)
+        return self.items[name][rows] if name in self.items else None
+
+
+def pushed_rerank_config(snapshot_dir: str) -> RerankConfig:
+    """The re-ranking rules pushed with a version (defaults for older pushes)."""
+    path = os.path.join(snapshot_dir, contracts.RERANK_FILE)
+    if not os.path.exists(path):
+        return RerankConfig()
+    with open(path) as handle:
+        return parse_rerank_config(json.load(handle))
+
+
+def pushed_registry(snapshot_dir: str) -> FeatureRegistry:
+    """The feature registry a version was trained with, pushed with its schemas (the
+    packaged one for older pushes)."""
+    schemas = os.path.join(snapshot_dir, contracts.SNAPSHOT_SCHEMAS)
+    return load_registry(schemas if os.path.isdir(schemas) else "")
