@@ -49,13 +49,24 @@ def build_serving_root(root: str, items: int, candidates: int) -> str:
     with open(blessing, "w") as handle:
         json.dump({"blessed": True, "reason": "benchmark"}, handle)
     serving_root = os.path.join(root, "serving")
-    log("running the DAG: ingest, join, transform, one epoch of each trainer, infra "
-        "validation, push")
-    run_in_process(os.path.join(root, "pipeline_root"), {
-        "data_root": raw, "serving_root": serving_root, "lookback_days": 7, "eval_days": 2,
-        "retrieval_epochs": 1, "retrieval_top_k": candidates,
-        "retrieval_early_stopping_patience": 0, "ranking_epochs": 1},
-        given={"validate": {"schema": SCHEMA_DIR}, "evaluate": {"blessing": blessing}})
+    log(
+        "running the DAG: ingest, join, transform, one epoch of each trainer, infra "
+        "validation, push"
+    )
+    run_in_process(
+        os.path.join(root, "pipeline_root"),
+        {
+            "data_root": raw,
+            "serving_root": serving_root,
+            "lookback_days": 7,
+            "eval_days": 2,
+            "retrieval_epochs": 1,
+            "retrieval_top_k": candidates,
+            "retrieval_early_stopping_patience": 0,
+            "ranking_epochs": 1,
+        },
+        given={"validate": {"schema": SCHEMA_DIR}, "evaluate": {"blessing": blessing}},
+    )
     return serving_root
 
 
@@ -85,7 +96,7 @@ def measure(serving_root: str, k: int, requests: int) -> None:
     base = RerankConfig(k=k, max_per_creator=2)
     funnel = Funnel.from_serving_root(serving_root, rerank_config=base)
     users = list(funnel.features.user_index)
-    users = (users * (requests // len(users) + 1))[:requests + 20]
+    users = (users * (requests // len(users) + 1))[: requests + 20]
     context = Context(pd.Timestamp.now(tz="UTC"))
     models = ServedModels(serving_root, ["retrieval", "ranking"])
     grpc_server, target = start_grpc(models)
@@ -93,17 +104,22 @@ def measure(serving_root: str, k: int, requests: int) -> None:
     peers = {
         "in process": funnel,
         "in process, MMR lambda 0.8": Funnel.from_serving_root(
-            serving_root, rerank_config=replace(base, mmr_lambda=0.8)),
+            serving_root, rerank_config=replace(base, mmr_lambda=0.8)
+        ),
         "gRPC (stand-in server, same core)": Funnel.from_serving_root(
-            serving_root, backend=GrpcBackend(target, timeout_seconds=10),
-            rerank_config=base),
+            serving_root, backend=GrpcBackend(target, timeout_seconds=10), rerank_config=base
+        ),
         "REST (stand-in server, same core)": Funnel.from_serving_root(
-            serving_root, backend=RestBackend(url, timeout_seconds=10), rerank_config=base),
+            serving_root, backend=RestBackend(url, timeout_seconds=10), rerank_config=base
+        ),
     }
     print(f"{machine()}; pinned to 1 CPU, TF intra/inter-op threads 1")
-    print(f"catalog {len(funnel.features.item_index):,} items, retrieval top "
-          f"{funnel.backend.predict('retrieval', _one_query(funnel, users[0], context))['item_ids'].shape[1]}"
-          f" candidates ranked, {k} returned, {requests} requests (after 20 warmup)\n")
+    retrieved = funnel.backend.predict("retrieval", _one_query(funnel, users[0], context))
+    print(
+        f"catalog {len(funnel.features.item_index):,} items, retrieval top "
+        f"{retrieved['item_ids'].shape[1]} candidates ranked, {k} returned, {requests} "
+        "requests (after 20 warmup)\n"
+    )
     print("| path | p50 ms | p95 ms | p99 ms | retrieval p50 | ranking p50 | rerank p50 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, peer in peers.items():
@@ -118,8 +134,12 @@ def measure(serving_root: str, k: int, requests: int) -> None:
                     steps[step].append(result.milliseconds[step])
             assert len(result.items) == k, (name, user, result.removed)
         total = percentiles(totals)
-        print(f"| {name} | {total[50]:.1f} | {total[95]:.1f} | {total[99]:.1f} | "
-              + " | ".join(f"{percentiles(steps[s])[50]:.1f}" for s in STEPS) + " |", flush=True)
+        print(
+            f"| {name} | {total[50]:.1f} | {total[95]:.1f} | {total[99]:.1f} | "
+            + " | ".join(f"{percentiles(steps[s])[50]:.1f}" for s in STEPS)
+            + " |",
+            flush=True,
+        )
     grpc_server.stop(None)
     http_server.shutdown()
 
@@ -127,13 +147,15 @@ def measure(serving_root: str, k: int, requests: int) -> None:
 def _one_query(funnel, user, context):
     from recsys.core.requests import raw_arrays
 
-    return raw_arrays({**funnel.features.user(user)[0], **context.columns()},
-                      funnel.retrieval_signature)
+    return raw_arrays(
+        {**funnel.features.user(user)[0], **context.columns()}, funnel.retrieval_signature
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serving-root", help="measure this pushed root instead of building one")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--candidates", type=int, default=500)
@@ -147,9 +169,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as root:
         serving_root = args.serving_root or build_serving_root(root, args.items, args.candidates)
         log(f"measuring {serving_root} in a fresh process on one core")
-        return subprocess.call([sys.executable, os.path.abspath(__file__), "--measure-only",
-                                "--serving-root", serving_root, "--k", str(args.k),
-                                "--requests", str(args.requests)])
+        return subprocess.call(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--measure-only",
+                "--serving-root",
+                serving_root,
+                "--k",
+                str(args.k),
+                "--requests",
+                str(args.requests),
+            ]
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,14 @@ VALUES = ["impressions_7d", "clicks_7d", "watch_seconds_7d"]
 ROW_GROUP = 1_000_000
 DAYS = 30
 START = 1_700_000_000
-METHODS = ["beam-bucket", "beam-broadcast", "beam-bucket-multiprocess", "beam-copy", "duckdb",
-           "pandas"]
+METHODS = [
+    "beam-bucket",
+    "beam-broadcast",
+    "beam-bucket-multiprocess",
+    "beam-copy",
+    "duckdb",
+    "pandas",
+]
 
 
 def generate(directory: str, events: int, feature_rows: int, entities: int, seed: int = 0):
@@ -54,28 +60,33 @@ def generate(directory: str, events: int, feature_rows: int, entities: int, seed
     # Zipf(1.1)-like popularity: the hottest user has ~10% of all events at 100k users.
     weights = 1.0 / np.arange(1, entities + 1) ** 1.1
     event_keys = rng.choice(entities, size=events, p=weights / weights.sum())
-    event_table = pa.table({
-        "event_id": np.arange(events, dtype=np.int64),
-        "user_id": pa.array(keys[event_keys], pa.string()),
-        "event_ts": START + rng.integers(0, DAYS * 86_400, events),
-        "clicked": rng.integers(0, 2, events),
-    })
+    event_table = pa.table(
+        {
+            "event_id": np.arange(events, dtype=np.int64),
+            "user_id": pa.array(keys[event_keys], pa.string()),
+            "event_ts": START + rng.integers(0, DAYS * 86_400, events),
+            "clicked": rng.integers(0, 2, events),
+        }
+    )
     # Each entity gets feature_rows / entities snapshots at distinct random times
     # (no ties on feature_ts, which DuckDB and pandas would break arbitrarily).
     per_entity = feature_rows // entities
     offsets = np.sort(rng.choice(DAYS * 86_400, size=(entities, per_entity)), axis=1)
     offsets += np.arange(per_entity)  # strictly increasing within an entity
-    feature_table = pa.table({
-        "user_id": pa.array(np.repeat(keys, per_entity), pa.string()),
-        "feature_ts": (START - 86_400 + offsets).ravel().astype(np.int64),
-        "impressions_7d": rng.integers(0, 500, entities * per_entity),
-        "clicks_7d": rng.integers(0, 50, entities * per_entity),
-        "watch_seconds_7d": rng.random(entities * per_entity) * 1e4,
-    })
+    feature_table = pa.table(
+        {
+            "user_id": pa.array(np.repeat(keys, per_entity), pa.string()),
+            "feature_ts": (START - 86_400 + offsets).ravel().astype(np.int64),
+            "impressions_7d": rng.integers(0, 500, entities * per_entity),
+            "clicks_7d": rng.integers(0, 50, entities * per_entity),
+            "watch_seconds_7d": rng.random(entities * per_entity) * 1e4,
+        }
+    )
     for name, table in (("events", event_table), ("features", feature_table)):
         os.makedirs(os.path.join(directory, name), exist_ok=True)
-        pq.write_table(table, os.path.join(directory, name, "part-00000.parquet"),
-                       row_group_size=ROW_GROUP)
+        pq.write_table(
+            table, os.path.join(directory, name, "part-00000.parquet"), row_group_size=ROW_GROUP
+        )
 
 
 def run_duckdb(data: str, out: str, _args):
@@ -95,14 +106,21 @@ def run_pandas(data: str, out: str, _args):
 
     events = pd.read_parquet(f"{data}/events").sort_values("event_ts", kind="stable")
     features = pd.read_parquet(f"{data}/features").sort_values("feature_ts", kind="stable")
-    joined = pd.merge_asof(events, features, left_on="event_ts", right_on="feature_ts",
-                           by="user_id", direction="backward")
-    pq.write_table(pa.Table.from_pandas(joined.drop(columns="feature_ts"), preserve_index=False),
-                   f"{out}/part-00000.parquet")
+    joined = pd.merge_asof(
+        events,
+        features,
+        left_on="event_ts",
+        right_on="feature_ts",
+        by="user_id",
+        direction="backward",
+    )
+    pq.write_table(
+        pa.Table.from_pandas(joined.drop(columns="feature_ts"), preserve_index=False),
+        f"{out}/part-00000.parquet",
+    )
 
 
-def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False,
-             join: bool = True):
+def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False, join: bool = True):
     import apache_beam as beam
 
     from recsys.components.features.beam_asof import AsOfJoin, FeatureView
@@ -115,13 +133,22 @@ def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False,
         schema = schema.append(features_schema.field(name))
     schema = schema.append(pa.field(view.missing_flag, pa.int64()))
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        sides = {side: pipeline | f"Read[{side}]" >> ReadDataset(f"{data}/{side}", ROW_GROUP)
-                 for side in ("events", "features")}
-        joined = (sides | AsOfJoin(view, broadcast=broadcast) if join
-                  else sides["events"] | beam.Map(_without_join, view))
-        _ = (joined | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
-             | beam.io.WriteToParquetBatched(f"{out}/part", schema=schema,
-                                             file_name_suffix=".parquet"))
+        sides = {
+            side: pipeline | f"Read[{side}]" >> ReadDataset(f"{data}/{side}", ROW_GROUP)
+            for side in ("events", "features")
+        }
+        joined = (
+            sides | AsOfJoin(view, broadcast=broadcast)
+            if join
+            else sides["events"] | beam.Map(_without_join, view)
+        )
+        _ = (
+            joined
+            | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
+            | beam.io.WriteToParquetBatched(
+                f"{out}/part", schema=schema, file_name_suffix=".parquet"
+            )
+        )
 
 
 def _without_join(batch, view):
@@ -133,11 +160,14 @@ def _without_join(batch, view):
 
 
 MULTI_PROCESSING = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-RUNNERS = {"beam-bucket": (run_beam, []),
-           "beam-broadcast": (functools.partial(run_beam, broadcast=True), []),
-           "beam-bucket-multiprocess": (run_beam, MULTI_PROCESSING),
-           "beam-copy": (functools.partial(run_beam, join=False), []),
-           "duckdb": (run_duckdb, []), "pandas": (run_pandas, [])}
+RUNNERS = {
+    "beam-bucket": (run_beam, []),
+    "beam-broadcast": (functools.partial(run_beam, broadcast=True), []),
+    "beam-bucket-multiprocess": (run_beam, MULTI_PROCESSING),
+    "beam-copy": (functools.partial(run_beam, join=False), []),
+    "duckdb": (run_duckdb, []),
+    "pandas": (run_pandas, []),
+}
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -147,8 +177,9 @@ def tree_rss_bytes(pid: int) -> int:
         current = stack.pop()
         try:
             with open(f"/proc/{current}/status") as status:
-                total += next(int(line.split()[1]) * 1024 for line in status
-                              if line.startswith("VmRSS:"))
+                total += next(
+                    int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")
+                )
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as children:
                     stack += [int(c) for c in children.read().split()]
@@ -184,16 +215,19 @@ def compare(reference, other, name: str) -> None:
     """Same events, same values; where the Beam join sets its missing flag (and
     fills defaults) DuckDB and pandas must have NULL."""
     missing = reference["user_features_missing"].to_numpy() == 1
-    if len(other) != len(reference) or not (other["event_id"].to_numpy()
-                                            == reference["event_id"].to_numpy()).all():
+    if (
+        len(other) != len(reference)
+        or not (other["event_id"].to_numpy() == reference["event_id"].to_numpy()).all()
+    ):
         raise SystemExit(f"{name}: different events ({len(other)} vs {len(reference)} rows)")
     if "user_features_missing" in other:
         other = other.copy()
         other.loc[other["user_features_missing"].to_numpy() == 1, VALUES] = np.nan
     for column in VALUES:
         theirs, ours = other[column].to_numpy(dtype=float), reference[column].to_numpy(dtype=float)
-        if not (np.isnan(theirs) == missing).all() or \
-                not np.allclose(theirs[~missing], ours[~missing]):
+        if not (np.isnan(theirs) == missing).all() or not np.allclose(
+            theirs[~missing], ours[~missing]
+        ):
             raise SystemExit(f"{name}: column {column} differs from the Beam join")
 
 
@@ -211,8 +245,10 @@ def main():
         function(args.data, args.out, beam_args)
         return
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}"
+    )
     results = []
     for size in args.sizes:
         data = os.path.join(args.workdir, size, "data")
@@ -234,8 +270,10 @@ def main():
     print("|---|---|---:|---:|")
     for r in results:
         events, features, entities = SIZES[r["size"]]
-        print(f"| {r['size']} ({events:,} x {features:,} x {entities:,}) | {r['method']} | "
-              f"{r['wall_s']} | {r['peak_rss_mb']} |")
+        print(
+            f"| {r['size']} ({events:,} x {features:,} x {entities:,}) | {r['method']} | "
+            f"{r['wall_s']} | {r['peak_rss_mb']} |"
+        )
 
 
 if __name__ == "__main__":

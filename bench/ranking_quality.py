@@ -82,8 +82,9 @@ def lightgbm_frame(examples: pd.DataFrame) -> pd.DataFrame:
         frame[name] = examples[name].astype(str)
     # The transform graph's history_has_item, in pandas.
     exploded = examples[["item_id", "user_history_items"]].explode("user_history_items")
-    frame["history_has_item"] = (exploded["user_history_items"] == exploded["item_id"]) \
-        .groupby(level=0).any().astype(float)
+    frame["history_has_item"] = (
+        (exploded["user_history_items"] == exploded["item_id"]).groupby(level=0).any().astype(float)
+    )
     return frame
 
 
@@ -97,25 +98,43 @@ def categorize(frames: list[pd.DataFrame]) -> None:
 
 def scores(labels: np.ndarray, probabilities: np.ndarray, prior: float) -> dict:
     curve = calibration(labels, probabilities)
-    return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities),
-            "normalized_entropy": normalized_entropy(labels, probabilities, prior),
-            "calibration_ratio": float(probabilities.mean() / labels.mean()),
-            "ece": expected_calibration_error(curve)}
+    return {
+        "auc": roc_auc(labels, probabilities),
+        "logloss": log_loss(labels, probabilities),
+        "normalized_entropy": normalized_entropy(labels, probabilities, prior),
+        "calibration_ratio": float(probabilities.mean() / labels.mean()),
+        "ece": expected_calibration_error(curve),
+    }
 
 
-def fit_lightgbm(train: pd.DataFrame, validation: pd.DataFrame | None, params: dict,
-                 rounds: int) -> lgb.Booster:
-    frames = [lightgbm_frame(train)] + ([lightgbm_frame(validation)] if validation is not None
-                                        else [])
+def fit_lightgbm(
+    train: pd.DataFrame, validation: pd.DataFrame | None, params: dict, rounds: int
+) -> lgb.Booster:
+    frames = [lightgbm_frame(train)] + (
+        [lightgbm_frame(validation)] if validation is not None else []
+    )
     categorize(frames)
-    data = lgb.Dataset(frames[0], train[CLICKED].to_numpy(),
-                       categorical_feature=CATEGORICAL)
-    valid = [lgb.Dataset(frames[1], validation[CLICKED].to_numpy(), reference=data)] \
-        if validation is not None else []
+    data = lgb.Dataset(frames[0], train[CLICKED].to_numpy(), categorical_feature=CATEGORICAL)
+    valid = (
+        [lgb.Dataset(frames[1], validation[CLICKED].to_numpy(), reference=data)]
+        if validation is not None
+        else []
+    )
     callbacks = [lgb.early_stopping(50, verbose=False)] if valid else []
-    return lgb.train({"objective": "binary", "metric": "binary_logloss", "verbosity": -1,
-                      "seed": 42, "num_threads": os.cpu_count(), **params}, data,
-                     num_boost_round=rounds, valid_sets=valid, callbacks=callbacks)
+    return lgb.train(
+        {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "verbosity": -1,
+            "seed": 42,
+            "num_threads": os.cpu_count(),
+            **params,
+        },
+        data,
+        num_boost_round=rounds,
+        valid_sets=valid,
+        callbacks=callbacks,
+    )
 
 
 def predict_lightgbm(model: lgb.Booster, train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
@@ -147,14 +166,17 @@ class ValidationLogLoss(tf.keras.callbacks.Callback):
         registry = load_registry()
         columns = [f.transformed_name for f in registry.select(tower=RANKER)]
         crosses = [cross.transformed_name for cross in registry.tower_crosses(RANKER)]
-        self.data = modeling.load_transformed(transformed_validation,
-                                              columns + crosses + [CLICKED])
+        self.data = modeling.load_transformed(transformed_validation, columns + crosses + [CLICKED])
         self.labels = self.data.pop(CLICKED)
         self.losses = []
 
     def on_epoch_end(self, epoch, logs=None):
-        logits = np.concatenate([self.model(batch, training=False)["click_logit"].numpy().ravel()
-                                 for batch in modeling.batched(self.data, 8192)])
+        logits = np.concatenate(
+            [
+                self.model(batch, training=False)["click_logit"].numpy().ravel()
+                for batch in modeling.batched(self.data, 8192)
+            ]
+        )
         self.losses.append(log_loss(self.labels, 1 / (1 + np.exp(-logits))))
 
 
@@ -163,27 +185,34 @@ def tune_ranker(paths: dict, rate: float) -> tuple[dict, float]:
     for values in itertools.product(*RANKER_GRID.values()):
         params = dict(zip(RANKER_GRID, values, strict=True))
         validation = ValidationLogLoss(paths["transformed_eval"])
-        train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
-                            paths["transform_graph"], RankingConfig(
-                                **{**RANKER, **params, "negative_sampling_rate": rate}),
-                            callbacks=[validation])
+        train_ranking.train(
+            paths["transformed_train"],
+            paths["transformed_eval"],
+            paths["transform_graph"],
+            RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate}),
+            callbacks=[validation],
+        )
         epoch = int(np.argmin(validation.losses))
-        log(f"ranker {params} rate {rate}: validation log loss by epoch "
-            f"{[round(v, 4) for v in validation.losses]}")
+        log(
+            f"ranker {params} rate {rate}: validation log loss by epoch "
+            f"{[round(v, 4) for v in validation.losses]}"
+        )
         if validation.losses[epoch] < best_loss:
             best, best_loss = {**params, "epochs": epoch + 1}, validation.losses[epoch]
     return best, best_loss
 
 
-def ranker_probabilities(paths: dict, params: dict, rate: float, work: str) -> tuple[np.ndarray, dict]:
+def ranker_probabilities(
+    paths: dict, params: dict, rate: float, work: str
+) -> tuple[np.ndarray, dict]:
     config = RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate})
-    model, metrics = train_ranking.train(paths["transformed_train"], paths["transformed_eval"],
-                                         paths["transform_graph"], config)
+    model, metrics = train_ranking.train(
+        paths["transformed_train"], paths["transformed_eval"], paths["transform_graph"], config
+    )
     exported = os.path.join(work, f"ranker_{rate}")
     train_ranking.export(model, paths["transform_graph"], exported)
     examples = read_dataset(paths["eval_examples"])
-    return call_in_batches(serving_fn(exported), examples,
-                           CLICK_PROBABILITY), metrics
+    return call_in_batches(serving_fn(exported), examples, CLICK_PROBABILITY), metrics
 
 
 def load(dataset: str, root: str, src: str):
@@ -198,8 +227,13 @@ def load(dataset: str, root: str, src: str):
         generate(raw, users=3000, items=600, days=DATASETS[dataset][0] + 1)
         schema_dir = ""
     lookback, eval_days = DATASETS[dataset]
-    return ingest(raw, os.path.join(root, "ingested"), lookback_days=lookback,
-                  eval_days=eval_days, schema_dir=schema_dir), schema_dir
+    return ingest(
+        raw,
+        os.path.join(root, "ingested"),
+        lookback_days=lookback,
+        eval_days=eval_days,
+        schema_dir=schema_dir,
+    ), schema_dir
 
 
 def compare(dataset: str, root: str, src: str) -> dict:
@@ -210,54 +244,78 @@ def compare(dataset: str, root: str, src: str) -> dict:
     evaluation = read_dataset(ingested.artifact("ingest", "eval_events").path)
     cut = as_of - 2 * eval_days * DAY
     fit, validation = train[train["event_ts"] < cut], train[train["event_ts"] >= cut]
-    log(f"{dataset}: {len(fit)} fit / {len(validation)} validation / {len(evaluation)} eval "
-        f"events")
-    tuning = prepare_split(ingested, os.path.join(root, "tuning"), fit, validation, cut,
-                           schema_dir=schema_dir)
-    final = prepare_split(ingested, os.path.join(root, "final"), train, evaluation,
-                          as_of - eval_days * DAY, schema_dir=schema_dir)
-    train_examples, eval_examples = (read_dataset(final[n])
-                                     for n in ("train_examples", "eval_examples"))
+    log(f"{dataset}: {len(fit)} fit / {len(validation)} validation / {len(evaluation)} eval events")
+    tuning = prepare_split(
+        ingested, os.path.join(root, "tuning"), fit, validation, cut, schema_dir=schema_dir
+    )
+    final = prepare_split(
+        ingested,
+        os.path.join(root, "final"),
+        train,
+        evaluation,
+        as_of - eval_days * DAY,
+        schema_dir=schema_dir,
+    )
+    train_examples, eval_examples = (
+        read_dataset(final[n]) for n in ("train_examples", "eval_examples")
+    )
     labels = eval_examples[CLICKED].to_numpy()
     prior = float(train_examples[CLICKED].mean())
-    result = {"train_examples": len(train_examples), "eval_examples": len(eval_examples),
-              "train_ctr": prior, "eval_ctr": float(labels.mean()), "rows": {}}
+    result = {
+        "train_examples": len(train_examples),
+        "eval_examples": len(eval_examples),
+        "train_ctr": prior,
+        "eval_ctr": float(labels.mean()),
+        "rows": {},
+    }
 
     params, loss = tune_lightgbm(tuning)
     rounds = params.pop("rounds")
     model = fit_lightgbm(train_examples, None, params, rounds)
     result["rows"]["LightGBM"] = {
         **scores(labels, predict_lightgbm(model, train_examples, eval_examples), prior),
-        "chosen": {**params, "rounds": rounds, "validation_logloss": loss}}
-    for name, rate in (("this ranker", 1.0),
-                       (f"this ranker, {DOWNSAMPLED_RATE:.0%} of non-clicks", DOWNSAMPLED_RATE)):
+        "chosen": {**params, "rounds": rounds, "validation_logloss": loss},
+    }
+    for name, rate in (
+        ("this ranker", 1.0),
+        (f"this ranker, {DOWNSAMPLED_RATE:.0%} of non-clicks", DOWNSAMPLED_RATE),
+    ):
         params, loss = tune_ranker(tuning, rate)
         probabilities, metrics = ranker_probabilities(final, params, rate, root)
-        result["rows"][name] = {**scores(labels, probabilities, prior),
-                                "chosen": {**params, "validation_logloss": loss},
-                                "train_seconds": metrics["train_seconds"]}
+        result["rows"][name] = {
+            **scores(labels, probabilities, prior),
+            "chosen": {**params, "validation_logloss": loss},
+            "train_seconds": metrics["train_seconds"],
+        }
         log(f"{dataset}: {name}: {result['rows'][name]}")
     return result
 
 
 def markdown(dataset: str, result: dict) -> str:
-    lines = [f"{dataset}: {result['train_examples']:,} train / {result['eval_examples']:,} eval "
-             f"examples, click rate {result['train_ctr']:.3f} train / {result['eval_ctr']:.3f} "
-             "eval", "",
-             "| model | AUC | log loss | normalized entropy | calibration ratio | ECE | chosen |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"{dataset}: {result['train_examples']:,} train / {result['eval_examples']:,} eval "
+        f"examples, click rate {result['train_ctr']:.3f} train / {result['eval_ctr']:.3f} "
+        "eval",
+        "",
+        "| model | AUC | log loss | normalized entropy | calibration ratio | ECE | chosen |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for name, row in result["rows"].items():
-        chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in row["chosen"].items())
-        lines.append(f"| {name} | {row['auc']:.4f} | {row['logloss']:.4f} | "
-                     f"{row['normalized_entropy']:.4f} | {row['calibration_ratio']:.3f} | "
-                     f"{row['ece']:.4f} | {chosen} |")
+        chosen = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["chosen"].items()
+        )
+        lines.append(
+            f"| {name} | {row['auc']:.4f} | {row['logloss']:.4f} | "
+            f"{row['normalized_entropy']:.4f} | {row['calibration_ratio']:.3f} | "
+            f"{row['ece']:.4f} | {chosen} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the ml-100k directory")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--out", default="", help="also write the results as JSON here")

@@ -61,16 +61,28 @@ from recsys.core.tables import read_dataset  # noqa: E402
 KS = [10, 50, 100]
 TEST_FRACTION = 0.2
 # Wide enough that the chosen values are inside the grid, not on its edge.
-ALS_GRID = {"factors": [16, 64, 256, 512], "regularization": [1.0, 10.0, 30.0, 100.0],
-            "alpha": [0.5, 1.0, 2.0, 5.0, 10.0]}
+ALS_GRID = {
+    "factors": [16, 64, 256, 512],
+    "regularization": [1.0, 10.0, 30.0, 100.0],
+    "alpha": [0.5, 1.0, 2.0, 5.0, 10.0],
+}
 ALS_ITERATIONS = 20
-TWO_TOWER = dict(embedding_dim=64, epochs=30, batch_size=256, learning_rate=0.1,
-                 temperature=0.1, top_k=100, early_stopping_patience=3, seed=42)
+TWO_TOWER = dict(
+    embedding_dim=64,
+    epochs=30,
+    batch_size=256,
+    learning_rate=0.1,
+    temperature=0.1,
+    top_k=100,
+    early_stopping_patience=3,
+    seed=42,
+)
 TWO_TOWER_GRID = {"temperature": [0.05, 0.1, 0.2], "learning_rate": [0.05, 0.1]}
 SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
 
 
 # ---- splits -------------------------------------------------------------------------
+
 
 def _ordered(events: pd.DataFrame) -> pd.DataFrame:
     return events.sort_values(["event_ts", "event_id"], kind="stable", ignore_index=True)
@@ -96,6 +108,7 @@ def global_split(events: pd.DataFrame, fraction: float = TEST_FRACTION):
 
 # ---- evaluation ---------------------------------------------------------------------
 
+
 def task(train: pd.DataFrame, test: pd.DataFrame):
     """(users, positives, masked): test users with at least one positive new to
     them, their positives, and every (user, item) of training to mask."""
@@ -110,8 +123,11 @@ def score(scores: np.ndarray, users, item_ids, positives, masked) -> dict:
     top = rank_catalog(scores, users, item_ids, masked, max(KS))
     metrics = list_quality(top, users, item_ids, positives, KS)["all"].metrics()
     hits, n_positives = hits_and_counts(top, users, item_ids, positives)
-    return {**metrics, "users": int(len(users)),
-            "per_user_recall_at_50": recall_per_user(hits, n_positives, 50)}
+    return {
+        **metrics,
+        "users": int(len(users)),
+        "per_user_recall_at_50": recall_per_user(hits, n_positives, 50),
+    }
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -129,8 +145,10 @@ def popularity_scores(train: pd.DataFrame, users, item_ids) -> np.ndarray:
 
 # ---- ALS ----------------------------------------------------------------------------
 
-def als_scores(train: pd.DataFrame, users, item_ids, factors: int, regularization: float,
-               alpha: float) -> np.ndarray:
+
+def als_scores(
+    train: pd.DataFrame, users, item_ids, factors: int, regularization: float, alpha: float
+) -> np.ndarray:
     from implicit.cpu.als import AlternatingLeastSquares
 
     clicks = train[train["clicked"] == 1]
@@ -138,11 +156,18 @@ def als_scores(train: pd.DataFrame, users, item_ids, factors: int, regularizatio
     rows = all_users.get_indexer(clicks["user_id"])
     cols = pd.Index(item_ids).get_indexer(clicks["item_id"])
     keep = cols >= 0
-    matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
-                           shape=(len(all_users), len(item_ids)))
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                    iterations=ALS_ITERATIONS, random_state=42,
-                                    calculate_training_loss=False)
+    matrix = sp.csr_matrix(
+        (np.ones(keep.sum(), dtype=np.float32), (rows[keep], cols[keep])),
+        shape=(len(all_users), len(item_ids)),
+    )
+    model = AlternatingLeastSquares(
+        factors=factors,
+        regularization=regularization,
+        alpha=alpha,
+        iterations=ALS_ITERATIONS,
+        random_state=42,
+        calculate_training_loss=False,
+    )
     model.fit(matrix, show_progress=False)
     return model.user_factors[all_users.get_indexer(users)] @ model.item_factors.T
 
@@ -152,14 +177,16 @@ def tune_als(fit: pd.DataFrame, validation: pd.DataFrame, item_ids) -> tuple[dic
     best, best_recall = None, -1.0
     for values in itertools.product(*ALS_GRID.values()):
         params = dict(zip(ALS_GRID, values, strict=True))
-        recall = score(als_scores(fit, users, item_ids, **params), users, item_ids, positives,
-                       masked)["recall_at_50"]
+        recall = score(
+            als_scores(fit, users, item_ids, **params), users, item_ids, positives, masked
+        )["recall_at_50"]
         if recall > best_recall:
             best, best_recall = params, recall
     return best, best_recall
 
 
 # ---- two-tower through the pipeline's stage functions --------------------------------
+
 
 class Pipeline:
     """The ingested tables of one dataset, re-split, run through join and
@@ -173,19 +200,37 @@ class Pipeline:
     def prepare(self, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict:
         """Examples and transformed data of one (train, eval) split; returns paths."""
         self.runs += 1
-        return prepare_split(self.ingested, os.path.join(self.root, f"split{self.runs}"), train,
-                             evaluation, schema_dir=self.schema_dir)
+        return prepare_split(
+            self.ingested,
+            os.path.join(self.root, f"split{self.runs}"),
+            train,
+            evaluation,
+            schema_dir=self.schema_dir,
+        )
 
     def train(self, paths: dict, config: RetrievalConfig, name: str):
         """(paths with the exported models under ``name``, training metrics)."""
-        model, metrics = train_retrieval.train(paths["transformed_train"],
-                                               paths["transformed_eval"],
-                                               paths["transform_graph"], config, self.registry)
-        models = {kind: os.path.join(os.path.dirname(paths["train_events"]), name, kind)
-                  for kind in ("retrieval_model", "query_model", "item_embeddings")}
-        train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
-                               models["retrieval_model"], models["query_model"],
-                               models["item_embeddings"], registry=self.registry)
+        model, metrics = train_retrieval.train(
+            paths["transformed_train"],
+            paths["transformed_eval"],
+            paths["transform_graph"],
+            config,
+            self.registry,
+        )
+        models = {
+            kind: os.path.join(os.path.dirname(paths["train_events"]), name, kind)
+            for kind in ("retrieval_model", "query_model", "item_embeddings")
+        }
+        train_retrieval.export(
+            model,
+            paths["transform_graph"],
+            paths["item_snapshot"],
+            config,
+            models["retrieval_model"],
+            models["query_model"],
+            models["item_embeddings"],
+            registry=self.registry,
+        )
         return {**paths, **models}, metrics
 
 
@@ -198,8 +243,9 @@ def two_tower_scores(paths: dict, users, item_ids) -> np.ndarray:
     return queries @ items.T
 
 
-def tune_two_tower(pipeline: Pipeline, fit: pd.DataFrame, validation: pd.DataFrame,
-                   item_ids) -> tuple[dict, dict]:
+def tune_two_tower(
+    pipeline: Pipeline, fit: pd.DataFrame, validation: pd.DataFrame, item_ids
+) -> tuple[dict, dict]:
     """The TWO_TOWER_GRID point with the best validation Recall@50 (the same measure
     as ALS's tuning), each trained with early stopping on the validation split."""
     users, positives, masked = task(fit, validation)
@@ -209,11 +255,14 @@ def tune_two_tower(pipeline: Pipeline, fit: pd.DataFrame, validation: pd.DataFra
         params = dict(zip(TWO_TOWER_GRID, values, strict=True))
         config = RetrievalConfig(**{**TWO_TOWER, **params})
         models, metrics = pipeline.train(paths, config, f"tune{number}")
-        recall = score(two_tower_scores(models, users, item_ids), users, item_ids, positives,
-                       masked)["recall_at_50"]
+        recall = score(
+            two_tower_scores(models, users, item_ids), users, item_ids, positives, masked
+        )["recall_at_50"]
         if recall > best_tuning["recall_at_50"]:
-            best, best_tuning = params, {"recall_at_50": recall,
-                                         "best_epoch": metrics["best_epoch"]}
+            best, best_tuning = (
+                params,
+                {"recall_at_50": recall, "best_epoch": metrics["best_epoch"]},
+            )
     return best, best_tuning
 
 
@@ -221,15 +270,24 @@ def quality(src: str, root: str) -> dict:
     raw = os.path.join(root, "raw")
     import_movielens(src, raw)
     schema_dir = os.path.join(raw, "schemas")
-    ingested = ingest(raw, os.path.join(root, "ingested"), lookback_days=400, eval_days=1,
-                      schema_dir=schema_dir)
+    ingested = ingest(
+        raw, os.path.join(root, "ingested"), lookback_days=400, eval_days=1, schema_dir=schema_dir
+    )
     counts = ingested.artifact("ingest", "ingest_metrics").metadata
-    events = pd.concat([read_dataset(ingested.artifact("ingest", name).path)
-                        for name in ("train_events", "eval_events")], ignore_index=True)
-    item_ids = read_dataset(ingested.artifact("ingest", "items").path)["item_id"] \
-        .astype(str).to_numpy()
-    log(f"MovieLens 100K: {len(events)} ratings ({counts['quarantined']} quarantined), "
-        f"{events['user_id'].nunique()} users, {len(item_ids)} catalog items")
+    events = pd.concat(
+        [
+            read_dataset(ingested.artifact("ingest", name).path)
+            for name in ("train_events", "eval_events")
+        ],
+        ignore_index=True,
+    )
+    item_ids = (
+        read_dataset(ingested.artifact("ingest", "items").path)["item_id"].astype(str).to_numpy()
+    )
+    log(
+        f"MovieLens 100K: {len(events)} ratings ({counts['quarantined']} quarantined), "
+        f"{events['user_id'].nunique()} users, {len(item_ids)} catalog items"
+    )
     pipeline = Pipeline(ingested, schema_dir, os.path.join(root, "two_tower"))
 
     results = {}
@@ -238,32 +296,43 @@ def quality(src: str, root: str) -> dict:
         fit, validation = split(train)
         users, positives, masked = task(train, test)
         log(f"{split_name}: {len(train)} train / {len(test)} test ratings, {len(users)} users")
-        table = {"popularity": score(popularity_scores(train, users, item_ids), users, item_ids,
-                                     positives, masked)}
+        table = {
+            "popularity": score(
+                popularity_scores(train, users, item_ids), users, item_ids, positives, masked
+            )
+        }
 
         started = time.monotonic()
         params, val_recall = tune_als(fit, validation, item_ids)
-        table["implicit ALS"] = score(als_scores(train, users, item_ids, **params), users,
-                                      item_ids, positives, masked)
+        table["implicit ALS"] = score(
+            als_scores(train, users, item_ids, **params), users, item_ids, positives, masked
+        )
         table["implicit ALS"]["chosen"] = {**params, "validation_recall_at_50": val_recall}
         log(f"{split_name}: ALS tuned and fitted in {time.monotonic() - started:.0f}s: {params}")
 
         started = time.monotonic()
         params, tuning = tune_two_tower(pipeline, fit, validation, item_ids)
         final_config = RetrievalConfig(
-            **{**TWO_TOWER, **params, "epochs": tuning["best_epoch"],
-               "early_stopping_patience": 0})
+            **{**TWO_TOWER, **params, "epochs": tuning["best_epoch"], "early_stopping_patience": 0}
+        )
         paths, metrics = pipeline.train(pipeline.prepare(train, test), final_config, "final")
-        table["two-tower"] = score(two_tower_scores(paths, users, item_ids), users, item_ids,
-                                   positives, masked)
-        table["two-tower"]["chosen"] = {**params, "epochs": tuning["best_epoch"],
-                                        "validation_recall_at_50": tuning["recall_at_50"]}
+        table["two-tower"] = score(
+            two_tower_scores(paths, users, item_ids), users, item_ids, positives, masked
+        )
+        table["two-tower"]["chosen"] = {
+            **params,
+            "epochs": tuning["best_epoch"],
+            "validation_recall_at_50": tuning["recall_at_50"],
+        }
         table["two-tower"]["train_seconds"] = metrics["train_seconds"]
-        log(f"{split_name}: two-tower tuned and trained in {time.monotonic() - started:.0f}s: "
-            f"{params}, {tuning['best_epoch']} epochs")
+        log(
+            f"{split_name}: two-tower tuned and trained in {time.monotonic() - started:.0f}s: "
+            f"{params}, {tuning['best_epoch']} epochs"
+        )
         difference, half_width = paired_difference(
             table["two-tower"].pop("per_user_recall_at_50"),
-            table["implicit ALS"].pop("per_user_recall_at_50"))
+            table["implicit ALS"].pop("per_user_recall_at_50"),
+        )
         table["popularity"].pop("per_user_recall_at_50")
         table["two-tower"]["minus_als_recall_at_50"] = [difference, half_width]
         results[split_name] = table
@@ -290,10 +359,15 @@ def scaling(sizes: list[str], root: str) -> list[dict]:
         config = RetrievalConfig(epochs=2, early_stopping_patience=0)
         log(f"scaling {size}: {len(train) + len(evaluation)} events")
         _, metrics = pipeline.train(pipeline.prepare(train, evaluation), config, "scaling")
-        rows.append({"size": size, "events": len(train) + len(evaluation),
-                     "train_positives": metrics["train_positives"],
-                     "train_seconds_2_epochs": metrics["train_seconds"],
-                     "examples_per_second": metrics["examples_per_second"]})
+        rows.append(
+            {
+                "size": size,
+                "events": len(train) + len(evaluation),
+                "train_positives": metrics["train_positives"],
+                "train_seconds_2_epochs": metrics["train_seconds"],
+                "examples_per_second": metrics["examples_per_second"],
+            }
+        )
         log(f"scaling {size}: {rows[-1]}")
     return rows
 
@@ -302,29 +376,47 @@ def markdown(results: dict) -> str:
     lines = []
     for split_name, table in results.items():
         users = next(iter(table.values()))["users"]
-        lines += [f"### {split_name.replace('_', '-')} temporal split ({users} test users)", "",
-                  "| method | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | chosen on validation |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += [
+            f"### {split_name.replace('_', '-')} temporal split ({users} test users)",
+            "",
+            "| method | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | chosen on validation |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for method, m in table.items():
-            chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in m.get("chosen", {}).items())
-            lines.append(f"| {method} | {m['recall_at_10']:.4f} | {m['recall_at_50']:.4f} | "
-                         f"{m['recall_at_100']:.4f} | {m['ndcg_at_10']:.4f} | {chosen} |")
+            chosen = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in m.get("chosen", {}).items()
+            )
+            lines.append(
+                f"| {method} | {m['recall_at_10']:.4f} | {m['recall_at_50']:.4f} | "
+                f"{m['recall_at_100']:.4f} | {m['ndcg_at_10']:.4f} | {chosen} |"
+            )
         difference, half_width = table["two-tower"]["minus_als_recall_at_50"]
-        lines += ["", f"two-tower minus ALS, Recall@50 per user: {difference:+.4f} "
-                      f"(95% interval {difference - half_width:+.4f} to "
-                      f"{difference + half_width:+.4f})", ""]
+        lines += [
+            "",
+            f"two-tower minus ALS, Recall@50 per user: {difference:+.4f} "
+            f"(95% interval {difference - half_width:+.4f} to "
+            f"{difference + half_width:+.4f})",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the ml-100k directory")
-    parser.add_argument("--parts", nargs="+", default=["quality", "scaling"],
-                        choices=["quality", "scaling"])
-    parser.add_argument("--sizes", nargs="+", default=["100k", "1M", "5M"],
-                        choices=sorted(SIZES), help="synthetic sizes for the training time")
+    parser.add_argument(
+        "--parts", nargs="+", default=["quality", "scaling"], choices=["quality", "scaling"]
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["100k", "1M", "5M"],
+        choices=sorted(SIZES),
+        help="synthetic sizes for the training time",
+    )
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     print(machine())
@@ -341,8 +433,10 @@ def main(argv=None) -> int:
             print("| synthetic events | training positives | 2 epochs (s) | examples/s |")
             print("|---:|---:|---:|---:|")
             for row in results["scaling"]:
-                print(f"| {row['events']:,} | {row['train_positives']:,} | "
-                      f"{row['train_seconds_2_epochs']:.1f} | {row['examples_per_second']:,.0f} |")
+                print(
+                    f"| {row['events']:,} | {row['train_positives']:,} | "
+                    f"{row['train_seconds_2_epochs']:.1f} | {row['examples_per_second']:,.0f} |"
+                )
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=2, default=float)

@@ -16,16 +16,25 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
-TRAINING_STACK = ("tensorflow_transform", "tensorflow_recommenders", "apache_beam",
-                  "tensorflow_data_validation", "kfp")
+TRAINING_STACK = (
+    "tensorflow_transform",
+    "tensorflow_recommenders",
+    "apache_beam",
+    "tensorflow_data_validation",
+    "kfp",
+)
 
 
 def lint_imports(package_parent: str = ROOT) -> subprocess.CompletedProcess:
     """import-linter with the project's contracts, on the ``recsys`` under ``package_parent``."""
-    return subprocess.run([LINT_IMPORTS, "--no-cache", os.path.join(ROOT, "pyproject.toml")],
-                          capture_output=True, text=True, cwd=package_parent,
-                          env={**os.environ, "PYTHONPATH": package_parent, "COLUMNS": "250"},
-                          timeout=300)
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", os.path.join(ROOT, "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=package_parent,
+        env={**os.environ, "PYTHONPATH": package_parent, "COLUMNS": "250"},
+        timeout=300,
+    )
 
 
 def test_the_contracts_hold():
@@ -34,32 +43,51 @@ def test_the_contracts_hold():
     assert "4 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, injected, broken", [
-    # Serving reaching into a trainer: an upward import, and the training stack.
-    ("recsys/serving/funnel.py", "import recsys.components.train_ranking.train_ranking",
-     ["Layers import only downwards", "Serving code never imports the training stack"]),
-    # One stage using another's internals.
-    ("recsys/components/evaluate/metrics.py", "import recsys.components.train_retrieval.config",
-     ["No stage imports another stage"]),
-    # The core importing the application.
-    ("recsys/core/tables.py", "import recsys.app.local_run", ["Layers import only downwards"]),
-    # A stage importing the pipeline that wires it.
-    ("recsys/components/push/push.py", "import recsys.pipelines.dag",
-     ["Layers import only downwards"]),
-    # Two core modules importing each other.
-    ("recsys/core/derived.py", "import recsys.core.features",
-     ["No import cycle between packages, or between modules of a package"]),
-])
+@pytest.mark.parametrize(
+    "module, injected, broken",
+    [
+        # Serving reaching into a trainer: an upward import, and the training stack.
+        (
+            "recsys/serving/funnel.py",
+            "import recsys.components.train_ranking.train_ranking",
+            ["Layers import only downwards", "Serving code never imports the training stack"],
+        ),
+        # One stage using another's internals.
+        (
+            "recsys/components/evaluate/metrics.py",
+            "import recsys.components.train_retrieval.config",
+            ["No stage imports another stage"],
+        ),
+        # The core importing the application.
+        ("recsys/core/tables.py", "import recsys.app.local_run", ["Layers import only downwards"]),
+        # A stage importing the pipeline that wires it.
+        (
+            "recsys/components/push/push.py",
+            "import recsys.pipelines.dag",
+            ["Layers import only downwards"],
+        ),
+        # Two core modules importing each other.
+        (
+            "recsys/core/derived.py",
+            "import recsys.core.features",
+            ["No import cycle between packages, or between modules of a package"],
+        ),
+    ],
+)
 def test_an_injected_import_breaks_its_contract(module, injected, broken, tmp_path):
-    shutil.copytree(os.path.join(ROOT, "recsys"), tmp_path / "recsys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "recsys"),
+        tmp_path / "recsys",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     path = tmp_path / module
     path.write_text(path.read_text() + f"\n{injected}  # injected by the test\n")
     result = lint_imports(str(tmp_path))
     assert result.returncode != 0, result.stdout[-3000:]
     for name in broken:  # (an upward import can break other contracts too, indirectly)
-        assert re.search(rf"^{re.escape(name)}.* BROKEN$", result.stdout, re.MULTILINE), \
+        assert re.search(rf"^{re.escape(name)}.* BROKEN$", result.stdout, re.MULTILINE), (
             result.stdout[-3000:]
+        )
 
 
 @pytest.mark.xdist_group("stages")
@@ -77,8 +105,9 @@ page = funnel.recommend(funnel.features.user_index[0]).items
 served = {{name: name in sys.modules for name in {TRAINING_STACK + ("tensorflow",)!r}}}
 print(json.dumps({{"imported": imported, "served": served, "items": len(page)}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["items"] > 0

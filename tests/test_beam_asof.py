@@ -51,16 +51,21 @@ MULTI_PROCESSING = '["--direct_num_workers=2", "--direct_running_mode=multi_proc
 def beam_join(events_dir, features_dir, out, args, broadcast, view=VIEW):
     """AsOfJoin alone, with small batches and buckets so every path is exercised."""
     with beam.Pipeline(options=pipeline_options(args)) as pipeline:
-        sides = {"events": pipeline | "ReadEvents" >> ReadDataset(events_dir, batch_size=500),
-                 "features": pipeline | "ReadFeatures" >> ReadDataset(features_dir,
-                                                                        batch_size=700)}
+        sides = {
+            "events": pipeline | "ReadEvents" >> ReadDataset(events_dir, batch_size=500),
+            "features": pipeline | "ReadFeatures" >> ReadDataset(features_dir, batch_size=700),
+        }
         joined = sides | AsOfJoin(view, broadcast, num_buckets=8, event_splits=3)
         _ = {"input": sides["events"], "output": joined} | CheckRowCounts("test join")
         schema = _output_schema(events_dir, features_dir, view)
         # A group without feature rows cannot know their types: cast as any sink would.
-        _ = (joined | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
-             | beam.io.WriteToParquetBatched(out + "/part", schema=schema,
-                                             file_name_suffix=".parquet"))
+        _ = (
+            joined
+            | beam.Map(lambda table: table.cast(schema)).with_output_types(pa.Table)
+            | beam.io.WriteToParquetBatched(
+                out + "/part", schema=schema, file_name_suffix=".parquet"
+            )
+        )
     return pd.concat([pq.read_table(f).to_pandas() for f in glob.glob(out + "/*.parquet")])
 
 
@@ -72,8 +77,9 @@ def _output_schema(events_dir, features_dir, view):
 
 
 def in_memory_join(paths, view=VIEW):
-    return join_view(pq.read_table(paths["train_events"]), pq.read_table(paths["user_features"]),
-                     view).to_pandas()
+    return join_view(
+        pq.read_table(paths["train_events"]), pq.read_table(paths["user_features"]), view
+    ).to_pandas()
 
 
 @pytest.mark.parametrize("broadcast", [False, True], ids=["bucket", "broadcast"])
@@ -93,15 +99,21 @@ def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
     view = HistoryView(length=5)
     events = pq.read_table(paths["train_events"])
     clicks = events.filter(pc.equal(events.column("clicked"), 1)).select(
-        ["user_id", "event_ts", "item_id", "watch_seconds"])
+        ["user_id", "event_ts", "item_id", "watch_seconds"]
+    )
     expected = join_history(events, clicks, view).to_pandas()
     with beam.Pipeline() as pipeline:
-        sides = {"events": pipeline | "Events" >> beam.Create(events.to_batches(max_chunksize=700)),
-                 "features": pipeline | "Clicks" >> beam.Create(clicks.to_batches(max_chunksize=300))}
+        sides = {
+            "events": pipeline | "Events" >> beam.Create(events.to_batches(max_chunksize=700)),
+            "features": pipeline | "Clicks" >> beam.Create(clicks.to_batches(max_chunksize=300)),
+        }
         joined = sides | HistoryJoin(view, broadcast, num_buckets=8, event_splits=3)
-        _ = (joined | beam.Map(lambda table: table.to_pandas())
-             | beam.combiners.ToList()
-             | beam.Map(lambda frames: pd.concat(frames).to_pickle(str(tmp_path / "got.pkl"))))
+        _ = (
+            joined
+            | beam.Map(lambda table: table.to_pandas())
+            | beam.combiners.ToList()
+            | beam.Map(lambda frames: pd.concat(frames).to_pickle(str(tmp_path / "got.pkl")))
+        )
     got = pd.read_pickle(tmp_path / "got.pkl")
     assert len(got) == len(expected) and got["event_id"].is_unique
     got = got.set_index("event_id").loc[expected["event_id"]].reset_index()
@@ -112,8 +124,13 @@ def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
 def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
     paths = stages["paths"]
     outputs = {name: str(tmp_path / name) for name in JOINED}
-    join_features({name: paths[name] for name in JOIN_INPUTS}, stages["counts"]["as_of"], "",
-                  outputs, beam_pipeline_args=MULTI_PROCESSING)
+    join_features(
+        {name: paths[name] for name in JOIN_INPUTS},
+        stages["counts"]["as_of"],
+        "",
+        outputs,
+        beam_pipeline_args=MULTI_PROCESSING,
+    )
     for split in ("train_examples", "eval_examples"):
         expected = read_dataset(paths[split]).sort_values("event_id", ignore_index=True)
         got = read_dataset(outputs[split]).sort_values("event_id", ignore_index=True)
@@ -141,8 +158,9 @@ def test_equals_duckdb_asof_left_join(stages):
     for column in USER_FEATURE_COLUMNS:
         theirs = expected[column].astype("float64").to_numpy()
         np.testing.assert_array_equal(np.isnan(theirs), missing)
-        np.testing.assert_allclose(examples[column].to_numpy(float)[~missing], theirs[~missing],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            examples[column].to_numpy(float)[~missing], theirs[~missing], rtol=1e-6
+        )
 
 
 def test_ttl_option_against_brute_force(stages, tmp_path):
@@ -151,30 +169,46 @@ def test_ttl_option_against_brute_force(stages, tmp_path):
     paths = stages["paths"]
     outputs = {name: str(tmp_path / name) for name in JOINED}
     ttl = 0.5 * 86_400
-    counts = join_features({name: paths[name] for name in JOIN_INPUTS},
-                           stages["counts"]["as_of"], "", outputs, JoinConfig(feature_views=json.dumps(
-                               {"user_features": {"ttl_days": 0.5, "defaults": {
-                                   "user_clicks_7d": -1}}})))
+    counts = join_features(
+        {name: paths[name] for name in JOIN_INPUTS},
+        stages["counts"]["as_of"],
+        "",
+        outputs,
+        JoinConfig(
+            feature_views=json.dumps(
+                {"user_features": {"ttl_days": 0.5, "defaults": {"user_clicks_7d": -1}}}
+            )
+        ),
+    )
     examples = read_dataset(outputs["train_examples"])
     pairs = examples[["event_id", "user_id", "event_ts"]].merge(
-        read_dataset(paths["user_features"]), on="user_id")
-    fresh = pairs[(pairs["feature_ts"] <= pairs["event_ts"])
-                  & (pairs["feature_ts"] >= pairs["event_ts"] - ttl)]
+        read_dataset(paths["user_features"]), on="user_id"
+    )
+    fresh = pairs[
+        (pairs["feature_ts"] <= pairs["event_ts"])
+        & (pairs["feature_ts"] >= pairs["event_ts"] - ttl)
+    ]
     has_fresh = examples["event_id"].isin(fresh["event_id"]).to_numpy()
     missing = examples["user_features_missing"].to_numpy() == 1
     np.testing.assert_array_equal(missing, ~has_fresh)
     assert counts["train_user_features_missing"] > stages["counts"].get(
-        "train_user_features_missing", 0)
+        "train_user_features_missing", 0
+    )
     assert (examples.loc[missing, "user_clicks_7d"] == -1).all()  # the view's default
 
 
 def test_created_before_event_keeps_late_backfills_out(tmp_path):
     """A row whose feature_ts is before the event but that was written after it is
     used only without the option; ties on feature_ts go to the latest created_ts."""
-    events = pa.table({"event_id": ["e1", "e2"], "user_id": ["u", "u"],
-                       "event_ts": [100, 300]})
-    features = pa.table({"user_id": ["u", "u", "u"], "feature_ts": [50, 90, 90],
-                         "created_ts": [50, 250, 240], "value": [1.0, 2.0, 3.0]})
+    events = pa.table({"event_id": ["e1", "e2"], "user_id": ["u", "u"], "event_ts": [100, 300]})
+    features = pa.table(
+        {
+            "user_id": ["u", "u", "u"],
+            "feature_ts": [50, 90, 90],
+            "created_ts": [50, 250, 240],
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
     plain = FeatureView("v", "user_id", ("value",))
     strict = FeatureView("v", "user_id", ("value",), created_before_event=True)
     assert join_view(events, features, plain).column("value").to_pylist() == [2.0, 2.0]
@@ -190,8 +224,11 @@ def test_injected_lookup_bug_stops_the_run_naming_view_and_event(stages, tmp_pat
 
     monkeypatch.setattr(AsOfIndex, "lookup", off_by_one)
     paths = stages["paths"]
-    with pytest.raises(Exception, match=r"feature view 'user_features'.*point-in-time rule.*"
-                                        r"e\.g\. event \{'event_id'"):
+    with pytest.raises(
+        Exception,
+        match=r"feature view 'user_features'.*point-in-time rule.*"
+        r"e\.g\. event \{'event_id'",
+    ):
         beam_join(paths["train_events"], paths["user_features"], str(tmp_path), "[]", True)
 
 
@@ -199,8 +236,9 @@ def test_injected_bucketing_bug_fails_the_row_count_check(stages, tmp_path, monk
     split = beam_asof.split_by_bucket
 
     def drop_group_three(batch, key, num_buckets, splits=1):
-        return ((group, rows) for group, rows in split(batch, key, num_buckets, splits)
-                if group != 3)
+        return (
+            (group, rows) for group, rows in split(batch, key, num_buckets, splits) if group != 3
+        )
 
     monkeypatch.setattr(beam_asof, "split_by_bucket", drop_group_three)
     paths = stages["paths"]
@@ -214,12 +252,13 @@ def test_feature_view_options_are_checked(stages, tmp_path):
     outputs = {name: str(tmp_path / name) for name in JOINED}
     as_of = stages["counts"]["as_of"]
     for config, message in [
-            ('{"user_feature": {}}', "unknown view 'user_feature'"),
-            ('{"user_features": {"ttl": 3}}', r"unknown option\(s\) \['ttl'\]"),
-            ('{"user_features": {"ttl_days": 0}}', "ttl_days must be positive"),
-            ('{"item_features": {"join": "hash"}}', "join must be one of"),
-            ('{"user_features": {"defaults": {"clicks": 0}}}', "defaults for unknown column"),
-            ('{"user_features": {"created_before_event": true}}', "has no created_ts column")]:
+        ('{"user_feature": {}}', "unknown view 'user_feature'"),
+        ('{"user_features": {"ttl": 3}}', r"unknown option\(s\) \['ttl'\]"),
+        ('{"user_features": {"ttl_days": 0}}', "ttl_days must be positive"),
+        ('{"item_features": {"join": "hash"}}', "join must be one of"),
+        ('{"user_features": {"defaults": {"clicks": 0}}}', "defaults for unknown column"),
+        ('{"user_features": {"created_before_event": true}}', "has no created_ts column"),
+    ]:
         with pytest.raises(ValueError, match=message):
             join_features(inputs, as_of, "", outputs, JoinConfig(feature_views=config))
     with pytest.raises(ValueError, match="history_length must be between 1 and 50"):
@@ -235,8 +274,10 @@ def test_buckets_are_stable_and_spread():
 
 
 def test_a_hot_key_is_spread_over_the_splits_and_its_features_reach_each():
-    batch = pa.record_batch([pa.array(["hot"] * 1000 + ["cold"] * 10),
-                             pa.array(np.arange(1010))], names=["user_id", "event_ts"])
+    batch = pa.record_batch(
+        [pa.array(["hot"] * 1000 + ["cold"] * 10), pa.array(np.arange(1010))],
+        names=["user_id", "event_ts"],
+    )
     groups = dict(beam_asof.split_by_bucket(batch, "user_id", num_buckets=8, splits=4))
     hot_bucket = int(bucket_ids(pa.array(["hot"]), 8)[0])
     hot_groups = {g: rows.num_rows for g, rows in groups.items() if g // 4 == hot_bucket}

@@ -34,31 +34,49 @@ recall_k: 20
 
 
 def recsys(*args):
-    return subprocess.run([sys.executable, "-m", "recsys.app.cli", *args], capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "recsys.app.cli", *args], capture_output=True, text=True, timeout=900
+    )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
     path.write_text(CONFIG)
     return str(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def simulation(config, tmp_path_factory):
     """Three daily runs in one workdir; category drift from day 3 on."""
     workdir = tmp_path_factory.mktemp("simulation")
-    result = recsys("simulate", "--days", "3", "--drift-day", "3", "--workdir", str(workdir),
-                    "--users", str(TINY["users"]), "--items", str(TINY["items"]),
-                    "--seed", str(TINY["seed"]), "--lookback-days", str(LOOKBACK_DAYS),
-                    "--eval-days", str(EVAL_DAYS), "--config", config)
+    result = recsys(
+        "simulate",
+        "--days",
+        "3",
+        "--drift-day",
+        "3",
+        "--workdir",
+        str(workdir),
+        "--users",
+        str(TINY["users"]),
+        "--items",
+        str(TINY["items"]),
+        "--seed",
+        str(TINY["seed"]),
+        "--lookback-days",
+        str(LOOKBACK_DAYS),
+        "--eval-days",
+        str(EVAL_DAYS),
+        "--config",
+        config,
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     with open(workdir / "timeline.json") as handle:
         return {"workdir": workdir, "timeline": json.load(handle)["days"], "result": result}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def successful_run(simulation):
     """Day 1: the first run, nothing serving yet."""
     with open(simulation["workdir"] / "outputs-day01.json") as handle:
@@ -90,8 +108,17 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     assert outputs["blessing"]["metadata"]["blessed"] is True
     assert outputs["blessing"]["metadata"]["failed_checks"] == 0
     assert outputs["push_report"]["metadata"]["pushed"] is True
-    for stage in ("ingest", "features/join", "validate", "features/transform",
-                  "train_retrieval", "train_ranking", "infra_validate", "evaluate", "push"):
+    for stage in (
+        "ingest",
+        "features/join",
+        "validate",
+        "features/transform",
+        "train_retrieval",
+        "train_ranking",
+        "infra_validate",
+        "evaluate",
+        "push",
+    ):
         assert f"{stage}: started" in stderr and f"{stage}: finished in" in stderr
     # The summary `recsys run` prints shows every check of the blessing.
     summary = local_run.summary({**outputs, "seconds": 0})
@@ -121,8 +148,10 @@ def test_daily_runs_warm_start_compare_with_the_champion_and_stop_on_drift(simul
     assert day3["served_version"] == 2
     assert root_.committed_versions(str(workdir / "serving")) == [1, 2]
     # Only spans that passed are baselines: day 4 would compare with day 2's.
-    stored = sorted(p.parent.name for p in (workdir / "pipeline_root" / "statistics").glob(
-        "span=*/span_examples.stats.pb"))
+    stored = sorted(
+        p.parent.name
+        for p in (workdir / "pipeline_root" / "statistics").glob("span=*/span_examples.stats.pb")
+    )
     assert len(stored) == 2
     stderr = simulation["result"].stderr
     assert f"previous span ({stored[-1].removeprefix('span=')}" in stderr
@@ -133,8 +162,15 @@ def test_daily_runs_warm_start_compare_with_the_champion_and_stop_on_drift(simul
 
 
 def test_recommend_prints_ranked_items(successful_run):
-    result = recsys("recommend", "--serving-root", str(successful_run["workdir"] / "serving"),
-                    "--user-id", "u000001", "--k", "5")
+    result = recsys(
+        "recommend",
+        "--serving-root",
+        str(successful_run["workdir"] / "serving"),
+        "--user-id",
+        "u000001",
+        "--k",
+        "5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("top 5 for u000001")

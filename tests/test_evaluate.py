@@ -28,8 +28,7 @@ pytestmark = pytest.mark.xdist_group("stages")
 def test_masking_and_recall_by_hand():
     users = np.array(["u1", "u2"])
     items = np.array(["a", "b", "c", "d"])
-    scores = np.array([[0.9, 0.8, 0.1, 0.0],
-                       [0.1, 0.2, 0.3, 0.4]])
+    scores = np.array([[0.9, 0.8, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]])
     masked = pd.DataFrame({"user_id": ["u1"], "item_id": ["a"]})  # u1 already clicked a
     top = rank_catalog(scores, users, items, masked, k=2)
     assert items[top[0]].tolist() == ["b", "c"]
@@ -47,8 +46,10 @@ def test_masking_and_recall_by_hand():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.lists(st.booleans(), min_size=10, max_size=10), min_size=1, max_size=6),
-       st.lists(st.integers(0, 5), min_size=6, max_size=6))
+@given(
+    st.lists(st.lists(st.booleans(), min_size=10, max_size=10), min_size=1, max_size=6),
+    st.lists(st.integers(0, 5), min_size=6, max_size=6),
+)
 def test_ndcg_matches_its_definition(hit_rows, extra_positives):
     """Each user's NDCG@10 from a ranked list of 10 items, some positive, plus
     positives outside the list, against DCG / ideal DCG written out per user."""
@@ -56,13 +57,13 @@ def test_ndcg_matches_its_definition(hit_rows, extra_positives):
     users = np.array([f"u{i}" for i in range(len(hit_rows))])
     top = np.tile(np.arange(10), (len(users), 1))
     rows = []
-    for user, hits, extra in zip(users, hit_rows, extra_positives, strict=True):
+    for user, hits, extra in zip(users, hit_rows, extra_positives[: len(users)], strict=True):
         rows += [(user, items[r]) for r in range(10) if hits[r]]
         rows += [(user, items[10 + j]) for j in range(extra)]
     positives = pd.DataFrame(rows, columns=["user_id", "item_id"])
     quality = list_quality(top, users, items, positives, [10])
     expected = []
-    for hits, extra in zip(hit_rows, extra_positives, strict=True):
+    for hits, extra in zip(hit_rows, extra_positives[: len(hit_rows)], strict=True):
         n = sum(hits) + extra
         dcg = sum(1 / np.log2(r + 2) for r in range(10) if hits[r])
         ideal = sum(1 / np.log2(r + 2) for r in range(min(n, 10)))
@@ -72,8 +73,9 @@ def test_ndcg_matches_its_definition(hit_rows, extra_positives):
 
 def test_slices_split_users_by_training_clicks():
     users = np.array(["new", "light", "heavy"])
-    clicks = pd.DataFrame({"user_id": ["light"] + ["heavy"] * 9,
-                           "item_id": [f"i{j}" for j in range(10)]})
+    clicks = pd.DataFrame(
+        {"user_id": ["light"] + ["heavy"] * 9, "item_id": [f"i{j}" for j in range(10)]}
+    )
     slices = Slices.of(users, clicks).masks(users)
     assert slices["new_users"].tolist() == [True, False, False]
     assert slices["heavy_users"].tolist() == [False, False, True]
@@ -88,8 +90,9 @@ def test_auc_equals_pairwise_definition(pairs):
     if len(positive) == 0 or len(negative) == 0:
         assert np.isnan(roc_auc(labels, scores))
         return
-    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
-               for p, n in itertools.product(positive, negative))
+    wins = sum(
+        1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(positive, negative)
+    )
     assert np.isclose(roc_auc(labels, scores), wins / (len(positive) * len(negative)))
 
 
@@ -100,7 +103,8 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert ranking["auc"] > 0.7
     assert ranking["logloss"] < ranking["prior_logloss"]
     assert ranking["normalized_entropy"] == pytest.approx(
-        ranking["logloss"] / ranking["prior_logloss"])
+        ranking["logloss"] / ranking["prior_logloss"]
+    )
     assert 0.8 < ranking["calibration_ratio"] < 1.25
     assert 0.0 < ranking["expected_calibration_error"] < 0.1
     assert 0.7 < ranking["watch_time_ratio"] < 1.4
@@ -117,7 +121,9 @@ def test_trained_models_beat_baselines_on_generated_data(stages):
     assert "NDCG@10" in report and "heavy users" in report
     # Slices partition nothing away: their users are among the evaluated ones.
     assert 0 < retrieval["heavy_users_users"] < retrieval["eval_users"]
-    assert 0.0 <= retrieval["ndcg_at_10"] <= 1.0 and 0.0 < retrieval["catalog_coverage_at_100"] <= 1.0
+    assert (
+        0.0 <= retrieval["ndcg_at_10"] <= 1.0 and 0.0 < retrieval["catalog_coverage_at_100"] <= 1.0
+    )
     assert "| heavy users |" in result["markdown"]
 
 
@@ -126,7 +132,9 @@ def test_gini_of_exposure():
     assert gini(np.array([0, 0, 0, 12])) == pytest.approx(3 / 4)  # (n - 1) / n
     assert gini(np.array([0, 0, 0])) == 0.0
     # Order does not matter; more concentrated is higher.
-    assert gini(np.array([3, 1, 0, 0])) == gini(np.array([0, 3, 0, 1])) > gini(np.array([1, 1, 1, 1]))
+    assert (
+        gini(np.array([3, 1, 0, 0])) == gini(np.array([0, 3, 0, 1])) > gini(np.array([1, 1, 1, 1]))
+    )
 
 
 def test_calibration_bins_and_ece_by_hand():
@@ -137,7 +145,8 @@ def test_calibration_bins_and_ece_by_hand():
     assert curve.observed == pytest.approx([0.0, 1.0, 0.5, 1.0])
     assert expected_calibration_error(curve) == pytest.approx((0.1 + 0.8 + 0.2 + 0.1) / 4)
     assert normalized_entropy(labels, predictions, labels.mean()) == pytest.approx(
-        log_loss(labels, predictions) / log_loss(labels, np.full(8, labels.mean())))
+        log_loss(labels, predictions) / log_loss(labels, np.full(8, labels.mean()))
+    )
 
 
 def test_page_metrics_by_hand():
@@ -152,8 +161,9 @@ def test_page_metrics_by_hand():
     assert metrics.ndcg_at_10 == pytest.approx(((1 / np.log2(3)) / ideal_u1 + 1.0) / 2)
     assert metrics.intra_list_diversity == pytest.approx(0.0)  # both pages: one direction
     assert metrics.catalog_coverage == 1.0 and metrics.exposure_gini == 0.0
-    diverse = page_quality([np.array(["a", "c"]), np.array(["a", "d"])], users, positives,
-                           catalog, embeddings, k=2)
+    diverse = page_quality(
+        [np.array(["a", "c"]), np.array(["a", "d"])], users, positives, catalog, embeddings, k=2
+    )
     assert diverse.intra_list_diversity == pytest.approx(1.0)
     assert diverse.catalog_coverage == 0.75 and diverse.exposure_gini > 0
 

@@ -25,8 +25,10 @@ def oracle(events, features):
     equal feature_ts the one given last."""
     values, missing = [], []
     for _, event in events.iterrows():
-        rows = features[(features["user_id"] == event["user_id"])
-                        & (features["feature_ts"] <= event["event_ts"])]
+        rows = features[
+            (features["user_id"] == event["user_id"])
+            & (features["feature_ts"] <= event["event_ts"])
+        ]
         if rows.empty:
             values.append(0.0)
             missing.append(1)
@@ -38,20 +40,26 @@ def oracle(events, features):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(keys, timestamps), min_size=1, max_size=30),
-       st.lists(st.tuples(keys, timestamps), min_size=0, max_size=30))
+@given(
+    st.lists(st.tuples(keys, timestamps), min_size=1, max_size=30),
+    st.lists(st.tuples(keys, timestamps), min_size=0, max_size=30),
+)
 def test_point_in_time_join_matches_brute_force(event_rows, feature_rows):
     events = pd.DataFrame(event_rows, columns=["user_id", "event_ts"])
     events["event_id"] = [f"e{i}" for i in range(len(events))]
     features = pd.DataFrame(feature_rows, columns=["user_id", "feature_ts"])
     features["value"] = np.arange(1, len(features) + 1, dtype=float)
     # Sentinels one tick after the newest event must never be picked.
-    sentinels = pd.DataFrame({"user_id": ["a", "b", "c", "d"],
-                              "feature_ts": events["event_ts"].max() + 1, "value": -1.0})
+    sentinels = pd.DataFrame(
+        {"user_id": ["a", "b", "c", "d"], "feature_ts": events["event_ts"].max() + 1, "value": -1.0}
+    )
     features = pd.concat([features, sentinels], ignore_index=True)
     view = FeatureView("view", "user_id", ("value",))
-    joined = join_view(pa.Table.from_pandas(events, preserve_index=False),
-                       pa.Table.from_pandas(features, preserve_index=False), view).to_pandas()
+    joined = join_view(
+        pa.Table.from_pandas(events, preserve_index=False),
+        pa.Table.from_pandas(features, preserve_index=False),
+        view,
+    ).to_pandas()
     expected_values, expected_missing = oracle(events, features)
     assert len(joined) == len(events)
     assert joined["event_id"].tolist() == events["event_id"].tolist()
@@ -103,8 +111,9 @@ def test_serving_snapshots_use_latest_known_features(stages):
     newest = features.sort_values("feature_ts").groupby("user_id").last()
     some_user = user_rows[user_rows["user_features_missing"] == 0].iloc[0]
     assert newest.loc[some_user["user_id"], "feature_ts"] <= as_of
-    assert np.isclose(newest.loc[some_user["user_id"], "user_clicks_7d"],
-                      some_user["user_clicks_7d"])
+    assert np.isclose(
+        newest.loc[some_user["user_id"], "user_clicks_7d"], some_user["user_clicks_7d"]
+    )
     assert len(item_rows) == len(read_dataset(paths["items"]))
     # Each user's history at as_of: their last clicks, newest first (brute force).
     events = pd.concat([read_dataset(paths["train_events"]), read_dataset(paths["eval_events"])])
@@ -127,18 +136,28 @@ def test_history_holds_only_earlier_engagements(stages):
     for split in ("train_examples", "eval_examples"):
         examples = read_dataset(paths[split])
         pairs = examples[["event_id", "user_id", "event_ts"]].merge(
-            clicks, on="user_id", suffixes=("", "_click"))
+            clicks, on="user_id", suffixes=("", "_click")
+        )
         earlier = pairs[pairs["event_ts_click"] < pairs["event_ts"]]
         expected_count = earlier.groupby("event_id").size()
         got_count = examples.set_index("event_id")["user_history_count"]
         np.testing.assert_array_equal(
-            got_count.to_numpy(), expected_count.reindex(got_count.index, fill_value=0))
+            got_count.to_numpy(), expected_count.reindex(got_count.index, fill_value=0)
+        )
         lengths = examples["user_history_items"].map(len).to_numpy()
         np.testing.assert_array_equal(lengths, np.minimum(examples["user_history_count"], 10))
-        listed = (examples[["event_id", "user_history_items"]].explode("user_history_items")
-                  .dropna().rename(columns={"user_history_items": "item_id"}))
-        known = listed.merge(earlier[["event_id", "item_id"]].drop_duplicates(),
-                             on=["event_id", "item_id"], how="left", indicator=True)
+        listed = (
+            examples[["event_id", "user_history_items"]]
+            .explode("user_history_items")
+            .dropna()
+            .rename(columns={"user_history_items": "item_id"})
+        )
+        known = listed.merge(
+            earlier[["event_id", "item_id"]].drop_duplicates(),
+            on=["event_id", "item_id"],
+            how="left",
+            indicator=True,
+        )
         assert (known["_merge"] == "both").all()  # each listed item: an earlier click
     assert (examples["user_history_count"] > 0).mean() > 0.5  # the sample has histories
 
@@ -147,16 +166,20 @@ def test_generated_serving_log_has_the_history_the_join_gives(stages, tiny_data)
     """The sample data's serving log records each impression's history as serving
     saw it; the window covers every generated day, so it equals the training join's."""
     paths = stages["paths"]
-    examples = pd.concat([read_dataset(paths["train_examples"]),
-                          read_dataset(paths["eval_examples"])]).set_index("event_id")
+    examples = pd.concat(
+        [read_dataset(paths["train_examples"]), read_dataset(paths["eval_examples"])]
+    ).set_index("event_id")
     serving = pd.read_parquet(os.path.join(tiny_data, "serving_log.parquet")).set_index("event_id")
     shared = serving.index.intersection(examples.index)
     assert len(shared) == len(serving) > 0
     for column in ("user_history_count", "user_history_mean_watch_seconds"):
-        np.testing.assert_allclose(serving.loc[shared, column], examples.loc[shared, column],
-                                   rtol=1e-5)
-    assert (serving.loc[shared, "user_history_items"].map(list)
-            == examples.loc[shared, "user_history_items"].map(list)).all()
+        np.testing.assert_allclose(
+            serving.loc[shared, column], examples.loc[shared, column], rtol=1e-5
+        )
+    assert (
+        serving.loc[shared, "user_history_items"].map(list)
+        == examples.loc[shared, "user_history_items"].map(list)
+    ).all()
 
 
 def test_history_has_item_marks_rows_whose_item_is_in_their_history():
@@ -164,5 +187,4 @@ def test_history_has_item_marks_rows_whose_item_is_in_their_history():
 
     history = tf.sparse.from_dense(tf.constant([["a", "b", ""], ["", "", ""], ["c", "x", "a"]]))
     items = tf.constant(["b", "a", "a"])
-    np.testing.assert_array_equal(history_has_item(history, items).numpy(),
-                                  [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(history_has_item(history, items).numpy(), [1.0, 0.0, 1.0])

@@ -18,7 +18,7 @@ from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 pytestmark = pytest.mark.xdist_group("stages")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serving_root(stages, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("serving"))
     report = push_stages(stages, root)
@@ -32,8 +32,9 @@ def request_time(stages):
 
 
 def test_recommend_applies_the_rules_to_ranked_candidates(stages, serving_root):
-    funnel = Funnel.from_serving_root(serving_root, rerank_config=RerankConfig(
-        k=10, max_per_creator=2, max_per_category=4))
+    funnel = Funnel.from_serving_root(
+        serving_root, rerank_config=RerankConfig(k=10, max_per_creator=2, max_per_category=4)
+    )
     user = funnel.features.user_index[0]
     result = funnel.recommend(user, Context(request_time(stages)))
     page = result.items
@@ -63,9 +64,11 @@ def _retrieved(funnel, user, stages):
 def test_mmr_makes_pages_more_diverse(stages, serving_root):
     """Mean pairwise cosine similarity of the page's item embeddings drops as lambda
     goes down, over the same users."""
+
     def similarity(mmr_lambda):
-        funnel = Funnel.from_serving_root(serving_root, rerank_config=RerankConfig(
-            k=10, max_per_creator=0, mmr_lambda=mmr_lambda))
+        funnel = Funnel.from_serving_root(
+            serving_root, rerank_config=RerankConfig(k=10, max_per_creator=0, mmr_lambda=mmr_lambda)
+        )
         values = []
         for user in funnel.features.user_index[:20]:
             page = funnel.recommend(user, Context(request_time(stages))).items
@@ -87,13 +90,20 @@ def test_grpc_and_rest_backends_serve_the_same_pages(stages, serving_root):
         at = Context(request_time(stages))
         local = Funnel.from_serving_root(serving_root)
         grpc_backend = GrpcBackend(target)
-        remote = {"grpc": Funnel.from_serving_root(serving_root, backend=grpc_backend),
-                  "rest": Funnel.from_serving_root(serving_root, backend=RestBackend(url))}
+        remote = {
+            "grpc": Funnel.from_serving_root(serving_root, backend=grpc_backend),
+            "rest": Funnel.from_serving_root(serving_root, backend=RestBackend(url)),
+        }
         for user in list(local.features.user_index[:3]) + ["someone-new"]:
             expected = local.recommend(user, at).items
             for name, funnel in remote.items():
-                pd.testing.assert_frame_equal(funnel.recommend(user, at).items, expected,
-                                              check_exact=False, rtol=1e-5, obj=name)
+                pd.testing.assert_frame_equal(
+                    funnel.recommend(user, at).items,
+                    expected,
+                    check_exact=False,
+                    rtol=1e-5,
+                    obj=name,
+                )
         assert models.requests == {"retrieval": 8, "ranking": 8}  # 4 users x 2 protocols
         grpc_backend.close()
     finally:
@@ -120,8 +130,9 @@ def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_d
 
     log_dir = tmp_path / "data" / "serving_log"
     log = ServingLog(str(log_dir), rows_per_file=25)
-    funnel = Funnel.from_serving_root(serving_root, serving_log=log,
-                                      rerank_config=RerankConfig(k=10))
+    funnel = Funnel.from_serving_root(
+        serving_root, serving_log=log, rerank_config=RerankConfig(k=10)
+    )
     users = list(funnel.features.user_index[:6])
     pages = {user: funnel.recommend(user, Context(request_time(stages))).items for user in users}
     log.close()
@@ -139,7 +150,8 @@ def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_d
         if not name.startswith("serving_log"):
             shutil.copy(os.path.join(tiny_data, name), data / name)
     outputs = {name: str(tmp_path / "out" / name) for name in INGEST_OUTPUTS}
-    counts = ingest(str(data), outputs, IngestConfig(lookback_days=LOOKBACK_DAYS,
-                                                     eval_days=EVAL_DAYS))
+    counts = ingest(
+        str(data), outputs, IngestConfig(lookback_days=LOOKBACK_DAYS, eval_days=EVAL_DAYS)
+    )
     assert counts["serving_log_read"] == 60 and counts["serving_log_quarantined"] == 0
     assert counts["serving_log"] == 60

@@ -16,8 +16,9 @@ def test_same_seed_same_data_and_every_contract_column(tmp_path):
     generate(str(tmp_path / "c"), users=50, items=30, days=4, seed=12)
     for name, table in RAW_TABLES.items():
         a, b = _read(tmp_path / "a", name), _read(tmp_path / "b", name)
-        assert set(required_columns(table.schema, environment=table.environment)) \
-            <= set(a.columns), name
+        assert set(required_columns(table.schema, environment=table.environment)) <= set(
+            a.columns
+        ), name
         pd.testing.assert_frame_equal(a, b)
     assert not _read(tmp_path / "a", "impressions").equals(_read(tmp_path / "c", "impressions"))
 
@@ -41,9 +42,11 @@ def test_snapshots_aggregate_only_the_past(tmp_path):
     events = _read(tmp_path, "impressions")
     snapshots = _read(tmp_path, "user_features")
     row = snapshots[snapshots["user_impressions_7d"] > 0].iloc[-1]
-    window = events[(events["user_id"] == row["user_id"])
-                    & (events["event_ts"] < row["feature_ts"])
-                    & (events["event_ts"] >= row["feature_ts"] - pd.Timedelta(days=7))]
+    window = events[
+        (events["user_id"] == row["user_id"])
+        & (events["event_ts"] < row["feature_ts"])
+        & (events["event_ts"] >= row["feature_ts"] - pd.Timedelta(days=7))
+    ]
     assert row["user_impressions_7d"] == len(window)
     assert row["user_clicks_7d"] == window["clicked"].sum()
     assert np.isclose(row["user_watch_seconds_7d"], window["watch_seconds"].sum(), atol=0.5)

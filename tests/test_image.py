@@ -37,14 +37,20 @@ def run(*command, timeout=1800) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def image():
     if MISSING:
-        pytest.skip(f"{' and '.join(MISSING)} not installed: the image test builds with "
-                    "buildah on a debootstrap base (apt-get install buildah debootstrap; "
-                    ".ci/run does)")
+        pytest.skip(
+            f"{' and '.join(MISSING)} not installed: the image test builds with "
+            "buildah on a debootstrap base (apt-get install buildah debootstrap; "
+            ".ci/run does)"
+        )
     if os.geteuid() != 0:
         pytest.skip("buildah here needs root (chroot isolation, no user namespaces)")
     tag = f"localhost/recsys-pipeline:test-{uuid.uuid4().hex[:8]}"
-    if subprocess.run(["buildah", "inspect", "--type", "image", BASE_IMAGE],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["buildah", "inspect", "--type", "image", BASE_IMAGE], capture_output=True
+        ).returncode
+        != 0
+    ):
         run("bash", os.path.join(ROOT, "scripts", "build_base_image.sh"), BASE_IMAGE)
     run("make", "-C", ROOT, "image", f"IMAGE={tag}", f"BASE_IMAGE={BASE_IMAGE}")
     yield tag
@@ -73,22 +79,50 @@ def test_the_ingest_component_runs_as_the_compiled_yaml_says(image, container, t
     executor = spec["deploymentSpec"]["executors"]["exec-ingest"]["container"]
     assert executor["image"] == "{{$.inputs.parameters['pipelinechannel--image']}}"
     assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == image
-    component = json_format.ParseDict(spec["components"]["comp-ingest"],
-                                      pipeline_spec_pb2.ComponentSpec())
+    component = json_format.ParseDict(
+        spec["components"]["comp-ingest"], pipeline_spec_pb2.ComponentSpec()
+    )
     pipeline_root, data = "/tmp/pipeline_root", "/tmp/data"
-    arguments = {"data_root": data, "as_of": "", "lookback_days": 5, "eval_days": 1,
-                 "schema_dir": "", "max_reject_rate": 0.01, "input_encoding": "utf-8"}
+    arguments = {
+        "data_root": data,
+        "as_of": "",
+        "lookback_days": 5,
+        "eval_days": 1,
+        "schema_dir": "",
+        "max_reject_rate": 0.01,
+        "input_encoding": "utf-8",
+    }
     executor_input = executor_input_utils.construct_executor_input(
-        component, arguments, f"{pipeline_root}/run/ingest", block_input_artifact=True)
+        component, arguments, f"{pipeline_root}/run/ingest", block_input_artifact=True
+    )
     command = placeholder_utils.replace_placeholders(
         executor["command"] + executor["args"],
         executor_input_utils.executor_input_to_dict(executor_input, component),
-        "recsys-pipeline-image-test", "ingest", pipeline_root, "image-test")
+        "recsys-pipeline-image-test",
+        "ingest",
+        pipeline_root,
+        "image-test",
+    )
 
-    inside(container, "recsys", "generate", "--out", data, "--users", "60", "--items", "20",
-           "--days", "6")
+    inside(
+        container,
+        "recsys",
+        "generate",
+        "--out",
+        data,
+        "--users",
+        "60",
+        "--items",
+        "20",
+        "--days",
+        "6",
+    )
     done = inside(container, *command)
     assert "ingest: finished in" in done.stderr
-    listed = inside(container, "sh", "-c", f"ls {pipeline_root}/run/ingest/train_events "
-                                           f"&& stat -c %U {pipeline_root}/run/ingest").stdout
+    listed = inside(
+        container,
+        "sh",
+        "-c",
+        f"ls {pipeline_root}/run/ingest/train_events && stat -c %U {pipeline_root}/run/ingest",
+    ).stdout
     assert "part-00000.parquet" in listed and listed.strip().endswith("recsys")

@@ -15,13 +15,20 @@ from recsys.core.tables import DataError, read_dataset, read_raw_table, to_unix_
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 40 * DAY), min_size=1, max_size=200),
-       st.integers(2, 20), st.integers(1, 19))
+@given(
+    st.lists(st.integers(0, 40 * DAY), min_size=1, max_size=200),
+    st.integers(2, 20),
+    st.integers(1, 19),
+)
 def test_split_is_by_time_and_loses_no_row(offsets, lookback, eval_days):
     eval_days = min(eval_days, lookback - 1)
     as_of = 30 * DAY
-    events = pd.DataFrame({"event_id": [f"e{i}" for i in range(len(offsets))],
-                           "event_ts": np.array(offsets, dtype=np.int64)})
+    events = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(len(offsets))],
+            "event_ts": np.array(offsets, dtype=np.int64),
+        }
+    )
     window = Window(as_of, lookback, eval_days)
     try:
         train, evaluation, counts = split_events(events, window)
@@ -32,8 +39,9 @@ def test_split_is_by_time_and_loses_no_row(offsets, lookback, eval_days):
     assert (train["event_ts"] < window.eval_start).all()
     assert (evaluation["event_ts"] >= window.eval_start).all()
     assert (evaluation["event_ts"] < as_of).all()
-    assert len(train) + len(evaluation) + counts["impressions_before_window"] \
-        + counts["impressions_at_or_after_as_of"] == len(events)
+    assert len(train) + len(evaluation) + counts["impressions_before_window"] + counts[
+        "impressions_at_or_after_as_of"
+    ] == len(events)
 
 
 def test_default_as_of_is_midnight_after_newest_event():
@@ -75,7 +83,9 @@ def test_csv_with_iso_timestamps_reads_like_parquet(tiny_data, tmp_path):
 def test_missing_column_names_file_and_columns(tiny_data, tmp_path):
     frame = pd.read_parquet(f"{tiny_data}/impressions.parquet").drop(columns=["clicked"])
     frame.to_parquet(tmp_path / "impressions.parquet")
-    with pytest.raises(DataError, match=r"impressions.parquet: missing required column\(s\) \['clicked'\]"):
+    with pytest.raises(
+        DataError, match=r"impressions.parquet: missing required column\(s\) \['clicked'\]"
+    ):
         read_raw_table(str(tmp_path), "impressions")
 
 
@@ -94,13 +104,14 @@ def _copy_of(tiny_data, tmp_path):
 
 def _ingest(data, tmp_path, now=None, **options):
     outputs = {name: str(tmp_path / "out" / name) for name in INGEST_OUTPUTS}
-    counts = ingest(str(data), outputs, IngestConfig(lookback_days=10, eval_days=3, **options),
-                    now=now)
+    counts = ingest(
+        str(data), outputs, IngestConfig(lookback_days=10, eval_days=3, **options), now=now
+    )
     return counts, outputs
 
 
 def _rows_of(impressions: pd.DataFrame, n: int) -> pd.Index:
-    return impressions.index[100:100 + 5 * n:5]
+    return impressions.index[100 : 100 + 5 * n : 5]
 
 
 def _text_value(frame, rows, column, value):
@@ -111,29 +122,54 @@ def _text_value(frame, rows, column, value):
 # Each fault: (what is done to 4 impression rows, reason, column). The file is
 # written as CSV so text faults arrive as text, the way real exports do.
 FAULTS = {
-    "wrong type": (lambda f, r: _text_value(f, r, "watch_seconds", "12.5s"),
-                   "wrong_type", "watch_seconds"),
-    "NaN": (lambda f, r: _text_value(f, r, "watch_seconds", "NaN"), "not_finite",
-            "watch_seconds"),
-    "inf": (lambda f, r: _text_value(f, r, "watch_seconds", "inf"), "not_finite",
-            "watch_seconds"),
-    "empty required field": (lambda f, r: _text_value(f, r, "user_id", None), "missing_value",
-                             "user_id"),
-    "out-of-range number": (lambda f, r: _text_value(f, r, "clicked", 3), "out_of_range",
-                            "clicked"),
+    "wrong type": (
+        lambda f, r: _text_value(f, r, "watch_seconds", "12.5s"),
+        "wrong_type",
+        "watch_seconds",
+    ),
+    "NaN": (lambda f, r: _text_value(f, r, "watch_seconds", "NaN"), "not_finite", "watch_seconds"),
+    "inf": (lambda f, r: _text_value(f, r, "watch_seconds", "inf"), "not_finite", "watch_seconds"),
+    "empty required field": (
+        lambda f, r: _text_value(f, r, "user_id", None),
+        "missing_value",
+        "user_id",
+    ),
+    "out-of-range number": (
+        lambda f, r: _text_value(f, r, "clicked", 3),
+        "out_of_range",
+        "clicked",
+    ),
     "fractional int": (lambda f, r: _text_value(f, r, "clicked", 0.5), "wrong_type", "clicked"),
-    "future timestamp": (lambda f, r: _text_value(f, r, "event_ts", "2099-06-01T00:00:00Z"),
-                         "future_timestamp", "event_ts"),
-    "unparseable timestamp": (lambda f, r: _text_value(f, r, "event_ts", "yesterday"),
-                              "wrong_type", "event_ts"),
-    "duplicate event ids": (lambda f, r: _text_value(f, r, "event_id", f["event_id"].iloc[0]),
-                            "duplicate_key", "event_id"),
-    "unknown user": (lambda f, r: _text_value(f, r, "user_id", "u999999"), "unknown_user_id",
-                     "user_id"),
-    "unknown item": (lambda f, r: _text_value(f, r, "item_id", "v999999"), "unknown_item_id",
-                     "item_id"),
-    "watch longer than video": (lambda f, r: _text_value(f, r, "watch_seconds", 86000.0),
-                                "watch_exceeds_duration", "watch_seconds"),
+    "future timestamp": (
+        lambda f, r: _text_value(f, r, "event_ts", "2099-06-01T00:00:00Z"),
+        "future_timestamp",
+        "event_ts",
+    ),
+    "unparseable timestamp": (
+        lambda f, r: _text_value(f, r, "event_ts", "yesterday"),
+        "wrong_type",
+        "event_ts",
+    ),
+    "duplicate event ids": (
+        lambda f, r: _text_value(f, r, "event_id", f["event_id"].iloc[0]),
+        "duplicate_key",
+        "event_id",
+    ),
+    "unknown user": (
+        lambda f, r: _text_value(f, r, "user_id", "u999999"),
+        "unknown_user_id",
+        "user_id",
+    ),
+    "unknown item": (
+        lambda f, r: _text_value(f, r, "item_id", "v999999"),
+        "unknown_item_id",
+        "item_id",
+    ),
+    "watch longer than video": (
+        lambda f, r: _text_value(f, r, "watch_seconds", 86000.0),
+        "watch_exceeds_duration",
+        "watch_seconds",
+    ),
 }
 
 
@@ -160,10 +196,13 @@ def test_bad_rows_are_quarantined_with_reason_and_original(fault, tiny_data, tmp
     kept = [json.loads(text)["event_id"] for text in quarantine["original"]]
     if fault != "duplicate event ids":
         assert kept == originals
-    accepted = counts["train_events"] + counts["eval_events"] \
-        + counts["impressions_before_window"] + counts["impressions_at_or_after_as_of"]
-    assert accepted + counts["impressions_quarantined"] == counts["impressions_read"] \
-        == len(events)
+    accepted = (
+        counts["train_events"]
+        + counts["eval_events"]
+        + counts["impressions_before_window"]
+        + counts["impressions_at_or_after_as_of"]
+    )
+    assert accepted + counts["impressions_quarantined"] == counts["impressions_read"] == len(events)
 
 
 def test_latin1_text_is_quarantined_unless_declared(tiny_data, tmp_path):
@@ -182,8 +221,9 @@ def test_latin1_text_is_quarantined_unless_declared(tiny_data, tmp_path):
 
     counts, outputs = _ingest(data, tmp_path / "declared", input_encoding="latin-1")
     assert counts["quarantined"] == 0
-    accepted = pd.concat([read_dataset(outputs["train_events"]),
-                          read_dataset(outputs["eval_events"])])
+    accepted = pd.concat(
+        [read_dataset(outputs["train_events"]), read_dataset(outputs["eval_events"])]
+    )
     assert (accepted["note"] == "Zoë à São Paulo").sum() == 3
 
     events.to_csv(data / "impressions.csv", index=False, encoding="utf-8")  # UTF-8 is fine
@@ -210,8 +250,7 @@ def test_duplicate_and_unknown_ids_in_reference_and_feature_tables(tiny_data, tm
     assert counts["serving_log_quarantined"] == 0  # serving meets new users; not an error
 
 
-def test_reject_rate_above_limit_fails_naming_reasons_examples_and_quarantine(tiny_data,
-                                                                              tmp_path):
+def test_reject_rate_above_limit_fails_naming_reasons_examples_and_quarantine(tiny_data, tmp_path):
     data = _copy_of(tiny_data, tmp_path)
     events = pd.read_parquet(data / "impressions.parquet")
     events["watch_seconds"] = events["watch_seconds"].map(lambda s: f"{s}s")
@@ -230,7 +269,9 @@ def test_reject_rate_above_limit_fails_naming_reasons_examples_and_quarantine(ti
     assert len(read_dataset(quarantine_dir)) == len(events)  # written before failing
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.dictionaries(st.integers(0, 199), st.sampled_from(sorted(FAULTS)), max_size=12))
 def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_factory, faults):
     """Any mix of faults on any rows: exactly the faulty rows are quarantined, each
@@ -238,7 +279,7 @@ def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_
     tmp_path = tmp_path_factory.mktemp("mix")
     data = _copy_of(tiny_data, tmp_path)
     events = pd.read_parquet(data / "impressions.parquet")
-    events = events.iloc[::len(events) // 200].iloc[:200].reset_index(drop=True)
+    events = events.iloc[:: len(events) // 200].iloc[:200].reset_index(drop=True)
     events["event_ts"] = events["event_ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     for row, fault in faults.items():
         if fault == "duplicate event ids":  # duplicate of row 0 (which stays clean)
@@ -251,8 +292,11 @@ def test_every_row_is_accepted_or_quarantined_for_its_fault(tiny_data, tmp_path_
     events.to_csv(data / "impressions.csv", index=False)
     counts, outputs = _ingest(data, tmp_path, max_reject_rate=1.0)
     quarantine = read_dataset(outputs["quarantine"])
-    expected = {row + 1: FAULTS[fault][1] for row, fault in faults.items()
-                if not (fault == "duplicate event ids" and row == 0)}
+    expected = {
+        row + 1: FAULTS[fault][1]
+        for row, fault in faults.items()
+        if not (fault == "duplicate event ids" and row == 0)
+    }
     assert dict(zip(quarantine["row"], quarantine["reason"], strict=True)) == expected
     assert counts["impressions_read"] == 200
     assert counts["impressions_accepted"] + counts["impressions_quarantined"] == 200
@@ -262,8 +306,11 @@ def test_missing_required_column_stops_ingest_naming_table_and_column(tiny_data,
     data = _copy_of(tiny_data, tmp_path)
     users = pd.read_parquet(data / "users.parquet").drop(columns=["device"])
     users.to_parquet(data / "users.parquet")
-    with pytest.raises(DataError, match=r"table 'users' .*users.parquet.*: required column "
-                                        r"'device' is missing"):
+    with pytest.raises(
+        DataError,
+        match=r"table 'users' .*users.parquet.*: required column "
+        r"'device' is missing",
+    ):
         _ingest(data, tmp_path)
 
 
@@ -281,7 +328,10 @@ def test_parquet_null_nan_and_inf_are_told_apart(tiny_data, tmp_path):
     counts, outputs = _ingest(data, tmp_path)
     quarantine = read_dataset(outputs["quarantine"])
     assert dict(zip(quarantine["row"], quarantine["reason"], strict=True)) == {
-        11: "not_finite", 12: "not_finite", 13: "missing_value"}
+        11: "not_finite",
+        12: "not_finite",
+        13: "missing_value",
+    }
 
 
 def test_history_lists_in_the_serving_log_are_checked(tiny_data, tmp_path):
@@ -290,8 +340,9 @@ def test_history_lists_in_the_serving_log_are_checked(tiny_data, tmp_path):
     data = _copy_of(tiny_data, tmp_path)
     serving = pd.read_parquet(data / "serving_log.parquet")
     # Rows of the last half day: ingest keeps the serving log of the run's last day.
-    last_day = serving.index[serving["event_ts"] >= serving["event_ts"].max()
-                             - pd.Timedelta(hours=12)]
+    last_day = serving.index[
+        serving["event_ts"] >= serving["event_ts"].max() - pd.Timedelta(hours=12)
+    ]
     as_text, too_long = last_day[0], last_day[1]
     history = serving["user_history_items"].map(list)
     history[too_long] = [f"v{i}" for i in range(51)]

@@ -40,13 +40,18 @@ class KfpApi:
         if route == f"{API}/runs" and method == "POST":
             return 200, {"run_id": "run-1", **body}
         if route == f"{API}/recurringruns" and method == "POST":
-            job = {"recurring_run_id": f"job-{len(self.recurring) + 1}", "status": "ENABLED",
-                   **body}
+            job = {
+                "recurring_run_id": f"job-{len(self.recurring) + 1}",
+                "status": "ENABLED",
+                **body,
+            }
             self.recurring[job["recurring_run_id"]] = job
             return 200, job
         if route == f"{API}/recurringruns" and method == "GET":
-            return 200, {"recurringRuns": list(self.recurring.values()),
-                         "total_size": len(self.recurring)}
+            return 200, {
+                "recurringRuns": list(self.recurring.values()),
+                "total_size": len(self.recurring),
+            }
         if route.startswith(f"{API}/recurringruns/") and route.endswith(":disable"):
             self.recurring[route.split("/")[-1].split(":")[0]]["status"] = "DISABLED"
             return 200, {}
@@ -86,15 +91,36 @@ def kfp_api():
 
 
 def _posted(api: KfpApi, route: str) -> list[dict]:
-    return [body for method, path, body in api.requests
-            if method == "POST" and path.split("?")[0] == f"{API}/{route}"]
+    return [
+        body
+        for method, path, body in api.requests
+        if method == "POST" and path.split("?")[0] == f"{API}/{route}"
+    ]
 
 
 def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsys):
-    assert recsys_main(["submit", "--host", kfp_api.host, "--experiment", "recsys-test",
-                        "--image", "registry.example/recsys:1.2.3",
-                        "--param", "data_root=/data/raw", "--param", "serving_root=/models",
-                        "--param", "lookback_days=7", "--param", "warm_start=true"]) == 0
+    assert (
+        recsys_main(
+            [
+                "submit",
+                "--host",
+                kfp_api.host,
+                "--experiment",
+                "recsys-test",
+                "--image",
+                "registry.example/recsys:1.2.3",
+                "--param",
+                "data_root=/data/raw",
+                "--param",
+                "serving_root=/models",
+                "--param",
+                "lookback_days=7",
+                "--param",
+                "warm_start=true",
+            ]
+        )
+        == 0
+    )
     assert "submitted run run-1 to experiment 'recsys-test'" in capsys.readouterr().out
     experiment = _posted(kfp_api, "experiments")[0]
     assert experiment["display_name"] == "recsys-test"
@@ -105,16 +131,36 @@ def test_submit_sends_the_compiled_pipeline_with_typed_parameters(kfp_api, capsy
     image = spec["root"]["inputDefinitions"]["parameters"]["image"]
     assert image["defaultValue"] == "registry.example/recsys:1.2.3"
     assert run["runtime_config"]["parameters"] == {
-        "data_root": "/data/raw", "serving_root": "/models", "lookback_days": 7,
-        "warm_start": True}
+        "data_root": "/data/raw",
+        "serving_root": "/models",
+        "lookback_days": 7,
+        "warm_start": True,
+    }
 
 
 def test_schedule_creates_lists_disables_and_deletes_recurring_runs(kfp_api, capsys):
-    assert recsys_main(["schedule", "--host", kfp_api.host, "--cron", "0 0 3 * * *",
-                        "--no-catchup", "--max-concurrency", "1",
-                        "--param", "data_root=/data/raw", "--param", "serving_root=/models"]) == 0
-    assert "created recurring run job-1 ('recsys-daily', cron '0 0 3 * * *'" in \
-        capsys.readouterr().out
+    assert (
+        recsys_main(
+            [
+                "schedule",
+                "--host",
+                kfp_api.host,
+                "--cron",
+                "0 0 3 * * *",
+                "--no-catchup",
+                "--max-concurrency",
+                "1",
+                "--param",
+                "data_root=/data/raw",
+                "--param",
+                "serving_root=/models",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "created recurring run job-1 ('recsys-daily', cron '0 0 3 * * *'" in capsys.readouterr().out
+    )
     job = _posted(kfp_api, "recurringruns")[0]
     assert job["display_name"] == "recsys-daily"
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
@@ -122,8 +168,10 @@ def test_schedule_creates_lists_disables_and_deletes_recurring_runs(kfp_api, cap
     assert job["mode"] == "ENABLE"
     # Each run's window ends at its scheduled time: KFP's controller fills the macro in.
     assert job["runtime_config"]["parameters"] == {
-        "as_of": "[[ScheduledTime.2006-01-02T15:04:05Z]]", "data_root": "/data/raw",
-        "serving_root": "/models"}
+        "as_of": "[[ScheduledTime.2006-01-02T15:04:05Z]]",
+        "data_root": "/data/raw",
+        "serving_root": "/models",
+    }
     assert job["pipeline_spec"]["pipelineInfo"]["name"] == "recsys-pipeline"
 
     assert recsys_main(["schedule", "--host", kfp_api.host, "--list"]) == 0

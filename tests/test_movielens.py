@@ -38,12 +38,19 @@ def write_movielens(directory, ratings, items, users):
 
 @pytest.fixture()
 def small_movielens(tmp_path):
-    ratings = [(1, 10, 5, T0), (1, 11, 2, T0 + 3600), (2, 10, 4, T0 + DAY),
-               (2, 12, 3, T0 + 2 * DAY), (1, 12, 4, T0 + 9 * DAY),
-               (3, 99, 5, T0 + 3 * DAY)]  # movie 99 is not in u.item
-    items = [(10, "Amélie (2001)", {"Comedy", "Drama"}),  # latin-1
-             (11, 'The "Quoted" One (1990)', {"Action"}),  # a quote must not open a field
-             (12, "No Genre (1993)", set())]
+    ratings = [
+        (1, 10, 5, T0),
+        (1, 11, 2, T0 + 3600),
+        (2, 10, 4, T0 + DAY),
+        (2, 12, 3, T0 + 2 * DAY),
+        (1, 12, 4, T0 + 9 * DAY),
+        (3, 99, 5, T0 + 3 * DAY),
+    ]  # movie 99 is not in u.item
+    items = [
+        (10, "Amélie (2001)", {"Comedy", "Drama"}),  # latin-1
+        (11, 'The "Quoted" One (1990)', {"Action"}),  # a quote must not open a field
+        (12, "No Genre (1993)", set()),
+    ]
     users = [(1, "55105"), (2, "T8H1N"), (3, "02139")]
     source = tmp_path / "ml"
     write_movielens(source, ratings, items, users)
@@ -88,9 +95,11 @@ def test_feature_rows_count_only_the_past_seven_days(small_movielens, tmp_path):
     events = pd.DataFrame(ratings, columns=["user", "item", "rating", "ts"])
     events = events[events["item"] != 99]  # unlisted movies get no feature rows
     for _, row in features.iterrows():
-        mine = events[(("u" + events["user"].astype(str)) == row["user_id"])
-                      & (events["ts"] < row["feature_ts"])
-                      & (events["ts"] >= row["feature_ts"] - 7 * DAY)]
+        mine = events[
+            (("u" + events["user"].astype(str)) == row["user_id"])
+            & (events["ts"] < row["feature_ts"])
+            & (events["ts"] >= row["feature_ts"] - 7 * DAY)
+        ]
         assert row["user_impressions_7d"] == len(mine)
         assert row["user_clicks_7d"] == (mine["rating"] >= 4).sum()
     # u1's rating on day 9 is not visible in the snapshot of day 9's midnight
@@ -116,8 +125,9 @@ def test_schemas_and_parameters_fit_the_data(small_movielens, tmp_path):
 
 
 def test_cli_reports_a_missing_layout(tmp_path, capsys):
-    assert cli.main(["import-movielens", "--src", str(tmp_path), "--out",
-                     str(tmp_path / "out")]) == 2
+    assert (
+        cli.main(["import-movielens", "--src", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    )
     error = capsys.readouterr().err
     assert "u.data" in error and "grouplens.org" in error
 
@@ -131,7 +141,8 @@ def test_unknown_parameter_in_data_config_is_an_error(tmp_path):
 needs_movielens = pytest.mark.skipif(
     not os.path.isfile(os.path.join(ML_100K, "u.data")),
     reason=f"MovieLens 100K not found at {os.path.abspath(ML_100K)} (not redistributable, so "
-           "not in the repository); download ml-100k.zip from grouplens.org and unzip it there")
+    "not in the repository); download ml-100k.zip from grouplens.org and unzip it there",
+)
 
 
 @needs_movielens
@@ -146,8 +157,9 @@ def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
     assert counts["impressions"] == len(ratings) == 100_000
     impressions = pd.read_parquet(out / "impressions.parquet")
     assert impressions["clicked"].sum() == (ratings["rating"] >= 4).sum()
-    assert np.array_equal(np.sort(impressions["event_ts"].astype("int64") // 10**9),
-                          np.sort(ratings["timestamp"]))
+    assert np.array_equal(
+        np.sort(impressions["event_ts"].astype("int64") // 10**9), np.sort(ratings["timestamp"])
+    )
     config = data_config(str(out))
     # Raises ValidationFailed on any blocking anomaly against the written schemas.
     result = check_span(str(out), str(tmp_path / "check"), config)
@@ -173,15 +185,16 @@ def test_recsys_run_on_movielens(tmp_path):
     workdir = tmp_path / "run"
     config = tmp_path / "fast.yaml"  # fewer epochs: this test checks the path, not quality
     config.write_text("retrieval_epochs: 3\nranking_epochs: 1\n")
-    result = recsys("run", "--data", str(data), "--workdir", str(workdir), "--config",
-                    str(config))
+    result = recsys("run", "--data", str(data), "--workdir", str(workdir), "--config", str(config))
     assert result.returncode == 0, result.stderr[-5000:]
     assert f"parameters from {data / 'recsys.yaml'}" in result.stderr
     outputs = json.loads((workdir / "outputs.json").read_text())
     ingested = outputs["ingest_metrics"]["metadata"]
     impressions = pd.read_parquet(data / "impressions.parquet")
-    unlisted = (~impressions["item_id"].isin(pd.read_parquet(data / "items.parquet")["item_id"]))
-    assert ingested["quarantined"] == ingested.get("quarantined_unknown_item_id", 0) == unlisted.sum()
+    unlisted = ~impressions["item_id"].isin(pd.read_parquet(data / "items.parquet")["item_id"])
+    assert (
+        ingested["quarantined"] == ingested.get("quarantined_unknown_item_id", 0) == unlisted.sum()
+    )
     retrieval = outputs["retrieval_metrics"]["metadata"]
     assert retrieval["catalog_items"] == len(pd.read_parquet(data / "items.parquet"))
     assert retrieval["recall_at_50"] > retrieval["popularity_recall_at_50"]

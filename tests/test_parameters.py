@@ -33,8 +33,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def shim_parameters(stage: str) -> dict[str, type]:
     """A stage shim's parameters (not its artifacts): name -> type."""
     hints = typing.get_type_hints(STAGES[stage], include_extras=True)
-    return {name: hints[name] for name in inspect.signature(STAGES[stage]).parameters
-            if not type_annotations.is_Input_Output_artifact_annotation(hints[name])}
+    return {
+        name: hints[name]
+        for name in inspect.signature(STAGES[stage]).parameters
+        if not type_annotations.is_Input_Output_artifact_annotation(hints[name])
+    }
 
 
 class RecordingStages(InProcessStages):
@@ -47,8 +50,14 @@ class RecordingStages(InProcessStages):
     def _run(self, name, arguments):
         self.calls[name] = arguments
         hints = typing.get_type_hints(STAGES[name], include_extras=True)
-        return Task(name, {output: object() for output, annotation in hints.items()
-                           if type_annotations.is_artifact_wrapped_in_Output(annotation)})
+        return Task(
+            name,
+            {
+                output: object()
+                for output, annotation in hints.items()
+                if type_annotations.is_artifact_wrapped_in_Output(annotation)
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +71,11 @@ def test_the_wiring_passes_each_shim_exactly_its_parameters_typed(wired):
     assert list(wired) == list(STAGES)
     for stage, arguments in wired.items():
         hints = typing.get_type_hints(STAGES[stage], include_extras=True)
-        inputs = [name for name in inspect.signature(STAGES[stage]).parameters
-                  if not type_annotations.is_artifact_wrapped_in_Output(hints[name])]
+        inputs = [
+            name
+            for name in inspect.signature(STAGES[stage]).parameters
+            if not type_annotations.is_artifact_wrapped_in_Output(hints[name])
+        ]
         assert sorted(arguments) == sorted(inputs), stage  # every input, nothing else
         expected = shim_parameters(stage)
         for name, kind in expected.items():
@@ -99,8 +111,10 @@ def test_the_compiled_pipeline_has_the_declared_names_types_and_defaults(tmp_pat
     kinds = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN"}
     for name, p in declared.items():
         parameter_spec = compiled[name]
-        assert pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(
-            parameter_spec.parameter_type) == kinds[p.type], name
+        assert (
+            pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(parameter_spec.parameter_type)
+            == kinds[p.type]
+        ), name
         if p.default is dataclasses.MISSING:
             assert not parameter_spec.is_optional, name
             continue
@@ -119,8 +133,10 @@ def test_a_parameter_declared_twice_differently_is_an_error(monkeypatch):
         seed: int = parameter(7, "another seed", shared=True)
 
     monkeypatch.setattr(pipeline_parameters_module, "CONFIGS", (*CONFIGS, Clashing))
-    with pytest.raises(TypeError, match="'seed' is declared as int = 42 by RetrievalConfig and "
-                                        "as int = 7 by Clashing"):
+    with pytest.raises(
+        TypeError,
+        match="'seed' is declared as int = 42 by RetrievalConfig and as int = 7 by Clashing",
+    ):
         pipeline_parameters_module.pipeline_parameters()
 
 
@@ -129,14 +145,17 @@ def test_arguments_are_checked_by_name():
         with_defaults({"data_root": "d", "serving_root": "s", "lookback_dayz": 3})
     with pytest.raises(ValueError, match=r"\['serving_root'\] are required"):
         with_defaults({"data_root": "d"})
-    assert with_defaults({"data_root": "d", "serving_root": "s"}).of(RunConfig)["warm_start"] \
-        is False
+    assert (
+        with_defaults({"data_root": "d", "serving_root": "s"}).of(RunConfig)["warm_start"] is False
+    )
 
 
 def test_the_parameter_reference_is_current():
     with open(os.path.join(ROOT, "docs", "parameters.md")) as handle:
-        assert handle.read() == parameters_markdown(), \
-            "docs/parameters.md is stale: regenerate it with `recsys parameters > docs/parameters.md`"
+        assert handle.read() == parameters_markdown(), (
+            "docs/parameters.md is stale: regenerate it with "
+            "`recsys parameters > docs/parameters.md`"
+        )
 
 
 def test_the_readme_example_config_uses_real_parameters():
@@ -148,5 +167,8 @@ def test_the_readme_example_config_uses_real_parameters():
     assert example and set(example) <= set(declared), set(example) - set(declared)
     for name, value in example.items():
         kind = declared[name].type
-        assert isinstance(value, kind) or (kind is float and isinstance(value, int)) \
-            or (name == "beam_pipeline_args" and isinstance(value, list)), (name, value)
+        assert (
+            isinstance(value, kind)
+            or (kind is float and isinstance(value, int))
+            or (name == "beam_pipeline_args" and isinstance(value, list))
+        ), (name, value)

@@ -6,8 +6,17 @@ from recsys.app.local_run import load_config
 from recsys.core.provenance import code_version
 from recsys.pipelines.kfp_pipeline import compile_pipeline
 
-STAGES = ["ingest", "join-features", "validate", "transform-features", "train-retrieval",
-          "train-ranking", "infra-validate", "evaluate", "push"]
+STAGES = [
+    "ingest",
+    "join-features",
+    "validate",
+    "transform-features",
+    "train-retrieval",
+    "train-ranking",
+    "infra-validate",
+    "evaluate",
+    "push",
+]
 
 
 def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
@@ -19,14 +28,26 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
     assert sorted(tasks["validate"].dependent_tasks) == ["ingest", "join-features"]
     # Nothing is transformed (so nothing trained or pushed) before validate passes.
     assert sorted(tasks["transform-features"].dependent_tasks) == ["join-features", "validate"]
-    assert sorted(tasks["infra-validate"].dependent_tasks) == ["join-features", "train-ranking",
-                                                               "train-retrieval"]
+    assert sorted(tasks["infra-validate"].dependent_tasks) == [
+        "join-features",
+        "train-ranking",
+        "train-retrieval",
+    ]
     # The blessing includes infra validation; push ships the warmup requests it replayed.
-    assert sorted(tasks["evaluate"].dependent_tasks) == ["infra-validate", "join-features",
-                                                         "train-ranking", "train-retrieval"]
-    assert sorted(tasks["push"].dependent_tasks) == ["evaluate", "infra-validate", "ingest",
-                                                     "join-features", "train-ranking",
-                                                     "train-retrieval"]
+    assert sorted(tasks["evaluate"].dependent_tasks) == [
+        "infra-validate",
+        "join-features",
+        "train-ranking",
+        "train-retrieval",
+    ]
+    assert sorted(tasks["push"].dependent_tasks) == [
+        "evaluate",
+        "infra-validate",
+        "ingest",
+        "join-features",
+        "train-ranking",
+        "train-retrieval",
+    ]
     # The image a run used is recorded with every pushed version.
     assert tasks["push"].inputs.parameters["image"].component_input_parameter == "image"
     # One image for every stage: set at compile time, overridable per run.
@@ -41,23 +62,31 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
         # The code version is on the command line, so KFP's cache key covers it.
         assert list(container["args"])[-2:] == ["--code-version", code_version()]
     for name, task in tasks.items():
-        assert task.inputs.parameters["pipelinechannel--image"].component_input_parameter \
-            == "image", name
-    resources = {name.removeprefix("exec-"): executor["container"]["resources"]
-                 for name, executor in executors.items()}
+        assert (
+            task.inputs.parameters["pipelinechannel--image"].component_input_parameter == "image"
+        ), name
+    resources = {
+        name.removeprefix("exec-"): executor["container"]["resources"]
+        for name, executor in executors.items()
+    }
     assert resources["train-retrieval"]["resourceCpuRequest"] == "2"
     assert resources["train-ranking"]["resourceMemoryRequest"] == "8G"
     assert resources["push"]["resourceMemoryLimit"] == "2G"
-    assert all("resourceCpuRequest" in r and "resourceMemoryLimit" in r
-               for r in resources.values())
+    assert all("resourceCpuRequest" in r and "resourceMemoryLimit" in r for r in resources.values())
     # Data stages (and the idempotent push) retry with backoff; nothing else does.
     retried = {name for name, task in tasks.items() if task.retry_policy.max_retry_count}
     assert retried == {"ingest", "join-features", "validate", "transform-features", "push"}
     assert tasks["ingest"].retry_policy.backoff_duration.seconds == 60
     # No cache where a task has side effects or reads what KFP cannot see.
     uncached = {name for name, task in tasks.items() if not task.caching_options.enable_cache}
-    assert uncached == {"ingest", "validate", "train-retrieval", "train-ranking", "evaluate",
-                        "push"}
+    assert uncached == {
+        "ingest",
+        "validate",
+        "train-retrieval",
+        "train-ranking",
+        "evaluate",
+        "push",
+    }
     parameters = spec.root.input_definitions.parameters
     assert "serving_root" in parameters and not parameters["serving_root"].is_optional
     assert parameters["lookback_days"].default_value.number_value == 14
@@ -71,8 +100,10 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
 def test_config_rejects_unknown_parameters(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("lookback_days: 7\nbeam_pipeline_args: ['--direct_num_workers=2']\n")
-    assert load_config(str(config)) == {"lookback_days": 7,
-                                        "beam_pipeline_args": '["--direct_num_workers=2"]'}
+    assert load_config(str(config)) == {
+        "lookback_days": 7,
+        "beam_pipeline_args": '["--direct_num_workers=2"]',
+    }
     config.write_text("lookback_dayz: 7\n")
     try:
         load_config(str(config))

@@ -28,31 +28,47 @@ MODELS = ("retrieval", "ranking")
 
 
 def _leftovers(serving_root):
-    return [d for _, dirs, _ in os.walk(serving_root) for d in dirs
-            if d.startswith((root_.STAGING_PREFIX, root_.TRASH_PREFIX))]
+    return [
+        d
+        for _, dirs, _ in os.walk(serving_root)
+        for d in dirs
+        if d.startswith((root_.STAGING_PREFIX, root_.TRASH_PREFIX))
+    ]
 
 
 def test_push_writes_a_version_its_record_and_the_tf_serving_config(stages, tmp_path):
     serving_root = str(tmp_path / "serving")
-    report = push_stages(stages, serving_root, rerank=RULES_A,
-                         provenance={"data_window": {"as_of": 1}, "image": "img:1"})
+    report = push_stages(
+        stages,
+        serving_root,
+        rerank=RULES_A,
+        provenance={"data_window": {"as_of": 1}, "image": "img:1"},
+    )
     assert report["pushed"] and report["version"] == 1
     for name in MODELS:
         version_dir = os.path.join(serving_root, name, "1")
         records = list(tf.data.TFRecordDataset(os.path.join(version_dir, WARMUP_FILE)))
         assert len(records) == 16  # Budgets.warmup_records, all replayed by infra validation
-        request = prediction_log_pb2.PredictionLog.FromString(records[0].numpy()).predict_log.request
+        request = prediction_log_pb2.PredictionLog.FromString(
+            records[0].numpy()
+        ).predict_log.request
         assert request.model_spec.name == name
         signature = tf.saved_model.load(version_dir).signatures["serving_default"]
         assert set(request.inputs) == set(signature.structured_input_signature[1])
     snapshot = os.path.join(serving_root, SNAPSHOT_DIR, "1")
-    assert sorted(os.listdir(snapshot)) == ["item_embeddings", "items", "rerank.json", "schemas",
-                                            "users"]
+    assert sorted(os.listdir(snapshot)) == [
+        "item_embeddings",
+        "items",
+        "rerank.json",
+        "schemas",
+        "users",
+    ]
 
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
     config = root_.read_config(serving_root).model_config_list.config
-    assert [c.base_path for c in config] == [os.path.join(os.path.abspath(serving_root), n)
-                                             for n in ("ranking", "retrieval")]
+    assert [c.base_path for c in config] == [
+        os.path.join(os.path.abspath(serving_root), n) for n in ("ranking", "retrieval")
+    ]
     record = root_.read_record(serving_root, 1)
     assert record["content_hash"] == report["content_hash"]
     assert record["blessing"]["blessed"] and record["image"] == "img:1"
@@ -87,8 +103,11 @@ def test_a_failed_copy_leaves_no_version_and_no_staging(stages, tmp_path):
     serving_root = str(tmp_path / "serving")
     missing = str(tmp_path / "no_such_model")  # injected fault: the second model vanished
     with pytest.raises(OSError):
-        push_stages(stages, serving_root, models={"retrieval": stages["paths"]["retrieval_model"],
-                                                  "ranking": missing})
+        push_stages(
+            stages,
+            serving_root,
+            models={"retrieval": stages["paths"]["retrieval_model"], "ranking": missing},
+        )
     for name in (*MODELS, SNAPSHOT_DIR):
         assert root_.version_dirs(serving_root, name) == []
     assert _leftovers(serving_root) == [] and root_.served_versions(serving_root) == {}
@@ -97,8 +116,9 @@ def test_a_failed_copy_leaves_no_version_and_no_staging(stages, tmp_path):
 def test_keeps_the_newest_versions(stages, tmp_path):
     serving_root = str(tmp_path / "serving")
     for number in range(4):
-        report = push_stages(stages, serving_root, rerank=json.dumps({"k": 10 + number}),
-                             keep_versions=2)
+        report = push_stages(
+            stages, serving_root, rerank=json.dumps({"k": 10 + number}), keep_versions=2
+        )
     assert report["version"] == 4 and report["removed_versions"] == [2]
     for name in (*MODELS, SNAPSHOT_DIR):
         assert root_.version_dirs(serving_root, name) == [3, 4]
@@ -113,13 +133,27 @@ def test_rollback_round_trip(stages, tmp_path, capsys):
     push_stages(stages, serving_root, rerank=RULES_A)
     push_stages(stages, serving_root, rerank=RULES_B)
 
-    assert recsys_main(["rollback", "--serving-root", serving_root, "--model", "ranking",
-                        "--reason", "CTR dropped"]) == 0
+    assert (
+        recsys_main(
+            [
+                "rollback",
+                "--serving-root",
+                serving_root,
+                "--model",
+                "ranking",
+                "--reason",
+                "CTR dropped",
+            ]
+        )
+        == 0
+    )
     assert "ranking: now serving version 1 (was 2)" in capsys.readouterr().out
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 2}
     assert ServedModels(serving_root, list(MODELS)).versions == {"ranking": 1, "retrieval": 2}
-    assert InProcessBackend.from_serving_root(serving_root).versions == {"ranking": 1,
-                                                                          "retrieval": 2}
+    assert InProcessBackend.from_serving_root(serving_root).versions == {
+        "ranking": 1,
+        "retrieval": 2,
+    }
     rollback = root_.events(serving_root)[-1]
     assert rollback["kind"] == "rollback" and rollback["reason"] == "CTR dropped"
     assert (rollback["from_version"], rollback["to_version"]) == (2, 1)
@@ -127,8 +161,10 @@ def test_rollback_round_trip(stages, tmp_path, capsys):
     # Nothing older than 1 to go back to; version 9 does not exist: clear errors.
     assert recsys_main(["rollback", "--serving-root", serving_root, "--model", "ranking"]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
-    assert recsys_main(["rollback", "--serving-root", serving_root, "--model", "ranking",
-                        "--to", "9"]) == 2
+    assert (
+        recsys_main(["rollback", "--serving-root", serving_root, "--model", "ranking", "--to", "9"])
+        == 2
+    )
     assert "no complete version 9" in capsys.readouterr().err
 
     root_.rollback(serving_root, "ranking", to=2)
@@ -144,6 +180,7 @@ def test_rollback_round_trip(stages, tmp_path, capsys):
 
 
 # --- SIGKILL at random points ------------------------------------------------------
+
 
 def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
     """Read the root as TF Serving does (numeric directories under each base path, and
@@ -167,18 +204,24 @@ def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
 def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_path):
     serving_root = str(tmp_path / "serving")
     paths = stages["paths"]
-    arguments = {"blessing_path": paths["blessing"],
-                 "models": {"retrieval": paths["retrieval_model"],
-                            "ranking": paths["ranking_model"]},
-                 "warmup_dir": paths["warmup_requests"],
-                 "snapshots": {"users": paths["user_snapshot"], "items": paths["item_snapshot"]},
-                 "serving_root": serving_root, "config": PushConfig(keep_versions=3)}
+    arguments = {
+        "blessing_path": paths["blessing"],
+        "models": {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]},
+        "warmup_dir": paths["warmup_requests"],
+        "snapshots": {"users": paths["user_snapshot"], "items": paths["item_snapshot"]},
+        "serving_root": serving_root,
+        "config": PushConfig(keep_versions=3),
+    }
     contents = ['{"k": 10}', '{"k": 12}', '{"k": 14}']
     # Complete versions of each content, to know what every complete directory hashes to.
     for rules in contents:
         push(**arguments, rerank=rules)
-    expected = {name: {root_.content_hash({"": os.path.join(serving_root, name, str(v))})
-                       for v in (1, 2, 3)} for name in (*MODELS, SNAPSHOT_DIR)}
+    expected = {
+        name: {
+            root_.content_hash({"": os.path.join(serving_root, name, str(v))}) for v in (1, 2, 3)
+        }
+        for name in (*MODELS, SNAPSHOT_DIR)
+    }
     assert len(expected[SNAPSHOT_DIR]) == 3 and len(expected["retrieval"]) == 1
 
     # Children fork from a server that has imported push but not TensorFlow, so each

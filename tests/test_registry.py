@@ -17,13 +17,27 @@ from recsys.core.features import RegistryError, load_registry
 from recsys.core.requests import serving_contract
 from recsys.core.schemas import SCHEMA_DIR
 
-USER = ["user_id", "country", "device", "user_impressions_7d", "user_clicks_7d",
-        "user_watch_seconds_7d", "user_features_missing", "user_history_items",
-        "user_history_count", "user_history_mean_watch_seconds"]
+USER = [
+    "user_id",
+    "country",
+    "device",
+    "user_impressions_7d",
+    "user_clicks_7d",
+    "user_watch_seconds_7d",
+    "user_features_missing",
+    "user_history_items",
+    "user_history_count",
+    "user_history_mean_watch_seconds",
+]
 CONTEXT = ["hour_of_day", "day_of_week"]
 CANDIDATE = ["item_id", "category", "creator_id", "duration_s"]
-ITEM_STATISTICS = ["item_age_days", "item_impressions_7d", "item_clicks_7d", "item_ctr_7d",
-                   "item_features_missing"]
+ITEM_STATISTICS = [
+    "item_age_days",
+    "item_impressions_7d",
+    "item_clicks_7d",
+    "item_ctr_7d",
+    "item_features_missing",
+]
 
 
 def test_the_packaged_registry_gives_each_model_its_features_in_order():
@@ -34,8 +48,11 @@ def test_the_packaged_registry_gives_each_model_its_features_in_order():
     assert [c.name for c in registry.tower_crosses("ranking")] == ["history_has_item"]
     assert registry.side("user") == USER and registry.side("item") == CANDIDATE + ITEM_STATISTICS
     assert registry.labels == ["clicked", "watch_seconds"]
-    assert (registry.role("category"), registry.role("creator"), registry.role("item_age")) \
-        == ("category", "creator_id", "item_age_days")
+    assert (registry.role("category"), registry.role("creator"), registry.role("item_age")) == (
+        "category",
+        "creator_id",
+        "item_age_days",
+    )
     assert registry["hour_of_day"].cardinality == 24 and registry["day_of_week"].cardinality == 7
     assert serving_contract("retrieval", registry)["user_history_items"] == ("string", 2)
     assert serving_contract("ranking", registry)["item_ctr_7d"] == ("float32", 1)
@@ -63,34 +80,71 @@ def _edit(path, old, new):
         handle.write(text.replace(old, new))
 
 
-@pytest.mark.parametrize("file, old, new, message", [
-    # A registry feature the examples schema lacks.
-    (FEATURES_FILE, "  hour_of_day:", "  language: {group: user, source: users, transform: "
-     "vocabulary, models: [ranking]}\n  hour_of_day:",
-     "feature 'language' is not in examples.schema.pbtxt. Declare its type there too"),
-    # An examples schema feature the registry lacks.
-    (FEATURES_FILE, "  device:                 {group: user, source: users, transform: "
-     "vocabulary, models: [retrieval.query, ranking]}\n", "",
-     "examples schema feature 'device' is not in the registry"),
-    # A transform that does not fit the type.
-    (FEATURES_FILE, "country:                {group: user, source: users, transform: vocabulary",
-     "country:                {group: user, source: users, transform: z_score",
-     "feature 'country': transform z_score needs int64 or float32 values; the schema says "
-     "string"),
-    (FEATURES_FILE, "role: category,", "role: genre,", "role 'genre' is not one of"),
-    (FEATURES_FILE, "models: [ranking]}\n  item_impressions_7d",
-     "modle: [ranking]}\n  item_impressions_7d", "has unknown key(s) ['modle']"),
-    (FEATURES_FILE, "transform: sequence, of: item_id", "transform: sequence, of: creator",
-     "a sequence needs 'of: <a vocabulary feature>'"),
-    # A label that serving would have to send.
-    ("examples.schema.pbtxt", '  int_domain { min: 0 max: 1 }\n  not_in_environment: "SERVING"',
-     "  int_domain { min: 0 max: 1 }", "feature 'clicked': a label must be not_in_environment"),
-    # A category without its range.
-    ("examples.schema.pbtxt", "int_domain { min: 0 max: 23 }", "int_domain { min: 0 }",
-     "feature 'hour_of_day': a category needs an int_domain"),
-])
+@pytest.mark.parametrize(
+    "file, old, new, message",
+    [
+        # A registry feature the examples schema lacks.
+        (
+            FEATURES_FILE,
+            "  hour_of_day:",
+            "  language: {group: user, source: users, transform: "
+            "vocabulary, models: [ranking]}\n  hour_of_day:",
+            "feature 'language' is not in examples.schema.pbtxt. Declare its type there too",
+        ),
+        # An examples schema feature the registry lacks.
+        (
+            FEATURES_FILE,
+            "  device:                 {group: user, source: users, transform: "
+            "vocabulary, models: [retrieval.query, ranking]}\n",
+            "",
+            "examples schema feature 'device' is not in the registry",
+        ),
+        # A transform that does not fit the type.
+        (
+            FEATURES_FILE,
+            "country:                {group: user, source: users, transform: vocabulary",
+            "country:                {group: user, source: users, transform: z_score",
+            "feature 'country': transform z_score needs int64 or float32 values; the schema says "
+            "string",
+        ),
+        (FEATURES_FILE, "role: category,", "role: genre,", "role 'genre' is not one of"),
+        (
+            FEATURES_FILE,
+            "models: [ranking]}\n  item_impressions_7d",
+            "modle: [ranking]}\n  item_impressions_7d",
+            "has unknown key(s) ['modle']",
+        ),
+        (
+            FEATURES_FILE,
+            "transform: sequence, of: item_id",
+            "transform: sequence, of: creator",
+            "a sequence needs 'of: <a vocabulary feature>'",
+        ),
+        (
+            FEATURES_FILE,
+            "user_clicks_7d:         {group: user, source: user_features,",
+            "user_clicks_7d:         {group: user, default: none, source: user_features,",
+            "feature 'user_clicks_7d': default 'none' is not a float32 value",
+        ),
+        # A label that serving would have to send.
+        (
+            "examples.schema.pbtxt",
+            '  int_domain { min: 0 max: 1 }\n  not_in_environment: "SERVING"',
+            "  int_domain { min: 0 max: 1 }",
+            "feature 'clicked': a label must be not_in_environment",
+        ),
+        # A category without its range.
+        (
+            "examples.schema.pbtxt",
+            "int_domain { min: 0 max: 23 }",
+            "int_domain { min: 0 }",
+            "feature 'hour_of_day': a category needs an int_domain",
+        ),
+    ],
+)
 def test_a_registry_that_disagrees_with_the_schemas_names_file_feature_and_fix(
-        file, old, new, message, tmp_path):
+    file, old, new, message, tmp_path
+):
     directory = _schemas(tmp_path)
     _edit(os.path.join(directory, file), old, new)
     with pytest.raises(RegistryError) as error:
@@ -103,10 +157,14 @@ def test_a_broken_registry_stops_the_run_at_ingest_with_the_reason(tiny_data, tm
     from recsys.app.data_check import check_span
 
     directory = _schemas(tmp_path)
-    _edit(os.path.join(directory, FEATURES_FILE), "transform: log_z_score, models: "
-          "[retrieval.candidate", "transform: vocabulary, models: [retrieval.candidate")
-    with pytest.raises(RegistryError, match="feature 'duration_s': transform vocabulary needs "
-                                            "string values"):
+    _edit(
+        os.path.join(directory, FEATURES_FILE),
+        "transform: log_z_score, models: [retrieval.candidate",
+        "transform: vocabulary, models: [retrieval.candidate",
+    )
+    with pytest.raises(
+        RegistryError, match="feature 'duration_s': transform vocabulary needs string values"
+    ):
         check_span(tiny_data, str(tmp_path / "check"), {"schema_dir": directory})
     assert not os.path.exists(tmp_path / "check" / "ingest" / "train_events")
 
@@ -127,5 +185,6 @@ def test_context_columns_are_pandas_utc_hour_and_weekday(seconds):
 
 
 def test_item_age_is_in_days_and_never_negative():
-    np.testing.assert_allclose(item_age_days(np.array([86_400 * 3, 10]), np.array([0, 20])),
-                               [3.0, 0.0])
+    np.testing.assert_allclose(
+        item_age_days(np.array([86_400 * 3, 10]), np.array([0, 20])), [3.0, 0.0]
+    )

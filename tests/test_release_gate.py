@@ -33,23 +33,35 @@ pytestmark = pytest.mark.xdist_group("stages")
 THRESHOLDS = dict(recall_k=20, min_slice_size=5)
 
 
-def _evaluate(stages, models: dict, infra_path: str, serving_root: str, blessing: str,
-              **thresholds) -> dict:
+def _evaluate(
+    stages, models: dict, infra_path: str, serving_root: str, blessing: str, **thresholds
+) -> dict:
     paths = stages["paths"]
-    return evaluate(paths["train_examples"], paths["eval_examples"],
-                    CandidateModels(models["retrieval_model"], models["query_model"],
-                                    models["item_embeddings"], models["ranking_model"]),
-                    paths["eval_item_snapshot"], infra_path,
-                    Thresholds(**{**THRESHOLDS, **thresholds}), RerankConfig(k=10),
-                    blessing, serving_root).blessing
+    return evaluate(
+        paths["train_examples"],
+        paths["eval_examples"],
+        CandidateModels(
+            models["retrieval_model"],
+            models["query_model"],
+            models["item_embeddings"],
+            models["ranking_model"],
+        ),
+        paths["eval_item_snapshot"],
+        infra_path,
+        Thresholds(**{**THRESHOLDS, **thresholds}),
+        RerankConfig(k=10),
+        blessing,
+        serving_root,
+    ).blessing
 
 
 def _failed(blessing: dict) -> list[tuple[str, str, str]]:
-    return [(c["kind"], c["metric"], c["slice"]) for c in blessing["checks"]
-            if c["status"] == "FAIL"]
+    return [
+        (c["kind"], c["metric"], c["slice"]) for c in blessing["checks"] if c["status"] == "FAIL"
+    ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shuffled(stages, tmp_path_factory):
     """Both models trained on shuffled click labels (same features, same epochs):
     what a labelling bug upstream would produce. Exported and infra-validated."""
@@ -62,40 +74,60 @@ def shuffled(stages, tmp_path_factory):
     table = read_dataset_table(paths["transformed_train"])
     permutation = np.random.default_rng(0).permutation(table.num_rows)
     for label in ("clicked", "watch_seconds"):
-        table = table.set_column(table.schema.get_field_index(label), label,
-                                 table.column(label).take(permutation))
+        table = table.set_column(
+            table.schema.get_field_index(label), label, table.column(label).take(permutation)
+        )
     transformed = str(root / "transformed_train")
     write_dataset(table, transformed)
-    models = {name: str(root / name) for name in
-              ("retrieval_model", "query_model", "item_embeddings", "ranking_model")}
+    models = {
+        name: str(root / name)
+        for name in ("retrieval_model", "query_model", "item_embeddings", "ranking_model")
+    }
     config = RetrievalConfig(epochs=3, batch_size=256, top_k=50, early_stopping_patience=0)
-    model, _ = train_retrieval.train(transformed, paths["transformed_eval"],
-                                     paths["transform_graph"], config)
-    train_retrieval.export(model, paths["transform_graph"], paths["item_snapshot"], config,
-                           models["retrieval_model"], models["query_model"],
-                           models["item_embeddings"])
-    model, _ = train_ranking.train(transformed, paths["transformed_eval"], paths["transform_graph"],
-                                   RankingConfig(epochs=2, batch_size=512))
+    model, _ = train_retrieval.train(
+        transformed, paths["transformed_eval"], paths["transform_graph"], config
+    )
+    train_retrieval.export(
+        model,
+        paths["transform_graph"],
+        paths["item_snapshot"],
+        config,
+        models["retrieval_model"],
+        models["query_model"],
+        models["item_embeddings"],
+    )
+    model, _ = train_ranking.train(
+        transformed,
+        paths["transformed_eval"],
+        paths["transform_graph"],
+        RankingConfig(epochs=2, batch_size=512),
+    )
     train_ranking.export(model, paths["transform_graph"], models["ranking_model"])
     models["warmup_requests"] = str(root / "warmup")
     models["infra_validation"] = str(root / "infra.json")
-    infra_validate({"retrieval": models["retrieval_model"], "ranking": models["ranking_model"]},
-                   paths["eval_examples"], models["warmup_requests"], models["infra_validation"])
+    infra_validate(
+        {"retrieval": models["retrieval_model"], "ranking": models["ranking_model"]},
+        paths["eval_examples"],
+        models["warmup_requests"],
+        models["infra_validation"],
+    )
     return models
 
 
 def _stage_models(stages) -> dict:
-    return {name: stages["paths"][name] for name in
-            ("retrieval_model", "query_model", "item_embeddings", "ranking_model")}
+    return {
+        name: stages["paths"][name]
+        for name in ("retrieval_model", "query_model", "item_embeddings", "ranking_model")
+    }
 
 
-def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, shuffled,
-                                                                       tmp_path):
+def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, shuffled, tmp_path):
     serving_root = str(tmp_path / "serving")
     assert push_stages(stages, serving_root)["version"] == 1  # the good model serves
     blessing_path = str(tmp_path / "blessing.json")
-    blessing = _evaluate(stages, shuffled, shuffled["infra_validation"], serving_root,
-                         blessing_path)
+    blessing = _evaluate(
+        stages, shuffled, shuffled["infra_validation"], serving_root, blessing_path
+    )
     assert blessing["blessed"] is False
     failed = _failed(blessing)
     # Trained on shuffled clicks, retrieval still learns which items were shown (so it
@@ -104,8 +136,11 @@ def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, s
     # with the model serving now, on the same data, refuses it.
     assert ("change", "served Recall@20", "all") in failed
     assert ("change", "ranking AUC", "all") in failed
-    auc = next(c for c in blessing["checks"] if c["kind"] == "change"
-               and c["metric"] == "ranking AUC" and c["slice"] == "all")
+    auc = next(
+        c
+        for c in blessing["checks"]
+        if c["kind"] == "change" and c["metric"] == "ranking AUC" and c["slice"] == "all"
+    )
     assert auc["candidate"] < auc["baseline"] - 0.1
     assert blessing["reason"].startswith(f"NOT blessed: {len(failed)} of ")
     assert "ranking AUC" in blessing["reason"] and "vs serving version 1" in blessing["reason"]
@@ -113,15 +148,17 @@ def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, s
     statuses = [c["status"] for c in blessing["checks"]]
     assert statuses == sorted(statuses, key=["FAIL", "skipped", "pass"].index)
     # ...and nothing reaches the serving root.
-    report = push_stages(stages, serving_root, blessing=blessing_path,
-                         models={"retrieval": shuffled["retrieval_model"],
-                                 "ranking": shuffled["ranking_model"]})
+    report = push_stages(
+        stages,
+        serving_root,
+        blessing=blessing_path,
+        models={"retrieval": shuffled["retrieval_model"], "ranking": shuffled["ranking_model"]},
+    )
     assert report["pushed"] is False and report["reason"].startswith("not pushed: NOT blessed")
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
 
 
-def test_a_better_candidate_is_blessed_against_the_champion_and_pushed(stages, shuffled,
-                                                                       tmp_path):
+def test_a_better_candidate_is_blessed_against_the_champion_and_pushed(stages, shuffled, tmp_path):
     from recsys.components.push.push import push
 
     # The champion: a bad release that once got through (its ranker trained on
@@ -130,14 +167,23 @@ def test_a_better_candidate_is_blessed_against_the_champion_and_pushed(stages, s
     seeded = tmp_path / "seed_blessing.json"
     seeded.write_text(json.dumps({"blessed": True, "reason": "seeded by the test"}))
     upside_down = Reordered(stages["paths"]["retrieval_model"], reverse=True).save(
-        str(tmp_path / "upside_down"))
-    push(str(seeded), {"retrieval": upside_down, "ranking": shuffled["ranking_model"]},
-         shuffled["warmup_requests"],
-         {"users": stages["paths"]["user_snapshot"], "items": stages["paths"]["item_snapshot"]},
-         serving_root)
+        str(tmp_path / "upside_down")
+    )
+    push(
+        str(seeded),
+        {"retrieval": upside_down, "ranking": shuffled["ranking_model"]},
+        shuffled["warmup_requests"],
+        {"users": stages["paths"]["user_snapshot"], "items": stages["paths"]["item_snapshot"]},
+        serving_root,
+    )
     blessing_path = str(tmp_path / "blessing.json")
-    blessing = _evaluate(stages, _stage_models(stages), stages["paths"]["infra_validation"],
-                         serving_root, blessing_path)
+    blessing = _evaluate(
+        stages,
+        _stage_models(stages),
+        stages["paths"]["infra_validation"],
+        serving_root,
+        blessing_path,
+    )
     assert blessing["blessed"] is True, blessing["reason"]
     assert "compared with serving version ranking 1, retrieval 1" in blessing["reason"]
     change = [c for c in blessing["checks"] if c["kind"] == "change"]
@@ -154,14 +200,16 @@ class Reordered(tf.Module):
     items moved to the end (worse for that category's users, nearly the same
     overall), or the whole list reversed (worse for everyone)."""
 
-    def __init__(self, champion_dir: str, demoted: np.ndarray | None = None,
-                 reverse: bool = False):
+    def __init__(self, champion_dir: str, demoted: np.ndarray | None = None, reverse: bool = False):
         super().__init__()
         self.champion = tf.saved_model.load(champion_dir)
         demoted = np.array([""]) if demoted is None else demoted
         self.demoted = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(demoted.astype(str)),
-                                                tf.ones(len(demoted))), default_value=0.0)
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(demoted.astype(str)), tf.ones(len(demoted))
+            ),
+            default_value=0.0,
+        )
         self.direction = -1.0 if reverse else 1.0
         signature = self.champion.signatures["serving_default"].structured_input_signature[1]
         self.serve = tf.function(self._serve, input_signature=[signature])
@@ -171,8 +219,10 @@ class Reordered(tf.Module):
         ids, scores = served["item_ids"], served["scores"]
         rank = self.direction * tf.cast(tf.range(tf.shape(ids)[1])[None, :], tf.float32)
         order = tf.argsort(self.demoted.lookup(ids) * 1e6 + rank, axis=1)
-        return {"item_ids": tf.gather(ids, order, batch_dims=1),
-                "scores": tf.gather(scores, order, batch_dims=1)}
+        return {
+            "item_ids": tf.gather(ids, order, batch_dims=1),
+            "scores": tf.gather(scores, order, batch_dims=1),
+        }
 
     def save(self, path: str) -> str:
         tf.saved_model.save(self, path, signatures={"serving_default": self.serve})
@@ -186,22 +236,39 @@ def test_a_candidate_worse_on_one_slice_only_is_refused(stages, tmp_path):
     train, evaluation = (read_dataset(paths[n]) for n in ("train_examples", "eval_examples"))
     task = RetrievalTask.of(train, evaluation)
     # The third most shown category: a slice of its own, a small part of the others.
-    demoted = Slices.of(task.users, task.train_clicks, evaluation, top_categories=3,
-                        category=load_registry().role("category")).categories[2]
+    demoted = Slices.of(
+        task.users,
+        task.train_clicks,
+        evaluation,
+        top_categories=3,
+        category=load_registry().role("category"),
+    ).categories[2]
     items = read_dataset(paths["item_snapshot"])
-    demoting = Reordered(paths["retrieval_model"],
-                         items.loc[items["category"] == demoted, "item_id"].to_numpy())
-    candidate = {**_stage_models(stages),
-                 "retrieval_model": demoting.save(str(tmp_path / "demoting"))}
-    infra = infra_validate({"retrieval": candidate["retrieval_model"],
-                            "ranking": candidate["ranking_model"]}, paths["eval_examples"],
-                           str(tmp_path / "warmup"), str(tmp_path / "infra.json"))
+    demoting = Reordered(
+        paths["retrieval_model"], items.loc[items["category"] == demoted, "item_id"].to_numpy()
+    )
+    candidate = {
+        **_stage_models(stages),
+        "retrieval_model": demoting.save(str(tmp_path / "demoting")),
+    }
+    infra = infra_validate(
+        {"retrieval": candidate["retrieval_model"], "ranking": candidate["ranking_model"]},
+        paths["eval_examples"],
+        str(tmp_path / "warmup"),
+        str(tmp_path / "infra.json"),
+    )
     assert infra["passed"], infra  # a valid serving model: only its quality differs
 
     # Generous tolerances overall and per slice: only a collapse fails.
-    blessing = _evaluate(stages, candidate, str(tmp_path / "infra.json"), serving_root,
-                         str(tmp_path / "blessing.json"), max_regression=0.2,
-                         max_slice_regression=0.2)
+    blessing = _evaluate(
+        stages,
+        candidate,
+        str(tmp_path / "infra.json"),
+        serving_root,
+        str(tmp_path / "blessing.json"),
+        max_regression=0.2,
+        max_slice_regression=0.2,
+    )
     assert blessing["blessed"] is False
     assert _failed(blessing) == [("change", "served Recall@20", f"category={demoted}")]
     slice_check = blessing["checks"][0]
@@ -217,32 +284,49 @@ def test_an_unscorable_champion_fails_closed_unless_comparison_is_off(stages, tm
     # Injected fault: the served ranking version's graph is unreadable.
     with open(os.path.join(serving_root, "ranking", "1", "saved_model.pb"), "wb") as handle:
         handle.write(b"not a SavedModel")
-    blessing = _evaluate(stages, _stage_models(stages), stages["paths"]["infra_validation"],
-                         serving_root, str(tmp_path / "blessing.json"))
+    blessing = _evaluate(
+        stages,
+        _stage_models(stages),
+        stages["paths"]["infra_validation"],
+        serving_root,
+        str(tmp_path / "blessing.json"),
+    )
     assert blessing["blessed"] is False
     assert _failed(blessing) == [("change", "champion comparison", "all")]
-    assert "cannot be scored" in blessing["reason"] and "compare_with_champion" in blessing["reason"]
-    allowed = _evaluate(stages, _stage_models(stages), stages["paths"]["infra_validation"],
-                        serving_root, str(tmp_path / "blessing2.json"),
-                        compare_with_champion=False)
+    assert (
+        "cannot be scored" in blessing["reason"] and "compare_with_champion" in blessing["reason"]
+    )
+    allowed = _evaluate(
+        stages,
+        _stage_models(stages),
+        stages["paths"]["infra_validation"],
+        serving_root,
+        str(tmp_path / "blessing2.json"),
+        compare_with_champion=False,
+    )
     assert allowed["blessed"] is True
-    assert "not compared with the serving model: compare_with_champion is false" in \
-        allowed["reason"]
+    assert (
+        "not compared with the serving model: compare_with_champion is false" in allowed["reason"]
+    )
 
 
 def test_missing_values_fail_closed():
     thresholds = Thresholds(recall_k=50)
-    checks = gate.value_checks({"recall_at_50": 0.4}, {"auc": float("nan"),
-                                                       "normalized_entropy": 0.8},
-                               thresholds)
+    checks = gate.value_checks(
+        {"recall_at_50": 0.4}, {"auc": float("nan"), "normalized_entropy": 0.8}, thresholds
+    )
     failed = {c.metric: c for c in checks if c.passed is False}
     # No popularity baseline, a NaN AUC, no calibration ratio: each fails, saying why.
     assert set(failed) == {"retrieval Recall@50", "ranking AUC", "ranking calibration ratio"}
     assert all("missing" in c.note for c in failed.values())
     assert gate.infra_checks({"models": {}})[0].passed is False
-    change = gate.change_checks({"ranking AUC": {"all": 0.8, "new_users": 0.7}},
-                                {"ranking AUC": {"all": 0.8}},
-                                {"ranking AUC": {"all": 100, "new_users": 100}}, 3, thresholds)
+    change = gate.change_checks(
+        {"ranking AUC": {"all": 0.8, "new_users": 0.7}},
+        {"ranking AUC": {"all": 0.8}},
+        {"ranking AUC": {"all": 100, "new_users": 100}},
+        3,
+        thresholds,
+    )
     assert [c.passed for c in change] == [True, False]  # the champion's slice value is missing
     blessing = gate.decide(checks + change, thresholds, "compared with serving version 3")
     assert blessing["blessed"] is False
@@ -251,10 +335,13 @@ def test_missing_values_fail_closed():
 
 
 def test_small_slices_are_listed_as_skipped_not_judged():
-    change = gate.change_checks({"ranking AUC": {"all": 0.8, "category=x": 0.1}},
-                                {"ranking AUC": {"all": 0.8, "category=x": 0.9}},
-                                {"ranking AUC": {"all": 500, "category=x": 4}}, 2,
-                                Thresholds(min_slice_size=30))
+    change = gate.change_checks(
+        {"ranking AUC": {"all": 0.8, "category=x": 0.1}},
+        {"ranking AUC": {"all": 0.8, "category=x": 0.9}},
+        {"ranking AUC": {"all": 500, "category=x": 4}},
+        2,
+        Thresholds(min_slice_size=30),
+    )
     assert [c.status for c in change] == ["pass", "skipped"]
     assert "4 positives < min_slice_size 30" in change[1].note
     blessing = gate.decide(change, Thresholds(), "compared with serving version 2")
@@ -263,15 +350,18 @@ def test_small_slices_are_listed_as_skipped_not_judged():
 
 # --- infra validation with injected faults ------------------------------------------
 
+
 class FakeRanker(tf.Module):
     """Takes the ranking contract's inputs; returns what ``outputs`` computes."""
 
     def __init__(self, contract: dict, outputs, user_id_dtype=tf.string):
         super().__init__()
-        signature = {name: tf.TensorSpec([None] * rank,
-                                         user_id_dtype if name == "user_id" else tf.as_dtype(dtype),
-                                         name=name)
-                     for name, (dtype, rank) in contract.items()}
+        signature = {
+            name: tf.TensorSpec(
+                [None] * rank, user_id_dtype if name == "user_id" else tf.as_dtype(dtype), name=name
+            )
+            for name, (dtype, rank) in contract.items()
+        }
         self.serve = tf.function(lambda features: outputs(features), input_signature=[signature])
 
 
@@ -281,17 +371,25 @@ def test_infra_validation_passes_the_trained_models(stages):
     for name in ("retrieval", "ranking"):
         result = infra["models"][name]
         checks = {c["check"]: c["passed"] for c in result["checks"]}
-        assert checks == {"standard ops": True, "load time": True, "signature": True,
-                          "warmup requests": True, "outputs": True, "latency": True}
+        assert checks == {
+            "standard ops": True,
+            "load time": True,
+            "signature": True,
+            "warmup requests": True,
+            "outputs": True,
+            "latency": True,
+        }
         assert result["latency_ms"]["requests"] == 16 * 10
-        assert os.path.isfile(os.path.join(stages["paths"]["warmup_requests"], name,
-                                           "tf_serving_warmup_requests"))
+        assert os.path.isfile(
+            os.path.join(stages["paths"]["warmup_requests"], name, "tf_serving_warmup_requests")
+        )
 
 
 def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path):
     contract = serving_contract("ranking", load_registry())
-    warmup = os.path.join(stages["paths"]["warmup_requests"], "ranking",
-                          "tf_serving_warmup_requests")
+    warmup = os.path.join(
+        stages["paths"]["warmup_requests"], "ranking", "tf_serving_warmup_requests"
+    )
 
     def rows(features):
         return tf.ones_like(features["item_ctr_7d"])
@@ -301,14 +399,40 @@ def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path)
         tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
         return path
 
-    nan = save("nan", FakeRanker(contract, lambda f: {
-        "click_probability": rows(f) * float("nan"), "expected_watch_seconds": rows(f),
-        "score": rows(f)}))
-    wrong_dtype = save("dtype", FakeRanker(contract, lambda f: {
-        "click_probability": rows(f) * 0.5, "expected_watch_seconds": rows(f), "score": rows(f)},
-        user_id_dtype=tf.int64))
-    out_of_range = save("range", FakeRanker(contract, lambda f: {
-        "click_probability": rows(f) * 3.0, "expected_watch_seconds": rows(f), "score": rows(f)}))
+    nan = save(
+        "nan",
+        FakeRanker(
+            contract,
+            lambda f: {
+                "click_probability": rows(f) * float("nan"),
+                "expected_watch_seconds": rows(f),
+                "score": rows(f),
+            },
+        ),
+    )
+    wrong_dtype = save(
+        "dtype",
+        FakeRanker(
+            contract,
+            lambda f: {
+                "click_probability": rows(f) * 0.5,
+                "expected_watch_seconds": rows(f),
+                "score": rows(f),
+            },
+            user_id_dtype=tf.int64,
+        ),
+    )
+    out_of_range = save(
+        "range",
+        FakeRanker(
+            contract,
+            lambda f: {
+                "click_probability": rows(f) * 3.0,
+                "expected_watch_seconds": rows(f),
+                "score": rows(f),
+            },
+        ),
+    )
     truncated = str(tmp_path / "truncated")
     shutil.copytree(stages["paths"]["ranking_model"], truncated)
     os.remove(os.path.join(truncated, "saved_model.pb"))
@@ -319,8 +443,10 @@ def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path)
         return {c["check"]: c["detail"] for c in result["checks"] if not c["passed"]}
 
     assert "'click_probability' has 1 non-finite value(s)" in failures(nan)["outputs"]
-    assert "input 'user_id' is int64 rank 1, the serving contract says string rank 1" in \
-        failures(wrong_dtype)["signature"]
+    assert (
+        "input 'user_id' is int64 rank 1, the serving contract says string rank 1"
+        in failures(wrong_dtype)["signature"]
+    )
     assert "outside [0.0, 1.0]" in failures(out_of_range)["outputs"]
     assert "cannot read saved_model.pb" in failures(truncated)["loads"]
     slow = failures(stages["paths"]["ranking_model"], Budgets(max_request_ms=1e-6))

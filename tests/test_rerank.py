@@ -10,10 +10,14 @@ from recsys.serving.rerank import Candidates, RerankConfig, rerank
 
 def candidates(ids, scores, creators=None, categories=None, ages=None, embeddings=None):
     n = len(ids)
-    return Candidates(np.array(ids, dtype=object), np.array(scores, dtype=float),
-                      np.array(creators or ["c"] * n, dtype=object),
-                      np.array(categories or ["g"] * n, dtype=object),
-                      np.array(ages or [100.0] * n), embeddings)
+    return Candidates(
+        np.array(ids, dtype=object),
+        np.array(scores, dtype=float),
+        np.array(creators or ["c"] * n, dtype=object),
+        np.array(categories or ["g"] * n, dtype=object),
+        np.array(ages or [100.0] * n),
+        embeddings,
+    )
 
 
 def page(result, cands):
@@ -38,8 +42,7 @@ def test_blocklist_removes_items_whatever_their_score():
 
 
 def test_duplicates_keep_the_best_scored_copy():
-    cands = candidates(["a", "b", "a", "b"], [0.2, 0.5, 0.9, 0.1],
-                       creators=["x", "y", "z", "w"])
+    cands = candidates(["a", "b", "a", "b"], [0.2, 0.5, 0.9, 0.1], creators=["x", "y", "z", "w"])
     result = rerank(cands, RerankConfig(k=4, **NO_CAPS))
     assert page(result, cands) == ["a", "b"]
     assert list(result.positions) == [2, 1]  # the copies scored 0.9 and 0.5
@@ -48,22 +51,30 @@ def test_duplicates_keep_the_best_scored_copy():
 
 def test_watched_items_are_dropped_unless_disabled():
     cands = candidates(["a", "b", "c"], [0.9, 0.8, 0.7])
-    assert page(rerank(cands, RerankConfig(k=3, **NO_CAPS), watched=["a", "zz"]),
-                cands) == ["b", "c"]
-    assert page(rerank(cands, RerankConfig(k=3, drop_watched=False, **NO_CAPS),
-                       watched=["a"]), cands) == ["a", "b", "c"]
+    assert page(rerank(cands, RerankConfig(k=3, **NO_CAPS), watched=["a", "zz"]), cands) == [
+        "b",
+        "c",
+    ]
+    assert page(
+        rerank(cands, RerankConfig(k=3, drop_watched=False, **NO_CAPS), watched=["a"]), cands
+    ) == ["a", "b", "c"]
 
 
 def test_creator_cap_holds_within_the_page_and_backfills_from_others():
-    cands = candidates(["a", "b", "c", "d", "e"], [0.9, 0.8, 0.7, 0.6, 0.5],
-                       creators=["x", "x", "x", "y", "y"])
+    cands = candidates(
+        ["a", "b", "c", "d", "e"], [0.9, 0.8, 0.7, 0.6, 0.5], creators=["x", "x", "x", "y", "y"]
+    )
     result = rerank(cands, RerankConfig(k=4, max_per_creator=2))
     assert page(result, cands) == ["a", "b", "d", "e"]
 
 
 def test_category_cap_and_a_page_shorter_than_k_when_caps_exhaust_candidates():
-    cands = candidates(["a", "b", "c", "d"], [0.9, 0.8, 0.7, 0.6],
-                       creators=["1", "2", "3", "4"], categories=["m", "m", "m", "n"])
+    cands = candidates(
+        ["a", "b", "c", "d"],
+        [0.9, 0.8, 0.7, 0.6],
+        creators=["1", "2", "3", "4"],
+        categories=["m", "m", "m", "n"],
+    )
     result = rerank(cands, RerankConfig(k=4, max_per_creator=0, max_per_category=1))
     assert page(result, cands) == ["a", "d"]
     assert result.removed["capped"] == 2
@@ -78,8 +89,9 @@ def test_freshness_boost_lifts_new_items_by_the_configured_factor():
     np.testing.assert_allclose(boosted.scores[0], 0.9 * 1.2)
     # One half-life later the boost is halved.
     aged = candidates(["x"], [1.0], ages=[3.0])
-    np.testing.assert_allclose(rerank(aged, RerankConfig(k=1, freshness_boost=0.2,
-                                                         **NO_CAPS)).scores, [1.1])
+    np.testing.assert_allclose(
+        rerank(aged, RerankConfig(k=1, freshness_boost=0.2, **NO_CAPS)).scores, [1.1]
+    )
 
 
 def test_mmr_prefers_a_different_item_over_a_near_copy():
@@ -109,28 +121,42 @@ def candidate_sets(draw):
     scores = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
     creators = draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
     categories = draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n))
-    embeddings = np.asarray(draw(st.lists(st.lists(st.floats(-1, 1), min_size=3, max_size=3),
-                                          min_size=n, max_size=n)), dtype=float).reshape(n, 3)
+    embeddings = np.asarray(
+        draw(st.lists(st.lists(st.floats(-1, 1), min_size=3, max_size=3), min_size=n, max_size=n)),
+        dtype=float,
+    ).reshape(n, 3)
     return candidates(ids, scores, creators, categories, [1.0] * n, embeddings)
 
 
 @settings(max_examples=150, deadline=None)
-@given(cands=candidate_sets(), k=st.integers(1, 12), per_creator=st.integers(0, 3),
-       per_category=st.integers(0, 3), mmr=st.sampled_from([1.0, 0.7, 0.3]),
-       watched=st.lists(st.sampled_from([f"i{j}" for j in range(25)]), max_size=5),
-       blocked=st.lists(st.sampled_from([f"i{j}" for j in range(25)]), max_size=3))
-def test_pages_respect_every_rule_and_are_deterministic(cands, k, per_creator, per_category,
-                                                         mmr, watched, blocked):
-    config = RerankConfig(k=k, max_per_creator=per_creator, max_per_category=per_category,
-                          mmr_lambda=mmr, blocklist=frozenset(blocked))
+@given(
+    cands=candidate_sets(),
+    k=st.integers(1, 12),
+    per_creator=st.integers(0, 3),
+    per_category=st.integers(0, 3),
+    mmr=st.sampled_from([1.0, 0.7, 0.3]),
+    watched=st.lists(st.sampled_from([f"i{j}" for j in range(25)]), max_size=5),
+    blocked=st.lists(st.sampled_from([f"i{j}" for j in range(25)]), max_size=3),
+)
+def test_pages_respect_every_rule_and_are_deterministic(
+    cands, k, per_creator, per_category, mmr, watched, blocked
+):
+    config = RerankConfig(
+        k=k,
+        max_per_creator=per_creator,
+        max_per_category=per_category,
+        mmr_lambda=mmr,
+        blocklist=frozenset(blocked),
+    )
     result = rerank(cands, config, watched)
     chosen = page(result, cands)
     assert len(chosen) <= k and len(set(chosen)) == len(chosen)
     assert not set(chosen) & (set(watched) | set(blocked))
     for values, limit in ((cands.creator_ids, per_creator), (cands.categories, per_category)):
         if limit:
-            assert max(np.unique(values[result.positions], return_counts=True)[1],
-                       default=0) <= limit
+            assert (
+                max(np.unique(values[result.positions], return_counts=True)[1], default=0) <= limit
+            )
     allowed = set(cands.item_ids) - set(watched) - set(blocked)
     if not per_creator and not per_category:
         assert len(chosen) == min(k, len(allowed))  # without caps the page fills up

@@ -32,14 +32,16 @@ def test_mixed_sampling_probability_is_each_items_share_of_the_negatives():
     for _ in range(rounds):
         counts += np.bincount(rng.choice(20, batch, p=frequency / frequency.sum()), minlength=20)
         counts += np.bincount(rng.integers(0, 20, uniform), minlength=20)
-    formula = tr.mixed_sampling_probability(tf.constant(frequency), tf.range(20), uniform, batch,
-                                            20).numpy()
+    formula = tr.mixed_sampling_probability(
+        tf.constant(frequency), tf.range(20), uniform, batch, 20
+    ).numpy()
     observed = counts / counts.sum()
     expected = formula / formula.sum()
     assert np.allclose(observed, expected, atol=0.002)
     # Without uniform draws it is the click frequency itself.
-    assert np.allclose(tr.mixed_sampling_probability(frequency, np.arange(20), 0, batch, 20),
-                       frequency)
+    assert np.allclose(
+        tr.mixed_sampling_probability(frequency, np.arange(20), 0, batch, 20), frequency
+    )
 
 
 class FixedTowers:
@@ -48,6 +50,7 @@ class FixedTowers:
     def __init__(self, user_vectors, item_vectors):
         def tower(key, table):
             return lambda features, training=False: tf.gather(table, features[key])
+
         self.query_tower = tower(tr.USER_INDEX, tf.constant(user_vectors, tf.float32))
         self.candidate_tower = tower(tr.ITEM_INDEX, tf.constant(item_vectors, tf.float32))
 
@@ -60,8 +63,10 @@ def test_validation_recall_matches_brute_force(seed, k):
     user_vectors = rng.normal(size=(n_users, 4))
     item_vectors = rng.normal(size=(n_items + 3, 4))  # ids 12-14 are not in the corpus
     corpus = {tr.ITEM_INDEX: rng.permutation(n_items)}
-    queries = {tr.USER_INDEX: rng.integers(0, n_users, n_queries),
-               tr.ITEM_INDEX: rng.integers(0, n_items + 3, n_queries)}
+    queries = {
+        tr.USER_INDEX: rng.integers(0, n_users, n_queries),
+        tr.ITEM_INDEX: rng.integers(0, n_items + 3, n_queries),
+    }
     train_pairs = np.stack([rng.integers(0, n_users, 20), rng.integers(0, n_items, 20)], axis=1)
     callback = tr.ValidationRecall(queries, corpus, train_pairs, k)
     callback.model = FixedTowers(user_vectors, item_vectors)
@@ -71,9 +76,13 @@ def test_validation_recall_matches_brute_force(seed, k):
     for user, target in zip(queries[tr.USER_INDEX], queries[tr.ITEM_INDEX], strict=True):
         if target >= n_items or (user, target) in clicked:
             continue  # cannot be a hit: outside the corpus, or masked
-        scores = {item: float(np.float32(user_vectors[user]).astype(np.float32)
-                              @ np.float32(item_vectors[item]))
-                  for item in range(n_items) if (user, item) not in clicked}
+        scores = {
+            item: float(
+                np.float32(user_vectors[user]).astype(np.float32) @ np.float32(item_vectors[item])
+            )
+            for item in range(n_items)
+            if (user, item) not in clicked
+        }
         better = sum(score > scores[target] for score in scores.values())
         hits.append(better < k)
     recall = callback.recall()
@@ -107,15 +116,18 @@ def test_config_errors_name_the_allowed_values():
 
 def _train(stages, **overrides):
     paths = stages["paths"]
-    config = RetrievalConfig(**{**dict(epochs=1, batch_size=256, top_k=20,
-                                          early_stopping_patience=0), **overrides})
-    return tr.train(paths["transformed_train"], paths["transformed_eval"],
-                    paths["transform_graph"], config)
+    config = RetrievalConfig(
+        **{**dict(epochs=1, batch_size=256, top_k=20, early_stopping_patience=0), **overrides}
+    )
+    return tr.train(
+        paths["transformed_train"], paths["transformed_eval"], paths["transform_graph"], config
+    )
 
 
 def _item_embeddings(model, stages):
-    rows = modeling.load_transformed(stages["paths"]["transformed_train"],
-                                     tr.tower_columns(REGISTRY, CANDIDATE_TOWER))
+    rows = modeling.load_transformed(
+        stages["paths"]["transformed_train"], tr.tower_columns(REGISTRY, CANDIDATE_TOWER)
+    )
     return modeling.predict_transformed(model.candidate_tower, tr.corpus_table(REGISTRY, rows))
 
 
@@ -142,15 +154,20 @@ def test_mixed_negatives_join_the_softmax(stages):
     columns = tr.tower_columns(REGISTRY, QUERY_TOWER, CANDIDATE_TOWER)
     rows = modeling.load_transformed(paths["transformed_train"], columns)
     corpus = tr.corpus_table(REGISTRY, rows)
-    frequency = tr.item_frequency(rows[tr.ITEM_INDEX],
-                                  modeling.id_cardinality(transform_output, REGISTRY[ITEM_ID]))
+    frequency = tr.item_frequency(
+        rows[tr.ITEM_INDEX], modeling.id_cardinality(transform_output, REGISTRY[ITEM_ID])
+    )
     config = RetrievalConfig(batch_size=32, uniform_negatives=16)
     model = tr.TwoTowerModel(transform_output, REGISTRY, config, corpus, frequency)
     seen = {}
 
     def record(queries, candidates, candidate_sampling_probability, candidate_ids, **_):
-        seen.update(queries=queries, candidates=candidates, ids=candidate_ids.numpy(),
-                    probability=candidate_sampling_probability.numpy())
+        seen.update(
+            queries=queries,
+            candidates=candidates,
+            ids=candidate_ids.numpy(),
+            probability=candidate_sampling_probability.numpy(),
+        )
         return tf.constant(0.0)
 
     model.task = record
@@ -159,8 +176,9 @@ def test_mixed_negatives_join_the_softmax(stages):
     assert seen["queries"].shape[0] == 32 and seen["candidates"].shape[0] == 32 + 16
     assert np.array_equal(seen["ids"][:32], batch[tr.ITEM_INDEX])
     assert np.isin(seen["ids"][32:], corpus[tr.ITEM_INDEX]).all()
-    assert np.allclose(seen["probability"],
-                       frequency[seen["ids"]] + 16 / (32 * len(corpus[tr.ITEM_INDEX])))
+    assert np.allclose(
+        seen["probability"], frequency[seen["ids"]] + 16 / (32 * len(corpus[tr.ITEM_INDEX]))
+    )
     model.compute_loss(batch, training=False)  # validation loss: in-batch only
     assert seen["candidates"].shape[0] == 32
 
@@ -177,7 +195,9 @@ def test_query_tower_reads_history_and_context(stages):
 
     base = embed(request)
     assert np.array_equal(base, embed(request.copy()))
-    other_history = request.assign(user_history_items=[list(user["user_history_items"].iloc[0])[:1]])
+    other_history = request.assign(
+        user_history_items=[list(user["user_history_items"].iloc[0])[:1]]
+    )
     assert not np.allclose(base, embed(other_history))
     assert not np.allclose(base, embed(request.assign(hour_of_day=3)))
 
@@ -204,9 +224,16 @@ def test_export_writes_the_ann_index_beside_the_embeddings(stages, tmp_path):
     paths = stages["paths"]
     config = RetrievalConfig(top_k=20, ann_index="faiss-hnsw")
     out = {name: str(tmp_path / name) for name in ("retrieval", "query", "embeddings")}
-    exported = tr.export(model, paths["transform_graph"], paths["item_snapshot"], config,
-                         out["retrieval"], out["query"], out["embeddings"],
-                         paths["transformed_eval"])
+    exported = tr.export(
+        model,
+        paths["transform_graph"],
+        paths["item_snapshot"],
+        config,
+        out["retrieval"],
+        out["query"],
+        out["embeddings"],
+        paths["transformed_eval"],
+    )
     assert (tmp_path / "embeddings" / tr.ANN_INDEX_FILE).is_file()
     assert 0.9 <= exported["ann_recall_at_20_vs_exact"] <= 1.0
     table = read_dataset(out["embeddings"])

@@ -26,12 +26,21 @@ BASELINE_AS_OF, AS_OF = "2026-01-14", "2026-01-15"  # spans: days 8 and 9 of the
 
 def run_span(data, as_of, workdir, statistics_root="", drift_baseline="", anomaly_policy="{}"):
     """ingest -> join -> validate for one span, as the pipeline chains them."""
-    return check_span(data, workdir, dict(
-        as_of=as_of, lookback_days=7, eval_days=3, statistics_root=statistics_root,
-        drift_baseline=drift_baseline, anomaly_policy=anomaly_policy))["validate"]
+    return check_span(
+        data,
+        workdir,
+        dict(
+            as_of=as_of,
+            lookback_days=7,
+            eval_days=3,
+            statistics_root=statistics_root,
+            drift_baseline=drift_baseline,
+            anomaly_policy=anomaly_policy,
+        ),
+    )["validate"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clean_baseline(tmp_path_factory):
     """Statistics of the clean seed-1 span before the injection day."""
     root = tmp_path_factory.mktemp("baseline")
@@ -44,36 +53,55 @@ def test_clean_data_raises_no_alarm_over_five_seeds(tmp_path):
     for seed in range(1, 6):
         generate(str(tmp_path / f"data{seed}"), seed=seed, **DETECTION)
         statistics_root = str(tmp_path / f"statistics{seed}")
-        first = run_span(str(tmp_path / f"data{seed}"), BASELINE_AS_OF,
-                         str(tmp_path / f"first{seed}"), statistics_root)
+        first = run_span(
+            str(tmp_path / f"data{seed}"),
+            BASELINE_AS_OF,
+            str(tmp_path / f"first{seed}"),
+            statistics_root,
+        )
         assert any("drift was not checked" in note for note in first["notes"])
-        second = run_span(str(tmp_path / f"data{seed}"), AS_OF, str(tmp_path / f"second{seed}"),
-                          statistics_root)
+        second = run_span(
+            str(tmp_path / f"data{seed}"), AS_OF, str(tmp_path / f"second{seed}"), statistics_root
+        )
         assert first["anomalies"] == second["anomalies"] == [], (seed, second["markdown"])
         assert second["notes"] == []  # drift and skew were both checked
         assert second["measurements"]["drift"] and second["measurements"]["skew"]
         assert second["stored_span"].endswith(f"span=2026-01-14/{SPAN}.stats.pb")
 
 
-@pytest.mark.parametrize("injection, kind, feature, expected", [
-    (dict(drift="numeric", drift_day=9), "drift", "duration_s", "Jensen-Shannon divergence"),
-    (dict(drift="category", drift_day=9), "drift", "category", "Linfty distance"),
-    (dict(drift="volume", drift_day=9), "volume", "", "ratio of num examples"),
-    (dict(skew="device", skew_day=7), "skew", "device", "between training and serving"),
-    (dict(skew="watch_minutes", skew_day=7), "skew", "user_watch_seconds_7d",
-     "between training and serving"),
-])
-def test_injected_drift_and_skew_block_with_advice(injection, kind, feature, expected,
-                                                   clean_baseline, tmp_path):
+@pytest.mark.parametrize(
+    "injection, kind, feature, expected",
+    [
+        (dict(drift="numeric", drift_day=9), "drift", "duration_s", "Jensen-Shannon divergence"),
+        (dict(drift="category", drift_day=9), "drift", "category", "Linfty distance"),
+        (dict(drift="volume", drift_day=9), "volume", "", "ratio of num examples"),
+        (dict(skew="device", skew_day=7), "skew", "device", "between training and serving"),
+        (
+            dict(skew="watch_minutes", skew_day=7),
+            "skew",
+            "user_watch_seconds_7d",
+            "between training and serving",
+        ),
+    ],
+)
+def test_injected_drift_and_skew_block_with_advice(
+    injection, kind, feature, expected, clean_baseline, tmp_path
+):
     generate(str(tmp_path / "data"), seed=1, **DETECTION, **injection)
     with pytest.raises(ValidationFailed) as failure:
-        run_span(str(tmp_path / "data"), AS_OF, str(tmp_path / "run"),
-                 str(tmp_path / "statistics"), drift_baseline=clean_baseline)
+        run_span(
+            str(tmp_path / "data"),
+            AS_OF,
+            str(tmp_path / "run"),
+            str(tmp_path / "statistics"),
+            drift_baseline=clean_baseline,
+        )
     message = str(failure.value)
     where = f"feature '{feature}'" if feature else "dataset"
     blocking = [line for line in message.splitlines() if line.startswith("  - ")]
-    assert any(f"[{kind}, block]" in line and where in line and expected in line
-               for line in blocking), message
+    assert any(
+        f"[{kind}, block]" in line and where in line and expected in line for line in blocking
+    ), message
     assert all(f"[{kind}, block]" in line for line in blocking), message  # nothing else fires
     assert f"What to do ({kind}):" in message
     assert not (tmp_path / "statistics").exists()  # a blocked span is not a baseline
@@ -81,9 +109,14 @@ def test_injected_drift_and_skew_block_with_advice(injection, kind, feature, exp
     assert "Blocking anomalies" in page and "previous_span" in page and "serving_log" in page
 
     # The same anomaly under a warn policy: the run goes on, the warning is kept.
-    summary = run_span(str(tmp_path / "data"), AS_OF, str(tmp_path / "warned"),
-                       str(tmp_path / "statistics"), drift_baseline=clean_baseline,
-                       anomaly_policy=json.dumps({kind: "warn"}))
+    summary = run_span(
+        str(tmp_path / "data"),
+        AS_OF,
+        str(tmp_path / "warned"),
+        str(tmp_path / "statistics"),
+        drift_baseline=clean_baseline,
+        anomaly_policy=json.dumps({kind: "warn"}),
+    )
     assert {a.kind for a in summary["anomalies"]} == {kind}
     assert "**Warnings**" in summary["markdown"]
     assert summary["stored_span"]
@@ -103,9 +136,15 @@ def _rewrite(copies, name, frame):
 
 
 def _validate(stages, copies, tmp_path, **options):
-    return validate(copies, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"),
-                    stages["counts"]["span_start"], ValidateConfig(**options),
-                    report_path=str(tmp_path / "report.html"))
+    return validate(
+        copies,
+        "",
+        str(tmp_path / "stats"),
+        str(tmp_path / "anomalies"),
+        stages["counts"]["span_start"],
+        ValidateConfig(**options),
+        report_path=str(tmp_path / "report.html"),
+    )
 
 
 @pytest.mark.xdist_group("stages")
@@ -119,19 +158,41 @@ def test_clean_run_reports_every_dataset_offline(stages):
     assert any("drift was not checked" in note for note in summary["notes"])
 
 
-@pytest.mark.parametrize("dataset, change, anomaly_type, expected", [
-    ("eval_events", lambda f: f.assign(referrer="push"), "SCHEMA_NEW_COLUMN",
-     "New column (column in data but not in schema)"),
-    ("items", lambda f: f.assign(category=["crypto"] * (len(f) // 2)
-                                 + list(f["category"][len(f) // 2:])),
-     "ENUM_TYPE_UNEXPECTED_STRING_VALUES", "values missing from the schema: crypto"),
-    ("serving_log", lambda f: f.assign(clicked=0), "SCHEMA_NEW_COLUMN",
-     "New column clicked found in data but not in the environment SERVING"),
-    ("train_examples", lambda f: f.drop(columns=["device"]), "SCHEMA_MISSING_COLUMN",
-     "Column is completely missing"),
-])
-def test_schema_violations_block_and_policy_can_warn(dataset, change, anomaly_type, expected,
-                                                     stages, tmp_path):
+@pytest.mark.xdist_group("stages")
+@pytest.mark.parametrize(
+    "dataset, change, anomaly_type, expected",
+    [
+        (
+            "eval_events",
+            lambda f: f.assign(referrer="push"),
+            "SCHEMA_NEW_COLUMN",
+            "New column (column in data but not in schema)",
+        ),
+        (
+            "items",
+            lambda f: f.assign(
+                category=["crypto"] * (len(f) // 2) + list(f["category"][len(f) // 2 :])
+            ),
+            "ENUM_TYPE_UNEXPECTED_STRING_VALUES",
+            "values missing from the schema: crypto",
+        ),
+        (
+            "serving_log",
+            lambda f: f.assign(clicked=0),
+            "SCHEMA_NEW_COLUMN",
+            "New column clicked found in data but not in the environment SERVING",
+        ),
+        (
+            "train_examples",
+            lambda f: f.drop(columns=["device"]),
+            "SCHEMA_MISSING_COLUMN",
+            "Column is completely missing",
+        ),
+    ],
+)
+def test_schema_violations_block_and_policy_can_warn(
+    dataset, change, anomaly_type, expected, stages, tmp_path
+):
     copies = _copy(stages, tmp_path)
     _rewrite(copies, dataset, change(read_dataset(copies[dataset])))
     with pytest.raises(ValidationFailed) as failure:
@@ -142,10 +203,12 @@ def test_schema_violations_block_and_policy_can_warn(dataset, change, anomaly_ty
     assert (tmp_path / "anomalies" / f"{dataset}.anomalies.pbtxt").exists()
     assert "Blocking anomalies" in (tmp_path / "report.html").read_text()
 
-    summary = _validate(stages, copies, tmp_path / "warn",
-                        anomaly_policy=json.dumps({anomaly_type: "warn"}))
-    assert [(a.dataset, a.type, a.action) for a in summary["anomalies"]] == \
-        [(dataset, anomaly_type, "warn")]
+    summary = _validate(
+        stages, copies, tmp_path / "warn", anomaly_policy=json.dumps({anomaly_type: "warn"})
+    )
+    assert [(a.dataset, a.type, a.action) for a in summary["anomalies"]] == [
+        (dataset, anomaly_type, "warn")
+    ]
 
 
 @pytest.mark.xdist_group("stages")
@@ -153,8 +216,10 @@ def test_missing_serving_log_is_said_not_skipped(stages, tmp_path):
     copies = _copy(stages, tmp_path)
     _rewrite(copies, "serving_log", pd.DataFrame({"event_id": pd.Series([], dtype=str)}))
     summary = _validate(stages, copies, tmp_path)
-    assert any("serving_log has no rows in the span: skew was not checked" in note
-               for note in summary["notes"])
+    assert any(
+        "serving_log has no rows in the span: skew was not checked" in note
+        for note in summary["notes"]
+    )
     assert "skew was not checked" in (tmp_path / "report.html").read_text()
 
 

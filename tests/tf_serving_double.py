@@ -38,8 +38,10 @@ class ServedModels:
             with open(os.path.join(directory, "saved_model.pb"), "rb") as handle:
                 saved_model.ParseFromString(handle.read())
             self.signature_maps[name] = get_model_metadata_pb2.SignatureDefMap(
-                signature_def={"serving_default":
-                               saved_model.meta_graphs[0].signature_def["serving_default"]})
+                signature_def={
+                    "serving_default": saved_model.meta_graphs[0].signature_def["serving_default"]
+                }
+            )
             self.versions[name] = version
         self.requests = {name: 0 for name in names}
 
@@ -47,8 +49,9 @@ class ServedModels:
         self.requests[name] += 1
         function = self.functions[name]
         signature = function.structured_input_signature[1]
-        outputs = function(**{key: tf.constant(value, signature[key].dtype)
-                              for key, value in inputs.items()})
+        outputs = function(
+            **{key: tf.constant(value, signature[key].dtype) for key, value in inputs.items()}
+        )
         return {key: value.numpy() for key, value in outputs.items()}
 
 
@@ -60,8 +63,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         name = request.model_spec.name
         if name not in self.models.functions:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found: {name}")
-        outputs = self.models.predict(name, {key: tf.make_ndarray(proto)
-                                             for key, proto in request.inputs.items()})
+        outputs = self.models.predict(
+            name, {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        )
         response = predict_pb2.PredictResponse()
         response.model_spec.name = name
         response.model_spec.version.value = self.models.versions[name]
@@ -81,7 +85,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 def start_grpc(models: ServedModels) -> tuple[grpc.Server, str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(models), server)
+        PredictionService(models), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
@@ -101,22 +106,34 @@ def _rest_handler(models: ServedModels):
             name = self.path.removeprefix("/v1/models/").removesuffix("/metadata")
             if name not in models.functions:
                 return self._reply(404, {"error": f"Servable not found: {name}"})
-            signature_map = json_format.MessageToDict(models.signature_maps[name],
-                                                      preserving_proto_field_name=True)
-            self._reply(200, {"model_spec": {"name": name, "signature_name": "",
-                                             "version": str(models.versions[name])},
-                              "metadata": {"signature_def": signature_map}})
+            signature_map = json_format.MessageToDict(
+                models.signature_maps[name], preserving_proto_field_name=True
+            )
+            self._reply(
+                200,
+                {
+                    "model_spec": {
+                        "name": name,
+                        "signature_name": "",
+                        "version": str(models.versions[name]),
+                    },
+                    "metadata": {"signature_def": signature_map},
+                },
+            )
 
         def do_POST(self):  # noqa: N802
             name = self.path.removeprefix("/v1/models/").removesuffix(":predict")
             if name not in models.functions:
                 return self._reply(404, {"error": f"Servable not found: {name}"})
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            outputs = models.predict(name, {key: np.asarray(value, dtype=object)
-                                            if _is_text(value) else np.asarray(value)
-                                            for key, value in body["inputs"].items()})
-            self._reply(200, {"outputs": {key: _jsonable(value)
-                                          for key, value in outputs.items()}})
+            outputs = models.predict(
+                name,
+                {
+                    key: np.asarray(value, dtype=object) if _is_text(value) else np.asarray(value)
+                    for key, value in body["inputs"].items()
+                },
+            )
+            self._reply(200, {"outputs": {key: _jsonable(value) for key, value in outputs.items()}})
 
         def log_message(self, *args):  # keep test output quiet
             pass
@@ -132,8 +149,9 @@ def _is_text(value) -> bool:
 
 def _jsonable(value: np.ndarray):
     if value.dtype == object:
-        return np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v,
-                            otypes=[object])(value).tolist()
+        return np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else v, otypes=[object])(
+            value
+        ).tolist()
     return value.tolist()
 
 

@@ -7,19 +7,37 @@ import sys
 import time
 
 # Pipeline parameters `recsys check` takes as options (the data checks' own).
-CHECK_PARAMETERS = ("as_of", "lookback_days", "eval_days", "schema_dir", "max_reject_rate",
-                    "input_encoding", "feature_views", "history_length", "statistics_root",
-                    "drift_baseline", "anomaly_policy")
+CHECK_PARAMETERS = (
+    "as_of",
+    "lookback_days",
+    "eval_days",
+    "schema_dir",
+    "max_reject_rate",
+    "input_encoding",
+    "feature_views",
+    "history_length",
+    "statistics_root",
+    "drift_baseline",
+    "anomaly_policy",
+)
 
 
 def _generate(args):
     from recsys.app.generate import generate
 
-    counts = generate(args.out, users=args.users, items=args.items, days=args.days,
-                      seed=args.seed, start=args.start,
-                      impressions_per_user_day=args.impressions_per_user_day,
-                      drift=args.drift or "", drift_day=args.drift_day, skew=args.skew or "",
-                      skew_day=args.skew_day)
+    counts = generate(
+        args.out,
+        users=args.users,
+        items=args.items,
+        days=args.days,
+        seed=args.seed,
+        start=args.start,
+        impressions_per_user_day=args.impressions_per_user_day,
+        drift=args.drift or "",
+        drift_day=args.drift_day,
+        skew=args.skew or "",
+        skew_day=args.skew_day,
+    )
     for name, rows in counts.items():
         print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
 
@@ -30,12 +48,15 @@ def _check(args):
 
     # The data directory's recsys.yaml, with the options given here replacing it.
     parameters = data_config(args.data)
-    parameters.update({name: getattr(args, name) for name in CHECK_PARAMETERS
-                       if getattr(args, name) is not None})
+    parameters.update(
+        {name: getattr(args, name) for name in CHECK_PARAMETERS if getattr(args, name) is not None}
+    )
     result = check_span(args.data, args.workdir, parameters)
     counts = result["ingest"]
-    print(f"ingest: {counts['quarantined']} row(s) quarantined: "
-          f"{os.path.join(args.workdir, 'ingest', 'quarantine')}")
+    print(
+        f"ingest: {counts['quarantined']} row(s) quarantined: "
+        f"{os.path.join(args.workdir, 'ingest', 'quarantine')}"
+    )
     print(result["validate"]["markdown"])
     print(f"report (HTML, renders offline): {result['report']}")
 
@@ -46,8 +67,10 @@ def _import_movielens(args):
 
     for name, rows in import_movielens(args.src, args.out).items():
         print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
-    print(f"schemas: {os.path.join(args.out, 'schemas')}; pipeline parameters: "
-          f"{os.path.join(args.out, DATA_CONFIG)}")
+    print(
+        f"schemas: {os.path.join(args.out, 'schemas')}; pipeline parameters: "
+        f"{os.path.join(args.out, DATA_CONFIG)}"
+    )
     print(f"run the pipeline on it: recsys run --data {args.out}")
 
 
@@ -83,8 +106,9 @@ def _submit(args):
 
     params = kubeflow.parse_params(args.param, pipeline_parameters())
     with kubeflow.api_errors(args.host):
-        run = kubeflow.submit(args.host, params, args.experiment, args.run_name, args.image,
-                              args.pipeline_yaml)
+        run = kubeflow.submit(
+            args.host, params, args.experiment, args.run_name, args.image, args.pipeline_yaml
+        )
     print(f"submitted run {run['run_id']} to experiment '{args.experiment}': {run['url']}")
 
 
@@ -105,28 +129,50 @@ def _schedule(args):
             print(f"deleted recurring run {args.delete}")
             return
         if not args.cron:
-            raise ValueError("--cron is required to create a recurring run (or pass --list, "
-                             "--disable ID or --delete ID)")
+            raise ValueError(
+                "--cron is required to create a recurring run (or pass --list, "
+                "--disable ID or --delete ID)"
+            )
         params = kubeflow.parse_params(args.param, pipeline_parameters())
-        job = kubeflow.schedule(args.host, args.cron, params, args.name,
-                                args.experiment or kubeflow.DEFAULT_EXPERIMENT,
-                                not args.catchup, args.max_concurrency, args.image,
-                                args.pipeline_yaml)
-        print(f"created recurring run {job['recurring_run_id']} ('{job['name']}', cron "
-              f"'{job['cron']}', max concurrency {args.max_concurrency}, "
-              f"{'catch-up' if args.catchup else 'no catch-up'})")
+        job = kubeflow.schedule(
+            args.host,
+            args.cron,
+            params,
+            args.name,
+            args.experiment or kubeflow.DEFAULT_EXPERIMENT,
+            not args.catchup,
+            args.max_concurrency,
+            args.image,
+            args.pipeline_yaml,
+        )
+        print(
+            f"created recurring run {job['recurring_run_id']} ('{job['name']}', cron "
+            f"'{job['cron']}', max concurrency {args.max_concurrency}, "
+            f"{'catch-up' if args.catchup else 'no catch-up'})"
+        )
 
 
 def _simulate(args):
     from recsys.app import local_run
     from recsys.app.simulate import simulate
 
-    result = simulate(args.workdir, args.days, args.drift_day, args.drift, args.lookback_days,
-                      args.eval_days, args.users, args.items, args.seed,
-                      local_run.load_config(args.config))
+    result = simulate(
+        args.workdir,
+        args.days,
+        args.drift_day,
+        args.drift,
+        args.lookback_days,
+        args.eval_days,
+        args.users,
+        args.items,
+        args.seed,
+        local_run.load_config(args.config),
+    )
     for day in result["days"]:
-        print(f"day {day['day']} (as_of {day['as_of']}): {day['status']}; serving version "
-              f"{day['served_version']}")
+        print(
+            f"day {day['day']} (as_of {day['as_of']}): {day['status']}; serving version "
+            f"{day['served_version']}"
+        )
     print(f"timeline: {os.path.join(result['workdir'], 'timeline.html')} (and timeline.png)")
 
 
@@ -138,24 +184,32 @@ def _recommend(args):
     from recsys.serving import Context, Funnel, GrpcBackend, RestBackend, ServingLog
 
     if args.backend != "in-process" and not args.target:
-        raise ValueError(f"--backend {args.backend} needs --target (grpc: host:8500, "
-                         "rest: http://host:8501)")
-    backend = {"in-process": lambda: None, "grpc": lambda: GrpcBackend(args.target),
-               "rest": lambda: RestBackend(args.target)}[args.backend]()
+        raise ValueError(
+            f"--backend {args.backend} needs --target (grpc: host:8500, rest: http://host:8501)"
+        )
+    backend = {
+        "in-process": lambda: None,
+        "grpc": lambda: GrpcBackend(args.target),
+        "rest": lambda: RestBackend(args.target),
+    }[args.backend]()
     log = ServingLog(args.log_dir) if args.log_dir else None
     funnel = Funnel.from_serving_root(args.serving_root, backend, serving_log=log)
     # The rules pushed with the models, with the options given here replacing theirs.
-    overrides = {name: getattr(args, name) for name in (
-        "k", "max_per_creator", "max_per_category", "mmr_lambda", "freshness_boost")
-        if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("k", "max_per_creator", "max_per_category", "mmr_lambda", "freshness_boost")
+        if getattr(args, name) is not None
+    }
     if args.blocklist is not None:
         overrides["blocklist"] = frozenset(args.blocklist)
     funnel.config = replace(funnel.config, **overrides)
     at = pd.Timestamp(args.at, tz="UTC") if args.at else None
     result = funnel.recommend(args.user_id, Context(at))
     known = "" if result.known_user else " (unknown user: cold start)"
-    print(f"top {len(result.items)} for {args.user_id}{known}, model version {funnel.version}, "
-          f"{args.backend}")
+    print(
+        f"top {len(result.items)} for {args.user_id}{known}, model version {funnel.version}, "
+        f"{args.backend}"
+    )
     print(result.items.to_string(index=True, float_format=lambda v: f"{v:.4f}"))
     print("removed before the page: " + ", ".join(f"{k} {v}" for k, v in result.removed.items()))
     print("milliseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.milliseconds.items()))
@@ -178,10 +232,12 @@ def _versions(args):
         serving = ", ".join(sorted(name for name, v in served.items() if v == version))
         as_of = (record.get("data_window") or {}).get("as_of")
         until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(as_of)) if as_of else "?"
-        print(f"{version:>7}  {serving or '-':<20} {record['content_hash'][:12]}  {until:<16} "
-              f"{record['blessing']['reason'][:100]}")
+        print(
+            f"{version:>7}  {serving or '-':<20} {record['content_hash'][:12]}  {until:<16} "
+            f"{record['blessing']['reason'][:100]}"
+        )
     print("\nrecent events:")
-    for event in root_.events(args.serving_root)[-args.events:]:
+    for event in root_.events(args.serving_root)[-args.events :]:
         details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "at"))
         print(f"  {event['at']} {event['kind']}: {details}")
 
@@ -191,9 +247,11 @@ def _rollback(args):
     from recsys.serving import serving_root as root_
 
     event = root_.rollback(args.serving_root, args.model, args.to, args.reason)
-    print(f"{args.model}: now serving version {event['to_version']} (was "
-          f"{event['from_version']}); {os.path.join(args.serving_root, MODELS_CONFIG)} "
-          "updated, TF Serving picks it up at its next config poll")
+    print(
+        f"{args.model}: now serving version {event['to_version']} (was "
+        f"{event['from_version']}); {os.path.join(args.serving_root, MODELS_CONFIG)} "
+        "updated, TF Serving picks it up at its next config poll"
+    )
 
 
 def _parameters(args):
@@ -231,36 +289,52 @@ def main(argv=None):
     generate.add_argument("--seed", type=int, default=7)
     generate.add_argument("--start", default="2026-01-05", help="first day (UTC)")
     generate.add_argument("--impressions-per-user-day", type=float, default=4.0)
-    generate.add_argument("--drift", choices=sorted(DRIFTS),
-                          help="inject drift from --drift-day on: "
-                          + "; ".join(f"{k}: {v}" for k, v in DRIFTS.items()))
+    generate.add_argument(
+        "--drift",
+        choices=sorted(DRIFTS),
+        help="inject drift from --drift-day on: "
+        + "; ".join(f"{k}: {v}" for k, v in DRIFTS.items()),
+    )
     generate.add_argument("--drift-day", type=int, default=0, help="0 = the first day")
-    generate.add_argument("--skew", choices=sorted(SKEWS),
-                          help="inject training/serving skew into the serving log from "
-                          "--skew-day on: " + "; ".join(f"{k}: {v}" for k, v in SKEWS.items()))
+    generate.add_argument(
+        "--skew",
+        choices=sorted(SKEWS),
+        help="inject training/serving skew into the serving log from "
+        "--skew-day on: " + "; ".join(f"{k}: {v}" for k, v in SKEWS.items()),
+    )
     generate.add_argument("--skew-day", type=int, default=0, help="0 = the first day")
     generate.set_defaults(func=_generate)
 
-    check = commands.add_parser("check", help="the data checks of one span (ingest, join, "
-                                "validate), without training")
+    check = commands.add_parser(
+        "check", help="the data checks of one span (ingest, join, validate), without training"
+    )
     check.add_argument("--data", required=True, help="raw data directory")
-    check.add_argument("--workdir", default="check", help="outputs: ingest/quarantine, "
-                       "validate/, report.html, statistics/ (the drift baselines)")
+    check.add_argument(
+        "--workdir",
+        default="check",
+        help="outputs: ingest/quarantine, "
+        "validate/, report.html, statistics/ (the drift baselines)",
+    )
     known = pipeline_parameters()
     for name in CHECK_PARAMETERS:
-        check.add_argument(f"--{name.replace('_', '-')}", type=known[name].type,
-                           help=f"{known[name].help} (default: the data directory's "
-                                f"recsys.yaml, else {known[name].default!r})")
+        check.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=known[name].type,
+            help=f"{known[name].help} (default: the data directory's "
+            f"recsys.yaml, else {known[name].default!r})",
+        )
     check.set_defaults(func=_check)
 
     movielens = commands.add_parser(
-        "import-movielens", help="convert MovieLens 100K (u.data, u.user, u.item) to raw tables")
+        "import-movielens", help="convert MovieLens 100K (u.data, u.user, u.item) to raw tables"
+    )
     movielens.add_argument("--src", required=True, help="the unzipped ml-100k directory")
     movielens.add_argument("--out", required=True, help="raw data directory to write")
     movielens.set_defaults(func=_import_movielens)
 
-    reference = commands.add_parser("parameters", help="every pipeline parameter: type, "
-                                    "default and meaning (Markdown)")
+    reference = commands.add_parser(
+        "parameters", help="every pipeline parameter: type, default and meaning (Markdown)"
+    )
     reference.set_defaults(func=_parameters)
 
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
@@ -270,24 +344,38 @@ def main(argv=None):
 
     run = commands.add_parser("run", help="compile, then run the compiled YAML locally")
     run.add_argument("--data", help="raw data directory (default: generate the sample)")
-    run.add_argument("--workdir", default="work", help="outputs: pipeline.yaml, pipeline_root/, "
-                                                        "serving/")
-    run.add_argument("--config", help="YAML file of pipeline parameters (over the data "
-                                      "directory's recsys.yaml, if it has one)")
+    run.add_argument(
+        "--workdir", default="work", help="outputs: pipeline.yaml, pipeline_root/, serving/"
+    )
+    run.add_argument(
+        "--config",
+        help="YAML file of pipeline parameters (over the data "
+        "directory's recsys.yaml, if it has one)",
+    )
     run.add_argument("--image", default=DEFAULT_IMAGE)
     run.add_argument("--verbose", action="store_true", help="stream every task's full log")
     run.set_defaults(func=_run)
 
     def kubeflow_options(command):
-        command.add_argument("--host", required=True,
-                             help="the KFP API, e.g. https://kubeflow.example.com/pipeline")
-        command.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                             help="a pipeline parameter (repeatable), e.g. data_root=/data")
-        command.add_argument("--image", default=DEFAULT_IMAGE,
-                             help="the image every stage runs in (compiled in as the "
-                                  "default of the image parameter)")
-        command.add_argument("--pipeline-yaml", help="submit this compiled package instead of "
-                                                     "compiling one")
+        command.add_argument(
+            "--host", required=True, help="the KFP API, e.g. https://kubeflow.example.com/pipeline"
+        )
+        command.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a pipeline parameter (repeatable), e.g. data_root=/data",
+        )
+        command.add_argument(
+            "--image",
+            default=DEFAULT_IMAGE,
+            help="the image every stage runs in (compiled in as the "
+            "default of the image parameter)",
+        )
+        command.add_argument(
+            "--pipeline-yaml", help="submit this compiled package instead of compiling one"
+        )
 
     submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow")
     kubeflow_options(submit)
@@ -295,15 +383,18 @@ def main(argv=None):
     submit.add_argument("--run-name", default="")
     submit.set_defaults(func=_submit)
 
-    schedule = commands.add_parser("schedule", help="create, list, disable or delete "
-                                   "recurring runs on Kubeflow")
+    schedule = commands.add_parser(
+        "schedule", help="create, list, disable or delete recurring runs on Kubeflow"
+    )
     kubeflow_options(schedule)
     schedule.add_argument("--cron", help='six fields, seconds first: "0 0 3 * * *" = 03:00 daily')
     schedule.add_argument("--name", default="recsys-daily", help="the recurring run's name")
     schedule.add_argument("--experiment", help="default: recsys (with --list: all experiments)")
-    schedule.add_argument("--catchup", action="store_true",
-                          help="run every missed interval after a pause (default: only the "
-                               "latest)")
+    schedule.add_argument(
+        "--catchup",
+        action="store_true",
+        help="run every missed interval after a pause (default: only the latest)",
+    )
     schedule.add_argument("--no-catchup", dest="catchup", action="store_false")
     schedule.add_argument("--max-concurrency", type=int, default=1)
     manage = schedule.add_mutually_exclusive_group()
@@ -312,11 +403,17 @@ def main(argv=None):
     manage.add_argument("--delete", metavar="ID", help="delete a recurring run")
     schedule.set_defaults(func=_schedule)
 
-    simulate = commands.add_parser("simulate", help="N consecutive daily retrains locally on "
-                                   "synthetic data, with a timeline report")
+    simulate = commands.add_parser(
+        "simulate",
+        help="N consecutive daily retrains locally on synthetic data, with a timeline report",
+    )
     simulate.add_argument("--days", type=int, required=True)
-    simulate.add_argument("--drift-day", type=int, default=0,
-                          help="inject drift from this simulated day on (1..days; 0 = none)")
+    simulate.add_argument(
+        "--drift-day",
+        type=int,
+        default=0,
+        help="inject drift from this simulated day on (1..days; 0 = none)",
+    )
     simulate.add_argument("--drift", choices=sorted(DRIFTS), default="category")
     simulate.add_argument("--workdir", default="simulation")
     simulate.add_argument("--lookback-days", type=int, default=14)
@@ -332,33 +429,42 @@ def main(argv=None):
     recommend.add_argument("--user-id", required=True)
     recommend.add_argument("--k", type=int, help="page length (default: the pushed rules')")
     recommend.add_argument("--at", help="request time (UTC), default now")
-    recommend.add_argument("--backend", choices=["in-process", "grpc", "rest"],
-                           default="in-process", help="where the models run (default: the "
-                           "pushed SavedModels in this process; grpc/rest: TF Serving)")
-    recommend.add_argument("--target", help="TF Serving address: host:8500 (grpc) or "
-                                            "http://host:8501 (rest)")
+    recommend.add_argument(
+        "--backend",
+        choices=["in-process", "grpc", "rest"],
+        default="in-process",
+        help="where the models run (default: the "
+        "pushed SavedModels in this process; grpc/rest: TF Serving)",
+    )
+    recommend.add_argument(
+        "--target", help="TF Serving address: host:8500 (grpc) or http://host:8501 (rest)"
+    )
     # Re-ranking rules: unset options keep the rules pushed with the models.
     recommend.add_argument("--max-per-creator", type=int, help="0 = no cap")
     recommend.add_argument("--max-per-category", type=int, help="0 = no cap")
-    recommend.add_argument("--mmr-lambda", type=float,
-                           help="1 = relevance only; lower = more diverse")
+    recommend.add_argument(
+        "--mmr-lambda", type=float, help="1 = relevance only; lower = more diverse"
+    )
     recommend.add_argument("--freshness-boost", type=float)
     recommend.add_argument("--blocklist", nargs="*", help="item ids never to recommend")
     recommend.add_argument("--log-dir", help="append the served features to this serving log")
     recommend.set_defaults(func=_recommend)
 
-    versions = commands.add_parser("versions", help="pushed versions, which are served, and "
-                                   "recent pushes and rollbacks")
+    versions = commands.add_parser(
+        "versions", help="pushed versions, which are served, and recent pushes and rollbacks"
+    )
     versions.add_argument("--serving-root", required=True)
     versions.add_argument("--events", type=int, default=10, help="how many recent events")
     versions.set_defaults(func=_versions)
 
-    rollback = commands.add_parser("rollback", help="serve an earlier pushed version of a model "
-                                   "(atomically, recorded)")
+    rollback = commands.add_parser(
+        "rollback", help="serve an earlier pushed version of a model (atomically, recorded)"
+    )
     rollback.add_argument("--serving-root", required=True)
     rollback.add_argument("--model", required=True, help="e.g. retrieval or ranking")
-    rollback.add_argument("--to", type=int, help="version to serve (default: the newest one "
-                                                 "below the served version)")
+    rollback.add_argument(
+        "--to", type=int, help="version to serve (default: the newest one below the served version)"
+    )
     rollback.add_argument("--reason", default="", help="recorded with the rollback")
     rollback.set_defaults(func=_rollback)
 

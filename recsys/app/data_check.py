@@ -26,8 +26,11 @@ def check_span(data_root: str, workdir: str, parameters: dict | None = None) -> 
     "validate": summary, "report": path}`` or raises the stage's DataError /
     ValidationFailed (the report is written either way)."""
     workdir = os.path.abspath(workdir)
-    arguments = {"data_root": data_root, "serving_root": os.path.join(workdir, "serving"),
-                 **(parameters or {})}
+    arguments = {
+        "data_root": data_root,
+        "serving_root": os.path.join(workdir, "serving"),
+        **(parameters or {}),
+    }
     report = os.path.join(workdir, REPORT)
     if os.path.exists(report):
         os.remove(report)
@@ -40,5 +43,8 @@ def check_span(data_root: str, workdir: str, parameters: dict | None = None) -> 
     with open(os.path.join(run.artifact("validate", "anomalies").path, SUMMARY_FILE)) as handle:
         summary = json.load(handle)
     summary["anomalies"] = [Anomaly(**anomaly) for anomaly in summary["anomalies"]]
-    return {"ingest": dict(run.artifact("ingest", "ingest_metrics").metadata),
-            "validate": summary, "report": report}
+    return {
+        "ingest": dict(run.artifact("ingest", "ingest_metrics").metadata),
+        "validate": summary,
+        "report": report,
+    }

@@ -22,8 +22,20 @@ from recsys.core.derived import DAY, context_columns, item_age_days
 from recsys.core.schemas import required_columns
 from recsys.core.tables import write_raw_tables
 
-CATEGORIES = ["news", "music", "gaming", "sports", "comedy", "education", "cooking",
-              "travel", "tech", "beauty", "animals", "film"]
+CATEGORIES = [
+    "news",
+    "music",
+    "gaming",
+    "sports",
+    "comedy",
+    "education",
+    "cooking",
+    "travel",
+    "tech",
+    "beauty",
+    "animals",
+    "film",
+]
 COUNTRIES = ["US", "BR", "IN", "DE", "JP"]
 DEVICES = ["android", "ios", "web"]
 LATENT_DIM = 8
@@ -41,10 +53,19 @@ SKEWS = {
 }
 
 
-def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed: int = 7,
-             start: str = "2026-01-05", impressions_per_user_day: float = 4.0,
-             drift: str = "", drift_day: int = 0, skew: str = "",
-             skew_day: int = 0) -> dict[str, int]:
+def generate(
+    out: str,
+    users: int = 2000,
+    items: int = 400,
+    days: int = 14,
+    seed: int = 7,
+    start: str = "2026-01-05",
+    impressions_per_user_day: float = 4.0,
+    drift: str = "",
+    drift_day: int = 0,
+    skew: str = "",
+    skew_day: int = 0,
+) -> dict[str, int]:
     """Write users, items, impressions, daily feature snapshots and the serving log
     under ``out``.
 
@@ -56,8 +77,10 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
     """
     if users < 2 or items < 2 or days < 2:
         raise ValueError("generate needs at least 2 users, 2 items and 2 days")
-    for kind, value, known, day in (("drift", drift, DRIFTS, drift_day),
-                                    ("skew", skew, SKEWS, skew_day)):
+    for kind, value, known, day in (
+        ("drift", drift, DRIFTS, drift_day),
+        ("skew", skew, SKEWS, skew_day),
+    ):
         if value and value not in known:
             raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(known)}")
         if value and not 0 <= day < days:
@@ -66,26 +89,47 @@ def generate(out: str, users: int = 2000, items: int = 400, days: int = 14, seed
     start_ts = int(pd.Timestamp(start, tz="UTC").timestamp())
 
     category_vectors = rng.normal(size=(len(CATEGORIES), LATENT_DIM))
-    items_frame, item_vectors, item_quality, item_popularity = _items(rng, items, start_ts,
-                                                                       category_vectors)
+    items_frame, item_vectors, item_quality, item_popularity = _items(
+        rng, items, start_ts, category_vectors
+    )
     users_frame, user_vectors, user_activity = _users(rng, users, start_ts, category_vectors)
 
     affinity = user_vectors @ item_vectors.T / np.sqrt(LATENT_DIM)
     affinity = (affinity - affinity.mean()) / affinity.std()
-    impressions = _impressions(rng, affinity, item_quality, item_popularity, user_activity,
-                               items_frame, days, start_ts, impressions_per_user_day,
-                               drift, drift_day)
+    impressions = _impressions(
+        rng,
+        affinity,
+        item_quality,
+        item_popularity,
+        user_activity,
+        items_frame,
+        days,
+        start_ts,
+        impressions_per_user_day,
+        drift,
+        drift_day,
+    )
     impressions["user_id"] = users_frame["user_id"].to_numpy()[impressions.pop("user_index")]
     impressions["item_id"] = items_frame["item_id"].to_numpy()[impressions["item_index"]]
 
     user_snapshots = daily_snapshots(impressions, "user", users_frame["user_id"], days, start_ts)
     item_snapshots = daily_snapshots(impressions, "item", items_frame["item_id"], days, start_ts)
-    serving_log = _serving_log(impressions, users_frame, items_frame, user_snapshots,
-                               item_snapshots, days, start_ts, skew, skew_day)
+    serving_log = _serving_log(
+        impressions,
+        users_frame,
+        items_frame,
+        user_snapshots,
+        item_snapshots,
+        days,
+        start_ts,
+        skew,
+        skew_day,
+    )
     # Real feature jobs miss days; a few absent snapshots exercise the as-of fallback.
     user_features, item_features = (
         frame[rng.random(len(frame)) >= 0.03].reset_index(drop=True)
-        for frame in (user_snapshots, item_snapshots))
+        for frame in (user_snapshots, item_snapshots)
+    )
     impressions = impressions.drop(columns=["item_index"])
 
     tables = {
@@ -105,15 +149,20 @@ def _items(rng, n, start_ts, category_vectors):
     creator = rng.integers(0, n_creators, n)
     category = creator_category[creator]  # creators specialise in one category
     creator_style = rng.normal(scale=0.5, size=(n_creators, LATENT_DIM))
-    vectors = (category_vectors[category] + creator_style[creator]
-               + rng.normal(scale=0.4, size=(n, LATENT_DIM)))
-    frame = pd.DataFrame({
-        "item_id": [f"v{i:06d}" for i in range(n)],
-        "category": np.array(CATEGORIES)[category],
-        "creator_id": [f"c{c:05d}" for c in creator],
-        "duration_s": np.clip(rng.lognormal(np.log(240), 0.6, n), 15, 3600).round(1),
-        "upload_ts": start_ts - rng.integers(DAY, 120 * DAY, n),
-    })
+    vectors = (
+        category_vectors[category]
+        + creator_style[creator]
+        + rng.normal(scale=0.4, size=(n, LATENT_DIM))
+    )
+    frame = pd.DataFrame(
+        {
+            "item_id": [f"v{i:06d}" for i in range(n)],
+            "category": np.array(CATEGORIES)[category],
+            "creator_id": [f"c{c:05d}" for c in creator],
+            "duration_s": np.clip(rng.lognormal(np.log(240), 0.6, n), 15, 3600).round(1),
+            "upload_ts": start_ts - rng.integers(DAY, 120 * DAY, n),
+        }
+    )
     quality = rng.normal(0.0, 0.5, n)
     popularity = rng.lognormal(0.0, 0.7, n)
     return frame, vectors, quality, popularity
@@ -124,25 +173,41 @@ def _users(rng, n, start_ts, category_vectors):
     taste = rng.dirichlet(np.full(len(CATEGORIES), 0.25), size=n)
     vectors = taste @ category_vectors * 2.0 + rng.normal(scale=0.3, size=(n, LATENT_DIM))
     activity = rng.lognormal(0.0, 0.6, n)
-    frame = pd.DataFrame({
-        "user_id": [f"u{i:06d}" for i in range(n)],
-        "country": rng.choice(COUNTRIES, n, p=[0.35, 0.2, 0.25, 0.1, 0.1]),
-        "device": rng.choice(DEVICES, n, p=[0.5, 0.3, 0.2]),
-        "signup_ts": start_ts - rng.integers(DAY, 720 * DAY, n),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i:06d}" for i in range(n)],
+            "country": rng.choice(COUNTRIES, n, p=[0.35, 0.2, 0.25, 0.1, 0.1]),
+            "device": rng.choice(DEVICES, n, p=[0.5, 0.3, 0.2]),
+            "signup_ts": start_ts - rng.integers(DAY, 720 * DAY, n),
+        }
+    )
     return frame, vectors, activity / activity.mean()
 
 
-def _impressions(rng, affinity, quality, popularity, activity, items_frame, days, start_ts,
-                 per_user_day, drift, drift_day):
+def _impressions(
+    rng,
+    affinity,
+    quality,
+    popularity,
+    activity,
+    items_frame,
+    days,
+    start_ts,
+    per_user_day,
+    drift,
+    drift_day,
+):
     n_users, n_items = affinity.shape
     rate = np.full(days, per_user_day)
     if drift == "volume":
         rate[drift_day:] *= 0.4
     counts = rng.poisson(activity[:, None] * rate[None, :], size=(n_users, days))
     per_user = counts.sum(axis=1)
-    day = np.concatenate([np.repeat(np.arange(days), c) for c in counts]) if per_user.sum() else \
-        np.array([], dtype=np.int64)
+    day = (
+        np.concatenate([np.repeat(np.arange(days), c) for c in counts])
+        if per_user.sum()
+        else np.array([], dtype=np.int64)
+    )
     # The incumbent recommender shows a taste/popularity mix, so exposure itself is biased.
     exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
     drifted_logits = exposure_logits
@@ -151,8 +216,9 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
         pushed = category.value_counts().index[-1]
         drifted_logits = exposure_logits + 2.5 * (category.to_numpy() == pushed)[None, :]
     elif drift == "numeric":
-        drifted_logits = exposure_logits + 2.0 * np.log(
-            items_frame["duration_s"].to_numpy() / 240.0)[None, :]
+        drifted_logits = (
+            exposure_logits + 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
+        )
     user_index = np.repeat(np.arange(n_users), per_user)
     uniform = rng.random(len(user_index))
     item_index = np.empty(len(user_index), dtype=np.int64)
@@ -167,8 +233,34 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
             lo, hi = offsets[u], offsets[u + 1]
             mine = lo + np.flatnonzero(rows[lo:hi])
             item_index[mine] = np.minimum(np.searchsorted(cdf[u], uniform[mine]), n_items - 1)
-    hour_weights = np.array([1, 0.6, 0.4, 0.3, 0.3, 0.4, 0.7, 1.0, 1.2, 1.2, 1.2, 1.3,
-                             1.5, 1.4, 1.3, 1.3, 1.5, 1.8, 2.2, 2.6, 2.8, 2.5, 2.0, 1.4])
+    hour_weights = np.array(
+        [
+            1,
+            0.6,
+            0.4,
+            0.3,
+            0.3,
+            0.4,
+            0.7,
+            1.0,
+            1.2,
+            1.2,
+            1.2,
+            1.3,
+            1.5,
+            1.4,
+            1.3,
+            1.3,
+            1.5,
+            1.8,
+            2.2,
+            2.6,
+            2.8,
+            2.5,
+            2.0,
+            1.4,
+        ]
+    )
     hour = rng.choice(24, len(user_index), p=hour_weights / hour_weights.sum())
     event_ts = start_ts + day * DAY + hour * 3600 + rng.integers(0, 3600, len(user_index))
 
@@ -176,24 +268,28 @@ def _impressions(rng, affinity, quality, popularity, activity, items_frame, days
     logit = 2.5 * affinity[user_index, item_index] + quality[item_index] + evening_boost - 3.0
     clicked = (rng.random(len(user_index)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
     duration = items_frame["duration_s"].to_numpy()[item_index]
-    watched_fraction = np.clip(rng.beta(2, 2, len(user_index)) * (0.6 + 0.2 * logit.clip(-2, 2)),
-                               0.02, 1.0)
+    watched_fraction = np.clip(
+        rng.beta(2, 2, len(user_index)) * (0.6 + 0.2 * logit.clip(-2, 2)), 0.02, 1.0
+    )
     watch_seconds = np.where(clicked == 1, (duration * watched_fraction).round(1), 0.0)
 
     order = np.argsort(event_ts, kind="stable")
-    frame = pd.DataFrame({
-        "event_ts": event_ts[order],
-        "user_index": user_index[order],
-        "item_index": item_index[order],
-        "clicked": clicked[order],
-        "watch_seconds": watch_seconds[order],
-    })
+    frame = pd.DataFrame(
+        {
+            "event_ts": event_ts[order],
+            "user_index": user_index[order],
+            "item_index": item_index[order],
+            "clicked": clicked[order],
+            "watch_seconds": watch_seconds[order],
+        }
+    )
     frame.insert(0, "event_id", [f"e{i:09d}" for i in range(len(frame))])
     return frame
 
 
-def daily_snapshots(impressions: pd.DataFrame, entity: str, ids, days: int,
-                    start_ts: int) -> pd.DataFrame:
+def daily_snapshots(
+    impressions: pd.DataFrame, entity: str, ids, days: int, start_ts: int
+) -> pd.DataFrame:
     """The ``user_features`` / ``item_features`` table (``entity`` "user" / "item") of
     ``impressions`` (event_ts, ``<entity>_id``, clicked, watch_seconds): one row per id
     and day, stamped at midnight, aggregating the previous HISTORY_DAYS days."""
@@ -209,7 +305,10 @@ def daily_snapshots(impressions: pd.DataFrame, entity: str, ids, days: int,
         # value at snapshot d = sum over days [d - HISTORY_DAYS, d)
         cumulative = np.concatenate([np.zeros((n, 1)), np.cumsum(daily_values, axis=1)], axis=1)
         snapshot_days = np.arange(days + 1)
-        return cumulative[:, snapshot_days] - cumulative[:, np.maximum(snapshot_days - HISTORY_DAYS, 0)]
+        return (
+            cumulative[:, snapshot_days]
+            - cumulative[:, np.maximum(snapshot_days - HISTORY_DAYS, 0)]
+        )
 
     impressions_7d = trailing(daily(None))
     clicks_7d = trailing(daily(impressions["clicked"].to_numpy().astype(float)))
@@ -217,20 +316,26 @@ def daily_snapshots(impressions: pd.DataFrame, entity: str, ids, days: int,
     feature_ts = np.tile(start_ts + np.arange(days + 1) * DAY, n)
     if entity == "user":
         watch_7d = trailing(daily(impressions["watch_seconds"].to_numpy()))
-        frame = pd.DataFrame({
-            "user_id": entity_ids, "feature_ts": feature_ts,
-            "user_impressions_7d": impressions_7d.ravel().astype(np.int64),
-            "user_clicks_7d": clicks_7d.ravel().astype(np.int64),
-            "user_watch_seconds_7d": watch_7d.ravel().round(1),
-        })
+        frame = pd.DataFrame(
+            {
+                "user_id": entity_ids,
+                "feature_ts": feature_ts,
+                "user_impressions_7d": impressions_7d.ravel().astype(np.int64),
+                "user_clicks_7d": clicks_7d.ravel().astype(np.int64),
+                "user_watch_seconds_7d": watch_7d.ravel().round(1),
+            }
+        )
     else:
-        frame = pd.DataFrame({
-            "item_id": entity_ids, "feature_ts": feature_ts,
-            "item_impressions_7d": impressions_7d.ravel().astype(np.int64),
-            "item_clicks_7d": clicks_7d.ravel().astype(np.int64),
-            # Smoothed towards a 10% prior so new items do not get 0/0 or 1/1.
-            "item_ctr_7d": ((clicks_7d + 2.0) / (impressions_7d + 20.0)).ravel().round(5),
-        })
+        frame = pd.DataFrame(
+            {
+                "item_id": entity_ids,
+                "feature_ts": feature_ts,
+                "item_impressions_7d": impressions_7d.ravel().astype(np.int64),
+                "item_clicks_7d": clicks_7d.ravel().astype(np.int64),
+                # Smoothed towards a 10% prior so new items do not get 0/0 or 1/1.
+                "item_ctr_7d": ((clicks_7d + 2.0) / (impressions_7d + 20.0)).ravel().round(5),
+            }
+        )
     return frame
 
 
@@ -243,19 +348,29 @@ def _serving_history(impressions: pd.DataFrame) -> pd.DataFrame:
 
     view = HistoryView()
     clicked = impressions[impressions["clicked"] == 1]
-    engagements = pa.table({view.key: clicked["user_id"].astype(str).to_numpy(),
-                            "event_ts": clicked["event_ts"].to_numpy(np.int64),
-                            view.item: clicked["item_id"].astype(str).to_numpy(),
-                            view.value: clicked["watch_seconds"].to_numpy(float)})
-    events = pa.table({view.key: impressions["user_id"].astype(str).to_numpy(),
-                       "event_ts": impressions["event_ts"].to_numpy(np.int64)})
+    engagements = pa.table(
+        {
+            view.key: clicked["user_id"].astype(str).to_numpy(),
+            "event_ts": clicked["event_ts"].to_numpy(np.int64),
+            view.item: clicked["item_id"].astype(str).to_numpy(),
+            view.value: clicked["watch_seconds"].to_numpy(float),
+        }
+    )
+    events = pa.table(
+        {
+            view.key: impressions["user_id"].astype(str).to_numpy(),
+            "event_ts": impressions["event_ts"].to_numpy(np.int64),
+        }
+    )
     history = join_history(events, engagements, view).to_pandas()
     return history[[view.items_column, view.count_column, view.mean_column]].set_axis(
-        impressions.index)
+        impressions.index
+    )
 
 
-def _serving_log(impressions, users, items, user_snapshots, item_snapshots, days, start_ts,
-                 skew, skew_day):
+def _serving_log(
+    impressions, users, items, user_snapshots, item_snapshots, days, start_ts, skew, skew_day
+):
     """Per impression, the features serving used: each entity's snapshot of that day
     from serving's own feature cache (which, unlike the offline table, misses none)."""
     day = (impressions["event_ts"].to_numpy() - start_ts) // DAY
@@ -264,34 +379,38 @@ def _serving_log(impressions, users, items, user_snapshots, item_snapshots, days
     user_row = user_snapshots.iloc[user_index * (days + 1) + day].reset_index(drop=True)
     item_row = item_snapshots.iloc[item_index * (days + 1) + day].reset_index(drop=True)
     context = context_columns(impressions["event_ts"].to_numpy())
-    log = pd.DataFrame({
-        "event_id": impressions["event_id"],
-        "event_ts": impressions["event_ts"],
-        "user_id": impressions["user_id"],
-        "country": users["country"].to_numpy()[user_index],
-        "device": users["device"].to_numpy()[user_index],
-        "user_impressions_7d": user_row["user_impressions_7d"].astype(float),
-        "user_clicks_7d": user_row["user_clicks_7d"].astype(float),
-        "user_watch_seconds_7d": user_row["user_watch_seconds_7d"].astype(float),
-        "user_features_missing": 0,
-        "item_id": impressions["item_id"],
-        "category": items["category"].to_numpy()[item_index],
-        "creator_id": items["creator_id"].to_numpy()[item_index],
-        "duration_s": items["duration_s"].to_numpy()[item_index],
-        "item_age_days": item_age_days(impressions["event_ts"].to_numpy(),
-                                       items["upload_ts"].to_numpy()[item_index]),
-        "item_impressions_7d": item_row["item_impressions_7d"].astype(float),
-        "item_clicks_7d": item_row["item_clicks_7d"].astype(float),
-        "item_ctr_7d": item_row["item_ctr_7d"],
-        "item_features_missing": 0,
-        "hour_of_day": context["hour_of_day"],
-        "day_of_week": context["day_of_week"],
-    })
+    log = pd.DataFrame(
+        {
+            "event_id": impressions["event_id"],
+            "event_ts": impressions["event_ts"],
+            "user_id": impressions["user_id"],
+            "country": users["country"].to_numpy()[user_index],
+            "device": users["device"].to_numpy()[user_index],
+            "user_impressions_7d": user_row["user_impressions_7d"].astype(float),
+            "user_clicks_7d": user_row["user_clicks_7d"].astype(float),
+            "user_watch_seconds_7d": user_row["user_watch_seconds_7d"].astype(float),
+            "user_features_missing": 0,
+            "item_id": impressions["item_id"],
+            "category": items["category"].to_numpy()[item_index],
+            "creator_id": items["creator_id"].to_numpy()[item_index],
+            "duration_s": items["duration_s"].to_numpy()[item_index],
+            "item_age_days": item_age_days(
+                impressions["event_ts"].to_numpy(), items["upload_ts"].to_numpy()[item_index]
+            ),
+            "item_impressions_7d": item_row["item_impressions_7d"].astype(float),
+            "item_clicks_7d": item_row["item_clicks_7d"].astype(float),
+            "item_ctr_7d": item_row["item_ctr_7d"],
+            "item_features_missing": 0,
+            "hour_of_day": context["hour_of_day"],
+            "day_of_week": context["day_of_week"],
+        }
+    )
     log = pd.concat([log, _serving_history(impressions)], axis=1)
     skewed = day >= skew_day
     if skew == "device":
         log.loc[skewed & (log["device"] == "ios").to_numpy(), "device"] = "android"
     elif skew == "watch_minutes":
         log.loc[skewed, "user_watch_seconds_7d"] = (
-            log.loc[skewed, "user_watch_seconds_7d"] / 60.0).round(2)
+            log.loc[skewed, "user_watch_seconds_7d"] / 60.0
+        ).round(2)
     return log

@@ -34,12 +34,15 @@ def api_errors(host: str):
     try:
         yield
     except ApiException as error:
-        raise KubeflowError(f"the KFP API at {host} answered {error.status} {error.reason}: "
-                            f"{(error.body or '').strip()[:500]}") from None
+        raise KubeflowError(
+            f"the KFP API at {host} answered {error.status} {error.reason}: "
+            f"{(error.body or '').strip()[:500]}"
+        ) from None
     except urllib3.exceptions.HTTPError as error:
-        raise KubeflowError(f"cannot reach the KFP API at {host} ({error}); check --host "
-                            "(e.g. https://kubeflow.example.com/pipeline) and credentials"
-                            ) from None
+        raise KubeflowError(
+            f"cannot reach the KFP API at {host} ({error}); check --host "
+            "(e.g. https://kubeflow.example.com/pipeline) and credentials"
+        ) from None
 
 
 def parse_params(pairs: list[str], known: dict) -> dict:
@@ -51,8 +54,7 @@ def parse_params(pairs: list[str], known: dict) -> dict:
         if not sep:
             raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
         if name not in known:
-            raise ValueError(f"--param {name}: unknown pipeline parameter; known: "
-                             f"{sorted(known)}")
+            raise ValueError(f"--param {name}: unknown pipeline parameter; known: {sorted(known)}")
         kind = known[name].type
         if kind is bool:
             if value.lower() not in ("true", "false"):
@@ -62,8 +64,9 @@ def parse_params(pairs: list[str], known: dict) -> dict:
             try:
                 params[name] = kind(value)
             except ValueError:
-                raise ValueError(f"--param {name}: expected a {kind.__name__}, "
-                                 f"got {value!r}") from None
+                raise ValueError(
+                    f"--param {name}: expected a {kind.__name__}, got {value!r}"
+                ) from None
         else:
             params[name] = value
     return params
@@ -84,15 +87,24 @@ def package(pipeline_yaml: str | None, image: str, directory: str) -> str:
     return compile_pipeline(os.path.join(directory, "pipeline.yaml"), image)
 
 
-def submit(host: str, params: dict, experiment: str = DEFAULT_EXPERIMENT,
-           run_name: str = "", image: str = DEFAULT_IMAGE, pipeline_yaml: str | None = None,
-           kfp_client=None) -> dict:
+def submit(
+    host: str,
+    params: dict,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str = "",
+    image: str = DEFAULT_IMAGE,
+    pipeline_yaml: str | None = None,
+    kfp_client=None,
+) -> dict:
     """One run now; returns its id and the UI link."""
     kfp_client = kfp_client or client(host)
     with tempfile.TemporaryDirectory() as directory:
         result = kfp_client.create_run_from_pipeline_package(
-            package(pipeline_yaml, image, directory), arguments=params,
-            run_name=run_name or None, experiment_name=experiment)
+            package(pipeline_yaml, image, directory),
+            arguments=params,
+            run_name=run_name or None,
+            experiment_name=experiment,
+        )
     return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
 
 
@@ -100,24 +112,40 @@ def experiment_id(kfp_client, name: str) -> str:
     return kfp_client.create_experiment(name).experiment_id  # gets it when it exists
 
 
-def schedule(host: str, cron: str, params: dict, name: str, experiment: str = DEFAULT_EXPERIMENT,
-             no_catchup: bool = True, max_concurrency: int = 1, image: str = DEFAULT_IMAGE,
-             pipeline_yaml: str | None = None, kfp_client=None) -> dict:
+def schedule(
+    host: str,
+    cron: str,
+    params: dict,
+    name: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    no_catchup: bool = True,
+    max_concurrency: int = 1,
+    image: str = DEFAULT_IMAGE,
+    pipeline_yaml: str | None = None,
+    kfp_client=None,
+) -> dict:
     """A recurring run. ``cron`` has six fields, seconds first, as KFP expects.
     Unless ``params`` sets ``as_of``, each run's data window ends at its scheduled
     time (``SCHEDULED_AS_OF``)."""
     fields = cron.split()
     if len(fields) != 6:
-        raise ValueError(f"--cron {cron!r}: KFP cron expressions have 6 fields (seconds "
-                         "first), e.g. '0 0 3 * * *' for 03:00 every day")
+        raise ValueError(
+            f"--cron {cron!r}: KFP cron expressions have 6 fields (seconds "
+            "first), e.g. '0 0 3 * * *' for 03:00 every day"
+        )
     if max_concurrency < 1:
         raise ValueError("--max-concurrency must be at least 1")
     kfp_client = kfp_client or client(host)
     with tempfile.TemporaryDirectory() as directory:
         job = kfp_client.create_recurring_run(
-            experiment_id=experiment_id(kfp_client, experiment), job_name=name,
-            cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-            params={"as_of": SCHEDULED_AS_OF, **params}, pipeline_package_path=package(pipeline_yaml, image, directory))
+            experiment_id=experiment_id(kfp_client, experiment),
+            job_name=name,
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            no_catchup=no_catchup,
+            params={"as_of": SCHEDULED_AS_OF, **params},
+            pipeline_package_path=package(pipeline_yaml, image, directory),
+        )
     return {"recurring_run_id": job.recurring_run_id, "name": name, "cron": cron}
 
 
@@ -125,11 +153,19 @@ def list_schedules(host: str, experiment: str | None = None, kfp_client=None) ->
     kfp_client = kfp_client or client(host)
     kwargs = {"experiment_id": experiment_id(kfp_client, experiment)} if experiment else {}
     response = kfp_client.list_recurring_runs(page_size=100, **kwargs)
-    return [{"recurring_run_id": job.recurring_run_id, "name": job.display_name,
-             "status": job.status, "cron": job.trigger.cron_schedule.cron
-             if job.trigger and job.trigger.cron_schedule else "",
-             "max_concurrency": job.max_concurrency, "no_catchup": job.no_catchup}
-            for job in response.recurring_runs or []]
+    return [
+        {
+            "recurring_run_id": job.recurring_run_id,
+            "name": job.display_name,
+            "status": job.status,
+            "cron": job.trigger.cron_schedule.cron
+            if job.trigger and job.trigger.cron_schedule
+            else "",
+            "max_concurrency": job.max_concurrency,
+            "no_catchup": job.no_catchup,
+        }
+        for job in response.recurring_runs or []
+    ]
 
 
 def disable_schedule(host: str, recurring_run_id: str, kfp_client=None) -> None:

@@ -41,8 +41,7 @@ def load_config(path: str | None) -> dict:
     known = pipeline_parameters()
     unknown = sorted(set(config) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown pipeline parameter(s) {unknown}; "
-                         f"known: {sorted(known)}")
+        raise ValueError(f"{path}: unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
     if isinstance(config.get("beam_pipeline_args"), list):
         config["beam_pipeline_args"] = json.dumps(config["beam_pipeline_args"])
     return config
@@ -69,23 +68,36 @@ def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dic
 
     # kfp warns for any image whose name lacks "python"; ours is a Python image.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False),
-                   pipeline_root=pipeline_root, raise_on_error=True)
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=pipeline_root,
+        raise_on_error=True,
+    )
     task = kfp.components.load_component_from_file(pipeline_yaml)(**arguments)
-    return {name: {"path": artifact.path, "metadata": dict(artifact.metadata)}
-            for name, artifact in task.outputs.items()}
+    return {
+        name: {"path": artifact.path, "metadata": dict(artifact.metadata)}
+        for name, artifact in task.outputs.items()
+    }
 
 
-def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
-        verbose: bool = False, label: str = "") -> dict:
+def run(
+    workdir: str,
+    data_root: str,
+    config: dict,
+    image: str = DEFAULT_IMAGE,
+    verbose: bool = False,
+    label: str = "",
+) -> dict:
     """Compile, run the YAML in a child process, return its outputs (raises RunFailed).
     Runs in one ``workdir`` share its pipeline root and serving root, as scheduled
     runs do; ``label`` names this run's ``outputs-<label>.json`` and ``run-<label>.log``."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     pipeline_yaml = compile_pipeline(os.path.join(workdir, "pipeline.yaml"), image)
-    arguments = {"data_root": os.path.abspath(data_root),
-                 "serving_root": os.path.join(workdir, "serving")}
+    arguments = {
+        "data_root": os.path.abspath(data_root),
+        "serving_root": os.path.join(workdir, "serving"),
+    }
     arguments.update(config)
     suffix = f"-{label}" if label else ""
     outputs_path = os.path.join(workdir, f"outputs{suffix}.json")
@@ -95,20 +107,34 @@ def run(workdir: str, data_root: str, config: dict, image: str = DEFAULT_IMAGE,
     log("run", f"compiled {pipeline_yaml}; running it locally (full log: {log_path})")
     log("run", f"arguments: {json.dumps(arguments)}")
     started = time.monotonic()
-    command = [sys.executable, "-m", "recsys.app.local_run", "--pipeline-yaml", pipeline_yaml,
-               "--arguments", json.dumps(arguments),
-               "--pipeline-root", os.path.join(workdir, "pipeline_root"),
-               "--outputs", outputs_path]
-    with open(log_path, "w") as log_file, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1) as child:
+    command = [
+        sys.executable,
+        "-m",
+        "recsys.app.local_run",
+        "--pipeline-yaml",
+        pipeline_yaml,
+        "--arguments",
+        json.dumps(arguments),
+        "--pipeline-root",
+        os.path.join(workdir, "pipeline_root"),
+        "--outputs",
+        outputs_path,
+    ]
+    with (
+        open(log_path, "w") as log_file,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as child,
+    ):
         for line in child.stdout:
             log_file.write(line)
             if verbose or PROGRESS_LINE.match(line):
                 print(line.strip() if not verbose else line.rstrip(), file=sys.stderr, flush=True)
     if child.returncode != 0 or not os.path.exists(outputs_path):
-        raise RunFailed(f"the pipeline failed after {time.monotonic() - started:.0f}s; "
-                        f"the failing stage's message is above, the full log in {log_path}")
+        raise RunFailed(
+            f"the pipeline failed after {time.monotonic() - started:.0f}s; "
+            f"the failing stage's message is above, the full log in {log_path}"
+        )
     with open(outputs_path) as handle:
         outputs = json.load(handle)
     outputs["seconds"] = time.monotonic() - started
@@ -130,10 +156,16 @@ def summary(outputs: dict) -> str:
         "",
     ]
     quarantined = counts.get("quarantined", 0)
-    reasons = ", ".join(f"{name[len('quarantined_'):]}: {value}" for name, value in counts.items()
-                        if name.startswith("quarantined_"))
-    lines += [f"quarantined {quarantined} rows{f' ({reasons})' if reasons else ''}: "
-              f"{outputs['quarantine']['path']}", ""]
+    reasons = ", ".join(
+        f"{name[len('quarantined_') :]}: {value}"
+        for name, value in counts.items()
+        if name.startswith("quarantined_")
+    )
+    lines += [
+        f"quarantined {quarantined} rows{f' ({reasons})' if reasons else ''}: "
+        f"{outputs['quarantine']['path']}",
+        "",
+    ]
     for name in ("validation_report", "evaluation_report", "push_report"):
         with open(outputs[name]["path"]) as handle:
             lines += [handle.read().strip(), ""]

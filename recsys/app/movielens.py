@@ -54,8 +54,13 @@ REQUIRED_FILES = ("u.data", "u.user", "u.item", "u.genre")
 
 def read_ratings(src: str) -> pd.DataFrame:
     """``u.data`` as user, item, rating, timestamp (all int)."""
-    return pd.read_csv(os.path.join(src, "u.data"), sep="\t", header=None,
-                       names=["user", "item", "rating", "timestamp"], dtype=np.int64)
+    return pd.read_csv(
+        os.path.join(src, "u.data"),
+        sep="\t",
+        header=None,
+        names=["user", "item", "rating", "timestamp"],
+        dtype=np.int64,
+    )
 
 
 def _check_source(src: str) -> None:
@@ -64,51 +69,77 @@ def _check_source(src: str) -> None:
         raise FileNotFoundError(
             f"import-movielens: {src} lacks {missing}; expected the MovieLens 100K layout "
             f"({', '.join(REQUIRED_FILES)}), e.g. the unzipped ml-100k.zip from "
-            "https://grouplens.org/datasets/movielens/100k/")
+            "https://grouplens.org/datasets/movielens/100k/"
+        )
 
 
 def _users(src: str, first_rating: pd.Series) -> pd.DataFrame:
-    users = pd.read_csv(os.path.join(src, "u.user"), sep="|", header=None, encoding=ENCODING,
-                        names=["user", "age", "gender", "occupation", "zip"], dtype=str)
+    users = pd.read_csv(
+        os.path.join(src, "u.user"),
+        sep="|",
+        header=None,
+        encoding=ENCODING,
+        names=["user", "age", "gender", "occupation", "zip"],
+        dtype=str,
+    )
     user = users["user"].astype(np.int64)
-    return pd.DataFrame({
-        "user_id": "u" + users["user"],
-        "country": np.where(users["zip"].str.fullmatch(r"\d{5}"), "US", "CA"),
-        "device": "web",
-        "signup_ts": first_rating.reindex(user).to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": "u" + users["user"],
+            "country": np.where(users["zip"].str.fullmatch(r"\d{5}"), "US", "CA"),
+            "device": "web",
+            "signup_ts": first_rating.reindex(user).to_numpy(),
+        }
+    )
 
 
 def _genres(src: str) -> list[str]:
-    genres = pd.read_csv(os.path.join(src, "u.genre"), sep="|", header=None,
-                         names=["genre", "index"], encoding=ENCODING).dropna()
+    genres = pd.read_csv(
+        os.path.join(src, "u.genre"),
+        sep="|",
+        header=None,
+        names=["genre", "index"],
+        encoding=ENCODING,
+    ).dropna()
     return genres.sort_values("index")["genre"].tolist()
 
 
 def _items(src: str, genres: list[str], first_rating: pd.Series) -> pd.DataFrame:
     columns = ["item", "title", "release_date", "video_release_date", "url", *genres]
     # QUOTE_NONE: some titles contain a double quote, which must not open a quoted field.
-    items = pd.read_csv(os.path.join(src, "u.item"), sep="|", header=None, encoding=ENCODING,
-                        names=columns, dtype={"item": np.int64}, quoting=csv.QUOTE_NONE)
+    items = pd.read_csv(
+        os.path.join(src, "u.item"),
+        sep="|",
+        header=None,
+        encoding=ENCODING,
+        names=columns,
+        dtype={"item": np.int64},
+        quoting=csv.QUOTE_NONE,
+    )
     flags = items[genres].to_numpy()
     # The first flagged genre; "unknown" (u.genre's first entry) only when none other is set.
     named = flags[:, 1:]
     category = np.where(named.any(axis=1), np.array(genres[1:])[named.argmax(axis=1)], genres[0])
-    return pd.DataFrame({
-        "item_id": "m" + items["item"].astype(str),
-        "category": category,
-        "creator_id": UNKNOWN,
-        "duration_s": 0.0,
-        "upload_ts": first_rating.reindex(items["item"]).to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "item_id": "m" + items["item"].astype(str),
+            "category": category,
+            "creator_id": UNKNOWN,
+            "duration_s": 0.0,
+            "upload_ts": first_rating.reindex(items["item"]).to_numpy(),
+        }
+    )
 
 
 def movielens_schemas(genres: list[str], out_dir: str, curated_dir: str = "") -> str:
     """The curated schemas, adapted to MovieLens: its genres as the category domain,
     US/CA as countries, timestamps from 1995, an unknown (0) duration allowed."""
     os.makedirs(out_dir, exist_ok=True)
-    names = [f.removesuffix(".schema.pbtxt") for f in os.listdir(curated_dir or SCHEMA_DIR)
-             if f.endswith(".schema.pbtxt")]
+    names = [
+        f.removesuffix(".schema.pbtxt")
+        for f in os.listdir(curated_dir or SCHEMA_DIR)
+        if f.endswith(".schema.pbtxt")
+    ]
     for name in names:
         with open(schema_path(name, curated_dir)) as handle:
             schema = text_format.Parse(handle.read(), schema_pb2.Schema())
@@ -124,8 +155,10 @@ def movielens_schemas(genres: list[str], out_dir: str, curated_dir: str = "") ->
             elif feature.name == "duration_s":
                 feature.float_domain.min = 0.0
         with open(os.path.join(out_dir, f"{name}.schema.pbtxt"), "w") as handle:
-            handle.write(f"# The curated {name} schema adapted to MovieLens 100K by "
-                         "recsys import-movielens (genres, US/CA, 1990s timestamps).\n")
+            handle.write(
+                f"# The curated {name} schema adapted to MovieLens 100K by "
+                "recsys import-movielens (genres, US/CA, 1990s timestamps).\n"
+            )
             handle.write(text_format.MessageToString(schema))
     # The features are MovieLens's too: the registry goes with its schemas.
     shutil.copyfile(registry_path(curated_dir), os.path.join(out_dir, FEATURES_FILE))
@@ -148,17 +181,18 @@ def import_movielens(src: str, out: str) -> dict[str, int]:
     users["signup_ts"] = users["signup_ts"].fillna(ratings["timestamp"].min()).astype(np.int64)
     items["upload_ts"] = items["upload_ts"].fillna(ratings["timestamp"].min()).astype(np.int64)
 
-    ratings = ratings.sort_values(["timestamp", "user", "item"], kind="stable",
-                                  ignore_index=True)
-    impressions = pd.DataFrame({
-        # A user rates a movie once, so (user, movie) identifies the event.
-        "event_id": "r" + ratings["user"].astype(str) + "-" + ratings["item"].astype(str),
-        "event_ts": ratings["timestamp"],
-        "user_id": "u" + ratings["user"].astype(str),
-        "item_id": "m" + ratings["item"].astype(str),
-        "clicked": (ratings["rating"] >= POSITIVE_RATING).astype(np.int64),
-        "watch_seconds": 0.0,
-    })
+    ratings = ratings.sort_values(["timestamp", "user", "item"], kind="stable", ignore_index=True)
+    impressions = pd.DataFrame(
+        {
+            # A user rates a movie once, so (user, movie) identifies the event.
+            "event_id": "r" + ratings["user"].astype(str) + "-" + ratings["item"].astype(str),
+            "event_ts": ratings["timestamp"],
+            "user_id": "u" + ratings["user"].astype(str),
+            "item_id": "m" + ratings["item"].astype(str),
+            "clicked": (ratings["rating"] >= POSITIVE_RATING).astype(np.int64),
+            "watch_seconds": 0.0,
+        }
+    )
     first_day, last_day = (int(impressions["event_ts"].agg(f)) // DAY for f in ("min", "max"))
     start_ts, days = first_day * DAY, last_day - first_day + 1
     # Ratings of a user or movie absent from u.user / u.item are kept: ingest
@@ -168,9 +202,12 @@ def import_movielens(src: str, out: str) -> dict[str, int]:
         known = impressions[f"{entity}_id"].isin(table[f"{entity}_id"]).to_numpy()
         if not known.all():
             unlisted = impressions.loc[~known, f"{entity}_id"].unique()
-            log("import-movielens", f"{int((~known).sum())} rating(s) of {len(unlisted)} "
+            log(
+                "import-movielens",
+                f"{int((~known).sum())} rating(s) of {len(unlisted)} "
                 f"{entity}(s) missing from {source} (e.g. {unlisted[0]}): kept; ingest will "
-                f"quarantine them as unknown_{entity}_id")
+                f"quarantine them as unknown_{entity}_id",
+            )
         listed &= known
     rated = impressions[listed]
     tables = {
@@ -183,8 +220,13 @@ def import_movielens(src: str, out: str) -> dict[str, int]:
     counts = write_raw_tables(tables, out)
     movielens_schemas(genres, os.path.join(out, DATA_SCHEMAS))
     with open(os.path.join(out, DATA_CONFIG), "w") as handle:
-        handle.write("# Pipeline parameters for MovieLens 100K, written by recsys import-movielens.\n"
-                     "# `recsys run --data <this dir>` reads them; --config overrides them.\n")
-        yaml.safe_dump({"schema_dir": DATA_SCHEMAS, "lookback_days": days,
-                        "eval_days": EVAL_DAYS}, handle, sort_keys=False)
+        handle.write(
+            "# Pipeline parameters for MovieLens 100K, written by recsys import-movielens.\n"
+            "# `recsys run --data <this dir>` reads them; --config overrides them.\n"
+        )
+        yaml.safe_dump(
+            {"schema_dir": DATA_SCHEMAS, "lookback_days": days, "eval_days": EVAL_DAYS},
+            handle,
+            sort_keys=False,
+        )
     return counts

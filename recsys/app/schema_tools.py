@@ -25,8 +25,11 @@ CURATED_TABLES = [table.name for table in RAW_TABLES.values() if not table.optio
 
 def add_numeric_ranges(schema, statistics) -> None:
     """Observed [min, max] as int/float domains, where the schema has none."""
-    numeric = {f.path.step[0]: f.num_stats for f in statistics.datasets[0].features
-               if f.HasField("num_stats")}
+    numeric = {
+        f.path.step[0]: f.num_stats
+        for f in statistics.datasets[0].features
+        if f.HasField("num_stats")
+    }
     for feature in schema.feature:
         stats = numeric.get(feature.name)
         if stats is None or feature.WhichOneof("domain_info") is not None:
@@ -45,8 +48,9 @@ def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[
         for name in CURATED_TABLES:
             datasets[name] = os.path.join(scratch, name)
             write_dataset(read_raw_table(data_root, name), datasets[name])
-        statistics = compute_statistics(datasets, os.path.join(scratch, "stats"),
-                                        beam_pipeline_args)
+        statistics = compute_statistics(
+            datasets, os.path.join(scratch, "stats"), beam_pipeline_args
+        )
     written = {}
     for name, stats in statistics.items():
         # value_count (not shape) for single values: the curated schemas use it too,
@@ -59,8 +63,10 @@ def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[
 
 
 def _features_as_text(schema) -> dict[str, list[str]]:
-    return {feature.name: text_format.MessageToString(feature).splitlines()
-            for feature in schema.feature}
+    return {
+        feature.name: text_format.MessageToString(feature).splitlines()
+        for feature in schema.feature
+    }
 
 
 def diff(proposed_dir: str, curated_dir: str = "") -> str:
@@ -77,9 +83,13 @@ def diff(proposed_dir: str, curated_dir: str = "") -> str:
             before, after = curated.get(feature, []), proposed.get(feature, [])
             if before == after:
                 continue
-            label = ("only in proposed" if not before else "only in curated" if not after
-                     else "differs")
+            label = (
+                "only in proposed" if not before else "only in curated" if not after else "differs"
+            )
             out.append(f"## {name}: feature '{feature}' ({label})")
-            out += list(difflib.unified_diff(before, after, f"curated/{name}", f"proposed/{name}",
-                                             lineterm="", n=1))
+            out += list(
+                difflib.unified_diff(
+                    before, after, f"curated/{name}", f"proposed/{name}", lineterm="", n=1
+                )
+            )
     return "\n".join(out) if out else "no differences"

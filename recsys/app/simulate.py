@@ -45,11 +45,15 @@ def drift_scores(anomalies_file: str) -> dict | None:
         for measurement in info.drift_measurements:
             if measurement.threshold > 0:
                 feature = ".".join(info.path.step)
-                ratios[feature] = max(ratios.get(feature, 0.0),
-                                      measurement.value / measurement.threshold)
+                ratios[feature] = max(
+                    ratios.get(feature, 0.0), measurement.value / measurement.threshold
+                )
     worst = max(ratios, key=ratios.get) if ratios else ""
-    return {"flagged": sorted(result.anomaly_info), "max_ratio": ratios.get(worst, 0.0),
-            "worst_feature": worst}
+    return {
+        "flagged": sorted(result.anomaly_info),
+        "max_ratio": ratios.get(worst, 0.0),
+        "worst_feature": worst,
+    }
 
 
 def _int_or_none(value):
@@ -71,15 +75,21 @@ def failure(log_path: str) -> tuple[str, str]:
     return "pipeline", f"see {log_path}"
 
 
-def day_outcome(day: int, as_of: pd.Timestamp, workdir: str, data_root: str, config: dict,
-                events: pd.Series) -> dict:
+def day_outcome(
+    day: int, as_of: pd.Timestamp, workdir: str, data_root: str, config: dict, events: pd.Series
+) -> dict:
     label = f"day{day:02d}"
-    outcome = {"day": day, "as_of": as_of.strftime("%Y-%m-%d"),
-               "span_events": int(((events >= as_of.timestamp() - DAY)
-                                   & (events < as_of.timestamp())).sum())}
+    outcome = {
+        "day": day,
+        "as_of": as_of.strftime("%Y-%m-%d"),
+        "span_events": int(
+            ((events >= as_of.timestamp() - DAY) & (events < as_of.timestamp())).sum()
+        ),
+    }
     try:
-        outputs = local_run.run(workdir, data_root, {**config, "as_of": outcome["as_of"]},
-                                label=label)
+        outputs = local_run.run(
+            workdir, data_root, {**config, "as_of": outcome["as_of"]}, label=label
+        )
     except local_run.RunFailed:
         stage, reason = failure(os.path.join(workdir, f"run-{label}.log"))
         outcome.update(status=f"stopped at {stage}", reason=reason, blessed=False, pushed=False)
@@ -89,26 +99,41 @@ def day_outcome(day: int, as_of: pd.Timestamp, workdir: str, data_root: str, con
         k = int(config.get("recall_k", 50))
         retrieval = outputs["retrieval_metrics"]["metadata"]
         outcome.update(
-            blessed=bool(blessing["blessed"]), reason=blessing["reason"],
+            blessed=bool(blessing["blessed"]),
+            reason=blessing["reason"],
             pushed=bool(push["pushed"]),
             status=(f"pushed version {int(push['version'])}" if push["pushed"] else "not pushed"),
             recall=retrieval[f"recall_at_{k}"],
             popularity_recall=retrieval[f"popularity_recall_at_{k}"],
             auc=outputs["ranking_metrics"]["metadata"]["auc"],
-            warm_start={name: _int_or_none(outputs[f"{name}_training"]["metadata"]
-                                           .get("warm_start_version"))
-                        for name in MODELS})
+            warm_start={
+                name: _int_or_none(
+                    outputs[f"{name}_training"]["metadata"].get("warm_start_version")
+                )
+                for name in MODELS
+            },
+        )
     run_dir = newest_run_dir(os.path.join(workdir, "pipeline_root"))
-    outcome["drift"] = drift_scores(os.path.join(run_dir, "validate", "anomalies",
-                                                 "drift.anomalies.pbtxt"))
+    outcome["drift"] = drift_scores(
+        os.path.join(run_dir, "validate", "anomalies", "drift.anomalies.pbtxt")
+    )
     served = root_.served_versions(os.path.join(workdir, "serving"))
     outcome["served_version"] = served.get(RETRIEVAL)
     return outcome
 
 
-def simulate(workdir: str, days: int, drift_day: int = 0, drift: str = "category",
-             lookback_days: int = 14, eval_days: int = 3, users: int = 2000, items: int = 400,
-             seed: int = 7, config: dict | None = None) -> dict:
+def simulate(
+    workdir: str,
+    days: int,
+    drift_day: int = 0,
+    drift: str = "category",
+    lookback_days: int = 14,
+    eval_days: int = 3,
+    users: int = 2000,
+    items: int = 400,
+    seed: int = 7,
+    config: dict | None = None,
+) -> dict:
     """Run ``days`` daily retrains; write ``timeline.html``, ``timeline.png`` and
     ``timeline.json`` under ``workdir``; return the timeline."""
     from recsys.app.generate import generate
@@ -121,27 +146,52 @@ def simulate(workdir: str, days: int, drift_day: int = 0, drift: str = "category
     workdir = os.path.abspath(workdir)
     data_root = os.path.join(workdir, "data")
     # Day i's span (its newest day) is data day lookback + i - 1: drift starts there.
-    log("simulate", f"generating {lookback_days + days} days of synthetic data into {data_root}"
-                    + (f", {drift} drift from simulated day {drift_day} on" if drift_day else ""))
-    generate(data_root, users=users, items=items, days=lookback_days + days, seed=seed,
-             start=START, drift=drift if drift_day else "",
-             drift_day=lookback_days + drift_day - 1 if drift_day else 0)
+    log(
+        "simulate",
+        f"generating {lookback_days + days} days of synthetic data into {data_root}"
+        + (f", {drift} drift from simulated day {drift_day} on" if drift_day else ""),
+    )
+    generate(
+        data_root,
+        users=users,
+        items=items,
+        days=lookback_days + days,
+        seed=seed,
+        start=START,
+        drift=drift if drift_day else "",
+        drift_day=lookback_days + drift_day - 1 if drift_day else 0,
+    )
     events = read_raw_table(data_root, "impressions")["event_ts"]
-    base = {**(config or {}), "lookback_days": lookback_days, "eval_days": eval_days,
-            "warm_start": True}
+    base = {
+        **(config or {}),
+        "lookback_days": lookback_days,
+        "eval_days": eval_days,
+        "warm_start": True,
+    }
     timeline = []
     for day in range(1, days + 1):
         as_of = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=lookback_days + day)
         log("simulate", f"day {day}/{days}: as_of {as_of:%Y-%m-%d}")
         outcome = day_outcome(day, as_of, workdir, data_root, base, events)
-        drift_note = ("drift not checked" if outcome["drift"] is None else
-                      f"drift flagged on {outcome['drift']['flagged']}"
-                      if outcome["drift"]["flagged"] else "no drift")
-        log("simulate", f"day {day}/{days}: {outcome['status']}; {drift_note}; serving version "
-                        f"{outcome['served_version']}")
+        drift_note = (
+            "drift not checked"
+            if outcome["drift"] is None
+            else f"drift flagged on {outcome['drift']['flagged']}"
+            if outcome["drift"]["flagged"]
+            else "no drift"
+        )
+        log(
+            "simulate",
+            f"day {day}/{days}: {outcome['status']}; {drift_note}; serving version "
+            f"{outcome['served_version']}",
+        )
         timeline.append(outcome)
-    result = {"days": timeline, "drift_day": drift_day, "drift": drift if drift_day else "",
-              "workdir": workdir}
+    result = {
+        "days": timeline,
+        "drift_day": drift_day,
+        "drift": drift if drift_day else "",
+        "workdir": workdir,
+    }
     with open(os.path.join(workdir, "timeline.json"), "w") as handle:
         json.dump(result, handle, indent=2, default=str)
     png = timeline_png(timeline, drift_day)
@@ -167,32 +217,48 @@ def timeline_png(timeline: list[dict], drift_day: int) -> bytes:
     ratios = [d["drift"]["max_ratio"] if d["drift"] else float("nan") for d in timeline]
     flagged = [bool(d["drift"] and d["drift"]["flagged"]) for d in timeline]
     axes[1].plot(days, ratios, marker="o", color="#555")
-    axes[1].scatter([d for d, f in zip(days, flagged, strict=True) if f],
-                    [r for r, f in zip(ratios, flagged, strict=True) if f], color="#b3261e", zorder=3,
-                    s=60, label="drift flagged")
+    axes[1].scatter(
+        [d for d, f in zip(days, flagged, strict=True) if f],
+        [r for r, f in zip(ratios, flagged, strict=True) if f],
+        color="#b3261e",
+        zorder=3,
+        s=60,
+        label="drift flagged",
+    )
     axes[1].axhline(1.0, linestyle="--", color="grey", label="threshold")
     axes[1].set_ylabel("max drift /\nthreshold")
     axes[1].legend(loc="upper left", fontsize=8)
-    for key, label in (("recall", "two-tower Recall@K"), ("popularity_recall", "popularity"),
-                       ("auc", "ranking AUC")):
+    for key, label in (
+        ("recall", "two-tower Recall@K"),
+        ("popularity_recall", "popularity"),
+        ("auc", "ranking AUC"),
+    ):
         axes[2].plot(days, [d.get(key, float("nan")) for d in timeline], marker="o", label=label)
     axes[2].set_ylabel("metrics")
     axes[2].legend(loc="lower left", fontsize=8)
-    served = [d["served_version"] if d["served_version"] is not None else float("nan")
-              for d in timeline]
+    served = [
+        d["served_version"] if d["served_version"] is not None else float("nan") for d in timeline
+    ]
     axes[3].step(days, served, where="post", color="#1b7f3b")
     for d, version in zip(timeline, served, strict=True):
         colour = "#1b7f3b" if d["pushed"] else "#b3261e"
-        axes[3].scatter([d["day"]], [version if version == version else 0], color=colour,
-                        marker="o" if d["pushed"] else "x", s=60, zorder=3)
+        axes[3].scatter(
+            [d["day"]],
+            [version if version == version else 0],
+            color=colour,
+            marker="o" if d["pushed"] else "x",
+            s=60,
+            zorder=3,
+        )
     axes[3].set_ylabel("served\nversion")
     axes[3].set_xlabel("simulated day (o pushed, x not pushed)")
     axes[3].set_xticks(days)
     if drift_day:
         for axis in axes:
             axis.axvline(drift_day - 0.5, color="#b3261e", alpha=0.3, linewidth=6)
-    figure.suptitle("Daily retraining timeline" + (f" (drift from day {drift_day})"
-                                                     if drift_day else ""))
+    figure.suptitle(
+        "Daily retraining timeline" + (f" (drift from day {drift_day})" if drift_day else "")
+    )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -211,19 +277,24 @@ def timeline_html(result: dict, png: bytes) -> str:
     rows = []
     for d in result["days"]:
         drift = d["drift"]
-        drift_text = ("not checked (no baseline yet, or the run stopped before validate)"
-                      if drift is None else
-                      f"flagged: {', '.join(drift['flagged'])}" if drift["flagged"] else
-                      f"max {drift['max_ratio']:.2f} x threshold ({drift['worst_feature']})")
+        drift_text = (
+            "not checked (no baseline yet, or the run stopped before validate)"
+            if drift is None
+            else f"flagged: {', '.join(drift['flagged'])}"
+            if drift["flagged"]
+            else f"max {drift['max_ratio']:.2f} x threshold ({drift['worst_feature']})"
+        )
         warm = d.get("warm_start") or {}
         warm_text = ", ".join(f"{k} from v{v}" for k, v in warm.items() if v) or "cold"
         css = "ok" if d["pushed"] else "no"
-        rows.append(f'<tr class="{css}"><td>{d["day"]}</td><td>{d["as_of"]}</td>'
-                    f'<td>{d["span_events"]}</td><td>{cell(drift_text)}</td>'
-                    f'<td>{cell(d.get("recall"))}</td><td>{cell(d.get("auc"))}</td>'
-                    f'<td>{cell(warm_text if "warm_start" in d else "")}</td>'
-                    f'<td>{cell(d["status"])}</td><td>{cell(d["served_version"])}</td>'
-                    f'<td class="reason">{cell(d["reason"])}</td></tr>')
+        rows.append(
+            f'<tr class="{css}"><td>{d["day"]}</td><td>{d["as_of"]}</td>'
+            f"<td>{d['span_events']}</td><td>{cell(drift_text)}</td>"
+            f"<td>{cell(d.get('recall'))}</td><td>{cell(d.get('auc'))}</td>"
+            f"<td>{cell(warm_text if 'warm_start' in d else '')}</td>"
+            f"<td>{cell(d['status'])}</td><td>{cell(d['served_version'])}</td>"
+            f'<td class="reason">{cell(d["reason"])}</td></tr>'
+        )
     image = base64.b64encode(png).decode()
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys daily retraining timeline</title>
@@ -236,8 +307,11 @@ td.reason {{ font-size: 0.85em; max-width: 40em; }}
 </style></head><body>
 <h1>Daily retraining timeline</h1>
 <p>{len(result["days"])} simulated daily runs in {html.escape(result["workdir"])}
-{f"; {html.escape(result['drift'])} drift injected from day {result['drift_day']}"
- if result["drift_day"] else ""}. Each day trains on the window ending at its as_of,
+{
+        f"; {html.escape(result['drift'])} drift injected from day {result['drift_day']}"
+        if result["drift_day"]
+        else ""
+    }. Each day trains on the window ending at its as_of,
 warm-starts from the last blessed model, checks drift against the last span that passed
 validation and compares its candidate with the version serving at the time.</p>
 <table><tr><th>day</th><th>as_of</th><th>span impressions</th><th>drift</th>

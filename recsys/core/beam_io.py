@@ -21,10 +21,15 @@ def pipeline_options(beam_pipeline_args: str | list[str]) -> PipelineOptions:
     Nothing is added or removed: ``--runner=DataflowRunner`` and friends pass
     straight through; with no ``--runner`` Beam uses the DirectRunner.
     """
-    args = json.loads(beam_pipeline_args) if isinstance(beam_pipeline_args, str) \
+    args = (
+        json.loads(beam_pipeline_args)
+        if isinstance(beam_pipeline_args, str)
         else list(beam_pipeline_args)
+    )
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise ValueError(f"beam_pipeline_args must be a JSON list of strings, got {beam_pipeline_args!r}")
+        raise ValueError(
+            f"beam_pipeline_args must be a JSON list of strings, got {beam_pipeline_args!r}"
+        )
     return PipelineOptions(args)
 
 
@@ -35,8 +40,9 @@ def to_list_array(column: pa.Array) -> pa.Array:
         return column
     valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     offsets = np.concatenate([[0], np.cumsum(valid)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), column.filter(pa.array(valid)),
-                                    mask=pa.array(~valid))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), column.filter(pa.array(valid)), mask=pa.array(~valid)
+    )
 
 
 def to_list_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -64,10 +70,14 @@ class ReadDataset(beam.PTransform):
         self._batch_size = batch_size
 
     def expand(self, pipeline):
-        return (pipeline
-                | "ReadParquet" >> beam.io.ReadFromParquetBatched(dataset_pattern(self._directory))
-                | "ToBatches" >> beam.FlatMap(lambda table, n: table.to_batches(n), self._batch_size)
-                .with_output_types(pa.RecordBatch))
+        return (
+            pipeline
+            | "ReadParquet" >> beam.io.ReadFromParquetBatched(dataset_pattern(self._directory))
+            | "ToBatches"
+            >> beam.FlatMap(
+                lambda table, n: table.to_batches(n), self._batch_size
+            ).with_output_types(pa.RecordBatch)
+        )
 
 
 def as_table(part: pa.Table | pa.RecordBatch) -> pa.Table:

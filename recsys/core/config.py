@@ -22,13 +22,15 @@ def parameter(default, help: str, *, pipeline: bool = True, shared: bool = False
     """A config field. ``pipeline=False``: a knob for code and benchmarks, not a
     pipeline parameter. ``shared``: one pipeline parameter without the config's
     prefix, which several stages take (the random seed)."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "pipeline": pipeline, "shared": shared})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "pipeline": pipeline, "shared": shared}
+    )
 
 
 @dataclass(frozen=True)
 class Parameter:
     """A pipeline parameter and the config field it comes from."""
+
     name: str
     field: str
     type: type
@@ -51,11 +53,14 @@ def parameters(config: type) -> list[Parameter]:
             continue
         kind = hints[field.name]
         if kind not in PARAMETER_TYPES:
-            raise TypeError(f"{config.__name__}.{field.name}: a pipeline parameter must be "
-                            f"one of {[t.__name__ for t in PARAMETER_TYPES]}, got {kind}")
+            raise TypeError(
+                f"{config.__name__}.{field.name}: a pipeline parameter must be "
+                f"one of {[t.__name__ for t in PARAMETER_TYPES]}, got {kind}"
+            )
         name = field.name if field.metadata["shared"] else f"{prefix}{field.name}"
-        found.append(Parameter(name, field.name, kind, field.default,
-                               field.metadata["help"], config))
+        found.append(
+            Parameter(name, field.name, kind, field.default, field.metadata["help"], config)
+        )
     return found
 
 

@@ -38,6 +38,7 @@ TRAINING, SERVING = "TRAINING", "SERVING"
 class RawTable:
     """A table the user brings under ``data_root`` and the curated schema its rows
     are checked against (in ``environment``); rows repeating ``key`` are quarantined."""
+
     name: str
     schema: str
     environment: str | None = None
@@ -49,22 +50,31 @@ USERS, ITEMS, IMPRESSIONS = "users", "items", "impressions"
 USER_FEATURES, ITEM_FEATURES, SERVING_LOG = "user_features", "item_features", "serving_log"
 # In the order ingest checks them: events are checked against the users and items
 # accepted before them.
-RAW_TABLES = {table.name: table for table in (
-    RawTable(USERS, "users", key=USER_ID),
-    RawTable(ITEMS, "items", key=ITEM_ID),
-    RawTable(IMPRESSIONS, "impressions", key=EVENT_ID),
-    RawTable(USER_FEATURES, "user_features"),
-    RawTable(ITEM_FEATURES, "item_features"),
-    # What serving fed the models per impression: the examples in the SERVING environment.
-    RawTable(SERVING_LOG, "examples", SERVING, key=EVENT_ID, optional=True),
-)}
+RAW_TABLES = {
+    table.name: table
+    for table in (
+        RawTable(USERS, "users", key=USER_ID),
+        RawTable(ITEMS, "items", key=ITEM_ID),
+        RawTable(IMPRESSIONS, "impressions", key=EVENT_ID),
+        RawTable(USER_FEATURES, "user_features"),
+        RawTable(ITEM_FEATURES, "item_features"),
+        # What serving fed the models per impression: the examples in the SERVING environment.
+        RawTable(SERVING_LOG, "examples", SERVING, key=EVENT_ID, optional=True),
+    )
+}
 
 # Datasets ingest writes (Dataset artifacts), each from the raw table of the same name
 # but the events, which are split by time.
 TRAIN_EVENTS, EVAL_EVENTS, QUARANTINE = "train_events", "eval_events", "quarantine"
-INGESTED = {TRAIN_EVENTS: IMPRESSIONS, EVAL_EVENTS: IMPRESSIONS, USERS: USERS, ITEMS: ITEMS,
-            USER_FEATURES: USER_FEATURES, ITEM_FEATURES: ITEM_FEATURES,
-            SERVING_LOG: SERVING_LOG}
+INGESTED = {
+    TRAIN_EVENTS: IMPRESSIONS,
+    EVAL_EVENTS: IMPRESSIONS,
+    USERS: USERS,
+    ITEMS: ITEMS,
+    USER_FEATURES: USER_FEATURES,
+    ITEM_FEATURES: ITEM_FEATURES,
+    SERVING_LOG: SERVING_LOG,
+}
 # Everything ingest writes: the datasets and the quarantined rows with their reasons.
 INGEST_OUTPUTS = (*INGESTED, QUARANTINE)
 # What the point-in-time join reads from ingest.
@@ -77,8 +87,10 @@ EVAL_ITEM_SNAPSHOT = "eval_item_snapshot"
 EXAMPLES_SCHEMA = "examples"
 # Which curated schema (and environment) validate checks each dataset against.
 DATASET_SCHEMAS = {
-    **{name: (RAW_TABLES[table].schema, RAW_TABLES[table].environment)
-       for name, table in INGESTED.items()},
+    **{
+        name: (RAW_TABLES[table].schema, RAW_TABLES[table].environment)
+        for name, table in INGESTED.items()
+    },
     TRAIN_EXAMPLES: (EXAMPLES_SCHEMA, TRAINING),
     EVAL_EXAMPLES: (EXAMPLES_SCHEMA, TRAINING),
 }
@@ -107,14 +119,18 @@ ITEM_IDS, SCORES = "item_ids", "scores"
 QUERY_EMBEDDING = "query_embedding"
 # Outputs of the ranking model.
 CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS, SCORE = (
-    "click_probability", "expected_watch_seconds", "score")
+    "click_probability",
+    "expected_watch_seconds",
+    "score",
+)
 # What each serving model returns: dtype, rank and the range a sane value lies in.
 MODEL_OUTPUTS = {
-    RETRIEVAL: {ITEM_IDS: {"dtype": "string", "rank": 2},
-                SCORES: {"dtype": "float32", "rank": 2}},
-    RANKING: {CLICK_PROBABILITY: {"dtype": "float32", "rank": 1, "min": 0.0, "max": 1.0},
-              EXPECTED_WATCH_SECONDS: {"dtype": "float32", "rank": 1, "min": 0.0},
-              SCORE: {"dtype": "float32", "rank": 1, "min": 0.0}},
+    RETRIEVAL: {ITEM_IDS: {"dtype": "string", "rank": 2}, SCORES: {"dtype": "float32", "rank": 2}},
+    RANKING: {
+        CLICK_PROBABILITY: {"dtype": "float32", "rank": 1, "min": 0.0, "max": 1.0},
+        EXPECTED_WATCH_SECONDS: {"dtype": "float32", "rank": 1, "min": 0.0},
+        SCORE: {"dtype": "float32", "rank": 1, "min": 0.0},
+    },
 }
 
 # --- the serving root (what TF Serving and the funnel read; push writes it) -------------

@@ -18,8 +18,10 @@ def context_columns(event_ts) -> dict[str, np.ndarray]:
     """The request context of each timestamp (Unix seconds, UTC): hour of day (0-23)
     and day of week (Monday 0)."""
     seconds = np.asarray(event_ts, dtype=np.int64)
-    return {"hour_of_day": (seconds // HOUR) % 24,
-            "day_of_week": (seconds // DAY + _EPOCH_WEEKDAY) % 7}
+    return {
+        "hour_of_day": (seconds // HOUR) % 24,
+        "day_of_week": (seconds // DAY + _EPOCH_WEEKDAY) % 7,
+    }
 
 
 def item_age_days(at_ts, upload_ts) -> np.ndarray:
@@ -33,8 +35,10 @@ def item_age_days(at_ts, upload_ts) -> np.ndarray:
 DERIVED = {
     "hour_of_day": ({}, lambda columns, at: context_columns(at)["hour_of_day"]),
     "day_of_week": ({}, lambda columns, at: context_columns(at)["day_of_week"]),
-    "item_age_days": ({"items": ("upload_ts",)},
-                      lambda columns, at: item_age_days(at, columns["upload_ts"])),
+    "item_age_days": (
+        {"items": ("upload_ts",)},
+        lambda columns, at: item_age_days(at, columns["upload_ts"]),
+    ),
 }
 
 

@@ -29,8 +29,16 @@ from recsys.core.schemas import SCHEMA_DIR, SCHEMA_DTYPES, is_list, load_schema
 
 GROUPS = ("id", "user", "item", "context", "label")
 ENTITIES = ("user", "item")
-SOURCES = ("event", "users", "items", "user_features", "item_features", "missing_flag",
-           "history", "derived")
+SOURCES = (
+    "event",
+    "users",
+    "items",
+    "user_features",
+    "item_features",
+    "missing_flag",
+    "history",
+    "derived",
+)
 TRANSFORMS = ("vocabulary", "sequence", "log_z_score", "z_score", "flag", "category", "none")
 ROLES = ("category", "creator", "item_age")
 CROSS_KINDS = ("contains",)
@@ -95,6 +103,7 @@ class Feature:
 @dataclass(frozen=True)
 class Cross:
     """A user x item feature computed in the transform graph from two raw features."""
+
     name: str
     kind: str
     inputs: tuple[str, ...]
@@ -119,15 +128,19 @@ class FeatureRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self.features
 
-    def select(self, *, group=None, entity=None, source=None, transform=None,
-               tower=None) -> list[Feature]:
+    def select(
+        self, *, group=None, entity=None, source=None, transform=None, tower=None
+    ) -> list[Feature]:
         """Features matching every given attribute, in file order."""
-        return [f for f in self.features.values()
-                if (group is None or f.group == group)
-                and (entity is None or f.entity == entity)
-                and (source is None or f.source == source)
-                and (transform is None or f.transform == transform)
-                and (tower is None or tower in f.models)]
+        return [
+            f
+            for f in self.features.values()
+            if (group is None or f.group == group)
+            and (entity is None or f.entity == entity)
+            and (source is None or f.source == source)
+            and (transform is None or f.transform == transform)
+            and (tower is None or tower in f.models)
+        ]
 
     def inputs(self, tower: str) -> list[str]:
         """The raw features ``tower`` takes (a serving model's signature inputs)."""
@@ -164,8 +177,9 @@ class FeatureRegistry:
             value = 1 if feature.source == "missing_flag" else feature.default
             if feature.group == "id":
                 value = key
-            column = np.empty(1, dtype=object if feature.dtype == "string" or feature.is_list
-                              else feature.dtype)
+            column = np.empty(
+                1, dtype=object if feature.dtype == "string" or feature.is_list else feature.dtype
+            )
             column[0] = list(value) if feature.is_list else value
             row[name] = column
         return row
@@ -177,7 +191,8 @@ class FeatureRegistry:
             raise RegistryError(
                 f"{self.path} disagrees with the schemas in {schema_dir or SCHEMA_DIR}:\n"
                 + "\n".join(f"  - {problem}" for problem in problems)
-                + "\nFix the registry or the schema (docs/design.md, 'Adding a feature').")
+                + "\nFix the registry or the schema (docs/design.md, 'Adding a feature')."
+            )
 
 
 def registry_path(schema_dir: str = "") -> str:
@@ -191,10 +206,15 @@ def load_registry(schema_dir: str = "", path: str = "") -> FeatureRegistry:
     """The registry of ``schema_dir`` (or the file at ``path``), checked against the
     examples schema of ``schema_dir``."""
     path = path or registry_path(schema_dir)
-    schema_file = os.path.join(schema_dir or SCHEMA_DIR,
-                               f"{contracts.EXAMPLES_SCHEMA}.schema.pbtxt")
-    return _load(path, os.stat(path).st_mtime_ns, schema_dir,
-                 os.stat(schema_file).st_mtime_ns if os.path.exists(schema_file) else 0)
+    schema_file = os.path.join(
+        schema_dir or SCHEMA_DIR, f"{contracts.EXAMPLES_SCHEMA}.schema.pbtxt"
+    )
+    return _load(
+        path,
+        os.stat(path).st_mtime_ns,
+        schema_dir,
+        os.stat(schema_file).st_mtime_ns if os.path.exists(schema_file) else 0,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -207,10 +227,14 @@ def _load(path: str, modified: int, schema_dir: str, schema_modified: int) -> Fe
     if not isinstance(document, dict) or not isinstance(document.get("features"), dict):
         raise RegistryError(f"{path}: expected a mapping with 'features' (name -> attributes)")
     examples = {f.name: f for f in load_schema(contracts.EXAMPLES_SCHEMA, schema_dir).feature}
-    features = [_feature(path, name, dict(attributes or {}), examples.get(name))
-                for name, attributes in document["features"].items()]
-    crosses = [_cross(path, name, dict(attributes or {}))
-               for name, attributes in (document.get("crosses") or {}).items()]
+    features = [
+        _feature(path, name, dict(attributes or {}), examples.get(name))
+        for name, attributes in document["features"].items()
+    ]
+    crosses = [
+        _cross(path, name, dict(attributes or {}))
+        for name, attributes in (document.get("crosses") or {}).items()
+    ]
     registry = FeatureRegistry(features, crosses, path)
     registry.check(schema_dir)
     return registry
@@ -222,105 +246,182 @@ _FEATURE_KEYS = {"group", "entity", "source", "transform", "models", "of", "role
 def _feature(path: str, name: str, attributes: dict, spec) -> Feature:
     unknown = set(attributes) - _FEATURE_KEYS
     if unknown:
-        raise RegistryError(f"{path}: feature '{name}' has unknown key(s) {sorted(unknown)}; "
-                            f"allowed: {sorted(_FEATURE_KEYS)}")
+        raise RegistryError(
+            f"{path}: feature '{name}' has unknown key(s) {sorted(unknown)}; "
+            f"allowed: {sorted(_FEATURE_KEYS)}"
+        )
     if spec is None:
         raise RegistryError(
             f"{path}: feature '{name}' is not in {contracts.EXAMPLES_SCHEMA}.schema.pbtxt. "
-            "Declare its type there too (every feature of the examples is in both files).")
+            "Declare its type there too (every feature of the examples is in both files)."
+        )
     dtype = SCHEMA_DTYPES.get(spec.type)
     listed = is_list(spec)
-    default = attributes.get("default", [] if listed else contracts.UNKNOWN
-                             if dtype == "string" else 0)
+    default = attributes.get(
+        "default", [] if listed else contracts.UNKNOWN if dtype == "string" else 0
+    )
     cardinality = None
-    if attributes.get("transform") == "category" and spec.HasField("int_domain") \
-            and spec.int_domain.HasField("max"):
+    if (
+        attributes.get("transform") == "category"
+        and spec.HasField("int_domain")
+        and spec.int_domain.HasField("max")
+    ):
         cardinality = int(spec.int_domain.max) + 1
-    return Feature(name=name, group=attributes.get("group"), source=attributes.get("source"),
-                   transform=attributes.get("transform"),
-                   models=tuple(attributes.get("models") or ()), dtype=dtype, is_list=listed,
-                   default=default, entity=attributes.get("entity") or (
-                       attributes.get("group") if attributes.get("group") in ENTITIES else None),
-                   of=attributes.get("of"), role=attributes.get("role"),
-                   cardinality=cardinality)
+    return Feature(
+        name=name,
+        group=attributes.get("group"),
+        source=attributes.get("source"),
+        transform=attributes.get("transform"),
+        models=tuple(attributes.get("models") or ()),
+        dtype=dtype,
+        is_list=listed,
+        default=default,
+        entity=attributes.get("entity")
+        or (attributes.get("group") if attributes.get("group") in ENTITIES else None),
+        of=attributes.get("of"),
+        role=attributes.get("role"),
+        cardinality=cardinality,
+    )
 
 
 def _cross(path: str, name: str, attributes: dict) -> Cross:
     unknown = set(attributes) - {"kind", "of", "models"}
     if unknown:
         raise RegistryError(f"{path}: cross '{name}' has unknown key(s) {sorted(unknown)}")
-    return Cross(name, attributes.get("kind"), tuple(attributes.get("of") or ()),
-                 tuple(attributes.get("models") or ()))
+    return Cross(
+        name,
+        attributes.get("kind"),
+        tuple(attributes.get("of") or ()),
+        tuple(attributes.get("models") or ()),
+    )
 
 
 def _problems(registry: FeatureRegistry, schema_dir: str) -> list[str]:
     """Every disagreement between the registry and the curated schemas."""
     examples = load_schema(contracts.EXAMPLES_SCHEMA, schema_dir)
     specs = {f.name: f for f in examples.feature}
-    tables = {name: {f.name for f in load_schema(name, schema_dir).feature}
-              for name in ("users", "items", "user_features", "item_features")}
-    problems = [f"examples schema feature '{name}' is not in the registry: add it (or remove "
-                "it from the schema)" for name in specs
-                if name not in registry.features and name not in EVENT_KEYS]
+    tables = {
+        name: {f.name for f in load_schema(name, schema_dir).feature}
+        for name in ("users", "items", "user_features", "item_features")
+    }
+    problems = [
+        f"examples schema feature '{name}' is not in the registry: add it (or remove "
+        "it from the schema)"
+        for name in specs
+        if name not in registry.features and name not in EVENT_KEYS
+    ]
     for name, feature in registry.features.items():
         spec = specs[name]
         where = f"feature '{name}'"
-        for key, allowed in (("group", GROUPS), ("source", SOURCES),
-                             ("transform", TRANSFORMS)):
+        for key, allowed in (("group", GROUPS), ("source", SOURCES), ("transform", TRANSFORMS)):
             if getattr(feature, key) not in allowed:
-                problems.append(f"{where}: {key} {getattr(feature, key)!r} is not one of "
-                                f"{list(allowed)}")
-        problems += [f"{where}: model {model!r} is not one of {list(contracts.TOWERS)}"
-                     for model in feature.models if model not in contracts.TOWERS]
+                problems.append(
+                    f"{where}: {key} {getattr(feature, key)!r} is not one of {list(allowed)}"
+                )
+        problems += [
+            f"{where}: model {model!r} is not one of {list(contracts.TOWERS)}"
+            for model in feature.models
+            if model not in contracts.TOWERS
+        ]
         if feature.role is not None and feature.role not in ROLES:
             problems.append(f"{where}: role {feature.role!r} is not one of {list(ROLES)}")
-        if feature.group == "id" and (feature.entity not in ENTITIES
-                                      or feature.transform != "vocabulary"):
-            problems.append(f"{where}: an id needs 'entity: user' or 'entity: item' and "
-                            "transform vocabulary")
+        if feature.group == "id" and (
+            feature.entity not in ENTITIES or feature.transform != "vocabulary"
+        ):
+            problems.append(
+                f"{where}: an id needs 'entity: user' or 'entity: item' and transform vocabulary"
+            )
         label = feature.group == "label"
         if label != (contracts.SERVING in spec.not_in_environment):
-            problems.append(f"{where}: " + (
-                "a label must be not_in_environment SERVING in the schema" if label else
-                "serving must send it, but the schema leaves it out of SERVING"))
+            problems.append(
+                f"{where}: "
+                + (
+                    "a label must be not_in_environment SERVING in the schema"
+                    if label
+                    else "serving must send it, but the schema leaves it out of SERVING"
+                )
+            )
         if label and (feature.models or feature.transform != "none"):
             problems.append(f"{where}: a label has no models and transform 'none'")
         problems += _transform_problems(feature, spec, registry)
+        problems += _default_problems(feature)
         problems += _source_problems(feature, tables)
     roles = [f.role for f in registry.features.values() if f.role]
-    problems += [f"role {role!r} is given to more than one feature"
-                 for role in sorted(set(roles)) if roles.count(role) > 1]
+    problems += [
+        f"role {role!r} is given to more than one feature"
+        for role in sorted(set(roles))
+        if roles.count(role) > 1
+    ]
     for cross in registry.crosses.values():
         if cross.kind not in CROSS_KINDS:
-            problems.append(f"cross '{cross.name}': kind {cross.kind!r} is not one of "
-                            f"{list(CROSS_KINDS)}")
-        elif len(cross.inputs) != 2 or not all(i in registry for i in cross.inputs) \
-                or not registry[cross.inputs[0]].is_list or registry[cross.inputs[1]].is_list:
-            problems.append(f"cross '{cross.name}': 'contains' needs [a list feature, a "
-                            f"single-valued feature] of the registry, got {list(cross.inputs)}")
+            problems.append(
+                f"cross '{cross.name}': kind {cross.kind!r} is not one of {list(CROSS_KINDS)}"
+            )
+        elif (
+            len(cross.inputs) != 2
+            or not all(i in registry for i in cross.inputs)
+            or not registry[cross.inputs[0]].is_list
+            or registry[cross.inputs[1]].is_list
+        ):
+            problems.append(
+                f"cross '{cross.name}': 'contains' needs [a list feature, a "
+                f"single-valued feature] of the registry, got {list(cross.inputs)}"
+            )
     return problems
+
+
+def _default_problems(feature: Feature) -> list[str]:
+    """A default that the feature's column could not hold."""
+    default, kind = feature.default, feature.dtype
+    fits = (
+        isinstance(default, list)
+        if feature.is_list
+        else isinstance(default, str)
+        if kind == "string"
+        else isinstance(default, int | float) and not isinstance(default, bool)
+    )
+    if fits:
+        return []
+    return [f"feature '{feature.name}': default {default!r} is not a {kind} value"]
 
 
 def _transform_problems(feature: Feature, spec, registry: FeatureRegistry) -> list[str]:
     where, transform = f"feature '{feature.name}'", feature.transform
-    needs = {"vocabulary": ("string",), "sequence": ("string",), "log_z_score": ("int64", "float32"),
-             "z_score": ("int64", "float32"), "flag": ("int64",), "category": ("int64",),
-             "none": ("int64", "float32", "string")}.get(transform, ())
+    needs = {
+        "vocabulary": ("string",),
+        "sequence": ("string",),
+        "log_z_score": ("int64", "float32"),
+        "z_score": ("int64", "float32"),
+        "flag": ("int64",),
+        "category": ("int64",),
+        "none": ("int64", "float32", "string"),
+    }.get(transform, ())
     problems = []
     if needs and feature.dtype not in needs:
-        problems.append(f"{where}: transform {transform} needs {' or '.join(needs)} values; "
-                        f"the schema says {feature.dtype}")
+        problems.append(
+            f"{where}: transform {transform} needs {' or '.join(needs)} values; "
+            f"the schema says {feature.dtype}"
+        )
     if feature.is_list != (transform == "sequence"):
-        problems.append(f"{where}: " + ("only a sequence may be a list" if feature.is_list
-                                        else "a sequence must be a list (value_count) in the "
-                                             "schema"))
-    if transform == "sequence" and (feature.of not in registry
-                                    or registry[feature.of].transform != "vocabulary"):
-        problems.append(f"{where}: a sequence needs 'of: <a vocabulary feature>', got "
-                        f"{feature.of!r}")
+        problems.append(
+            f"{where}: "
+            + (
+                "only a sequence may be a list"
+                if feature.is_list
+                else "a sequence must be a list (value_count) in the schema"
+            )
+        )
+    if transform == "sequence" and (
+        feature.of not in registry or registry[feature.of].transform != "vocabulary"
+    ):
+        problems.append(
+            f"{where}: a sequence needs 'of: <a vocabulary feature>', got {feature.of!r}"
+        )
     if transform == "category" and (feature.cardinality is None or spec.int_domain.min != 0):
-        problems.append(f"{where}: a category needs an int_domain from min 0 to a max in the "
-                        "schema (its range sets the embedding size)")
+        problems.append(
+            f"{where}: a category needs an int_domain from min 0 to a max in the "
+            "schema (its range sets the embedding size)"
+        )
     return problems
 
 
@@ -328,17 +429,29 @@ def _source_problems(feature: Feature, tables: dict[str, set]) -> list[str]:
     where, source = f"feature '{feature.name}'", feature.source
     if source in tables and feature.name not in tables[source]:
         return [f"{where}: source {source} but {source}.schema.pbtxt has no such column"]
-    if source == "missing_flag" and (feature.of not in contracts.FEATURE_VIEWS
-                                     or feature.name != contracts.missing_flag(feature.of)):
-        return [f"{where}: a missing flag needs 'of: <a feature view>' "
-                f"({list(contracts.FEATURE_VIEWS)}) and the name '<view>_missing'"]
+    if source == "missing_flag" and (
+        feature.of not in contracts.FEATURE_VIEWS
+        or feature.name != contracts.missing_flag(feature.of)
+    ):
+        return [
+            f"{where}: a missing flag needs 'of: <a feature view>' "
+            f"({list(contracts.FEATURE_VIEWS)}) and the name '<view>_missing'"
+        ]
     if source == "history" and feature.name not in HISTORY_COLUMNS:
         return [f"{where}: the history provides {list(HISTORY_COLUMNS)} only"]
     if source == "derived" and feature.name not in DERIVED:
-        return [f"{where}: no derived feature of that name in recsys.core.derived "
-                f"(known: {sorted(DERIVED)})"]
-    if source == "event" and feature.name not in (contracts.USER_ID, contracts.ITEM_ID,
-                                                   contracts.CLICKED, contracts.WATCH_SECONDS):
-        return [f"{where}: events carry only {contracts.USER_ID}, {contracts.ITEM_ID} and the "
-                "labels; other features come from a table, a view or derived"]
+        return [
+            f"{where}: no derived feature of that name in recsys.core.derived "
+            f"(known: {sorted(DERIVED)})"
+        ]
+    if source == "event" and feature.name not in (
+        contracts.USER_ID,
+        contracts.ITEM_ID,
+        contracts.CLICKED,
+        contracts.WATCH_SECONDS,
+    ):
+        return [
+            f"{where}: events carry only {contracts.USER_ID}, {contracts.ITEM_ID} and the "
+            "labels; other features come from a table, a view or derived"
+        ]
     return []

@@ -58,45 +58,69 @@ class Tower(tf.keras.Model):
     candidate is to what the user engaged with. ``id_dropout`` replaces that share
     of the ids (group ``id``) in training with the out-of-vocabulary bucket."""
 
-    def __init__(self, transform_output: tft.TFTransformOutput, registry: FeatureRegistry,
-                 tower: str, embedding_dim: int, hidden_units: list[int], output_dim: int | None,
-                 normalize: bool = False, history_affinity: bool = False,
-                 id_dropout: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        transform_output: tft.TFTransformOutput,
+        registry: FeatureRegistry,
+        tower: str,
+        embedding_dim: int,
+        hidden_units: list[int],
+        output_dim: int | None,
+        normalize: bool = False,
+        history_affinity: bool = False,
+        id_dropout: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         features = registry.select(tower=tower)
         id_features = [f for f in features if f.embedded]
         sequences = [f for f in features if f.transform == "sequence"]
         self.id_inputs = [f.transformed_name for f in id_features]
         self.sequence_inputs = [f.transformed_name for f in sequences]
-        self.dense_inputs = [f.transformed_name for f in features
-                             if f not in id_features and f not in sequences]
+        self.dense_inputs = [
+            f.transformed_name for f in features if f not in id_features and f not in sequences
+        ]
         self.dense_inputs += [cross.transformed_name for cross in registry.tower_crosses(tower)]
 
         def embedding(feature: Feature, name: str):
             cardinality = id_cardinality(transform_output, feature)
-            return tf.keras.layers.Embedding(cardinality, min(embedding_dim, cardinality),
-                                             name=f"{name}_embedding")
+            return tf.keras.layers.Embedding(
+                cardinality, min(embedding_dim, cardinality), name=f"{name}_embedding"
+            )
 
         self.embeddings = [embedding(f, f.transformed_name) for f in id_features]
         # Per id input: the out-of-vocabulary index its ids are dropped to in training.
-        self.dropout_to = [id_cardinality(transform_output, f) - OOV_BUCKETS
-                           if f.group == "id" and id_dropout > 0 else None for f in id_features]
+        self.dropout_to = [
+            id_cardinality(transform_output, f) - OOV_BUCKETS
+            if f.group == "id" and id_dropout > 0
+            else None
+            for f in id_features
+        ]
         self.id_dropout = id_dropout
         # For each sequence: the position of the id feature it is compared with, or None.
         names = [f.name for f in id_features]
-        self.affinity_with = [names.index(f.of) if history_affinity and f.of in names else None
-                              for f in sequences]
+        self.affinity_with = [
+            names.index(f.of) if history_affinity and f.of in names else None for f in sequences
+        ]
         self.sequence_embeddings = [
-            self.embeddings[shared] if shared is not None
+            self.embeddings[shared]
+            if shared is not None
             else embedding(registry[f.of], f.transformed_name)
-            for f, shared in zip(sequences, self.affinity_with, strict=True)]
+            for f, shared in zip(sequences, self.affinity_with, strict=True)
+        ]
         # The vocabulary behind each embedding table (None: a category range), so a warm
         # start can match rows by token (recsys.core.warm_start).
-        self.vocabulary_of = {id(table): f.name if f.transform == "vocabulary" else None
-                              for table, f in zip(self.embeddings, id_features, strict=True)}
-        self.vocabulary_of.update({id(table): f.of
-                                   for table, f in zip(self.sequence_embeddings, sequences, strict=True)
-                                   if id(table) not in self.vocabulary_of})
+        self.vocabulary_of = {
+            id(table): f.name if f.transform == "vocabulary" else None
+            for table, f in zip(self.embeddings, id_features, strict=True)
+        }
+        self.vocabulary_of.update(
+            {
+                id(table): f.of
+                for table, f in zip(self.sequence_embeddings, sequences, strict=True)
+                if id(table) not in self.vocabulary_of
+            }
+        )
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))
@@ -112,8 +136,9 @@ class Tower(tf.keras.Model):
                 dropped = tf.random.uniform(tf.shape(ids)) < self.id_dropout
                 ids = tf.where(dropped, tf.cast(oov, ids.dtype), ids)
             parts.append(embed(ids))
-        for embed, name, shared in zip(self.sequence_embeddings, self.sequence_inputs,
-                                       self.affinity_with, strict=True):
+        for embed, name, shared in zip(
+            self.sequence_embeddings, self.sequence_inputs, self.affinity_with, strict=True
+        ):
             ids = sequence_ids(features[name])
             present = tf.cast(ids != SEQUENCE_PADDING, tf.float32)[..., None]
             summed = tf.reduce_sum(embed(tf.maximum(ids, 0)) * present, axis=1)
@@ -122,8 +147,15 @@ class Tower(tf.keras.Model):
             if shared is not None:
                 parts.append(tf.reduce_sum(mean * parts[shared], axis=1, keepdims=True))
         if self.dense_inputs:
-            parts.append(tf.stack([tf.cast(tf.reshape(features[name], [-1]), tf.float32)
-                                   for name in self.dense_inputs], axis=1))
+            parts.append(
+                tf.stack(
+                    [
+                        tf.cast(tf.reshape(features[name], [-1]), tf.float32)
+                        for name in self.dense_inputs
+                    ],
+                    axis=1,
+                )
+            )
         output = tf.concat(parts, axis=1)
         if self.mlp is not None:
             output = self.mlp(output)
@@ -142,44 +174,60 @@ class RawInputModel(tf.keras.Model):
     def call(self, raw_features, training=None):
         # Serving signatures take lists as dense [batch, length] tensors padded with
         # "" (TF Serving's Predict API has no sparse inputs); TFT wants them sparse.
-        features = {name: tf.sparse.from_dense(value) if value.shape.rank == 2 else value
-                    for name, value in raw_features.items()}
+        features = {
+            name: tf.sparse.from_dense(value) if value.shape.rank == 2 else value
+            for name, value in raw_features.items()
+        }
         return self.model(self.tft_layer(features))
 
 
-def raw_input_signature(transform_output: tft.TFTransformOutput,
-                        raw_features: list[str]) -> dict[str, tf.TensorSpec]:
+def raw_input_signature(
+    transform_output: tft.TFTransformOutput, raw_features: list[str]
+) -> dict[str, tf.TensorSpec]:
     """One tensor per raw feature: [batch] for single values, [batch, length]
     padded with "" for lists (the engagement history)."""
     spec = transform_output.raw_feature_spec()
-    return {name: tf.TensorSpec([None, None] if isinstance(spec[name], tf.io.VarLenFeature)
-                                else [None], spec[name].dtype, name=name)
-            for name in raw_features}
+    return {
+        name: tf.TensorSpec(
+            [None, None] if isinstance(spec[name], tf.io.VarLenFeature) else [None],
+            spec[name].dtype,
+            name=name,
+        )
+        for name in raw_features
+    }
 
 
 def raw_tensors(columns, signature: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
     """``raw_arrays`` as tensors."""
-    return {name: tf.constant(values, dtype=signature[name].dtype)
-            for name, values in raw_arrays(columns, signature).items()}
+    return {
+        name: tf.constant(values, dtype=signature[name].dtype)
+        for name, values in raw_arrays(columns, signature).items()
+    }
 
 
-def predict_in_batches(call, frame: pd.DataFrame, signature: dict[str, tf.TensorSpec],
-                       batch_size: int = 8192) -> np.ndarray:
+def predict_in_batches(
+    call, frame: pd.DataFrame, signature: dict[str, tf.TensorSpec], batch_size: int = 8192
+) -> np.ndarray:
     """``call(raw tensors)`` over ``frame`` in slices of ``batch_size`` rows, concatenated."""
-    parts = [np.asarray(call(raw_tensors(frame.iloc[i:i + batch_size], signature)))
-             for i in range(0, len(frame), batch_size)]
+    parts = [
+        np.asarray(call(raw_tensors(frame.iloc[i : i + batch_size], signature)))
+        for i in range(0, len(frame), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
-def predict_transformed(model: tf.keras.Model, features: dict[str, np.ndarray],
-                    batch_size: int = 8192) -> np.ndarray:
+def predict_transformed(
+    model: tf.keras.Model, features: dict[str, np.ndarray], batch_size: int = 8192
+) -> np.ndarray:
     """``model`` over transformed feature arrays, in batches, as one numpy array."""
-    return np.concatenate([model(batch, training=False).numpy()
-                           for batch in batched(features, batch_size)])
+    return np.concatenate(
+        [model(batch, training=False).numpy() for batch in batched(features, batch_size)]
+    )
 
 
-def load_transformed(directory: str, columns: list[str] | None = None,
-                     clicked_only: bool = False) -> dict[str, np.ndarray]:
+def load_transformed(
+    directory: str, columns: list[str] | None = None, clicked_only: bool = False
+) -> dict[str, np.ndarray]:
     """Transformed columns as arrays; id sequences padded to the longest one.
     ``clicked_only`` keeps the positive rows, filtered before any conversion."""
     label = [CLICKED] if clicked_only and columns is not None and CLICKED not in columns else []
@@ -190,9 +238,11 @@ def load_transformed(directory: str, columns: list[str] | None = None,
     for name in table.column_names:
         column = table.column(name).combine_chunks()
         if pa.types.is_list(column.type):
-            arrays[name] = pad_lists(column.flatten().to_numpy(),
-                                     column.value_lengths().fill_null(0).to_numpy(),
-                                     SEQUENCE_PADDING)
+            arrays[name] = pad_lists(
+                column.flatten().to_numpy(),
+                column.value_lengths().fill_null(0).to_numpy(),
+                SEQUENCE_PADDING,
+            )
         else:
             arrays[name] = column.to_numpy()
     return arrays
@@ -210,22 +260,43 @@ def _reported(log_name: str) -> bool:
     return "regularization" not in log_name and "total" not in log_name
 
 
-def fit(model: tf.keras.Model, train_data: dict[str, np.ndarray], eval_data: dict[str, np.ndarray],
-        batch_size: int, epochs: int, stage: str, callbacks: list | None = None) -> dict:
+def fit(
+    model: tf.keras.Model,
+    train_data: dict[str, np.ndarray],
+    eval_data: dict[str, np.ndarray],
+    batch_size: int,
+    epochs: int,
+    stage: str,
+    callbacks: list | None = None,
+) -> dict:
     """Train with per-epoch progress lines; return the final losses, throughput and
     the per-epoch ``history``. ``callbacks`` run before the progress line."""
     started = time.monotonic()
-    history = model.fit(train_data, batch_size=batch_size, shuffle=True,
-                        validation_data=batched(eval_data, 8192), epochs=epochs, verbose=0,
-                        callbacks=[*(callbacks or []), EpochLogger(stage)])
+    history = model.fit(
+        train_data,
+        batch_size=batch_size,
+        shuffle=True,
+        validation_data=batched(eval_data, 8192),
+        epochs=epochs,
+        verbose=0,
+        callbacks=[*(callbacks or []), EpochLogger(stage)],
+    )
     seconds = time.monotonic() - started
     n_train = len(next(iter(train_data.values())))
-    final = {f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}":
-             float(v[-1]) for k, v in history.history.items() if _reported(k)}
+    final = {
+        f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}": float(
+            v[-1]
+        )
+        for k, v in history.history.items()
+        if _reported(k)
+    }
     epochs_run = len(next(iter(history.history.values())))
-    return {**final, "train_seconds": round(seconds, 2),
-            "examples_per_second": round(n_train * epochs_run / seconds, 1),
-            "history": history.history}
+    return {
+        **final,
+        "train_seconds": round(seconds, 2),
+        "examples_per_second": round(n_train * epochs_run / seconds, 1),
+        "history": history.history,
+    }
 
 
 class EpochLogger(tf.keras.callbacks.Callback):

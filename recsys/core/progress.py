@@ -26,7 +26,8 @@ def stage(name: str):
     try:
         yield
     except BaseException as error:
-        log(name, f"FAILED after {time.monotonic() - started:.1f}s: "
-                  f"{type(error).__name__}: {error}")
+        log(
+            name, f"FAILED after {time.monotonic() - started:.1f}s: {type(error).__name__}: {error}"
+        )
         raise
     log(name, f"finished in {time.monotonic() - started:.1f}s")

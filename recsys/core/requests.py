@@ -19,15 +19,20 @@ from recsys.core.features import FeatureRegistry
 
 def serving_contract(model: str, registry: FeatureRegistry) -> dict[str, tuple[str, int]]:
     """The inputs serving sends ``model``: name -> (dtype, rank); lists are rank 2."""
-    return {name: (registry[name].dtype, 2 if registry[name].is_list else 1)
-            for name in registry.inputs(SERVING_INPUTS[model])}
+    return {
+        name: (registry[name].dtype, 2 if registry[name].is_list else 1)
+        for name in registry.inputs(SERVING_INPUTS[model])
+    }
 
 
 def pad_lists(flat: np.ndarray, lengths: np.ndarray, padding) -> np.ndarray:
     """Lists given as their concatenated values and lengths, as a [rows, longest]
     array filled with ``padding`` (at least one column)."""
-    out = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), padding,
-                  dtype=object if isinstance(padding, str) else flat.dtype)
+    out = np.full(
+        (len(lengths), max(int(lengths.max(initial=0)), 1)),
+        padding,
+        dtype=object if isinstance(padding, str) else flat.dtype,
+    )
     out[np.arange(out.shape[1]) < lengths[:, None]] = flat
     return out
 
@@ -38,8 +43,11 @@ def raw_arrays(columns, signature: dict) -> dict[str, np.ndarray]:
     with "", strings as str objects."""
     arrays = {}
     for name, spec in signature.items():
-        values = np.asarray(columns[name]) if not isinstance(columns, pd.DataFrame) \
+        values = (
+            np.asarray(columns[name])
+            if not isinstance(columns, pd.DataFrame)
             else columns[name].to_numpy()
+        )
         text = spec.dtype.name == "string"
         if spec.shape.rank == 2 and values.ndim == 1:
             lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))

@@ -16,8 +16,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 # The dtype of each schema feature type, as the models' signatures name it.
 SCHEMA_DTYPES = {schema_pb2.BYTES: "string", schema_pb2.INT: "int64", schema_pb2.FLOAT: "float32"}
-SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "schemas")
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
 
 
 def schema_path(name: str, schema_dir: str = "") -> str:
@@ -43,12 +42,18 @@ def _parsed(path: str, modified: int) -> schema_pb2.Schema:
 
 def is_list(feature: schema_pb2.Feature) -> bool:
     """A variable-length feature (a list per row), as opposed to one value per row."""
-    return (not feature.HasField("shape") and feature.HasField("value_count")
-            and feature.value_count.max != 1)
+    return (
+        not feature.HasField("shape")
+        and feature.HasField("value_count")
+        and feature.value_count.max != 1
+    )
 
 
 def required_columns(name: str, schema_dir: str = "", environment: str | None = None) -> list[str]:
     """The columns every row of schema ``name`` must have (presence 1.0), in schema order."""
-    return [feature.name for feature in load_schema(name, schema_dir).feature
-            if feature.presence.min_fraction >= 1.0
-            and not (environment and environment in feature.not_in_environment)]
+    return [
+        feature.name
+        for feature in load_schema(name, schema_dir).feature
+        if feature.presence.min_fraction >= 1.0
+        and not (environment and environment in feature.not_in_environment)
+    ]

@@ -28,7 +28,10 @@ class DataError(ValueError):
 
 def find_table(data_root: str, name: str) -> list[str]:
     """Files that hold raw table ``name`` under ``data_root``."""
-    candidates = [os.path.join(data_root, f"{name}.parquet"), os.path.join(data_root, f"{name}.csv")]
+    candidates = [
+        os.path.join(data_root, f"{name}.parquet"),
+        os.path.join(data_root, f"{name}.csv"),
+    ]
     files = [path for path in candidates if os.path.isfile(path)]
     directory = os.path.join(data_root, name)
     if os.path.isdir(directory):
@@ -69,8 +72,9 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     """Unix seconds (float; NaN where empty or unparseable) from Parquet timestamps,
     Unix seconds (numbers or numeric text) or date/time text, read as UTC when naive."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None \
-            else values.dt.tz_convert("UTC")
+        stamps = (
+            values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        )
         seconds = stamps.astype("int64") // 1_000_000_000
         return seconds.astype(float).where(stamps.notna())
     numeric = pd.to_numeric(values, errors="coerce").astype(float)

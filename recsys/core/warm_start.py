@@ -52,20 +52,29 @@ def vocabularies(model) -> list[str | None]:
 
 
 def _tokens(transform_output, vocabulary: str) -> list[str]:
-    return [token.decode() if isinstance(token, bytes) else str(token)
-            for token in transform_output.vocabulary_by_name(vocabulary)]
+    return [
+        token.decode() if isinstance(token, bytes) else str(token)
+        for token in transform_output.vocabulary_by_name(vocabulary)
+    ]
 
 
 def save(model, transform_output, directory: str) -> str:
     """The trained weights and the vocabularies their embedding rows follow."""
     os.makedirs(directory, exist_ok=True)
     names = vocabularies(model)
-    np.savez(os.path.join(directory, WEIGHTS_FILE),
-             *[variable.numpy() for variable in model.trainable_weights])
-    layout = {"weights": [{"shape": list(v.shape), "vocabulary": name}
-                          for v, name in zip(model.trainable_weights, names, strict=True)],
-              "vocabularies": {name: _tokens(transform_output, name)
-                               for name in sorted({n for n in names if n})}}
+    np.savez(
+        os.path.join(directory, WEIGHTS_FILE),
+        *[variable.numpy() for variable in model.trainable_weights],
+    )
+    layout = {
+        "weights": [
+            {"shape": list(v.shape), "vocabulary": name}
+            for v, name in zip(model.trainable_weights, names, strict=True)
+        ],
+        "vocabularies": {
+            name: _tokens(transform_output, name) for name in sorted({n for n in names if n})
+        },
+    }
     with open(os.path.join(directory, LAYOUT_FILE), "w") as handle:
         json.dump(layout, handle)
     return directory
@@ -80,24 +89,33 @@ def restore(model, transform_output, directory: str) -> dict:
         old = [stored[f"arr_{i}"] for i in range(len(stored.files))]
     variables, names = model.trainable_weights, vocabularies(model)
     if len(old) != len(variables):
-        return {"warm_start": False, "reason": f"the checkpoint has {len(old)} weights, the "
-                f"model {len(variables)}: the architecture changed"}
+        return {
+            "warm_start": False,
+            "reason": f"the checkpoint has {len(old)} weights, the "
+            f"model {len(variables)}: the architecture changed",
+        }
     for variable, value, name in zip(variables, old, names, strict=True):
         same = tuple(variable.shape) == value.shape
         if not same and (not name or tuple(variable.shape)[1:] != value.shape[1:]):
-            return {"warm_start": False, "reason": f"weight {variable.name} is "
-                    f"{tuple(variable.shape)} now, {value.shape} in the checkpoint"}
+            return {
+                "warm_start": False,
+                "reason": f"weight {variable.name} is "
+                f"{tuple(variable.shape)} now, {value.shape} in the checkpoint",
+            }
     report = {"warm_start": True, "weights": len(variables), "vocabularies": {}}
     rows = {}  # vocabulary -> (row in the checkpoint of each row now, -1: new token)
     for name in {n for n in names if n}:
         now = _tokens(transform_output, name)
         position = pd.Index(layout["vocabularies"][name]).get_indexer(now)
         # Rows past the vocabulary are the out-of-vocabulary buckets: kept in place.
-        oov = np.arange(len(layout["vocabularies"][name]),
-                        len(layout["vocabularies"][name]) + OOV_BUCKETS)
+        oov = np.arange(
+            len(layout["vocabularies"][name]), len(layout["vocabularies"][name]) + OOV_BUCKETS
+        )
         rows[name] = np.concatenate([position, oov])
-        report["vocabularies"][name] = {"kept": int((position >= 0).sum()),
-                                        "new": int((position < 0).sum())}
+        report["vocabularies"][name] = {
+            "kept": int((position >= 0).sum()),
+            "new": int((position < 0).sum()),
+        }
     for variable, value, name in zip(variables, old, names, strict=True):
         if name is None:
             variable.assign(value)
@@ -152,10 +170,13 @@ def initialise(model, transform_output, directory: str, stage: str, build) -> di
     build()
     report = restore(model, transform_output, directory)
     if report["warm_start"]:
-        kept = ", ".join(f"{name}: {v['kept']} rows kept, {v['new']} new"
-                         for name, v in sorted(report["vocabularies"].items()))
+        kept = ", ".join(
+            f"{name}: {v['kept']} rows kept, {v['new']} new"
+            for name, v in sorted(report["vocabularies"].items())
+        )
         log(stage, f"warm start from {directory}: {report['weights']} weights ({kept})")
     else:
-        log(stage, f"warm start from {directory} refused, training from scratch: "
-                   f"{report['reason']}")
+        log(
+            stage, f"warm start from {directory} refused, training from scratch: {report['reason']}"
+        )
     return report

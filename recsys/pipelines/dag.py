@@ -34,17 +34,34 @@ from recsys.core import contracts
 from recsys.pipelines.parameters import Arguments
 
 # Every stage's KFP shim, in the order the DAG runs them.
-STAGES = {shim.__name__: shim for shim in (
-    ingest, join_features, validate, transform_features, train_retrieval, train_ranking,
-    infra_validate, evaluate, push)}
+STAGES = {
+    shim.__name__: shim
+    for shim in (
+        ingest,
+        join_features,
+        validate,
+        transform_features,
+        train_retrieval,
+        train_ranking,
+        infra_validate,
+        evaluate,
+        push,
+    )
+}
 # What a run returns (and ``recsys run`` summarises): stage -> outputs.
 OUTPUTS = {
     "ingest": ["ingest_metrics", "quarantine"],
     "validate": ["validation_report", "validation_html"],
     "train_retrieval": ["retrieval_training"],
     "train_ranking": ["ranking_training"],
-    "evaluate": ["retrieval_metrics", "ranking_metrics", "funnel_metrics", "evaluation_report",
-                 "evaluation_html", "blessing"],
+    "evaluate": [
+        "retrieval_metrics",
+        "ranking_metrics",
+        "funnel_metrics",
+        "evaluation_report",
+        "evaluation_html",
+        "blessing",
+    ],
     "push": ["push_report"],
 }
 
@@ -60,50 +77,71 @@ def wire(stages, p: Arguments) -> dict:
     #    the time window, split by time. No cache: it reads external data that
     #    changes under one path.
     tasks["ingest"] = ingested = stages.ingest(
-        data_root=p["data_root"], schema_dir=p["schema_dir"], **p.of(IngestConfig))
+        data_root=p["data_root"], schema_dir=p["schema_dir"], **p.of(IngestConfig)
+    )
     stages.configure(ingested, cpu="1", memory="4G", retries=2, cache=False)
     tables = {name: ingested.outputs[name] for name in contracts.JOIN_INPUTS}
 
     # 2. features, part 1: point-in-time joins (feature views, engagement history)
     #    into examples, on Beam
-    joined = stages.join_features(**tables, schema_dir=p["schema_dir"],
-                                  beam_pipeline_args=p["beam_pipeline_args"], **p.of(JoinConfig))
+    joined = stages.join_features(
+        **tables,
+        schema_dir=p["schema_dir"],
+        beam_pipeline_args=p["beam_pipeline_args"],
+        **p.of(JoinConfig),
+    )
     stages.configure(joined, cpu="2", memory="8G", retries=2)
 
     # 3. validate: schema, training/serving skew and drift; blocks on anomalies.
     #    No cache: it reads and writes the drift baseline store.
     tasks["validate"] = validated = stages.validate(
-        **tables, train_examples=joined.outputs[contracts.TRAIN_EXAMPLES],
+        **tables,
+        train_examples=joined.outputs[contracts.TRAIN_EXAMPLES],
         eval_examples=joined.outputs[contracts.EVAL_EXAMPLES],
-        serving_log=ingested.outputs[contracts.SERVING_LOG], schema_dir=p["schema_dir"],
-        beam_pipeline_args=p["beam_pipeline_args"], pipeline_root=stages.pipeline_root,
-        **p.of(ValidateConfig))
+        serving_log=ingested.outputs[contracts.SERVING_LOG],
+        schema_dir=p["schema_dir"],
+        beam_pipeline_args=p["beam_pipeline_args"],
+        pipeline_root=stages.pipeline_root,
+        **p.of(ValidateConfig),
+    )
     stages.configure(validated, cpu="2", memory="8G", retries=2, cache=False)
 
     # 4. features, part 2: tensorflow-transform, analyzed on train only
     featurized = stages.transform_features(
         train_examples=joined.outputs[contracts.TRAIN_EXAMPLES],
         eval_examples=joined.outputs[contracts.EVAL_EXAMPLES],
-        schema=validated.outputs["schema"], beam_pipeline_args=p["beam_pipeline_args"])
+        schema=validated.outputs["schema"],
+        beam_pipeline_args=p["beam_pipeline_args"],
+    )
     stages.configure(featurized, cpu="2", memory="8G", retries=2)
-    transformed = {name: featurized.outputs[name]
-                   for name in ("transformed_train", "transformed_eval", "transform_graph")}
+    transformed = {
+        name: featurized.outputs[name]
+        for name in ("transformed_train", "transformed_eval", "transform_graph")
+    }
 
     # 5. train_retrieval: two-tower model (logQ-corrected mixed negatives, early
     #    stopping on eval recall) with a brute-force top-K index; with warm_start,
     #    initialised from the last blessed model (found under the pipeline root).
     #    No cache: that checkpoint is found at run time, outside KFP's cache key.
     tasks["train_retrieval"] = retrieval = stages.train_retrieval(
-        **transformed, item_snapshot=joined.outputs[contracts.ITEM_SNAPSHOT],
-        schema_dir=p["schema_dir"], warm_start=p["warm_start"],
-        pipeline_root=stages.pipeline_root, **p.of(RetrievalConfig))
+        **transformed,
+        item_snapshot=joined.outputs[contracts.ITEM_SNAPSHOT],
+        schema_dir=p["schema_dir"],
+        warm_start=p["warm_start"],
+        pipeline_root=stages.pipeline_root,
+        **p.of(RetrievalConfig),
+    )
     stages.configure(retrieval, cpu="2", memory="8G", cache=False)
 
     # 6. train_ranking: DCN-v2 with click and watch-time heads over user, item,
     #    context and user x item features (calibrated under negative downsampling)
     tasks["train_ranking"] = ranking = stages.train_ranking(
-        **transformed, schema_dir=p["schema_dir"], warm_start=p["warm_start"],
-        pipeline_root=stages.pipeline_root, **p.of(RankingConfig))
+        **transformed,
+        schema_dir=p["schema_dir"],
+        warm_start=p["warm_start"],
+        pipeline_root=stages.pipeline_root,
+        **p.of(RankingConfig),
+    )
     stages.configure(ranking, cpu="2", memory="8G", cache=False)
 
     # 7. infra_validate: each SavedModel loads in a fresh process with only
@@ -112,8 +150,10 @@ def wire(stages, p: Arguments) -> dict:
     infra = stages.infra_validate(
         retrieval_model=retrieval.outputs["retrieval_model"],
         ranking_model=ranking.outputs["ranking_model"],
-        eval_examples=joined.outputs[contracts.EVAL_EXAMPLES], schema_dir=p["schema_dir"],
-        **p.of(Budgets))
+        eval_examples=joined.outputs[contracts.EVAL_EXAMPLES],
+        schema_dir=p["schema_dir"],
+        **p.of(Budgets),
+    )
     stages.configure(infra, cpu="1", memory="4G")
 
     # 8. evaluate: value thresholds (retrieval against popularity, ranking
@@ -128,8 +168,12 @@ def wire(stages, p: Arguments) -> dict:
         retrieval_model=retrieval.outputs["retrieval_model"],
         ranking_model=ranking.outputs["ranking_model"],
         eval_item_snapshot=joined.outputs[contracts.EVAL_ITEM_SNAPSHOT],
-        infra_validation=infra.outputs["infra_validation"], schema_dir=p["schema_dir"],
-        rerank=p["rerank"], serving_root=p["serving_root"], **p.of(Thresholds))
+        infra_validation=infra.outputs["infra_validation"],
+        schema_dir=p["schema_dir"],
+        rerank=p["rerank"],
+        serving_root=p["serving_root"],
+        **p.of(Thresholds),
+    )
     stages.configure(evaluation, cpu="2", memory="8G", cache=False)
 
     # 9. push: only blessed models reach the serving root, as one new version,
@@ -147,11 +191,20 @@ def wire(stages, p: Arguments) -> dict:
         item_embeddings=retrieval.outputs["item_embeddings"],
         ingest_metrics=ingested.outputs["ingest_metrics"],
         retrieval_checkpoint=retrieval.outputs["checkpoint"],
-        ranking_checkpoint=ranking.outputs["checkpoint"], schema_dir=p["schema_dir"],
-        rerank=p["rerank"], serving_root=p["serving_root"], image=p["image"],
-        pipeline_root=stages.pipeline_root, **p.of(PushConfig))
+        ranking_checkpoint=ranking.outputs["checkpoint"],
+        schema_dir=p["schema_dir"],
+        rerank=p["rerank"],
+        serving_root=p["serving_root"],
+        image=p["image"],
+        pipeline_root=stages.pipeline_root,
+        **p.of(PushConfig),
+    )
     stages.configure(pushed, cpu="1", memory="2G", retries=2, cache=False)
 
     # (A stage given to an in-process run may bring only some of its outputs.)
-    return {name: tasks[stage].outputs[name]
-            for stage, names in OUTPUTS.items() for name in names if name in tasks[stage].outputs}
+    return {
+        name: tasks[stage].outputs[name]
+        for stage, names in OUTPUTS.items()
+        for name in names
+        if name in tasks[stage].outputs
+    }

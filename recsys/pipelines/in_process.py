@@ -25,6 +25,7 @@ from recsys.pipelines.parameters import with_defaults
 @dataclass
 class Task:
     """One stage's outputs (output name -> KFP artifact)."""
+
     name: str
     outputs: dict = field(default_factory=dict)
 
@@ -56,15 +57,18 @@ class InProcessStages:
         outputs = {}
         directory = os.path.join(self.root, name)
         if name in self.given:
-            outputs = {output: _artifact(shim, output, value, directory)
-                       for output, value in self.given[name].items()}
+            outputs = {
+                output: _artifact(shim, output, value, directory)
+                for output, value in self.given[name].items()
+            }
         else:
             shutil.rmtree(directory, ignore_errors=True)  # a fresh run of this stage
             os.makedirs(directory)
             for output, annotation in typing.get_type_hints(shim, include_extras=True).items():
                 if type_annotations.is_artifact_wrapped_in_Output(annotation):
-                    outputs[output] = _artifact(shim, output, os.path.join(directory, output),
-                                                directory)
+                    outputs[output] = _artifact(
+                        shim, output, os.path.join(directory, output), directory
+                    )
             shim(**arguments, **outputs)
         self.tasks[name] = task = Task(name, outputs)
         if name == self.stop_after:
@@ -97,12 +101,16 @@ class InProcessRun:
         for task in self.tasks.values():
             for output in task.outputs:
                 counts[output] = counts.get(output, 0) + 1
-        return {output if counts[output] == 1 else f"{task.name}.{output}": artifact.path
-                for task in self.tasks.values() for output, artifact in task.outputs.items()}
+        return {
+            output if counts[output] == 1 else f"{task.name}.{output}": artifact.path
+            for task in self.tasks.values()
+            for output, artifact in task.outputs.items()
+        }
 
 
-def run_in_process(root: str, arguments: Mapping, stop_after: str = "",
-                   given: Mapping | None = None) -> InProcessRun:
+def run_in_process(
+    root: str, arguments: Mapping, stop_after: str = "", given: Mapping | None = None
+) -> InProcessRun:
     """Run the DAG (or its stages up to ``stop_after``) on ``arguments`` (pipeline
     parameters; the rest take their defaults) with outputs under ``root``. ``given``:
     stage -> {output: artifact or path} replaces those stages' runs."""
@@ -114,4 +122,3 @@ def run_in_process(root: str, arguments: Mapping, stop_after: str = "",
     except _Stopped:
         outputs = {}
     return InProcessRun(stages.tasks, outputs)
-

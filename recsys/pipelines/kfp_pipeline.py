@@ -16,16 +16,27 @@ from recsys.pipelines.dag import OUTPUTS, STAGES, wire
 from recsys.pipelines.parameters import DEFAULT_IMAGE, Arguments, pipeline_parameters, signature
 
 PIPELINE_NAME = "recsys-pipeline"
-DESCRIPTION = ("Raw interaction logs to two-tower retrieval and ranking models pushed for "
-               "TF Serving.")
-OUTPUT_TYPES = {"ingest_metrics": Metrics, "quarantine": Dataset, "validation_report": Markdown,
-                "validation_html": HTML, "retrieval_training": Metrics,
-                "ranking_training": Metrics, "retrieval_metrics": Metrics,
-                "ranking_metrics": Metrics, "funnel_metrics": Metrics,
-                "evaluation_report": Markdown, "evaluation_html": HTML, "blessing": Artifact,
-                "push_report": Markdown}
-PipelineOutputs = NamedTuple("PipelineOutputs", [
-    (name, OUTPUT_TYPES[name]) for names in OUTPUTS.values() for name in names])
+DESCRIPTION = (
+    "Raw interaction logs to two-tower retrieval and ranking models pushed for TF Serving."
+)
+OUTPUT_TYPES = {
+    "ingest_metrics": Metrics,
+    "quarantine": Dataset,
+    "validation_report": Markdown,
+    "validation_html": HTML,
+    "retrieval_training": Metrics,
+    "ranking_training": Metrics,
+    "retrieval_metrics": Metrics,
+    "ranking_metrics": Metrics,
+    "funnel_metrics": Metrics,
+    "evaluation_report": Markdown,
+    "evaluation_html": HTML,
+    "blessing": Artifact,
+    "push_report": Markdown,
+}
+PipelineOutputs = NamedTuple(
+    "PipelineOutputs", [(name, OUTPUT_TYPES[name]) for names in OUTPUTS.values() for name in names]
+)
 
 
 class KfpStages:
@@ -42,8 +53,7 @@ class KfpStages:
             # the image holds; the code version on the command line (the executor
             # ignores unknown arguments) keeps a reused tag from serving results of
             # older code.
-            component.component_spec.implementation.container.args.extend(
-                ["--code-version", code])
+            component.component_spec.implementation.container.args.extend(["--code-version", code])
             setattr(self, name, component)
         self.image = image
 
@@ -70,7 +80,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     recsys_pipeline.__signature__ = signature(image, PipelineOutputs)
     # KFP reads the parameters' descriptions from the docstring's Args section.
     recsys_pipeline.__doc__ = f"{DESCRIPTION}\n\nArgs:\n" + "".join(
-        f"    {p.name}: {p.help}\n" for p in pipeline_parameters(image).values())
+        f"    {p.name}: {p.help}\n" for p in pipeline_parameters(image).values()
+    )
     return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(recsys_pipeline)
 
 

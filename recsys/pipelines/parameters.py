@@ -31,28 +31,50 @@ DEFAULT_IMAGE = "localhost/recsys-pipeline:0.1.0"
 @dataclass(frozen=True)
 class RunConfig:
     """What a run needs besides the stages' own settings."""
-    data_root: str = parameter(dataclasses.MISSING, "the raw tables (README, 'Bring your own "
-                                                    "data'); a path the pods can read")
-    serving_root: str = parameter(dataclasses.MISSING, "the TF Serving model root push writes "
-                                                       "and evaluate reads the champion from")
+
+    data_root: str = parameter(
+        dataclasses.MISSING,
+        "the raw tables (README, 'Bring your own data'); a path the pods can read",
+    )
+    serving_root: str = parameter(
+        dataclasses.MISSING,
+        "the TF Serving model root push writes and evaluate reads the champion from",
+    )
     image: str = parameter(DEFAULT_IMAGE, "the image every stage runs in (set at compile time)")
     schema_dir: str = parameter(
-        "", "curated schemas and their feature registry (features.yaml); empty: the "
-            "packaged recsys/schemas")
+        "",
+        "curated schemas and their feature registry (features.yaml); empty: the "
+        "packaged recsys/schemas",
+    )
     beam_pipeline_args: str = parameter(
-        "[]", "Beam options of the Beam stages (join, validate, transform) as a JSON list; "
-              "empty: DirectRunner")
-    warm_start: bool = parameter(False, "start both trainers from the last blessed model's "
-                                        "weights (found under the pipeline root)")
+        "[]",
+        "Beam options of the Beam stages (join, validate, transform) as a JSON list; "
+        "empty: DirectRunner",
+    )
+    warm_start: bool = parameter(
+        False,
+        "start both trainers from the last blessed model's weights (found under the pipeline root)",
+    )
     rerank: str = parameter(
-        RerankConfig().to_json(), "re-ranking rules (JSON): k, max_per_creator, "
+        RerankConfig().to_json(),
+        "re-ranking rules (JSON): k, max_per_creator, "
         "max_per_category, mmr_lambda, freshness_boost, freshness_half_life_days, "
-        "drop_watched, blocklist; evaluated, then pushed with the models")
+        "drop_watched, blocklist; evaluated, then pushed with the models",
+    )
 
 
 # In the order the DAG runs them.
-CONFIGS = (RunConfig, IngestConfig, JoinConfig, ValidateConfig, RetrievalConfig, RankingConfig,
-           Budgets, Thresholds, PushConfig)
+CONFIGS = (
+    RunConfig,
+    IngestConfig,
+    JoinConfig,
+    ValidateConfig,
+    RetrievalConfig,
+    RankingConfig,
+    Budgets,
+    Thresholds,
+    PushConfig,
+)
 
 
 def pipeline_parameters(image: str = DEFAULT_IMAGE) -> dict[str, Parameter]:
@@ -65,23 +87,33 @@ def pipeline_parameters(image: str = DEFAULT_IMAGE) -> dict[str, Parameter]:
                 declared = dataclasses.replace(declared, default=image)
             known = found.get(declared.name)
             if known and (known.type, known.default) != (declared.type, declared.default):
-                raise TypeError(f"pipeline parameter '{declared.name}' is declared as "
-                                f"{known.type_name} = {known.default!r} by "
-                                f"{known.config.__name__} and as {declared.type_name} = "
-                                f"{declared.default!r} by {declared.config.__name__}")
+                raise TypeError(
+                    f"pipeline parameter '{declared.name}' is declared as "
+                    f"{known.type_name} = {known.default!r} by "
+                    f"{known.config.__name__} and as {declared.type_name} = "
+                    f"{declared.default!r} by {declared.config.__name__}"
+                )
             found.setdefault(declared.name, declared)
     required = [p for p in found.values() if p.default is dataclasses.MISSING]
     return {p.name: p for p in required + [p for p in found.values() if p not in required]}
 
 
-def signature(image: str = DEFAULT_IMAGE, return_annotation=inspect.Signature.empty
-              ) -> inspect.Signature:
+def signature(
+    image: str = DEFAULT_IMAGE, return_annotation=inspect.Signature.empty
+) -> inspect.Signature:
     """The pipeline function's signature: typed, with the configs' defaults."""
-    return inspect.Signature([
-        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=p.type,
-                          default=inspect.Parameter.empty if p.default is dataclasses.MISSING
-                          else p.default)
-        for p in pipeline_parameters(image).values()], return_annotation=return_annotation)
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                p.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=p.type,
+                default=inspect.Parameter.empty if p.default is dataclasses.MISSING else p.default,
+            )
+            for p in pipeline_parameters(image).values()
+        ],
+        return_annotation=return_annotation,
+    )
 
 
 class Arguments(Mapping):
@@ -123,25 +155,39 @@ def with_defaults(arguments: Mapping, image: str = DEFAULT_IMAGE) -> Arguments:
 
 def parameters_markdown(image: str = DEFAULT_IMAGE) -> str:
     """The parameter reference (docs/parameters.md), generated from the declarations."""
-    lines = ["# Pipeline parameters", "",
-             "Generated by `recsys parameters` from the stages' configs "
-             "(`recsys/components/<stage>/config.py`) and `RunConfig` "
-             "(`recsys/pipelines/parameters.py`); a test keeps this file current. Set them "
-             "with `recsys run --config FILE` (YAML), a data directory's `recsys.yaml`, or "
-             "`--param NAME=VALUE` for `recsys submit` and `recsys schedule`."]
+    lines = [
+        "# Pipeline parameters",
+        "",
+        "Generated by `recsys parameters` from the stages' configs "
+        "(`recsys/components/<stage>/config.py`) and `RunConfig` "
+        "(`recsys/pipelines/parameters.py`); a test keeps this file current. Set them "
+        "with `recsys run --config FILE` (YAML), a data directory's `recsys.yaml`, or "
+        "`--param NAME=VALUE` for `recsys submit` and `recsys schedule`.",
+    ]
     current = None
     for p in pipeline_parameters(image).values():
         if p.config is not current:
             current = p.config
-            lines += ["", f"## {_SECTIONS.get(current, current.__name__)} "
-                          f"(`{current.__name__}`)", "",
-                      "| parameter | type | default | meaning |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"## {_SECTIONS.get(current, current.__name__)} (`{current.__name__}`)",
+                "",
+                "| parameter | type | default | meaning |",
+                "|---|---|---|---|",
+            ]
         default = "required" if p.default is dataclasses.MISSING else f"`{p.default!r}`"
         lines.append(f"| `{p.name}` | {p.type_name} | {default} | {p.help} |")
     return "\n".join(lines) + "\n"
 
 
-_SECTIONS = {RunConfig: "The run", IngestConfig: "ingest", JoinConfig: "features/join",
-             ValidateConfig: "validate", RetrievalConfig: "train_retrieval",
-             RankingConfig: "train_ranking", Budgets: "infra_validate", Thresholds: "evaluate",
-             PushConfig: "push"}
+_SECTIONS = {
+    RunConfig: "The run",
+    IngestConfig: "ingest",
+    JoinConfig: "features/join",
+    ValidateConfig: "validate",
+    RetrievalConfig: "train_retrieval",
+    RankingConfig: "train_ranking",
+    Budgets: "infra_validate",
+    Thresholds: "evaluate",
+    PushConfig: "push",
+}

@@ -15,5 +15,13 @@ from recsys.serving.funnel import Context, Funnel, Recommendations
 from recsys.serving.rerank import RerankConfig
 from recsys.serving.serving_log import ServingLog
 
-__all__ = ["Context", "Funnel", "GrpcBackend", "InProcessBackend", "Recommendations",
-           "RerankConfig", "RestBackend", "ServingLog"]
+__all__ = [
+    "Context",
+    "Funnel",
+    "GrpcBackend",
+    "InProcessBackend",
+    "Recommendations",
+    "RerankConfig",
+    "RestBackend",
+    "ServingLog",
+]

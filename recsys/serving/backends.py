@@ -30,15 +30,22 @@ class InProcessBackend:
         import tensorflow as tf
 
         self.versions = versions or {}
-        self._functions = {name: tf.saved_model.load(directory).signatures[SIGNATURE]
-                           for name, directory in model_dirs.items()}
+        self._functions = {
+            name: tf.saved_model.load(directory).signatures[SIGNATURE]
+            for name, directory in model_dirs.items()
+        }
 
     @classmethod
     def from_serving_root(cls, serving_root: str):
         """The versions ``models.config`` serves, as TF Serving would load them."""
         versions = {name: served_version(serving_root, name) for name in MODELS}
-        return cls({name: os.path.join(serving_root, name, str(version))
-                    for name, version in versions.items()}, versions)
+        return cls(
+            {
+                name: os.path.join(serving_root, name, str(version))
+                for name, version in versions.items()
+            },
+            versions,
+        )
 
     def signature(self, model: str) -> dict:
         return self._functions[model].structured_input_signature[1]
@@ -47,8 +54,9 @@ class InProcessBackend:
         import tensorflow as tf
 
         signature = self.signature(model)
-        outputs = self._functions[model](**{name: tf.constant(values, signature[name].dtype)
-                                            for name, values in inputs.items()})
+        outputs = self._functions[model](
+            **{name: tf.constant(values, signature[name].dtype) for name, values in inputs.items()}
+        )
         return {name: value.numpy() for name, value in outputs.items()}
 
 
@@ -76,16 +84,22 @@ class GrpcBackend:
 
         if model not in self._signatures:
             request = get_model_metadata_pb2.GetModelMetadataRequest(
-                model_spec=model_pb2.ModelSpec(name=model), metadata_field=["signature_def"])
+                model_spec=model_pb2.ModelSpec(name=model), metadata_field=["signature_def"]
+            )
             response = self.stub.GetModelMetadata(request, timeout=self.timeout * 10)
             signatures = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(signatures)
             inputs = signatures.signature_def[SIGNATURE].inputs
             self._signatures[model] = {
                 name: _spec_from_tensor_info(
-                    name, info.dtype, None if info.tensor_shape.unknown_rank else
-                    [d.size if d.size >= 0 else None for d in info.tensor_shape.dim])
-                for name, info in inputs.items()}
+                    name,
+                    info.dtype,
+                    None
+                    if info.tensor_shape.unknown_rank
+                    else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim],
+                )
+                for name, info in inputs.items()
+            }
         return self._signatures[model]
 
     def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,7 +107,8 @@ class GrpcBackend:
         from tensorflow_serving.apis import model_pb2, predict_pb2
 
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
+            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE)
+        )
         signature = self.signature(model)
         for name, values in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(values, signature[name].dtype))
@@ -115,8 +130,9 @@ class RestBackend:
 
     def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.url}{path}", data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
             return json.loads(response.read())
 
@@ -129,21 +145,33 @@ class RestBackend:
             signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
             dtype = lambda info: types_pb2.DataType.Value(info["dtype"])  # noqa: E731
             self._signatures[model] = {
-                "inputs": {name: _spec_from_tensor_info(
-                    name, dtype(info), None if info["tensor_shape"].get("unknown_rank") else
-                    [int(d["size"]) if int(d["size"]) >= 0 else None
-                     for d in info["tensor_shape"].get("dim", [])])
-                    for name, info in signature["inputs"].items()},
-                "outputs": {name: _numpy_dtype(dtype(info))
-                            for name, info in signature["outputs"].items()}}
+                "inputs": {
+                    name: _spec_from_tensor_info(
+                        name,
+                        dtype(info),
+                        None
+                        if info["tensor_shape"].get("unknown_rank")
+                        else [
+                            int(d["size"]) if int(d["size"]) >= 0 else None
+                            for d in info["tensor_shape"].get("dim", [])
+                        ],
+                    )
+                    for name, info in signature["inputs"].items()
+                },
+                "outputs": {
+                    name: _numpy_dtype(dtype(info)) for name, info in signature["outputs"].items()
+                },
+            }
         return self._signatures[model]
 
     def signature(self, model: str) -> dict:
         return self._metadata(model)["inputs"]
 
     def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        body = {"signature_name": SIGNATURE,
-                "inputs": {name: _json_values(values) for name, values in inputs.items()}}
+        body = {
+            "signature_name": SIGNATURE,
+            "inputs": {name: _json_values(values) for name, values in inputs.items()},
+        }
         outputs = self._call(f"/v1/models/{model}:predict", body)["outputs"]
         dtypes = self._metadata(model)["outputs"]
         return {name: np.asarray(values, dtype=dtypes[name]) for name, values in outputs.items()}
@@ -160,6 +188,11 @@ def _json_values(values: np.ndarray):
     """JSON for a tensor: strings as text (TF Serving wants {"b64": ...} only for
     bytes that are not UTF-8, which ids and categories never are)."""
     if values.dtype == object:
-        return [_json_values(row) for row in values] if values.ndim > 1 else [
-            v if isinstance(v, str) else {"b64": base64.b64encode(v).decode()} for v in values]
+        return (
+            [_json_values(row) for row in values]
+            if values.ndim > 1
+            else [
+                v if isinstance(v, str) else {"b64": base64.b64encode(v).decode()} for v in values
+            ]
+        )
     return values.tolist()

@@ -46,6 +46,7 @@ RERANK_ROLES = ("creator", "category", "item_age")
 @dataclass
 class Context:
     """What the request knows besides the user: its time (default: now)."""
+
     at: pd.Timestamp | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -56,8 +57,7 @@ class Context:
 
 def _text(values: np.ndarray) -> np.ndarray:
     """String tensors come back as bytes (in process, gRPC) or str (REST)."""
-    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values],
-                    dtype=object)
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
 @dataclass
@@ -75,9 +75,14 @@ PREDICT_BATCH_ROWS = 8192
 
 
 class Funnel:
-    def __init__(self, backend, features: FeatureSnapshot,
-                 rerank_config: RerankConfig = RerankConfig(),
-                 serving_log: "ServingLog | None" = None, version: int | None = None):
+    def __init__(
+        self,
+        backend,
+        features: FeatureSnapshot,
+        rerank_config: RerankConfig = RerankConfig(),
+        serving_log: "ServingLog | None" = None,
+        version: int | None = None,
+    ):
         self.backend, self.features, self.config = backend, features, rerank_config
         self.serving_log, self.version = serving_log, version
         self.retrieval_signature = backend.signature(RETRIEVAL)
@@ -87,15 +92,18 @@ class Funnel:
         registry = features.registry
         missing = [role for role in RERANK_ROLES if registry.role(role) is None]
         if missing:
-            raise ValueError(f"{registry.path}: re-ranking needs a feature for each role "
-                             f"{list(RERANK_ROLES)}; none has role {missing}")
+            raise ValueError(
+                f"{registry.path}: re-ranking needs a feature for each role "
+                f"{list(RERANK_ROLES)}; none has role {missing}"
+            )
         request = set(registry.side("user")) | {f.name for f in registry.select(group="context")}
         self.user_inputs = [name for name in self.ranking_signature if name in request]
         self.item_inputs = [name for name in self.ranking_signature if name not in request]
 
     @classmethod
-    def from_serving_root(cls, serving_root: str, backend=None,
-                          rerank_config: RerankConfig | None = None, **kwargs) -> "Funnel":
+    def from_serving_root(
+        cls, serving_root: str, backend=None, rerank_config: RerankConfig | None = None, **kwargs
+    ) -> "Funnel":
         """The served models (in this process unless another backend is given), with the
         feature snapshot and re-ranking rules pushed with the served retrieval version
         (the rules the evaluation measured, unless ``rerank_config`` is given)."""
@@ -104,26 +112,32 @@ class Funnel:
         snapshot = os.path.join(serving_root, SNAPSHOT_DIR, str(version))
         if rerank_config is None:
             rerank_config = pushed_rerank_config(snapshot)
-        return cls(backend, FeatureSnapshot.load(snapshot), rerank_config, version=version,
-                   **kwargs)
+        return cls(
+            backend, FeatureSnapshot.load(snapshot), rerank_config, version=version, **kwargs
+        )
 
-    def recommend(self, user_id: str, context: Context | None = None,
-                  k: int | None = None) -> Recommendations:
+    def recommend(
+        self, user_id: str, context: Context | None = None, k: int | None = None
+    ) -> Recommendations:
         """One request: the user's features from the snapshot plus the context."""
         clock = {}
         user, known = self.features.user(str(user_id))
         query = {**user, **(context or Context()).columns()}
-        (page, removed, served_rows), = self.pages(query, k, clock)
+        ((page, removed, served_rows),) = self.pages(query, k, clock)
         request_id = uuid.uuid4().hex
         if self.serving_log is not None:
             started = time.perf_counter()
-            self.serving_log.append(request_id, query, {
-                name: self.features.items[name][served_rows] for name in self.item_inputs})
+            self.serving_log.append(
+                request_id,
+                query,
+                {name: self.features.items[name][served_rows] for name in self.item_inputs},
+            )
             clock["log"] = (time.perf_counter() - started) * 1000
         return Recommendations(page, request_id, self.version, known, removed, clock)
 
-    def pages(self, queries: dict, k: int | None = None,
-              clock: dict | None = None) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
+    def pages(
+        self, queries: dict, k: int | None = None, clock: dict | None = None
+    ) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
         """Pages for many queries at once (raw query columns, one row per query):
         one (page, removed-counts, snapshot rows of the page's items) per query.
         ``clock`` collects milliseconds per step."""
@@ -144,15 +158,20 @@ class Funnel:
         rows = self.features.item_rows(item_ids)
         in_snapshot = rows >= 0
         query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
-        item_ids, rows, retrieval_scores = (item_ids[in_snapshot], rows[in_snapshot],
-                                            retrieval_scores[in_snapshot])
+        item_ids, rows, retrieval_scores = (
+            item_ids[in_snapshot],
+            rows[in_snapshot],
+            retrieval_scores[in_snapshot],
+        )
         lap("retrieval")
 
         inputs = raw_arrays(
             {name: self.features.items[name][rows] for name in self.item_inputs},
-            {name: self.ranking_signature[name] for name in self.item_inputs})
-        user_arrays = raw_arrays(queries, {name: self.ranking_signature[name]
-                                           for name in self.user_inputs})
+            {name: self.ranking_signature[name] for name in self.item_inputs},
+        )
+        user_arrays = raw_arrays(
+            queries, {name: self.ranking_signature[name] for name in self.user_inputs}
+        )
         inputs.update({name: values[query_of] for name, values in user_arrays.items()})
         ranked = self._predict(RANKING, inputs)
         lap("ranking")
@@ -164,25 +183,38 @@ class Funnel:
         embeddings = self.features.embeddings
         histories = queries.get(HISTORY_ITEMS)
         bounds = np.searchsorted(query_of, np.arange(n_queries + 1))
-        missing = np.bincount(np.repeat(np.arange(n_queries), n_retrieved)[~in_snapshot],
-                              minlength=n_queries)
+        missing = np.bincount(
+            np.repeat(np.arange(n_queries), n_retrieved)[~in_snapshot], minlength=n_queries
+        )
         results = []
         for query in range(n_queries):
             mine = slice(bounds[query], bounds[query + 1])
-            page = rerank(Candidates(
-                item_ids[mine], np.asarray(ranked[SCORE][mine], dtype=np.float64),
-                creators[mine], categories[mine], ages[mine],
-                embeddings[rows[mine]] if embeddings is not None else None),
-                config, watched=list(histories[query]) if histories is not None else [])
+            page = rerank(
+                Candidates(
+                    item_ids[mine],
+                    np.asarray(ranked[SCORE][mine], dtype=np.float64),
+                    creators[mine],
+                    categories[mine],
+                    ages[mine],
+                    embeddings[rows[mine]] if embeddings is not None else None,
+                ),
+                config,
+                watched=list(histories[query]) if histories is not None else [],
+            )
             chosen = page.positions + bounds[query]
-            frame = pd.DataFrame({
-                ITEM_ID: item_ids[chosen], "score": page.scores,
-                **{name: ranked[name][chosen] for name in self._ranking_outputs},
-                "retrieval_score": retrieval_scores[chosen],
-                registry.role("category"): categories[chosen],
-                registry.role("creator"): creators[chosen]})
-            results.append((frame, {"not_in_snapshot": int(missing[query]), **page.removed},
-                            rows[chosen]))
+            frame = pd.DataFrame(
+                {
+                    ITEM_ID: item_ids[chosen],
+                    "score": page.scores,
+                    **{name: ranked[name][chosen] for name in self._ranking_outputs},
+                    "retrieval_score": retrieval_scores[chosen],
+                    registry.role("category"): categories[chosen],
+                    registry.role("creator"): creators[chosen],
+                }
+            )
+            results.append(
+                (frame, {"not_in_snapshot": int(missing[query]), **page.removed}, rows[chosen])
+            )
         lap("rerank")
         return results
 
@@ -191,9 +223,16 @@ class Funnel:
         n = len(next(iter(inputs.values())))
         if n <= PREDICT_BATCH_ROWS:
             return self.backend.predict(model, inputs) if n else self._empty(model)
-        parts = [self.backend.predict(model, {name: values[start:start + PREDICT_BATCH_ROWS]
-                                              for name, values in inputs.items()})
-                 for start in range(0, n, PREDICT_BATCH_ROWS)]
+        parts = [
+            self.backend.predict(
+                model,
+                {
+                    name: values[start : start + PREDICT_BATCH_ROWS]
+                    for name, values in inputs.items()
+                },
+            )
+            for start in range(0, n, PREDICT_BATCH_ROWS)
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     # The ranking outputs shown on a page besides the (re-ranked) score.

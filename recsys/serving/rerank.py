@@ -38,6 +38,7 @@ import numpy as np
 class RerankConfig:
     """The rules; the pipeline parameter ``rerank`` is this as JSON (its default is
     these defaults)."""
+
     k: int = 10
     max_per_creator: int = 2  # 0 = no cap
     max_per_category: int = 0  # 0 = no cap
@@ -66,6 +67,7 @@ class RerankConfig:
 @dataclass
 class Candidates:
     """One request's scored candidates, as parallel arrays (best first or not)."""
+
     item_ids: np.ndarray  # str
     scores: np.ndarray  # float, higher is better
     creator_ids: np.ndarray
@@ -93,29 +95,39 @@ def first_occurrences(item_ids: np.ndarray) -> np.ndarray:
     return mask
 
 
-def rerank(candidates: Candidates, config: RerankConfig,
-           watched: np.ndarray | list = ()) -> Reranked:
+def rerank(
+    candidates: Candidates, config: RerankConfig, watched: np.ndarray | list = ()
+) -> Reranked:
     # Best score first, so "first occurrence" is the best-scored one and ties keep
     # the input order.
     order = np.argsort(-candidates.scores, kind="stable")
     item_ids = candidates.item_ids[order].astype(str)
     removed = {}
     for rule, drop in (
-            ("blocklist", lambda ids: np.isin(ids, list(config.blocklist))),
-            ("duplicate", lambda ids: ~first_occurrences(ids)),
-            ("watched", lambda ids: np.isin(ids, np.asarray(watched, dtype=str))
-             if config.drop_watched else np.zeros(len(ids), dtype=bool))):
+        ("blocklist", lambda ids: np.isin(ids, list(config.blocklist))),
+        ("duplicate", lambda ids: ~first_occurrences(ids)),
+        (
+            "watched",
+            lambda ids: (
+                np.isin(ids, np.asarray(watched, dtype=str))
+                if config.drop_watched
+                else np.zeros(len(ids), dtype=bool)
+            ),
+        ),
+    ):
         dropped = drop(item_ids)
         removed[rule] = int(dropped.sum())
         order, item_ids = order[~dropped], item_ids[~dropped]
     scores = candidates.scores[order] * freshness_multiplier(
-        candidates.age_days[order], config.freshness_boost, config.freshness_half_life_days)
+        candidates.age_days[order], config.freshness_boost, config.freshness_half_life_days
+    )
     chosen, removed["capped"] = _select(scores, candidates, order, config)
     return Reranked(order[chosen], scores[chosen], removed)
 
 
-def _select(scores: np.ndarray, candidates: Candidates, order: np.ndarray,
-            config: RerankConfig) -> tuple[np.ndarray, int]:
+def _select(
+    scores: np.ndarray, candidates: Candidates, order: np.ndarray, config: RerankConfig
+) -> tuple[np.ndarray, int]:
     """Greedy MMR under caps over ``order``: the chosen offsets into ``order``, and
     how many unchosen candidates the caps rule out at the end."""
     n = len(order)
@@ -126,9 +138,14 @@ def _select(scores: np.ndarray, candidates: Candidates, order: np.ndarray,
         vectors = candidates.embeddings[order].astype(np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         max_similarity = np.zeros(n)
-    caps = [(np.unique(values[order], return_inverse=True)[1], limit)
-            for values, limit in ((candidates.creator_ids, config.max_per_creator),
-                                  (candidates.categories, config.max_per_category)) if limit]
+    caps = [
+        (np.unique(values[order], return_inverse=True)[1], limit)
+        for values, limit in (
+            (candidates.creator_ids, config.max_per_creator),
+            (candidates.categories, config.max_per_category),
+        )
+        if limit
+    ]
     counts = [np.zeros(n, dtype=int) for _ in caps]
     available = np.ones(n, dtype=bool)
 
@@ -142,8 +159,7 @@ def _select(scores: np.ndarray, candidates: Candidates, order: np.ndarray,
     while len(chosen) < config.k and (allowed := eligible()).any():
         objective = relevance
         if use_mmr and chosen:
-            objective = (config.mmr_lambda * relevance
-                         - (1 - config.mmr_lambda) * max_similarity)
+            objective = config.mmr_lambda * relevance - (1 - config.mmr_lambda) * max_similarity
         best = int(np.argmax(np.where(allowed, objective, -np.inf)))
         chosen.append(best)
         available[best] = False

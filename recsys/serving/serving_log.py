@@ -27,12 +27,15 @@ class ServingLog:
         self._parts: list[pd.DataFrame] = []
         self._rows = 0
 
-    def append(self, request_id: str, query: dict[str, np.ndarray],
-               served_items: dict[str, np.ndarray]) -> None:
+    def append(
+        self, request_id: str, query: dict[str, np.ndarray], served_items: dict[str, np.ndarray]
+    ) -> None:
         """One request: its query columns (one row) and the served items' columns."""
         n = len(next(iter(served_items.values())))
-        rows = {EVENT_ID: [f"{request_id}-{i}" for i in range(n)],
-                EVENT_TS: np.repeat(query[EVENT_TS], n)}
+        rows = {
+            EVENT_ID: [f"{request_id}-{i}" for i in range(n)],
+            EVENT_TS: np.repeat(query[EVENT_TS], n),
+        }
         for name, values in query.items():
             if name != EVENT_TS:
                 rows[name] = np.repeat(values, n)
@@ -49,8 +52,9 @@ class ServingLog:
         for name in frame.columns:  # list features (the history) as Parquet lists
             if len(frame) and isinstance(frame[name].iloc[0], (list, tuple, np.ndarray)):
                 frame[name] = frame[name].map(list)
-        path = os.path.join(self.directory,
-                            f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet")
+        path = os.path.join(
+            self.directory, f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        )
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
         self._parts, self._rows = [], 0
         return path

@@ -58,6 +58,7 @@ class ServingRootError(ValueError):
 
 # --- reading ------------------------------------------------------------------------
 
+
 def version_dirs(root: str, name: str) -> list[int]:
     """The version directories of model ``name`` (committed or not), ascending."""
     directory = os.path.join(root, name)
@@ -79,8 +80,11 @@ def committed_versions(root: str) -> list[int]:
     directory = os.path.join(root, RECORDS_DIR)
     if not os.path.isdir(directory):
         return []
-    return sorted(int(name[:-5]) for name in os.listdir(directory)
-                  if name.endswith(".json") and VERSION.fullmatch(name[:-5]))
+    return sorted(
+        int(name[:-5])
+        for name in os.listdir(directory)
+        if name.endswith(".json") and VERSION.fullmatch(name[:-5])
+    )
 
 
 def read_config(root: str) -> model_server_config_pb2.ModelServerConfig | None:
@@ -101,8 +105,10 @@ def served_versions(root: str) -> dict[str, int]:
     for entry in config.model_config_list.config:
         versions = list(entry.model_version_policy.specific.versions)
         if len(versions) != 1:
-            raise ServingRootError(f"{os.path.join(root, MODELS_CONFIG)}: model '{entry.name}' "
-                                   f"should pin exactly one version, found {versions}")
+            raise ServingRootError(
+                f"{os.path.join(root, MODELS_CONFIG)}: model '{entry.name}' "
+                f"should pin exactly one version, found {versions}"
+            )
         served[entry.name] = versions[0]
     return served
 
@@ -115,8 +121,9 @@ def served_version(root: str, name: str) -> int:
         return served[name]
     versions = version_dirs(root, name)
     if not versions:
-        raise FileNotFoundError(f"no version of model '{name}' under {root}: has a model "
-                                "been pushed there?")
+        raise FileNotFoundError(
+            f"no version of model '{name}' under {root}: has a model been pushed there?"
+        )
     return versions[-1]
 
 
@@ -139,8 +146,13 @@ def content_hash(paths: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for label in sorted(paths):
         top = paths[label]
-        files = [top] if os.path.isfile(top) else sorted(
-            os.path.join(d, f) for d, _, names in os.walk(top, onerror=_raise) for f in names)
+        files = (
+            [top]
+            if os.path.isfile(top)
+            else sorted(
+                os.path.join(d, f) for d, _, names in os.walk(top, onerror=_raise) for f in names
+            )
+        )
         for path in files:
             relative = os.path.relpath(path, top) if path != top else ""
             digest.update(f"{label}/{relative}\0".encode())
@@ -156,6 +168,7 @@ def _raise(error: OSError):
 
 
 # --- writing (callers hold ``lock``) --------------------------------------------------
+
 
 @contextlib.contextmanager
 def lock(root: str):
@@ -237,8 +250,10 @@ def write_atomically(path: str, text: str) -> None:
 
 
 def write_record(root: str, version: int, record: dict) -> None:
-    write_atomically(os.path.join(root, RECORDS_DIR, f"{version}.json"),
-                     json.dumps(record, indent=2, sort_keys=True, default=str))
+    write_atomically(
+        os.path.join(root, RECORDS_DIR, f"{version}.json"),
+        json.dumps(record, indent=2, sort_keys=True, default=str),
+    )
 
 
 def record_event(root: str, kind: str, **details) -> dict:
@@ -255,7 +270,8 @@ def write_config(root: str, served: dict[str, int], tf_serving_root: str = "") -
     config = model_server_config_pb2.ModelServerConfig()
     for name in sorted(served):
         entry = config.model_config_list.config.add(
-            name=name, base_path=os.path.join(base, name), model_platform="tensorflow")
+            name=name, base_path=os.path.join(base, name), model_platform="tensorflow"
+        )
         entry.model_version_policy.specific.versions.append(served[name])
     path = os.path.join(root, MODELS_CONFIG)
     write_atomically(path, text_format.MessageToString(config))
@@ -305,21 +321,27 @@ def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> d
     with lock(root):
         served = served_versions(root)
         if name not in served:
-            raise ServingRootError(f"model '{name}' is not served from {root} (models.config "
-                                   f"serves {sorted(served) or 'nothing'})")
+            raise ServingRootError(
+                f"model '{name}' is not served from {root} (models.config "
+                f"serves {sorted(served) or 'nothing'})"
+            )
         available = [v for v in committed_versions(root) if v in version_dirs(root, name)]
         current = served[name]
         if to is None:
             older = [v for v in available if v < current]
             if not older:
-                raise ServingRootError(f"'{name}' serves version {current}, the oldest kept "
-                                       f"(available: {available}); nothing to roll back to")
+                raise ServingRootError(
+                    f"'{name}' serves version {current}, the oldest kept "
+                    f"(available: {available}); nothing to roll back to"
+                )
             to = older[-1]
         if to not in available:
-            raise ServingRootError(f"'{name}' has no complete version {to} under {root}; "
-                                   f"available: {available}")
+            raise ServingRootError(
+                f"'{name}' has no complete version {to} under {root}; available: {available}"
+            )
         if to == current:
             raise ServingRootError(f"'{name}' already serves version {to}")
         write_config(root, {**served, name: to}, config_base(root))
-        return record_event(root, "rollback", model=name, from_version=current, to_version=to,
-                            reason=reason)
+        return record_event(
+            root, "rollback", model=name, from_version=current, to_version=to, reason=reason
+        )

@@ -19,9 +19,13 @@ from recsys.serving.rerank import RerankConfig, parse_rerank_config
 class FeatureSnapshot:
     """User and item features (and item-tower embeddings) by id, as numpy columns."""
 
-    def __init__(self, users: pd.DataFrame | None, items: pd.DataFrame,
-                 item_embeddings: pd.DataFrame | None = None,
-                 registry: FeatureRegistry | None = None):
+    def __init__(
+        self,
+        users: pd.DataFrame | None,
+        items: pd.DataFrame,
+        item_embeddings: pd.DataFrame | None = None,
+        registry: FeatureRegistry | None = None,
+    ):
         """``users`` may be None when queries bring their own user features
         (offline evaluation)."""
         self.registry = registry or load_registry()
@@ -33,7 +37,8 @@ class FeatureSnapshot:
         self.embeddings = None
         if item_embeddings is not None:
             rows = pd.Index(item_embeddings[contracts.ITEM_ID].astype(str)).get_indexer(
-                self.item_index)
+                self.item_index
+            )
             matrix = np.stack(item_embeddings["embedding"].to_numpy())
             # Items without an embedding get zeros: similar to nothing under MMR.
             self.embeddings = np.where((rows >= 0)[:, None], matrix[np.maximum(rows, 0)], 0.0)
@@ -42,10 +47,12 @@ class FeatureSnapshot:
     def load(cls, directory: str) -> "FeatureSnapshot":
         """A pushed snapshot: users, items, item embeddings (if pushed) and the registry."""
         embeddings = os.path.join(directory, contracts.SNAPSHOT_EMBEDDINGS)
-        return cls(read_dataset(os.path.join(directory, contracts.SNAPSHOT_USERS)),
-                   read_dataset(os.path.join(directory, contracts.SNAPSHOT_ITEMS)),
-                   read_dataset(embeddings) if os.path.isdir(embeddings) else None,
-                   pushed_registry(directory))
+        return cls(
+            read_dataset(os.path.join(directory, contracts.SNAPSHOT_USERS)),
+            read_dataset(os.path.join(directory, contracts.SNAPSHOT_ITEMS)),
+            read_dataset(embeddings) if os.path.isdir(embeddings) else None,
+            pushed_registry(directory),
+        )
 
     def user(self, user_id: str) -> tuple[dict[str, np.ndarray], bool]:
         """One user's feature columns (length 1) and whether the user is known. An
@@ -53,7 +60,7 @@ class FeatureSnapshot:
         an empty history): what the model saw in training for users without features."""
         row = self.user_index.get_indexer([user_id])[0]
         if row >= 0:
-            return {name: values[row:row + 1] for name, values in self.users.items()}, True
+            return {name: values[row : row + 1] for name, values in self.users.items()}, True
         return self.registry.missing_row("user", user_id), False
 
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:

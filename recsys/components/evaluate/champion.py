@@ -35,6 +35,7 @@ from recsys.serving import serving_root as root_
 class ServedMetrics:
     """Served Recall@k and ranking AUC of one pair of serving models: value and size
     (positives) by metric and slice."""
+
     values: dict[str, dict[str, float]]
     sizes: dict[str, dict[str, int]]
 
@@ -43,6 +44,7 @@ class ServedMetrics:
 class ChampionComparison:
     """The change checks and what they compared with. ``candidate`` and ``champion``
     are set when both were scored."""
+
     checks: list[gate.Check]
     version: int | None
     note: str
@@ -54,28 +56,43 @@ class ChampionComparison:
         """For the blessing: what was compared, and both sides' values."""
         summary = {"version": self.version, "note": self.note}
         if self.candidate is not None:
-            summary.update(versions=self.versions, candidate=self.candidate.values,
-                           champion=self.champion.values, sizes=self.candidate.sizes)
+            summary.update(
+                versions=self.versions,
+                candidate=self.candidate.values,
+                champion=self.champion.values,
+                sizes=self.candidate.sizes,
+            )
         return summary
 
 
-def served_top_k(retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame,
-                 masked: pd.DataFrame, k: int) -> pd.DataFrame:
+def served_top_k(
+    retrieval_model_dir: str, users: np.ndarray, queries: pd.DataFrame, masked: pd.DataFrame, k: int
+) -> pd.DataFrame:
     """A retrieval serving model's own top-K list per user (user_id, item_id), with
     the user's training items removed afterwards, cut to k: how the model performs
     as deployed. The list cannot be widened, so candidate and champion are treated
     identically."""
     served = call_in_batches(serving_fn(retrieval_model_dir), queries, ITEM_IDS)
-    ranked = pd.DataFrame({USER_ID: np.repeat(users, served.shape[1]),
-                           ITEM_ID: served.astype(str).ravel(),
-                           "rank": np.tile(np.arange(served.shape[1]), len(users))})
+    ranked = pd.DataFrame(
+        {
+            USER_ID: np.repeat(users, served.shape[1]),
+            ITEM_ID: served.astype(str).ravel(),
+            "rank": np.tile(np.arange(served.shape[1]), len(users)),
+        }
+    )
     ranked = ranked.merge(masked.assign(_masked=True), on=[USER_ID, ITEM_ID], how="left")
     ranked = ranked[ranked["_masked"].isna()].sort_values([USER_ID, "rank"], kind="stable")
     return ranked.groupby(USER_ID, sort=False).head(k)[[USER_ID, ITEM_ID]]
 
 
-def served_metrics(models: dict[str, str], task: RetrievalTask, eval_examples: pd.DataFrame,
-                   slices: Slices, k: int, category: str) -> ServedMetrics:
+def served_metrics(
+    models: dict[str, str],
+    task: RetrievalTask,
+    eval_examples: pd.DataFrame,
+    slices: Slices,
+    k: int,
+    category: str,
+) -> ServedMetrics:
     """Served Recall@k and ranking AUC, overall and per slice, of one pair of serving
     models. A category slice of retrieval is the recall of the eval positives in that
     category (``category``: the column of the item's category). The same code scores
@@ -85,8 +102,7 @@ def served_metrics(models: dict[str, str], task: RetrievalTask, eval_examples: p
     hit = task.positives.merge(top.assign(_hit=True), on=[USER_ID, ITEM_ID], how="left")
     hit["_hit"] = hit["_hit"].notna()
     labels = eval_examples[CLICKED].to_numpy()
-    probabilities = call_in_batches(serving_fn(models[RANKING]), eval_examples,
-                                    CLICK_PROBABILITY)
+    probabilities = call_in_batches(serving_fn(models[RANKING]), eval_examples, CLICK_PROBABILITY)
     positive_rows = slices.masks(hit[USER_ID], category_of.reindex(hit[ITEM_ID]))
     impression_rows = slices.masks(eval_examples[USER_ID], eval_examples[category])
     recall_name, auc_name = f"served Recall@{k}", "ranking AUC"
@@ -101,41 +117,63 @@ def served_metrics(models: dict[str, str], task: RetrievalTask, eval_examples: p
     return ServedMetrics(values, sizes)
 
 
-def champion_checks(serving_root: str, candidate: dict[str, str], task: RetrievalTask,
-                    eval_examples: pd.DataFrame, thresholds: gate.Thresholds,
-                    category: str) -> ChampionComparison:
+def champion_checks(
+    serving_root: str,
+    candidate: dict[str, str],
+    task: RetrievalTask,
+    eval_examples: pd.DataFrame,
+    thresholds: gate.Thresholds,
+    category: str,
+) -> ChampionComparison:
     """Change checks of the candidate (model name -> SavedModel dir) against the
     version ``models.config`` serves now, both scored on the same eval data here."""
     served = root_.served_versions(serving_root) if serving_root else {}
     if not thresholds.compare_with_champion:
-        return ChampionComparison([], served.get(RETRIEVAL), "not compared with the serving "
-                                  "model: compare_with_champion is false")
+        return ChampionComparison(
+            [],
+            served.get(RETRIEVAL),
+            "not compared with the serving model: compare_with_champion is false",
+        )
     if not served:
         return ChampionComparison([], None, "no model serving yet: value thresholds only")
-    champion = {name: os.path.join(serving_root, name, str(served[name])) for name in candidate
-                if name in served}
+    champion = {
+        name: os.path.join(serving_root, name, str(served[name]))
+        for name in candidate
+        if name in served
+    }
     version = served.get(RETRIEVAL)
     label = ", ".join(f"{name} {served[name]}" for name in sorted(champion))
     if set(champion) != set(candidate):
         note = f"models.config serves {sorted(served)}, not every one of {sorted(candidate)}"
         return ChampionComparison(gate.champion_unavailable(note, thresholds), version, note)
-    slices = Slices.of(task.users, task.train_clicks, eval_examples,
-                       thresholds.slice_top_categories, category)
+    slices = Slices.of(
+        task.users, task.train_clicks, eval_examples, thresholds.slice_top_categories, category
+    )
     scored = {}
     try:
         for role, models in (("candidate", candidate), ("champion", champion)):
-            scored[role] = served_metrics(models, task, eval_examples, slices,
-                                          thresholds.recall_k, category)
+            scored[role] = served_metrics(
+                models, task, eval_examples, slices, thresholds.recall_k, category
+            )
     except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has
-        note = (f"serving version ({label}) cannot be scored on this run's data "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+        note = (
+            f"serving version ({label}) cannot be scored on this run's data "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        )
         return ChampionComparison(gate.champion_unavailable(note, thresholds), version, note)
-    checks = gate.change_checks(scored["candidate"].values, scored["champion"].values,
-                                scored["candidate"].sizes,
-                                version if len(set(served[n] for n in champion)) == 1 else label,
-                                thresholds)
-    return ChampionComparison(checks, version,
-                              f"compared with serving version {label} on the same eval data",
-                              {n: served[n] for n in champion}, scored["candidate"],
-                              scored["champion"])
+    checks = gate.change_checks(
+        scored["candidate"].values,
+        scored["champion"].values,
+        scored["candidate"].sizes,
+        version if len(set(served[n] for n in champion)) == 1 else label,
+        thresholds,
+    )
+    return ChampionComparison(
+        checks,
+        version,
+        f"compared with serving version {label} on the same eval data",
+        {n: served[n] for n in champion},
+        scored["candidate"],
+        scored["champion"],
+    )

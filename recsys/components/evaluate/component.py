@@ -56,15 +56,26 @@ def evaluate(
 
     with stage("evaluate"):
         thresholds = config_from(Thresholds, locals())
-        models = CandidateModels(retrieval_model.path, query_model.path, item_embeddings.path,
-                                 ranking_model.path)
-        result = run_evaluate(train_examples.path, eval_examples.path, models,
-                              eval_item_snapshot.path, infra_validation.path, thresholds,
-                              parse_rerank_config(rerank), blessing.path, serving_root,
-                              load_registry(schema_dir))
-        for artifact, metrics in ((retrieval_metrics, result.retrieval.metrics()),
-                                  (ranking_metrics, result.ranking.metrics()),
-                                  (funnel_metrics, result.funnel.metrics())):
+        models = CandidateModels(
+            retrieval_model.path, query_model.path, item_embeddings.path, ranking_model.path
+        )
+        result = run_evaluate(
+            train_examples.path,
+            eval_examples.path,
+            models,
+            eval_item_snapshot.path,
+            infra_validation.path,
+            thresholds,
+            parse_rerank_config(rerank),
+            blessing.path,
+            serving_root,
+            load_registry(schema_dir),
+        )
+        for artifact, metrics in (
+            (retrieval_metrics, result.retrieval.metrics()),
+            (ranking_metrics, result.ranking.metrics()),
+            (funnel_metrics, result.funnel.metrics()),
+        ):
             for name, value in metrics.items():
                 artifact.log_metric(name, value)
         champion = result.champion
@@ -73,15 +84,15 @@ def evaluate(
                 name = metric.replace(" ", "_").replace("@", "_at_")
                 ranking_metrics.log_metric(f"{role}_{name}", by_slice["all"])
         roc = result.ranking.roc
-        ranking_roc.log_roc_curve(roc.false_positive_rate, roc.true_positive_rate,
-                                  roc.thresholds)
+        ranking_roc.log_roc_curve(roc.false_positive_rate, roc.true_positive_rate, roc.thresholds)
         with open(reliability_png.path, "wb") as handle:
             handle.write(result.reliability_png)
         reliability_png.metadata["mime_type"] = "image/png"
         blessing.metadata["blessed"] = result.blessing["blessed"]
         blessing.metadata["reason"] = result.blessing["reason"]
-        blessing.metadata["failed_checks"] = sum(c["passed"] is False
-                                                 for c in result.blessing["checks"])
+        blessing.metadata["failed_checks"] = sum(
+            c["passed"] is False for c in result.blessing["checks"]
+        )
         with open(evaluation_report.path, "w") as handle:
             handle.write(result.markdown)
         with open(evaluation_html.path, "w") as handle:

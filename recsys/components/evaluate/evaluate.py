@@ -31,6 +31,7 @@ from recsys.serving.rerank import RerankConfig
 @dataclass
 class CandidateModels:
     """What train_retrieval and train_ranking exported (directories)."""
+
     retrieval_model: str
     query_model: str
     item_embeddings: str
@@ -58,40 +59,78 @@ def read_infra_validation(path: str) -> dict:
         return {"models": {}, "error": f"{path}: {error}"}
 
 
-def evaluate(train_examples_dir: str, eval_examples_dir: str, models: CandidateModels,
-             eval_item_snapshot_dir: str, infra_validation_path: str,
-             thresholds: gate.Thresholds, rerank_config: RerankConfig, blessing_path: str,
-             serving_root: str = "", registry: FeatureRegistry | None = None) -> Evaluation:
+def evaluate(
+    train_examples_dir: str,
+    eval_examples_dir: str,
+    models: CandidateModels,
+    eval_item_snapshot_dir: str,
+    infra_validation_path: str,
+    thresholds: gate.Thresholds,
+    rerank_config: RerankConfig,
+    blessing_path: str,
+    serving_root: str = "",
+    registry: FeatureRegistry | None = None,
+) -> Evaluation:
     """Measure the candidate, compare it with the version serving now (if any), decide
     and write the blessing to ``blessing_path``."""
     registry = registry or load_registry()
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     task = RetrievalTask.of(train_examples, eval_examples)
-    retrieval = evaluate_retrieval(models.query_model, models.item_embeddings,
-                                   models.retrieval_model, task,
-                                   sorted({10, thresholds.recall_k, 100}))
+    retrieval = evaluate_retrieval(
+        models.query_model,
+        models.item_embeddings,
+        models.retrieval_model,
+        task,
+        sorted({10, thresholds.recall_k, 100}),
+    )
     ranking = evaluate_ranking(models.ranking_model, train_examples, eval_examples)
     funnel = evaluate_funnel(
-        models.retrieval_model, models.ranking_model, models.item_embeddings,
-        eval_item_snapshot_dir, task, rerank_config, registry,
-        retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples))
+        models.retrieval_model,
+        models.ranking_model,
+        models.item_embeddings,
+        eval_item_snapshot_dir,
+        task,
+        rerank_config,
+        registry,
+        retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples),
+    )
     infra = read_infra_validation(infra_validation_path)
     champion = champion_checks(
-        serving_root, {RETRIEVAL: models.retrieval_model, RANKING: models.ranking_model},
-        task, eval_examples, thresholds, registry.role("category"))
-    checks = (gate.value_checks(retrieval.metrics(), ranking.metrics(), thresholds)
-              + champion.checks + gate.infra_checks(infra))
+        serving_root,
+        {RETRIEVAL: models.retrieval_model, RANKING: models.ranking_model},
+        task,
+        eval_examples,
+        thresholds,
+        registry.role("category"),
+    )
+    checks = (
+        gate.value_checks(retrieval.metrics(), ranking.metrics(), thresholds)
+        + champion.checks
+        + gate.infra_checks(infra)
+    )
     blessing = gate.decide(checks, thresholds, champion.note)
-    blessing.update(champion=champion.summary(), infra_validation=infra,
-                    metrics={"retrieval": retrieval.metrics(), "ranking": ranking.metrics(),
-                             "funnel": funnel.metrics()})
+    blessing.update(
+        champion=champion.summary(),
+        infra_validation=infra,
+        metrics={
+            "retrieval": retrieval.metrics(),
+            "ranking": ranking.metrics(),
+            "funnel": funnel.metrics(),
+        },
+    )
     with open(blessing_path, "w") as handle:
         json.dump(blessing, handle, indent=2, default=_jsonable)
-    return Evaluation(retrieval, ranking, funnel, champion, blessing,
-                      report.markdown(retrieval, ranking, funnel, blessing),
-                      report.render(retrieval, ranking, funnel, blessing),
-                      report.reliability_png(ranking.calibration))
+    return Evaluation(
+        retrieval,
+        ranking,
+        funnel,
+        champion,
+        blessing,
+        report.markdown(retrieval, ranking, funnel, blessing),
+        report.render(retrieval, ranking, funnel, blessing),
+        report.reliability_png(ranking.calibration),
+    )
 
 
 def _jsonable(value):

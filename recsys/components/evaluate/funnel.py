@@ -37,13 +37,21 @@ class FunnelEvaluation:
         return metrics
 
 
-def evaluate_funnel(retrieval_model_dir: str, ranking_model_dir: str, item_embeddings_dir: str,
-                    eval_item_snapshot_dir: str, task: RetrievalTask, config: RerankConfig,
-                    registry: FeatureRegistry, retrieval_score_auc: float) -> FunnelEvaluation:
+def evaluate_funnel(
+    retrieval_model_dir: str,
+    ranking_model_dir: str,
+    item_embeddings_dir: str,
+    eval_item_snapshot_dir: str,
+    task: RetrievalTask,
+    config: RerankConfig,
+    registry: FeatureRegistry,
+    retrieval_score_auc: float,
+) -> FunnelEvaluation:
     """Pages of the funnel (``config.k`` items) and of the retrieval order alone (the
     same candidates minus the user's history, cut to k)."""
-    features = FeatureSnapshot(None, read_dataset(eval_item_snapshot_dir),
-                               read_dataset(item_embeddings_dir), registry)
+    features = FeatureSnapshot(
+        None, read_dataset(eval_item_snapshot_dir), read_dataset(item_embeddings_dir), registry
+    )
     backend = InProcessBackend({RETRIEVAL: retrieval_model_dir, RANKING: ranking_model_dir})
     funnel = Funnel(backend, features, config)
     funnel_pages = [page[ITEM_ID].to_numpy() for page, _, _ in funnel.pages(task.queries)]
@@ -51,12 +59,18 @@ def evaluate_funnel(retrieval_model_dir: str, ranking_model_dir: str, item_embed
     retrieval_pages = []
     for ids, history in zip(retrieved, task.queries[HISTORY_COLUMNS[0]], strict=True):
         ids = np.array([v.decode() if isinstance(v, bytes) else v for v in ids], dtype=object)
-        retrieval_pages.append(ids[~np.isin(ids, np.asarray(history, dtype=object))][:config.k])
+        retrieval_pages.append(ids[~np.isin(ids, np.asarray(history, dtype=object))][: config.k])
     catalog = features.item_index.to_numpy()
 
     def quality(pages):
-        return page_quality(pages, task.users, task.positives, catalog, features.embeddings,
-                            config.k)
+        return page_quality(
+            pages, task.users, task.positives, catalog, features.embeddings, config.k
+        )
 
-    return FunnelEvaluation(config.k, int(retrieved.shape[1]), quality(funnel_pages),
-                            quality(retrieval_pages), retrieval_score_auc)
+    return FunnelEvaluation(
+        config.k,
+        int(retrieved.shape[1]),
+        quality(funnel_pages),
+        quality(retrieval_pages),
+        retrieval_score_auc,
+    )

@@ -42,8 +42,7 @@ class Check:
             return f"{self.metric}: {self.note or self.status}"
         where = f" [{self.slice}]" if self.slice != "all" else ""
         value = _format(self.candidate)
-        against = (f" vs {self.baseline_name} {_format(self.baseline)}"
-                   if self.baseline_name else "")
+        against = f" vs {self.baseline_name} {_format(self.baseline)}" if self.baseline_name else ""
         note = f"; {self.note}" if self.note else ""
         return f"{self.metric}{where} {value}{against} (needs {self.threshold}){note}"
 
@@ -57,24 +56,53 @@ def _format(value) -> str:
 
 
 def _finite(*values) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-               for v in values)
+    return all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
 
 
-def within(kind, metric, slice_, candidate, low=None, high=None, baseline=None,
-           baseline_name="", threshold="") -> Check:
+def within(
+    kind,
+    metric,
+    slice_,
+    candidate,
+    low=None,
+    high=None,
+    baseline=None,
+    baseline_name="",
+    threshold="",
+) -> Check:
     """low <= candidate <= high (None: no bound); a value or bound that is missing or
     not finite (NaN) fails closed."""
     known = _finite(candidate, *[bound for bound in (low, high) if bound is not None])
     passed = known and (low is None or candidate >= low) and (high is None or candidate <= high)
-    return Check(kind, metric, slice_, candidate, baseline, baseline_name, threshold, passed,
-                 "" if known else "a value is missing: fails closed")
+    return Check(
+        kind,
+        metric,
+        slice_,
+        candidate,
+        baseline,
+        baseline_name,
+        threshold,
+        passed,
+        "" if known else "a value is missing: fails closed",
+    )
 
 
-def at_least(kind, metric, slice_, candidate, minimum, baseline=None, baseline_name="",
-             threshold="") -> Check:
-    return within(kind, metric, slice_, candidate, minimum, None, baseline, baseline_name,
-                  threshold or f">= {minimum:g}")
+def at_least(
+    kind, metric, slice_, candidate, minimum, baseline=None, baseline_name="", threshold=""
+) -> Check:
+    return within(
+        kind,
+        metric,
+        slice_,
+        candidate,
+        minimum,
+        None,
+        baseline,
+        baseline_name,
+        threshold or f">= {minimum:g}",
+    )
 
 
 def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list[Check]:
@@ -83,35 +111,67 @@ def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list
     lift_floor = thresholds.min_recall_lift * popular if _finite(popular) else float("nan")
     low, high = thresholds.min_calibration_ratio, thresholds.max_calibration_ratio
     return [
-        at_least("value", f"retrieval Recall@{k}", "all", recall, lift_floor, popular,
-                 "popularity", f">= {thresholds.min_recall_lift:g} x popularity"),
+        at_least(
+            "value",
+            f"retrieval Recall@{k}",
+            "all",
+            recall,
+            lift_floor,
+            popular,
+            "popularity",
+            f">= {thresholds.min_recall_lift:g} x popularity",
+        ),
         at_least("value", f"retrieval Recall@{k}", "all", recall, thresholds.min_recall),
         at_least("value", "ranking AUC", "all", ranking.get("auc"), thresholds.min_auc),
-        within("value", "ranking normalized entropy", "all", ranking.get("normalized_entropy"),
-               high=thresholds.max_normalized_entropy,
-               threshold=f"<= {thresholds.max_normalized_entropy:g}"),
-        within("value", "ranking calibration ratio", "all", ranking.get("calibration_ratio"),
-               low, high, threshold=f"in [{low:g}, {high:g}]"),
+        within(
+            "value",
+            "ranking normalized entropy",
+            "all",
+            ranking.get("normalized_entropy"),
+            high=thresholds.max_normalized_entropy,
+            threshold=f"<= {thresholds.max_normalized_entropy:g}",
+        ),
+        within(
+            "value",
+            "ranking calibration ratio",
+            "all",
+            ranking.get("calibration_ratio"),
+            low,
+            high,
+            threshold=f"in [{low:g}, {high:g}]",
+        ),
     ]
 
 
-def change_checks(candidate: dict, champion: dict, sizes: dict, version: int,
-                  thresholds: Thresholds) -> list[Check]:
+def change_checks(
+    candidate: dict, champion: dict, sizes: dict, version: int, thresholds: Thresholds
+) -> list[Check]:
     """``candidate`` and ``champion``: {metric: {slice: value}} from the same code on
     the same data; ``sizes``: {metric: {slice: positives}}."""
     checks = []
     for metric, by_slice in candidate.items():
         for slice_, value in by_slice.items():
-            allowed = thresholds.max_regression if slice_ == "all" \
-                else thresholds.max_slice_regression
+            allowed = (
+                thresholds.max_regression if slice_ == "all" else thresholds.max_slice_regression
+            )
             old = champion.get(metric, {}).get(slice_)
             size = sizes.get(metric, {}).get(slice_, 0)
             name = f"serving version {version}"
             threshold = f">= {1 - allowed:g} x {name}"
             if slice_ != "all" and size < thresholds.min_slice_size:
-                checks.append(Check("change", metric, slice_, value, old, name, threshold, None,
-                                    f"skipped: {size} positives < min_slice_size "
-                                    f"{thresholds.min_slice_size}"))
+                checks.append(
+                    Check(
+                        "change",
+                        metric,
+                        slice_,
+                        value,
+                        old,
+                        name,
+                        threshold,
+                        None,
+                        f"skipped: {size} positives < min_slice_size {thresholds.min_slice_size}",
+                    )
+                )
                 continue
             floor = (1 - allowed) * old if _finite(old) else float("nan")
             checks.append(at_least("change", metric, slice_, value, floor, old, name, threshold))
@@ -122,23 +182,52 @@ def champion_unavailable(note: str, thresholds: Thresholds) -> list[Check]:
     """A champion that exists but could not be scored fails closed."""
     if not thresholds.compare_with_champion:
         return []
-    return [Check("change", "champion comparison", "all", None, None, "", "a scored champion",
-                  False, f"{note}; to release without the comparison, set "
-                             "compare_with_champion to false")]
+    return [
+        Check(
+            "change",
+            "champion comparison",
+            "all",
+            None,
+            None,
+            "",
+            "a scored champion",
+            False,
+            f"{note}; to release without the comparison, set compare_with_champion to false",
+        )
+    ]
 
 
 def infra_checks(infra: dict) -> list[Check]:
     checks = []
     for name, result in sorted(infra.get("models", {}).items()):
         failed = [c["detail"] for c in result.get("checks", []) if not c["passed"]]
-        checks.append(Check("infra", f"infra validation of {name}", "all",
-                            None, None, "", "every infra check passes",
-                            bool(result.get("passed")) and not failed,
-                            "; ".join(failed) if failed else result.get("summary", "")))
+        checks.append(
+            Check(
+                "infra",
+                f"infra validation of {name}",
+                "all",
+                None,
+                None,
+                "",
+                "every infra check passes",
+                bool(result.get("passed")) and not failed,
+                "; ".join(failed) if failed else result.get("summary", ""),
+            )
+        )
     if not checks:
-        checks.append(Check("infra", "infra validation", "all", None, None, "",
-                            "a result for every model", False,
-                            "no infra validation result: fails closed"))
+        checks.append(
+            Check(
+                "infra",
+                "infra validation",
+                "all",
+                None,
+                None,
+                "",
+                "a result for every model",
+                False,
+                "no infra validation result: fails closed",
+            )
+        )
     return checks
 
 
@@ -149,26 +238,36 @@ def decide(checks: list[Check], thresholds: Thresholds, champion_note: str) -> d
     judged = [c for c in checks if c.passed is not None]
     skipped = len(checks) - len(judged)
     if failed:
-        reason = (f"NOT blessed: {len(failed)} of {len(judged)} checks failed: "
-                  + "; ".join(c.describe() for c in failed))
+        reason = f"NOT blessed: {len(failed)} of {len(judged)} checks failed: " + "; ".join(
+            c.describe() for c in failed
+        )
     else:
         reason = f"blessed: all {len(judged)} checks passed"
-    reason += f" ({champion_note}" + (f"; {skipped} slice checks skipped as too small)"
-                                      if skipped else ")")
-    ordered = failed + [c for c in checks if c.passed is None] + \
-        [c for c in checks if c.passed is True]
-    return {"blessed": not failed, "reason": reason,
-            "checks": [{**asdict(c), "status": c.status} for c in ordered],
-            "thresholds": asdict(thresholds)}
+    reason += f" ({champion_note}" + (
+        f"; {skipped} slice checks skipped as too small)" if skipped else ")"
+    )
+    ordered = (
+        failed + [c for c in checks if c.passed is None] + [c for c in checks if c.passed is True]
+    )
+    return {
+        "blessed": not failed,
+        "reason": reason,
+        "checks": [{**asdict(c), "status": c.status} for c in ordered],
+        "thresholds": asdict(thresholds),
+    }
 
 
 def checks_markdown(blessing: dict) -> str:
     """The checks as a table, failing ones first (the order ``decide`` stored)."""
-    rows = ["| status | kind | metric | slice | candidate | baseline | threshold | note |",
-            "|---|---|---|---|---:|---:|---|---|"]
+    rows = [
+        "| status | kind | metric | slice | candidate | baseline | threshold | note |",
+        "|---|---|---|---|---:|---:|---|---|",
+    ]
     for c in blessing["checks"]:
         baseline = f"{_format(c['baseline'])} ({c['baseline_name']})" if c["baseline_name"] else ""
         candidate = _format(c["candidate"]) if c["kind"] != "infra" else ""
-        rows.append(f"| {c['status']} | {c['kind']} | {c['metric']} | {c['slice']} | "
-                    f"{candidate} | {baseline} | {c['threshold']} | {c['note']} |")
+        rows.append(
+            f"| {c['status']} | {c['kind']} | {c['metric']} | {c['slice']} | "
+            f"{candidate} | {baseline} | {c['threshold']} | {c['note']} |"
+        )
     return "\n".join(rows)

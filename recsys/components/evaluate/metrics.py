@@ -17,8 +17,9 @@ from recsys.core.ranking import top_k
 # --- ranked lists ---------------------------------------------------------------------
 
 
-def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
-                 masked: pd.DataFrame, k: int) -> np.ndarray:
+def rank_catalog(
+    scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray, masked: pd.DataFrame, k: int
+) -> np.ndarray:
     """Top-k catalog indices per user, after masking each user's training items."""
     scores = scores.astype(np.float64, copy=True)
     user_pos = pd.Index(users).get_indexer(masked[USER_ID])
@@ -28,8 +29,9 @@ def rank_catalog(scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
     return top_k(scores, k)
 
 
-def hits_and_counts(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
-                    positives: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def hits_and_counts(
+    top: np.ndarray, users: np.ndarray, item_ids: np.ndarray, positives: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """(users x ranks boolean matrix: is the item at that rank a positive, each
     user's number of positives)."""
     hit_matrix = np.zeros((len(users), len(item_ids)), dtype=bool)
@@ -50,7 +52,7 @@ def ndcg_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarr
     """Binary-relevance NDCG@k per user: DCG of the list over the DCG of an ideal
     list with min(k, |positives|) hits on top."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits[:, :k] * discounts[:hits[:, :k].shape[1]]).sum(axis=1)
+    dcg = (hits[:, :k] * discounts[: hits[:, :k].shape[1]]).sum(axis=1)
     ideal = np.cumsum(discounts)[np.clip(np.minimum(n_positives, k), 1, k) - 1]
     return np.where(n_positives > 0, dcg / ideal, 0.0)
 
@@ -59,19 +61,27 @@ def ndcg_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarr
 class ListQuality:
     """Recall@k (for each k) and NDCG@10 of ranked lists, averaged over ``users``
     users (NaN where a slice has none)."""
+
     users: int
     recall: dict[int, float]
     ndcg_at_10: float
 
     def metrics(self) -> dict[str, float]:
         """As metric names: recall_at_<k>, ndcg_at_10."""
-        return {**{f"recall_at_{k}": value for k, value in self.recall.items()},
-                "ndcg_at_10": self.ndcg_at_10}
+        return {
+            **{f"recall_at_{k}": value for k, value in self.recall.items()},
+            "ndcg_at_10": self.ndcg_at_10,
+        }
 
 
-def list_quality(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
-                 positives: pd.DataFrame, ks: list[int],
-                 slices: dict[str, np.ndarray] | None = None) -> dict[str, ListQuality]:
+def list_quality(
+    top: np.ndarray,
+    users: np.ndarray,
+    item_ids: np.ndarray,
+    positives: pd.DataFrame,
+    ks: list[int],
+    slices: dict[str, np.ndarray] | None = None,
+) -> dict[str, ListQuality]:
     """The quality of each user's top list (``top``: catalog indices), over all users
     ("all") and over the users of each slice (name -> boolean mask over ``users``)."""
     hits, n_positives = hits_and_counts(top, users, item_ids, positives)
@@ -82,10 +92,14 @@ def list_quality(top: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
         return float(values[members].mean()) if members.any() else float("nan")
 
     masks = {"all": np.ones(len(users), dtype=bool), **(slices or {})}
-    return {name: ListQuality(int(members.sum()),
-                              {k: mean(values, members) for k, values in recalls.items()},
-                              mean(ndcg, members))
-            for name, members in masks.items()}
+    return {
+        name: ListQuality(
+            int(members.sum()),
+            {k: mean(values, members) for k, values in recalls.items()},
+            mean(ndcg, members),
+        )
+        for name, members in masks.items()
+    }
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -116,6 +130,7 @@ def intra_list_diversity(page_rows: list[np.ndarray], embeddings: np.ndarray) ->
 @dataclass
 class PageQuality:
     """What a set of pages (one per user, up to ``k`` items) is worth."""
+
     k: int
     recall: float  # Recall@k
     ndcg_at_10: float
@@ -125,14 +140,24 @@ class PageQuality:
     mean_page_length: float
 
     def metrics(self) -> dict[str, float]:
-        return {f"recall_at_{self.k}": self.recall, "ndcg_at_10": self.ndcg_at_10,
-                "intra_list_diversity": self.intra_list_diversity,
-                "catalog_coverage": self.catalog_coverage, "exposure_gini": self.exposure_gini,
-                "mean_page_length": self.mean_page_length}
+        return {
+            f"recall_at_{self.k}": self.recall,
+            "ndcg_at_10": self.ndcg_at_10,
+            "intra_list_diversity": self.intra_list_diversity,
+            "catalog_coverage": self.catalog_coverage,
+            "exposure_gini": self.exposure_gini,
+            "mean_page_length": self.mean_page_length,
+        }
 
 
-def page_quality(pages: list[np.ndarray], users: np.ndarray, positives: pd.DataFrame,
-                 catalog: np.ndarray, embeddings: np.ndarray, k: int) -> PageQuality:
+def page_quality(
+    pages: list[np.ndarray],
+    users: np.ndarray,
+    positives: pd.DataFrame,
+    catalog: np.ndarray,
+    embeddings: np.ndarray,
+    k: int,
+) -> PageQuality:
     """NDCG@10, Recall@k, intra-list diversity, catalog coverage and exposure Gini of
     one page of item ids per user (pages may be shorter than k)."""
     catalog_index = pd.Index(catalog)
@@ -142,18 +167,21 @@ def page_quality(pages: list[np.ndarray], users: np.ndarray, positives: pd.DataF
     n_positives = positive_sets.map(len).reindex(users, fill_value=0).to_numpy()
     for row, (user, page) in enumerate(zip(users, pages, strict=True)):
         mine = positive_sets.get(user, set())
-        hit_matrix[row, :len(page)] = [item in mine for item in page[:hit_matrix.shape[1]]]
+        hit_matrix[row, : len(page)] = [item in mine for item in page[: hit_matrix.shape[1]]]
     shown = np.concatenate(page_rows + [np.zeros(0, int)])
     shown = shown[shown >= 0]
     exposure = np.bincount(shown, minlength=len(catalog))
     return PageQuality(
-        k=k, recall=float(recall_per_user(hit_matrix, n_positives, k).mean()),
+        k=k,
+        recall=float(recall_per_user(hit_matrix, n_positives, k).mean()),
         ndcg_at_10=float(ndcg_per_user(hit_matrix, n_positives, 10).mean()),
-        intra_list_diversity=intra_list_diversity([rows[rows >= 0] for rows in page_rows],
-                                                  embeddings),
+        intra_list_diversity=intra_list_diversity(
+            [rows[rows >= 0] for rows in page_rows], embeddings
+        ),
         catalog_coverage=float(len(np.unique(shown)) / len(catalog)),
         exposure_gini=gini(exposure),
-        mean_page_length=float(np.mean([len(page) for page in pages])))
+        mean_page_length=float(np.mean([len(page) for page in pages])),
+    )
 
 
 # --- probabilities --------------------------------------------------------------------
@@ -198,20 +226,22 @@ def normalized_entropy(labels: np.ndarray, probabilities: np.ndarray, prior: flo
 @dataclass
 class CalibrationCurve:
     """Mean predicted and observed click rate, and the size, of each bin."""
+
     predicted: list[float]
     observed: list[float]
     count: list[int]
 
 
-def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
-                ) -> CalibrationCurve:
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> CalibrationCurve:
     """Mean predicted vs observed click rate in equal-count bins of the prediction
     (equal-width bins would put almost every impression of a low-CTR feed in one)."""
     order = np.argsort(probabilities, kind="stable")
     groups = [g for g in np.array_split(order, bins) if len(g)]
-    return CalibrationCurve([float(probabilities[g].mean()) for g in groups],
-                            [float(labels[g].mean()) for g in groups],
-                            [int(len(g)) for g in groups])
+    return CalibrationCurve(
+        [float(probabilities[g].mean()) for g in groups],
+        [float(labels[g].mean()) for g in groups],
+        [int(len(g)) for g in groups],
+    )
 
 
 def expected_calibration_error(curve: CalibrationCurve) -> float:

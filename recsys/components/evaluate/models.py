@@ -18,8 +18,9 @@ def serving_fn(saved_model_dir: str):
 
 def call_in_batches(fn, frame: pd.DataFrame, output: str) -> np.ndarray:
     """One output of a serving signature over ``frame``."""
-    return modeling.predict_in_batches(lambda tensors: fn(**tensors)[output], frame,
-                                       fn.structured_input_signature[1])
+    return modeling.predict_in_batches(
+        lambda tensors: fn(**tensors)[output], frame, fn.structured_input_signature[1]
+    )
 
 
 def outputs_in_batches(fn, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -27,5 +28,7 @@ def outputs_in_batches(fn, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     names = sorted(fn.structured_outputs)
     stacked = modeling.predict_in_batches(
         lambda tensors: np.stack([fn(**tensors)[name].numpy() for name in names], axis=1),
-        frame, fn.structured_input_signature[1])
+        frame,
+        fn.structured_input_signature[1],
+    )
     return {name: stacked[:, i] for i, name in enumerate(names)}

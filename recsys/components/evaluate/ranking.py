@@ -41,14 +41,26 @@ class RankingEvaluation:
 
     def metrics(self) -> dict[str, float]:
         """Flat, as logged; the watch-time metrics only where they exist."""
-        names = ["eval_examples", "auc", "logloss", "normalized_entropy", "prior_ctr",
-                 "prior_logloss", "mean_predicted_ctr", "eval_ctr", "calibration_ratio",
-                 "expected_calibration_error", "watch_time_ratio", "watch_time_mae_seconds"]
+        names = [
+            "eval_examples",
+            "auc",
+            "logloss",
+            "normalized_entropy",
+            "prior_ctr",
+            "prior_logloss",
+            "mean_predicted_ctr",
+            "eval_ctr",
+            "calibration_ratio",
+            "expected_calibration_error",
+            "watch_time_ratio",
+            "watch_time_mae_seconds",
+        ]
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
-                     eval_examples: pd.DataFrame) -> RankingEvaluation:
+def evaluate_ranking(
+    ranking_model_dir: str, train_examples: pd.DataFrame, eval_examples: pd.DataFrame
+) -> RankingEvaluation:
     labels = eval_examples[CLICKED].to_numpy()
     outputs = outputs_in_batches(serving_fn(ranking_model_dir), eval_examples)
     probabilities = outputs[CLICK_PROBABILITY]
@@ -72,5 +84,8 @@ def evaluate_ranking(ranking_model_dir: str, train_examples: pd.DataFrame,
         eval_ctr=float(labels.mean()),
         calibration_ratio=float(probabilities.mean() / max(labels.mean(), 1e-12)),
         expected_calibration_error=expected_calibration_error(curve),
-        watch_time_ratio=watch_ratio, watch_time_mae_seconds=watch_error,
-        calibration=curve, roc=roc_curve(labels, probabilities))
+        watch_time_ratio=watch_ratio,
+        watch_time_mae_seconds=watch_error,
+        calibration=curve,
+        roc=roc_curve(labels, probabilities),
+    )

@@ -79,26 +79,37 @@ def _checks_table(checks: list[dict]) -> str:
 
     rows = "".join(
         f'<tr class="{c["status"].lower()}"><td>{html.escape(c["status"])}</td>'
-        f'<td>{html.escape(c["kind"])}</td><td>{html.escape(c["metric"])}</td>'
-        f'<td>{html.escape(c["slice"])}</td><td>{value(c["candidate"])}</td>'
-        f'<td>{value(c["baseline"])} {html.escape(c["baseline_name"])}</td>'
-        f'<td>{html.escape(c["threshold"])}</td><td>{html.escape(c["note"])}</td></tr>'
-        for c in checks)
-    return ("<table><tr><th>status</th><th>kind</th><th>metric</th><th>slice</th>"
-            "<th>candidate</th><th>baseline</th><th>threshold</th><th>note</th></tr>"
-            f"{rows}</table>")
+        f"<td>{html.escape(c['kind'])}</td><td>{html.escape(c['metric'])}</td>"
+        f"<td>{html.escape(c['slice'])}</td><td>{value(c['candidate'])}</td>"
+        f"<td>{value(c['baseline'])} {html.escape(c['baseline_name'])}</td>"
+        f"<td>{html.escape(c['threshold'])}</td><td>{html.escape(c['note'])}</td></tr>"
+        for c in checks
+    )
+    return (
+        "<table><tr><th>status</th><th>kind</th><th>metric</th><th>slice</th>"
+        "<th>candidate</th><th>baseline</th><th>threshold</th><th>note</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def funnel_metric_names(k: int) -> list[tuple[str, str]]:
     """(metric key, title) of the funnel table, for pages of k items."""
-    return [("ndcg_at_10", "NDCG@10"), (f"recall_at_{k}", f"Recall@{k}"),
-            ("intra_list_diversity", "intra-list diversity"),
-            ("catalog_coverage", "catalog coverage"), ("exposure_gini", "exposure Gini"),
-            ("mean_page_length", "page length")]
+    return [
+        ("ndcg_at_10", "NDCG@10"),
+        (f"recall_at_{k}", f"Recall@{k}"),
+        ("intra_list_diversity", "intra-list diversity"),
+        ("catalog_coverage", "catalog coverage"),
+        ("exposure_gini", "exposure Gini"),
+        ("mean_page_length", "page length"),
+    ]
 
 
-def render(retrieval: RetrievalEvaluation, ranking: RankingEvaluation,
-           funnel: FunnelEvaluation, blessing: dict) -> str:
+def render(
+    retrieval: RetrievalEvaluation,
+    ranking: RankingEvaluation,
+    funnel: FunnelEvaluation,
+    blessing: dict,
+) -> str:
     metrics = retrieval.metrics()
     funnel_metrics = funnel.metrics()
     verdict = "blessed" if blessing["blessed"] else "not blessed"
@@ -106,22 +117,33 @@ def render(retrieval: RetrievalEvaluation, ranking: RankingEvaluation,
     curve = retrieval.curve
     rows = "".join(
         f"<tr><td>Recall@{k}</td><td>{m:.4f}</td><td>{p:.4f}</td></tr>"
-        for k, m, p in zip(curve.k, curve.two_tower, curve.popularity, strict=True))
-    rows += (f"<tr><td>NDCG@10</td><td>{metrics['ndcg_at_10']:.4f}</td>"
-             f"<td>{metrics['popularity_ndcg_at_10']:.4f}</td></tr>")
+        for k, m, p in zip(curve.k, curve.two_tower, curve.popularity, strict=True)
+    )
+    rows += (
+        f"<tr><td>NDCG@10</td><td>{metrics['ndcg_at_10']:.4f}</td>"
+        f"<td>{metrics['popularity_ndcg_at_10']:.4f}</td></tr>"
+    )
     k = blessing["thresholds"]["recall_k"]
     slice_rows = "".join(
         f"<tr><td>{name.replace('_', ' ')}</td><td>{metrics[f'{name}_users']}</td>"
-        + "".join(f"<td>{metrics[f'{name}_{metric}']:.4f}</td>"
-                  f"<td>{metrics[f'{name}_popularity_{metric}']:.4f}</td>"
-                  for metric in (f"recall_at_{k}", "ndcg_at_10")) + "</tr>"
-        for name in USER_SLICES)
-    images = [_recall_plot(curve), _roc_plot(ranking.roc),
-              _png(_reliability_figure(ranking.calibration))]
+        + "".join(
+            f"<td>{metrics[f'{name}_{metric}']:.4f}</td>"
+            f"<td>{metrics[f'{name}_popularity_{metric}']:.4f}</td>"
+            for metric in (f"recall_at_{k}", "ndcg_at_10")
+        )
+        + "</tr>"
+        for name in USER_SLICES
+    )
+    images = [
+        _recall_plot(curve),
+        _roc_plot(ranking.roc),
+        _png(_reliability_figure(ranking.calibration)),
+    ]
     funnel_rows = "".join(
         f"<tr><td>{title}</td><td>{funnel_metrics[f'funnel_{name}']:.4f}</td>"
         f"<td>{funnel_metrics[f'retrieval_order_{name}']:.4f}</td></tr>"
-        for name, title in funnel_metric_names(funnel.k))
+        for name, title in funnel_metric_names(funnel.k)
+    )
     figures = "".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys evaluation</title>
@@ -169,48 +191,80 @@ higher on them.</p>
 """
 
 
-def markdown(retrieval: RetrievalEvaluation, ranking: RankingEvaluation,
-             funnel: FunnelEvaluation, blessing: dict) -> str:
+def markdown(
+    retrieval: RetrievalEvaluation,
+    ranking: RankingEvaluation,
+    funnel: FunnelEvaluation,
+    blessing: dict,
+) -> str:
     """The summary ``recsys run`` prints and the Kubeflow UI shows."""
     metrics = retrieval.metrics()
     funnel_metrics = funnel.metrics()
     names = [f"recall_at_{k}" for k in sorted(retrieval.ks)] + ["ndcg_at_10"]
-    label = {name: name.replace("recall_at_", "Recall@").replace("ndcg_at_", "NDCG@")
-             for name in names}
-    rows = [f"| {label[n]} | {metrics[n]:.4f} | {metrics[f'popularity_{n}']:.4f} |"
-            for n in names]
+    label = {
+        name: name.replace("recall_at_", "Recall@").replace("ndcg_at_", "NDCG@") for name in names
+    }
+    rows = [f"| {label[n]} | {metrics[n]:.4f} | {metrics[f'popularity_{n}']:.4f} |" for n in names]
     slice_rows = [
         f"| {name.replace('_', ' ')} | {metrics[f'{name}_users']} | "
-        + " | ".join(f"{metrics[f'{name}_{n}']:.4f} / {metrics[f'{name}_popularity_{n}']:.4f}"
-                     for n in names) + " |"
-        for name in USER_SLICES]
+        + " | ".join(
+            f"{metrics[f'{name}_{n}']:.4f} / {metrics[f'{name}_popularity_{n}']:.4f}" for n in names
+        )
+        + " |"
+        for name in USER_SLICES
+    ]
     k = funnel.k
-    funnel_rows = [f"| {title} | {funnel_metrics[f'funnel_{name}']:.4f} | "
-                   f"{funnel_metrics[f'retrieval_order_{name}']:.4f} |"
-                   for name, title in funnel_metric_names(k)]
-    watch = (f" Watch time of clicks: predicted / observed {ranking.watch_time_ratio:.3f}."
-             if ranking.watch_time_ratio is not None else "")
-    return "\n".join([
-        "## Evaluation", "",
-        f"**{blessing['reason']}**", "",
-        "Checks, failing first:", "", gate.checks_markdown(blessing), "",
-        f"Retrieval over the full catalog ({retrieval.catalog_items} items, "
-        f"{retrieval.eval_users} eval users, training items masked; catalog coverage of "
-        f"the top 10: {retrieval.catalog_coverage[10]:.1%}):", "",
-        "| metric | two-tower | popularity |", "|---|---:|---:|", *rows, "",
-        "Per slice (two-tower / popularity):", "",
-        "| slice | users | " + " | ".join(label[n] for n in names) + " |",
-        "|---|---:|" + "---:|" * len(names), *slice_rows, "",
-        f"Ranking on {ranking.eval_examples} eval impressions: AUC {ranking.auc:.4f}, "
-        f"normalized entropy {ranking.normalized_entropy:.4f} (log loss "
-        f"{ranking.logloss:.4f}, constant-CTR prior {ranking.prior_logloss:.4f}), "
-        f"calibration ratio {ranking.calibration_ratio:.3f}, ECE "
-        f"{ranking.expected_calibration_error:.4f}.{watch}", "",
-        f"Funnel, as served (retrieval top {funnel.candidates_per_user} -> ranking -> "
-        f"re-ranking to {k}), vs the retrieval order of the same candidates:", "",
-        "| metric | funnel | retrieval order |", "|---|---:|---:|", *funnel_rows, "",
-        f"On the eval impressions (the ranker's task) the two-tower score has AUC "
-        f"{funnel.retrieval_score_impression_auc:.4f}, the ranker {ranking.auc:.4f}. "
-        "Clicks in a log are clicks on what the logging policy showed, so pages that "
-        "reproduce that policy score higher on them (docs/design.md, 'Funnel').", "",
-    ])
+    funnel_rows = [
+        f"| {title} | {funnel_metrics[f'funnel_{name}']:.4f} | "
+        f"{funnel_metrics[f'retrieval_order_{name}']:.4f} |"
+        for name, title in funnel_metric_names(k)
+    ]
+    watch = (
+        f" Watch time of clicks: predicted / observed {ranking.watch_time_ratio:.3f}."
+        if ranking.watch_time_ratio is not None
+        else ""
+    )
+    return "\n".join(
+        [
+            "## Evaluation",
+            "",
+            f"**{blessing['reason']}**",
+            "",
+            "Checks, failing first:",
+            "",
+            gate.checks_markdown(blessing),
+            "",
+            f"Retrieval over the full catalog ({retrieval.catalog_items} items, "
+            f"{retrieval.eval_users} eval users, training items masked; catalog coverage of "
+            f"the top 10: {retrieval.catalog_coverage[10]:.1%}):",
+            "",
+            "| metric | two-tower | popularity |",
+            "|---|---:|---:|",
+            *rows,
+            "",
+            "Per slice (two-tower / popularity):",
+            "",
+            "| slice | users | " + " | ".join(label[n] for n in names) + " |",
+            "|---|---:|" + "---:|" * len(names),
+            *slice_rows,
+            "",
+            f"Ranking on {ranking.eval_examples} eval impressions: AUC {ranking.auc:.4f}, "
+            f"normalized entropy {ranking.normalized_entropy:.4f} (log loss "
+            f"{ranking.logloss:.4f}, constant-CTR prior {ranking.prior_logloss:.4f}), "
+            f"calibration ratio {ranking.calibration_ratio:.3f}, ECE "
+            f"{ranking.expected_calibration_error:.4f}.{watch}",
+            "",
+            f"Funnel, as served (retrieval top {funnel.candidates_per_user} -> ranking -> "
+            f"re-ranking to {k}), vs the retrieval order of the same candidates:",
+            "",
+            "| metric | funnel | retrieval order |",
+            "|---|---:|---:|",
+            *funnel_rows,
+            "",
+            f"On the eval impressions (the ranker's task) the two-tower score has AUC "
+            f"{funnel.retrieval_score_impression_auc:.4f}, the ranker {ranking.auc:.4f}. "
+            "Clicks in a log are clicks on what the logging policy showed, so pages that "
+            "reproduce that policy score higher on them (docs/design.md, 'Funnel').",
+            "",
+        ]
+    )

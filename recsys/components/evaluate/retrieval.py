@@ -39,6 +39,7 @@ class RetrievalTask:
     """Who is evaluated and on what: the eval users (sorted), each one's query (the
     features of their first eval impression), the positives (user, item) and the
     training clicks (user, item), which are masked."""
+
     users: np.ndarray
     queries: pd.DataFrame
     positives: pd.DataFrame
@@ -59,13 +60,19 @@ def first_examples(examples: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
     """Each of ``users``' earliest example, in the order of ``users``: the features
     serving had for the user's first request of the window."""
     # event_id breaks ties: the join writes examples in no particular order.
-    return (examples.sort_values([EVENT_TS, EVENT_ID])
-            .drop_duplicates(USER_ID).set_index(USER_ID).loc[users].reset_index())
+    return (
+        examples.sort_values([EVENT_TS, EVENT_ID])
+        .drop_duplicates(USER_ID)
+        .set_index(USER_ID)
+        .loc[users]
+        .reset_index()
+    )
 
 
 @dataclass
 class RecallCurve:
     """Recall@k of the two-tower model and of popularity at each cut-off k."""
+
     k: list[int]
     two_tower: list[float]
     popularity: list[float]
@@ -94,8 +101,9 @@ class RetrievalEvaluation:
             metrics[f"{slice_name}_users"] = self.model[slice_name].users
             for name in reported:
                 metrics[f"{slice_name}_{name}"] = self.model[slice_name].metrics()[name]
-                metrics[f"{slice_name}_popularity_{name}"] = \
-                    self.popularity[slice_name].metrics()[name]
+                metrics[f"{slice_name}_popularity_{name}"] = self.popularity[slice_name].metrics()[
+                    name
+                ]
         for k, coverage in self.catalog_coverage.items():
             metrics[f"catalog_coverage_at_{k}"] = coverage
         return metrics
@@ -107,11 +115,18 @@ def item_embeddings(directory: str) -> tuple[np.ndarray, np.ndarray]:
     return table[ITEM_ID].astype(str).to_numpy(), np.stack(table["embedding"].to_numpy())
 
 
-def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval_model_dir: str,
-                       task: RetrievalTask, ks: list[int]) -> RetrievalEvaluation:
+def evaluate_retrieval(
+    query_model_dir: str,
+    item_embeddings_dir: str,
+    retrieval_model_dir: str,
+    task: RetrievalTask,
+    ks: list[int],
+) -> RetrievalEvaluation:
     if len(task.users) == 0:
-        raise ValueError("evaluate: no eval user clicked an item new to them; "
-                         "retrieval cannot be evaluated. Lengthen eval_days.")
+        raise ValueError(
+            "evaluate: no eval user clicked an item new to them; "
+            "retrieval cannot be evaluated. Lengthen eval_days."
+        )
     item_ids, item_matrix = item_embeddings(item_embeddings_dir)
     query_matrix = call_in_batches(serving_fn(query_model_dir), task.queries, QUERY_EMBEDDING)
     model_scores = query_matrix @ item_matrix.T
@@ -122,23 +137,29 @@ def evaluate_retrieval(query_model_dir: str, item_embeddings_dir: str, retrieval
     curve_ks = sorted(set(CURVE_KS) | set(ks))
     max_k = max(curve_ks)
     model_top = rank_catalog(model_scores, task.users, item_ids, task.train_clicks, max_k)
-    popularity_top = rank_catalog(popularity_scores, task.users, item_ids, task.train_clicks,
-                                  max_k)
+    popularity_top = rank_catalog(popularity_scores, task.users, item_ids, task.train_clicks, max_k)
     masks = Slices.of(task.users, task.train_clicks).masks(task.users)
     slices = {name: masks[name] for name in USER_SLICES}
     model = list_quality(model_top, task.users, item_ids, task.positives, curve_ks, slices)
-    popular = list_quality(popularity_top, task.users, item_ids, task.positives, curve_ks,
-                           slices)
-    curve = RecallCurve(curve_ks, [model["all"].recall[k] for k in curve_ks],
-                        [popular["all"].recall[k] for k in curve_ks])
+    popular = list_quality(popularity_top, task.users, item_ids, task.positives, curve_ks, slices)
+    curve = RecallCurve(
+        curve_ks,
+        [model["all"].recall[k] for k in curve_ks],
+        [popular["all"].recall[k] for k in curve_ks],
+    )
     coverage = {k: float(len(np.unique(model_top[:, :k])) / len(item_ids)) for k in (10, 100)}
     check_serving_agrees(retrieval_model_dir, task.queries.head(16), model_scores[:16], item_ids)
-    return RetrievalEvaluation(int(len(task.users)), int(len(item_ids)), list(ks), model, popular,
-                               coverage, curve)
+    return RetrievalEvaluation(
+        int(len(task.users)), int(len(item_ids)), list(ks), model, popular, coverage, curve
+    )
 
 
-def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
-                         expected_scores: np.ndarray, item_ids: np.ndarray) -> None:
+def check_serving_agrees(
+    retrieval_model_dir: str,
+    queries: pd.DataFrame,
+    expected_scores: np.ndarray,
+    item_ids: np.ndarray,
+) -> None:
     """The exported serving model must score like the towers it was built from."""
     serve = serving_fn(retrieval_model_dir)
     served = serve(**modeling.raw_tensors(queries, serve.structured_input_signature[1]))
@@ -147,12 +168,15 @@ def check_serving_agrees(retrieval_model_dir: str, queries: pd.DataFrame,
     positions = pd.Index(item_ids).get_indexer(served_ids.ravel()).reshape(served_ids.shape)
     recomputed = np.take_along_axis(expected_scores, positions, axis=1)
     if not np.allclose(recomputed, served_scores, atol=1e-4):
-        raise AssertionError("evaluate: the exported retrieval model's scores differ from the "
-                             "query tower and item embeddings it was built from; export is broken")
+        raise AssertionError(
+            "evaluate: the exported retrieval model's scores differ from the "
+            "query tower and item embeddings it was built from; export is broken"
+        )
 
 
-def retrieval_impression_auc(query_model_dir: str, item_embeddings_dir: str,
-                             eval_examples: pd.DataFrame) -> float:
+def retrieval_impression_auc(
+    query_model_dir: str, item_embeddings_dir: str, eval_examples: pd.DataFrame
+) -> float:
     """AUC of the two-tower score (query . item embedding) on the eval impressions: the
     ranker's task, so the two stages can be compared on it."""
     queries = call_in_batches(serving_fn(query_model_dir), eval_examples, QUERY_EMBEDDING)

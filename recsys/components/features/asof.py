@@ -30,25 +30,36 @@ class AsOfIndex:
     """The feature rows of one view, sorted once for any number of event lookups
     (one Beam bucket, or every event batch when the features are broadcast)."""
 
-    def __init__(self, feature_keys, feature_ts, created_ts=None,
-                 ttl_seconds: int | None = None, created_before_event: bool = False):
+    def __init__(
+        self,
+        feature_keys,
+        feature_ts,
+        created_ts=None,
+        ttl_seconds: int | None = None,
+        created_before_event: bool = False,
+    ):
         self.feature_ts = np.asarray(feature_ts, dtype=np.int64)
         self.ttl_seconds = ttl_seconds
         n = len(self.feature_ts)
         if created_before_event and created_ts is None:
             raise ValueError("created_before_event needs the rows' created_ts")
-        created = (np.asarray(created_ts, dtype=np.int64) if created_ts is not None
-                   else np.zeros(n, dtype=np.int64))
+        created = (
+            np.asarray(created_ts, dtype=np.int64)
+            if created_ts is not None
+            else np.zeros(n, dtype=np.int64)
+        )
         # When a row becomes usable: at feature_ts, or later if it was written later.
-        available = np.maximum(self.feature_ts, created) if created_before_event \
-            else self.feature_ts
+        available = (
+            np.maximum(self.feature_ts, created) if created_before_event else self.feature_ts
+        )
         self.keys, self.feature_code = _encode(feature_keys)
         if len(self.keys) >= 2 ** (63 - _TIME_BITS):
             raise ValueError("too many distinct keys for one as-of lookup; bucket them first")
         self.origin = int(available.min()) if n else 0
-        if n and int(available.max()) - self.origin >= 2 ** _TIME_BITS:
-            raise ValueError("feature timestamps span more than 2**34 seconds; "
-                             "are they in seconds?")
+        if n and int(available.max()) - self.origin >= 2**_TIME_BITS:
+            raise ValueError(
+                "feature timestamps span more than 2**34 seconds; are they in seconds?"
+            )
 
         # Preference among usable rows of one key: larger feature_ts, then created_ts,
         # then input position. rank orders all rows by (key, preference).
@@ -60,8 +71,9 @@ class AsOfIndex:
         # within each key, never one of another key.
         self.order = np.lexsort((rank, available, self.feature_code))
         self.best_rank = np.maximum.accumulate(rank[self.order])
-        self.sorted_available = (self.feature_code[self.order] << _TIME_BITS) \
-            + (available[self.order] - self.origin)
+        self.sorted_available = (self.feature_code[self.order] << _TIME_BITS) + (
+            available[self.order] - self.origin
+        )
 
     def lookup(self, event_keys, event_ts) -> np.ndarray:
         event_ts = np.asarray(event_ts, dtype=np.int64)
@@ -71,7 +83,7 @@ class AsOfIndex:
         event_code, known = _codes_in(event_keys, self.keys)
         # Before every row: -1 lands in the previous key's range, which the key check
         # below rejects; after every row: the largest offset still finds the last one.
-        offset = np.clip(event_ts - self.origin, -1, 2 ** _TIME_BITS - 1)
+        offset = np.clip(event_ts - self.origin, -1, 2**_TIME_BITS - 1)
         probe = (event_code << _TIME_BITS) + offset
         position = np.searchsorted(self.sorted_available, probe, side="right") - 1
         found = known & (position >= 0)
@@ -113,12 +125,14 @@ class HistoryIndex:
         history_ts = np.asarray(history_ts, dtype=np.int64)
         self.keys, code = _encode(history_keys)
         self.origin = int(history_ts.min()) if len(history_ts) else 0
-        if len(history_ts) and int(history_ts.max()) - self.origin >= 2 ** _TIME_BITS:
-            raise ValueError("history timestamps span more than 2**34 seconds; "
-                             "are they in seconds?")
+        if len(history_ts) and int(history_ts.max()) - self.origin >= 2**_TIME_BITS:
+            raise ValueError(
+                "history timestamps span more than 2**34 seconds; are they in seconds?"
+            )
         self.order = np.lexsort((history_ts, code))
-        self.sorted_history = (code[self.order] << _TIME_BITS) \
-            + (history_ts[self.order] - self.origin)
+        self.sorted_history = (code[self.order] << _TIME_BITS) + (
+            history_ts[self.order] - self.origin
+        )
 
     def lookup(self, event_keys, event_ts, length: int) -> tuple[np.ndarray, np.ndarray]:
         """``(indices, counts)``: an (events, length) matrix of history row indices,
@@ -129,7 +143,7 @@ class HistoryIndex:
         if len(event_ts) == 0 or len(self.order) == 0:
             return indices, np.zeros(len(event_ts), dtype=np.int64)
         event_code, known = _codes_in(event_keys, self.keys)
-        offset = np.clip(event_ts - self.origin, 0, 2 ** _TIME_BITS - 1)
+        offset = np.clip(event_ts - self.origin, 0, 2**_TIME_BITS - 1)
         # side="left": rows at the event's own second are not before it.
         end = np.searchsorted(self.sorted_history, (event_code << _TIME_BITS) + offset)
         start = np.searchsorted(self.sorted_history, event_code << _TIME_BITS)

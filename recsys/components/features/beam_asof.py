@@ -45,6 +45,7 @@ class FeatureView:
     row was written) and the value ``columns``. No matching row: each column gets
     ``defaults.get(column, 0)`` and ``missing_flag`` is 1.
     """
+
     name: str
     key: str
     columns: tuple[str, ...]
@@ -62,6 +63,7 @@ class HistoryView:
     """Each event's last ``length`` engagements of the same ``key`` strictly before
     it: their ``item`` ids (a list, newest first, at most ``length``), how many
     engagements came before it in all, and the mean ``value`` of the listed ones."""
+
     name: str = "user_history"
     key: str = contracts.USER_ID
     item: str = contracts.ITEM_ID
@@ -129,8 +131,9 @@ class _BucketBatches(beam.DoFn):
 
     def finish_bundle(self):
         for element in self._drain():
-            yield WindowedValue(element, window.GlobalWindow().max_timestamp(),
-                                [window.GlobalWindow()])
+            yield WindowedValue(
+                element, window.GlobalWindow().max_timestamp(), [window.GlobalWindow()]
+            )
 
     def _drain(self):
         buffer, self._buffer, self._rows = self._buffer, defaultdict(list), 0
@@ -146,26 +149,37 @@ class ViewLookup:
             features = None
         self.view, self.features, self.index = view, features, None
         if features is not None:
-            created = (features.column(contracts.CREATED_TS).to_numpy()
-                       if contracts.CREATED_TS in features.column_names else None)
-            self.index = AsOfIndex(features.column(view.key),
-                                   features.column(contracts.FEATURE_TS),
-                                   created, view.ttl_seconds, view.created_before_event)
+            created = (
+                features.column(contracts.CREATED_TS).to_numpy()
+                if contracts.CREATED_TS in features.column_names
+                else None
+            )
+            self.index = AsOfIndex(
+                features.column(view.key),
+                features.column(contracts.FEATURE_TS),
+                created,
+                view.ttl_seconds,
+                view.created_before_event,
+            )
 
     def join(self, events: pa.Table) -> pa.Table:
         """``events`` with the view's columns and missing flag: one row per event, in order."""
         view, features = self.view, self.features
         chosen = np.full(events.num_rows, NO_MATCH, dtype=np.int64)
         if self.index is not None:
-            chosen = self.index.lookup(events.column(view.key),
-                                       events.column(contracts.EVENT_TS).to_numpy())
+            chosen = self.index.lookup(
+                events.column(view.key), events.column(contracts.EVENT_TS).to_numpy()
+            )
             self._check_point_in_time(events, chosen)
         found = chosen != NO_MATCH
         rows = pa.array(chosen, mask=~found)
         joined = events
         for name in view.columns:
-            values = (features.column(name).take(rows) if features is not None
-                      else pa.nulls(events.num_rows, pa.float64()))
+            values = (
+                features.column(name).take(rows)
+                if features is not None
+                else pa.nulls(events.num_rows, pa.float64())
+            )
             joined = joined.append_column(name, values.fill_null(view.defaults.get(name, 0)))
         return joined.append_column(view.missing_flag, pa.array((~found).astype(np.int64)))
 
@@ -176,28 +190,37 @@ class ViewLookup:
         rows = chosen[found]
         event_ts = events.column(contracts.EVENT_TS).to_numpy()[found]
         feature_ts = features.column(contracts.FEATURE_TS).to_numpy()[rows]
-        same_key = pc.equal(features.column(view.key).take(pa.array(rows)),
-                            events.column(view.key).take(pa.array(found)))
-        broken = {"another key's row": ~np.asarray(same_key, dtype=bool),
-                  "feature_ts after event_ts": feature_ts > event_ts}
+        same_key = pc.equal(
+            features.column(view.key).take(pa.array(rows)),
+            events.column(view.key).take(pa.array(found)),
+        )
+        broken = {
+            "another key's row": ~np.asarray(same_key, dtype=bool),
+            "feature_ts after event_ts": feature_ts > event_ts,
+        }
         if view.ttl_seconds is not None:
-            broken[f"feature_ts older than the ttl ({view.ttl_seconds} s)"] = \
+            broken[f"feature_ts older than the ttl ({view.ttl_seconds} s)"] = (
                 feature_ts < event_ts - view.ttl_seconds
+            )
         if view.created_before_event:
-            broken["created_ts after event_ts"] = \
+            broken["created_ts after event_ts"] = (
                 features.column(contracts.CREATED_TS).to_numpy()[rows] > event_ts
+            )
         for rule, bad in broken.items():
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
-                event = {name: events.column(name)[int(found[first])].as_py()
-                         for name in (contracts.EVENT_ID, view.key, contracts.EVENT_TS)
-                         if name in events.column_names}
+                event = {
+                    name: events.column(name)[int(found[first])].as_py()
+                    for name in (contracts.EVENT_ID, view.key, contracts.EVENT_TS)
+                    if name in events.column_names
+                }
                 row = features.slice(int(rows[first]), 1).to_pylist()[0]
                 raise PointInTimeViolation(
                     f"feature view '{view.name}': {int(bad.sum())} joined row(s) break the "
                     f"point-in-time rule ({rule}), e.g. event {event} got feature row {row}. "
                     "This is a bug in the join, not in your data: the run stops so no leaked "
-                    "feature reaches training. Please report it with this message.")
+                    "feature reaches training. Please report it with this message."
+                )
 
 
 def join_view(events: pa.Table, features: pa.Table | None, view: FeatureView) -> pa.Table:
@@ -212,9 +235,11 @@ class HistoryLookup:
     def __init__(self, view: HistoryView, history: pa.Table | None):
         self.view = view
         self.history = history if history is not None and history.num_rows else None
-        self.index = (HistoryIndex(self.history.column(view.key),
-                                   self.history.column(contracts.EVENT_TS))
-                      if self.history is not None else None)
+        self.index = (
+            HistoryIndex(self.history.column(view.key), self.history.column(contracts.EVENT_TS))
+            if self.history is not None
+            else None
+        )
 
     def join(self, events: pa.Table) -> pa.Table:
         """``events`` with the view's history columns: one row per event, in order."""
@@ -236,9 +261,11 @@ class HistoryLookup:
         offsets = pa.array(np.concatenate([[0], np.cumsum(depth)]).astype(np.int32))
         item_lists = pa.ListArray.from_arrays(offsets, items.cast(pa.string()))
         mean = np.where(depth > 0, (values * taken).sum(axis=1) / np.maximum(depth, 1), 0.0)
-        return (events.append_column(view.items_column, item_lists)
-                .append_column(view.count_column, pa.array(counts))
-                .append_column(view.mean_column, pa.array(mean)))
+        return (
+            events.append_column(view.items_column, item_lists)
+            .append_column(view.count_column, pa.array(counts))
+            .append_column(view.mean_column, pa.array(mean))
+        )
 
     def _check_strictly_before(self, events, indices, event_ts):
         """Re-check, independently of the lookup: same key, and before the event."""
@@ -247,15 +274,18 @@ class HistoryLookup:
         history_ts = self.history.column(contracts.EVENT_TS).to_numpy()
         bad = taken & (history_ts[rows] >= event_ts[:, None])
         event_rows, slots = np.nonzero(taken)
-        same_key = pc.equal(self.history.column(self.view.key).take(pa.array(rows[taken])),
-                            events.column(self.view.key).take(pa.array(event_rows)))
+        same_key = pc.equal(
+            self.history.column(self.view.key).take(pa.array(rows[taken])),
+            events.column(self.view.key).take(pa.array(event_rows)),
+        )
         bad[event_rows, slots] |= ~np.asarray(same_key, dtype=bool)
         if bad.any():
             row = int(np.flatnonzero(bad.any(axis=1))[0])
             raise PointInTimeViolation(
                 f"history view '{self.view.name}': event {events.slice(row, 1).to_pylist()[0]} "
                 "got another user's engagement or one at or after its own time. This is a "
-                "bug in the join, not in your data; please report it with this message.")
+                "bug in the join, not in your data; please report it with this message."
+            )
 
 
 def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) -> pa.Table:
@@ -277,32 +307,52 @@ class LookupJoin(beam.PTransform):
     (hot keys) and its right rows go to each of them.
     """
 
-    def __init__(self, key: str, make_lookup, broadcast: bool = False,
-                 num_buckets: int = 64, event_splits: int = 2):
+    def __init__(
+        self,
+        key: str,
+        make_lookup,
+        broadcast: bool = False,
+        num_buckets: int = 64,
+        event_splits: int = 2,
+    ):
         super().__init__()
         self._key, self._make_lookup, self._broadcast = key, make_lookup, broadcast
         self._buckets, self._splits = num_buckets, event_splits
 
     def expand(self, sides):
         if self._broadcast:
-            lookup = (sides["features"]
-                      | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
-                      | "Index" >> beam.Map(self._make_lookup))
+            lookup = (
+                sides["features"]
+                | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
+                | "Index" >> beam.Map(self._make_lookup)
+            )
             return sides["events"] | "JoinBatches" >> beam.Map(
-                _join_batch, beam.pvalue.AsSingleton(lookup,
-                                                     default_value=self._make_lookup(None))
+                _join_batch, beam.pvalue.AsSingleton(lookup, default_value=self._make_lookup(None))
             ).with_output_types(pa.Table)
         grouped = beam.typehints.Tuple[int, pa.Table]
-        events = sides["events"] | "BucketEvents" >> beam.ParDo(_BucketBatches(
-            functools.partial(split_by_bucket, key=self._key, num_buckets=self._buckets,
-                              splits=self._splits))).with_output_types(grouped)
-        features = sides["features"] | "BucketFeatures" >> beam.ParDo(_BucketBatches(
-            functools.partial(replicate_to_splits, key=self._key, num_buckets=self._buckets,
-                              splits=self._splits))).with_output_types(grouped)
-        return ({"events": events, "features": features}
-                | "GroupBatches" >> beam.CoGroupByKey()
-                | "JoinGroups" >> beam.FlatMap(_join_group, self._make_lookup)
-                .with_output_types(pa.Table))
+        events = sides["events"] | "BucketEvents" >> beam.ParDo(
+            _BucketBatches(
+                functools.partial(
+                    split_by_bucket, key=self._key, num_buckets=self._buckets, splits=self._splits
+                )
+            )
+        ).with_output_types(grouped)
+        features = sides["features"] | "BucketFeatures" >> beam.ParDo(
+            _BucketBatches(
+                functools.partial(
+                    replicate_to_splits,
+                    key=self._key,
+                    num_buckets=self._buckets,
+                    splits=self._splits,
+                )
+            )
+        ).with_output_types(grouped)
+        return (
+            {"events": events, "features": features}
+            | "GroupBatches" >> beam.CoGroupByKey()
+            | "JoinGroups"
+            >> beam.FlatMap(_join_group, self._make_lookup).with_output_types(pa.Table)
+        )
 
 
 def _join_batch(batch, lookup):
@@ -327,8 +377,7 @@ class HistoryJoin(LookupJoin):
     """Events with each one's engagement history (``HistoryLookup``)."""
 
     def __init__(self, view: HistoryView, broadcast: bool = False, **bucketing):
-        super().__init__(view.key, functools.partial(HistoryLookup, view), broadcast,
-                         **bucketing)
+        super().__init__(view.key, functools.partial(HistoryLookup, view), broadcast, **bucketing)
 
 
 class CheckRowCounts(beam.PTransform):
@@ -340,17 +389,31 @@ class CheckRowCounts(beam.PTransform):
         self._what = what
 
     def expand(self, sides):
-        counts = {name: (sides[name] | f"Rows[{name}]" >> beam.Map(lambda t: t.num_rows)
-                         | f"Sum[{name}]" >> beam.CombineGlobally(sum).without_defaults())
-                  for name in ("input", "output")}
-        return (sides["input"].pipeline | "Once" >> beam.Create([None])
-                | "Compare" >> beam.Map(_compare_counts, self._what,
-                                        beam.pvalue.AsSingleton(counts["input"], default_value=0),
-                                        beam.pvalue.AsSingleton(counts["output"], default_value=0)))
+        counts = {
+            name: (
+                sides[name]
+                | f"Rows[{name}]" >> beam.Map(lambda t: t.num_rows)
+                | f"Sum[{name}]" >> beam.CombineGlobally(sum).without_defaults()
+            )
+            for name in ("input", "output")
+        }
+        return (
+            sides["input"].pipeline
+            | "Once" >> beam.Create([None])
+            | "Compare"
+            >> beam.Map(
+                _compare_counts,
+                self._what,
+                beam.pvalue.AsSingleton(counts["input"], default_value=0),
+                beam.pvalue.AsSingleton(counts["output"], default_value=0),
+            )
+        )
 
 
 def _compare_counts(_, what, rows_in, rows_out):
     if rows_in != rows_out:
-        raise PointInTimeViolation(f"{what}: {rows_in} events in, {rows_out} rows out; the "
-                                   "join must keep every event exactly once")
+        raise PointInTimeViolation(
+            f"{what}: {rows_in} events in, {rows_out} rows out; the "
+            "join must keep every event exactly once"
+        )
     return rows_in

@@ -28,20 +28,37 @@ def join_features(
 
     with stage("features/join"):
         config = config_from(JoinConfig, locals())
-        inputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
-                  "items": items, "user_features": user_features, "item_features": item_features}
-        outputs = {"train_examples": train_examples, "eval_examples": eval_examples,
-                   "user_snapshot": user_snapshot, "item_snapshot": item_snapshot,
-                   "eval_item_snapshot": eval_item_snapshot}
+        inputs = {
+            "train_events": train_events,
+            "eval_events": eval_events,
+            "users": users,
+            "items": items,
+            "user_features": user_features,
+            "item_features": item_features,
+        }
+        outputs = {
+            "train_examples": train_examples,
+            "eval_examples": eval_examples,
+            "user_snapshot": user_snapshot,
+            "item_snapshot": item_snapshot,
+            "eval_item_snapshot": eval_item_snapshot,
+        }
         as_of = int(train_events.metadata["as_of"])
-        counts = run_join({name: a.path for name, a in inputs.items()}, as_of, schema_dir,
-                          {name: a.path for name, a in outputs.items()}, config,
-                          beam_pipeline_args, eval_start=int(eval_events.metadata["eval_start"]))
+        counts = run_join(
+            {name: a.path for name, a in inputs.items()},
+            as_of,
+            schema_dir,
+            {name: a.path for name, a in outputs.items()},
+            config,
+            beam_pipeline_args,
+            eval_start=int(eval_events.metadata["eval_start"]),
+        )
         for name, value in counts.items():
             join_metrics.log_metric(name, value)
         for name in ("train_examples", "eval_examples"):
-            outputs[name].metadata.update(rows=counts[name], as_of=as_of,
-                                          span_start=train_events.metadata["span_start"])
+            outputs[name].metadata.update(
+                rows=counts[name], as_of=as_of, span_start=train_events.metadata["span_start"]
+            )
 
 
 def transform_features(
@@ -60,7 +77,13 @@ def transform_features(
 
     with stage("features/transform"):
         temp_dir = transform_graph.path + "-tmp"
-        transform(train_examples.path, eval_examples.path, schema.path, transform_graph.path,
-                  {"train": transformed_train.path, "eval": transformed_eval.path}, temp_dir,
-                  beam_pipeline_args)
+        transform(
+            train_examples.path,
+            eval_examples.path,
+            schema.path,
+            transform_graph.path,
+            {"train": transformed_train.path, "eval": transformed_eval.path},
+            temp_dir,
+            beam_pipeline_args,
+        )
         shutil.rmtree(temp_dir, ignore_errors=True)

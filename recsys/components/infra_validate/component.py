@@ -21,11 +21,18 @@ def infra_validate(
 
     with stage("infra_validate"):
         budgets = config_from(Budgets, locals())
-        result = run({"retrieval": retrieval_model.path, "ranking": ranking_model.path},
-                     eval_examples.path, warmup_requests.path, infra_validation.path, budgets,
-                     load_registry(schema_dir))
+        result = run(
+            {"retrieval": retrieval_model.path, "ranking": ranking_model.path},
+            eval_examples.path,
+            warmup_requests.path,
+            infra_validation.path,
+            budgets,
+            load_registry(schema_dir),
+        )
         infra_validation.metadata["passed"] = result["passed"]
         for name, model in result["models"].items():
             infra_validation.metadata[name] = model["summary"]
-            log("infra_validate", f"{name}: {'passed' if model['passed'] else 'FAILED'}: "
-                                  f"{model['summary']}")
+            log(
+                "infra_validate",
+                f"{name}: {'passed' if model['passed'] else 'FAILED'}: {model['summary']}",
+            )

@@ -1,8 +1,8 @@
 """The parameters of infra_validate: its budgets, declared once.
 
 Each field's name, type, default and meaning: the pipeline's parameters and the
-KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy imports here: the pipeline reads every stage's
-config to build its signature.
+KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy
+imports here: the pipeline reads every stage's config to build its signature.
 """
 
 from dataclasses import dataclass
@@ -12,14 +12,16 @@ from recsys.core.config import parameter
 
 @dataclass(frozen=True)
 class Budgets:
-    max_load_seconds: float = parameter(60.0, "infra validation: each SavedModel loads "
-                                              "within this")
-    max_request_ms: float = parameter(100.0, "infra validation: p99 of single-example "
-                                             "warmup requests")
-    warmup_records: int = parameter(16, "warmup requests built from eval rows (TF Serving "
-                                        "replays at most 1000)", pipeline=False)
-    repeats: int = parameter(10, "replays of each warmup request for the latency figure",
-                             pipeline=False)
+    max_load_seconds: float = parameter(60.0, "infra validation: each SavedModel loads within this")
+    max_request_ms: float = parameter(
+        100.0, "infra validation: p99 of single-example warmup requests"
+    )
+    warmup_records: int = parameter(
+        16, "warmup requests built from eval rows (TF Serving replays at most 1000)", pipeline=False
+    )
+    repeats: int = parameter(
+        10, "replays of each warmup request for the latency figure", pipeline=False
+    )
 
     def __post_init__(self):
         if self.max_load_seconds <= 0 or self.max_request_ms <= 0:

@@ -39,24 +39,30 @@ PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
 
 def warmup_rows(examples: pd.DataFrame, count: int) -> pd.DataFrame:
     """``count`` eval rows spread evenly over the split (varied users, histories, times)."""
-    positions = np.unique(np.linspace(0, len(examples) - 1, min(count, len(examples)))
-                          .astype(int))
+    positions = np.unique(np.linspace(0, len(examples) - 1, min(count, len(examples))).astype(int))
     return examples.iloc[positions]
 
 
-def warmup_requests(model: str, contract: dict[str, tuple[str, int]],
-                    examples: pd.DataFrame) -> list[prediction_log_pb2.PredictionLog]:
+def warmup_requests(
+    model: str, contract: dict[str, tuple[str, int]], examples: pd.DataFrame
+) -> list[prediction_log_pb2.PredictionLog]:
     """One single-example PredictRequest per row, as TF Serving's warmup file holds them."""
-    signature = {name: tf.TensorSpec([None] * rank, tf.as_dtype(dtype), name=name)
-                 for name, (dtype, rank) in contract.items()}
+    signature = {
+        name: tf.TensorSpec([None] * rank, tf.as_dtype(dtype), name=name)
+        for name, (dtype, rank) in contract.items()
+    }
     logs = []
     for row in range(len(examples)):
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
-        for name, values in raw_arrays(examples.iloc[row:row + 1], signature).items():
+            model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE)
+        )
+        for name, values in raw_arrays(examples.iloc[row : row + 1], signature).items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(values, signature[name].dtype))
-        logs.append(prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)))
+        logs.append(
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+        )
     return logs
 
 
@@ -68,27 +74,54 @@ def write_warmup(path: str, logs: list) -> str:
     return path
 
 
-def probe(model_dir: str, warmup_file: str, contract: dict, outputs: dict,
-          budgets: Budgets) -> dict:
+def probe(
+    model_dir: str, warmup_file: str, contract: dict, outputs: dict, budgets: Budgets
+) -> dict:
     """Run probe.py on one model in a fresh process; a crash or hang is a failed check."""
-    spec = {"model_dir": model_dir, "warmup_file": warmup_file,
-            "inputs": {name: list(value) for name, value in contract.items()},
-            "outputs": outputs, **asdict(budgets)}
+    spec = {
+        "model_dir": model_dir,
+        "warmup_file": warmup_file,
+        "inputs": {name: list(value) for name, value in contract.items()},
+        "outputs": outputs,
+        **asdict(budgets),
+    }
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     timeout = budgets.max_load_seconds + 300
     try:
-        done = subprocess.run([sys.executable, PROBE],
-                              input=json.dumps(spec), capture_output=True, text=True,
-                              timeout=timeout, env=environment)
+        done = subprocess.run(
+            [sys.executable, PROBE],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment,
+        )
     except subprocess.TimeoutExpired:
-        return {"model_dir": model_dir, "passed": False, "checks": [
-            {"check": "responds", "passed": False,
-             "detail": f"the probe did not finish within {timeout:g} s"}]}
+        return {
+            "model_dir": model_dir,
+            "passed": False,
+            "checks": [
+                {
+                    "check": "responds",
+                    "passed": False,
+                    "detail": f"the probe did not finish within {timeout:g} s",
+                }
+            ],
+        }
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
-        return {"model_dir": model_dir, "passed": False, "checks": [
-            {"check": "responds", "passed": False,
-             "detail": f"the probe process exited with {done.returncode}: {' | '.join(tail)}"}]}
+        return {
+            "model_dir": model_dir,
+            "passed": False,
+            "checks": [
+                {
+                    "check": "responds",
+                    "passed": False,
+                    "detail": f"the probe process exited with {done.returncode}: "
+                    f"{' | '.join(tail)}",
+                }
+            ],
+        }
     return json.loads(done.stdout)
 
 
@@ -96,13 +129,20 @@ def summary(result: dict) -> str:
     if not result.get("passed"):
         return "; ".join(c["detail"] for c in result["checks"] if not c["passed"])
     latency = result["latency_ms"]
-    return (f"loads in {result['load_seconds']:.2f} s, warmup p50 {latency['p50']:.1f} ms, "
-            f"p99 {latency['p99']:.1f} ms")
+    return (
+        f"loads in {result['load_seconds']:.2f} s, warmup p50 {latency['p50']:.1f} ms, "
+        f"p99 {latency['p99']:.1f} ms"
+    )
 
 
-def infra_validate(models: dict[str, str], eval_examples_dir: str, warmup_dir: str,
-                   result_path: str, budgets: Budgets = Budgets(),
-                   registry: FeatureRegistry | None = None) -> dict:
+def infra_validate(
+    models: dict[str, str],
+    eval_examples_dir: str,
+    warmup_dir: str,
+    result_path: str,
+    budgets: Budgets = Budgets(),
+    registry: FeatureRegistry | None = None,
+) -> dict:
     """Probe each model (name -> SavedModel dir) with warmup requests built from the
     eval examples; write them to ``warmup_dir/<name>/tf_serving_warmup_requests`` and
     the result to ``result_path``. The serving contract (inputs) comes from the
@@ -113,12 +153,14 @@ def infra_validate(models: dict[str, str], eval_examples_dir: str, warmup_dir: s
     results = {}
     for name, model_dir in models.items():
         contract = serving_contract(name, registry)
-        warmup = write_warmup(warmup_path(warmup_dir, name),
-                              warmup_requests(name, contract, rows))
+        warmup = write_warmup(warmup_path(warmup_dir, name), warmup_requests(name, contract, rows))
         results[name] = probe(model_dir, warmup, contract, MODEL_OUTPUTS[name], budgets)
         results[name]["summary"] = summary(results[name])
-    outcome = {"passed": all(r["passed"] for r in results.values()), "models": results,
-               "budgets": asdict(budgets)}
+    outcome = {
+        "passed": all(r["passed"] for r in results.values()),
+        "models": results,
+        "budgets": asdict(budgets),
+    }
     with open(result_path, "w") as handle:
         json.dump(outcome, handle, indent=2)
     return outcome

@@ -61,38 +61,51 @@ class Probe:
             dtype, rank = expected[name]
             actual = inputs[name]
             if actual.dtype.name != dtype or actual.shape.rank != rank:
-                problems.append(f"input '{name}' is {actual.dtype.name} rank "
-                                f"{actual.shape.rank}, the serving contract says {dtype} "
-                                f"rank {rank}")
+                problems.append(
+                    f"input '{name}' is {actual.dtype.name} rank "
+                    f"{actual.shape.rank}, the serving contract says {dtype} "
+                    f"rank {rank}"
+                )
         outputs = function.structured_outputs
         for name, want in sorted(self.spec["outputs"].items()):
             if name not in outputs:
                 problems.append(f"missing output '{name}'")
             elif outputs[name].dtype.name != want["dtype"]:
-                problems.append(f"output '{name}' is {outputs[name].dtype.name}, "
-                                f"expected {want['dtype']}")
-        return self.check("signature", not problems,
-                          "; ".join(problems) or f"{len(inputs)} inputs and "
-                          f"{len(self.spec['outputs'])} outputs as the serving contract says")
+                problems.append(
+                    f"output '{name}' is {outputs[name].dtype.name}, expected {want['dtype']}"
+                )
+        return self.check(
+            "signature",
+            not problems,
+            "; ".join(problems)
+            or f"{len(inputs)} inputs and "
+            f"{len(self.spec['outputs'])} outputs as the serving contract says",
+        )
 
     def output_problems(self, outputs: dict, rows: int) -> list[str]:
         problems = []
         for name, want in self.spec["outputs"].items():
             value = outputs[name].numpy()
             if value.ndim != want["rank"] or value.shape[0] != rows:
-                problems.append(f"'{name}' has shape {value.shape}, expected rank "
-                                f"{want['rank']} with {rows} row(s)")
+                problems.append(
+                    f"'{name}' has shape {value.shape}, expected rank "
+                    f"{want['rank']} with {rows} row(s)"
+                )
                 continue
             if value.dtype.kind == "f":
                 if not np.isfinite(value).all():
-                    problems.append(f"'{name}' has {int((~np.isfinite(value)).sum())} "
-                                    "non-finite value(s)")
+                    problems.append(
+                        f"'{name}' has {int((~np.isfinite(value)).sum())} non-finite value(s)"
+                    )
                     continue
                 low, high = want.get("min"), want.get("max")
-                if (low is not None and value.min() < low) or \
-                        (high is not None and value.max() > high):
-                    problems.append(f"'{name}' ranges over [{value.min():.4g}, "
-                                    f"{value.max():.4g}], outside [{low}, {high}]")
+                if (low is not None and value.min() < low) or (
+                    high is not None and value.max() > high
+                ):
+                    problems.append(
+                        f"'{name}' ranges over [{value.min():.4g}, "
+                        f"{value.max():.4g}], outside [{low}, {high}]"
+                    )
         return problems
 
     def run(self) -> dict:
@@ -103,9 +116,13 @@ class Probe:
         except OSError as error:
             self.check("loads", False, f"cannot read saved_model.pb: {error}")
             return self.finish(result)
-        self.check("standard ops", not unknown,
-                   f"ops unknown to plain TensorFlow (stock TF Serving cannot run them): "
-                   f"{unknown}" if unknown else "every op is registered in plain TensorFlow")
+        self.check(
+            "standard ops",
+            not unknown,
+            f"ops unknown to plain TensorFlow (stock TF Serving cannot run them): {unknown}"
+            if unknown
+            else "every op is registered in plain TensorFlow",
+        )
         started = time.perf_counter()
         try:
             loaded = tf.saved_model.load(spec["model_dir"])
@@ -113,20 +130,26 @@ class Probe:
             self.check("loads", False, f"{type(error).__name__}: {str(error)[:300]}")
             return self.finish(result)
         result["load_seconds"] = round(time.perf_counter() - started, 3)
-        self.check("load time", result["load_seconds"] <= spec["max_load_seconds"],
-                   f"loaded in {result['load_seconds']:.2f} s (budget "
-                   f"{spec['max_load_seconds']:g} s)")
+        self.check(
+            "load time",
+            result["load_seconds"] <= spec["max_load_seconds"],
+            f"loaded in {result['load_seconds']:.2f} s (budget {spec['max_load_seconds']:g} s)",
+        )
         function = loaded.signatures.get("serving_default")
         if function is None:
-            self.check("signature", False, "no 'serving_default' signature; found "
-                       f"{sorted(loaded.signatures)}")
+            self.check(
+                "signature",
+                False,
+                f"no 'serving_default' signature; found {sorted(loaded.signatures)}",
+            )
             return self.finish(result)
         if not self.signature_matches(function):
             return self.finish(result)
 
         requests = self.warmup_requests()
-        if not self.check("warmup requests", requests, f"{len(requests)} request(s) in "
-                          f"{spec['warmup_file']}"):
+        if not self.check(
+            "warmup requests", requests, f"{len(requests)} request(s) in {spec['warmup_file']}"
+        ):
             return self.finish(result)
         started = time.perf_counter()
         problems = self.output_problems(function(**requests[0]), 1)
@@ -139,27 +162,43 @@ class Probe:
                 latencies.append((time.perf_counter() - started) * 1000)
                 problems += self.output_problems(outputs, 1)
         batch = {name: _stack([r[name] for r in requests]) for name in requests[0]}
-        problems += [f"batch of {len(requests)}: {p}"
-                     for p in self.output_problems(function(**batch), len(requests))]
-        self.check("outputs", not problems, "; ".join(sorted(set(problems))[:5]) or
-                   f"finite and in range for {len(requests)} single requests x "
-                   f"{spec['repeats']} and one batch of {len(requests)}")
+        problems += [
+            f"batch of {len(requests)}: {p}"
+            for p in self.output_problems(function(**batch), len(requests))
+        ]
+        self.check(
+            "outputs",
+            not problems,
+            "; ".join(sorted(set(problems))[:5])
+            or f"finite and in range for {len(requests)} single requests x "
+            f"{spec['repeats']} and one batch of {len(requests)}",
+        )
         p50, p99 = np.percentile(latencies, [50, 99])
-        result["latency_ms"] = {"p50": round(float(p50), 3), "p99": round(float(p99), 3),
-                                "max": round(float(max(latencies)), 3),
-                                "requests": len(latencies)}
-        self.check("latency", p99 <= spec["max_request_ms"],
-                   f"single-example p99 {p99:.2f} ms over {len(latencies)} requests "
-                   f"(budget {spec['max_request_ms']:g} ms; first call "
-                   f"{result['first_request_ms']:.1f} ms)")
+        result["latency_ms"] = {
+            "p50": round(float(p50), 3),
+            "p99": round(float(p99), 3),
+            "max": round(float(max(latencies)), 3),
+            "requests": len(latencies),
+        }
+        self.check(
+            "latency",
+            p99 <= spec["max_request_ms"],
+            f"single-example p99 {p99:.2f} ms over {len(latencies)} requests "
+            f"(budget {spec['max_request_ms']:g} ms; first call "
+            f"{result['first_request_ms']:.1f} ms)",
+        )
         return self.finish(result)
 
     def warmup_requests(self) -> list[dict]:
         requests = []
         for record in tf.data.TFRecordDataset(self.spec["warmup_file"]):
             log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            requests.append({name: tf.constant(tf.make_ndarray(proto))
-                             for name, proto in log.predict_log.request.inputs.items()})
+            requests.append(
+                {
+                    name: tf.constant(tf.make_ndarray(proto))
+                    for name, proto in log.predict_log.request.inputs.items()
+                }
+            )
         return requests
 
     def finish(self, result: dict) -> dict:
@@ -172,8 +211,10 @@ def _stack(tensors: list) -> tf.Tensor:
     if tensors[0].shape.rank == 2:
         width = max(int(t.shape[1]) for t in tensors)
         padding = "" if tensors[0].dtype == tf.string else 0
-        tensors = [tf.pad(t, [[0, 0], [0, width - int(t.shape[1])]], constant_values=padding)
-                   for t in tensors]
+        tensors = [
+            tf.pad(t, [[0, 0], [0, width - int(t.shape[1])]], constant_values=padding)
+            for t in tensors
+        ]
     return tf.concat(tensors, axis=0)
 
 

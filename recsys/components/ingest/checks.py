@@ -65,9 +65,15 @@ def column_rules(schema: schema_pb2.Schema, environment: str | None = None) -> l
             kind = "list"  # e.g. the engagement history: a list of item ids
         else:
             kind = {schema_pb2.INT: "int", schema_pb2.FLOAT: "float"}.get(feature.type, "text")
-        domain = (feature.value_count if kind == "list"
-                  else feature.int_domain if feature.HasField("int_domain")
-                  else feature.float_domain if feature.HasField("float_domain") else None)
+        domain = (
+            feature.value_count
+            if kind == "list"
+            else feature.int_domain
+            if feature.HasField("int_domain")
+            else feature.float_domain
+            if feature.HasField("float_domain")
+            else None
+        )
         minimum = domain.min if domain is not None and domain.HasField("min") else None
         maximum = domain.max if domain is not None and domain.HasField("max") else None
         required = feature.presence.min_fraction >= 1.0
@@ -78,6 +84,7 @@ def column_rules(schema: schema_pb2.Schema, environment: str | None = None) -> l
 @dataclass
 class RawFile:
     """One raw file as read: CSV values as text, Parquet values as stored."""
+
     path: str
     frame: pd.DataFrame
     missing: dict[str, np.ndarray]  # column -> rows with no value (null / empty cell)
@@ -87,20 +94,25 @@ class RawFile:
 def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
     if not path.endswith(".csv"):
         table = pq.read_table(path)
-        missing = {name: table.column(name).is_null().to_numpy()
-                   for name in table.column_names}
+        missing = {name: table.column(name).is_null().to_numpy() for name in table.column_names}
         return RawFile(path, table.to_pandas(), missing, np.zeros(table.num_rows, dtype=bool))
     is_utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
     # Latin-1 maps every byte to a character, so reading with it never fails and
     # loses nothing; valid UTF-8 is then recovered value by value below.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                        encoding="latin-1" if is_utf8 else encoding)
+    frame = pd.read_csv(
+        path,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        encoding="latin-1" if is_utf8 else encoding,
+    )
     undecodable = np.zeros(len(frame), dtype=bool)
     if is_utf8:
         for column in frame.columns:
             values = frame[column]
             non_ascii = ~pc.string_is_ascii(pa.array(values.fillna(""))).to_numpy(
-                zero_copy_only=False)
+                zero_copy_only=False
+            )
             if not non_ascii.any():
                 continue
             recovered, bad = zip(*(_utf8(text) for text in values[non_ascii]), strict=True)
@@ -123,10 +135,15 @@ class TableCheck:
 
     def __init__(self, table: str, files: list[RawFile]):
         self.table = table
-        self.raw = pd.concat([f.frame for f in files], ignore_index=True) if len(files) > 1 \
+        self.raw = (
+            pd.concat([f.frame for f in files], ignore_index=True)
+            if len(files) > 1
             else files[0].frame.reset_index(drop=True)
-        self.missing = {name: np.concatenate([f.missing.get(name, np.zeros(len(f.frame), bool))
-                                              for f in files]) for name in self.raw.columns}
+        )
+        self.missing = {
+            name: np.concatenate([f.missing.get(name, np.zeros(len(f.frame), bool)) for f in files])
+            for name in self.raw.columns
+        }
         self.source = np.concatenate([np.full(len(f.frame), f.path, dtype=object) for f in files])
         self.row = np.concatenate([np.arange(1, len(f.frame) + 1) for f in files])
         n = len(self.raw)
@@ -155,7 +172,8 @@ class TableCheck:
                 raise DataError(
                     f"table '{self.table}' ({sorted(set(self.source))}): required column "
                     f"'{rule.name}' is missing; found {list(self.raw.columns)}. Rename or add it "
-                    "(README, 'Bring your own data').")
+                    "(README, 'Bring your own data')."
+                )
             self.values[rule.name] = self._parse(rule, now)
 
     def _parse_list(self, rule: ColumnRule) -> pd.Series:
@@ -164,17 +182,30 @@ class TableCheck:
         if rule.required:
             self.reject(missing, "missing_value", name)
         # One call per row: Parquet list columns arrive as arrays, CSV has only text.
-        lengths = raw.map(lambda value: len(value) if isinstance(
-            value, (list, tuple, np.ndarray)) else -1).to_numpy()
+        lengths = raw.map(
+            lambda value: len(value) if isinstance(value, (list, tuple, np.ndarray)) else -1
+        ).to_numpy()
         listed = lengths >= 0
-        self.reject(~missing & ~listed, "wrong_type", name,
-                    "not a list of ids (a Parquet list column; CSV cannot hold lists)")
+        self.reject(
+            ~missing & ~listed,
+            "wrong_type",
+            name,
+            "not a list of ids (a Parquet list column; CSV cannot hold lists)",
+        )
         if rule.minimum is not None:
-            self.reject(listed & (lengths < rule.minimum), "out_of_range", name,
-                        f"fewer than {rule.minimum:g} values")
+            self.reject(
+                listed & (lengths < rule.minimum),
+                "out_of_range",
+                name,
+                f"fewer than {rule.minimum:g} values",
+            )
         if rule.maximum is not None:
-            self.reject(listed & (lengths > rule.maximum), "out_of_range", name,
-                        f"more than {rule.maximum:g} values")
+            self.reject(
+                listed & (lengths > rule.maximum),
+                "out_of_range",
+                name,
+                f"more than {rule.maximum:g} values",
+            )
         return raw
 
     def _parse(self, rule: ColumnRule, now: int) -> pd.Series:
@@ -182,29 +213,36 @@ class TableCheck:
         if rule.kind == "list":
             return self._parse_list(rule)
         trimmed = _trimmed(raw) if raw.dtype == object else None  # text as read
-        missing = self.missing[name] if trimmed is None \
-            else self.missing[name] | _equals(trimmed, "")
+        missing = (
+            self.missing[name] if trimmed is None else self.missing[name] | _equals(trimmed, "")
+        )
         if rule.required:
             self.reject(missing, "missing_value", name)
         if rule.kind == "text":
             return raw.where(~missing, None).astype(object)
         if rule.kind == "timestamp":
             values = parse_timestamps(raw)
-            self.reject(~missing & values.isna().to_numpy(), "wrong_type", name,
-                        "not a timestamp (ISO-8601, Unix seconds or a Parquet timestamp)")
+            self.reject(
+                ~missing & values.isna().to_numpy(),
+                "wrong_type",
+                name,
+                "not a timestamp (ISO-8601, Unix seconds or a Parquet timestamp)",
+            )
         else:
             values = pd.to_numeric(raw, errors="coerce").astype(float)
             unparsed = np.zeros(len(raw), dtype=bool)  # a numeric column always parses
             if trimmed is not None:  # text: garbage becomes NaN, but so does the text "nan"
-                unparsed = ~missing & values.isna().to_numpy() \
-                    & ~_equals(pc.utf8_lower(trimmed), "nan")
+                unparsed = (
+                    ~missing & values.isna().to_numpy() & ~_equals(pc.utf8_lower(trimmed), "nan")
+                )
             self.reject(unparsed, "wrong_type", name, f"not a number ({rule.kind})")
-            self.reject(~missing & ~unparsed & ~np.isfinite(values.to_numpy()), "not_finite",
-                        name)
+            self.reject(~missing & ~unparsed & ~np.isfinite(values.to_numpy()), "not_finite", name)
             if rule.kind == "int":
                 finite = np.isfinite(values.to_numpy())
-                fractional = finite & (np.floor(values.to_numpy(), where=finite,
-                                                out=np.zeros(len(values))) != values.to_numpy())
+                fractional = finite & (
+                    np.floor(values.to_numpy(), where=finite, out=np.zeros(len(values)))
+                    != values.to_numpy()
+                )
                 self.reject(fractional, "wrong_type", name, "not a whole number")
         checked = values.to_numpy(dtype=float)
         if rule.minimum is not None:
@@ -212,8 +250,12 @@ class TableCheck:
         if rule.maximum is not None:
             self.reject(checked > rule.maximum, "out_of_range", name, f"above {rule.maximum:g}")
         if rule.kind == "timestamp":
-            self.reject(checked > now, "future_timestamp", name,
-                        f"after the run started ({pd.Timestamp(now, unit='s', tz='UTC')})")
+            self.reject(
+                checked > now,
+                "future_timestamp",
+                name,
+                f"after the run started ({pd.Timestamp(now, unit='s', tz='UTC')})",
+            )
         return values
 
     def typed(self) -> pd.DataFrame:
@@ -234,17 +276,20 @@ class TableCheck:
 
     def quarantined(self) -> pd.DataFrame:
         bad = ~self.accepted
-        originals = self.raw[bad].to_json(orient="records", lines=True, date_format="iso",
-                                          default_handler=str, force_ascii=False)
-        return pd.DataFrame({
-            "table": self.table,
-            "source_file": self.source[bad].astype(str),
-            "row": self.row[bad].astype(np.int64),
-            "reason": self.reason[bad].astype(str),
-            "column": self.column[bad].astype(str),
-            "detail": self.detail[bad].astype(str),
-            "original": originals.splitlines() if bad.any() else [],
-        })
+        originals = self.raw[bad].to_json(
+            orient="records", lines=True, date_format="iso", default_handler=str, force_ascii=False
+        )
+        return pd.DataFrame(
+            {
+                "table": self.table,
+                "source_file": self.source[bad].astype(str),
+                "row": self.row[bad].astype(np.int64),
+                "reason": self.reason[bad].astype(str),
+                "column": self.column[bad].astype(str),
+                "detail": self.detail[bad].astype(str),
+                "original": originals.splitlines() if bad.any() else [],
+            }
+        )
 
 
 def _trimmed(values: pd.Series) -> pa.Array:
@@ -260,27 +305,33 @@ def _equals(text: pa.Array, value: str) -> np.ndarray:
     return pc.fill_null(pc.equal(text, value), False).to_numpy(zero_copy_only=False)
 
 
-def reject_rate_error(table: str, checked: int, quarantine: pd.DataFrame, limit: float,
-                      quarantine_path: str) -> str:
+def reject_rate_error(
+    table: str, checked: int, quarantine: pd.DataFrame, limit: float, quarantine_path: str
+) -> str:
     """The message for a table whose reject rate is above ``limit``."""
     bad = quarantine[quarantine["table"] == table]
-    lines = [f"ingest: {len(bad)} of {checked} rows ({len(bad) / checked:.1%}) of table "
-             f"'{table}' broke the data contract; the limit is max_reject_rate="
-             f"{limit:.1%}. Top reasons:"]
+    lines = [
+        f"ingest: {len(bad)} of {checked} rows ({len(bad) / checked:.1%}) of table "
+        f"'{table}' broke the data contract; the limit is max_reject_rate="
+        f"{limit:.1%}. Top reasons:"
+    ]
     top = bad.groupby(["reason", "column"]).size().sort_values(ascending=False).head(3)
     for (reason, column), count in top.items():
-        lines.append(f"  - {reason}{f' in column {column!r}' if column else ''}: {count} rows "
-                     f"({REASONS[reason]}), e.g.:")
+        lines.append(
+            f"  - {reason}{f' in column {column!r}' if column else ''}: {count} rows "
+            f"({REASONS[reason]}), e.g.:"
+        )
         examples = bad[(bad["reason"] == reason) & (bad["column"] == column)].head(2)
         for row in examples.itertuples():
             detail = f" [{row.detail}]" if row.detail else ""
             lines.append(f"      {row.source_file} row {row.row}{detail}: {row.original}")
     lines.append(f"All quarantined rows with their reasons: {quarantine_path}")
-    lines.append("What to do: fix the export upstream and re-run; if these rows are expected, "
-                 "raise max_reject_rate (they stay quarantined either way).")
+    lines.append(
+        "What to do: fix the export upstream and re-run; if these rows are expected, "
+        "raise max_reject_rate (they stay quarantined either way)."
+    )
     return "\n".join(lines)
 
 
 def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
     return {reason: int(count) for reason, count in quarantine["reason"].value_counts().items()}
-

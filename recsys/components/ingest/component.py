@@ -28,16 +28,29 @@ def ingest(
 
     with stage("ingest"):
         config = config_from(IngestConfig, locals())
-        outputs = {"train_events": train_events, "eval_events": eval_events, "users": users,
-                   "items": items, "user_features": user_features, "item_features": item_features,
-                   "serving_log": serving_log, "quarantine": quarantine}
-        counts = run_ingest(data_root, {name: artifact.path for name, artifact in outputs.items()},
-                            config, schema_dir)
+        outputs = {
+            "train_events": train_events,
+            "eval_events": eval_events,
+            "users": users,
+            "items": items,
+            "user_features": user_features,
+            "item_features": item_features,
+            "serving_log": serving_log,
+            "quarantine": quarantine,
+        }
+        counts = run_ingest(
+            data_root,
+            {name: artifact.path for name, artifact in outputs.items()},
+            config,
+            schema_dir,
+        )
         for name, artifact in outputs.items():
-            artifact.metadata.update(rows=counts[name] if name != "quarantine"
-                                     else counts["quarantined"],
-                                     as_of=counts["as_of"], span_start=counts["span_start"],
-                                     eval_start=counts["eval_start"])
+            artifact.metadata.update(
+                rows=counts[name] if name != "quarantine" else counts["quarantined"],
+                as_of=counts["as_of"],
+                span_start=counts["span_start"],
+                eval_start=counts["eval_start"],
+            )
         for name, value in counts.items():
             ingest_metrics.log_metric(name, value)
         if counts["quarantined"]:

@@ -59,12 +59,13 @@ class Window:
 
     def describe(self) -> str:
         fmt = lambda ts: pd.Timestamp(ts, unit="s", tz="UTC").isoformat()  # noqa: E731
-        return (f"train [{fmt(self.start)}, {fmt(self.eval_start)}), "
-                f"eval [{fmt(self.eval_start)}, {fmt(self.as_of)})")
+        return (
+            f"train [{fmt(self.start)}, {fmt(self.eval_start)}), "
+            f"eval [{fmt(self.eval_start)}, {fmt(self.as_of)})"
+        )
 
 
-def resolve_window(as_of: str, lookback_days: int, eval_days: int,
-                   event_ts: pd.Series) -> Window:
+def resolve_window(as_of: str, lookback_days: int, eval_days: int, event_ts: pd.Series) -> Window:
     """``as_of`` as given, or, when empty, the midnight (UTC) after the newest event."""
     if lookback_days <= 0 or eval_days <= 0 or eval_days >= lookback_days:
         raise DataError(
@@ -75,10 +76,15 @@ def resolve_window(as_of: str, lookback_days: int, eval_days: int,
         try:
             stamp = pd.Timestamp(as_of)
         except ValueError as error:
-            hint = (" KFP substitutes [[ScheduledTime...]] macros only in runs of a recurring "
-                    "run; give a date for a one-off run" if "[[" in as_of else "")
-            raise DataError(f"as_of={as_of!r} is not a date or timestamp ({error}).{hint}") \
-                from None
+            hint = (
+                " KFP substitutes [[ScheduledTime...]] macros only in runs of a recurring "
+                "run; give a date for a one-off run"
+                if "[[" in as_of
+                else ""
+            )
+            raise DataError(
+                f"as_of={as_of!r} is not a date or timestamp ({error}).{hint}"
+            ) from None
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         as_of_ts = int(stamp.timestamp())
     else:
@@ -106,11 +112,15 @@ def split_events(events: pd.DataFrame, window: Window) -> tuple[pd.DataFrame, pd
         "train_events": len(train),
         "eval_events": len(evaluation),
     }
-    assert counts["train_events"] + counts["eval_events"] + counts["impressions_before_window"] \
-        + counts["impressions_at_or_after_as_of"] == len(events), "row accounting broken"
+    assert counts["train_events"] + counts["eval_events"] + counts[
+        "impressions_before_window"
+    ] + counts["impressions_at_or_after_as_of"] == len(events), "row accounting broken"
     if train.empty or evaluation.empty:
-        lo, hi = (pd.Timestamp(ts.min(), unit="s", tz="UTC"), pd.Timestamp(ts.max(), unit="s", tz="UTC")) \
-            if len(ts) else (None, None)
+        lo, hi = (
+            (pd.Timestamp(ts.min(), unit="s", tz="UTC"), pd.Timestamp(ts.max(), unit="s", tz="UTC"))
+            if len(ts)
+            else (None, None)
+        )
         raise DataError(
             f"window {window.describe()} leaves {len(train)} train and {len(evaluation)} eval "
             f"events; the impressions span {lo} to {hi}. Choose as_of/lookback_days/eval_days "
@@ -119,32 +129,54 @@ def split_events(events: pd.DataFrame, window: Window) -> tuple[pd.DataFrame, pd
     return train.reset_index(drop=True), evaluation.reset_index(drop=True), counts
 
 
-def check_table(data_root: str, name: str, schema_dir: str, encoding: str, now: int,
-                users: pd.DataFrame | None = None,
-                items: pd.DataFrame | None = None) -> TableCheck:
+def check_table(
+    data_root: str,
+    name: str,
+    schema_dir: str,
+    encoding: str,
+    now: int,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+) -> TableCheck:
     """Every row of raw table ``name`` checked against the contract."""
-    check = TableCheck(name, [read_raw_file(path, encoding) for path in find_table(data_root, name)])
+    check = TableCheck(
+        name, [read_raw_file(path, encoding) for path in find_table(data_root, name)]
+    )
     table = RAW_TABLES[name]
     rules = column_rules(load_schema(table.schema, schema_dir), table.environment)
     check.apply(rules, now)
     key = table.key
     if key:
         seen = check.values[key].where(pd.Series(check.accepted))
-        check.reject(seen.notna() & seen.duplicated(keep="first"), "duplicate_key", key,
-                     f"{key} seen in an earlier row")
-    for reference, column, reason in ((users, USER_ID, "unknown_user_id"),
-                                      (items, ITEM_ID, "unknown_item_id")):
+        check.reject(
+            seen.notna() & seen.duplicated(keep="first"),
+            "duplicate_key",
+            key,
+            f"{key} seen in an earlier row",
+        )
+    for reference, column, reason in (
+        (users, USER_ID, "unknown_user_id"),
+        (items, ITEM_ID, "unknown_item_id"),
+    ):
         if reference is not None and column in check.values:
             check.reject(~check.values[column].isin(reference[column]).to_numpy(), reason, column)
     if name == IMPRESSIONS:
         duration = check.values[ITEM_ID].map(items.set_index(ITEM_ID)[ITEM_DURATION])
-        check.reject((check.values[WATCH_SECONDS] > duration).to_numpy(),
-                     "watch_exceeds_duration", WATCH_SECONDS)
+        check.reject(
+            (check.values[WATCH_SECONDS] > duration).to_numpy(),
+            "watch_exceeds_duration",
+            WATCH_SECONDS,
+        )
     return check
 
 
-def ingest(data_root: str, outputs: dict[str, str], config: IngestConfig = IngestConfig(),
-           schema_dir: str = "", now: int | None = None) -> dict:
+def ingest(
+    data_root: str,
+    outputs: dict[str, str],
+    config: IngestConfig = IngestConfig(),
+    schema_dir: str = "",
+    now: int | None = None,
+) -> dict:
     """Check every raw table, quarantine bad rows, apply the window, write each dataset.
 
     ``outputs`` maps the datasets of ``contracts.INGESTED`` and ``quarantine`` to
@@ -162,8 +194,14 @@ def ingest(data_root: str, outputs: dict[str, str], config: IngestConfig = Inges
         # Ids must be known in the tables the models learn from. The serving log is
         # exempt: serving meets users and items newer than the last table dump, and
         # those requests belong in its statistics.
-        checks[name] = check_table(data_root, name, schema_dir, config.input_encoding, now,
-                                   **({} if name == SERVING_LOG else known))
+        checks[name] = check_table(
+            data_root,
+            name,
+            schema_dir,
+            config.input_encoding,
+            now,
+            **({} if name == SERVING_LOG else known),
+        )
         accepted[name] = checks[name].typed()
         if name == ITEMS:
             known = {"users": accepted[USERS], "items": accepted[ITEMS]}
@@ -173,18 +211,21 @@ def ingest(data_root: str, outputs: dict[str, str], config: IngestConfig = Inges
     for name, check in checks.items():
         counts[f"{name}_read"] = len(check.raw)
         counts[f"{name}_quarantined"] = int((~check.accepted).sum())
-        assert len(accepted[name]) + counts[f"{name}_quarantined"] == len(check.raw), \
+        assert len(accepted[name]) + counts[f"{name}_quarantined"] == len(check.raw), (
             f"row accounting broken for {name}"
+        )
     counts["quarantined"] = len(quarantine)
     counts.update({f"quarantined_{reason}": n for reason, n in reason_counts(quarantine).items()})
     for name, check in checks.items():
         if counts[f"{name}_quarantined"] > config.max_reject_rate * len(check.raw):
-            raise DataError(reject_rate_error(name, len(check.raw), quarantine,
-                                              config.max_reject_rate, outputs[QUARANTINE]))
+            raise DataError(
+                reject_rate_error(
+                    name, len(check.raw), quarantine, config.max_reject_rate, outputs[QUARANTINE]
+                )
+            )
 
     events = accepted[IMPRESSIONS]
-    window = resolve_window(config.as_of, config.lookback_days, config.eval_days,
-                            events[EVENT_TS])
+    window = resolve_window(config.as_of, config.lookback_days, config.eval_days, events[EVENT_TS])
     train, evaluation, split_counts = split_events(events, window)
     counts.update(split_counts)
     write_dataset(train, outputs[contracts.TRAIN_EVENTS])
@@ -203,15 +244,20 @@ def ingest(data_root: str, outputs: dict[str, str], config: IngestConfig = Inges
         write_dataset(table[known].reset_index(drop=True), outputs[name])
     serving = accepted.get(SERVING_LOG)
     if serving is not None:
-        in_span = ((serving[EVENT_TS] >= window.span_start)
-                   & (serving[EVENT_TS] < window.as_of)).to_numpy()
+        in_span = (
+            (serving[EVENT_TS] >= window.span_start) & (serving[EVENT_TS] < window.as_of)
+        ).to_numpy()
         serving = serving[in_span].reset_index(drop=True)
     else:
         serving = pd.DataFrame({EVENT_ID: np.array([], dtype=object)})
     counts[SERVING_LOG] = len(serving)
     write_dataset(serving, outputs[SERVING_LOG])
-    counts.update(as_of=window.as_of, window_start=window.start, eval_start=window.eval_start,
-                  span_start=window.span_start)
+    counts.update(
+        as_of=window.as_of,
+        window_start=window.start,
+        eval_start=window.eval_start,
+        span_start=window.span_start,
+    )
     return counts
 
 

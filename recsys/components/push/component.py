@@ -40,27 +40,41 @@ def push(
 
     with stage("push"):
         config = config_from(PushConfig, locals())
-        window = {name: ingest_metrics.metadata.get(name)
-                  for name in ("window_start", "eval_start", "as_of", "span_start")}
-        report = run_push(blessing.path,
-                          {RETRIEVAL: retrieval_model.path, RANKING: ranking_model.path},
-                          warmup_requests.path,
-                          {SNAPSHOT_USERS: user_snapshot.path, SNAPSHOT_ITEMS: item_snapshot.path,
-                           SNAPSHOT_EMBEDDINGS: item_embeddings.path},
-                          serving_root, rerank, config,
-                          provenance={"data_window": window, "code_version": code_version(),
-                                      "image": image,
-                                      "sources": {RETRIEVAL: retrieval_model.uri,
-                                                  RANKING: ranking_model.uri}},
-                          schema_dir=schema_dir)
+        window = {
+            name: ingest_metrics.metadata.get(name)
+            for name in ("window_start", "eval_start", "as_of", "span_start")
+        }
+        report = run_push(
+            blessing.path,
+            {RETRIEVAL: retrieval_model.path, RANKING: ranking_model.path},
+            warmup_requests.path,
+            {
+                SNAPSHOT_USERS: user_snapshot.path,
+                SNAPSHOT_ITEMS: item_snapshot.path,
+                SNAPSHOT_EMBEDDINGS: item_embeddings.path,
+            },
+            serving_root,
+            rerank,
+            config,
+            provenance={
+                "data_window": window,
+                "code_version": code_version(),
+                "image": image,
+                "sources": {RETRIEVAL: retrieval_model.uri, RANKING: ranking_model.uri},
+            },
+            schema_dir=schema_dir,
+        )
         if report["pushed"] or report.get("noop"):
             # What the next run's warm start finds under the pipeline root.
-            kept = keep_blessed(pipeline_root, report["version"],
-                                {RETRIEVAL: retrieval_checkpoint.path,
-                                 RANKING: ranking_checkpoint.path})
+            kept = keep_blessed(
+                pipeline_root,
+                report["version"],
+                {RETRIEVAL: retrieval_checkpoint.path, RANKING: ranking_checkpoint.path},
+            )
             log("push", f"warm-start checkpoints of version {report['version']}: {kept}")
-        push_report.metadata.update({k: v for k, v in report.items()
-                                     if isinstance(v, (str, int, float, bool))})
+        push_report.metadata.update(
+            {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool))}
+        )
         lines = [f"## Push\n\n{report['reason']}\n"]
         lines += [f"- `{name}`: `{path}`" for name, path in report["paths"].items()]
         if report.get("models_config"):

@@ -36,14 +36,22 @@ def schema_files(schema_dir: str = "") -> dict[str, str]:
     """The curated schemas and the feature registry the models were trained with:
     file name -> path."""
     directory = schema_dir or SCHEMA_DIR
-    files = {name: os.path.join(directory, name) for name in sorted(os.listdir(directory))
-             if name.endswith(".schema.pbtxt")}
+    files = {
+        name: os.path.join(directory, name)
+        for name in sorted(os.listdir(directory))
+        if name.endswith(".schema.pbtxt")
+    }
     files[FEATURES_FILE] = registry_path(schema_dir)
     return files
 
 
-def release_hash(models: dict[str, str], warmup_dir: str, snapshots: dict[str, str],
-                 rules: dict, schema_dir: str = "") -> str:
+def release_hash(
+    models: dict[str, str],
+    warmup_dir: str,
+    snapshots: dict[str, str],
+    rules: dict,
+    schema_dir: str = "",
+) -> str:
     """What a version holds, hashed: the models, their warmup requests, the snapshot
     tables, the schemas and registry, and the re-ranking rules."""
     files = {f"model/{name}": path for name, path in models.items()}
@@ -55,8 +63,7 @@ def release_hash(models: dict[str, str], warmup_dir: str, snapshots: dict[str, s
     return digest.hexdigest()
 
 
-def _stage_model(serving_root: str, name: str, version: int, source: str,
-                 warmup_file: str) -> str:
+def _stage_model(serving_root: str, name: str, version: int, source: str, warmup_file: str) -> str:
     staged = root_.staging_dir(serving_root, name, version)
     shutil.copytree(source, staged)
     os.makedirs(os.path.join(staged, os.path.dirname(WARMUP_FILE)), exist_ok=True)
@@ -64,8 +71,9 @@ def _stage_model(serving_root: str, name: str, version: int, source: str,
     return staged
 
 
-def _stage_snapshot(serving_root: str, version: int, snapshots: dict[str, str],
-                    rules: dict, schema_dir: str) -> str:
+def _stage_snapshot(
+    serving_root: str, version: int, snapshots: dict[str, str], rules: dict, schema_dir: str
+) -> str:
     staged = root_.staging_dir(serving_root, SNAPSHOT_DIR, version)
     os.makedirs(staged)
     for name, source in snapshots.items():
@@ -78,10 +86,17 @@ def _stage_snapshot(serving_root: str, version: int, snapshots: dict[str, str],
     return staged
 
 
-def push(blessing_path: str, models: dict[str, str], warmup_dir: str,
-         snapshots: dict[str, str], serving_root: str, rerank: str = "",
-         config: PushConfig = PushConfig(), provenance: dict | None = None,
-         schema_dir: str = "") -> dict:
+def push(
+    blessing_path: str,
+    models: dict[str, str],
+    warmup_dir: str,
+    snapshots: dict[str, str],
+    serving_root: str,
+    rerank: str = "",
+    config: PushConfig = PushConfig(),
+    provenance: dict | None = None,
+    schema_dir: str = "",
+) -> dict:
     """Push every model in ``models`` (name -> SavedModel dir) as one new version.
 
     ``warmup_dir`` holds ``<name>/tf_serving_warmup_requests`` per model (infra
@@ -95,13 +110,17 @@ def push(blessing_path: str, models: dict[str, str], warmup_dir: str,
     with open(blessing_path) as handle:
         blessing = json.load(handle)
     if not blessing.get("blessed"):
-        return {"pushed": False, "reason": f"not pushed: {blessing.get('reason', 'no reason')}",
-                "paths": {}}
+        return {
+            "pushed": False,
+            "reason": f"not pushed: {blessing.get('reason', 'no reason')}",
+            "paths": {},
+        }
     for name in models:
         warmup = warmup_path(warmup_dir, name)
         if not os.path.isfile(warmup):
-            raise FileNotFoundError(f"push: no warmup requests for '{name}' at {warmup}; "
-                                    "infra validation writes them")
+            raise FileNotFoundError(
+                f"push: no warmup requests for '{name}' at {warmup}; infra validation writes them"
+            )
     rules = dataclasses.asdict(parse_rerank_config(rerank))
     digest = release_hash(models, warmup_dir, snapshots, rules, schema_dir)
 
@@ -109,41 +128,72 @@ def push(blessing_path: str, models: dict[str, str], warmup_dir: str,
         served = root_.served_versions(serving_root)
         current = served.get(next(iter(models)))
         record = root_.read_record(serving_root, current) if current else None
-        if record and record["content_hash"] == digest and all(
-                served.get(name) == current for name in models):
+        if (
+            record
+            and record["content_hash"] == digest
+            and all(served.get(name) == current for name in models)
+        ):
             root_.record_event(serving_root, "noop", version=current, content_hash=digest)
-            return {"pushed": False, "noop": True, "version": current, "paths": {},
-                    "reason": f"not pushed: version {current} already serves this exact "
-                              f"content (hash {digest[:12]})"}
+            return {
+                "pushed": False,
+                "noop": True,
+                "version": current,
+                "paths": {},
+                "reason": f"not pushed: version {current} already serves this exact "
+                f"content (hash {digest[:12]})",
+            }
 
         version = root_.next_version(serving_root, list(models) + [SNAPSHOT_DIR])
         staged = {}
         try:
             for name, source in models.items():
-                staged[name] = _stage_model(serving_root, name, version, source,
-                                            warmup_path(warmup_dir, name))
-            staged[SNAPSHOT_DIR] = _stage_snapshot(serving_root, version, snapshots, rules,
-                                                   schema_dir)
+                staged[name] = _stage_model(
+                    serving_root, name, version, source, warmup_path(warmup_dir, name)
+                )
+            staged[SNAPSHOT_DIR] = _stage_snapshot(
+                serving_root, version, snapshots, rules, schema_dir
+            )
             for directory in staged.values():
                 root_.fsync_tree(directory)
         except BaseException:
             for directory in staged.values():
                 shutil.rmtree(directory, ignore_errors=True)
             raise
-        paths = {name: root_.publish(directory, serving_root, name, version)
-                 for name, directory in staged.items()}
-        root_.write_record(serving_root, version, {
-            "version": version, "content_hash": digest, "models": sorted(models),
-            "previously_served": served, "blessing": blessing, **(provenance or {})})
+        paths = {
+            name: root_.publish(directory, serving_root, name, version)
+            for name, directory in staged.items()
+        }
+        root_.write_record(
+            serving_root,
+            version,
+            {
+                "version": version,
+                "content_hash": digest,
+                "models": sorted(models),
+                "previously_served": served,
+                "blessing": blessing,
+                **(provenance or {}),
+            },
+        )
         models_config = root_.write_config(
-            serving_root, {**served, **{n: version for n in models}},
-            config.tf_serving_root or root_.config_base(serving_root))
-        root_.record_event(serving_root, "push", version=version, content_hash=digest,
-                           previously_served=served)
-        removed = root_.remove_old_versions(serving_root, list(models) + [SNAPSHOT_DIR],
-                                            config.keep_versions)
+            serving_root,
+            {**served, **{n: version for n in models}},
+            config.tf_serving_root or root_.config_base(serving_root),
+        )
+        root_.record_event(
+            serving_root, "push", version=version, content_hash=digest, previously_served=served
+        )
+        removed = root_.remove_old_versions(
+            serving_root, list(models) + [SNAPSHOT_DIR], config.keep_versions
+        )
         if removed:
             root_.record_event(serving_root, "remove", versions=removed)
-    return {"pushed": True, "version": version, "paths": paths, "models_config": models_config,
-            "content_hash": digest, "removed_versions": removed,
-            "reason": f"pushed version {version}: {blessing['reason']}"}
+    return {
+        "pushed": True,
+        "version": version,
+        "paths": paths,
+        "models_config": models_config,
+        "content_hash": digest,
+        "removed_versions": removed,
+        "reason": f"pushed version {version}: {blessing['reason']}",
+    }

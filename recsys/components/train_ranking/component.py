@@ -38,18 +38,28 @@ def train_ranking(
     with stage("train_ranking"):
         config = config_from(RankingConfig, locals())
         registry = load_registry(schema_dir)
-        version, start_from = (warm.warm_start_from(pipeline_root, RANKING) if warm_start
-                               else (None, ""))
+        version, start_from = (
+            warm.warm_start_from(pipeline_root, RANKING) if warm_start else (None, "")
+        )
         if warm_start and not start_from:
-            log("train_ranking", "warm_start: no blessed model under the pipeline root yet; "
-                                 "training from scratch")
-        model, metrics = train(transformed_train.path, transformed_eval.path,
-                               transform_graph.path, config, registry, warm_start_dir=start_from)
+            log(
+                "train_ranking",
+                "warm_start: no blessed model under the pipeline root yet; training from scratch",
+            )
+        model, metrics = train(
+            transformed_train.path,
+            transformed_eval.path,
+            transform_graph.path,
+            config,
+            registry,
+            warm_start_dir=start_from,
+        )
         if metrics["warm_start"]:
             metrics["warm_start_version"] = version
         warm.save(model, tft.TFTransformOutput(transform_graph.path), checkpoint.path)
         export(model, transform_graph.path, ranking_model.path, registry)
         for name, value in metrics.items():
             ranking_training.log_metric(name, value)
-        ranking_model.metadata.update(negative_sampling_rate=negative_sampling_rate,
-                                      score_watch_weight=score_watch_weight)
+        ranking_model.metadata.update(
+            negative_sampling_rate=negative_sampling_rate, score_watch_weight=score_watch_weight
+        )

@@ -1,8 +1,8 @@
 """The parameters of train_ranking, declared once.
 
 Each field's name, type, default and meaning: the pipeline's parameters and the
-KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy imports here: the pipeline reads every stage's
-config to build its signature.
+KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy
+imports here: the pipeline reads every stage's config to build its signature.
 """
 
 from dataclasses import dataclass
@@ -18,29 +18,41 @@ class RankingConfig:
     embedding_dim: int = parameter(16, "embedding size of the ids and categories")
     cross_layers: int = parameter(2, "DCN-v2 cross layers")
     cross_projection_dim: int = parameter(
-        0, "0: full-rank cross matrices; > 0: low-rank with this inner size")
+        0, "0: full-rank cross matrices; > 0: low-rank with this inner size"
+    )
     batch_size: int = parameter(1024, "examples per batch")
     learning_rate: float = parameter(0.002, "Adam learning rate")
     id_dropout: float = parameter(
-        0.1, "share of training rows whose user/item ids train the unknown-id row "
-             "(new users and items); 0 = off")
+        0.1,
+        "share of training rows whose user/item ids train the unknown-id row "
+        "(new users and items); 0 = off",
+    )
     negative_sampling_rate: float = parameter(
-        1.0, "share of non-clicks kept in training; probabilities are recalibrated")
+        1.0, "share of non-clicks kept in training; probabilities are recalibrated"
+    )
     watch_loss_weight: float = parameter(1.0, "weight of the watch-time head; 0 = click only")
     score_watch_weight: float = parameter(
-        1.0, "score = P(click) * (1 + this * expected watched minutes)")
+        1.0, "score = P(click) * (1 + this * expected watched minutes)"
+    )
     seed: int = parameter(42, "random seed of both trainers (repeatable models)", shared=True)
-    deep_units: tuple[int, ...] = parameter((128, 64), "units of the MLP after the cross "
-                                            "layers", pipeline=False)
+    deep_units: tuple[int, ...] = parameter(
+        (128, 64), "units of the MLP after the cross layers", pipeline=False
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout is a share of rows in [0, 1), got {self.id_dropout}")
         if not 0.0 < self.negative_sampling_rate <= 1.0:
-            raise ValueError("negative_sampling_rate is the share of non-clicked examples "
-                             f"kept, in (0, 1]; got {self.negative_sampling_rate}")
-        for name in ("watch_loss_weight", "score_watch_weight", "cross_layers",
-                     "cross_projection_dim"):
+            raise ValueError(
+                "negative_sampling_rate is the share of non-clicked examples "
+                f"kept, in (0, 1]; got {self.negative_sampling_rate}"
+            )
+        for name in (
+            "watch_loss_weight",
+            "score_watch_weight",
+            "cross_layers",
+            "cross_projection_dim",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("epochs", "batch_size", "embedding_dim"):

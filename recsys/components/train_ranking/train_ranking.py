@@ -57,23 +57,41 @@ def calibrate(probability, negative_sampling_rate: float):
 
 
 class RankingModel(tfrs.Model):
-    def __init__(self, transform_output: tft.TFTransformOutput, registry: FeatureRegistry,
-                 config: RankingConfig, watch_head: bool = True):
+    def __init__(
+        self,
+        transform_output: tft.TFTransformOutput,
+        registry: FeatureRegistry,
+        config: RankingConfig,
+        watch_head: bool = True,
+    ):
         super().__init__()
         self.encoder = modeling.Tower(
-            transform_output, registry, RANKER, config.embedding_dim, hidden_units=[],
-            output_dim=None, history_affinity=True, id_dropout=config.id_dropout,
-            name="encoder")
-        self.cross = [tfrs.layers.dcn.Cross(projection_dim=config.cross_projection_dim or None,
-                                            kernel_initializer="glorot_uniform")
-                      for _ in range(config.cross_layers)]
-        self.deep = tf.keras.Sequential([tf.keras.layers.Dense(units, activation="relu")
-                                         for units in config.deep_units])
+            transform_output,
+            registry,
+            RANKER,
+            config.embedding_dim,
+            hidden_units=[],
+            output_dim=None,
+            history_affinity=True,
+            id_dropout=config.id_dropout,
+            name="encoder",
+        )
+        self.cross = [
+            tfrs.layers.dcn.Cross(
+                projection_dim=config.cross_projection_dim or None,
+                kernel_initializer="glorot_uniform",
+            )
+            for _ in range(config.cross_layers)
+        ]
+        self.deep = tf.keras.Sequential(
+            [tf.keras.layers.Dense(units, activation="relu") for units in config.deep_units]
+        )
         self.click_head = tf.keras.layers.Dense(1, name="click_logit")
         self.watch_head = tf.keras.layers.Dense(1, name="watch_log_minutes")
         self.click_task = tfrs.tasks.Ranking(
             loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)])
+            metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)],
+        )
         self.watch_task = tfrs.tasks.Ranking(loss=tf.keras.losses.Poisson())
         self.logit_shift = math.log(config.negative_sampling_rate)
         self.watch_loss_weight = config.watch_loss_weight if watch_head else 0.0
@@ -91,9 +109,12 @@ class RankingModel(tfrs.Model):
         logit = self.click_head(hidden)
         if not training:
             logit = logit + self.logit_shift
-        return {"click_logit": logit,
-                "watch_log_minutes": tf.clip_by_value(self.watch_head(hidden),
-                                                      -MAX_LOG_MINUTES, MAX_LOG_MINUTES)}
+        return {
+            "click_logit": logit,
+            "watch_log_minutes": tf.clip_by_value(
+                self.watch_head(hidden), -MAX_LOG_MINUTES, MAX_LOG_MINUTES
+            ),
+        }
 
     @modeling.NO_AUTOGRAPH
     def compute_loss(self, features, training=False):
@@ -103,8 +124,10 @@ class RankingModel(tfrs.Model):
         if self.watch_loss_weight:
             minutes = tf.reshape(tf.cast(features[WATCH_SECONDS], tf.float32), [-1, 1]) / 60.0
             loss += self.watch_loss_weight * self.watch_task(
-                labels=minutes, predictions=tf.exp(outputs["watch_log_minutes"]),
-                sample_weight=clicked)
+                labels=minutes,
+                predictions=tf.exp(outputs["watch_log_minutes"]),
+                sample_weight=clicked,
+            )
         return loss
 
     def serving_outputs(self, outputs: dict) -> dict:
@@ -114,12 +137,16 @@ class RankingModel(tfrs.Model):
         minutes = tf.exp(tf.reshape(outputs["watch_log_minutes"], [-1]))
         if not self.watch_loss_weight:
             minutes = tf.zeros_like(minutes)
-        return {CLICK_PROBABILITY: probability, EXPECTED_WATCH_SECONDS: minutes * 60.0,
-                SCORE: probability * (1.0 + self.score_watch_weight * minutes)}
+        return {
+            CLICK_PROBABILITY: probability,
+            EXPECTED_WATCH_SECONDS: minutes * 60.0,
+            SCORE: probability * (1.0 + self.score_watch_weight * minutes),
+        }
 
 
-def downsample_negatives(data: dict[str, np.ndarray], rate: float,
-                         seed: int) -> dict[str, np.ndarray]:
+def downsample_negatives(
+    data: dict[str, np.ndarray], rate: float, seed: int
+) -> dict[str, np.ndarray]:
     """Every clicked row and a seeded ``rate`` share of the others."""
     if rate >= 1.0:
         return data
@@ -128,9 +155,15 @@ def downsample_negatives(data: dict[str, np.ndarray], rate: float,
     return {name: values[keep] for name, values in data.items()}
 
 
-def train(transformed_train: str, transformed_eval: str, transform_graph: str,
-          config: RankingConfig, registry: FeatureRegistry | None = None,
-          callbacks: list | None = None, warm_start_dir: str = "") -> tuple[RankingModel, dict]:
+def train(
+    transformed_train: str,
+    transformed_eval: str,
+    transform_graph: str,
+    config: RankingConfig,
+    registry: FeatureRegistry | None = None,
+    callbacks: list | None = None,
+    warm_start_dir: str = "",
+) -> tuple[RankingModel, dict]:
     """Train on ``transformed_train``; ``transformed_eval`` gives the per-epoch
     validation lines. ``callbacks`` are Keras callbacks (the benchmark's epoch
     selection). With ``warm_start_dir`` (a ``recsys.core.warm_start`` checkpoint),
@@ -139,38 +172,57 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     registry = registry or load_registry()
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
-    columns = ([f.transformed_name for f in registry.select(tower=RANKER)]
-               + [cross.transformed_name for cross in registry.tower_crosses(RANKER)]
-               + [CLICKED, WATCH_SECONDS])
+    columns = (
+        [f.transformed_name for f in registry.select(tower=RANKER)]
+        + [cross.transformed_name for cross in registry.tower_crosses(RANKER)]
+        + [CLICKED, WATCH_SECONDS]
+    )
     all_train = modeling.load_transformed(transformed_train, columns)
     eval_data = modeling.load_transformed(transformed_eval, columns)
     train_data = downsample_negatives(all_train, config.negative_sampling_rate, config.seed)
     clicks = train_data[CLICKED] == 1
     if not clicks.any() or clicks.all():
-        raise ValueError(f"train_ranking: the {len(clicks)} training examples are all "
-                         f"{'clicked' if clicks.any() else 'not clicked'}; a click model "
-                         "needs both. Check the clicked column of the events.")
-    watch_head = config.watch_loss_weight > 0 and bool((train_data[WATCH_SECONDS][clicks] > 0).any())
+        raise ValueError(
+            f"train_ranking: the {len(clicks)} training examples are all "
+            f"{'clicked' if clicks.any() else 'not clicked'}; a click model "
+            "needs both. Check the clicked column of the events."
+        )
+    watch_head = config.watch_loss_weight > 0 and bool(
+        (train_data[WATCH_SECONDS][clicks] > 0).any()
+    )
     if config.watch_loss_weight > 0 and not watch_head:
-        log("train_ranking", "no training click has watch time (e.g. MovieLens): the watch-time "
-                             "head is off and the score is the click probability")
+        log(
+            "train_ranking",
+            "no training click has watch time (e.g. MovieLens): the watch-time "
+            "head is off and the score is the click probability",
+        )
     model = RankingModel(transform_output, registry, config, watch_head)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     sample = {name: values[:2] for name, values in train_data.items()}
-    warm = warm_start.initialise(model, transform_output, warm_start_dir, "train_ranking",
-                                 lambda: model(sample))
-    metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
-                           "train_ranking", callbacks)
+    warm = warm_start.initialise(
+        model, transform_output, warm_start_dir, "train_ranking", lambda: model(sample)
+    )
+    metrics = modeling.fit(
+        model, train_data, eval_data, config.batch_size, config.epochs, "train_ranking", callbacks
+    )
     metrics.pop("history")
-    return model, {"train_examples": len(all_train[CLICKED]),
-                   "train_examples_kept": len(clicks), "train_clicks": int(clicks.sum()),
-                   "negative_sampling_rate": config.negative_sampling_rate,
-                   "watch_head": int(watch_head), "warm_start": int(warm["warm_start"]),
-                   **metrics}
+    return model, {
+        "train_examples": len(all_train[CLICKED]),
+        "train_examples_kept": len(clicks),
+        "train_clicks": int(clicks.sum()),
+        "negative_sampling_rate": config.negative_sampling_rate,
+        "watch_head": int(watch_head),
+        "warm_start": int(warm["warm_start"]),
+        **metrics,
+    }
 
 
-def export(model: RankingModel, transform_graph: str, serving_model_dir: str,
-           registry: FeatureRegistry | None = None) -> None:
+def export(
+    model: RankingModel,
+    transform_graph: str,
+    serving_model_dir: str,
+    registry: FeatureRegistry | None = None,
+) -> None:
     """SavedModel: the ranker's raw user, item and context features in; click
     probability, expected watch seconds and the combined score out."""
     registry = registry or load_registry()

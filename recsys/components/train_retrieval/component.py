@@ -41,19 +41,38 @@ def train_retrieval(
     with stage("train_retrieval"):
         config = config_from(RetrievalConfig, locals())
         registry = load_registry(schema_dir)
-        version, start_from = (warm.warm_start_from(pipeline_root, RETRIEVAL) if warm_start
-                               else (None, ""))
+        version, start_from = (
+            warm.warm_start_from(pipeline_root, RETRIEVAL) if warm_start else (None, "")
+        )
         if warm_start and not start_from:
-            log("train_retrieval", "warm_start: no blessed model under the pipeline root "
-                                   "yet; training from scratch")
-        model, metrics = train(transformed_train.path, transformed_eval.path,
-                               transform_graph.path, config, registry, start_from)
+            log(
+                "train_retrieval",
+                "warm_start: no blessed model under the pipeline root yet; training from scratch",
+            )
+        model, metrics = train(
+            transformed_train.path,
+            transformed_eval.path,
+            transform_graph.path,
+            config,
+            registry,
+            start_from,
+        )
         if metrics["warm_start"]:
             metrics["warm_start_version"] = version
         warm.save(model, tft.TFTransformOutput(transform_graph.path), checkpoint.path)
-        metrics.update(export(model, transform_graph.path, item_snapshot.path, config,
-                              retrieval_model.path, query_model.path, item_embeddings.path,
-                              transformed_eval.path, registry))
+        metrics.update(
+            export(
+                model,
+                transform_graph.path,
+                item_snapshot.path,
+                config,
+                retrieval_model.path,
+                query_model.path,
+                item_embeddings.path,
+                transformed_eval.path,
+                registry,
+            )
+        )
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 retrieval_training.log_metric(name, value)

@@ -1,8 +1,8 @@
 """The parameters of train_retrieval, declared once.
 
 Each field's name, type, default and meaning: the pipeline's parameters and the
-KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy imports here: the pipeline reads every stage's
-config to build its signature.
+KFP shim's arguments derive from these fields (``recsys.core.config``). No heavy
+imports here: the pipeline reads every stage's config to build its signature.
 """
 
 from dataclasses import dataclass
@@ -24,25 +24,33 @@ class RetrievalConfig:
     temperature: float = parameter(0.1, "softmax temperature over the cosine scores")
     top_k: int = parameter(100, "items the exported retrieval model returns per request")
     uniform_negatives: int = parameter(
-        256, "corpus items drawn uniformly per batch as extra negatives; 0 = in-batch only")
+        256, "corpus items drawn uniformly per batch as extra negatives; 0 = in-batch only"
+    )
     positive_weighting: str = parameter(
-        "none", "none, or watch_time: weight clicks by 1 + log1p(watch seconds)")
+        "none", "none, or watch_time: weight clicks by 1 + log1p(watch seconds)"
+    )
     early_stopping_patience: int = parameter(
-        2, "epochs without a better eval Recall@50 before stopping; 0 = train all epochs")
+        2, "epochs without a better eval Recall@50 before stopping; 0 = train all epochs"
+    )
     ann_index: str = parameter("", "faiss-hnsw: also write an approximate index; empty: none")
     seed: int = parameter(42, "random seed of both trainers (repeatable models)", shared=True)
-    logq_correction: bool = parameter(True, "correct logits by sampling probability",
-                                      pipeline=False)
-    validation_k: int = parameter(50, "K of the validation recall that early stopping watches",
-                                  pipeline=False)
+    logq_correction: bool = parameter(
+        True, "correct logits by sampling probability", pipeline=False
+    )
+    validation_k: int = parameter(
+        50, "K of the validation recall that early stopping watches", pipeline=False
+    )
 
     def __post_init__(self):
         if self.positive_weighting not in POSITIVE_WEIGHTINGS:
-            raise ValueError(f"positive_weighting must be one of {POSITIVE_WEIGHTINGS}, "
-                             f"got {self.positive_weighting!r}")
+            raise ValueError(
+                f"positive_weighting must be one of {POSITIVE_WEIGHTINGS}, "
+                f"got {self.positive_weighting!r}"
+            )
         if self.ann_index not in ANN_INDEXES:
-            raise ValueError(f"ann_index must be one of {ANN_INDEXES} ('' = none), "
-                             f"got {self.ann_index!r}")
+            raise ValueError(
+                f"ann_index must be one of {ANN_INDEXES} ('' = none), got {self.ann_index!r}"
+            )
         for name in ("epochs", "batch_size", "top_k", "validation_k", "embedding_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

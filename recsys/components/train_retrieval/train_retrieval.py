@@ -51,27 +51,49 @@ SCORE_CHUNK_ELEMENTS = 50_000_000
 
 
 class TwoTowerModel(tfrs.Model):
-    def __init__(self, transform_output, registry: FeatureRegistry, config: RetrievalConfig,
-                 corpus: dict[str, np.ndarray], item_frequency: np.ndarray):
+    def __init__(
+        self,
+        transform_output,
+        registry: FeatureRegistry,
+        config: RetrievalConfig,
+        corpus: dict[str, np.ndarray],
+        item_frequency: np.ndarray,
+    ):
         """``corpus``: transformed candidate features, one row per item, the pool of
         uniform negatives; ``item_frequency``: each item index's share of the
         training positives (its chance to be an in-batch negative)."""
         super().__init__()
-        self.query_tower = modeling.Tower(transform_output, registry, QUERY_TOWER,
-                                          config.embedding_dim, [64], config.embedding_dim,
-                                          normalize=True, name="query_tower")
-        self.candidate_tower = modeling.Tower(transform_output, registry, CANDIDATE_TOWER,
-                                              config.embedding_dim, [64], config.embedding_dim,
-                                              normalize=True, name="candidate_tower")
+        self.query_tower = modeling.Tower(
+            transform_output,
+            registry,
+            QUERY_TOWER,
+            config.embedding_dim,
+            [64],
+            config.embedding_dim,
+            normalize=True,
+            name="query_tower",
+        )
+        self.candidate_tower = modeling.Tower(
+            transform_output,
+            registry,
+            CANDIDATE_TOWER,
+            config.embedding_dim,
+            [64],
+            config.embedding_dim,
+            normalize=True,
+            name="candidate_tower",
+        )
 
-        self.task = tfrs.tasks.Retrieval(temperature=config.temperature,
-                                         remove_accidental_hits=True)
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature, remove_accidental_hits=True
+        )
         self.corpus = {name: tf.constant(values) for name, values in corpus.items()}
         self.corpus_size = len(corpus[ITEM_INDEX])
         self.uniform_negatives = config.uniform_negatives
         self.batch_size = config.batch_size
-        self.item_frequency = (tf.constant(item_frequency, tf.float32)
-                               if config.logq_correction else None)
+        self.item_frequency = (
+            tf.constant(item_frequency, tf.float32) if config.logq_correction else None
+        )
 
     # Not NO_AUTOGRAPH: TFRS's Retrieval.call relies on autograph (len() of a shape).
     def compute_loss(self, features, training=False):
@@ -80,22 +102,30 @@ class TwoTowerModel(tfrs.Model):
         item_ids = tf.reshape(features[ITEM_INDEX], [-1])
         uniform_negatives = self.uniform_negatives if training else 0
         if uniform_negatives:
-            drawn = tf.random.uniform([uniform_negatives], 0, self.corpus_size,
-                                      dtype=tf.int64)
+            drawn = tf.random.uniform([uniform_negatives], 0, self.corpus_size, dtype=tf.int64)
             sampled = {name: tf.gather(values, drawn) for name, values in self.corpus.items()}
             candidates = tf.concat([candidates, self.candidate_tower(sampled)], axis=0)
             item_ids = tf.concat([item_ids, tf.reshape(sampled[ITEM_INDEX], [-1])], axis=0)
-        probability = (mixed_sampling_probability(self.item_frequency, item_ids,
-                                                  uniform_negatives, self.batch_size,
-                                                  self.corpus_size)
-                       if self.item_frequency is not None else None)
-        return self.task(queries, candidates, sample_weight=features.get("sample_weight"),
-                         candidate_sampling_probability=probability, candidate_ids=item_ids,
-                         compute_metrics=False)
+        probability = (
+            mixed_sampling_probability(
+                self.item_frequency, item_ids, uniform_negatives, self.batch_size, self.corpus_size
+            )
+            if self.item_frequency is not None
+            else None
+        )
+        return self.task(
+            queries,
+            candidates,
+            sample_weight=features.get("sample_weight"),
+            candidate_sampling_probability=probability,
+            candidate_ids=item_ids,
+            compute_metrics=False,
+        )
 
 
-def mixed_sampling_probability(item_frequency, item_ids, uniform_negatives: int,
-                               batch_size: int, corpus_size: int):
+def mixed_sampling_probability(
+    item_frequency, item_ids, uniform_negatives: int, batch_size: int, corpus_size: int
+):
     """Each candidate's expected count in one batch's negatives, divided by the batch
     size: B in-batch draws that follow click frequency p_i plus M uniform draws over
     N items give B * p_i + M / N; dividing by B leaves the softmax unchanged."""
@@ -104,12 +134,14 @@ def mixed_sampling_probability(item_frequency, item_ids, uniform_negatives: int,
 
 def tower_columns(registry: FeatureRegistry, *towers: str) -> list[str]:
     """The transformed columns the towers read."""
-    return list(dict.fromkeys(f.transformed_name for tower in towers
-                              for f in registry.select(tower=tower)))
+    return list(
+        dict.fromkeys(f.transformed_name for tower in towers for f in registry.select(tower=tower))
+    )
 
 
-def corpus_table(registry: FeatureRegistry, *datasets: dict[str, np.ndarray]
-                 ) -> dict[str, np.ndarray]:
+def corpus_table(
+    registry: FeatureRegistry, *datasets: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Candidate features of every item in the data, one row per item (they are
     static, so any row of an item will do: the first)."""
     columns = tower_columns(registry, CANDIDATE_TOWER)
@@ -130,8 +162,10 @@ def positive_weights(watch_seconds: np.ndarray, weighting: str) -> np.ndarray | 
     if weighting == "none":
         return None
     if not (watch_seconds > 0).any():
-        raise ValueError("positive_weighting='watch_time' but every clicked training example "
-                         "has watch_seconds 0 (e.g. MovieLens); use 'none'")
+        raise ValueError(
+            "positive_weighting='watch_time' but every clicked training example "
+            "has watch_seconds 0 (e.g. MovieLens); use 'none'"
+        )
     weights = 1.0 + np.log1p(np.maximum(watch_seconds, 0.0))
     return (weights / weights.mean()).astype(np.float32)
 
@@ -141,17 +175,24 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     with each user's training clicks masked; added to the logs as ``val_recall_at_K``
     (before EarlyStopping reads them)."""
 
-    def __init__(self, queries: dict[str, np.ndarray], corpus: dict[str, np.ndarray],
-                 train_pairs: np.ndarray, k: int):
+    def __init__(
+        self,
+        queries: dict[str, np.ndarray],
+        corpus: dict[str, np.ndarray],
+        train_pairs: np.ndarray,
+        k: int,
+    ):
         super().__init__()
         self.k, self.corpus, self.queries = k, corpus, queries
         corpus_index = pd.Index(corpus[ITEM_INDEX])
         self.target = corpus_index.get_indexer(queries[ITEM_INDEX])
         rows = pd.DataFrame({"user": queries[USER_INDEX], "row": np.arange(len(self.target))})
-        clicked = pd.DataFrame({"user": train_pairs[:, 0],
-                                "col": corpus_index.get_indexer(train_pairs[:, 1])})
-        masked = (rows.merge(clicked[clicked["col"] >= 0].drop_duplicates(), on="user")
-                  .sort_values("row", kind="stable"))
+        clicked = pd.DataFrame(
+            {"user": train_pairs[:, 0], "col": corpus_index.get_indexer(train_pairs[:, 1])}
+        )
+        masked = rows.merge(clicked[clicked["col"] >= 0].drop_duplicates(), on="user").sort_values(
+            "row", kind="stable"
+        )
         self.mask = (masked["row"].to_numpy(), masked["col"].to_numpy())
         clicked_before = np.zeros(len(self.target), dtype=bool)
         clicked_before[masked["row"][masked["col"] == self.target[masked["row"]]]] = True
@@ -189,9 +230,14 @@ def _sample(data: dict[str, np.ndarray], limit: int, seed: int) -> dict[str, np.
     return {name: values[rows] for name, values in data.items()}
 
 
-def train(transformed_train: str, transformed_eval: str, transform_graph: str,
-          config: RetrievalConfig, registry: FeatureRegistry | None = None,
-          warm_start_dir: str = "") -> tuple[TwoTowerModel, dict]:
+def train(
+    transformed_train: str,
+    transformed_eval: str,
+    transform_graph: str,
+    config: RetrievalConfig,
+    registry: FeatureRegistry | None = None,
+    warm_start_dir: str = "",
+) -> tuple[TwoTowerModel, dict]:
     """Train on the clicked rows of ``transformed_train``; ``transformed_eval`` is
     the validation data (early stopping and the reported validation loss). With
     ``warm_start_dir`` (a ``recsys.core.warm_start`` checkpoint), start from its
@@ -205,59 +251,101 @@ def train(transformed_train: str, transformed_eval: str, transform_graph: str,
     # (padding every impression's history would be the costly part).
     train_items, eval_items = (
         modeling.load_transformed(path, tower_columns(registry, CANDIDATE_TOWER))
-        for path in (transformed_train, transformed_eval))
+        for path in (transformed_train, transformed_eval)
+    )
     # Negatives come from the training window's items; validation ranks every item.
     corpus = corpus_table(registry, train_items)
     catalog = corpus_table(registry, train_items, eval_items)
     train_data, eval_data = (
         modeling.load_transformed(path, columns + [WATCH_SECONDS], clicked_only=True)
-        for path in (transformed_train, transformed_eval))
+        for path in (transformed_train, transformed_eval)
+    )
     n_train = len(train_data[ITEM_INDEX])
     if n_train < config.batch_size:
-        raise ValueError(f"train_retrieval: only {n_train} clicked training examples; "
-                         f"need at least batch_size={config.batch_size}. Widen the window.")
+        raise ValueError(
+            f"train_retrieval: only {n_train} clicked training examples; "
+            f"need at least batch_size={config.batch_size}. Widen the window."
+        )
     if not len(eval_data[ITEM_INDEX]):
-        raise ValueError("train_retrieval: the eval split has no clicked examples to validate "
-                         "on (early stopping needs them). Lengthen eval_days.")
+        raise ValueError(
+            "train_retrieval: the eval split has no clicked examples to validate "
+            "on (early stopping needs them). Lengthen eval_days."
+        )
     weights = positive_weights(train_data.pop(WATCH_SECONDS), config.positive_weighting)
     if weights is not None:
         train_data["sample_weight"] = weights
     eval_data.pop(WATCH_SECONDS)
     vocabulary_size = modeling.id_cardinality(transform_output, registry[contracts.ITEM_ID])
-    model = TwoTowerModel(transform_output, registry, config, corpus,
-                          item_frequency(train_data[ITEM_INDEX], vocabulary_size))
+    model = TwoTowerModel(
+        transform_output,
+        registry,
+        config,
+        corpus,
+        item_frequency(train_data[ITEM_INDEX], vocabulary_size),
+    )
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     sample = {name: values[:2] for name, values in train_data.items()}
     warm = warm_start.initialise(
-        model, transform_output, warm_start_dir, "train_retrieval",
-        lambda: (model.query_tower(sample), model.candidate_tower(sample)))
+        model,
+        transform_output,
+        warm_start_dir,
+        "train_retrieval",
+        lambda: (model.query_tower(sample), model.candidate_tower(sample)),
+    )
     train_pairs = np.stack([train_data[USER_INDEX], train_data[ITEM_INDEX]], axis=1)
-    validation = ValidationRecall(_sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
-                                  catalog, train_pairs, config.validation_k)
+    validation = ValidationRecall(
+        _sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
+        catalog,
+        train_pairs,
+        config.validation_k,
+    )
     callbacks = [validation]
     monitor = f"val_recall_at_{config.validation_k}"
     if config.early_stopping_patience:
-        callbacks.append(tf.keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", patience=config.early_stopping_patience,
-            restore_best_weights=True))
-    metrics = modeling.fit(model, train_data, eval_data, config.batch_size, config.epochs,
-                           "train_retrieval", callbacks)
+        callbacks.append(
+            tf.keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode="max",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    metrics = modeling.fit(
+        model, train_data, eval_data, config.batch_size, config.epochs, "train_retrieval", callbacks
+    )
     history = metrics.pop("history")
     best_epoch = int(np.nanargmax(history[monitor])) + 1
     kept = validation.recall()  # of the weights returned: the best epoch's, if stopping early
-    log("train_retrieval", f"best {monitor} {np.nanmax(history[monitor]):.4f} at epoch "
-                           f"{best_epoch} of {len(history[monitor])}; the model kept has {kept:.4f}")
-    return model, {"train_positives": n_train, "eval_positives": len(eval_data[ITEM_INDEX]),
-                   "negative_corpus_items": len(corpus[ITEM_INDEX]),
-                   "validation_catalog_items": len(catalog[ITEM_INDEX]), "epochs_run": len(history[monitor]),
-                   "best_epoch": best_epoch, f"best_{monitor}": float(np.nanmax(history[monitor])),
-                   monitor: kept, "warm_start": int(warm["warm_start"]), **metrics}
+    log(
+        "train_retrieval",
+        f"best {monitor} {np.nanmax(history[monitor]):.4f} at epoch "
+        f"{best_epoch} of {len(history[monitor])}; the model kept has {kept:.4f}",
+    )
+    return model, {
+        "train_positives": n_train,
+        "eval_positives": len(eval_data[ITEM_INDEX]),
+        "negative_corpus_items": len(corpus[ITEM_INDEX]),
+        "validation_catalog_items": len(catalog[ITEM_INDEX]),
+        "epochs_run": len(history[monitor]),
+        "best_epoch": best_epoch,
+        f"best_{monitor}": float(np.nanmax(history[monitor])),
+        monitor: kept,
+        "warm_start": int(warm["warm_start"]),
+        **metrics,
+    }
 
 
-def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str,
-           config: RetrievalConfig, serving_model_dir: str, query_model_dir: str,
-           item_embeddings_dir: str, transformed_eval: str = "",
-           registry: FeatureRegistry | None = None) -> dict:
+def export(
+    model: TwoTowerModel,
+    transform_graph: str,
+    item_snapshot: str,
+    config: RetrievalConfig,
+    serving_model_dir: str,
+    query_model_dir: str,
+    item_embeddings_dir: str,
+    transformed_eval: str = "",
+    registry: FeatureRegistry | None = None,
+) -> dict:
     """Write the serving SavedModel (raw user features in, top-K ids and scores out,
     brute-force index, standard ops only), the query-tower SavedModel and the item
     embedding table; with ``config.ann_index``, also an approximate index next to the
@@ -267,19 +355,25 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str,
     transform_output = tft.TFTransformOutput(transform_graph)
     query_model = modeling.RawInputModel(transform_output, model.query_tower)
     candidate_model = modeling.RawInputModel(transform_output, model.candidate_tower)
-    query_signature = modeling.raw_input_signature(transform_output,
-                                                   registry.inputs(QUERY_TOWER))
-    candidate_signature = modeling.raw_input_signature(transform_output,
-                                                       registry.inputs(CANDIDATE_TOWER))
+    query_signature = modeling.raw_input_signature(transform_output, registry.inputs(QUERY_TOWER))
+    candidate_signature = modeling.raw_input_signature(
+        transform_output, registry.inputs(CANDIDATE_TOWER)
+    )
 
     items = read_dataset(item_snapshot)
     item_embeddings = modeling.predict_in_batches(candidate_model, items, candidate_signature)
     item_ids = items[contracts.ITEM_ID].astype(str).to_numpy()
-    write_dataset(pa.table({
-        contracts.ITEM_ID: item_ids,
-        "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(item_embeddings.astype(np.float32).ravel()), item_embeddings.shape[1]),
-    }), item_embeddings_dir)
+    write_dataset(
+        pa.table(
+            {
+                contracts.ITEM_ID: item_ids,
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(item_embeddings.astype(np.float32).ravel()), item_embeddings.shape[1]
+                ),
+            }
+        ),
+        item_embeddings_dir,
+    )
 
     k = min(config.top_k, len(item_ids))
     index = tfrs.layers.factorized_top_k.BruteForce(query_model, k=k)
@@ -296,21 +390,32 @@ def export(model: TwoTowerModel, transform_graph: str, item_snapshot: str,
     def embed_query(features):
         return {contracts.QUERY_EMBEDDING: query_model(features)}
 
-    tf.saved_model.save(query_model, query_model_dir,
-                        signatures={contracts.SIGNATURE: embed_query})
+    tf.saved_model.save(query_model, query_model_dir, signatures={contracts.SIGNATURE: embed_query})
     exported = {"top_k": k, "indexed_items": len(item_ids)}
     if config.ann_index:
-        queries = modeling.load_transformed(transformed_eval,
-                                            tower_columns(registry, QUERY_TOWER))
+        queries = modeling.load_transformed(transformed_eval, tower_columns(registry, QUERY_TOWER))
         query_embeddings = modeling.predict_transformed(
-            model.query_tower, _sample(queries, MAX_VALIDATION_QUERIES, config.seed))
-        exported.update(write_ann_index(item_embeddings, query_embeddings, k,
-                                        os.path.join(item_embeddings_dir, ANN_INDEX_FILE)))
+            model.query_tower, _sample(queries, MAX_VALIDATION_QUERIES, config.seed)
+        )
+        exported.update(
+            write_ann_index(
+                item_embeddings,
+                query_embeddings,
+                k,
+                os.path.join(item_embeddings_dir, ANN_INDEX_FILE),
+            )
+        )
     return exported
 
 
-def write_ann_index(item_embeddings: np.ndarray, query_embeddings: np.ndarray, k: int,
-                    path: str, neighbours: int = 32, ef_search: int = 128) -> dict:
+def write_ann_index(
+    item_embeddings: np.ndarray,
+    query_embeddings: np.ndarray,
+    k: int,
+    path: str,
+    neighbours: int = 32,
+    ef_search: int = 128,
+) -> dict:
     """A faiss HNSW graph over the item embeddings (inner product, the towers'
     score), written to ``path``, and its recall@k against exact search on
     ``query_embeddings``. Rows of the index are rows of the embedding table.
@@ -328,8 +433,10 @@ def write_ann_index(item_embeddings: np.ndarray, query_embeddings: np.ndarray, k
     faiss.write_index(index, path)
     _, approximate = index.search(queries, k)
     exact = exact_top_k(queries @ items.T, k)
-    return {f"ann_recall_at_{k}_vs_exact": recall_vs_exact(approximate, exact),
-            "ann_index": os.path.basename(path)}
+    return {
+        f"ann_recall_at_{k}_vs_exact": recall_vs_exact(approximate, exact),
+        "ann_index": os.path.basename(path),
+    }
 
 
 def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray) -> float:

@@ -39,21 +39,37 @@ def validate(
         config = config_from(ValidateConfig, locals())
         if not config.statistics_root:
             config = dataclasses.replace(
-                config, statistics_root=os.path.join(pipeline_root, STATISTICS_DIR))
-        datasets = {"train_events": train_events, "eval_events": eval_events, "users": users,
-                    "items": items, "user_features": user_features, "item_features": item_features,
-                    "train_examples": train_examples, "eval_examples": eval_examples,
-                    "serving_log": serving_log}
+                config, statistics_root=os.path.join(pipeline_root, STATISTICS_DIR)
+            )
+        datasets = {
+            "train_events": train_events,
+            "eval_events": eval_events,
+            "users": users,
+            "items": items,
+            "user_features": user_features,
+            "item_features": item_features,
+            "train_examples": train_examples,
+            "eval_examples": eval_examples,
+            "serving_log": serving_log,
+        }
         summary = run_validate(
-            {name: a.path for name, a in datasets.items()}, schema_dir, statistics.path,
-            anomalies.path, int(eval_examples.metadata["span_start"]), config,
-            beam_pipeline_args, validation_html.path)
+            {name: a.path for name, a in datasets.items()},
+            schema_dir,
+            statistics.path,
+            anomalies.path,
+            int(eval_examples.metadata["span_start"]),
+            config,
+            beam_pipeline_args,
+            validation_html.path,
+        )
         with open(validation_report.path, "w") as handle:
             handle.write(summary["markdown"])
         # Returning means nothing blocked: whatever was found is a warning.
         for line in [a.line() for a in summary["anomalies"]] + summary["notes"]:
             log("validate", line.strip(" -"))
-        anomalies.metadata.update(warnings=len(summary["anomalies"]),
-                                  notes=" | ".join(summary["notes"]),
-                                  stored_span=summary["stored_span"] or "")
+        anomalies.metadata.update(
+            warnings=len(summary["anomalies"]),
+            notes=" | ".join(summary["notes"]),
+            stored_span=summary["stored_span"] or "",
+        )
         export_schemas(schema_dir, schema.path)

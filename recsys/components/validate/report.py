@@ -38,14 +38,16 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
     frequency_by_value = {}
     for feature in by_dataset.values():
         for value in feature.string_stats.top_values if feature.HasField("string_stats") else []:
-            frequency_by_value[value.value] = max(frequency_by_value.get(value.value, 0),
-                                                  value.frequency)
+            frequency_by_value[value.value] = max(
+                frequency_by_value.get(value.value, 0), value.frequency
+            )
     categories = sorted(frequency_by_value, key=frequency_by_value.get)[-TOP_VALUES:]
     bar_height = 0.8 / len(by_dataset)
     for position, (label, feature) in enumerate(by_dataset.items()):
         if feature.HasField("num_stats"):
-            histogram = next((h for h in feature.num_stats.histograms
-                              if h.type == STANDARD_HISTOGRAM), None)
+            histogram = next(
+                (h for h in feature.num_stats.histograms if h.type == STANDARD_HISTOGRAM), None
+            )
             if histogram is None or not histogram.buckets:
                 continue
             edges = [histogram.buckets[0].low_value] + [b.high_value for b in histogram.buckets]
@@ -60,8 +62,12 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
             total = max(stats.common_stats.num_non_missing, 1)
             frequency = {v.value: v.frequency for v in stats.top_values}
             shares = [frequency.get(value, 0.0) / total for value in categories]
-            axis.barh(np.arange(len(categories)) + position * bar_height, shares,
-                      height=bar_height, label=label)
+            axis.barh(
+                np.arange(len(categories)) + position * bar_height,
+                shares,
+                height=bar_height,
+                label=label,
+            )
             axis.set_yticks(np.arange(len(categories)) + 0.4 - bar_height / 2)
             axis.set_yticklabels(categories, fontsize=7)
             axis.set_xlabel("share of rows", fontsize=7)
@@ -71,16 +77,17 @@ def _plot_feature(name: str, by_dataset: dict) -> str | None:
         return None
     axis.set_title(name, fontsize=9)
     axis.tick_params(labelsize=7)
-    axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
-                frameon=False)
+    axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     return _png(figure)
 
 
 def _summary_cell(feature) -> str:
     if feature.HasField("num_stats"):
         stats = feature.num_stats
-        return (f"mean {stats.mean:.4g}, min {stats.min:.4g}, max {stats.max:.4g}, "
-                f"missing {stats.common_stats.num_missing}")
+        return (
+            f"mean {stats.mean:.4g}, min {stats.min:.4g}, max {stats.max:.4g}, "
+            f"missing {stats.common_stats.num_missing}"
+        )
     stats = feature.string_stats
     return f"{stats.unique} unique, missing {stats.common_stats.num_missing}"
 
@@ -91,13 +98,23 @@ def _measurement_table(title: str, rows) -> str:
     cells = "".join(
         f"<tr class='{'bad' if value > threshold else ''}'><td>{html.escape(feature)}</td>"
         f"<td>{html.escape(measure)}</td><td>{value:.4f}</td><td>{threshold:.4f}</td></tr>"
-        for feature, measure, value, threshold in rows)
-    return (f"<h3>{html.escape(title)}</h3><table><tr><th>feature</th><th>measure</th>"
-            f"<th>value</th><th>threshold</th></tr>{cells}</table>")
+        for feature, measure, value, threshold in rows
+    )
+    return (
+        f"<h3>{html.escape(title)}</h3><table><tr><th>feature</th><th>measure</th>"
+        f"<th>value</th><th>threshold</th></tr>{cells}</table>"
+    )
 
 
-def render(statistics: dict, groups: dict[str, list[str]], blocking: list, warnings: list,
-           measurements: dict, notes: list[str], span_day: str) -> str:
+def render(
+    statistics: dict,
+    groups: dict[str, list[str]],
+    blocking: list,
+    warnings: list,
+    measurements: dict,
+    notes: list[str],
+    span_day: str,
+) -> str:
     """``groups`` maps a table to the datasets compared in its plots, e.g.
     ``{"impressions": ["train_events", "eval_events"]}``; ``blocking`` and
     ``warnings`` are validate.Anomaly records."""
@@ -108,35 +125,52 @@ def render(statistics: dict, groups: dict[str, list[str]], blocking: list, warni
         features = {name: _features(statistics[name]) for name in datasets}
         rows, images = [], []
         for feature_name in features[datasets[0]]:
-            by_dataset = {name: features[name][feature_name] for name in datasets
-                          if feature_name in features[name]}
-            cells = "".join(f"<td>{html.escape(_summary_cell(features[name][feature_name]))}"
-                            "</td>" if feature_name in features[name] else "<td>absent</td>"
-                            for name in datasets)
+            by_dataset = {
+                name: features[name][feature_name]
+                for name in datasets
+                if feature_name in features[name]
+            }
+            cells = "".join(
+                f"<td>{html.escape(_summary_cell(features[name][feature_name]))}</td>"
+                if feature_name in features[name]
+                else "<td>absent</td>"
+                for name in datasets
+            )
             rows.append(f"<tr><th>{html.escape(feature_name)}</th>{cells}</tr>")
             image = _plot_feature(feature_name, by_dataset)
             if image:
-                images.append(f'<img alt="{html.escape(feature_name)}" '
-                              f'src="data:image/png;base64,{image}">')
-        header = "".join(f"<th>{html.escape(name)} "
-                         f"({statistics[name].datasets[0].num_examples} rows)</th>"
-                         for name in datasets)
-        sections.append(f"<h2>{html.escape(table)}</h2><table><tr><th>feature</th>{header}</tr>"
-                        f"{''.join(rows)}</table>{''.join(images)}")
+                images.append(
+                    f'<img alt="{html.escape(feature_name)}" src="data:image/png;base64,{image}">'
+                )
+        header = "".join(
+            f"<th>{html.escape(name)} ({statistics[name].datasets[0].num_examples} rows)</th>"
+            for name in datasets
+        )
+        sections.append(
+            f"<h2>{html.escape(table)}</h2><table><tr><th>feature</th>{header}</tr>"
+            f"{''.join(rows)}</table>{''.join(images)}"
+        )
 
     def listing(title, css, anomalies):
-        return (f"<p class='{css}'>{title}:</p><ul>"
+        return (
+            (
+                f"<p class='{css}'>{title}:</p><ul>"
                 + "".join(f"<li>{html.escape(a.line().strip(' -'))}</li>" for a in anomalies)
-                + "</ul>") if anomalies else ""
+                + "</ul>"
+            )
+            if anomalies
+            else ""
+        )
 
-    verdict = (listing("Blocking anomalies", "bad", blocking)
-               + listing("Warnings (policy: warn)", "warn", warnings)
-               or "<p class='good'>No anomalies in the checks that ran.</p>")
+    verdict = (
+        listing("Blocking anomalies", "bad", blocking)
+        + listing("Warnings (policy: warn)", "warn", warnings)
+        or "<p class='good'>No anomalies in the checks that ran.</p>"
+    )
     verdict += "".join(f"<p class='note'>Note: {html.escape(note)}</p>" for note in notes)
-    comparisons = (_measurement_table("Training/serving skew (this span vs serving log)",
-                                      measurements.get("skew"))
-                   + _measurement_table("Drift (this span vs previous span)",
-                                        measurements.get("drift")))
+    comparisons = _measurement_table(
+        "Training/serving skew (this span vs serving log)", measurements.get("skew")
+    ) + _measurement_table("Drift (this span vs previous span)", measurements.get("drift"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys data validation</title>
 <style>
@@ -151,6 +185,6 @@ img {{ margin: 0.2em; vertical-align: top; }}
 <h1>Data validation, span {html.escape(span_day)}</h1>
 {verdict}
 {comparisons}
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """

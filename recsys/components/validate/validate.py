@@ -70,16 +70,16 @@ ACTIONS = ("block", "warn")
 VOLUME_TYPES = {"COMPARATOR_LOW_NUM_EXAMPLES", "COMPARATOR_HIGH_NUM_EXAMPLES"}
 WHAT_TO_DO = {
     "schema": "fix the upstream data; if the change is intended, update the schema in "
-              "{schema_dir} and review the diff (`recsys schema infer` then "
-              "`recsys schema diff` propose it).",
+    "{schema_dir} and review the diff (`recsys schema infer` then "
+    "`recsys schema diff` propose it).",
     "skew": "serving and the features stage compute these features differently: compare "
-            "the serving log with the examples for that feature and fix whichever is wrong.",
+    "the serving log with the examples for that feature and fix whichever is wrong.",
     "drift": "the data changed since {baseline}. If the change is real and expected, rerun "
-             "with anomaly_policy '{{\"drift\": \"warn\"}}' once (this span then becomes the "
-             "baseline) or raise the feature's drift_comparator threshold.",
+    'with anomaly_policy \'{{"drift": "warn"}}\' once (this span then becomes the '
+    "baseline) or raise the feature's drift_comparator threshold.",
     "volume": "the number of examples changed since {baseline}: look for a partial export "
-              "or lost upstream data; if the traffic change is real, rerun with "
-              "anomaly_policy '{{\"volume\": \"warn\"}}'.",
+    "or lost upstream data; if the traffic change is real, rerun with "
+    'anomaly_policy \'{{"volume": "warn"}}\'.',
 }
 
 
@@ -117,25 +117,32 @@ def parse_policy(text: str) -> dict[str, str]:
         raise DataError(f"anomaly_policy must be a JSON object, got {text!r}")
     for key, action in policy.items():
         if key not in KINDS and key not in known_types:
-            raise DataError(f"anomaly_policy: unknown key {key!r}; use a kind "
-                            f"({', '.join(KINDS)}) or a TFDV anomaly type such as "
-                            "SCHEMA_NEW_COLUMN")
+            raise DataError(
+                f"anomaly_policy: unknown key {key!r}; use a kind "
+                f"({', '.join(KINDS)}) or a TFDV anomaly type such as "
+                "SCHEMA_NEW_COLUMN"
+            )
         if action not in ACTIONS:
             raise DataError(f"anomaly_policy: {key!r} must be 'block' or 'warn', got {action!r}")
     return policy
 
 
 def row_count(directory: str) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows
-               for f in tf.io.gfile.glob(dataset_pattern(directory)))
+    return sum(
+        pq.ParquetFile(f).metadata.num_rows for f in tf.io.gfile.glob(dataset_pattern(directory))
+    )
 
 
 def _since(batch: pa.RecordBatch, column: str, start: int) -> pa.RecordBatch:
     return batch.filter(pc.greater_equal(batch.column(column), pa.scalar(start, pa.int64())))
 
 
-def compute_statistics(datasets: dict[str, str], stats_dir: str, beam_pipeline_args: str,
-                       since: dict[str, tuple[str, str, int]] | None = None) -> dict:
+def compute_statistics(
+    datasets: dict[str, str],
+    stats_dir: str,
+    beam_pipeline_args: str,
+    since: dict[str, tuple[str, str, int]] | None = None,
+) -> dict:
     """TFDV statistics of each dataset directory, in one Beam pipeline.
 
     ``since`` adds filtered datasets: ``{name: (directory, column, start)}``
@@ -145,8 +152,12 @@ def compute_statistics(datasets: dict[str, str], stats_dir: str, beam_pipeline_a
     """
     os.makedirs(stats_dir, exist_ok=True)
     sources = {name: (directory, None) for name, directory in datasets.items()}
-    sources.update({name: (directory, (column, start))
-                    for name, (directory, column, start) in (since or {}).items()})
+    sources.update(
+        {
+            name: (directory, (column, start))
+            for name, (directory, column, start) in (since or {}).items()
+        }
+    )
     combined = os.path.join(stats_dir, "all.stats.pb")
     with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
         keyed = []
@@ -154,13 +165,17 @@ def compute_statistics(datasets: dict[str, str], stats_dir: str, beam_pipeline_a
             batches = pipeline | f"Read[{name}]" >> ReadDataset(directory, STATS_BATCH_ROWS)
             if keep:
                 batches = batches | f"Since[{name}]" >> beam.Map(_since, *keep)
-            keyed.append(batches | f"Key[{name}]" >> beam.Map(
-                lambda batch, key: (key, to_list_batch(batch)), name))
-        _ = (keyed
-             | "Flatten" >> beam.Flatten()
-             | "Stats" >> stats_impl.GenerateSlicedStatisticsImpl(tfdv.StatsOptions(),
-                                                                   is_slicing_enabled=True)
-             | "Write" >> tfdv.WriteStatisticsToBinaryFile(combined))
+            keyed.append(
+                batches
+                | f"Key[{name}]" >> beam.Map(lambda batch, key: (key, to_list_batch(batch)), name)
+            )
+        _ = (
+            keyed
+            | "Flatten" >> beam.Flatten()
+            | "Stats"
+            >> stats_impl.GenerateSlicedStatisticsImpl(tfdv.StatsOptions(), is_slicing_enabled=True)
+            | "Write" >> tfdv.WriteStatisticsToBinaryFile(combined)
+        )
     statistics = {}
     for dataset in tfdv.load_stats_binary(combined).datasets:
         statistics[dataset.name] = statistics_pb2.DatasetFeatureStatisticsList(datasets=[dataset])
@@ -182,8 +197,9 @@ def _anomalies(result, kind: str, dataset: str, policy: dict, comparators_only: 
                 continue  # schema anomalies of the span are reported for eval_examples
             this_kind = "volume" if type_name in VOLUME_TYPES else kind
             action = policy.get(type_name, policy.get(this_kind, "block"))
-            found.append(Anomaly(this_kind, dataset, feature, type_name, reason.description,
-                                 action))
+            found.append(
+                Anomaly(this_kind, dataset, feature, type_name, reason.description, action)
+            )
     return found
 
 
@@ -192,9 +208,14 @@ def _measurements(result, field: str) -> list[tuple[str, str, float, float]]:
     rows = []
     for info in result.drift_skew_info:
         for measurement in getattr(info, field):
-            rows.append((".".join(info.path.step),
-                         anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(measurement.type),
-                         measurement.value, measurement.threshold))
+            rows.append(
+                (
+                    ".".join(info.path.step),
+                    anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(measurement.type),
+                    measurement.value,
+                    measurement.threshold,
+                )
+            )
     return rows
 
 
@@ -202,13 +223,16 @@ def find_baseline(statistics_root: str, span_day: str) -> tuple[str, str] | None
     """The newest stored span strictly before ``span_day``: (stats path, label)."""
     if not statistics_root or not tf.io.gfile.isdir(statistics_root):
         return None
-    spans = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(statistics_root)
-                   if name.startswith("span="))
+    spans = sorted(
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(statistics_root)
+        if name.startswith("span=")
+    )
     earlier = [span for span in spans if span < f"span={span_day}"]
     for span in reversed(earlier):
         path = os.path.join(statistics_root, span, f"{SPAN}.stats.pb")
         if tf.io.gfile.exists(path):
-            return path, f"the previous span ({span[len('span='):]}, {path})"
+            return path, f"the previous span ({span[len('span=') :]}, {path})"
     return None
 
 
@@ -223,9 +247,16 @@ def store_span(statistics_root: str, span_day: str, stats_path: str) -> str:
     return target
 
 
-def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalies_dir: str,
-             span_start: int, config: ValidateConfig = ValidateConfig(),
-             beam_pipeline_args: str = "[]", report_path: str | None = None) -> dict:
+def validate(
+    datasets: dict[str, str],
+    schema_dir: str,
+    stats_dir: str,
+    anomalies_dir: str,
+    span_start: int,
+    config: ValidateConfig = ValidateConfig(),
+    beam_pipeline_args: str = "[]",
+    report_path: str | None = None,
+) -> dict:
     """Compute statistics, check schema, skew and drift, write anomalies (and their
     summary) and, if asked, the HTML report; then raise if any anomaly blocks.
 
@@ -242,19 +273,23 @@ def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalie
     notes = []
     present = {name: path for name, path in datasets.items() if row_count(path) > 0}
     for name in sorted(set(datasets) - set(present)):
-        notes.append(f"{name} has no rows" + (" in the span: skew was not checked"
-                                               if name == SERVING_LOG else ""))
+        notes.append(
+            f"{name} has no rows"
+            + (" in the span: skew was not checked" if name == SERVING_LOG else "")
+        )
     schema_names = {name: DATASET_SCHEMAS[name] for name in present}
     loaded = {schema: load_schema(schema, schema_dir) for schema, _ in schema_names.values()}
     statistics = compute_statistics(
-        present, stats_dir, beam_pipeline_args,
-        since={SPAN: (datasets[EVAL_EXAMPLES], EVENT_TS, span_start)})
+        present,
+        stats_dir,
+        beam_pipeline_args,
+        since={SPAN: (datasets[EVAL_EXAMPLES], EVENT_TS, span_start)},
+    )
 
     found, summary = [], {}
     table = ["| dataset | rows | schema | anomalies |", "|---|---:|---|---:|"]
     for name, (schema, environment) in schema_names.items():
-        result = tfdv.validate_statistics(statistics[name], loaded[schema],
-                                          environment=environment)
+        result = tfdv.validate_statistics(statistics[name], loaded[schema], environment=environment)
         _write(anomalies_dir, name, result)
         anomalies = _anomalies(result, "schema", name, policy)
         found += anomalies
@@ -266,52 +301,77 @@ def validate(datasets: dict[str, str], schema_dir: str, stats_dir: str, anomalie
     examples_schema, span = loaded[EXAMPLES_SCHEMA], statistics[SPAN]
     measurements = {"skew": [], "drift": []}
     if SERVING_LOG in statistics:
-        result = tfdv.validate_statistics(span, examples_schema, environment=TRAINING,
-                                          serving_statistics=statistics[SERVING_LOG])
+        result = tfdv.validate_statistics(
+            span, examples_schema, environment=TRAINING, serving_statistics=statistics[SERVING_LOG]
+        )
         _write(anomalies_dir, "skew", result)
         found += _anomalies(result, "skew", SERVING_LOG, policy, comparators_only=True)
         measurements["skew"] = _measurements(result, "skew_measurements")
 
-    baseline = (drift_baseline, f"the given baseline ({drift_baseline})") if drift_baseline \
+    baseline = (
+        (drift_baseline, f"the given baseline ({drift_baseline})")
+        if drift_baseline
         else find_baseline(statistics_root, span_day)
+    )
     if baseline:
         statistics[PREVIOUS_SPAN] = tfdv.load_stats_binary(baseline[0])
-        result = tfdv.validate_statistics(span, examples_schema, environment=TRAINING,
-                                          previous_statistics=statistics[PREVIOUS_SPAN])
+        result = tfdv.validate_statistics(
+            span,
+            examples_schema,
+            environment=TRAINING,
+            previous_statistics=statistics[PREVIOUS_SPAN],
+        )
         _write(anomalies_dir, "drift", result)
         found += _anomalies(result, "drift", SPAN, policy, comparators_only=True)
         measurements["drift"] = _measurements(result, "drift_measurements")
     else:
-        notes.append(f"no earlier span under statistics_root={statistics_root!r}: drift was "
-                     f"not checked for span {span_day} (the first run has no baseline)")
+        notes.append(
+            f"no earlier span under statistics_root={statistics_root!r}: drift was "
+            f"not checked for span {span_day} (the first run has no baseline)"
+        )
 
     blocking = [a for a in found if a.action == "block"]
     warnings = [a for a in found if a.action == "warn"]
-    markdown = (f"## Data validation (span {span_day})\n\n" + "\n".join(table) + "\n"
-                + "".join(f"\n**{title}**\n\n" + "\n".join(a.line() for a in items) + "\n"
-                          for title, items in (("Blocking anomalies", blocking),
-                                               ("Warnings", warnings)) if items)
-                + "".join(f"\n- note: {note}" for note in notes) + "\n")
+    markdown = (
+        f"## Data validation (span {span_day})\n\n"
+        + "\n".join(table)
+        + "\n"
+        + "".join(
+            f"\n**{title}**\n\n" + "\n".join(a.line() for a in items) + "\n"
+            for title, items in (("Blocking anomalies", blocking), ("Warnings", warnings))
+            if items
+        )
+        + "".join(f"\n- note: {note}" for note in notes)
+        + "\n"
+    )
     if report_path:
         # Datasets of one table are plotted together.
-        groups = {IMPRESSIONS: [TRAIN_EVENTS, EVAL_EVENTS],
-                  EXAMPLES_SCHEMA: [TRAIN_EXAMPLES, EVAL_EXAMPLES, SPAN, PREVIOUS_SPAN,
-                                    SERVING_LOG],
-                  **{name: [name] for name in (USERS, ITEMS, USER_FEATURES, ITEM_FEATURES)}}
+        groups = {
+            IMPRESSIONS: [TRAIN_EVENTS, EVAL_EVENTS],
+            EXAMPLES_SCHEMA: [TRAIN_EXAMPLES, EVAL_EXAMPLES, SPAN, PREVIOUS_SPAN, SERVING_LOG],
+            **{name: [name] for name in (USERS, ITEMS, USER_FEATURES, ITEM_FEATURES)},
+        }
         groups = {table: [n for n in names if n in statistics] for table, names in groups.items()}
         with open(report_path, "w") as handle:
-            handle.write(report.render(statistics, groups, blocking, warnings, measurements,
-                                       notes, span_day))
+            handle.write(
+                report.render(statistics, groups, blocking, warnings, measurements, notes, span_day)
+            )
     stored = None
     if not blocking and statistics_root:
         stored = store_span(statistics_root, span_day, os.path.join(stats_dir, f"{SPAN}.stats.pb"))
-    summary.update(markdown=markdown, anomalies=found, notes=notes, stored_span=stored,
-                   measurements=measurements)
+    summary.update(
+        markdown=markdown,
+        anomalies=found,
+        notes=notes,
+        stored_span=stored,
+        measurements=measurements,
+    )
     with open(os.path.join(anomalies_dir, SUMMARY_FILE), "w") as handle:
         json.dump({**summary, "anomalies": [asdict(a) for a in found]}, handle, indent=2)
     if blocking:
-        raise ValidationFailed(_failure_message(blocking, schema_dir, anomalies_dir, baseline),
-                               blocking)
+        raise ValidationFailed(
+            _failure_message(blocking, schema_dir, anomalies_dir, baseline), blocking
+        )
     return summary
 
 
@@ -321,11 +381,15 @@ def _failure_message(blocking, schema_dir, anomalies_dir, baseline) -> str:
     label = baseline[1] if baseline else "the previous span"
     for kind in KINDS:
         if any(a.kind == kind for a in blocking):
-            lines.append(f"What to do ({kind}): "
-                         + WHAT_TO_DO[kind].format(schema_dir=schema_dir, baseline=label))
-    lines.append("To let an anomaly kind or type pass with a warning instead, set "
-                 "anomaly_policy, e.g. '{\"SCHEMA_NEW_COLUMN\": \"warn\"}'. "
-                 f"Full anomaly reports: {anomalies_dir}")
+            lines.append(
+                f"What to do ({kind}): "
+                + WHAT_TO_DO[kind].format(schema_dir=schema_dir, baseline=label)
+            )
+    lines.append(
+        "To let an anomaly kind or type pass with a warning instead, set "
+        'anomaly_policy, e.g. \'{"SCHEMA_NEW_COLUMN": "warn"}\'. '
+        f"Full anomaly reports: {anomalies_dir}"
+    )
     return "\n".join(lines)
 
 
@@ -341,5 +405,9 @@ def _day(timestamp: int) -> str:
 
 def export_schemas(schema_dir: str, destination: str) -> None:
     """Copy the schemas this run validated against, so later stages use the same ones."""
-    shutil.copytree(schema_dir or SCHEMA_DIR, destination, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(
+        schema_dir or SCHEMA_DIR,
+        destination,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.py", "__pycache__"),
+    )
