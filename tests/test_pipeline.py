@@ -3,7 +3,9 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from recsys.app.local_run import load_config
+from recsys.core.contracts import INGEST_OUTPUTS
 from recsys.core.provenance import code_version
+from recsys.pipelines.in_process import run_in_process
 from recsys.pipelines.kfp_pipeline import compile_pipeline
 
 STAGES = [
@@ -111,3 +113,28 @@ def test_config_rejects_unknown_parameters(tmp_path):
         assert "lookback_dayz" in str(error) and "lookback_days" in str(error)
     else:
         raise AssertionError("an unknown key must be an error")
+
+
+def test_in_process_run_uses_given_outputs_instead_of_running_the_stage(tmp_path):
+    given = {output: str(tmp_path / "elsewhere" / output) for output in INGEST_OUTPUTS}
+    run = run_in_process(
+        str(tmp_path / "root"),
+        {"data_root": str(tmp_path / "no_data"), "serving_root": ""},
+        "ingest",
+        given={"ingest": given},
+    )
+    assert {name: artifact.uri for name, artifact in run.tasks["ingest"].outputs.items()} == given
+    assert list(run.tasks) == ["ingest"] and run.outputs == {}
+    # The stage did not run: it would have failed on the missing data root.
+    assert not (tmp_path / "root" / "ingest").exists()
+
+
+def test_in_process_run_names_an_unknown_stage(tmp_path):
+    for slice_ in (dict(stop_after="ingestt"), dict(given={"validat": {}})):
+        try:
+            run_in_process(str(tmp_path), {}, **slice_)
+        except ValueError as error:
+            assert "ingestt" in str(error) or "validat" in str(error)
+            assert "join_features" in str(error)  # lists the stages
+        else:
+            raise AssertionError(f"{slice_} must be refused")

@@ -36,7 +36,8 @@ class _Stopped(Exception):
 
 class InProcessStages:
     def __init__(self, root: str, given: Mapping | None = None, stop_after: str = ""):
-        unknown = sorted(set(given or {}) | ({stop_after} - {""}) - set(STAGES))
+        named = set(given or {}) | ({stop_after} - {""})
+        unknown = sorted(named - set(STAGES))
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
         self.root, self.pipeline_root = root, root
