@@ -66,7 +66,7 @@ CATEGORICAL = [f.name for f in RANKER_FEATURES if f.transform == "vocabulary"]
 NUMERIC = [f.name for f in RANKER_FEATURES if f.name not in CATEGORICAL and not f.is_list]
 LIGHTGBM_GRID = {"learning_rate": [0.03, 0.1], "num_leaves": [31, 127]}
 LIGHTGBM_MAX_ROUNDS = 3000
-RANKER = dict(epochs=8, batch_size=1024)
+RANKER_TRAINING = dict(epochs=8, batch_size=1024)
 RANKER_GRID = {"learning_rate": [0.001, 0.003], "id_dropout": [0.1, 0.3]}
 DOWNSAMPLED_RATE = 0.25
 DATASETS = {
@@ -189,7 +189,7 @@ def tune_ranker(paths: dict, rate: float) -> tuple[dict, float]:
             paths["transformed_train"],
             paths["transformed_eval"],
             paths["transform_graph"],
-            RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate}),
+            RankingConfig(**{**RANKER_TRAINING, **params, "negative_sampling_rate": rate}),
             callbacks=[validation],
         )
         epoch = int(np.argmin(validation.losses))
@@ -205,7 +205,7 @@ def tune_ranker(paths: dict, rate: float) -> tuple[dict, float]:
 def ranker_probabilities(
     paths: dict, params: dict, rate: float, work: str
 ) -> tuple[np.ndarray, dict]:
-    config = RankingConfig(**{**RANKER, **params, "negative_sampling_rate": rate})
+    config = RankingConfig(**{**RANKER_TRAINING, **params, "negative_sampling_rate": rate})
     model, metrics = train_ranking.train(
         paths["transformed_train"], paths["transformed_eval"], paths["transform_graph"], config
     )
