@@ -363,3 +363,40 @@ def test_history_lists_in_the_serving_log_are_checked(tiny_data, tmp_path):
     kept = read_dataset(outputs["serving_log"])
     assert kept["user_history_items"].map(lambda v: len(v) <= 50).all()
     assert len(kept) == counts["serving_log"] > 0
+
+
+@pytest.mark.parametrize("storage", ["int64", "float64 with a null", "csv"])
+def test_integer_ids_are_the_same_keys_as_text_ids(storage, tiny_data, tmp_path):
+    """Warehouse exports carry integer ids; every table must still join on them."""
+    reference, _ = _ingest(tiny_data, tmp_path / "text")
+    data = _copy_of(tiny_data, tmp_path)
+    for name in ("users", "impressions", "user_features", "serving_log"):
+        frame = pd.read_parquet(data / f"{name}.parquet")
+        numbers = frame["user_id"].str.lstrip("u").astype("int64")  # "u000016" -> 16
+        if storage == "float64 with a null" and name == "serving_log":
+            numbers = numbers.astype("float64")
+            numbers.iloc[0] = np.nan  # one row quarantined as missing_value
+        frame["user_id"] = numbers
+        frame.to_parquet(data / f"{name}.parquet")
+        if storage == "csv" and name == "users":  # a CSV holds no list columns
+            (data / f"{name}.parquet").unlink()
+            frame.to_csv(data / f"{name}.csv", index=False)
+    counts, outputs = _ingest(data, tmp_path / "numbers")
+    # Same counts as with text ids, but for the one null id quarantined from the log.
+    changed = {
+        key for key in counts.keys() | reference.keys() if counts.get(key) != reference.get(key)
+    }
+    if storage == "float64 with a null":
+        assert counts["serving_log_quarantined"] == 1
+        assert changed <= {
+            "serving_log",
+            "serving_log_quarantined",
+            "quarantined",
+            "quarantined_missing_value",
+        }
+    else:
+        assert changed == set()
+    events = read_dataset(outputs["train_events"])
+    assert events["user_id"].map(type).eq(str).all()
+    assert set(events["user_id"]) <= set(read_dataset(outputs["users"])["user_id"])
+    assert "16" in set(read_dataset(outputs["users"])["user_id"])

@@ -122,6 +122,19 @@ def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
     return RawFile(path, frame, missing, undecodable)
 
 
+def _as_text(raw: pd.Series, missing: np.ndarray) -> pd.Series:
+    """Text columns (ids above all) as ``str`` whatever the file stored, so that a
+    user id is the same key in every table: Parquet ``int64`` 16 and CSV "16" are
+    both "16", and so is ``float64`` 16.0, which is what an integer column with a
+    null becomes in a pandas export."""
+    present = raw[~missing]
+    if pd.api.types.is_float_dtype(present) and np.array_equal(present, np.floor(present)):
+        present = present.astype("int64")
+    text = pd.Series(None, index=raw.index, dtype=object)
+    text[~missing] = present.astype(str).to_numpy(dtype=object)
+    return text
+
+
 def _utf8(latin1_text: str) -> tuple[str, bool]:
     """(the text as UTF-8 if its bytes are UTF-8, else unchanged; whether it was not)."""
     try:
@@ -219,7 +232,7 @@ class TableCheck:
         if rule.required:
             self.reject(missing, "missing_value", name)
         if rule.kind == "text":
-            return raw.where(~missing, None).astype(object)
+            return _as_text(raw, missing)
         if rule.kind == "timestamp":
             values = parse_timestamps(raw)
             self.reject(
