@@ -11,7 +11,13 @@ from recsys.components.ingest.config import IngestConfig
 from recsys.components.ingest.ingest import Window, ingest, resolve_window, split_events
 from recsys.core.contracts import INGEST_OUTPUTS
 from recsys.core.derived import DAY
-from recsys.core.tables import DataError, read_dataset, read_raw_table, to_unix_seconds
+from recsys.core.tables import (
+    DataError,
+    parse_timestamps,
+    read_dataset,
+    read_raw_table,
+    to_unix_seconds,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -400,3 +406,81 @@ def test_integer_ids_are_the_same_keys_as_text_ids(storage, tiny_data, tmp_path)
     assert events["user_id"].map(type).eq(str).all()
     assert set(events["user_id"]) <= set(read_dataset(outputs["users"])["user_id"])
     assert "16" in set(read_dataset(outputs["users"])["user_id"])
+
+
+def _events_as_csv(tiny_data, tmp_path, edit, **to_csv):
+    """A copy of the tiny data with impressions exported as CSV after ``edit``."""
+    data = _copy_of(tiny_data, tmp_path)
+    events = pd.read_parquet(data / "impressions.parquet")
+    (data / "impressions.parquet").unlink()
+    edit(events)
+    events.to_csv(data / "impressions.csv", index=False, **to_csv)
+    return data
+
+
+def _epoch(unit: int):
+    def edit(events):
+        events["event_ts"] = events["event_ts"].astype("int64") // 10**9 * unit
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, to_csv, note",
+    [
+        (_epoch(1), dict(encoding="utf-8-sig"), None),  # a spreadsheet's byte-order mark
+        (_epoch(1), dict(sep=";"), None),
+        (_epoch(1), dict(sep="\t"), None),
+        (_epoch(10**3), {}, "holds Unix epoch milliseconds (e.g. 17"),
+        (_epoch(10**6), {}, "holds Unix epoch microseconds"),
+    ],
+    ids=["bom", "semicolons", "tabs", "milliseconds", "microseconds"],
+)
+def test_export_quirks_read_like_the_parquet(edit, to_csv, note, tiny_data, tmp_path, capsys):
+    reference, reference_outputs = _ingest(tiny_data, tmp_path / "parquet")
+    capsys.readouterr()
+    data = _events_as_csv(tiny_data, tmp_path, edit, **to_csv)
+    counts, outputs = _ingest(data, tmp_path / "csv")
+    assert counts == reference
+    pd.testing.assert_frame_equal(
+        read_dataset(outputs["train_events"]), read_dataset(reference_outputs["train_events"])
+    )
+    logged = capsys.readouterr().err
+    assert (note in logged) if note else ("epoch" not in logged)
+
+
+def test_empty_and_header_only_files_are_named(tiny_data, tmp_path):
+    data = _events_as_csv(
+        tiny_data, tmp_path, lambda events: events.drop(events.index, inplace=True)
+    )
+    with pytest.raises(
+        DataError, match=r"table 'impressions' has no rows: \['.*impressions.csv'\]"
+    ):
+        _ingest(data, tmp_path)
+    (data / "impressions.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"impressions.csv: the file is empty, not even a header"):
+        _ingest(data, tmp_path)
+
+
+def test_day_first_dates_are_quarantined_not_misread(tiny_data, tmp_path):
+    """ "05/01/2026" is 5 January or 1 May depending on who exported it; only
+    ISO-8601 text is read as a date."""
+
+    def day_first(events):
+        events["event_ts"] = events["event_ts"].dt.strftime("%d/%m/%Y %H:%M")
+
+    data = _events_as_csv(tiny_data, tmp_path, day_first)
+    with pytest.raises(DataError, match="wrong_type in column 'event_ts'"):
+        _ingest(data, tmp_path)
+    quarantine = read_dataset(str(tmp_path / "out" / "quarantine"))
+    assert set(quarantine["reason"]) == {"wrong_type"}
+    assert quarantine["detail"].str.contains("ISO-8601").all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(10**8, 4_102_444_800), st.sampled_from([1, 10**3, 10**6, 10**9]))
+def test_epoch_numbers_are_read_in_their_unit(seconds, unit):
+    """From 1973 to 2100, a column of Unix seconds, ms, us or ns reads as the same seconds."""
+    values = pd.Series([seconds * unit, (seconds + 60) * unit], dtype="int64")
+    assert parse_timestamps(values).tolist() == [seconds, seconds + 60]
+    assert parse_timestamps(values.astype(str)).tolist() == [seconds, seconds + 60]

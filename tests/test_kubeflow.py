@@ -189,7 +189,7 @@ def test_bad_input_and_server_errors_are_explained(kfp_api, capsys):
     assert recsys_main(["submit", "--host", kfp_api.host, "--param", "lookback_dayz=7"]) == 2
     assert "unknown pipeline parameter" in capsys.readouterr().err
     assert recsys_main(["submit", "--host", kfp_api.host, "--param", "lookback_days=a week"]) == 2
-    assert "expected a int" in capsys.readouterr().err
+    assert "expected a whole number" in capsys.readouterr().err
     assert recsys_main(["schedule", "--host", kfp_api.host, "--delete", "job-404"]) == 2
     assert "answered 404" in capsys.readouterr().err
     assert not _posted(kfp_api, "runs")  # nothing was submitted

@@ -1,3 +1,4 @@
+import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -138,3 +139,35 @@ def test_in_process_run_names_an_unknown_stage(tmp_path):
             assert "join_features" in str(error)  # lists the stages
         else:
             raise AssertionError(f"{slice_} must be refused")
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("lookback_days: 7\neval_days 3\n", r"not valid YAML at line 2, column 1"),
+        ("- lookback_days: 7\n", r"expected `name: value` lines .* got a list"),
+        ("lookback_days: seven\n", r"lookback_days: expected a whole number, got 'seven'"),
+        ("lookback_days: 7.5\n", r"lookback_days: expected a whole number, got 7.5"),
+        ("min_auc: high\n", r"min_auc: expected a number, got 'high'"),
+        ("compare_with_champion: maybe\n", r"expected true or false, got 'maybe'"),
+    ],
+)
+def test_config_errors_name_the_file_the_key_and_what_was_expected(text, error, tmp_path):
+    config = tmp_path / "recsys.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=error) as raised:
+        load_config(str(config))
+    assert str(config) in str(raised.value)
+
+
+def test_config_values_take_their_parameter_types(tmp_path):
+    config = tmp_path / "recsys.yaml"
+    config.write_bytes(
+        "\ufeffas_of: 2026-01-05\nmin_auc: 1\nlookback_days: '7'\nrerank: {k: 12}\n".encode()
+    )
+    assert load_config(str(config)) == {
+        "as_of": "2026-01-05",  # YAML's date, as the text the parameter takes
+        "min_auc": 1.0,
+        "lookback_days": 7,
+        "rerank": '{"k": 12}',  # a JSON-valued parameter may be written as YAML
+    }

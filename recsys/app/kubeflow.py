@@ -55,20 +55,10 @@ def parse_params(pairs: list[str], known: dict) -> dict:
             raise ValueError(f"--param {pair!r}: expected NAME=VALUE")
         if name not in known:
             raise ValueError(f"--param {name}: unknown pipeline parameter; known: {sorted(known)}")
-        kind = known[name].type
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--param {name}: expected true or false, got {value!r}")
-            params[name] = value.lower() == "true"
-        elif kind in (int, float):
-            try:
-                params[name] = kind(value)
-            except ValueError:
-                raise ValueError(
-                    f"--param {name}: expected a {kind.__name__}, got {value!r}"
-                ) from None
-        else:
-            params[name] = value
+        try:
+            params[name] = known[name].parse(value)
+        except ValueError as error:
+            raise ValueError(f"--param {name}: {error}") from None
     return params
 
 

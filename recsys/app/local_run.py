@@ -34,17 +34,37 @@ def load_config(path: str | None) -> dict:
     """A YAML mapping of pipeline parameters; unknown keys are an error, not ignored."""
     if not path:
         return {}
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
+    with open(path, encoding="utf-8-sig") as handle:
+        try:
+            config = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            # The context mark is where the broken construct starts (often the line to fix).
+            mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or error
+            raise ValueError(
+                f"{path} is not valid YAML{where}: {problem}. Write one `name: value` per "
+                "line (docs/parameters.md lists the names)."
+            ) from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping of pipeline parameters, got {type(config)}")
+        raise ValueError(
+            f"{path}: expected `name: value` lines (a mapping of pipeline parameters), "
+            f"got a {type(config).__name__}"
+        )
     known = pipeline_parameters()
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
-    if isinstance(config.get("beam_pipeline_args"), list):
-        config["beam_pipeline_args"] = json.dumps(config["beam_pipeline_args"])
-    return config
+    typed = {}
+    for name, value in config.items():
+        try:
+            typed[name] = known[name].parse(value)
+        except ValueError as error:
+            raise ValueError(
+                f"{path}: {name}: {error} ({known[name].type_name}, default "
+                f"{known[name].default!r})"
+            ) from None
+    return typed
 
 
 def data_config(data_root: str | None) -> dict:

@@ -9,7 +9,10 @@ like the field), KFP shims rebuild the config from their arguments with
 from the help texts. A test checks every shim's signature against its config.
 """
 
+import contextlib
 import dataclasses
+import datetime
+import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +44,29 @@ class Parameter:
     @property
     def type_name(self) -> str:
         return self.type.__name__
+
+    def parse(self, value):
+        """``value`` (from YAML, or text from a command line) as this parameter's
+        type; a ValueError says what was expected."""
+        kind = self.type
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(f"expected true or false, got {value!r}")
+        if kind in (int, float):
+            whole = not (isinstance(value, float) and not value.is_integer())
+            if not isinstance(value, bool) and (kind is float or whole):
+                with contextlib.suppress(TypeError, ValueError):
+                    return kind(value)
+            raise ValueError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {value!r}"
+            )
+        if isinstance(value, (dict, list)):  # JSON-valued parameters written as YAML
+            return json.dumps(value)
+        # YAML reads an unquoted date as a date: the parameter takes its ISO text.
+        return value.isoformat() if isinstance(value, datetime.date) else str(value)
 
 
 def parameters(config: type) -> list[Parameter]:

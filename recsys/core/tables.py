@@ -3,9 +3,11 @@
 Raw data (what you bring): one table per ``contracts.RAW_TABLES`` entry, each either
 ``<name>.parquet``, ``<name>.csv``, or a ``<name>/`` directory of such files; the
 columns each needs are the required ones of its curated schema.
-Timestamp columns (``*_ts``) may be Parquet timestamps, ISO-8601 strings or
-Unix seconds; ingest turns them all into int64 Unix seconds (UTC), which is
-what every later stage (TFDV, TFT, the models) reads.
+CSV may be separated by commas, semicolons, tabs or '|' and start with a
+byte-order mark. Timestamp columns (``*_ts``) may be Parquet timestamps, ISO-8601
+text or Unix epoch numbers (seconds or finer, told apart by magnitude); ingest
+turns them all into int64 Unix seconds (UTC), which is what every later stage
+(TFDV, TFT, the models) reads.
 
 Between stages a dataset is a directory of ``part-*.parquet`` files, so Beam
 can read and write it in shards.
@@ -13,9 +15,12 @@ can read and write it in shards.
 
 import glob
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.core.contracts import RAW_TABLES, TIMESTAMP_SUFFIX
@@ -46,6 +51,84 @@ def find_table(data_root: str, name: str) -> list[str]:
     return files
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class RawFile:
+    """One raw file as read: CSV values as text, Parquet values as stored."""
+
+    path: str
+    frame: pd.DataFrame
+    missing: dict[str, np.ndarray]  # column -> rows with no value (null / empty cell)
+    undecodable: np.ndarray  # rows with text that is not valid in the declared encoding
+
+
+def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
+    if not path.endswith(".csv"):
+        table = pq.read_table(path)
+        missing = {name: table.column(name).is_null().to_numpy() for name in table.column_names}
+        return RawFile(path, table.to_pandas(), missing, np.zeros(table.num_rows, dtype=bool))
+    is_utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+    # Latin-1 maps every byte to a character, so reading with it never fails and
+    # loses nothing; valid UTF-8 is then recovered value by value below.
+    frame = pd.read_csv(
+        path,
+        sep=csv_separator(path),
+        dtype=str,
+        keep_default_na=False,
+        na_values=[""],
+        encoding="latin-1" if is_utf8 else encoding,
+    )
+    # Spreadsheets write a byte-order mark before the header (read as Latin-1 or not).
+    first = str(frame.columns[0])
+    for mark in (UTF8_BOM.decode("latin-1"), UTF8_BOM.decode("utf-8")):
+        first = first.removeprefix(mark)
+    frame = frame.rename(columns={frame.columns[0]: first})
+    undecodable = np.zeros(len(frame), dtype=bool)
+    if is_utf8:
+        for column in frame.columns:
+            values = frame[column]
+            if not values.notna().any():  # no text at all (a header-only file)
+                continue
+            non_ascii = ~pc.string_is_ascii(pa.array(values.fillna(""))).to_numpy(
+                zero_copy_only=False
+            )
+            if not non_ascii.any():
+                continue
+            recovered, bad = zip(*(_utf8(text) for text in values[non_ascii]), strict=True)
+            frame.loc[non_ascii, column] = list(recovered)
+            undecodable[np.flatnonzero(non_ascii)[np.array(bad)]] = True
+    missing = {name: frame[name].isna().to_numpy() for name in frame.columns}
+    return RawFile(path, frame, missing, undecodable)
+
+
+def csv_separator(path: str) -> str:
+    """The CSV's separator, read off its header line: a comma unless the header has
+    none and splits on ';' (spreadsheets in many locales), a tab or '|'. An empty
+    file is an error here, before pandas reports it without the file's name."""
+    with open(path, "rb") as handle:
+        header = handle.readline()
+    if not header.strip():
+        raise DataError(
+            f"{path}: the file is empty, not even a header row. Export it with a header "
+            "naming the columns (README, 'Bring your own data')."
+        )
+    if b"," in header:
+        return ","
+    counts = {sep: header.count(sep.encode()) for sep in (";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _utf8(latin1_text: str) -> tuple[str, bool]:
+    """(the text as UTF-8 if its bytes are UTF-8, else unchanged; whether it was not)."""
+    try:
+        return latin1_text.encode("latin-1").decode("utf-8"), False
+    except UnicodeDecodeError:
+        return latin1_text, True
+
+
 def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFrame:
     """Read a raw table, check its required columns, normalise ``*_ts`` to Unix seconds."""
     table = RAW_TABLES[name]
@@ -53,7 +136,9 @@ def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFr
     frames = []
     for path in find_table(data_root, name):
         if path.endswith(".csv"):
-            frame = pd.read_csv(path, encoding_errors="replace")
+            frame = pd.read_csv(
+                path, sep=csv_separator(path), encoding="utf-8-sig", encoding_errors="replace"
+            )
         else:
             frame = pq.read_table(path).to_pandas()
         missing = [c for c in required if c not in frame.columns]
@@ -68,9 +153,31 @@ def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFr
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+# ISO-8601 dates and times (date, optional time, optional zone). Only these are read
+# as text: "01/05/2026" is 1 May or 5 January depending on who exported it.
+ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?$"
+# Unix epoch numbers by unit: a median above the first bound is past the year 5000
+# in seconds, so the column counts finer units.
+EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+
+
+def epoch_unit(numbers: pd.Series) -> tuple[float, str]:
+    """(divisor to seconds, unit) of a column of Unix epoch numbers, from its median."""
+    numbers = numbers.dropna()
+    if numbers.empty:
+        return 1.0, "seconds"
+    median = numbers.abs().median()
+    for bound, divisor, unit in EPOCH_UNITS:
+        if median >= bound:
+            return divisor, unit
+    return 1.0, "seconds"
+
+
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """Unix seconds (float; NaN where empty or unparseable) from Parquet timestamps,
-    Unix seconds (numbers or numeric text) or date/time text, read as UTC when naive."""
+    Unix epoch numbers (or numeric text) in seconds, or, told apart by magnitude,
+    milli-, micro- or nanoseconds (the unit read is in ``.attrs["unit"]``), or
+    ISO-8601 text, read as UTC when it names no zone."""
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = (
             values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
@@ -78,11 +185,15 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         seconds = stamps.astype("int64") // 1_000_000_000
         return seconds.astype(float).where(stamps.notna())
     numeric = pd.to_numeric(values, errors="coerce").astype(float)
-    text = values[numeric.isna() & values.notna()]
-    if len(text):
-        parsed = pd.to_datetime(text.astype(str), utc=True, errors="coerce")
+    divisor, unit = epoch_unit(numeric)
+    numeric = numeric / divisor
+    numeric.attrs["unit"] = unit
+    text = values[numeric.isna() & values.notna()].astype(str).str.strip()
+    iso = text[text.str.match(ISO_8601)]
+    if len(iso):
+        parsed = pd.to_datetime(iso, utc=True, errors="coerce")
         seconds = parsed.astype("int64") // 1_000_000_000
-        numeric.loc[text.index] = seconds.astype(float).where(parsed.notna())
+        numeric.loc[iso.index] = seconds.astype(float).where(parsed.notna())
     return numeric
 
 
@@ -94,7 +205,8 @@ def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
         examples = values[bad].astype(str).head(3).tolist()
         raise DataError(
             f"{path}: column '{column}' has {int(bad.sum())} value(s) that are not "
-            f"timestamps, e.g. {examples}. Use ISO-8601, Unix seconds or Parquet timestamps."
+            f"timestamps, e.g. {examples}. Use ISO-8601 (2026-01-31T18:00:00Z), Unix "
+            "epoch numbers or Parquet timestamps."
         )
     if seconds.isna().any():
         raise DataError(

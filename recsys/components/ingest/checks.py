@@ -21,12 +21,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from recsys.core.contracts import TIMESTAMP_SUFFIX
 from recsys.core.schemas import is_list
-from recsys.core.tables import DataError, parse_timestamps
+from recsys.core.tables import DataError, RawFile, parse_timestamps
 
 # Reasons a row is quarantined, in the order they are checked.
 REASONS = {
@@ -81,47 +80,6 @@ def column_rules(schema: schema_pb2.Schema, environment: str | None = None) -> l
     return rules
 
 
-@dataclass
-class RawFile:
-    """One raw file as read: CSV values as text, Parquet values as stored."""
-
-    path: str
-    frame: pd.DataFrame
-    missing: dict[str, np.ndarray]  # column -> rows with no value (null / empty cell)
-    undecodable: np.ndarray  # rows with text that is not valid in the declared encoding
-
-
-def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
-    if not path.endswith(".csv"):
-        table = pq.read_table(path)
-        missing = {name: table.column(name).is_null().to_numpy() for name in table.column_names}
-        return RawFile(path, table.to_pandas(), missing, np.zeros(table.num_rows, dtype=bool))
-    is_utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
-    # Latin-1 maps every byte to a character, so reading with it never fails and
-    # loses nothing; valid UTF-8 is then recovered value by value below.
-    frame = pd.read_csv(
-        path,
-        dtype=str,
-        keep_default_na=False,
-        na_values=[""],
-        encoding="latin-1" if is_utf8 else encoding,
-    )
-    undecodable = np.zeros(len(frame), dtype=bool)
-    if is_utf8:
-        for column in frame.columns:
-            values = frame[column]
-            non_ascii = ~pc.string_is_ascii(pa.array(values.fillna(""))).to_numpy(
-                zero_copy_only=False
-            )
-            if not non_ascii.any():
-                continue
-            recovered, bad = zip(*(_utf8(text) for text in values[non_ascii]), strict=True)
-            frame.loc[non_ascii, column] = list(recovered)
-            undecodable[np.flatnonzero(non_ascii)[np.array(bad)]] = True
-    missing = {name: frame[name].isna().to_numpy() for name in frame.columns}
-    return RawFile(path, frame, missing, undecodable)
-
-
 def _as_text(raw: pd.Series, missing: np.ndarray) -> pd.Series:
     """Text columns (ids above all) as ``str`` whatever the file stored, so that a
     user id is the same key in every table: Parquet ``int64`` 16 and CSV "16" are
@@ -133,14 +91,6 @@ def _as_text(raw: pd.Series, missing: np.ndarray) -> pd.Series:
     text = pd.Series(None, index=raw.index, dtype=object)
     text[~missing] = present.astype(str).to_numpy(dtype=object)
     return text
-
-
-def _utf8(latin1_text: str) -> tuple[str, bool]:
-    """(the text as UTF-8 if its bytes are UTF-8, else unchanged; whether it was not)."""
-    try:
-        return latin1_text.encode("latin-1").decode("utf-8"), False
-    except UnicodeDecodeError:
-        return latin1_text, True
 
 
 class TableCheck:
@@ -165,6 +115,7 @@ class TableCheck:
         self.detail = np.full(n, "", dtype=object)
         self.values = pd.DataFrame(index=self.raw.index)  # typed values of checked columns
         self.kinds: dict[str, str] = {}  # checked column -> rule kind
+        self.notes: list[str] = []  # how a column was read, when the user should know
         self.reject(np.concatenate([f.undecodable for f in files]), "undecodable_text")
 
     @property
@@ -239,8 +190,14 @@ class TableCheck:
                 ~missing & values.isna().to_numpy(),
                 "wrong_type",
                 name,
-                "not a timestamp (ISO-8601, Unix seconds or a Parquet timestamp)",
+                "not a timestamp (ISO-8601, Unix epoch number or Parquet timestamp)",
             )
+            unit = values.attrs.get("unit", "seconds")
+            if unit != "seconds":
+                self.notes.append(
+                    f"table '{self.table}': column '{name}' holds Unix epoch {unit} "
+                    f"(e.g. {raw[~missing].iloc[0]}), read as {unit}"
+                )
         else:
             values = pd.to_numeric(raw, errors="coerce").astype(float)
             unparsed = np.zeros(len(raw), dtype=bool)  # a numeric column always parses

@@ -10,7 +10,6 @@ import pandas as pd
 from recsys.components.ingest.checks import (
     TableCheck,
     column_rules,
-    read_raw_file,
     reason_counts,
     reject_rate_error,
 )
@@ -34,8 +33,9 @@ from recsys.core.contracts import (
 )
 from recsys.core.derived import DAY
 from recsys.core.features import load_registry
+from recsys.core.progress import log
 from recsys.core.schemas import load_schema
-from recsys.core.tables import DataError, find_table, write_dataset
+from recsys.core.tables import DataError, find_table, read_raw_file, write_dataset
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,13 @@ def ingest(
             now,
             **({} if name == SERVING_LOG else known),
         )
+        for note in checks[name].notes:
+            log("ingest", note)
+        if not table.optional and checks[name].raw.empty:
+            raise DataError(
+                f"table '{name}' has no rows: {find_table(data_root, name)} hold(s) a header "
+                "at most. Export the data with its rows."
+            )
         accepted[name] = checks[name].typed()
         if name == ITEMS:
             known = {"users": accepted[USERS], "items": accepted[ITEMS]}
