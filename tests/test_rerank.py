@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys.core.contracts import UNKNOWN
 from recsys.serving.rerank import Candidates, RerankConfig, rerank
 
 
@@ -68,6 +69,17 @@ def test_creator_cap_holds_within_the_page_and_backfills_from_others():
     assert page(result, cands) == ["a", "b", "d", "e"]
 
 
+def test_unknown_creators_are_not_one_creator():
+    """A catalog without creators (MovieLens) gets full pages, not max_per_creator items."""
+    ids = [f"i{j}" for j in range(12)]
+    cands = candidates(ids, np.linspace(1, 0, 12).tolist(), creators=[UNKNOWN] * 10 + ["x"] * 2)
+    result = rerank(cands, RerankConfig(k=10, max_per_creator=2))
+    assert page(result, cands) == ids[:10] and result.removed["capped"] == 0
+    # Known creators stay capped: i9, the third "x", gives way to the unknown i8.
+    cands = candidates(ids, np.linspace(0, 1, 12).tolist(), creators=[UNKNOWN] * 9 + ["x"] * 3)
+    assert page(rerank(cands, RerankConfig(k=3, max_per_creator=2)), cands) == ["i11", "i10", "i8"]
+
+
 def test_category_cap_and_a_page_shorter_than_k_when_caps_exhaust_candidates():
     cands = candidates(
         ["a", "b", "c", "d"],
@@ -119,7 +131,7 @@ def candidate_sets(draw):
     n = draw(st.integers(0, 40))
     ids = draw(st.lists(st.sampled_from([f"i{j}" for j in range(25)]), min_size=n, max_size=n))
     scores = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
-    creators = draw(st.lists(st.sampled_from("abcd"), min_size=n, max_size=n))
+    creators = draw(st.lists(st.sampled_from([*"abcd", UNKNOWN]), min_size=n, max_size=n))
     categories = draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n))
     embeddings = np.asarray(
         draw(st.lists(st.lists(st.floats(-1, 1), min_size=3, max_size=3), min_size=n, max_size=n)),
@@ -154,9 +166,9 @@ def test_pages_respect_every_rule_and_are_deterministic(
     assert not set(chosen) & (set(watched) | set(blocked))
     for values, limit in ((cands.creator_ids, per_creator), (cands.categories, per_category)):
         if limit:
-            assert (
-                max(np.unique(values[result.positions], return_counts=True)[1], default=0) <= limit
-            )
+            shown = values[result.positions]
+            known = shown[shown != UNKNOWN]
+            assert max(np.unique(known, return_counts=True)[1], default=0) <= limit
     allowed = set(cands.item_ids) - set(watched) - set(blocked)
     if not per_creator and not per_category:
         assert len(chosen) == min(k, len(allowed))  # without caps the page fills up

@@ -20,7 +20,10 @@ Stages, in this order, all deterministic (ties keep the input order):
    units. With ``mmr_lambda = 1`` this is the score order under the caps.
 
 Caps are hard: when they leave fewer than ``k`` eligible items, fewer are returned
-(the result says how many were capped).
+(the result says how many were capped). An item whose creator or category is
+unknown (``contracts.UNKNOWN`` or empty) is not capped by that attribute: unknown
+is not one creator, and capping it would cut every page of a catalog without the
+attribute to ``max_per_creator`` items.
 
 Written with numpy rather than a library: no maintained library implements MMR
 with per-attribute caps, and a few hundred candidates per request need
@@ -32,6 +35,11 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from recsys.core.contracts import UNKNOWN
+
+# Attribute values that say nothing about the item: never capped.
+UNCAPPED = [UNKNOWN, ""]
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,11 @@ def _select(
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         max_similarity = np.zeros(n)
     caps = [
-        (np.unique(values[order], return_inverse=True)[1], limit)
+        (
+            np.unique(values[order], return_inverse=True)[1],
+            limit,
+            np.isin(values[order].astype(str), UNCAPPED),
+        )
         for values, limit in (
             (candidates.creator_ids, config.max_per_creator),
             (candidates.categories, config.max_per_category),
@@ -151,8 +163,8 @@ def _select(
 
     def eligible():
         mask = available.copy()
-        for (codes, limit), count in zip(caps, counts, strict=True):
-            mask &= count[codes] < limit
+        for (codes, limit, unknown), count in zip(caps, counts, strict=True):
+            mask &= (count[codes] < limit) | unknown
         return mask
 
     chosen = []
@@ -163,7 +175,7 @@ def _select(
         best = int(np.argmax(np.where(allowed, objective, -np.inf)))
         chosen.append(best)
         available[best] = False
-        for (codes, _), count in zip(caps, counts, strict=True):
+        for (codes, _, _), count in zip(caps, counts, strict=True):
             count[codes[best]] += 1
         if use_mmr:
             max_similarity = np.maximum(max_similarity, vectors @ vectors[best])

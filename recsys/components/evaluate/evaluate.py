@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.components.evaluate import gate, report
+from recsys.components.evaluate import caveats, gate, report
 from recsys.components.evaluate.champion import ChampionComparison, champion_checks
 from recsys.components.evaluate.funnel import FunnelEvaluation, evaluate_funnel
 from recsys.components.evaluate.ranking import RankingEvaluation, evaluate_ranking
@@ -110,6 +110,12 @@ def evaluate(
         + gate.infra_checks(infra)
     )
     blessing = gate.decide(checks, thresholds, champion.note)
+    k = thresholds.recall_k
+    blessing["caveats"] = (
+        caveats.eval_size(task, retrieval.metrics().get(f"recall_at_{k}"), k)
+        + caveats.training_history(task)
+        + caveats.rerank_caps(rerank_config, read_dataset(eval_item_snapshot_dir), registry)
+    )
     blessing.update(
         champion=champion.summary(),
         infra_validation=infra,

@@ -104,6 +104,13 @@ def funnel_metric_names(k: int) -> list[tuple[str, str]]:
     ]
 
 
+def _caveats_html(caveats: list[str]) -> str:
+    if not caveats:
+        return ""
+    items = "".join(f"<li>{html.escape(caveat)}</li>" for caveat in caveats)
+    return f'<h2>Caveats</h2><ul class="caveats">{items}</ul>'
+
+
 def render(
     retrieval: RetrievalEvaluation,
     ranking: RankingEvaluation,
@@ -159,6 +166,7 @@ img {{ margin: 0.3em; vertical-align: top; }}
 <h1>Evaluation</h1>
 <p class="verdict">{html.escape(verdict)}</p>
 <p>{html.escape(blessing["reason"])}</p>
+{_caveats_html(blessing.get("caveats", []))}
 <h2>Checks (failing first)</h2>
 {_checks_table(blessing["checks"])}
 <h2>Retrieval</h2>
@@ -230,6 +238,8 @@ def markdown(
             "",
             f"**{blessing['reason']}**",
             "",
+            *[f"- caveat: {caveat}" for caveat in blessing.get("caveats", [])],
+            *([""] if blessing.get("caveats") else []),
             "Checks, failing first:",
             "",
             gate.checks_markdown(blessing),
