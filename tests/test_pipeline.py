@@ -1,3 +1,6 @@
+import shutil
+
+import pandas as pd
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -171,3 +174,24 @@ def test_config_values_take_their_parameter_types(tmp_path):
         "lookback_days": 7,
         "rerank": '{"k": 12}',  # a JSON-valued parameter may be written as YAML
     }
+
+
+@pytest.mark.parametrize(
+    "config, error",
+    [
+        ("max_reject_rate: 0.0\n", "the limit is max_reject_rate=0.0%"),
+        ("as_of: 2020-01-01\n", "window train [2019-12-22T00:00:00+00:00"),
+    ],
+)
+def test_recsys_check_reads_the_data_directorys_config(config, error, tiny_data, tmp_path, capsys):
+    """`recsys check` takes every key of the data's recsys.yaml, as `recsys run` does."""
+    from recsys.app import cli
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    events = pd.read_parquet(data / "impressions.parquet")
+    events.loc[events.index[0], "watch_seconds"] = -1.0  # one row quarantined
+    events.to_parquet(data / "impressions.parquet")
+    (data / "recsys.yaml").write_text(config + "lookback_days: 10\neval_days: 3\n")
+    assert cli.main(["check", "--data", str(data), "--workdir", str(tmp_path / "w")]) == 2
+    assert error in capsys.readouterr().err
