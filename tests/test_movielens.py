@@ -199,4 +199,10 @@ def test_recsys_run_on_movielens(tmp_path):
     assert retrieval["catalog_items"] == len(pd.read_parquet(data / "items.parquet"))
     assert retrieval["recall_at_50"] > retrieval["popularity_recall_at_50"]
     assert outputs["blessing"]["metadata"]["blessed"] is True
+    # MovieLens has no creators: the default per-creator cap must neither cut pages
+    # nor pass unremarked.
+    funnel = outputs["funnel_metrics"]["metadata"]
+    assert funnel["funnel_mean_page_length"] == funnel["funnel_k"]
+    [caveat] = [c for c in outputs["blessing"]["metadata"]["caveats"] if "max_per_creator" in c]
+    assert "of the catalog's items have no creator_id" in caveat
     assert (workdir / "serving" / "retrieval" / "1" / "saved_model.pb").is_file()

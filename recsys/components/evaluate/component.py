@@ -97,4 +97,7 @@ def evaluate(
             handle.write(result.markdown)
         with open(evaluation_html.path, "w") as handle:
             handle.write(result.html)
+        blessing.metadata["caveats"] = result.blessing["caveats"]
         log("evaluate", result.blessing["reason"])
+        for caveat in result.blessing["caveats"]:
+            log("evaluate", f"caveat: {caveat}")
