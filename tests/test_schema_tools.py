@@ -11,7 +11,9 @@ def test_infer_proposes_ranges_and_diff_shows_only_real_differences(tiny_data, t
     assert set(written) == {"impressions", "users", "items", "user_features", "item_features"}
     proposed = tfdv.load_schema_text(written["impressions"])
     watch = tfdv.get_feature(proposed, "watch_seconds")
-    assert watch.float_domain.min >= 0 and watch.float_domain.max > 0  # TFDV alone sets none
+    assert watch.HasField("float_domain")  # TFDV alone sets none
+    # Non-negative, and open-ended: the next day's longest watch is above today's.
+    assert watch.float_domain.min == 0 and not watch.float_domain.HasField("max")
 
     report = schema_tools.diff(str(tmp_path / "proposed"))
     assert "## impressions: feature 'watch_seconds' (differs)" in report

@@ -1,8 +1,8 @@
 """`recsys schema infer` and `recsys schema diff`: curation as a reviewable diff.
 
 `infer` computes TFDV statistics of raw tables and proposes one schema per table
-(TFDV's inference plus numeric ranges, which TFDV leaves out, taken from the
-observed min and max). `diff` prints, feature by feature, how a proposed schema
+(TFDV's inference plus a lower bound of 0 on numeric columns without negative
+values; no upper bound, since the data is a sample). `diff` prints, feature by feature, how a proposed schema
 differs from the curated one, as a unified diff of their text form.
 """
 
@@ -24,7 +24,10 @@ CURATED_TABLES = [table.name for table in RAW_TABLES.values() if not table.optio
 
 
 def add_numeric_ranges(schema, statistics) -> None:
-    """Observed [min, max] as int/float domains, where the schema has none."""
+    """A lower bound of 0 on numeric columns the data shows no negative value in,
+    where the schema has no domain. No upper bound: the data is a sample, and the
+    next day's longest watch or newest timestamp is above today's maximum (a
+    curator adds a maximum where one is known, such as a rating scale)."""
     numeric = {
         f.path.step[0]: f.num_stats
         for f in statistics.datasets[0].features
@@ -32,12 +35,12 @@ def add_numeric_ranges(schema, statistics) -> None:
     }
     for feature in schema.feature:
         stats = numeric.get(feature.name)
-        if stats is None or feature.WhichOneof("domain_info") is not None:
+        if stats is None or feature.WhichOneof("domain_info") is not None or stats.min < 0:
             continue
         if feature.type == schema_pb2.INT:
-            feature.int_domain.min, feature.int_domain.max = int(stats.min), int(stats.max)
+            feature.int_domain.min = 0
         elif feature.type == schema_pb2.FLOAT:
-            feature.float_domain.min, feature.float_domain.max = stats.min, stats.max
+            feature.float_domain.min = 0.0
 
 
 def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[str, str]:
