@@ -2,8 +2,9 @@
 
 `infer` computes TFDV statistics of raw tables and proposes one schema per table
 (TFDV's inference plus a lower bound of 0 on numeric columns without negative
-values; no upper bound, since the data is a sample). `diff` prints, feature by feature, how a proposed schema
-differs from the curated one, as a unified diff of their text form.
+values; no upper bound, since the data is a sample). `diff` prints, feature by
+feature, how a proposed schema differs from the curated one, as a unified diff of
+their text form.
 """
 
 import difflib
