@@ -76,6 +76,7 @@ def evaluate(
     registry = registry or load_registry()
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
+    eval_items = read_dataset(eval_item_snapshot_dir)
     task = RetrievalTask.of(train_examples, eval_examples)
     retrieval = evaluate_retrieval(
         models.query_model,
@@ -89,7 +90,7 @@ def evaluate(
         models.retrieval_model,
         models.ranking_model,
         models.item_embeddings,
-        eval_item_snapshot_dir,
+        eval_items,
         task,
         rerank_config,
         registry,
@@ -104,24 +105,25 @@ def evaluate(
         thresholds,
         registry.role("category"),
     )
+    retrieval_metrics, ranking_metrics = retrieval.metrics(), ranking.metrics()
     checks = (
-        gate.value_checks(retrieval.metrics(), ranking.metrics(), thresholds)
+        gate.value_checks(retrieval_metrics, ranking_metrics, thresholds)
         + champion.checks
         + gate.infra_checks(infra)
     )
     blessing = gate.decide(checks, thresholds, champion.note)
     k = thresholds.recall_k
     blessing["caveats"] = (
-        caveats.eval_size(task, retrieval.metrics().get(f"recall_at_{k}"), k)
+        caveats.eval_size(task, retrieval_metrics.get(f"recall_at_{k}"), k)
         + caveats.training_history(task)
-        + caveats.rerank_caps(rerank_config, read_dataset(eval_item_snapshot_dir), registry)
+        + caveats.rerank_caps(rerank_config, eval_items, registry)
     )
     blessing.update(
         champion=champion.summary(),
         infra_validation=infra,
         metrics={
-            "retrieval": retrieval.metrics(),
-            "ranking": ranking.metrics(),
+            "retrieval": retrieval_metrics,
+            "ranking": ranking_metrics,
             "funnel": funnel.metrics(),
         },
     )

@@ -6,6 +6,7 @@ split, so no eval-window statistic reaches the ranker."""
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from recsys.components.evaluate.metrics import PageQuality, page_quality
 from recsys.components.evaluate.models import call_in_batches, serving_fn
@@ -41,17 +42,16 @@ def evaluate_funnel(
     retrieval_model_dir: str,
     ranking_model_dir: str,
     item_embeddings_dir: str,
-    eval_item_snapshot_dir: str,
+    eval_items: pd.DataFrame,
     task: RetrievalTask,
     config: RerankConfig,
     registry: FeatureRegistry,
     retrieval_score_auc: float,
 ) -> FunnelEvaluation:
     """Pages of the funnel (``config.k`` items) and of the retrieval order alone (the
-    same candidates minus the user's history, cut to k)."""
-    features = FeatureSnapshot(
-        None, read_dataset(eval_item_snapshot_dir), read_dataset(item_embeddings_dir), registry
-    )
+    same candidates minus the user's history, cut to k). ``eval_items``: the item
+    snapshot as of the start of the eval split."""
+    features = FeatureSnapshot(None, eval_items, read_dataset(item_embeddings_dir), registry)
     backend = InProcessBackend({RETRIEVAL: retrieval_model_dir, RANKING: ranking_model_dir})
     funnel = Funnel(backend, features, config)
     funnel_pages = [page[ITEM_ID].to_numpy() for page, _, _ in funnel.pages(task.queries)]
