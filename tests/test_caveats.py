@@ -54,3 +54,29 @@ def test_caps_over_an_absent_or_single_valued_attribute_are_flagged():
     by_category = RerankConfig(max_per_creator=0, max_per_category=1)
     [category] = caveats.rerank_caps(by_category, items(["c1"] * 4, ["drama"] * 4), REGISTRY)
     assert f"max_per_category=1: every item with a {CATEGORY}" in category
+
+
+def test_rules_over_a_role_no_feature_plays_are_said_to_be_off(tmp_path):
+    """Data without creators or upload times (an imported interactions log): the
+    creator cap and the freshness boost cannot act, and the caveat says so."""
+    from recsys.app.importer import import_data
+
+    log = pd.DataFrame(
+        {
+            "u": np.arange(40) % 7,
+            "i": np.arange(40) % 5,
+            "r": np.arange(40) % 5 + 1,
+            "t": 1_700_000_000 + np.arange(40) * 20_000,
+        }
+    )
+    log.to_csv(tmp_path / "log.csv", index=False)
+    section = {"path": str(tmp_path / "log.csv"), "user": "u", "item": "i"}
+    import_data(
+        {"interactions": {**section, "timestamp": "t", "label": "r >= 4"}}, str(tmp_path / "out")
+    )
+    registry = load_registry(str(tmp_path / "out" / "schemas"))
+    rules = RerankConfig(max_per_creator=2, freshness_boost=0.2)
+    catalog = pd.DataFrame({ITEM_ID: ["1", "2"]})
+    creator, freshness = caveats.rerank_caps(rules, catalog, registry)
+    assert creator.startswith("rerank max_per_creator=2 is off: no feature has the role creator")
+    assert freshness.startswith("rerank freshness_boost=0.2 is off")

@@ -11,8 +11,8 @@ import yaml
 
 from recsys.app import cli
 from recsys.app.local_run import data_config
-from recsys.app.movielens import EVAL_DAYS, import_movielens, read_ratings
-from recsys.core.contracts import UNKNOWN
+from recsys.app.movielens import import_movielens, read_ratings
+from recsys.core.features import load_registry
 from tests.conftest import ML_100K
 
 DAY = 86_400
@@ -57,55 +57,34 @@ def small_movielens(tmp_path):
     return str(source), ratings
 
 
-def test_conversion_of_each_table(small_movielens, tmp_path):
+def test_conversion_through_the_generic_importer(small_movielens, tmp_path):
     source, ratings = small_movielens
     out = tmp_path / "raw"
-    counts = import_movielens(source, str(out))
-    assert counts["impressions"] == len(ratings)
+    result = import_movielens(source, str(out))
+    assert result.counts["impressions"] == len(ratings)
     impressions = pd.read_parquet(out / "impressions.parquet")
     assert impressions["event_id"].is_unique
-    assert impressions["event_ts"].is_monotonic_increasing
-    by_event = impressions.set_index("event_id")
-    assert by_event.loc["r1-10", "clicked"] == 1 and by_event.loc["r1-11", "clicked"] == 0
-    assert by_event.loc["r2-10", "clicked"] == 1  # rating 4 counts as engagement
-    assert (impressions["watch_seconds"] == 0).all()
+    by_pair = impressions.set_index(["user_id", "item_id"])
+    assert by_pair.loc[("1", "10"), "clicked"] == 1 and by_pair.loc[("1", "11"), "clicked"] == 0
+    assert by_pair.loc[("2", "10"), "clicked"] == 1  # rating 4 counts as engagement
     # Kept, for ingest to quarantine as unknown_item_id
-    assert "m99" in set(impressions["item_id"])
+    assert "99" in set(impressions["item_id"])
 
     items = pd.read_parquet(out / "items.parquet").set_index("item_id")
+    assert list(items.columns) == ["category"]  # nothing invented: no creator, duration
     assert len(items) == 3  # the quoted title did not swallow a line
-    assert items.loc["m10", "category"] == "Comedy"  # first flagged genre in u.genre order
-    assert items.loc["m11", "category"] == "Action"
-    assert items.loc["m12", "category"] == "unknown"
-    assert (items["creator_id"] == UNKNOWN).all()
-    first_rating = pd.Timestamp(T0, unit="s", tz="UTC")
-    assert items.loc["m10", "upload_ts"] == first_rating
-
+    assert items.loc["10", "category"] == "Comedy"  # first flagged genre in u.genre order
+    assert items.loc["11", "category"] == "Action"
+    assert items.loc["12", "category"] == "unknown"
     users = pd.read_parquet(out / "users.parquet").set_index("user_id")
-    assert users["country"].to_dict() == {"u1": "US", "u2": "CA", "u3": "US"}
-    assert users.loc["u2", "signup_ts"] == pd.Timestamp(T0 + DAY, unit="s", tz="UTC")
-
-
-def test_feature_rows_count_only_the_past_seven_days(small_movielens, tmp_path):
-    source, ratings = small_movielens
-    out = tmp_path / "raw"
-    import_movielens(source, str(out))
-    features = pd.read_parquet(out / "user_features.parquet")
-    features["feature_ts"] = features["feature_ts"].astype("int64") // 10**9
-    events = pd.DataFrame(ratings, columns=["user", "item", "rating", "ts"])
-    events = events[events["item"] != 99]  # unlisted movies get no feature rows
-    for _, row in features.iterrows():
-        mine = events[
-            (("u" + events["user"].astype(str)) == row["user_id"])
-            & (events["ts"] < row["feature_ts"])
-            & (events["ts"] >= row["feature_ts"] - 7 * DAY)
-        ]
-        assert row["user_impressions_7d"] == len(mine)
-        assert row["user_clicks_7d"] == (mine["rating"] >= 4).sum()
-    # u1's rating on day 9 is not visible in the snapshot of day 9's midnight
-    day9 = (T0 // DAY + 9) * DAY
-    u1 = features[(features["user_id"] == "u1") & (features["feature_ts"] == day9)]
-    assert u1["user_impressions_7d"].item() == 0
+    assert list(users.columns) == ["age", "gender", "occupation"]
+    registry = load_registry(str(out / "schemas"))
+    for invented in ("country", "device", "creator_id", "duration_s", "item_age_days"):
+        assert invented not in registry and invented in registry.switched_off
+    assert registry["occupation"].transform == "vocabulary"
+    assert registry["age"].transform == "log_z_score"
+    # No feature tables: ingest derives them from the ratings (test_import.py).
+    assert not (out / "user_features.parquet").exists()
 
 
 def test_schemas_and_parameters_fit_the_data(small_movielens, tmp_path):
@@ -113,11 +92,11 @@ def test_schemas_and_parameters_fit_the_data(small_movielens, tmp_path):
     out = tmp_path / "raw"
     import_movielens(source, str(out))
     items_schema = (out / "schemas" / "items.schema.pbtxt").read_text()
-    for genre in GENRES:
+    for genre in ("Action", "Comedy", "unknown"):
         assert f'value: "{genre}"' in items_schema
     assert 'value: "news"' not in items_schema
     config = yaml.safe_load((out / "recsys.yaml").read_text())
-    assert config["eval_days"] == EVAL_DAYS and config["schema_dir"] == "schemas"
+    assert config["schema_dir"] == "schemas"
     assert config["lookback_days"] == 10  # ratings span day 0 to day 9
     # `recsys run --data` resolves the schema directory against the data directory.
     assert data_config(str(out))["schema_dir"] == str(out / "schemas")
@@ -152,7 +131,7 @@ def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
     from recsys.app.data_check import check_span
 
     out = tmp_path / "raw"
-    counts = import_movielens(ML_100K, str(out))
+    counts = import_movielens(ML_100K, str(out)).counts
     ratings = read_ratings(ML_100K)
     assert counts["impressions"] == len(ratings) == 100_000
     impressions = pd.read_parquet(out / "impressions.parquet")
@@ -175,13 +154,15 @@ def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.xdist_group("movielens")  # a whole pipeline run: its own group, any worker
 def test_recsys_run_on_movielens(tmp_path):
-    """`recsys import-movielens`, then `recsys run --data` with nothing else: the
-    data directory's recsys.yaml supplies the window and the schemas."""
+    """`recsys import --preset movielens-100k`, then `recsys run --data` with nothing
+    else: the data directory's recsys.yaml supplies the window and the schemas."""
+    from recsys.serving.snapshot import pushed_registry
     from tests.test_e2e import recsys
 
     data = tmp_path / "movielens"
-    imported = recsys("import-movielens", "--src", ML_100K, "--out", str(data))
+    imported = recsys("import", "--preset", "movielens-100k", "--src", ML_100K, "--out", str(data))
     assert imported.returncode == 0, imported.stderr[-3000:]
+    assert "creator_id: the items mapping names no column for it" in imported.stdout
     workdir = tmp_path / "run"
     config = tmp_path / "fast.yaml"  # fewer epochs: this test checks the path, not quality
     config.write_text("retrieval_epochs: 3\nranking_epochs: 1\n")
@@ -199,10 +180,16 @@ def test_recsys_run_on_movielens(tmp_path):
     assert retrieval["catalog_items"] == len(pd.read_parquet(data / "items.parquet"))
     assert retrieval["recall_at_50"] > retrieval["popularity_recall_at_50"]
     assert outputs["blessing"]["metadata"]["blessed"] is True
-    # MovieLens has no creators: the default per-creator cap must neither cut pages
-    # nor pass unremarked.
+    # MovieLens has no creators: no creator cap cuts pages.
     funnel = outputs["funnel_metrics"]["metadata"]
     assert funnel["funnel_mean_page_length"] == funnel["funnel_k"]
-    [caveat] = [c for c in outputs["blessing"]["metadata"]["caveats"] if "max_per_creator" in c]
-    assert "of the catalog's items have no creator_id" in caveat
     assert (workdir / "serving" / "retrieval" / "1" / "saved_model.pb").is_file()
+    # Nothing invented reached the models, and the summary says what was left out.
+    served = pushed_registry(str(workdir / "serving" / "feature_snapshot" / "1"))
+    assert {"age", "gender", "occupation", "category"} <= set(served.features)
+    assert not {"country", "device", "creator_id", "duration_s"} & set(served.features)
+    assert "switched off:" in result.stdout
+    assert "  device: the users mapping names no column for it" in result.stdout
+    assert "derived from the interactions (no such table): user_features, item_features" in (
+        result.stdout
+    )

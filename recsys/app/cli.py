@@ -1,4 +1,4 @@
-"""The ``recsys`` command: generate, import-movielens, check, parameters, compile, run,
+"""The ``recsys`` command: generate, import, import-movielens, check, parameters, compile, run,
 submit, schedule, simulate, recommend, versions, rollback, schema."""
 
 import argparse
@@ -6,6 +6,10 @@ import os
 import sys
 import time
 
+# `recsys import` options of the interactions section, and those it cannot do without.
+IMPORT_OPTIONS = ("interactions", "user", "item", "timestamp", "timestamp_unit", "label")
+IMPORT_OPTIONS += ("watch_seconds",)
+IMPORT_REQUIRED = ("interactions", "user", "item", "timestamp", "label")
 # Pipeline parameters `recsys check` takes as options (the data checks' own).
 CHECK_PARAMETERS = (
     "as_of",
@@ -61,17 +65,47 @@ def _check(args):
     print(f"report (HTML, renders offline): {result['report']}")
 
 
-def _import_movielens(args):
+def _import(args):
+    from recsys.app import importer
     from recsys.app.local_run import DATA_CONFIG
-    from recsys.app.movielens import import_movielens
 
-    for name, rows in import_movielens(args.src, args.out).items():
+    if args.preset:
+        from recsys.app.movielens import movielens_mapping
+
+        if not args.src:
+            raise ValueError("--preset movielens-100k needs --src (the unzipped ml-100k directory)")
+        mapping = movielens_mapping(args.src)
+    elif args.mapping:
+        mapping = importer.load_mapping(args.mapping)
+    else:
+        given = {key: getattr(args, key) for key in IMPORT_OPTIONS if getattr(args, key)}
+        missing = [f"--{key.replace('_', '-')}" for key in IMPORT_REQUIRED if key not in given]
+        if missing:
+            raise ValueError(
+                f"give --mapping FILE, --preset, or the interactions options {missing}"
+            )
+        given["path"] = given.pop("interactions")
+        mapping = {"interactions": given}
+    result = importer.import_data(mapping, args.out)
+    for name, rows in result.counts.items():
         print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
+    print("features switched off (the data has nothing for them):")
+    for name, reason in result.switched_off.items():
+        print(f"  {name}: {reason}")
     print(
-        f"schemas: {os.path.join(args.out, 'schemas')}; pipeline parameters: "
-        f"{os.path.join(args.out, DATA_CONFIG)}"
+        f"window: all {result.lookback_days} days; eval: the last {result.eval_days}, where "
+        f"{result.eval_users} users engage who also engaged before"
     )
-    print(f"run the pipeline on it: recsys run --data {args.out}")
+    print(
+        f"schemas and feature registry: {os.path.join(args.out, importer.DATA_SCHEMAS)}; "
+        f"pipeline parameters: {os.path.join(args.out, DATA_CONFIG)}"
+    )
+    print(f"check it: recsys check --data {args.out}; run it: recsys run --data {args.out}")
+
+
+def _import_movielens(args):
+    args.preset, args.mapping = "movielens-100k", None
+    return _import(args)
 
 
 def _compile(args):
@@ -325,8 +359,35 @@ def main(argv=None):
         )
     check.set_defaults(func=_check)
 
+    import_ = commands.add_parser(
+        "import",
+        help="your interactions log (CSV or Parquet, any column names) as raw tables, "
+        "schemas and parameters",
+        description="Columns are mapped by --mapping (a YAML file with interactions, "
+        "and optional items and users sections: docs in recsys/app/importer.py and the "
+        "README) or, for an interactions file alone, by the options below.",
+    )
+    import_.add_argument("--out", required=True, help="raw data directory to write")
+    import_.add_argument("--mapping", help="the mapping YAML (file paths relative to it)")
+    import_.add_argument(
+        "--preset", choices=["movielens-100k"], help="a known dataset's mapping (needs --src)"
+    )
+    import_.add_argument("--src", help="the preset's directory (the unzipped ml-100k)")
+    import_.add_argument("--interactions", help="interactions file (CSV or Parquet)")
+    import_.add_argument("--user", help="its user id column")
+    import_.add_argument("--item", help="its item id column")
+    import_.add_argument("--timestamp", help="its timestamp column")
+    import_.add_argument(
+        "--timestamp-unit", help="auto (default), s, ms, us, ns or iso", dest="timestamp_unit"
+    )
+    import_.add_argument("--label", help="engagement rule, e.g. 'rating >= 4', or a 0/1 column")
+    import_.add_argument(
+        "--watch-seconds", dest="watch_seconds", help="optional column: seconds engaged"
+    )
+    import_.set_defaults(func=_import)
+
     movielens = commands.add_parser(
-        "import-movielens", help="convert MovieLens 100K (u.data, u.user, u.item) to raw tables"
+        "import-movielens", help="same as: recsys import --preset movielens-100k --src SRC"
     )
     movielens.add_argument("--src", required=True, help="the unzipped ml-100k directory")
     movielens.add_argument("--out", required=True, help="raw data directory to write")

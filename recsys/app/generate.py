@@ -17,7 +17,8 @@ shown to catch both.
 import numpy as np
 import pandas as pd
 
-from recsys.core.contracts import IMPRESSIONS, RAW_TABLES
+from recsys.core.aggregates import daily_view
+from recsys.core.contracts import IMPRESSIONS, ITEM_FEATURES, RAW_TABLES, USER_FEATURES
 from recsys.core.derived import DAY, context_columns, item_age_days
 from recsys.core.schemas import required_columns
 from recsys.core.tables import write_raw_tables
@@ -39,7 +40,6 @@ CATEGORIES = [
 COUNTRIES = ["US", "BR", "IN", "DE", "JP"]
 DEVICES = ["android", "ios", "web"]
 LATENT_DIM = 8
-HISTORY_DAYS = 7  # window of the rolling feature aggregates
 
 # What each injection does from its chosen day on.
 DRIFTS = {
@@ -112,8 +112,12 @@ def generate(
     impressions["user_id"] = users_frame["user_id"].to_numpy()[impressions.pop("user_index")]
     impressions["item_id"] = items_frame["item_id"].to_numpy()[impressions["item_index"]]
 
-    user_snapshots = daily_snapshots(impressions, "user", users_frame["user_id"], days, start_ts)
-    item_snapshots = daily_snapshots(impressions, "item", items_frame["item_id"], days, start_ts)
+    user_snapshots = daily_view(
+        impressions, USER_FEATURES, users_frame["user_id"], start_ts, days + 1
+    )
+    item_snapshots = daily_view(
+        impressions, ITEM_FEATURES, items_frame["item_id"], start_ts, days + 1
+    )
     serving_log = _serving_log(
         impressions,
         users_frame,
@@ -284,58 +288,6 @@ def _impressions(
         }
     )
     frame.insert(0, "event_id", [f"e{i:09d}" for i in range(len(frame))])
-    return frame
-
-
-def daily_snapshots(
-    impressions: pd.DataFrame, entity: str, ids, days: int, start_ts: int
-) -> pd.DataFrame:
-    """The ``user_features`` / ``item_features`` table (``entity`` "user" / "item") of
-    ``impressions`` (event_ts, ``<entity>_id``, clicked, watch_seconds): one row per id
-    and day, stamped at midnight, aggregating the previous HISTORY_DAYS days."""
-    n = len(ids)
-    index = pd.Index(ids).get_indexer(impressions[f"{entity}_id"])
-    day = ((impressions["event_ts"].to_numpy() - start_ts) // DAY).astype(np.int64)
-    flat = index * days + day
-
-    def daily(weights):
-        return np.bincount(flat, weights=weights, minlength=n * days).reshape(n, days)
-
-    def trailing(daily_values):
-        # value at snapshot d = sum over days [d - HISTORY_DAYS, d)
-        cumulative = np.concatenate([np.zeros((n, 1)), np.cumsum(daily_values, axis=1)], axis=1)
-        snapshot_days = np.arange(days + 1)
-        return (
-            cumulative[:, snapshot_days]
-            - cumulative[:, np.maximum(snapshot_days - HISTORY_DAYS, 0)]
-        )
-
-    impressions_7d = trailing(daily(None))
-    clicks_7d = trailing(daily(impressions["clicked"].to_numpy().astype(float)))
-    entity_ids = np.repeat(np.asarray(ids), days + 1)
-    feature_ts = np.tile(start_ts + np.arange(days + 1) * DAY, n)
-    if entity == "user":
-        watch_7d = trailing(daily(impressions["watch_seconds"].to_numpy()))
-        frame = pd.DataFrame(
-            {
-                "user_id": entity_ids,
-                "feature_ts": feature_ts,
-                "user_impressions_7d": impressions_7d.ravel().astype(np.int64),
-                "user_clicks_7d": clicks_7d.ravel().astype(np.int64),
-                "user_watch_seconds_7d": watch_7d.ravel().round(1),
-            }
-        )
-    else:
-        frame = pd.DataFrame(
-            {
-                "item_id": entity_ids,
-                "feature_ts": feature_ts,
-                "item_impressions_7d": impressions_7d.ravel().astype(np.int64),
-                "item_clicks_7d": clicks_7d.ravel().astype(np.int64),
-                # Smoothed towards a 10% prior so new items do not get 0/0 or 1/1.
-                "item_ctr_7d": ((clicks_7d + 2.0) / (impressions_7d + 20.0)).ravel().round(5),
-            }
-        )
     return frame
 
 

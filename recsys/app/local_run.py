@@ -17,6 +17,8 @@ import warnings
 
 import yaml
 
+from recsys.core.contracts import RAW_TABLES
+from recsys.core.features import load_registry
 from recsys.core.progress import PROGRESS_LINE, log
 from recsys.pipelines.kfp_pipeline import compile_pipeline
 from recsys.pipelines.parameters import DEFAULT_IMAGE, pipeline_parameters
@@ -186,12 +188,32 @@ def summary(outputs: dict) -> str:
         f"{outputs['quarantine']['path']}",
         "",
     ]
+    lines += features_summary(outputs) + [""]
     for name in ("validation_report", "evaluation_report", "push_report"):
         with open(outputs[name]["path"]) as handle:
             lines += [handle.read().strip(), ""]
     lines.append(f"plots (HTML, render offline): {outputs['validation_html']['path']}")
     lines.append(f"                              {outputs['evaluation_html']['path']}")
     return "\n".join(lines) + "\n"
+
+
+def features_summary(outputs: dict) -> list[str]:
+    """The features the models took, those switched off and why, and the tables
+    derived from the interactions."""
+    registry = load_registry(outputs.get("arguments", {}).get("schema_dir", ""))
+    used = [name for name, feature in registry.features.items() if feature.models]
+    off = dict(registry.switched_off)
+    if not outputs["ranking_training"]["metadata"].get("watch_head", 1):
+        off["the ranker's watch-time task"] = "no training click has watch time"
+    counts = outputs["ingest_metrics"]["metadata"]
+    derived = [name for name in RAW_TABLES if counts.get(f"{name}_derived")]
+    lines = [f"features used ({len(used)}): {', '.join(used)}"]
+    if off:
+        lines.append("switched off:")
+        lines += [f"  {name}: {reason}" for name, reason in off.items()]
+    if derived:
+        lines.append(f"derived from the interactions (no such table): {', '.join(derived)}")
+    return lines
 
 
 def _child_main(argv=None) -> int:

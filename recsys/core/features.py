@@ -117,10 +117,19 @@ class Cross:
 class FeatureRegistry:
     """The checked registry. ``features`` and ``crosses`` are in file order."""
 
-    def __init__(self, features: list[Feature], crosses: list[Cross], path: str):
+    def __init__(
+        self,
+        features: list[Feature],
+        crosses: list[Cross],
+        path: str,
+        switched_off: dict[str, str] | None = None,
+    ):
         self.features = {feature.name: feature for feature in features}
         self.crosses = {cross.name: cross for cross in crosses}
         self.path = path
+        # Features of the packaged registry this one leaves out, and why (written by
+        # `recsys import`): what the run summary lists as switched off.
+        self.switched_off = dict(switched_off or {})
 
     def __getitem__(self, name: str) -> Feature:
         return self.features[name]
@@ -235,7 +244,10 @@ def _load(path: str, modified: int, schema_dir: str, schema_modified: int) -> Fe
         _cross(path, name, dict(attributes or {}))
         for name, attributes in (document.get("crosses") or {}).items()
     ]
-    registry = FeatureRegistry(features, crosses, path)
+    switched_off = document.get("switched_off") or {}
+    if not isinstance(switched_off, dict):
+        raise RegistryError(f"{path}: 'switched_off' must map feature names to reasons")
+    registry = FeatureRegistry(features, crosses, path, switched_off)
     registry.check(schema_dir)
     return registry
 
@@ -443,6 +455,14 @@ def _source_problems(feature: Feature, tables: dict[str, set]) -> list[str]:
         return [
             f"{where}: no derived feature of that name in recsys.core.derived "
             f"(known: {sorted(DERIVED)})"
+        ]
+    if source == "derived":
+        return [
+            f"{where}: derived from {table}.{column}, which {table}.schema.pbtxt does not "
+            f"have; add the column (or remove the feature)"
+            for table, columns in DERIVED[feature.name][0].items()
+            for column in columns
+            if column not in tables[table]
         ]
     if source == "event" and feature.name not in (
         contracts.USER_ID,

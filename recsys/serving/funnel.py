@@ -27,6 +27,7 @@ from recsys.core.contracts import (
     SCORE,
     SCORES,
     SNAPSHOT_DIR,
+    UNKNOWN,
 )
 from recsys.core.derived import context_columns
 from recsys.core.features import HISTORY_COLUMNS
@@ -39,8 +40,6 @@ from recsys.serving.snapshot import FeatureSnapshot, pushed_rerank_config
 
 # The watched rule removes what the user engaged with: the history's items.
 HISTORY_ITEMS = HISTORY_COLUMNS[0]
-# The item attributes re-ranking reads (caps, freshness), by their registry role.
-RERANK_ROLES = ("creator", "category", "item_age")
 
 
 @dataclass
@@ -90,12 +89,6 @@ class Funnel:
         # The ranker's inputs the request brings (the user and the context); the
         # others are each candidate item's, from the snapshot.
         registry = features.registry
-        missing = [role for role in RERANK_ROLES if registry.role(role) is None]
-        if missing:
-            raise ValueError(
-                f"{registry.path}: re-ranking needs a feature for each role "
-                f"{list(RERANK_ROLES)}; none has role {missing}"
-            )
         request = set(registry.side("user")) | {f.name for f in registry.select(group="context")}
         self.user_inputs = [name for name in self.ranking_signature if name in request]
         self.item_inputs = [name for name in self.ranking_signature if name not in request]
@@ -178,8 +171,12 @@ class Funnel:
 
         config = replace(self.config, k=k) if k else self.config
         registry, attribute = self.features.registry, self.features.item_attribute
-        creators, categories = attribute("creator", rows), attribute("category", rows)
-        ages = attribute("item_age", rows)
+        # A role no feature plays switches its rules off: unknown creators and
+        # categories are never capped, and an infinite age gets no freshness boost.
+        creators, categories, ages = (
+            attribute(role, rows) if registry.role(role) else np.full(len(rows), absent)
+            for role, absent in (("creator", UNKNOWN), ("category", UNKNOWN), ("item_age", np.inf))
+        )
         embeddings = self.features.embeddings
         histories = queries.get(HISTORY_ITEMS)
         bounds = np.searchsorted(query_of, np.arange(n_queries + 1))
@@ -208,8 +205,11 @@ class Funnel:
                     "score": page.scores,
                     **{name: ranked[name][chosen] for name in self._ranking_outputs},
                     "retrieval_score": retrieval_scores[chosen],
-                    registry.role("category"): categories[chosen],
-                    registry.role("creator"): creators[chosen],
+                    **{
+                        registry.role(role): values[chosen]
+                        for role, values in (("category", categories), ("creator", creators))
+                        if registry.role(role)
+                    },
                 }
             )
             results.append(

@@ -62,6 +62,11 @@ def rerank_caps(config: RerankConfig, items: pd.DataFrame, registry: FeatureRegi
     for option, role in (("max_per_creator", "creator"), ("max_per_category", "category")):
         limit = getattr(config, option)
         column = registry.role(role)
+        if limit and column is None:
+            found.append(
+                f"rerank {option}={limit} is off: no feature has the role {role} (the "
+                f"data has no {role} attribute)"
+            )
         if not limit or column is None or column not in items or items.empty:
             continue
         values = items[column].astype(str)
@@ -78,4 +83,9 @@ def rerank_caps(config: RerankConfig, items: pd.DataFrame, registry: FeatureRegi
                 f"rerank {option}={limit}: every item with a {column} has the same one, so "
                 f"pages hold at most {limit} of them; set {option} to 0 or bring real values"
             )
+    if config.freshness_boost and registry.role("item_age") is None:
+        found.append(
+            f"rerank freshness_boost={config.freshness_boost} is off: no feature has the "
+            "role item_age (the data has no upload time of its items)"
+        )
     return found

@@ -91,20 +91,24 @@ def served_metrics(
     eval_examples: pd.DataFrame,
     slices: Slices,
     k: int,
-    category: str,
+    category: str | None,
 ) -> ServedMetrics:
     """Served Recall@k and ranking AUC, overall and per slice, of one pair of serving
     models. A category slice of retrieval is the recall of the eval positives in that
     category (``category``: the column of the item's category). The same code scores
-    the candidate and the champion."""
-    category_of = eval_examples.drop_duplicates(ITEM_ID).set_index(ITEM_ID)[category]
+    the candidate and the champion. Without a category (``None``), no category slices."""
     top = served_top_k(models[RETRIEVAL], task.users, task.queries, task.train_clicks, k)
     hit = task.positives.merge(top.assign(_hit=True), on=[USER_ID, ITEM_ID], how="left")
     hit["_hit"] = hit["_hit"].notna()
     labels = eval_examples[CLICKED].to_numpy()
     probabilities = call_in_batches(serving_fn(models[RANKING]), eval_examples, CLICK_PROBABILITY)
-    positive_rows = slices.masks(hit[USER_ID], category_of.reindex(hit[ITEM_ID]))
-    impression_rows = slices.masks(eval_examples[USER_ID], eval_examples[category])
+    if category is None:
+        positive_rows = slices.masks(hit[USER_ID])
+        impression_rows = slices.masks(eval_examples[USER_ID])
+    else:
+        category_of = eval_examples.drop_duplicates(ITEM_ID).set_index(ITEM_ID)[category]
+        positive_rows = slices.masks(hit[USER_ID], category_of.reindex(hit[ITEM_ID]))
+        impression_rows = slices.masks(eval_examples[USER_ID], eval_examples[category])
     recall_name, auc_name = f"served Recall@{k}", "ranking AUC"
     values, sizes = {recall_name: {}, auc_name: {}}, {recall_name: {}, auc_name: {}}
     for name in positive_rows:
@@ -123,7 +127,7 @@ def champion_checks(
     task: RetrievalTask,
     eval_examples: pd.DataFrame,
     thresholds: gate.Thresholds,
-    category: str,
+    category: str | None,
 ) -> ChampionComparison:
     """Change checks of the candidate (model name -> SavedModel dir) against the
     version ``models.config`` serves now, both scored on the same eval data here."""

@@ -15,6 +15,7 @@ from recsys.components.ingest.checks import (
 )
 from recsys.components.ingest.config import IngestConfig
 from recsys.core import contracts
+from recsys.core.aggregates import TRAILING_DAYS, daily_view, view_aggregates
 from recsys.core.contracts import (
     CREATED_TS,
     EVENT_ID,
@@ -22,11 +23,13 @@ from recsys.core.contracts import (
     FEATURE_TS,
     IMPRESSIONS,
     ITEM_DURATION,
+    ITEM_FEATURES,
     ITEM_ID,
     ITEMS,
     QUARANTINE,
     RAW_TABLES,
     SERVING_LOG,
+    USER_FEATURES,
     USER_ID,
     USERS,
     WATCH_SECONDS,
@@ -34,7 +37,7 @@ from recsys.core.contracts import (
 from recsys.core.derived import DAY
 from recsys.core.features import load_registry
 from recsys.core.progress import log
-from recsys.core.schemas import load_schema
+from recsys.core.schemas import load_schema, required_columns
 from recsys.core.tables import DataError, find_table, read_raw_file, write_dataset
 
 
@@ -160,7 +163,7 @@ def check_table(
     ):
         if reference is not None and column in check.values:
             check.reject(~check.values[column].isin(reference[column]).to_numpy(), reason, column)
-    if name == IMPRESSIONS:
+    if name == IMPRESSIONS and items is not None and ITEM_DURATION in items:
         duration = check.values[ITEM_ID].map(items.set_index(ITEM_ID)[ITEM_DURATION])
         check.reject(
             (check.values[WATCH_SECONDS] > duration).to_numpy(),
@@ -187,10 +190,12 @@ def ingest(
     now = int(time.time()) if now is None else now
     load_registry(schema_dir)  # a registry that disagrees with the schemas stops the run here
     checks, accepted, counts, known = {}, {}, {}, {}
+    derived = [name for name in DERIVABLE if derivable(name, schema_dir)]
     for name, table in RAW_TABLES.items():
-        if table.optional and not _present(data_root, name):
+        if (table.optional or name in derived) and not _present(data_root, name):
             counts[f"{name}_read"] = 0
             continue
+        derived = [d for d in derived if d != name]
         # Ids must be known in the tables the models learn from. The serving log is
         # exempt: serving meets users and items newer than the last table dump, and
         # those requests belong in its statistics.
@@ -210,8 +215,8 @@ def ingest(
                 "at most. Export the data with its rows."
             )
         accepted[name] = checks[name].typed()
-        if name == ITEMS:
-            known = {"users": accepted[USERS], "items": accepted[ITEMS]}
+        if name in (USERS, ITEMS):
+            known[name] = accepted[name]
 
     quarantine = pd.concat([c.quarantined() for c in checks.values()], ignore_index=True)
     write_dataset(quarantine, outputs[QUARANTINE])
@@ -237,6 +242,16 @@ def ingest(
     counts.update(split_counts)
     write_dataset(train, outputs[contracts.TRAIN_EVENTS])
     write_dataset(evaluation, outputs[contracts.EVAL_EVENTS])
+    # Tables the data does not bring, from the interactions before as_of (DERIVABLE).
+    past = events[events[EVENT_TS] < window.as_of]
+    for name in derived:
+        accepted[name] = derive_table(name, past, window, schema_dir)
+        counts[f"{name}_derived"] = 1
+        log(
+            "ingest",
+            f"{name}: no table under {data_root}; derived from the interactions before "
+            f"as_of ({DERIVABLE[name]}): {len(accepted[name])} rows",
+        )
     for name in (USERS, ITEMS):
         counts[name] = len(accepted[name])
         write_dataset(accepted[name], outputs[name])
@@ -266,6 +281,45 @@ def ingest(
         span_start=window.span_start,
     )
     return counts
+
+
+# What ingest derives from the interactions when the data has no such table, and how.
+DERIVABLE = {
+    USERS: "one row per user id",
+    ITEMS: "one row per item id",
+    USER_FEATURES: f"trailing {TRAILING_DAYS}-day aggregates per user and day",
+    ITEM_FEATURES: f"trailing {TRAILING_DAYS}-day aggregates per item and day",
+}
+
+
+def derivable_columns(name: str) -> set[str]:
+    """The columns of table ``name`` that ``derive_table`` can compute."""
+    if name in contracts.FEATURE_VIEWS:
+        return {contracts.FEATURE_VIEWS[name], FEATURE_TS, *view_aggregates(name)}
+    return {RAW_TABLES[name].key}
+
+
+def derivable(name: str, schema_dir: str) -> bool:
+    """Whether table ``name`` may be absent: its schema requires nothing that the
+    interactions cannot give (an entity table without attributes, a feature view of
+    ``AGGREGATES`` columns only)."""
+    return set(required_columns(RAW_TABLES[name].schema, schema_dir)) <= derivable_columns(name)
+
+
+def derive_table(name: str, events: pd.DataFrame, window: Window, schema_dir: str) -> pd.DataFrame:
+    """Table ``name`` from ``events`` (accepted, before as_of): the ids seen, or the
+    feature view's daily rows over the window (``recsys.core.aggregates``), with the
+    columns of its schema."""
+    if name in contracts.FEATURE_VIEWS:
+        key = contracts.FEATURE_VIEWS[name]
+        since = events[events[EVENT_TS] >= window.start - TRAILING_DAYS * DAY]
+        ids = np.sort(since[key].unique())
+        table = daily_view(since, name, ids, window.start, window.lookback_days + 1)
+    else:
+        key = RAW_TABLES[name].key
+        table = pd.DataFrame({key: np.sort(events[key].unique())})
+    columns = [f.name for f in load_schema(RAW_TABLES[name].schema, schema_dir).feature]
+    return table[[column for column in columns if column in table]]
 
 
 def _present(data_root: str, name: str) -> bool:
