@@ -21,9 +21,9 @@ def task(users: int, with_training_clicks: int) -> RetrievalTask:
 
 
 def test_a_small_eval_set_is_named_with_an_interval():
-    [caveat] = caveats.eval_size(task(27, 27), 0.3, 50)
-    assert "27 eval users" in caveat and "Recall@50 0.300 is known to about +-0.173" in caveat
-    assert caveats.eval_size(task(caveats.MIN_EVAL_USERS, 0), 0.3, 50) == []
+    [caveat] = caveats.eval_size(task(27, 27), 0.3, 0.173, 50)
+    assert "27 eval users" in caveat and "Recall@50 0.300 is known to +-0.173 (95%)" in caveat
+    assert caveats.eval_size(task(caveats.MIN_EVAL_USERS, 0), 0.3, 0.05, 50) == []
 
 
 def test_eval_users_without_training_history_are_counted():

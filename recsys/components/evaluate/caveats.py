@@ -26,14 +26,15 @@ MAX_NEW_USER_SHARE = 0.5
 MAX_UNKNOWN_SHARE = 0.5
 
 
-def eval_size(task: RetrievalTask, recall: float | None, k: int) -> list[str]:
+def eval_size(task: RetrievalTask, recall: float | None, margin: float | None, k: int) -> list[str]:
+    """Too few eval users; ``margin`` is the half-width of Recall@k's 95% interval
+    over those users (``metrics.mean_margin``)."""
     users = len(task.users)
     if users >= MIN_EVAL_USERS:
         return []
     interval = ""
-    if recall is not None and math.isfinite(recall) and users:
-        half = 1.96 * math.sqrt(max(recall * (1 - recall), 1e-12) / users)
-        interval = f"; Recall@{k} {recall:.3f} is known to about +-{half:.3f} (95%)"
+    if recall is not None and margin is not None and math.isfinite(recall + margin):
+        interval = f"; Recall@{k} {recall:.3f} is known to +-{margin:.3f} (95%)"
     return [
         f"the gate judged {users} eval users (users with a new click in the eval days), "
         f"fewer than {MIN_EVAL_USERS}{interval}. Lengthen eval_days, or use a longer span "

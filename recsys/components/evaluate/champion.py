@@ -15,7 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from recsys.components.evaluate import gate
-from recsys.components.evaluate.metrics import roc_auc
+from recsys.components.evaluate.metrics import auc_margin, mean_margin, roc_auc
 from recsys.components.evaluate.models import call_in_batches, serving_fn
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.components.evaluate.slices import Slices
@@ -33,11 +33,12 @@ from recsys.serving import serving_root as root_
 
 @dataclass
 class ServedMetrics:
-    """Served Recall@k and ranking AUC of one pair of serving models: value and size
-    (positives) by metric and slice."""
+    """Served Recall@k and ranking AUC of one pair of serving models: value, size
+    (positives) and the 95% interval's half-width, by metric and slice."""
 
     values: dict[str, dict[str, float]]
     sizes: dict[str, dict[str, int]]
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,15 +111,17 @@ def served_metrics(
         positive_rows = slices.masks(hit[USER_ID], category_of.reindex(hit[ITEM_ID]))
         impression_rows = slices.masks(eval_examples[USER_ID], eval_examples[category])
     recall_name, auc_name = f"served Recall@{k}", "ranking AUC"
-    values, sizes = {recall_name: {}, auc_name: {}}, {recall_name: {}, auc_name: {}}
+    values, sizes, margins = ({recall_name: {}, auc_name: {}} for _ in range(3))
     for name in positive_rows:
         per_user = hit[positive_rows[name]].groupby(USER_ID)["_hit"].mean()
         values[recall_name][name] = float(per_user.mean()) if len(per_user) else float("nan")
         sizes[recall_name][name] = int(len(per_user))
+        margins[recall_name][name] = mean_margin(per_user.to_numpy())
         mask = impression_rows[name]
         values[auc_name][name] = roc_auc(labels[mask], probabilities[mask])
         sizes[auc_name][name] = int(labels[mask].sum())
-    return ServedMetrics(values, sizes)
+        margins[auc_name][name] = auc_margin(labels[mask], probabilities[mask])
+    return ServedMetrics(values, sizes, margins)
 
 
 def champion_checks(
@@ -172,6 +175,7 @@ def champion_checks(
         scored["candidate"].sizes,
         version if len(set(served[n] for n in champion)) == 1 else label,
         thresholds,
+        scored["candidate"].margins,
     )
     return ChampionComparison(
         checks,

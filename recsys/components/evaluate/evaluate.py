@@ -114,7 +114,12 @@ def evaluate(
     blessing = gate.decide(checks, thresholds, champion.note)
     k = thresholds.recall_k
     blessing["caveats"] = (
-        caveats.eval_size(task, retrieval_metrics.get(f"recall_at_{k}"), k)
+        caveats.eval_size(
+            task,
+            retrieval_metrics.get(f"recall_at_{k}"),
+            retrieval_metrics.get(f"recall_at_{k}_margin"),
+            k,
+        )
         + caveats.training_history(task)
         + caveats.rerank_caps(rerank_config, eval_items, registry)
     )

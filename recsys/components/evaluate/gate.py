@@ -32,6 +32,9 @@ class Check:
     threshold: str  # human-readable: ">= 0.55", ">= 0.98 x baseline", "in [0.8, 1.25]"
     passed: bool | None  # None: skipped (see note)
     note: str = ""
+    # Half-width of the candidate's 95% interval (None where not computed): how far
+    # the value could move on another eval set of the same size.
+    margin: float | None = None
 
     @property
     def status(self) -> str:
@@ -41,7 +44,7 @@ class Check:
         if self.kind == "infra":
             return f"{self.metric}: {self.note or self.status}"
         where = f" [{self.slice}]" if self.slice != "all" else ""
-        value = _format(self.candidate)
+        value = with_margin(self.candidate, self.margin)
         against = f" vs {self.baseline_name} {_format(self.baseline)}" if self.baseline_name else ""
         note = f"; {self.note}" if self.note else ""
         return f"{self.metric}{where} {value}{against} (needs {self.threshold}){note}"
@@ -53,6 +56,14 @@ def _format(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else str(value)
     return str(value)
+
+
+def with_margin(value, margin) -> str:
+    """The value, and its 95% interval's half-width where known: "0.3024 ± 0.0412"."""
+    text = _format(value)
+    if _finite(value, margin):
+        text += f" ± {margin:.4f}"
+    return text
 
 
 def _finite(*values) -> bool:
@@ -71,9 +82,11 @@ def within(
     baseline=None,
     baseline_name="",
     threshold="",
+    margin=None,
 ) -> Check:
     """low <= candidate <= high (None: no bound); a value or bound that is missing or
-    not finite (NaN) fails closed."""
+    not finite (NaN) fails closed. ``margin`` is shown, not judged: the gate decides
+    on the value, so a decision does not move with how the interval is computed."""
     known = _finite(candidate, *[bound for bound in (low, high) if bound is not None])
     passed = known and (low is None or candidate >= low) and (high is None or candidate <= high)
     return Check(
@@ -86,11 +99,20 @@ def within(
         threshold,
         passed,
         "" if known else "a value is missing: fails closed",
+        margin,
     )
 
 
 def at_least(
-    kind, metric, slice_, candidate, minimum, baseline=None, baseline_name="", threshold=""
+    kind,
+    metric,
+    slice_,
+    candidate,
+    minimum,
+    baseline=None,
+    baseline_name="",
+    threshold="",
+    margin=None,
 ) -> Check:
     return within(
         kind,
@@ -102,6 +124,7 @@ def at_least(
         baseline,
         baseline_name,
         threshold or f">= {minimum:g}",
+        margin,
     )
 
 
@@ -110,6 +133,7 @@ def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list
     recall, popular = retrieval.get(f"recall_at_{k}"), retrieval.get(f"popularity_recall_at_{k}")
     lift_floor = thresholds.min_recall_lift * popular if _finite(popular) else float("nan")
     low, high = thresholds.min_calibration_ratio, thresholds.max_calibration_ratio
+    recall_margin = retrieval.get(f"recall_at_{k}_margin")
     return [
         at_least(
             "value",
@@ -120,9 +144,24 @@ def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list
             popular,
             "popularity",
             f">= {thresholds.min_recall_lift:g} x popularity",
+            recall_margin,
         ),
-        at_least("value", f"retrieval Recall@{k}", "all", recall, thresholds.min_recall),
-        at_least("value", "ranking AUC", "all", ranking.get("auc"), thresholds.min_auc),
+        at_least(
+            "value",
+            f"retrieval Recall@{k}",
+            "all",
+            recall,
+            thresholds.min_recall,
+            margin=recall_margin,
+        ),
+        at_least(
+            "value",
+            "ranking AUC",
+            "all",
+            ranking.get("auc"),
+            thresholds.min_auc,
+            margin=ranking.get("auc_margin"),
+        ),
         within(
             "value",
             "ranking normalized entropy",
@@ -130,6 +169,7 @@ def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list
             ranking.get("normalized_entropy"),
             high=thresholds.max_normalized_entropy,
             threshold=f"<= {thresholds.max_normalized_entropy:g}",
+            margin=ranking.get("normalized_entropy_margin"),
         ),
         within(
             "value",
@@ -139,15 +179,22 @@ def value_checks(retrieval: dict, ranking: dict, thresholds: Thresholds) -> list
             low,
             high,
             threshold=f"in [{low:g}, {high:g}]",
+            margin=ranking.get("calibration_ratio_margin"),
         ),
     ]
 
 
 def change_checks(
-    candidate: dict, champion: dict, sizes: dict, version: int, thresholds: Thresholds
+    candidate: dict,
+    champion: dict,
+    sizes: dict,
+    version: int,
+    thresholds: Thresholds,
+    margins: dict | None = None,
 ) -> list[Check]:
     """``candidate`` and ``champion``: {metric: {slice: value}} from the same code on
-    the same data; ``sizes``: {metric: {slice: positives}}."""
+    the same data; ``sizes``: {metric: {slice: positives}}; ``margins``: the
+    candidate's 95% half-widths, {metric: {slice: margin}}."""
     checks = []
     for metric, by_slice in candidate.items():
         for slice_, value in by_slice.items():
@@ -174,7 +221,10 @@ def change_checks(
                 )
                 continue
             floor = (1 - allowed) * old if _finite(old) else float("nan")
-            checks.append(at_least("change", metric, slice_, value, floor, old, name, threshold))
+            margin = (margins or {}).get(metric, {}).get(slice_)
+            checks.append(
+                at_least("change", metric, slice_, value, floor, old, name, threshold, margin)
+            )
     return checks
 
 
@@ -258,14 +308,15 @@ def decide(checks: list[Check], thresholds: Thresholds, champion_note: str) -> d
 
 
 def checks_markdown(blessing: dict) -> str:
-    """The checks as a table, failing ones first (the order ``decide`` stored)."""
+    """The checks as a table, failing ones first (the order ``decide`` stored); a
+    candidate value ± the half-width of its 95% interval."""
     rows = [
         "| status | kind | metric | slice | candidate | baseline | threshold | note |",
         "|---|---|---|---|---:|---:|---|---|",
     ]
     for c in blessing["checks"]:
         baseline = f"{_format(c['baseline'])} ({c['baseline_name']})" if c["baseline_name"] else ""
-        candidate = _format(c["candidate"]) if c["kind"] != "infra" else ""
+        candidate = with_margin(c["candidate"], c.get("margin")) if c["kind"] != "infra" else ""
         rows.append(
             f"| {c['status']} | {c['kind']} | {c['metric']} | {c['slice']} | "
             f"{candidate} | {baseline} | {c['threshold']} | {c['note']} |"

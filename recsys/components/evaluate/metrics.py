@@ -6,7 +6,7 @@ probabilities (AUC, log loss, normalized entropy, calibration). Each function
 states its definition; the tests check them against brute force.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,7 @@ class ListQuality:
     users: int
     recall: dict[int, float]
     ndcg_at_10: float
+    recall_margin: dict[int, float] = field(default_factory=dict)  # 95% half-width
 
     def metrics(self) -> dict[str, float]:
         """As metric names: recall_at_<k>, ndcg_at_10."""
@@ -97,6 +98,7 @@ def list_quality(
             int(members.sum()),
             {k: mean(values, members) for k, values in recalls.items()},
             mean(ndcg, members),
+            {k: mean_margin(values[members]) for k, values in recalls.items()},
         )
         for name, members in masks.items()
     }
@@ -195,6 +197,58 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     ranks = pd.Series(scores).rank(method="average").to_numpy()
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# --- intervals: the 95% half-width next to each gated metric -----------------------------
+# Closed forms, not a bootstrap: they cost nothing, are the same on every run of the
+# same data, and are the textbook ones a reader can check. Each treats its units
+# (users for retrieval, impressions for ranking) as independent; impressions of one
+# user are correlated, so the ranking intervals are on the narrow side.
+
+Z_95 = 1.959964
+
+
+def mean_margin(values: np.ndarray) -> float:
+    """Half-width of the normal 95% interval of the mean of ``values``."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan")
+    return float(Z_95 * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def auc_margin(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Half-width of the 95% interval of the ROC AUC of ``scores``, by DeLong's
+    variance (Biometrics 44, 1988) in Sun & Xu's rank form (IEEE SPL 21, 2014):
+    each positive's share of negatives ranked below it, and each negative's share of
+    positives above it, are the AUC's structural components."""
+    positives = np.asarray(labels) == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos < 2 or n_neg < 2:
+        return float("nan")
+    scores = pd.Series(np.asarray(scores, dtype=float))
+    overall = scores.rank(method="average").to_numpy()
+    within_pos = scores[positives].rank(method="average").to_numpy()
+    within_neg = scores[~positives].rank(method="average").to_numpy()
+    below_each_positive = (overall[positives] - within_pos) / n_neg
+    above_each_negative = 1.0 - (overall[~positives] - within_neg) / n_pos
+    variance = below_each_positive.var(ddof=1) / n_pos + above_each_negative.var(ddof=1) / n_neg
+    return float(Z_95 * np.sqrt(variance))
+
+
+def ratio_margin(numerators: np.ndarray, denominators: np.ndarray) -> float:
+    """Half-width of the 95% interval of mean(numerators) / mean(denominators) over
+    paired rows, by the delta method."""
+    x, y = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    n, mx, my = len(x), x.mean() if len(x) else 0.0, y.mean() if len(y) else 0.0
+    if n < 2 or my == 0:
+        return float("nan")
+    covariance = np.cov(x, y, ddof=1)
+    variance = (
+        covariance[0, 0] / my**2
+        - 2 * mx * covariance[0, 1] / my**3
+        + mx**2 * covariance[1, 1] / my**4
+    ) / n
+    return float(Z_95 * np.sqrt(max(variance, 0.0)))
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -9,10 +9,13 @@ import pandas as pd
 from recsys.components.evaluate.metrics import (
     CalibrationCurve,
     RocCurve,
+    auc_margin,
     calibration,
     expected_calibration_error,
     log_loss,
+    mean_margin,
     normalized_entropy,
+    ratio_margin,
     roc_auc,
     roc_curve,
 )
@@ -36,6 +39,10 @@ class RankingEvaluation:
     # None without watch time (MovieLens) or a watch head.
     watch_time_ratio: float | None
     watch_time_mae_seconds: float | None
+    # Half-widths of the 95% intervals of the gated metrics (metrics.py, "intervals").
+    auc_margin: float
+    normalized_entropy_margin: float
+    calibration_ratio_margin: float
     calibration: CalibrationCurve = field(repr=False)
     roc: RocCurve = field(repr=False)
 
@@ -54,6 +61,9 @@ class RankingEvaluation:
             "expected_calibration_error",
             "watch_time_ratio",
             "watch_time_mae_seconds",
+            "auc_margin",
+            "normalized_entropy_margin",
+            "calibration_ratio_margin",
         ]
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
@@ -73,9 +83,13 @@ def evaluate_ranking(
         observed = eval_examples[WATCH_SECONDS].to_numpy()[watched]
         watch_ratio = float(predicted.mean() / observed.mean())
         watch_error = float(np.abs(predicted - observed).mean())
+    auc = roc_auc(labels, probabilities)
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    row_losses = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    prior_logloss = log_loss(labels, np.full(len(labels), prior))
     return RankingEvaluation(
         eval_examples=int(len(labels)),
-        auc=roc_auc(labels, probabilities),
+        auc=auc,
         logloss=log_loss(labels, probabilities),
         normalized_entropy=normalized_entropy(labels, probabilities, prior),
         prior_ctr=prior,
@@ -86,6 +100,10 @@ def evaluate_ranking(
         expected_calibration_error=expected_calibration_error(curve),
         watch_time_ratio=watch_ratio,
         watch_time_mae_seconds=watch_error,
+        auc_margin=auc_margin(labels, probabilities),
+        # The prior's log loss is taken as fixed: the margin is the model's own.
+        normalized_entropy_margin=mean_margin(row_losses) / prior_logloss,
+        calibration_ratio_margin=ratio_margin(probabilities, labels),
         calibration=curve,
         roc=roc_curve(labels, probabilities),
     )

@@ -80,7 +80,8 @@ def _checks_table(checks: list[dict]) -> str:
     rows = "".join(
         f'<tr class="{c["status"].lower()}"><td>{html.escape(c["status"])}</td>'
         f"<td>{html.escape(c['kind'])}</td><td>{html.escape(c['metric'])}</td>"
-        f"<td>{html.escape(c['slice'])}</td><td>{value(c['candidate'])}</td>"
+        f"<td>{html.escape(c['slice'])}</td>"
+        f"<td>{html.escape(gate.with_margin(c['candidate'], c.get('margin')))}</td>"
         f"<td>{value(c['baseline'])} {html.escape(c['baseline_name'])}</td>"
         f"<td>{html.escape(c['threshold'])}</td><td>{html.escape(c['note'])}</td></tr>"
         for c in checks

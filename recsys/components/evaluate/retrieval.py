@@ -97,6 +97,8 @@ class RetrievalEvaluation:
         for name in reported:
             metrics[name] = self.model["all"].metrics()[name]
             metrics[f"popularity_{name}"] = self.popularity["all"].metrics()[name]
+        for k, margin in self.model["all"].recall_margin.items():
+            metrics[f"recall_at_{k}_margin"] = margin  # the 95% interval's half-width
         for slice_name in USER_SLICES:
             metrics[f"{slice_name}_users"] = self.model[slice_name].users
             for name in reported:
