@@ -2,13 +2,17 @@
 
 `infer` computes TFDV statistics of raw tables and proposes one schema per table
 (TFDV's inference plus a lower bound of 0 on numeric columns without negative
-values; no upper bound, since the data is a sample). `diff` prints, feature by
+values; no upper bound, since the data is a sample), and the examples schema with
+the feature registry beside them, so the directory is a ``schema_dir`` as written:
+the packaged examples schema with the domains of the columns it shares with the
+tables taken from the proposed table schemas. `diff` prints, feature by
 feature, how a proposed schema differs from the curated one, as a unified diff of
 their text form.
 """
 
 import difflib
 import os
+import shutil
 import tempfile
 
 import tensorflow_data_validation as tfdv
@@ -16,8 +20,9 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from recsys.components.validate.validate import compute_statistics
-from recsys.core.contracts import RAW_TABLES
-from recsys.core.schemas import SCHEMA_DIR, schema_path
+from recsys.core.contracts import EXAMPLES_SCHEMA, FEATURES_FILE, RAW_TABLES
+from recsys.core.features import load_registry, registry_path
+from recsys.core.schemas import SCHEMA_DIR, load_schema, schema_path
 from recsys.core.tables import read_raw_table, write_dataset
 
 # The tables a user brings (the serving log is checked against the examples schema).
@@ -55,7 +60,7 @@ def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[
         statistics = compute_statistics(
             datasets, os.path.join(scratch, "stats"), beam_pipeline_args
         )
-    written = {}
+    written, proposed = {}, {}
     for name, stats in statistics.items():
         # value_count (not shape) for single values: the curated schemas use it too,
         # so the diff shows real differences only.
@@ -63,7 +68,47 @@ def infer(data_root: str, out_dir: str, beam_pipeline_args: str = "[]") -> dict[
         add_numeric_ranges(schema, stats)
         written[name] = os.path.join(out_dir, f"{name}.schema.pbtxt")
         tfdv.write_schema_text(schema, written[name])
+        proposed[name] = schema
+    written[EXAMPLES_SCHEMA] = os.path.join(out_dir, f"{EXAMPLES_SCHEMA}.schema.pbtxt")
+    tfdv.write_schema_text(examples_schema(proposed), written[EXAMPLES_SCHEMA])
+    written[FEATURES_FILE] = os.path.join(out_dir, FEATURES_FILE)
+    shutil.copyfile(registry_path(), written[FEATURES_FILE])
     return written
+
+
+def examples_schema(
+    tables: dict[str, schema_pb2.Schema], curated_dir: str = ""
+) -> schema_pb2.Schema:
+    """The curated examples schema, each attribute of the users or items table (the
+    registry's sources) taking its domain from that table's proposed schema, where
+    their types agree. Ids keep no domain: serving meets new ones every day."""
+    registry = load_registry(curated_dir)
+    examples = load_schema(EXAMPLES_SCHEMA, curated_dir)
+    for feature in examples.feature:
+        source = registry[feature.name].source if feature.name in registry else None
+        proposed = tables.get(source)
+        if source not in ("users", "items") or proposed is None:
+            continue
+        column = next((f for f in proposed.feature if f.name == feature.name), None)
+        field, domain = _domain(proposed, column) if column is not None else (None, None)
+        if domain is None or column.type != feature.type:
+            continue
+        feature.ClearField("domain_info")
+        feature.ClearField("distribution_constraints")
+        getattr(feature, field).CopyFrom(domain)
+    return examples
+
+
+def _domain(schema: schema_pb2.Schema, feature: schema_pb2.Feature):
+    """(field, domain) of a feature's domain, inline or, TFDV's way for text, a
+    schema-level one it names; (None, None) without one."""
+    which = feature.WhichOneof("domain_info")
+    if which == "domain":
+        named = [d for d in schema.string_domain if d.name == feature.domain]
+        return ("string_domain", named[0]) if named else (None, None)
+    if which in ("string_domain", "int_domain", "float_domain"):
+        return which, getattr(feature, which)
+    return None, None
 
 
 def _features_as_text(schema) -> dict[str, list[str]]:
@@ -77,7 +122,7 @@ def diff(proposed_dir: str, curated_dir: str = "") -> str:
     """Unified diff, per table and feature, from curated to proposed."""
     curated_dir = curated_dir or SCHEMA_DIR
     out = []
-    for name in CURATED_TABLES:
+    for name in [*CURATED_TABLES, EXAMPLES_SCHEMA]:
         proposed_path = os.path.join(proposed_dir, f"{name}.schema.pbtxt")
         if not os.path.isfile(proposed_path):
             continue
