@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from recsys.app import cli
 from recsys.app.data_check import check_span
-from recsys.app.importer import ImportError_, import_data, load_mapping, propose_window
+from recsys.app.importer import MappingError, import_data, load_mapping, propose_window
 from recsys.app.local_run import data_config
 from recsys.core.aggregates import TRAILING_DAYS, daily_view
 from recsys.core.contracts import ITEM_FEATURES, UNKNOWN, USER_FEATURES
@@ -167,7 +167,7 @@ def test_mapping_mistakes_are_named(tmp_path, change, message):
     interactions().to_csv(tmp_path / "log.csv", index=False)
     section = {"path": str(tmp_path / "log.csv"), "user": "uid", "item": "iid"}
     section.update({"timestamp": "when", "label": "stars >= 4", **change})
-    with pytest.raises(ImportError_) as error:
+    with pytest.raises(MappingError) as error:
         import_data({"interactions": section}, str(tmp_path / "out"))
     assert message in str(error.value)
 

@@ -87,12 +87,16 @@ MAX_DOMAIN_VALUES = 50
 TEMPLATES = {"string": ("users", "country"), "number": ("items", "duration_s")}
 UNITS = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
 LABEL_RULE = re.compile(r"^\s*(\w[\w .-]*?)\s*(>=|<=|==|!=|>|<)\s*(-?[\d.]+)\s*$")
-# The item attributes with a role, and the curated feature each becomes.
-ITEM_ROLES = {"category": "category", "creator": "creator_id", "upload": "upload_ts"}
-ITEM_ROLES["duration"] = ITEM_DURATION
+# The item attributes with a role, and the packaged feature (or column) each becomes.
+ITEM_ROLES = {
+    "category": "category",
+    "creator": "creator_id",
+    "upload": "upload_ts",
+    "duration": ITEM_DURATION,
+}
 
 
-class ImportError_(DataError):
+class MappingError(DataError):
     """The mapping or a file cannot be imported; the message names it and the fix."""
 
 
@@ -111,29 +115,31 @@ def load_mapping(path: str) -> dict:
         with open(path) as handle:
             mapping = yaml.safe_load(handle) or {}
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ImportError_(f"{path} is not valid YAML{where}: {error}") from None
+        problem = getattr(error, "problem", None) or error
+        raise MappingError(f"{path} is not valid YAML{where}: {problem}") from None
     if not isinstance(mapping, dict) or "interactions" not in mapping:
-        raise ImportError_(f"{path}: expected a mapping with an 'interactions' section")
+        raise MappingError(f"{path}: expected a mapping with an 'interactions' section")
     for section in mapping.values():
         if isinstance(section, dict) and section.get("path"):
             section["path"] = os.path.join(os.path.dirname(os.path.abspath(path)), section["path"])
     return mapping
 
 
-def _section(mapping: dict, name: str, required: tuple[str, ...], allowed: set[str]) -> dict:
-    section = mapping.get(name)
+def _section(section, name: str, required: tuple[str, ...], allowed: set[str]) -> dict:
+    """The mapping's section ``name``, checked: its keys (besides ``path``, or a
+    preset's ``frame``) are among ``allowed`` and ``required`` are given."""
     if not isinstance(section, dict):
-        raise ImportError_(f"mapping: '{name}' must be a section of keys, got {section!r}")
+        raise MappingError(f"mapping: '{name}' must be a section of keys, got {section!r}")
     unknown = set(section) - allowed - {"path", "frame"}
     if unknown:
-        raise ImportError_(
+        raise MappingError(
             f"mapping '{name}': unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
     missing = [key for key in required if not section.get(key)]
     if missing:
-        raise ImportError_(f"mapping '{name}': give {missing} (the column names in your file)")
+        raise MappingError(f"mapping '{name}': give {missing} (the column names in your file)")
     return section
 
 
@@ -144,11 +150,11 @@ def _read(section: dict, name: str, columns: list[str]) -> tuple[pd.DataFrame, s
     else:
         where = section.get("path")
         if not where or not os.path.isfile(where):
-            raise ImportError_(f"mapping '{name}': file {where!r} not found")
+            raise MappingError(f"mapping '{name}': file {where!r} not found")
         frame = read_raw_file(where).frame
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise ImportError_(
+        raise MappingError(
             f"{where}: no column(s) {missing}; the file has {list(frame.columns)}. "
             f"Fix the mapping's '{name}' section."
         )
@@ -167,7 +173,7 @@ def as_ids(values: pd.Series) -> pd.Series:
 def as_timestamps(values: pd.Series, unit: str, where: str) -> tuple[pd.Series, str]:
     """Unix seconds (nullable) and the unit read: declared, or detected (auto)."""
     if unit not in ("auto", "iso", *UNITS):
-        raise ImportError_(
+        raise MappingError(
             f"{where}: timestamp_unit {unit!r}; use auto, iso or one of {sorted(UNITS)}"
         )
     if unit == "iso":
@@ -187,7 +193,7 @@ def label_of(frame: pd.DataFrame, rule: str, where: str) -> pd.Series:
     match = LABEL_RULE.match(rule)
     column = match.group(1) if match else rule.strip()
     if column not in frame.columns:
-        raise ImportError_(
+        raise MappingError(
             f"{where}: the label {rule!r} names no column of the file ({list(frame.columns)}); "
             "write a rule such as 'rating >= 4' or name a 0/1 column"
         )
@@ -205,7 +211,7 @@ def label_of(frame: pd.DataFrame, rule: str, where: str) -> pd.Series:
         label = compare(threshold).astype("Int64")
     else:
         if not values.dropna().isin([0, 1]).all():
-            raise ImportError_(
+            raise MappingError(
                 f"{where}: label column {column!r} holds values other than 0 and 1; "
                 f"write a rule such as '{column} >= 4'"
             )
@@ -216,14 +222,11 @@ def label_of(frame: pd.DataFrame, rule: str, where: str) -> pd.Series:
 def interactions_table(section: dict) -> tuple[pd.DataFrame, bool]:
     """The impressions table (event_id, event_ts, user_id, item_id, clicked,
     watch_seconds) and whether the data has watch time."""
-    keys = {"user", "item", "timestamp", "timestamp_unit", "label", "watch_seconds", "event_id"}
-    section = _section(
-        {"interactions": section}, "interactions", ("user", "item", "timestamp", "label"), keys
-    )
+    required = ("user", "item", "timestamp", "label")
+    optional = ("timestamp_unit", "watch_seconds", "event_id")
+    section = _section(section, "interactions", required, {*required, *optional})
     columns = [
-        section[k]
-        for k in ("user", "item", "timestamp")
-        + tuple(k for k in ("watch_seconds", "event_id") if section.get(k))
+        section[key] for key in ("user", "item", "timestamp", *optional[1:]) if section.get(key)
     ]
     frame, where = _read(section, "interactions", columns)
     seconds, unit = as_timestamps(
@@ -239,7 +242,7 @@ def interactions_table(section: dict) -> tuple[pd.DataFrame, bool]:
     label = label_of(frame, section["label"], where)
     clicks = int(label.sum())
     if clicks == 0 or clicks == int(label.notna().sum()):
-        raise ImportError_(
+        raise MappingError(
             f"{where}: the label {section['label']!r} makes {'no' if not clicks else 'every'} "
             "interaction an engagement; the ranker learns engagement against its absence, "
             "so it needs both. Choose a rule that splits them (e.g. rating >= 4)."
@@ -293,7 +296,7 @@ def attribute_table(
         return None, [], {}
     roles = ITEM_ROLES if entity == "item" else {}
     allowed = {"id", "separator", "attributes", *roles}
-    section = _section({f"{entity}s": section}, f"{entity}s", ("id",), allowed)
+    section = _section(section, f"{entity}s", ("id",), allowed)
     named = {role: section[role] for role in roles if section.get(role)}
     extra = list(section.get("attributes") or [])
     frame, where = _read(section, f"{entity}s", [section["id"], *named.values(), *extra])
@@ -307,12 +310,12 @@ def attribute_table(
             continue
         values, kind = _attribute(frame, column, section.get("separator"), where)
         if role == "duration" and kind != "number":
-            raise ImportError_(f"{where}: duration column {column!r} is not numeric (seconds)")
+            raise MappingError(f"{where}: duration column {column!r} is not numeric (seconds)")
         table[name] = values
     for column in extra:
         name = re.sub(r"\W+", "_", str(column)).strip("_").lower()
         if name in (key, *roles.values()) or name in reserved_names():
-            raise ImportError_(
+            raise MappingError(
                 f"{where}: attribute {column!r} would be called {name!r}, a name the "
                 "pipeline already uses; rename the column"
             )
@@ -539,7 +542,7 @@ def propose_window(events: pd.DataFrame) -> tuple[int, int, int]:
     first, last = engaged.min().to_numpy(np.int64), engaged.max().to_numpy(np.int64)
     longest = max(1, min(days - 1, int(days * MAX_EVAL_SHARE)))
     if days < 2:
-        raise ImportError_(
+        raise MappingError(
             "the interactions span a single day; a time-based split needs at least two "
             "(train before eval)"
         )
@@ -557,7 +560,7 @@ def import_data(mapping: dict, out: str) -> Imported:
     ``out/recsys.yaml`` from ``mapping`` (``load_mapping``'s form)."""
     unknown = set(mapping) - {"interactions", "items", "users"}
     if unknown:
-        raise ImportError_(
+        raise MappingError(
             f"mapping: unknown section(s) {sorted(unknown)}; the sections are "
             "interactions, items and users"
         )
