@@ -281,6 +281,12 @@ def _rollback(args):
     from recsys.serving import serving_root as root_
 
     event = root_.rollback(args.serving_root, args.model, args.to, args.reason)
+    if event["from_version"] is None:
+        print(
+            f"{os.path.join(args.serving_root, MODELS_CONFIG)} was unreadable; rewritten to "
+            f"serve version {event['to_version']} of {', '.join(event['recovered_models'])}"
+        )
+        return
     print(
         f"{args.model}: now serving version {event['to_version']} (was "
         f"{event['from_version']}); {os.path.join(args.serving_root, MODELS_CONFIG)} "

@@ -46,7 +46,7 @@ import uuid
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from recsys.core.contracts import EVENTS_DIR, LOCK_FILE, MODELS_CONFIG, RECORDS_DIR
+from recsys.core.contracts import EVENTS_DIR, LOCK_FILE, MODELS, MODELS_CONFIG, RECORDS_DIR
 
 STAGING_PREFIX, TRASH_PREFIX = ".staging-", ".trash-"
 VERSION = re.compile(r"\d+")
@@ -87,12 +87,30 @@ def committed_versions(root: str) -> list[int]:
     )
 
 
+class BrokenConfigError(ServingRootError):
+    """models.config exists but is not a model config TF Serving could read."""
+
+
 def read_config(root: str) -> model_server_config_pb2.ModelServerConfig | None:
     path = os.path.join(root, MODELS_CONFIG)
     if not os.path.exists(path):
         return None
-    with open(path) as handle:
-        return text_format.Parse(handle.read(), model_server_config_pb2.ModelServerConfig())
+    with open(path, "rb") as handle:
+        text = handle.read()
+    try:
+        return text_format.Parse(text.decode("utf-8"), model_server_config_pb2.ModelServerConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        committed = committed_versions(root)
+        hint = (
+            f"rewrite it by rolling back to a kept version ({committed}): "
+            f"recsys rollback --serving-root {root} --model <name> --to {committed[-1]}"
+            if committed
+            else "no version is recorded under records/; push again"
+        )
+        raise BrokenConfigError(
+            f"{path} is not a TF Serving model config ({str(error).splitlines()[0][:200]}); "
+            f"TF Serving keeps serving what it loaded before it broke. To recover, {hint}"
+        ) from None
 
 
 def served_versions(root: str) -> dict[str, int]:
@@ -317,9 +335,18 @@ def _remove_version(root: str, name: str, version: int) -> None:
 def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> dict:
     """Serve an earlier committed version of model ``name`` (default: the newest one
     below the served version). Same atomicity as a push: one rename of models.config.
-    Returns the event recorded."""
+    Returns the event recorded.
+
+    With a models.config that cannot be read (``BrokenConfigError``), ``to`` must be
+    given, and the rewritten config serves version ``to`` of every model that has
+    it: the recovery path, so an operator never edits the file by hand."""
     with lock(root):
-        served = served_versions(root)
+        try:
+            served = served_versions(root)
+        except BrokenConfigError as error:
+            if to is None:
+                raise
+            return _recover(root, name, to, reason, str(error))
         if name not in served:
             raise ServingRootError(
                 f"model '{name}' is not served from {root} (models.config "
@@ -345,3 +372,27 @@ def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> d
         return record_event(
             root, "rollback", model=name, from_version=current, to_version=to, reason=reason
         )
+
+
+def _recover(root: str, name: str, to: int, reason: str, broken: str) -> dict:
+    """Rewrite a broken models.config to serve version ``to`` of every model that has
+    it (``name`` must be one). The base path is the root as this process sees it."""
+    committed = committed_versions(root)
+    models = sorted(
+        model for model in MODELS if to in committed and to in version_dirs(root, model)
+    )
+    if name not in models:
+        raise ServingRootError(
+            f"{broken}\n'{name}' has no complete version {to} to recover with; committed "
+            f"versions: {committed}"
+        )
+    write_config(root, {model: to for model in models})
+    return record_event(
+        root,
+        "rollback",
+        model=name,
+        from_version=None,
+        to_version=to,
+        recovered_models=models,
+        reason=reason or "models.config was unreadable",
+    )
