@@ -193,3 +193,36 @@ def test_bad_input_and_server_errors_are_explained(kfp_api, capsys):
     assert recsys_main(["schedule", "--host", kfp_api.host, "--delete", "job-404"]) == 2
     assert "answered 404" in capsys.readouterr().err
     assert not _posted(kfp_api, "runs")  # nothing was submitted
+
+
+def _pvc_mounts(platform_spec: dict) -> dict:
+    """Executor -> its PVC mounts (claim, path), from a KFP platform spec."""
+    executors = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {
+        name: [(m["constant"], m["mountPath"]) for m in spec["pvcMount"]]
+        for name, spec in executors.items()
+    }
+
+
+def test_volumes_are_mounted_in_every_task(kfp_api, tmp_path, capsys):
+    import yaml
+
+    from recsys.pipelines.dag import STAGES
+
+    out = tmp_path / "pipeline.yaml"
+    volumes = ["--volume", "recsys-data:/data", "--volume", "models:/models"]
+    assert recsys_main(["compile", "--out", str(out), *volumes]) == 0
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    mounts = _pvc_mounts(platform)
+    executors = set(pipeline["deploymentSpec"]["executors"])
+    assert set(mounts) == executors and len(executors) == len(STAGES)
+    assert all(m == [("recsys-data", "/data"), ("models", "/models")] for m in mounts.values())
+
+    # submit compiles the same way and sends the platform spec with the run.
+    assert recsys_main(["submit", "--host", kfp_api.host, *volumes[:2]]) == 0
+    [run] = _posted(kfp_api, "runs")
+    sent = run["pipeline_spec"]
+    assert set(_pvc_mounts(sent["platform_spec"])) == executors
+
+    assert recsys_main(["compile", "--out", str(out), "--volume", "data"]) == 2
+    assert "expected PVC_NAME:/absolute/mount/path" in capsys.readouterr().err

@@ -108,10 +108,16 @@ def _import_movielens(args):
     return _import(args)
 
 
+def _volumes(args) -> tuple:
+    from recsys.pipelines.kfp_pipeline import Volume
+
+    return tuple(Volume.parse(text) for text in args.volume)
+
+
 def _compile(args):
     from recsys.pipelines.kfp_pipeline import compile_pipeline
 
-    print(compile_pipeline(args.out, args.image))
+    print(compile_pipeline(args.out, args.image, _volumes(args)))
 
 
 def _run(args):
@@ -141,7 +147,13 @@ def _submit(args):
     params = kubeflow.parse_params(args.param, pipeline_parameters())
     with kubeflow.api_errors(args.host):
         run = kubeflow.submit(
-            args.host, params, args.experiment, args.run_name, args.image, args.pipeline_yaml
+            args.host,
+            params,
+            args.experiment,
+            args.run_name,
+            args.image,
+            args.pipeline_yaml,
+            volumes=_volumes(args),
         )
     print(f"submitted run {run['run_id']} to experiment '{args.experiment}': {run['url']}")
 
@@ -178,6 +190,7 @@ def _schedule(args):
             args.max_concurrency,
             args.image,
             args.pipeline_yaml,
+            volumes=_volumes(args),
         )
         print(
             f"created recurring run {job['recurring_run_id']} ('{job['name']}', cron "
@@ -404,9 +417,19 @@ def main(argv=None):
     )
     reference.set_defaults(func=_parameters)
 
+    def volume_option(command):
+        command.add_argument(
+            "--volume",
+            action="append",
+            default=[],
+            metavar="PVC_NAME:MOUNT_PATH",
+            help="mount this PersistentVolumeClaim in every task (repeatable)",
+        )
+
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
     compile_.add_argument("--out", default="pipeline.yaml")
     compile_.add_argument("--image", default=DEFAULT_IMAGE)
+    volume_option(compile_)
     compile_.set_defaults(func=_compile)
 
     run = commands.add_parser("run", help="compile, then run the compiled YAML locally")
@@ -443,6 +466,7 @@ def main(argv=None):
         command.add_argument(
             "--pipeline-yaml", help="submit this compiled package instead of compiling one"
         )
+        volume_option(command)
 
     submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow")
     kubeflow_options(submit)

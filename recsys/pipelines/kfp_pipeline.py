@@ -6,9 +6,10 @@ KFP's local runner (``recsys.app.local_run``). The pipeline's parameters are
 ``parameters.pipeline_parameters()``, with their defaults and descriptions.
 """
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics
 
 from recsys.core.provenance import code_version
@@ -39,13 +40,32 @@ PipelineOutputs = NamedTuple(
 )
 
 
+@dataclass(frozen=True)
+class Volume:
+    """A PersistentVolumeClaim every task mounts at ``mount_path``."""
+
+    claim: str
+    mount_path: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Volume":
+        """``PVC_NAME:MOUNT_PATH`` (the command line's ``--volume``)."""
+        claim, _, mount_path = text.partition(":")
+        if not claim or not mount_path.startswith("/"):
+            raise ValueError(
+                f"--volume {text!r}: expected PVC_NAME:/absolute/mount/path, e.g. recsys-data:/data"
+            )
+        return cls(claim, mount_path)
+
+
 class KfpStages:
     """The stages as KFP components in ``image``; ``configure`` sets where and how a
     task runs on Kubeflow (the local runner ignores all of it)."""
 
     pipeline_root = dsl.PIPELINE_ROOT_PLACEHOLDER
 
-    def __init__(self, image: str):
+    def __init__(self, image: str, volumes: tuple[Volume, ...] = ()):
+        self.volumes = volumes
         code = code_version()
         for name, shim in STAGES.items():
             component = dsl.component(shim, base_image=image, install_kfp_package=False)
@@ -63,14 +83,16 @@ class KfpStages:
         if retries:  # transient storage and scheduling failures: try again, slower
             task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
         task.set_caching_options(cache)
+        for volume in self.volumes:  # kfp-kubernetes: the task's platform spec
+            kubernetes.mount_pvc(task, pvc_name=volume.claim, mount_path=volume.mount_path)
         return task
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
+def build_pipeline(image: str = DEFAULT_IMAGE, volumes: tuple[Volume, ...] = ()):
     """The pipeline; every stage runs in ``image`` unless a run sets the ``image``
-    parameter."""
+    parameter, with each of ``volumes`` mounted."""
     names = list(pipeline_parameters(image))
-    stages = KfpStages(image)
+    stages = KfpStages(image, tuple(volumes))
 
     def recsys_pipeline(*values):
         arguments = Arguments(dict(zip(names, values, strict=True)))
@@ -85,8 +107,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(recsys_pipeline)
 
 
-def compile_pipeline(path: str, image: str = DEFAULT_IMAGE) -> str:
+def compile_pipeline(
+    path: str, image: str = DEFAULT_IMAGE, volumes: tuple[Volume, ...] = ()
+) -> str:
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(image), path)
+    compiler.Compiler().compile(build_pipeline(image, volumes), path)
     return path
