@@ -240,8 +240,8 @@ def test_derived_view_counts_only_the_trailing_days_before_each_snapshot(rows, f
 def test_unknown_attribute_values_stay_unknown(tmp_path):
     log = interactions()
     log.to_csv(tmp_path / "log.csv", index=False)
-    pd.DataFrame({"iid": [100, 101], "genre": ["", "Jazz"]}).to_csv(
-        tmp_path / "items.csv", index=False
+    pd.DataFrame({"iid": [100, 101], "genre": ["", "Jazz"], "studio": [7, 9]}).to_parquet(
+        tmp_path / "items.parquet"
     )
     import_data(
         {
@@ -252,9 +252,16 @@ def test_unknown_attribute_values_stay_unknown(tmp_path):
                 "timestamp": "when",
                 "label": "stars >= 4",
             },
-            "items": {"path": str(tmp_path / "items.csv"), "id": "iid", "category": "genre"},
+            "items": {
+                "path": str(tmp_path / "items.parquet"),
+                "id": "iid",
+                "category": "genre",
+                "creator": "studio",  # integer ids: still ids, as text
+            },
         },
         str(tmp_path / "out"),
     )
     items = pd.read_parquet(tmp_path / "out" / "items.parquet")
     assert items["category"].tolist() == [UNKNOWN, "Jazz"]
+    assert items["creator_id"].tolist() == ["7", "9"]
+    assert load_registry(str(tmp_path / "out" / "schemas"))["creator_id"].dtype == "string"

@@ -274,14 +274,16 @@ class Attribute:
     values: pd.Series
 
 
-def _attribute(frame, column, separator, where) -> tuple[pd.Series, str]:
-    """(the column's values, kind): text with the primary (first) value of a
-    multi-valued cell, or numbers when every value is one."""
+def _attribute(frame, column, separator, text_only=False) -> tuple[pd.Series, str]:
+    """(the column's values, kind): numbers when every value is one (unless
+    ``text_only``: ids such as a creator's), else text with the primary (first) value
+    of a multi-valued cell."""
     values = frame[column]
     numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().sum() == values.notna().sum() and values.notna().any():
+    if not text_only and numbers.notna().sum() == values.notna().sum() and values.notna().any():
         return numbers, "number"
-    text = values.astype("string").str.strip()
+    text = as_ids(values) if pd.api.types.is_numeric_dtype(values) else values.astype("string")
+    text = text.str.strip()
     if separator:
         text = text.str.split(separator, regex=False).str[0].str.strip()
     return text.where(text.notna() & (text != ""), UNKNOWN).astype(object), "string"
@@ -308,7 +310,9 @@ def attribute_table(
         if role == "upload":
             table[name], _ = as_timestamps(frame[column], "auto", where)
             continue
-        values, kind = _attribute(frame, column, section.get("separator"), where)
+        values, kind = _attribute(
+            frame, column, section.get("separator"), text_only=role != "duration"
+        )
         if role == "duration" and kind != "number":
             raise MappingError(f"{where}: duration column {column!r} is not numeric (seconds)")
         table[name] = values
@@ -319,7 +323,7 @@ def attribute_table(
                 f"{where}: attribute {column!r} would be called {name!r}, a name the "
                 "pipeline already uses; rename the column"
             )
-        values, kind = _attribute(frame, column, section.get("separator"), where)
+        values, kind = _attribute(frame, column, section.get("separator"))
         if kind == "number" and values.isna().any():
             off[name] = (
                 f"{entity} attribute with {int(values.isna().sum())} empty cell(s) in {where}"
