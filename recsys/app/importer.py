@@ -57,6 +57,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from recsys.app.local_run import DATA_CONFIG
 from recsys.core import contracts
+from recsys.core.aggregates import AGGREGATES
 from recsys.core.contracts import (
     CLICKED,
     EVENT_ID,
@@ -70,10 +71,18 @@ from recsys.core.contracts import (
     WATCH_SECONDS,
 )
 from recsys.core.derived import DAY, DERIVED
-from recsys.core.features import registry_path
+from recsys.core.features import HISTORY_COLUMNS, load_registry, registry_path
 from recsys.core.progress import log
 from recsys.core.schemas import load_schema
-from recsys.core.tables import DataError, parse_timestamps, read_raw_file, write_raw_tables
+from recsys.core.tables import (
+    EPOCH_UNITS,
+    ISO,
+    DataError,
+    ids_as_text,
+    parse_timestamps,
+    read_raw_file,
+    write_raw_tables,
+)
 
 DATA_SCHEMAS = "schemas"
 TARGET_EVAL_USERS = 300
@@ -85,7 +94,6 @@ MAX_DOMAIN_VALUES = 50
 # The curated features new attribute features copy their checks from (skew and drift
 # comparators, presence): a text attribute and a numeric one.
 TEMPLATES = {"string": ("users", "country"), "number": ("items", "duration_s")}
-UNITS = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
 LABEL_RULE = re.compile(r"^\s*(\w[\w .-]*?)\s*(>=|<=|==|!=|>|<)\s*(-?[\d.]+)\s*$")
 # The item attributes with a role, and the packaged feature (or column) each becomes.
 ITEM_ROLES = {
@@ -163,28 +171,20 @@ def _read(section: dict, name: str, columns: list[str]) -> tuple[pd.DataFrame, s
 
 def as_ids(values: pd.Series) -> pd.Series:
     """Ids as text, the same whether the file stores 42, 42.0 (a numeric column with
-    gaps) or "42"; empty cells stay missing (ingest quarantines those rows)."""
-    if pd.api.types.is_float_dtype(values) and (values.dropna() % 1 == 0).all():
-        values = values.astype("Int64")
-    text = values.astype("string").str.strip()
-    return text.where(text != "", pd.NA)
+    gaps) or "42" (``ids_as_text``, as ingest reads them), stripped; empty cells stay
+    missing (ingest quarantines those rows)."""
+    text = ids_as_text(values).str.strip()
+    return text.where(text != "", None)
 
 
 def as_timestamps(values: pd.Series, unit: str, where: str) -> tuple[pd.Series, str]:
     """Unix seconds (nullable) and the unit read: declared, or detected (auto)."""
-    if unit not in ("auto", "iso", *UNITS):
+    if unit != "auto" and unit not in (ISO, *EPOCH_UNITS):
         raise MappingError(
-            f"{where}: timestamp_unit {unit!r}; use auto, iso or one of {sorted(UNITS)}"
+            f"{where}: timestamp_unit {unit!r}; use auto, {ISO} or one of {list(EPOCH_UNITS)}"
         )
-    if unit == "iso":
-        parsed = pd.to_datetime(values, utc=True, errors="coerce")
-        seconds = (parsed.astype("int64") // 10**9).astype(float).where(parsed.notna())
-    elif unit in UNITS:
-        seconds = pd.to_numeric(values, errors="coerce") / UNITS[unit]
-    else:
-        seconds = parse_timestamps(values)
-        unit = seconds.attrs.get("unit", "iso/timestamps")
-    return seconds.round().astype("Int64"), unit
+    seconds = parse_timestamps(values, "" if unit == "auto" else unit)
+    return seconds.round().astype("Int64"), seconds.attrs.get("unit", "Parquet timestamps")
 
 
 def label_of(frame: pd.DataFrame, rule: str, where: str) -> pd.Series:
@@ -282,8 +282,7 @@ def _attribute(frame, column, separator, text_only=False) -> tuple[pd.Series, st
     numbers = pd.to_numeric(values, errors="coerce")
     if not text_only and numbers.notna().sum() == values.notna().sum() and values.notna().any():
         return numbers, "number"
-    text = as_ids(values) if pd.api.types.is_numeric_dtype(values) else values.astype("string")
-    text = text.str.strip()
+    text = as_ids(values)
     if separator:
         text = text.str.split(separator, regex=False).str[0].str.strip()
     return text.where(text.notna() & (text != ""), UNKNOWN).astype(object), "string"
@@ -316,9 +315,10 @@ def attribute_table(
         if role == "duration" and kind != "number":
             raise MappingError(f"{where}: duration column {column!r} is not numeric (seconds)")
         table[name] = values
+    reserved = {key, *roles.values(), *reserved_names()}
     for column in extra:
         name = re.sub(r"\W+", "_", str(column)).strip("_").lower()
-        if name in (key, *roles.values()) or name in reserved_names():
+        if name in reserved:
             raise MappingError(
                 f"{where}: attribute {column!r} would be called {name!r}, a name the "
                 "pipeline already uses; rename the column"
@@ -343,10 +343,19 @@ def packaged_registry() -> dict:
 def reserved_names() -> set[str]:
     """Names an attribute may not take: the packaged features that are not
     attributes of a users or items table, and the columns of the contract."""
-    features = packaged_registry()["features"]
-    return {
-        name for name, spec in features.items() if spec.get("source") not in ("users", "items")
-    } | {EVENT_ID, EVENT_TS, contracts.FEATURE_TS, contracts.CREATED_TS}
+    features = load_registry().features.values()
+    return {f.name for f in features if f.source not in ("users", "items")} | {
+        EVENT_ID,
+        EVENT_TS,
+        contracts.FEATURE_TS,
+        contracts.CREATED_TS,
+    }
+
+
+# The packaged features made of watch time: its trailing sum and the history's mean.
+WATCH_FEATURES = [
+    name for name, aggregate in AGGREGATES.items() if aggregate.column == WATCH_SECONDS
+] + [HISTORY_COLUMNS[2]]
 
 
 def switched_off(
@@ -354,20 +363,16 @@ def switched_off(
 ) -> dict[str, str]:
     """The packaged registry's features this data cannot feed, with why."""
     off = {}
-    for name, spec in packaged_registry()["features"].items():
-        source = spec.get("source")
-        if not has_watch and name in (
-            "user_watch_seconds_7d",
-            f"user_history_mean_{WATCH_SECONDS}",
-        ):
+    for name, feature in load_registry().features.items():
+        if not has_watch and name in WATCH_FEATURES:
             off[name] = "no watch time in the interactions (it would be 0 for everyone)"
-        elif source in ("users", "items"):
-            table = users if source == "users" else items
+        elif feature.source in ("users", "items"):
+            table = users if feature.source == "users" else items
             if table is None:
-                off[name] = f"no {source} file"
+                off[name] = f"no {feature.source} file"
             elif name not in table:
-                off[name] = f"the {source} mapping names no column for it"
-        elif source == "derived":
+                off[name] = f"the {feature.source} mapping names no column for it"
+        elif feature.source == "derived":
             for table_name, columns in DERIVED[name][0].items():
                 table = users if table_name == "users" else items
                 if table is None or not set(columns) <= set(table):
@@ -419,6 +424,7 @@ def write_schemas(
     """The curated schemas for this data: switched-off features and absent columns
     removed, the attributes added, domains and the timestamp floor from the data."""
     os.makedirs(out_dir, exist_ok=True)
+    names = {attribute.name for attribute in attributes}
     templates = {
         schema: {f.name: f for f in load_schema(schema).feature}
         for schema in ("users", "items", EXAMPLES_SCHEMA)
@@ -433,7 +439,6 @@ def write_schemas(
     ):
         schema = load_schema(name)
         entity_table = name if name in ("users", "items") else None
-        names = {attribute.name for attribute in attributes}
         kept = []
         for feature in schema.feature:
             if feature.name in off or feature.name in names:

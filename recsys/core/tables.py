@@ -156,28 +156,33 @@ def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFr
 # ISO-8601 dates and times (date, optional time, optional zone). Only these are read
 # as text: "01/05/2026" is 1 May or 5 January depending on who exported it.
 ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?$"
-# Unix epoch numbers by unit: a median above the first bound is past the year 5000
-# in seconds, so the column counts finer units.
-EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+# Unix epoch units, finest first: (name, divisor to seconds, the median from which a
+# column is read in the unit when it is not declared; past the year 5000 in the next
+# coarser unit). A declared unit (``recsys import``'s timestamp_unit) uses the key.
+EPOCH_UNITS = {
+    "ns": ("nanoseconds", 1e9, 1e17),
+    "us": ("microseconds", 1e6, 1e14),
+    "ms": ("milliseconds", 1e3, 1e11),
+    "s": ("seconds", 1.0, 0.0),
+}
+# The unit of timestamps that are ISO-8601 text only (numbers are not read as epochs).
+ISO = "iso"
 
 
-def epoch_unit(numbers: pd.Series) -> tuple[float, str]:
-    """(divisor to seconds, unit) of a column of Unix epoch numbers, from its median."""
+def epoch_unit(numbers: pd.Series) -> str:
+    """The unit (a key of EPOCH_UNITS) of a column of Unix epoch numbers, from its
+    median."""
     numbers = numbers.dropna()
-    if numbers.empty:
-        return 1.0, "seconds"
-    median = numbers.abs().median()
-    for bound, divisor, unit in EPOCH_UNITS:
-        if median >= bound:
-            return divisor, unit
-    return 1.0, "seconds"
+    median = numbers.abs().median() if len(numbers) else 0.0
+    return next(unit for unit, (_, _, bound) in EPOCH_UNITS.items() if median >= bound)
 
 
-def parse_timestamps(values: pd.Series) -> pd.Series:
+def parse_timestamps(values: pd.Series, unit: str = "") -> pd.Series:
     """Unix seconds (float; NaN where empty or unparseable) from Parquet timestamps,
     Unix epoch numbers (or numeric text) in seconds, or, told apart by magnitude,
     milli-, micro- or nanoseconds (the unit read is in ``.attrs["unit"]``), or
-    ISO-8601 text, read as UTC when it names no zone."""
+    ISO-8601 text, read as UTC when it names no zone. ``unit``, when given, is the
+    declared one: a key of EPOCH_UNITS, or ISO for text only."""
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = (
             values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
@@ -185,9 +190,13 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         seconds = stamps.astype("int64") // 1_000_000_000
         return seconds.astype(float).where(stamps.notna())
     numeric = pd.to_numeric(values, errors="coerce").astype(float)
-    divisor, unit = epoch_unit(numeric)
-    numeric = numeric / divisor
-    numeric.attrs["unit"] = unit
+    if unit == ISO:
+        numeric[:] = np.nan
+        name = "ISO-8601 text"
+    else:
+        name, divisor, _ = EPOCH_UNITS[unit or epoch_unit(numeric)]
+        numeric = numeric / divisor
+    numeric.attrs["unit"] = name
     text = values[numeric.isna() & values.notna()].astype(str).str.strip()
     iso = text[text.str.match(ISO_8601)]
     if len(iso):
@@ -195,6 +204,20 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
         seconds = parsed.astype("int64") // 1_000_000_000
         numeric.loc[iso.index] = seconds.astype(float).where(parsed.notna())
     return numeric
+
+
+def ids_as_text(values: pd.Series, missing: np.ndarray | None = None) -> pd.Series:
+    """Ids (any text column) as ``str`` whatever the file stored, so that an id is the
+    same key in every table: Parquet ``int64`` 16 and CSV "16" are both "16", and so
+    is ``float64`` 16.0, which is what an integer column with a null becomes in a
+    pandas export. None where ``missing`` (default: where null)."""
+    missing = values.isna().to_numpy() if missing is None else missing
+    present = values[~missing]
+    if pd.api.types.is_float_dtype(present) and np.array_equal(present, np.floor(present)):
+        present = present.astype("int64")
+    text = pd.Series(None, index=values.index, dtype=object)
+    text[~missing] = present.astype(str).to_numpy(dtype=object)
+    return text
 
 
 def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:

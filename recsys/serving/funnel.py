@@ -174,7 +174,7 @@ class Funnel:
         # A role no feature plays switches its rules off: unknown creators and
         # categories are never capped, and an infinite age gets no freshness boost.
         creators, categories, ages = (
-            attribute(role, rows) if registry.role(role) else np.full(len(rows), absent)
+            attribute(role, rows, absent)
             for role, absent in (("creator", UNKNOWN), ("category", UNKNOWN), ("item_age", np.inf))
         )
         embeddings = self.features.embeddings

@@ -67,11 +67,11 @@ class FeatureSnapshot:
         """Row of each id in the snapshot, -1 where unknown."""
         return self.item_index.get_indexer(item_ids)
 
-    def item_attribute(self, role: str, rows: np.ndarray) -> np.ndarray | None:
+    def item_attribute(self, role: str, rows: np.ndarray, absent) -> np.ndarray:
         """The items' values of the feature playing ``role`` (category, creator,
-        item_age), or None when no feature plays it."""
+        item_age); ``absent`` for every row when no feature plays it."""
         name = self.registry.role(role)
-        return self.items[name][rows] if name in self.items else None
+        return self.items[name][rows] if name in self.items else np.full(len(rows), absent)
 
 
 def pushed_rerank_config(snapshot_dir: str) -> RerankConfig:

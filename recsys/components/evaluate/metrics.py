@@ -239,9 +239,10 @@ def ratio_margin(numerators: np.ndarray, denominators: np.ndarray) -> float:
     """Half-width of the 95% interval of mean(numerators) / mean(denominators) over
     paired rows, by the delta method."""
     x, y = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
-    n, mx, my = len(x), x.mean() if len(x) else 0.0, y.mean() if len(y) else 0.0
-    if n < 2 or my == 0:
+    n = len(x)
+    if n < 2 or not y.any():
         return float("nan")
+    mx, my = x.mean(), y.mean()
     covariance = np.cov(x, y, ddof=1)
     variance = (
         covariance[0, 0] / my**2
@@ -251,9 +252,14 @@ def ratio_margin(numerators: np.ndarray, denominators: np.ndarray) -> float:
     return float(Z_95 * np.sqrt(max(variance, 0.0)))
 
 
-def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+def log_losses(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Each row's log loss (probabilities clipped to [1e-7, 1 - 1e-7])."""
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(log_losses(labels, probabilities).mean())
 
 
 @dataclass

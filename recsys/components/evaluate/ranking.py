@@ -13,6 +13,7 @@ from recsys.components.evaluate.metrics import (
     calibration,
     expected_calibration_error,
     log_loss,
+    log_losses,
     mean_margin,
     normalized_entropy,
     ratio_margin,
@@ -83,17 +84,15 @@ def evaluate_ranking(
         observed = eval_examples[WATCH_SECONDS].to_numpy()[watched]
         watch_ratio = float(predicted.mean() / observed.mean())
         watch_error = float(np.abs(predicted - observed).mean())
-    auc = roc_auc(labels, probabilities)
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    row_losses = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+    row_losses = log_losses(labels, probabilities)
     prior_logloss = log_loss(labels, np.full(len(labels), prior))
     return RankingEvaluation(
         eval_examples=int(len(labels)),
-        auc=auc,
-        logloss=log_loss(labels, probabilities),
+        auc=roc_auc(labels, probabilities),
+        logloss=float(row_losses.mean()),
         normalized_entropy=normalized_entropy(labels, probabilities, prior),
         prior_ctr=prior,
-        prior_logloss=log_loss(labels, np.full(len(labels), prior)),
+        prior_logloss=prior_logloss,
         mean_predicted_ctr=float(probabilities.mean()),
         eval_ctr=float(labels.mean()),
         calibration_ratio=float(probabilities.mean() / max(labels.mean(), 1e-12)),

@@ -25,7 +25,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from recsys.core.contracts import TIMESTAMP_SUFFIX
 from recsys.core.schemas import is_list
-from recsys.core.tables import DataError, RawFile, parse_timestamps
+from recsys.core.tables import DataError, RawFile, ids_as_text, parse_timestamps
 
 # Reasons a row is quarantined, in the order they are checked.
 REASONS = {
@@ -78,19 +78,6 @@ def column_rules(schema: schema_pb2.Schema, environment: str | None = None) -> l
         required = feature.presence.min_fraction >= 1.0
         rules.append(ColumnRule(feature.name, kind, required, minimum, maximum))
     return rules
-
-
-def _as_text(raw: pd.Series, missing: np.ndarray) -> pd.Series:
-    """Text columns (ids above all) as ``str`` whatever the file stored, so that a
-    user id is the same key in every table: Parquet ``int64`` 16 and CSV "16" are
-    both "16", and so is ``float64`` 16.0, which is what an integer column with a
-    null becomes in a pandas export."""
-    present = raw[~missing]
-    if pd.api.types.is_float_dtype(present) and np.array_equal(present, np.floor(present)):
-        present = present.astype("int64")
-    text = pd.Series(None, index=raw.index, dtype=object)
-    text[~missing] = present.astype(str).to_numpy(dtype=object)
-    return text
 
 
 class TableCheck:
@@ -183,7 +170,7 @@ class TableCheck:
         if rule.required:
             self.reject(missing, "missing_value", name)
         if rule.kind == "text":
-            return _as_text(raw, missing)
+            return ids_as_text(raw, missing)
         if rule.kind == "timestamp":
             values = parse_timestamps(raw)
             self.reject(

@@ -190,12 +190,14 @@ def ingest(
     now = int(time.time()) if now is None else now
     load_registry(schema_dir)  # a registry that disagrees with the schemas stops the run here
     checks, accepted, counts, known = {}, {}, {}, {}
-    derived = [name for name in DERIVABLE if derivable(name, schema_dir)]
+    # Tables the data does not bring and its schemas allow to derive (DERIVABLE).
+    derived = [
+        name for name in DERIVABLE if not _present(data_root, name) and derivable(name, schema_dir)
+    ]
     for name, table in RAW_TABLES.items():
-        if (table.optional or name in derived) and not _present(data_root, name):
+        if name in derived or (table.optional and not _present(data_root, name)):
             counts[f"{name}_read"] = 0
             continue
-        derived = [d for d in derived if d != name]
         # Ids must be known in the tables the models learn from. The serving log is
         # exempt: serving meets users and items newer than the last table dump, and
         # those requests belong in its statistics.
