@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -385,6 +387,32 @@ def test_infra_validation_passes_the_trained_models(stages):
         )
 
 
+def test_a_busy_machine_does_not_decide_the_latency_check(stages):
+    """The gate's latency is CPU time: with the cores saturated by busy processes the
+    trained ranker passes a budget set at three times its idle p99, as it does idle
+    (the wall clock, reported beside it, is what the load inflates)."""
+    contract = serving_contract("ranking", load_registry())
+    model = stages["paths"]["ranking_model"]
+    warmup = os.path.join(
+        stages["paths"]["warmup_requests"], "ranking", "tf_serving_warmup_requests"
+    )
+    idle = stages["infra"]["models"]["ranking"]  # probed by the stage, with default budgets
+    budget = Budgets(max_request_ms=3 * idle["latency_ms"]["p99"])
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(2 * os.cpu_count())
+    ]
+    try:
+        busy = probe(model, warmup, contract, MODEL_OUTPUTS["ranking"], budget)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert busy["passed"], busy["checks"]
+    assert busy["wall_clock_ms"]["requests"] == busy["latency_ms"]["requests"] == 160
+    assert busy["load_average"] > 0 and busy["cores"] == os.cpu_count()
+
+
 def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path):
     contract = serving_contract("ranking", load_registry())
     warmup = os.path.join(
@@ -451,3 +479,4 @@ def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path)
     assert "cannot read saved_model.pb" in failures(truncated)["loads"]
     slow = failures(stages["paths"]["ranking_model"], Budgets(max_request_ms=1e-6))
     assert list(slow) == ["latency"] and "budget 1e-06 ms" in slow["latency"]
+    assert "of CPU time" in slow["latency"] and "at load average" in slow["latency"]

@@ -14,7 +14,7 @@ from recsys.core.config import parameter
 class Budgets:
     max_load_seconds: float = parameter(60.0, "infra validation: each SavedModel loads within this")
     max_request_ms: float = parameter(
-        100.0, "infra validation: p99 of single-example warmup requests"
+        100.0, "infra validation: p99 CPU time of single-example warmup requests"
     )
     warmup_records: int = parameter(
         16, "warmup requests built from eval rows (TF Serving replays at most 1000)", pipeline=False

@@ -128,10 +128,11 @@ def probe(
 def summary(result: dict) -> str:
     if not result.get("passed"):
         return "; ".join(c["detail"] for c in result["checks"] if not c["passed"])
-    latency = result["latency_ms"]
+    cpu, wall = result["latency_ms"], result["wall_clock_ms"]
     return (
-        f"loads in {result['load_seconds']:.2f} s, warmup p50 {latency['p50']:.1f} ms, "
-        f"p99 {latency['p99']:.1f} ms"
+        f"loads in {result['load_seconds']:.2f} s, warmup p50 {cpu['p50']:.1f} ms, "
+        f"p99 {cpu['p99']:.1f} ms of CPU time (wall clock p99 {wall['p99']:.1f} ms "
+        f"at load average {result['load_average']:g})"
     )
 
 

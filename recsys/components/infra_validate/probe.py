@@ -16,6 +16,11 @@ training time shows up here as it would in TF Serving's C++ model server:
    example, are finite and within their ranges;
 5. the p99 latency of a single-example request over ``repeats`` replays is within
    ``max_request_ms`` (the first call, which traces, is reported separately).
+   Latency is the CPU time the request costs this process (all its threads), not
+   the wall clock: on a busy build machine the wall clock measures the other
+   processes (a model answering in 9 ms idle took 258 ms under load), and the
+   gate must not flip with the load. The wall-clock p99 and the load average are
+   reported beside it.
 
 The spec (JSON on stdin) names the model directory, the warmup file, the expected
 ``inputs`` ({name: [dtype, rank]}) and ``outputs`` ({name: {dtype, rank, min, max}})
@@ -23,6 +28,7 @@ and the budgets; the result (JSON on stdout) lists every check.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -154,12 +160,13 @@ class Probe:
         started = time.perf_counter()
         problems = self.output_problems(function(**requests[0]), 1)
         result["first_request_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        latencies = []
+        wall_ms, cpu_ms = [], []
         for _ in range(spec["repeats"]):
             for inputs in requests:
-                started = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 outputs = function(**inputs)
-                latencies.append((time.perf_counter() - started) * 1000)
+                cpu_ms.append((time.process_time() - cpu) * 1000)
+                wall_ms.append((time.perf_counter() - wall) * 1000)
                 problems += self.output_problems(outputs, 1)
         batch = {name: _stack([r[name] for r in requests]) for name in requests[0]}
         problems += [
@@ -173,19 +180,19 @@ class Probe:
             or f"finite and in range for {len(requests)} single requests x "
             f"{spec['repeats']} and one batch of {len(requests)}",
         )
-        p50, p99 = np.percentile(latencies, [50, 99])
-        result["latency_ms"] = {
-            "p50": round(float(p50), 3),
-            "p99": round(float(p99), 3),
-            "max": round(float(max(latencies)), 3),
-            "requests": len(latencies),
-        }
+        result["latency_ms"] = _percentiles(cpu_ms)
+        result["wall_clock_ms"] = _percentiles(wall_ms)
+        result["load_average"] = round(os.getloadavg()[0], 2)
+        result["cores"] = os.cpu_count()
+        p99 = result["latency_ms"]["p99"]
         self.check(
             "latency",
             p99 <= spec["max_request_ms"],
-            f"single-example p99 {p99:.2f} ms over {len(latencies)} requests "
-            f"(budget {spec['max_request_ms']:g} ms; first call "
-            f"{result['first_request_ms']:.1f} ms)",
+            f"single-example p99 {p99:.2f} ms of CPU time over {len(cpu_ms)} requests "
+            f"(budget {spec['max_request_ms']:g} ms; wall-clock p99 "
+            f"{result['wall_clock_ms']['p99']:.2f} ms at load average "
+            f"{result['load_average']:g} on {result['cores']} cores, which does not decide; "
+            f"first call {result['first_request_ms']:.1f} ms)",
         )
         return self.finish(result)
 
@@ -204,6 +211,16 @@ class Probe:
     def finish(self, result: dict) -> dict:
         result["passed"] = all(c["passed"] for c in self.checks)
         return result
+
+
+def _percentiles(milliseconds: list[float]) -> dict:
+    p50, p99 = np.percentile(milliseconds, [50, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(max(milliseconds)), 3),
+        "requests": len(milliseconds),
+    }
 
 
 def _stack(tensors: list) -> tf.Tensor:
