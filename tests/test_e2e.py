@@ -79,7 +79,7 @@ def simulation(config, tmp_path_factory):
 @pytest.fixture(scope="session")
 def successful_run(simulation):
     """Day 1: the first run, nothing serving yet."""
-    with open(simulation["workdir"] / "outputs-day01.json") as handle:
+    with open(simulation["workdir"] / "runs" / "day01" / "outputs.json") as handle:
         return {**simulation, "outputs": json.load(handle)}
 
 

@@ -169,7 +169,8 @@ def test_recsys_run_on_movielens(tmp_path):
     result = recsys("run", "--data", str(data), "--workdir", str(workdir), "--config", str(config))
     assert result.returncode == 0, result.stderr[-5000:]
     assert f"parameters from {data / 'recsys.yaml'}" in result.stderr
-    outputs = json.loads((workdir / "outputs.json").read_text())
+    (outputs_file,) = (workdir / "runs").glob("*/outputs.json")  # the one run's own directory
+    outputs = json.loads(outputs_file.read_text())
     ingested = outputs["ingest_metrics"]["metadata"]
     impressions = pd.read_parquet(data / "impressions.parquet")
     unlisted = ~impressions["item_id"].isin(pd.read_parquet(data / "items.parquet")["item_id"])

@@ -1,5 +1,8 @@
 """Push and the serving root: atomic integer versions, no-op re-push, records,
-models.config, keeping the newest versions, rollback, and SIGKILL at random points."""
+models.config, keeping the newest versions, rollback, SIGKILL at random points, and a
+candidate never pushed over a version it was not compared with. The root is a local
+directory and, where marked, a bucket on a real S3 API server (moto, started by the
+suite)."""
 
 import json
 import multiprocessing
@@ -16,9 +19,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 from recsys.app.cli import main as recsys_main
 from recsys.components.push.config import PushConfig
 from recsys.components.push.push import push
+from recsys.core import storage
 from recsys.core.contracts import SNAPSHOT_DIR, WARMUP_FILE
 from recsys.serving import serving_root as root_
-from tests.conftest import push_stages
+from tests.conftest import push_stages, repeatable_blessing
+from tests.push_child import push_with_environment
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
@@ -27,7 +32,16 @@ RULES_A, RULES_B = '{"k": 10}', '{"k": 12}'
 MODELS = ("retrieval", "ranking")
 
 
+@pytest.fixture(params=["local", "s3"])
+def serving_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "serving")
+    return request.getfixturevalue("s3_root") + "/serving"
+
+
 def _leftovers(serving_root):
+    if not storage.is_local(serving_root):  # nothing is staged in a bucket
+        return []
     return [
         d
         for _, dirs, _ in os.walk(serving_root)
@@ -77,8 +91,7 @@ def test_push_writes_a_version_its_record_and_the_tf_serving_config(stages, tmp_
     assert _leftovers(serving_root) == []
 
 
-def test_the_same_content_again_is_a_no_op_and_new_content_a_new_version(stages, tmp_path):
-    serving_root = str(tmp_path / "serving")
+def test_the_same_content_again_is_a_no_op_and_new_content_a_new_version(stages, serving_root):
     push_stages(stages, serving_root, rerank=RULES_A)
     again = push_stages(stages, serving_root, rerank=RULES_A)
     assert again["pushed"] is False and again["noop"] and again["version"] == 1
@@ -90,6 +103,20 @@ def test_the_same_content_again_is_a_no_op_and_new_content_a_new_version(stages,
     assert [e["kind"] for e in root_.events(serving_root)] == ["push", "noop", "push"]
 
 
+def test_a_candidate_is_not_pushed_over_a_version_it_was_not_compared_with(stages, serving_root):
+    """Two runs evaluated while nothing served: the first pushes; the second, whose
+    blessing compared it with nothing, must not replace the first's version."""
+    first = push_stages(stages, serving_root, blessing=stages["paths"]["blessing"])
+    assert first["pushed"] and first["version"] == 1
+    second = push_stages(stages, serving_root, blessing=stages["paths"]["blessing"], rerank=RULES_B)
+    assert second["pushed"] is False
+    assert "evaluated against nothing" in second["reason"]
+    assert "another run pushed in between" in second["reason"]
+    assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
+    assert root_.committed_versions(serving_root) == [1]
+    assert [e["kind"] for e in root_.events(serving_root)] == ["push", "refused"]
+
+
 def test_not_blessed_pushes_nothing_and_says_why(stages, tmp_path):
     blessing = tmp_path / "blessing.json"
     blessing.write_text(json.dumps({"blessed": False, "reason": "NOT blessed: AUC 0.51"}))
@@ -99,8 +126,7 @@ def test_not_blessed_pushes_nothing_and_says_why(stages, tmp_path):
     assert not os.path.exists(serving_root)
 
 
-def test_a_failed_copy_leaves_no_version_and_no_staging(stages, tmp_path):
-    serving_root = str(tmp_path / "serving")
+def test_a_failed_copy_leaves_no_version_and_no_staging(stages, tmp_path, serving_root):
     missing = str(tmp_path / "no_such_model")  # injected fault: the second model vanished
     with pytest.raises(OSError):
         push_stages(
@@ -113,8 +139,7 @@ def test_a_failed_copy_leaves_no_version_and_no_staging(stages, tmp_path):
     assert _leftovers(serving_root) == [] and root_.served_versions(serving_root) == {}
 
 
-def test_keeps_the_newest_versions(stages, tmp_path):
-    serving_root = str(tmp_path / "serving")
+def test_keeps_the_newest_versions(stages, serving_root):
     for number in range(4):
         report = push_stages(
             stages, serving_root, rerank=json.dumps({"k": 10 + number}), keep_versions=2
@@ -125,11 +150,10 @@ def test_keeps_the_newest_versions(stages, tmp_path):
     assert root_.committed_versions(serving_root) == [3, 4]
 
 
-def test_rollback_round_trip(stages, tmp_path, capsys):
+def test_rollback_round_trip(stages, serving_root, capsys):
     from recsys.serving import InProcessBackend
     from tests.tf_serving_double import ServedModels
 
-    serving_root = str(tmp_path / "serving")
     push_stages(stages, serving_root, rerank=RULES_A)
     push_stages(stages, serving_root, rerank=RULES_B)
 
@@ -149,7 +173,8 @@ def test_rollback_round_trip(stages, tmp_path, capsys):
     )
     assert "ranking: now serving version 1 (was 2)" in capsys.readouterr().out
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 2}
-    assert ServedModels(serving_root, list(MODELS)).versions == {"ranking": 1, "retrieval": 2}
+    if storage.is_local(serving_root):  # TF Serving cannot read s3:// (README)
+        assert ServedModels(serving_root, list(MODELS)).versions == {"ranking": 1, "retrieval": 2}
     assert InProcessBackend.from_serving_root(serving_root).versions == {
         "ranking": 1,
         "retrieval": 2,
@@ -183,17 +208,26 @@ def test_rollback_round_trip(stages, tmp_path, capsys):
 
 
 def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
-    """Read the root as TF Serving does (numeric directories under each base path, and
-    models.config); return every version seen incomplete. A version that vanishes
-    mid-read (removed as old) is not a finding."""
+    """Read the root as TF Serving does; return every version seen incomplete. Locally
+    that is every numeric directory under each base path; in a bucket, where versions
+    are written in place and only models.config's pinned versions are loaded, every
+    committed version. A version that vanishes mid-read (removed as old) is not a
+    finding."""
     problems = []
+    local = storage.is_local(serving_root)
+    committed = root_.committed_versions(serving_root)
     for name, hashes in expected.items():
         for version in root_.version_dirs(serving_root, name):
+            if not local and version not in committed:
+                continue
             try:
-                digest = root_.content_hash({"": os.path.join(serving_root, name, str(version))})
+                digest = root_.content_hash({"": storage.join(serving_root, name, str(version))})
             except FileNotFoundError:
                 continue
-            if digest not in hashes:
+            # Removal deletes the record before the files: a record still there after
+            # hashing means no file was deleted while it was read.
+            still_committed = local or root_.read_record(serving_root, version) is not None
+            if digest not in hashes and still_committed:
                 problems.append(f"{name}/{version} is visible but incomplete")
     for name, version in root_.served_versions(serving_root).items():
         if root_.read_record(serving_root, version) is None:
@@ -201,11 +235,10 @@ def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
     return problems
 
 
-def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_path):
-    serving_root = str(tmp_path / "serving")
+def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, serving_root):
     paths = stages["paths"]
     arguments = {
-        "blessing_path": paths["blessing"],
+        "blessing_path": repeatable_blessing(stages),
         "models": {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]},
         "warmup_dir": paths["warmup_requests"],
         "snapshots": {"users": paths["user_snapshot"], "items": paths["item_snapshot"]},
@@ -218,20 +251,25 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_pa
         push(**arguments, rerank=rules)
     expected = {
         name: {
-            root_.content_hash({"": os.path.join(serving_root, name, str(v))}) for v in (1, 2, 3)
+            root_.content_hash({"": storage.join(serving_root, name, str(v))}) for v in (1, 2, 3)
         }
         for name in (*MODELS, SNAPSHOT_DIR)
     }
     assert len(expected[SNAPSHOT_DIR]) == 3 and len(expected["retrieval"]) == 1
+    environment = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
     # Children fork from a server that has imported push but not TensorFlow, so each
     # starts in milliseconds and dies wherever the random delay lands.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["recsys.components.push.push"])
+    context.set_forkserver_preload(["tests.push_child"])
 
     def start_child(rules):
-        # The target is push itself: unpickling it imports nothing the server lacks.
-        child = context.Process(target=push, kwargs={**arguments, "rerank": rules})
+        # The target imports only push: unpickling it imports nothing the server lacks.
+        child = context.Process(
+            target=push_with_environment,
+            args=(environment,),
+            kwargs={**arguments, "rerank": rules},
+        )
         child.start()
         return child
 
@@ -253,7 +291,8 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_pa
     generator = random.Random(1234)
     killed_mid_push = 0
     try:
-        for _ in range(50):
+        iterations = 50 if storage.is_local(serving_root) else 12  # a bucket is slower
+        for _ in range(iterations):
             served_before = root_.served_versions(serving_root)
             # The child pushes content other than what is served; the parent then a third.
             child = start_child(contents[(served_content + 1) % 3])
@@ -280,6 +319,6 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, tmp_pa
         stop.set()
         scanner.join()
     assert problems == []
-    assert killed_mid_push >= 25  # most kills landed during the push, not after it
+    assert killed_mid_push >= iterations // 2  # most kills landed during the push
     versions = root_.committed_versions(serving_root)
     assert len(versions) == 3 and root_.served_versions(serving_root)["retrieval"] == versions[-1]

@@ -3,8 +3,14 @@
 The same ``pipeline.yaml`` that is uploaded to Kubeflow is loaded here, so a
 local run exercises exactly the DAG that production runs. KFP's local runner
 is chatty (it dumps every task's executor input), so it runs in a child
-process whose full output goes to ``<workdir>/run.log``; the console shows the
-stage progress lines and, at the end, a summary.
+process whose full output goes to ``<workdir>/runs/<run id>/run.log``; the console
+shows the stage progress lines and, at the end, a summary.
+
+Runs in one workdir share its pipeline root (drift baselines, warm-start state)
+and serving root, as scheduled runs do, and may overlap (a manual run during a
+scheduled one): each has its own directory for its compiled YAML, outputs and log,
+and push re-checks under the serving root's writer lease that the version it
+replaces is the one its candidate was compared with.
 """
 
 import argparse
@@ -13,10 +19,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 
 import yaml
 
+from recsys.core import storage
 from recsys.core.contracts import RAW_TABLES
 from recsys.core.features import load_registry
 from recsys.core.progress import PROGRESS_LINE, log
@@ -36,18 +44,17 @@ def load_config(path: str | None) -> dict:
     """A YAML mapping of pipeline parameters; unknown keys are an error, not ignored."""
     if not path:
         return {}
-    with open(path, encoding="utf-8-sig") as handle:
-        try:
-            config = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as error:
-            # The context mark is where the broken construct starts (often the line to fix).
-            mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or error
-            raise ValueError(
-                f"{path} is not valid YAML{where}: {problem}. Write one `name: value` per "
-                "line (docs/parameters.md lists the names)."
-            ) from None
+    try:
+        config = yaml.safe_load(storage.read_text(path).removeprefix("\ufeff")) or {}
+    except yaml.YAMLError as error:
+        # The context mark is where the broken construct starts (often the line to fix).
+        mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or error
+        raise ValueError(
+            f"{path} is not valid YAML{where}: {problem}. Write one `name: value` per "
+            "line (docs/parameters.md lists the names)."
+        ) from None
     if not isinstance(config, dict):
         raise ValueError(
             f"{path}: expected `name: value` lines (a mapping of pipeline parameters), "
@@ -72,12 +79,12 @@ def load_config(path: str | None) -> dict:
 def data_config(data_root: str | None) -> dict:
     """Pipeline parameters a data directory carries in ``recsys.yaml`` (as
     ``recsys import-movielens`` writes), with ``schema_dir`` relative to it."""
-    path = os.path.join(data_root, DATA_CONFIG) if data_root else ""
-    if not os.path.isfile(path):
+    path = storage.join(data_root, DATA_CONFIG) if data_root else ""
+    if not path or not storage.isfile(path):
         return {}
     config = load_config(path)
     if config.get("schema_dir"):
-        config["schema_dir"] = os.path.join(os.path.abspath(data_root), config["schema_dir"])
+        config["schema_dir"] = storage.join(absolute(data_root), config["schema_dir"])
     log("run", f"parameters from {path}: {json.dumps(config)}")
     return config
 
@@ -102,6 +109,23 @@ def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dic
     }
 
 
+OUTPUTS_FILE, LOG_FILE = "outputs.json", "run.log"
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (the run's tasks start elsewhere); a URL as it is."""
+    return os.path.abspath(path) if storage.is_local(path) else path
+
+
+def run_dir(workdir: str, run_id: str) -> str:
+    """Where one run's compiled YAML, outputs and full log go."""
+    return os.path.join(os.path.abspath(workdir), "runs", run_id)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
 def run(
     workdir: str,
     data_root: str,
@@ -111,20 +135,20 @@ def run(
     label: str = "",
 ) -> dict:
     """Compile, run the YAML in a child process, return its outputs (raises RunFailed).
-    Runs in one ``workdir`` share its pipeline root and serving root, as scheduled
-    runs do; ``label`` names this run's ``outputs-<label>.json`` and ``run-<label>.log``."""
+    This run's files go to ``run_dir(workdir, label)`` (default label: the start
+    time and a random suffix), so runs at once never mix them."""
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    pipeline_yaml = compile_pipeline(os.path.join(workdir, "pipeline.yaml"), image)
+    directory = run_dir(workdir, label or new_run_id())
+    os.makedirs(directory, exist_ok=True)
+    pipeline_yaml = compile_pipeline(os.path.join(directory, "pipeline.yaml"), image)
     arguments = {
-        "data_root": os.path.abspath(data_root),
+        "data_root": absolute(data_root),
         "serving_root": os.path.join(workdir, "serving"),
     }
     arguments.update(config)
-    suffix = f"-{label}" if label else ""
-    outputs_path = os.path.join(workdir, f"outputs{suffix}.json")
-    log_path = os.path.join(workdir, f"run{suffix}.log")
-    if os.path.exists(outputs_path):
+    outputs_path = os.path.join(directory, OUTPUTS_FILE)
+    log_path = os.path.join(directory, LOG_FILE)
+    if os.path.exists(outputs_path):  # a label used before: its old outputs are not ours
         os.remove(outputs_path)
     log("run", f"compiled {pipeline_yaml}; running it locally (full log: {log_path})")
     log("run", f"arguments: {json.dumps(arguments)}")
@@ -161,6 +185,7 @@ def run(
         outputs = json.load(handle)
     outputs["seconds"] = time.monotonic() - started
     outputs["arguments"] = arguments
+    outputs["run_dir"] = directory
     return outputs
 
 
@@ -192,6 +217,7 @@ def summary(outputs: dict) -> str:
     for name in ("validation_report", "evaluation_report", "push_report"):
         with open(outputs[name]["path"]) as handle:
             lines += [handle.read().strip(), ""]
+    lines.append(f"this run's outputs and full log: {outputs['run_dir']}")
     lines.append(f"plots (HTML, render offline): {outputs['validation_html']['path']}")
     lines.append(f"                              {outputs['evaluation_html']['path']}")
     return "\n".join(lines) + "\n"

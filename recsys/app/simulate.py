@@ -91,7 +91,7 @@ def day_outcome(
             workdir, data_root, {**config, "as_of": outcome["as_of"]}, label=label
         )
     except local_run.RunFailed:
-        stage, reason = failure(os.path.join(workdir, f"run-{label}.log"))
+        stage, reason = failure(os.path.join(local_run.run_dir(workdir, label), local_run.LOG_FILE))
         outcome.update(status=f"stopped at {stage}", reason=reason, blessed=False, pushed=False)
     else:
         blessing = outputs["blessing"]["metadata"]

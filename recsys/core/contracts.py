@@ -139,7 +139,6 @@ MODELS_CONFIG = "models.config"  # TF Serving's --model_config_file
 RECORDS_DIR = "records"  # records/<version>.json: the push record
 EVENTS_DIR = os.path.join(RECORDS_DIR, "events")  # every push, no-op, rollback, removal
 SNAPSHOT_DIR = "feature_snapshot"  # feature_snapshot/<version>/: what the funnel looks up
-LOCK_FILE = ".lock"
 # TF Serving replays this file (TFRecord PredictionLog) before serving a version.
 WARMUP_FILE_NAME = "tf_serving_warmup_requests"
 WARMUP_FILE = os.path.join("assets.extra", WARMUP_FILE_NAME)
@@ -157,7 +156,16 @@ def warmup_path(warmup_dir: str, model: str) -> str:
     return os.path.join(warmup_dir, model, WARMUP_FILE_NAME)
 
 
+# --- the blessing (evaluate writes it, push reads it) -----------------------------------
+
+BLESSING_CHAMPION = "champion"  # what the candidate was compared with
+# Inside it: the versions models.config served when evaluate ran, and whether the
+# blessing depends on them (compare_with_champion): push re-checks them under its lease.
+SERVED_WHEN_EVALUATED, COMPARED_WITH_CHAMPION = "served_when_evaluated", "compared"
+
+
 # --- state kept under the pipeline root between runs -----------------------------------
 
 STATISTICS_DIR = "statistics"  # statistics/span=<day>/: drift baselines (validate)
 BLESSED_DIR = "blessed"  # blessed/<version>/<model>/: warm-start checkpoints (push)
+BLESSED_COMPLETE = "_COMPLETE"  # blessed/<version>/_COMPLETE: written last, marks it whole

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from recsys.core import contracts
+from recsys.core import contracts, storage
 from recsys.core.derived import DERIVED
 from recsys.core.schemas import SCHEMA_DIR, SCHEMA_DTYPES, is_list, load_schema
 
@@ -207,32 +207,26 @@ class FeatureRegistry:
 def registry_path(schema_dir: str = "") -> str:
     """``features.yaml`` beside the schemas; the packaged one if ``schema_dir`` has none
     (schema directories written before the registry existed)."""
-    path = os.path.join(schema_dir or SCHEMA_DIR, contracts.FEATURES_FILE)
-    return path if os.path.isfile(path) else os.path.join(SCHEMA_DIR, contracts.FEATURES_FILE)
+    path = storage.join(schema_dir or SCHEMA_DIR, contracts.FEATURES_FILE)
+    return path if storage.isfile(path) else os.path.join(SCHEMA_DIR, contracts.FEATURES_FILE)
 
 
 def load_registry(schema_dir: str = "", path: str = "") -> FeatureRegistry:
     """The registry of ``schema_dir`` (or the file at ``path``), checked against the
     examples schema of ``schema_dir``."""
     path = path or registry_path(schema_dir)
-    schema_file = os.path.join(
+    schema_file = storage.join(
         schema_dir or SCHEMA_DIR, f"{contracts.EXAMPLES_SCHEMA}.schema.pbtxt"
     )
-    return _load(
-        path,
-        os.stat(path).st_mtime_ns,
-        schema_dir,
-        os.stat(schema_file).st_mtime_ns if os.path.exists(schema_file) else 0,
-    )
+    return _load(path, storage.version_token(path), schema_dir, storage.version_token(schema_file))
 
 
 @functools.lru_cache(maxsize=16)
-def _load(path: str, modified: int, schema_dir: str, schema_modified: int) -> FeatureRegistry:
-    with open(path) as handle:
-        try:
-            document = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as error:
-            raise RegistryError(f"{path} is not valid YAML: {error}") from None
+def _load(path: str, version: int, schema_dir: str, schema_version: int) -> FeatureRegistry:
+    try:
+        document = yaml.safe_load(storage.read_text(path)) or {}
+    except yaml.YAMLError as error:
+        raise RegistryError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("features"), dict):
         raise RegistryError(f"{path}: expected a mapping with 'features' (name -> attributes)")
     examples = {f.name: f for f in load_schema(contracts.EXAMPLES_SCHEMA, schema_dir).feature}

@@ -14,14 +14,16 @@ import os
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from recsys.core import storage
+
 # The dtype of each schema feature type, as the models' signatures name it.
 SCHEMA_DTYPES = {schema_pb2.BYTES: "string", schema_pb2.INT: "int64", schema_pb2.FLOAT: "float32"}
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
 
 
 def schema_path(name: str, schema_dir: str = "") -> str:
-    path = os.path.join(schema_dir or SCHEMA_DIR, f"{name}.schema.pbtxt")
-    if not os.path.isfile(path):
+    path = storage.join(schema_dir or SCHEMA_DIR, f"{name}.schema.pbtxt")
+    if not storage.isfile(path):
         raise FileNotFoundError(f"schema '{name}' not found: expected {path}")
     return path
 
@@ -30,14 +32,13 @@ def load_schema(name: str, schema_dir: str = "") -> schema_pb2.Schema:
     """A curated schema as a ``tensorflow_metadata`` Schema proto (a fresh copy)."""
     path = schema_path(name, schema_dir)
     schema = schema_pb2.Schema()
-    schema.CopyFrom(_parsed(path, os.stat(path).st_mtime_ns))
+    schema.CopyFrom(_parsed(path, storage.version_token(path)))
     return schema
 
 
 @functools.lru_cache(maxsize=32)  # callers ask per batch; parsing text protos is slow
-def _parsed(path: str, modified: int) -> schema_pb2.Schema:
-    with open(path) as handle:
-        return text_format.Parse(handle.read(), schema_pb2.Schema())
+def _parsed(path: str, version: int) -> schema_pb2.Schema:
+    return text_format.Parse(storage.read_text(path), schema_pb2.Schema())
 
 
 def is_list(feature: schema_pb2.Feature) -> bool:

@@ -13,16 +13,14 @@ Between stages a dataset is a directory of ``part-*.parquet`` files, so Beam
 can read and write it in shards.
 """
 
-import glob
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from recsys.core import storage
 from recsys.core.contracts import RAW_TABLES, TIMESTAMP_SUFFIX
 from recsys.core.schemas import required_columns
 
@@ -34,14 +32,14 @@ class DataError(ValueError):
 def find_table(data_root: str, name: str) -> list[str]:
     """Files that hold raw table ``name`` under ``data_root``."""
     candidates = [
-        os.path.join(data_root, f"{name}.parquet"),
-        os.path.join(data_root, f"{name}.csv"),
+        storage.join(data_root, f"{name}.parquet"),
+        storage.join(data_root, f"{name}.csv"),
     ]
-    files = [path for path in candidates if os.path.isfile(path)]
-    directory = os.path.join(data_root, name)
-    if os.path.isdir(directory):
-        files += sorted(glob.glob(os.path.join(directory, "*.parquet")))
-        files += sorted(glob.glob(os.path.join(directory, "*.csv")))
+    files = [path for path in candidates if storage.isfile(path)]
+    directory = storage.join(data_root, name)
+    if storage.isdir(directory):
+        files += storage.glob(storage.join(directory, "*.parquet"))
+        files += storage.glob(storage.join(directory, "*.csv"))
     if not files:
         raise DataError(
             f"raw table '{name}' not found under {data_root}: expected {name}.parquet, "
@@ -66,20 +64,21 @@ class RawFile:
 
 def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
     if not path.endswith(".csv"):
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
         missing = {name: table.column(name).is_null().to_numpy() for name in table.column_names}
         return RawFile(path, table.to_pandas(), missing, np.zeros(table.num_rows, dtype=bool))
     is_utf8 = encoding.replace("_", "-").lower() in ("utf-8", "utf8")
     # Latin-1 maps every byte to a character, so reading with it never fails and
     # loses nothing; valid UTF-8 is then recovered value by value below.
-    frame = pd.read_csv(
-        path,
-        sep=csv_separator(path),
-        dtype=str,
-        keep_default_na=False,
-        na_values=[""],
-        encoding="latin-1" if is_utf8 else encoding,
-    )
+    with storage.open(path) as handle:
+        frame = pd.read_csv(
+            handle,
+            sep=csv_separator(path),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            encoding="latin-1" if is_utf8 else encoding,
+        )
     # Spreadsheets write a byte-order mark before the header (read as Latin-1 or not).
     first = str(frame.columns[0])
     for mark in (UTF8_BOM.decode("latin-1"), UTF8_BOM.decode("utf-8")):
@@ -107,7 +106,7 @@ def csv_separator(path: str) -> str:
     """The CSV's separator, read off its header line: a comma unless the header has
     none and splits on ';' (spreadsheets in many locales), a tab or '|'. An empty
     file is an error here, before pandas reports it without the file's name."""
-    with open(path, "rb") as handle:
+    with storage.open(path) as handle:
         header = handle.readline()
     if not header.strip():
         raise DataError(
@@ -136,11 +135,15 @@ def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFr
     frames = []
     for path in find_table(data_root, name):
         if path.endswith(".csv"):
-            frame = pd.read_csv(
-                path, sep=csv_separator(path), encoding="utf-8-sig", encoding_errors="replace"
-            )
+            with storage.open(path) as handle:
+                frame = pd.read_csv(
+                    handle,
+                    sep=csv_separator(path),
+                    encoding="utf-8-sig",
+                    encoding_errors="replace",
+                )
         else:
-            frame = pq.read_table(path).to_pandas()
+            frame = storage.read_parquet(path).to_pandas()
         missing = [c for c in required if c not in frame.columns]
         if missing:
             raise DataError(
@@ -242,33 +245,32 @@ def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
 def write_raw_tables(tables: dict[str, pd.DataFrame], out: str) -> dict[str, int]:
     """Raw tables as ``out/<name>.parquet`` with ``*_ts`` columns (Unix seconds) as
     Parquet timestamps; returns each table's row count."""
-    os.makedirs(out, exist_ok=True)
     for name, frame in tables.items():
         frame = frame.copy()
         for column in [c for c in frame.columns if c.endswith(TIMESTAMP_SUFFIX)]:
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        frame.to_parquet(os.path.join(out, f"{name}.parquet"), index=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        storage.write_parquet(table, storage.join(out, f"{name}.parquet"))
     return {name: len(frame) for name, frame in tables.items()}
 
 
 def write_dataset(data: pd.DataFrame | pa.Table, directory: str) -> str:
     """Store a dataset as ``directory/part-00000.parquet``."""
-    os.makedirs(directory, exist_ok=True)
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-    path = os.path.join(directory, "part-00000.parquet")
-    pq.write_table(table, path)
+    path = storage.join(directory, "part-00000.parquet")
+    storage.write_parquet(table, path)
     return path
 
 
 def dataset_pattern(directory: str) -> str:
-    return os.path.join(directory, "*.parquet")
+    return storage.join(directory, "*.parquet")
 
 
 def read_dataset_table(directory: str, columns: list[str] | None = None) -> pa.Table:
-    files = sorted(glob.glob(dataset_pattern(directory)))
+    files = storage.glob(dataset_pattern(directory))
     if not files:
         raise DataError(f"no Parquet files in dataset directory {directory}")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([storage.read_parquet(f, columns=columns) for f in files])
 
 
 def read_dataset(directory: str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -18,15 +18,15 @@ vocabulary files, but nothing restores a whole subclassed TFRS model across
 vocabulary changes.
 """
 
+import io
 import json
-import os
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
 
-from recsys.core.contracts import BLESSED_DIR
+from recsys.core import storage
+from recsys.core.contracts import BLESSED_COMPLETE, BLESSED_DIR
 from recsys.core.features import OOV_BUCKETS
 
 # recsys.core.modeling (TensorFlow) is imported where weights are touched: push keeps
@@ -60,12 +60,10 @@ def _tokens(transform_output, vocabulary: str) -> list[str]:
 
 def save(model, transform_output, directory: str) -> str:
     """The trained weights and the vocabularies their embedding rows follow."""
-    os.makedirs(directory, exist_ok=True)
     names = vocabularies(model)
-    np.savez(
-        os.path.join(directory, WEIGHTS_FILE),
-        *[variable.numpy() for variable in model.trainable_weights],
-    )
+    weights = io.BytesIO()
+    np.savez(weights, *[variable.numpy() for variable in model.trainable_weights])
+    storage.write_bytes(storage.join(directory, WEIGHTS_FILE), weights.getvalue())
     layout = {
         "weights": [
             {"shape": list(v.shape), "vocabulary": name}
@@ -75,17 +73,15 @@ def save(model, transform_output, directory: str) -> str:
             name: _tokens(transform_output, name) for name in sorted({n for n in names if n})
         },
     }
-    with open(os.path.join(directory, LAYOUT_FILE), "w") as handle:
-        json.dump(layout, handle)
+    storage.write_text(storage.join(directory, LAYOUT_FILE), json.dumps(layout))
     return directory
 
 
 def restore(model, transform_output, directory: str) -> dict:
     """Copy the checkpoint in ``directory`` into ``model`` (its variables must exist).
     Returns what was done, or ``{"warm_start": False, "reason": ...}``."""
-    with open(os.path.join(directory, LAYOUT_FILE)) as handle:
-        layout = json.load(handle)
-    with np.load(os.path.join(directory, WEIGHTS_FILE)) as stored:
+    layout = json.loads(storage.read_text(storage.join(directory, LAYOUT_FILE)))
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(directory, WEIGHTS_FILE)))) as stored:
         old = [stored[f"arr_{i}"] for i in range(len(stored.files))]
     variables, names = model.trainable_weights, vocabularies(model)
     if len(old) != len(variables):
@@ -129,25 +125,33 @@ def restore(model, transform_output, directory: str) -> dict:
 
 
 def latest_blessed(pipeline_root: str) -> tuple[int, str] | None:
-    """(version, directory) of the newest blessed checkpoint under the pipeline root."""
-    directory = os.path.join(pipeline_root, BLESSED_DIR)
-    if not pipeline_root or not os.path.isdir(directory):
+    """(version, directory) of the newest complete blessed checkpoint under the
+    pipeline root (one whose completion marker was written)."""
+    if not pipeline_root:
         return None
-    versions = sorted(int(d) for d in os.listdir(directory) if re.fullmatch(r"\d+", d))
-    return (versions[-1], os.path.join(directory, str(versions[-1]))) if versions else None
+    directory = storage.join(pipeline_root, BLESSED_DIR)
+    versions = sorted(
+        int(name)
+        for name in storage.listdir(directory)
+        if re.fullmatch(r"\d+", name)
+        and storage.exists(storage.join(directory, name, BLESSED_COMPLETE))
+    )
+    return (versions[-1], storage.join(directory, str(versions[-1]))) if versions else None
 
 
 def keep_blessed(pipeline_root: str, version: int, checkpoints: dict[str, str]) -> str:
     """Keep the checkpoints of a pushed version (model name -> directory) under the
-    pipeline root, completely or not at all (staged, then renamed)."""
-    final = os.path.join(pipeline_root, BLESSED_DIR, str(version))
-    if os.path.exists(final):
+    pipeline root, completely or not at all: the files first, then the completion
+    marker, one object write, which is what makes the version visible (an object
+    store has no rename)."""
+    final = storage.join(pipeline_root, BLESSED_DIR, str(version))
+    marker = storage.join(final, BLESSED_COMPLETE)
+    if storage.exists(marker):
         return final
-    staging = f"{final}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    storage.remove(final)  # what an interrupted copy left
     for name, source in checkpoints.items():
-        shutil.copytree(source, os.path.join(staging, name))
-    os.rename(staging, final)
+        storage.copy_dir(source, storage.join(final, name))
+    storage.write_text(marker, "")
     return final
 
 
@@ -155,9 +159,9 @@ def warm_start_from(pipeline_root: str, model_name: str) -> tuple[int | None, st
     """The newest blessed checkpoint of ``model_name``: (version, directory), or
     (None, "") when there is none yet."""
     found = latest_blessed(pipeline_root)
-    if found is None or not os.path.isdir(os.path.join(found[1], model_name)):
+    if found is None or not storage.isdir(storage.join(found[1], model_name)):
         return None, ""
-    return found[0], os.path.join(found[1], model_name)
+    return found[0], storage.join(found[1], model_name)
 
 
 def initialise(model, transform_output, directory: str, stage: str, build) -> dict:

@@ -102,6 +102,7 @@ def wire(stages, p: Arguments) -> dict:
         schema_dir=p["schema_dir"],
         beam_pipeline_args=p["beam_pipeline_args"],
         pipeline_root=stages.pipeline_root,
+        state_root=p["state_root"],
         **p.of(ValidateConfig),
     )
     stages.configure(validated, cpu="2", memory="8G", retries=2, cache=False)
@@ -129,6 +130,7 @@ def wire(stages, p: Arguments) -> dict:
         schema_dir=p["schema_dir"],
         warm_start=p["warm_start"],
         pipeline_root=stages.pipeline_root,
+        state_root=p["state_root"],
         **p.of(RetrievalConfig),
     )
     stages.configure(retrieval, cpu="2", memory="8G", cache=False)
@@ -140,6 +142,7 @@ def wire(stages, p: Arguments) -> dict:
         schema_dir=p["schema_dir"],
         warm_start=p["warm_start"],
         pipeline_root=stages.pipeline_root,
+        state_root=p["state_root"],
         **p.of(RankingConfig),
     )
     stages.configure(ranking, cpu="2", memory="8G", cache=False)
@@ -197,6 +200,7 @@ def wire(stages, p: Arguments) -> dict:
         serving_root=p["serving_root"],
         image=p["image"],
         pipeline_root=stages.pipeline_root,
+        state_root=p["state_root"],
         **p.of(PushConfig),
     )
     stages.configure(pushed, cpu="1", memory="2G", retries=2, cache=False)

@@ -11,13 +11,13 @@ Exceptions propagate as the stage raised them.
 """
 
 import os
-import shutil
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kfp.dsl.types import type_annotations
 
+from recsys.core import storage
 from recsys.pipelines.dag import STAGES, wire
 from recsys.pipelines.parameters import with_defaults
 
@@ -63,8 +63,8 @@ class InProcessStages:
                 for output, value in self.given[name].items()
             }
         else:
-            shutil.rmtree(directory, ignore_errors=True)  # a fresh run of this stage
-            os.makedirs(directory)
+            storage.remove(directory)  # a fresh run of this stage
+            storage.makedirs(directory)
             for output, annotation in typing.get_type_hints(shim, include_extras=True).items():
                 if type_annotations.is_artifact_wrapped_in_Output(annotation):
                     outputs[output] = _artifact(
@@ -116,7 +116,7 @@ def run_in_process(
     parameters; the rest take their defaults) with outputs under ``root``. ``given``:
     stage -> {output: artifact or path} replaces those stages' runs."""
     root = os.path.abspath(root)
-    os.makedirs(root, exist_ok=True)
+    storage.makedirs(root)
     stages = InProcessStages(root, given, stop_after)
     try:
         outputs = wire(stages, with_defaults(arguments))

@@ -51,9 +51,14 @@ class RunConfig:
         "Beam options of the Beam stages (join, validate, transform) as a JSON list; "
         "empty: DirectRunner",
     )
+    state_root: str = parameter(
+        "",
+        "where state kept between runs lives: statistics/ (drift baselines) and blessed/ "
+        "(warm-start checkpoints); empty: the pipeline root",
+    )
     warm_start: bool = parameter(
         False,
-        "start both trainers from the last blessed model's weights (found under the pipeline root)",
+        "start both trainers from the last blessed model's weights (found under the state root)",
     )
     rerank: str = parameter(
         RerankConfig().to_json(),

@@ -12,12 +12,13 @@ with this module.
 """
 
 import base64
+import contextlib
 import json
-import os
 import urllib.request
 
 import numpy as np
 
+from recsys.core import storage
 from recsys.core.contracts import MODELS, SIGNATURE
 from recsys.serving.serving_root import served_version
 
@@ -30,8 +31,13 @@ class InProcessBackend:
         import tensorflow as tf
 
         self.versions = versions or {}
+        # TensorFlow reads gs:// itself but has no s3:// filesystem here: models in a
+        # bucket are copied to local disk first, kept for this backend's lifetime.
+        self._local = contextlib.ExitStack()
         self._functions = {
-            name: tf.saved_model.load(directory).signatures[SIGNATURE]
+            name: tf.saved_model.load(
+                self._local.enter_context(storage.local_copy(directory))
+            ).signatures[SIGNATURE]
             for name, directory in model_dirs.items()
         }
 
@@ -41,7 +47,7 @@ class InProcessBackend:
         versions = {name: served_version(serving_root, name) for name in MODELS}
         return cls(
             {
-                name: os.path.join(serving_root, name, str(version))
+                name: storage.join(serving_root, name, str(version))
                 for name, version in versions.items()
             },
             versions,

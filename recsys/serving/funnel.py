@@ -9,7 +9,6 @@ comes from ``recsys.core.derived``, as the training examples' does. With a
 ``ServingLog``, every served item's features are logged for the skew check.
 """
 
-import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from recsys.core import storage
 from recsys.core.contracts import (
     EVENT_TS,
     ITEM_ID,
@@ -102,7 +102,7 @@ class Funnel:
         (the rules the evaluation measured, unless ``rerank_config`` is given)."""
         backend = backend or InProcessBackend.from_serving_root(serving_root)
         version = served_version(serving_root, RETRIEVAL)
-        snapshot = os.path.join(serving_root, SNAPSHOT_DIR, str(version))
+        snapshot = storage.join(serving_root, SNAPSHOT_DIR, str(version))
         if rerank_config is None:
             rerank_config = pushed_rerank_config(snapshot)
         return cls(

@@ -2,15 +2,14 @@
 layout ingest reads as the ``serving_log`` table. The validate stage compares it
 with the training examples (training/serving skew)."""
 
-import os
 import time
 import uuid
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from recsys.core import storage
 from recsys.core.contracts import EVENT_ID, EVENT_TS
 
 
@@ -23,7 +22,7 @@ class ServingLog:
 
     def __init__(self, directory: str, rows_per_file: int = 50_000):
         self.directory, self.rows_per_file = directory, rows_per_file
-        os.makedirs(directory, exist_ok=True)
+        storage.makedirs(directory)
         self._parts: list[pd.DataFrame] = []
         self._rows = 0
 
@@ -52,10 +51,10 @@ class ServingLog:
         for name in frame.columns:  # list features (the history) as Parquet lists
             if len(frame) and isinstance(frame[name].iloc[0], (list, tuple, np.ndarray)):
                 frame[name] = frame[name].map(list)
-        path = os.path.join(
+        path = storage.join(
             self.directory, f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         )
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        storage.write_parquet(pa.Table.from_pandas(frame, preserve_index=False), path)
         self._parts, self._rows = [], 0
         return path
 

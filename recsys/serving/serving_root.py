@@ -11,42 +11,53 @@ Layout under ``<root>``::
     records/<version>.json          the push record; a version is committed when it has one
     records/events/<time>-<kind>.json   every push, no-op, rollback and removal
 
-Guarantees, and how:
+Guarantees, and how (the root may be a local directory or an object store,
+``gs://`` / ``s3://`` / ``minio://``, through ``recsys.core.storage``):
 
-- A version directory appears only complete: it is staged in a hidden sibling
-  (``.staging-*``, non-numeric, so TF Serving never reads it), fsynced, then renamed
-  into place (atomic on one filesystem). An existing version is never written to.
+- A version is *committed* when its push record exists, and the record is written
+  only after every directory of the version is complete. ``models.config`` names
+  only committed versions, pinned (``model_version_policy { specific }``), so TF
+  Serving never loads anything else, whatever lies under the base paths.
+- On a local filesystem a version directory is also never visible incomplete: it
+  is staged in a hidden sibling (``.staging-*``, non-numeric, so TF Serving never
+  reads it), fsynced, then renamed into place. An object store has no rename: the
+  version is written in place, then verified (every file present with its size;
+  each object appears whole or not at all), before its record is written.
 - Versions are integers, one above any version directory or record that exists,
   so they only increase, even after a killed push left an uncommitted directory.
-- ``models.config`` is replaced atomically (write a temporary file, fsync, rename),
-  and only after every directory and the record of the version it names exist.
+  An existing version is never written to.
+- ``models.config`` is switched with one write (an object put, or a local
+  temporary file renamed), and only after the record of the version it names.
   TF Serving started with ``--model_config_file`` therefore switches from one
   complete version to another; rollback is the same switch to an older version.
-- Removal (keeping the newest ``keep`` versions) renames a version out of sight
-  first, then deletes it, so no scanner sees a half-deleted version. Served
-  versions are never removed.
-- One writer at a time: an exclusive ``flock`` on ``<root>/.lock`` (released by the
-  kernel if the writer is killed). While it is held, any ``.staging-*`` or
-  ``.trash-*`` directory is a leftover of a killed writer and is removed.
+- Removal (keeping the newest ``keep`` versions) deletes the record first (the
+  version is no longer committed), then the directories (locally renamed out of
+  sight first). Served versions are never removed.
+- One writer at a time: a writer lease (``recsys.core.lease``: a conditional
+  create, with expiry) instead of ``flock``, which object stores lack. The writer
+  checks it still holds the lease before it commits. While it is held, any
+  ``.staging-*`` or ``.trash-*`` directory is a leftover of a killed writer and
+  is removed.
 
 File names come from ``recsys.core.contracts``. This module imports no TensorFlow:
 a push is file operations, and the kill test starts it thousands of times.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
+import tempfile
 import time
 import uuid
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from recsys.core.contracts import EVENTS_DIR, LOCK_FILE, MODELS, MODELS_CONFIG, RECORDS_DIR
+from recsys.core import storage
+from recsys.core.contracts import EVENTS_DIR, MODELS, MODELS_CONFIG, RECORDS_DIR
+from recsys.core.lease import lease
 
 STAGING_PREFIX, TRASH_PREFIX = ".staging-", ".trash-"
 VERSION = re.compile(r"\d+")
@@ -61,28 +72,22 @@ class ServingRootError(ValueError):
 
 def version_dirs(root: str, name: str) -> list[int]:
     """The version directories of model ``name`` (committed or not), ascending."""
-    directory = os.path.join(root, name)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(entry) for entry in os.listdir(directory) if VERSION.fullmatch(entry))
+    names = storage.listdir(storage.join(root, name))
+    return sorted(int(entry) for entry in names if VERSION.fullmatch(entry))
 
 
 def read_record(root: str, version: int) -> dict | None:
-    path = os.path.join(root, RECORDS_DIR, f"{version}.json")
-    if not os.path.exists(path):
+    try:
+        return json.loads(storage.read_text(storage.join(root, RECORDS_DIR, f"{version}.json")))
+    except FileNotFoundError:
         return None
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def committed_versions(root: str) -> list[int]:
     """Versions with a push record (every directory of theirs is complete), ascending."""
-    directory = os.path.join(root, RECORDS_DIR)
-    if not os.path.isdir(directory):
-        return []
     return sorted(
         int(name[:-5])
-        for name in os.listdir(directory)
+        for name in storage.listdir(storage.join(root, RECORDS_DIR))
         if name.endswith(".json") and VERSION.fullmatch(name[:-5])
     )
 
@@ -92,11 +97,11 @@ class BrokenConfigError(ServingRootError):
 
 
 def read_config(root: str) -> model_server_config_pb2.ModelServerConfig | None:
-    path = os.path.join(root, MODELS_CONFIG)
-    if not os.path.exists(path):
+    path = storage.join(root, MODELS_CONFIG)
+    try:
+        text = storage.read_bytes(path)
+    except FileNotFoundError:
         return None
-    with open(path, "rb") as handle:
-        text = handle.read()
     try:
         return text_format.Parse(text.decode("utf-8"), model_server_config_pb2.ModelServerConfig())
     except (text_format.ParseError, UnicodeDecodeError) as error:
@@ -124,7 +129,7 @@ def served_versions(root: str) -> dict[str, int]:
         versions = list(entry.model_version_policy.specific.versions)
         if len(versions) != 1:
             raise ServingRootError(
-                f"{os.path.join(root, MODELS_CONFIG)}: model '{entry.name}' "
+                f"{storage.join(root, MODELS_CONFIG)}: model '{entry.name}' "
                 f"should pin exactly one version, found {versions}"
             )
         served[entry.name] = versions[0]
@@ -147,15 +152,12 @@ def served_version(root: str, name: str) -> int:
 
 def events(root: str) -> list[dict]:
     """Every recorded event, oldest first."""
-    directory = os.path.join(root, EVENTS_DIR)
-    if not os.path.isdir(directory):
-        return []
-    result = []
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".json"):
-            with open(os.path.join(directory, name)) as handle:
-                result.append(json.load(handle))
-    return result
+    directory = storage.join(root, EVENTS_DIR)
+    return [
+        json.loads(storage.read_text(storage.join(directory, name)))
+        for name in storage.listdir(directory)
+        if name.endswith(".json")
+    ]
 
 
 def content_hash(paths: dict[str, str]) -> str:
@@ -164,52 +166,43 @@ def content_hash(paths: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for label in sorted(paths):
         top = paths[label]
-        files = (
-            [top]
-            if os.path.isfile(top)
-            else sorted(
-                os.path.join(d, f) for d, _, names in os.walk(top, onerror=_raise) for f in names
-            )
-        )
-        for path in files:
-            relative = os.path.relpath(path, top) if path != top else ""
+        if storage.isfile(top):
+            files = {"": top}
+        elif storage.isdir(top):
+            files = {relative: storage.join(top, relative) for relative in storage.find(top)}
+        else:
+            raise FileNotFoundError(f"{top}: nothing to hash")
+        for relative, path in files.items():
             digest.update(f"{label}/{relative}\0".encode())
-            with open(path, "rb") as handle:
+            with storage.open(path) as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
             digest.update(b"\0")
     return digest.hexdigest()
 
 
-def _raise(error: OSError):
-    raise error  # os.walk would otherwise skip what it cannot list
-
-
 # --- writing (callers hold ``lock``) --------------------------------------------------
 
 
 @contextlib.contextmanager
-def lock(root: str):
-    """Exclusive writer lock on the root; stale staging and trash directories of a
-    killed writer are removed once it is held."""
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, LOCK_FILE), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            _remove_leftovers(root)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def lock(root: str, owner: str = "a writer", wait_seconds: float = 600):
+    """The writer lease on the root (yields it, for ``check`` before a commit); stale
+    staging and trash directories of a killed writer are removed once it is held."""
+    storage.makedirs(root)
+    with lease(root, owner, wait_seconds) as held:
+        _remove_leftovers(root)
+        yield held
 
 
 def _remove_leftovers(root: str) -> None:
-    for directory in [root] + [os.path.join(root, d) for d in os.listdir(root)]:
-        if not os.path.isdir(directory):
-            continue
-        for entry in os.listdir(directory):
-            if entry.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-                path = os.path.join(directory, entry)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if not storage.is_local(root):
+        return  # nothing is staged or trashed on an object store
+    directories = [root, storage.join(root, EVENTS_DIR)]
+    directories += [storage.join(root, d) for d in storage.listdir(root)]
+    for directory in directories:
+        for entry in storage.listdir(directory):
+            if entry.startswith((STAGING_PREFIX, TRASH_PREFIX, storage.TEMPORARY_PREFIX)):
+                storage.remove(storage.join(directory, entry))
 
 
 def next_version(root: str, names: list[str]) -> int:
@@ -220,56 +213,41 @@ def next_version(root: str, names: list[str]) -> int:
 
 
 def staging_dir(root: str, name: str, version: int) -> str:
-    directory = os.path.join(root, name)
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex}")
-
-
-def fsync_tree(top: str) -> None:
-    """Flush every file and directory under ``top`` to disk, so a rename that makes it
-    visible cannot outlive its content in a crash."""
-    for directory, _, names in os.walk(top):
-        for name in names:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Where a version is put together before ``publish``: a hidden sibling of its
+    final place on a local root; a local temporary directory for an object store."""
+    if not storage.is_local(root):
+        return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-{version}-")
+    storage.makedirs(storage.join(root, name))
+    return storage.join(root, name, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex}")
 
 
 def publish(staged: str, root: str, name: str, version: int) -> str:
-    """Rename a complete, fsynced staging directory to ``<root>/<name>/<version>``."""
-    final = os.path.join(root, name, str(version))
-    if os.path.exists(final):  # the lock excludes other writers, so this cannot race
+    """Make the complete, staged version ``<root>/<name>/<version>``. Locally the
+    fsynced staging directory is renamed into place. On an object store it is
+    uploaded, then verified: every file present with its size (each object appears
+    whole or not at all); a version that is not stays uncommitted, and a later push
+    removes it."""
+    final = storage.join(root, name, str(version))
+    if storage.exists(final):  # the lease excludes other writers, so this cannot race
         raise ServingRootError(f"{final} already exists; versions are never overwritten")
-    os.rename(staged, final)
-    _fsync_dir(os.path.dirname(final))
+    if storage.is_local(root):
+        storage.rename(staged, final)
+        return final
+    storage.copy_dir(staged, final)
+    written, expected = storage.sizes(final), storage.sizes(staged)
+    if written != expected:
+        missing = sorted(set(expected) - set(written))
+        raise ServingRootError(
+            f"{final} is not what was uploaded (missing {missing[:5]}, sizes differ for "
+            f"{sorted(f for f in expected if written.get(f, expected[f]) != expected[f])[:5]})"
+        )
+    storage.remove(staged)
     return final
 
 
-def write_atomically(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = os.path.join(os.path.dirname(path), f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(os.path.dirname(path))
-
-
 def write_record(root: str, version: int, record: dict) -> None:
-    write_atomically(
-        os.path.join(root, RECORDS_DIR, f"{version}.json"),
+    storage.write_text(
+        storage.join(root, RECORDS_DIR, f"{version}.json"),
         json.dumps(record, indent=2, sort_keys=True, default=str),
     )
 
@@ -277,22 +255,23 @@ def write_record(root: str, version: int, record: dict) -> None:
 def record_event(root: str, kind: str, **details) -> dict:
     event = {"kind": kind, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details}
     name = f"{time.time_ns():020d}-{kind}.json"
-    write_atomically(os.path.join(root, EVENTS_DIR, name), json.dumps(event, sort_keys=True))
+    storage.write_text(storage.join(root, EVENTS_DIR, name), json.dumps(event, sort_keys=True))
     return event
 
 
 def write_config(root: str, served: dict[str, int], tf_serving_root: str = "") -> str:
     """``models.config`` serving ``served`` (name -> version). ``tf_serving_root`` is
-    where TF Serving sees this root (e.g. a container mount); default: ``root``."""
-    base = tf_serving_root or os.path.abspath(root)
+    where TF Serving sees this root (e.g. a container mount); default: ``root``
+    (absolute, if local)."""
+    base = tf_serving_root or (os.path.abspath(root) if storage.is_local(root) else root)
     config = model_server_config_pb2.ModelServerConfig()
     for name in sorted(served):
         entry = config.model_config_list.config.add(
-            name=name, base_path=os.path.join(base, name), model_platform="tensorflow"
+            name=name, base_path=storage.join(base, name), model_platform="tensorflow"
         )
         entry.model_version_policy.specific.versions.append(served[name])
-    path = os.path.join(root, MODELS_CONFIG)
-    write_atomically(path, text_format.MessageToString(config))
+    path = storage.join(root, MODELS_CONFIG)
+    storage.write_text(path, text_format.MessageToString(config))
     return path
 
 
@@ -301,7 +280,7 @@ def config_base(root: str) -> str:
     config = read_config(root)
     if config is None or not config.model_config_list.config:
         return ""
-    return os.path.dirname(config.model_config_list.config[0].base_path)
+    return storage.parent(config.model_config_list.config[0].base_path)
 
 
 def remove_old_versions(root: str, names: list[str], keep: int) -> list[int]:
@@ -311,6 +290,10 @@ def remove_old_versions(root: str, names: list[str], keep: int) -> list[int]:
     committed = committed_versions(root)
     protected = set(committed[-keep:]) | set(served_versions(root).values())
     newest = committed[-1] if committed else 0
+    # Uncommit first: a version half deleted is never one with a record.
+    for version in committed:
+        if version not in protected:
+            storage.remove(storage.join(root, RECORDS_DIR, f"{version}.json"))
     removed = set()
     for name in names:
         for version in version_dirs(root, name):
@@ -319,17 +302,17 @@ def remove_old_versions(root: str, names: list[str], keep: int) -> list[int]:
             if stale or orphan:
                 _remove_version(root, name, version)
                 removed.add(version)
-    for version in committed:
-        if version not in protected:
-            os.remove(os.path.join(root, RECORDS_DIR, f"{version}.json"))
     return sorted(removed)
 
 
 def _remove_version(root: str, name: str, version: int) -> None:
-    # Out of sight in one rename, then deleted: a scanner never sees it half gone.
-    trash = os.path.join(root, name, f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex}")
-    os.rename(os.path.join(root, name, str(version)), trash)
-    shutil.rmtree(trash)
+    path = storage.join(root, name, str(version))
+    if storage.is_local(root):
+        # Out of sight in one rename, then deleted: a scanner never sees it half gone.
+        trash = storage.join(root, name, f"{TRASH_PREFIX}{version}-{uuid.uuid4().hex}")
+        storage.rename(path, trash)
+        path = trash
+    storage.remove(path)
 
 
 def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> dict:
@@ -340,12 +323,13 @@ def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> d
     With a models.config that cannot be read (``BrokenConfigError``), ``to`` must be
     given, and the rewritten config serves version ``to`` of every model that has
     it: the recovery path, so an operator never edits the file by hand."""
-    with lock(root):
+    with lock(root, f"rollback of {name}", wait_seconds=60) as held:
         try:
             served = served_versions(root)
         except BrokenConfigError as error:
             if to is None:
                 raise
+            held.check("recovering models.config")
             return _recover(root, name, to, reason, str(error))
         if name not in served:
             raise ServingRootError(
@@ -368,6 +352,7 @@ def rollback(root: str, name: str, to: int | None = None, reason: str = "") -> d
             )
         if to == current:
             raise ServingRootError(f"'{name}' already serves version {to}")
+        held.check("switching models.config")
         write_config(root, {**served, name: to}, config_base(root))
         return record_event(
             root, "rollback", model=name, from_version=current, to_version=to, reason=reason

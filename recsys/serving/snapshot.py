@@ -5,12 +5,11 @@ rules, and the curated schemas and feature registry the models were trained
 with. A stand-in for an online feature store."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 
-from recsys.core import contracts
+from recsys.core import contracts, storage
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.tables import read_dataset
 from recsys.serving.rerank import RerankConfig, parse_rerank_config
@@ -46,11 +45,11 @@ class FeatureSnapshot:
     @classmethod
     def load(cls, directory: str) -> "FeatureSnapshot":
         """A pushed snapshot: users, items, item embeddings (if pushed) and the registry."""
-        embeddings = os.path.join(directory, contracts.SNAPSHOT_EMBEDDINGS)
+        embeddings = storage.join(directory, contracts.SNAPSHOT_EMBEDDINGS)
         return cls(
-            read_dataset(os.path.join(directory, contracts.SNAPSHOT_USERS)),
-            read_dataset(os.path.join(directory, contracts.SNAPSHOT_ITEMS)),
-            read_dataset(embeddings) if os.path.isdir(embeddings) else None,
+            read_dataset(storage.join(directory, contracts.SNAPSHOT_USERS)),
+            read_dataset(storage.join(directory, contracts.SNAPSHOT_ITEMS)),
+            read_dataset(embeddings) if storage.isdir(embeddings) else None,
             pushed_registry(directory),
         )
 
@@ -76,15 +75,14 @@ class FeatureSnapshot:
 
 def pushed_rerank_config(snapshot_dir: str) -> RerankConfig:
     """The re-ranking rules pushed with a version (defaults for older pushes)."""
-    path = os.path.join(snapshot_dir, contracts.RERANK_FILE)
-    if not os.path.exists(path):
+    path = storage.join(snapshot_dir, contracts.RERANK_FILE)
+    if not storage.exists(path):
         return RerankConfig()
-    with open(path) as handle:
-        return parse_rerank_config(json.load(handle))
+    return parse_rerank_config(json.loads(storage.read_text(path)))
 
 
 def pushed_registry(snapshot_dir: str) -> FeatureRegistry:
     """The feature registry a version was trained with, pushed with its schemas (the
     packaged one for older pushes)."""
-    schemas = os.path.join(snapshot_dir, contracts.SNAPSHOT_SCHEMAS)
-    return load_registry(schemas if os.path.isdir(schemas) else "")
+    schemas = storage.join(snapshot_dir, contracts.SNAPSHOT_SCHEMAS)
+    return load_registry(schemas if storage.isdir(schemas) else "")

@@ -7,7 +7,7 @@ model's own top-K list with the user's training items removed afterwards
 ("served Recall@K"), plus ranking AUC, overall and per slice.
 """
 
-import os
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,13 +19,16 @@ from recsys.components.evaluate.metrics import auc_margin, mean_margin, roc_auc
 from recsys.components.evaluate.models import call_in_batches, serving_fn
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.components.evaluate.slices import Slices
+from recsys.core import storage
 from recsys.core.contracts import (
     CLICK_PROBABILITY,
     CLICKED,
+    COMPARED_WITH_CHAMPION,
     ITEM_ID,
     ITEM_IDS,
     RANKING,
     RETRIEVAL,
+    SERVED_WHEN_EVALUATED,
     USER_ID,
 )
 from recsys.serving import serving_root as root_
@@ -50,12 +53,21 @@ class ChampionComparison:
     version: int | None
     note: str
     versions: dict[str, int] = field(default_factory=dict)
+    # What models.config served when this evaluation ran, and whether the blessing
+    # depends on it: push refuses when another version was pushed since.
+    served_when_evaluated: dict[str, int] = field(default_factory=dict)
+    compared: bool = True
     candidate: ServedMetrics | None = None
     champion: ServedMetrics | None = None
 
     def summary(self) -> dict:
         """For the blessing: what was compared, and both sides' values."""
-        summary = {"version": self.version, "note": self.note}
+        summary = {
+            "version": self.version,
+            "note": self.note,
+            SERVED_WHEN_EVALUATED: self.served_when_evaluated,
+            COMPARED_WITH_CHAMPION: self.compared,
+        }
         if self.candidate is not None:
             summary.update(
                 versions=self.versions,
@@ -140,11 +152,12 @@ def champion_checks(
             [],
             served.get(RETRIEVAL),
             "not compared with the serving model: compare_with_champion is false",
+            compared=False,
         )
     if not served:
         return ChampionComparison([], None, "no model serving yet: value thresholds only")
     champion = {
-        name: os.path.join(serving_root, name, str(served[name]))
+        name: storage.join(serving_root, name, str(served[name]))
         for name in candidate
         if name in served
     }
@@ -152,23 +165,29 @@ def champion_checks(
     label = ", ".join(f"{name} {served[name]}" for name in sorted(champion))
     if set(champion) != set(candidate):
         note = f"models.config serves {sorted(served)}, not every one of {sorted(candidate)}"
-        return ChampionComparison(gate.champion_unavailable(note, thresholds), version, note)
+        return ChampionComparison(
+            gate.champion_unavailable(note, thresholds), version, note, served_when_evaluated=served
+        )
     slices = Slices.of(
         task.users, task.train_clicks, eval_examples, thresholds.slice_top_categories, category
     )
     scored = {}
     try:
-        for role, models in (("candidate", candidate), ("champion", champion)):
-            scored[role] = served_metrics(
-                models, task, eval_examples, slices, thresholds.recall_k, category
-            )
+        with contextlib.ExitStack() as local:  # a bucket's SavedModels, copied to load
+            loadable = {n: local.enter_context(storage.local_copy(p)) for n, p in champion.items()}
+            for role, models in (("candidate", candidate), ("champion", loadable)):
+                scored[role] = served_metrics(
+                    models, task, eval_examples, slices, thresholds.recall_k, category
+                )
     except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has
         note = (
             f"serving version ({label}) cannot be scored on this run's data "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
         )
-        return ChampionComparison(gate.champion_unavailable(note, thresholds), version, note)
+        return ChampionComparison(
+            gate.champion_unavailable(note, thresholds), version, note, served_when_evaluated=served
+        )
     checks = gate.change_checks(
         scored["candidate"].values,
         scored["champion"].values,
@@ -182,6 +201,8 @@ def champion_checks(
         version,
         f"compared with serving version {label} on the same eval data",
         {n: served[n] for n in champion},
+        served,
+        True,
         scored["candidate"],
         scored["champion"],
     )

@@ -49,6 +49,7 @@ def evaluate(
     from recsys.components.evaluate.config import Thresholds
     from recsys.components.evaluate.evaluate import CandidateModels
     from recsys.components.evaluate.evaluate import evaluate as run_evaluate
+    from recsys.core import storage
     from recsys.core.config import config_from
     from recsys.core.features import load_registry
     from recsys.core.progress import log, stage
@@ -85,18 +86,15 @@ def evaluate(
                 ranking_metrics.log_metric(f"{role}_{name}", by_slice["all"])
         roc = result.ranking.roc
         ranking_roc.log_roc_curve(roc.false_positive_rate, roc.true_positive_rate, roc.thresholds)
-        with open(reliability_png.path, "wb") as handle:
-            handle.write(result.reliability_png)
+        storage.write_bytes(reliability_png.path, result.reliability_png)
         reliability_png.metadata["mime_type"] = "image/png"
         blessing.metadata["blessed"] = result.blessing["blessed"]
         blessing.metadata["reason"] = result.blessing["reason"]
         blessing.metadata["failed_checks"] = sum(
             c["passed"] is False for c in result.blessing["checks"]
         )
-        with open(evaluation_report.path, "w") as handle:
-            handle.write(result.markdown)
-        with open(evaluation_html.path, "w") as handle:
-            handle.write(result.html)
+        storage.write_text(evaluation_report.path, result.markdown)
+        storage.write_text(evaluation_html.path, result.html)
         blessing.metadata["caveats"] = result.blessing["caveats"]
         log("evaluate", result.blessing["reason"])
         for caveat in result.blessing["caveats"]:

@@ -22,7 +22,8 @@ from recsys.components.evaluate.retrieval import (
     evaluate_retrieval,
     retrieval_impression_auc,
 )
-from recsys.core.contracts import RANKING, RETRIEVAL
+from recsys.core import storage
+from recsys.core.contracts import BLESSING_CHAMPION, RANKING, RETRIEVAL
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.tables import read_dataset
 from recsys.serving.rerank import RerankConfig
@@ -53,8 +54,7 @@ class Evaluation:
 def read_infra_validation(path: str) -> dict:
     """Infra validation's result; a missing or unreadable one fails closed in the gate."""
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        return json.loads(storage.read_text(path))
     except (OSError, ValueError) as error:
         return {"models": {}, "error": f"{path}: {error}"}
 
@@ -124,7 +124,7 @@ def evaluate(
         + caveats.rerank_caps(rerank_config, eval_items, registry)
     )
     blessing.update(
-        champion=champion.summary(),
+        **{BLESSING_CHAMPION: champion.summary()},
         infra_validation=infra,
         metrics={
             "retrieval": retrieval_metrics,
@@ -132,8 +132,7 @@ def evaluate(
             "funnel": funnel.metrics(),
         },
     )
-    with open(blessing_path, "w") as handle:
-        json.dump(blessing, handle, indent=2, default=_jsonable)
+    storage.write_text(blessing_path, json.dumps(blessing, indent=2, default=_jsonable))
     return Evaluation(
         retrieval,
         ranking,

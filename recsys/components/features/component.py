@@ -70,9 +70,9 @@ def transform_features(
     transformed_eval: Output[Dataset],
     transform_graph: Output[Artifact],
 ):
-    import shutil
 
     from recsys.components.features.transform import transform
+    from recsys.core import storage
     from recsys.core.progress import stage
 
     with stage("features/transform"):
@@ -86,4 +86,4 @@ def transform_features(
             temp_dir,
             beam_pipeline_args,
         )
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        storage.remove(temp_dir)

@@ -14,7 +14,6 @@ same lookups in-process. Validate checks the examples before the transform
 (``transform.py``) analyzes them.
 """
 
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from recsys.components.features.beam_asof import (
     AsOfJoin,
@@ -36,7 +34,7 @@ from recsys.components.features.beam_asof import (
     ViewLookup,
 )
 from recsys.components.features.config import JoinConfig
-from recsys.core import contracts
+from recsys.core import contracts, storage
 from recsys.core.beam_io import ReadDataset, as_table, concat_tables, pipeline_options
 from recsys.core.contracts import CLICKED, EVENT_TS, ITEM_ID, USER_ID
 from recsys.core.derived import DAY, DERIVED, derive
@@ -131,9 +129,7 @@ def parse_feature_views(
 
 def dataset_rows(directory: str) -> int:
     """Rows of a Parquet dataset from its footers (no data read)."""
-    return sum(
-        pq.ParquetFile(path).metadata.num_rows for path in glob.glob(dataset_pattern(directory))
-    )
+    return sum(storage.parquet_rows(path) for path in storage.glob(dataset_pattern(directory)))
 
 
 def attributes(registry: FeatureRegistry, table: str) -> list[str]:
@@ -294,7 +290,7 @@ def join_features(
     views, strategies = parse_feature_views(config.feature_views, registry)
     history = HistoryView(length=_checked_history_length(config.history_length, schema_dir))
     for name, view in views.items():
-        columns = pq.read_schema(glob.glob(dataset_pattern(inputs[name]))[0]).names
+        columns = storage.parquet_schema(storage.glob(dataset_pattern(inputs[name]))[0]).names
         if view.created_before_event and contracts.CREATED_TS not in columns:
             raise DataError(
                 f"feature_views['{name}'] sets created_before_event, but the "
@@ -375,7 +371,7 @@ def join_features(
             for dataset, _ in splits.values()
         ]
     )
-    tables = {name: pq.read_table(inputs[name]) for name in views}
+    tables = {name: read_dataset_table(inputs[name]) for name in views}
     user_rows, item_rows = serving_snapshots(
         examples,
         tables["user_features"],

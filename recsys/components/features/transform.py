@@ -18,7 +18,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx_bsl.coders import csv_decoder
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
-from recsys.core import contracts
+from recsys.core import contracts, storage
 from recsys.core.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
 from recsys.core.features import OOV_BUCKETS, FeatureRegistry, load_registry
 from recsys.core.schemas import load_schema
@@ -147,7 +147,7 @@ def transform(
                 (raw, adapter_config),
                 transform_fn,
             ) | f"Transform[{split}]" >> tft_beam.TransformDataset(output_record_batches=True)
-            os.makedirs(transformed_dirs[split], exist_ok=True)
+            storage.makedirs(transformed_dirs[split])
             _ = (
                 transformed
                 | f"Flatten[{split}]"

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from recsys.components.infra_validate.config import Budgets
+from recsys.core import storage
 from recsys.core.contracts import MODEL_OUTPUTS, SIGNATURE, warmup_path
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.requests import raw_arrays, serving_contract
@@ -67,7 +68,7 @@ def warmup_requests(
 
 
 def write_warmup(path: str, logs: list) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    storage.makedirs(storage.parent(path))
     with tf.io.TFRecordWriter(path) as writer:
         for log in logs:
             writer.write(log.SerializeToString(deterministic=True))
@@ -162,6 +163,5 @@ def infra_validate(
         "models": results,
         "budgets": asdict(budgets),
     }
-    with open(result_path, "w") as handle:
-        json.dump(outcome, handle, indent=2)
+    storage.write_text(result_path, json.dumps(outcome, indent=2))
     return outcome

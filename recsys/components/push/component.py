@@ -22,10 +22,12 @@ def push(
     tf_serving_root: str,
     image: str,
     pipeline_root: str,
+    state_root: str,
     push_report: Output[Markdown],
 ):
     from recsys.components.push.config import PushConfig
     from recsys.components.push.push import push as run_push
+    from recsys.core import storage
     from recsys.core.config import config_from
     from recsys.core.contracts import (
         RANKING,
@@ -65,9 +67,9 @@ def push(
             schema_dir=schema_dir,
         )
         if report["pushed"] or report.get("noop"):
-            # What the next run's warm start finds under the pipeline root.
+            # What the next run's warm start finds under the state root.
             kept = keep_blessed(
-                pipeline_root,
+                state_root or pipeline_root,
                 report["version"],
                 {RETRIEVAL: retrieval_checkpoint.path, RANKING: ranking_checkpoint.path},
             )
@@ -81,6 +83,6 @@ def push(
             lines.append(f"- TF Serving config: `{report['models_config']}`")
         if report.get("removed_versions"):
             lines.append(f"- removed old versions: {report['removed_versions']}")
-        with open(push_report.path, "w") as handle:
+        with storage.open(push_report.path, "w") as handle:
             handle.write("\n".join(lines) + "\n")
         log("push", report["reason"])

@@ -14,13 +14,15 @@ module imports no TensorFlow: it is file operations only.
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 
 from recsys.components.push.config import PushConfig
+from recsys.core import storage
 from recsys.core.contracts import (
+    BLESSING_CHAMPION,
+    COMPARED_WITH_CHAMPION,
     FEATURES_FILE,
     RERANK_FILE,
+    SERVED_WHEN_EVALUATED,
     SNAPSHOT_DIR,
     SNAPSHOT_SCHEMAS,
     WARMUP_FILE,
@@ -37,8 +39,8 @@ def schema_files(schema_dir: str = "") -> dict[str, str]:
     file name -> path."""
     directory = schema_dir or SCHEMA_DIR
     files = {
-        name: os.path.join(directory, name)
-        for name in sorted(os.listdir(directory))
+        name: storage.join(directory, name)
+        for name in storage.listdir(directory)
         if name.endswith(".schema.pbtxt")
     }
     files[FEATURES_FILE] = registry_path(schema_dir)
@@ -65,9 +67,12 @@ def release_hash(
 
 def _stage_model(serving_root: str, name: str, version: int, source: str, warmup_file: str) -> str:
     staged = root_.staging_dir(serving_root, name, version)
-    shutil.copytree(source, staged)
-    os.makedirs(os.path.join(staged, os.path.dirname(WARMUP_FILE)), exist_ok=True)
-    shutil.copyfile(warmup_file, os.path.join(staged, WARMUP_FILE))
+    try:
+        storage.copy_dir(source, staged)
+        storage.copy_file(warmup_file, storage.join(staged, WARMUP_FILE))
+    except BaseException:
+        storage.remove(staged)
+        raise
     return staged
 
 
@@ -75,15 +80,39 @@ def _stage_snapshot(
     serving_root: str, version: int, snapshots: dict[str, str], rules: dict, schema_dir: str
 ) -> str:
     staged = root_.staging_dir(serving_root, SNAPSHOT_DIR, version)
-    os.makedirs(staged)
+    storage.makedirs(staged)
     for name, source in snapshots.items():
-        shutil.copytree(source, os.path.join(staged, name))
-    with open(os.path.join(staged, RERANK_FILE), "w") as handle:
-        json.dump(rules, handle, indent=2, default=sorted)
-    os.makedirs(os.path.join(staged, SNAPSHOT_SCHEMAS))
+        storage.copy_dir(source, storage.join(staged, name))
+    storage.write_text(
+        storage.join(staged, RERANK_FILE), json.dumps(rules, indent=2, default=sorted)
+    )
     for name, source in schema_files(schema_dir).items():
-        shutil.copyfile(source, os.path.join(staged, SNAPSHOT_SCHEMAS, name))
+        storage.copy_file(source, storage.join(staged, SNAPSHOT_SCHEMAS, name))
     return staged
+
+
+def champion_changed(blessing: dict, served: dict[str, int]) -> str:
+    """Why the blessing no longer holds for what serves now ("" if it does): another
+    run pushed after this candidate was compared with the serving version. Checked
+    under the writer lease, so no version replaces one it was not compared with."""
+    champion = blessing.get(BLESSING_CHAMPION, {})
+    if not champion.get(COMPARED_WITH_CHAMPION, True):
+        return ""  # compare_with_champion was off: the blessing does not depend on it
+    evaluated = champion.get(SERVED_WHEN_EVALUATED, {})
+    if evaluated == served:
+        return ""
+    if SERVED_WHEN_EVALUATED not in champion:
+        return (
+            f"models.config serves {served}, and the blessing does not record which "
+            "version the candidate was compared with (it predates that record, or was "
+            "not written by evaluate); run the pipeline again to evaluate against it"
+        )
+    return (
+        f"models.config serves {served or 'nothing'} now, but this candidate was "
+        f"evaluated against {evaluated or 'nothing'}: another run pushed in between, "
+        "and the candidate was never compared with its version. Run again, so that "
+        "evaluate compares with what serves now."
+    )
 
 
 def push(
@@ -107,8 +136,7 @@ def push(
     versions (and every served one). Returns a report; when the blessing says no,
     nothing is written and the report says why.
     """
-    with open(blessing_path) as handle:
-        blessing = json.load(handle)
+    blessing = json.loads(storage.read_text(blessing_path))
     if not blessing.get("blessed"):
         return {
             "pushed": False,
@@ -117,15 +145,19 @@ def push(
         }
     for name in models:
         warmup = warmup_path(warmup_dir, name)
-        if not os.path.isfile(warmup):
+        if not storage.isfile(warmup):
             raise FileNotFoundError(
                 f"push: no warmup requests for '{name}' at {warmup}; infra validation writes them"
             )
     rules = dataclasses.asdict(parse_rerank_config(rerank))
     digest = release_hash(models, warmup_dir, snapshots, rules, schema_dir)
 
-    with root_.lock(serving_root):
+    with root_.lock(serving_root, "push") as held:
         served = root_.served_versions(serving_root)
+        changed = champion_changed(blessing, served)
+        if changed:
+            root_.record_event(serving_root, "refused", reason=changed, served=served)
+            return {"pushed": False, "paths": {}, "reason": f"not pushed: {changed}"}
         current = served.get(next(iter(models)))
         record = root_.read_record(serving_root, current) if current else None
         if (
@@ -154,15 +186,16 @@ def push(
                 serving_root, version, snapshots, rules, schema_dir
             )
             for directory in staged.values():
-                root_.fsync_tree(directory)
-        except BaseException:
+                storage.fsync_tree(directory)
+            held.check(f"publishing version {version}")
+            paths = {
+                name: root_.publish(directory, serving_root, name, version)
+                for name, directory in staged.items()
+            }
+        finally:
             for directory in staged.values():
-                shutil.rmtree(directory, ignore_errors=True)
-            raise
-        paths = {
-            name: root_.publish(directory, serving_root, name, version)
-            for name, directory in staged.items()
-        }
+                storage.remove(directory)  # what was not published
+        held.check(f"committing version {version}")
         root_.write_record(
             serving_root,
             version,

@@ -21,6 +21,7 @@ def train_ranking(
     seed: int,
     warm_start: bool,
     pipeline_root: str,
+    state_root: str,
     ranking_model: Output[Model],
     ranking_training: Output[Metrics],
     checkpoint: Output[Model],
@@ -39,12 +40,12 @@ def train_ranking(
         config = config_from(RankingConfig, locals())
         registry = load_registry(schema_dir)
         version, start_from = (
-            warm.warm_start_from(pipeline_root, RANKING) if warm_start else (None, "")
+            warm.warm_start_from(state_root or pipeline_root, RANKING) if warm_start else (None, "")
         )
         if warm_start and not start_from:
             log(
                 "train_ranking",
-                "warm_start: no blessed model under the pipeline root yet; training from scratch",
+                "warm_start: no blessed model under the state root yet; training from scratch",
             )
         model, metrics = train(
             transformed_train.path,

@@ -22,6 +22,7 @@ def train_retrieval(
     seed: int,
     warm_start: bool,
     pipeline_root: str,
+    state_root: str,
     retrieval_model: Output[Model],
     query_model: Output[Model],
     item_embeddings: Output[Dataset],
@@ -42,12 +43,14 @@ def train_retrieval(
         config = config_from(RetrievalConfig, locals())
         registry = load_registry(schema_dir)
         version, start_from = (
-            warm.warm_start_from(pipeline_root, RETRIEVAL) if warm_start else (None, "")
+            warm.warm_start_from(state_root or pipeline_root, RETRIEVAL)
+            if warm_start
+            else (None, "")
         )
         if warm_start and not start_from:
             log(
                 "train_retrieval",
-                "warm_start: no blessed model under the pipeline root yet; training from scratch",
+                "warm_start: no blessed model under the state root yet; training from scratch",
             )
         model, metrics = train(
             transformed_train.path,

@@ -19,6 +19,7 @@ def validate(
     drift_baseline: str,
     anomaly_policy: str,
     pipeline_root: str,
+    state_root: str,
     statistics: Output[Artifact],
     anomalies: Output[Artifact],
     schema: Output[Artifact],
@@ -26,11 +27,11 @@ def validate(
     validation_html: Output[HTML],
 ):
     import dataclasses
-    import os
 
     from recsys.components.validate.config import ValidateConfig
     from recsys.components.validate.validate import export_schemas
     from recsys.components.validate.validate import validate as run_validate
+    from recsys.core import storage
     from recsys.core.config import config_from
     from recsys.core.contracts import STATISTICS_DIR
     from recsys.core.progress import log, stage
@@ -39,7 +40,7 @@ def validate(
         config = config_from(ValidateConfig, locals())
         if not config.statistics_root:
             config = dataclasses.replace(
-                config, statistics_root=os.path.join(pipeline_root, STATISTICS_DIR)
+                config, statistics_root=storage.join(state_root or pipeline_root, STATISTICS_DIR)
             )
         datasets = {
             "train_events": train_events,
@@ -62,8 +63,7 @@ def validate(
             beam_pipeline_args,
             validation_html.path,
         )
-        with open(validation_report.path, "w") as handle:
-            handle.write(summary["markdown"])
+        storage.write_text(validation_report.path, summary["markdown"])
         # Returning means nothing blocked: whatever was found is a warning.
         for line in [a.line() for a in summary["anomalies"]] + summary["notes"]:
             log("validate", line.strip(" -"))

@@ -13,7 +13,7 @@ from recsys.core.config import parameter
 @dataclass(frozen=True)
 class ValidateConfig:
     statistics_root: str = parameter(
-        "", "where spans that pass are kept as drift baselines; empty: <pipeline root>/statistics"
+        "", "where spans that pass are kept as drift baselines; empty: <state root>/statistics"
     )
     drift_baseline: str = parameter(
         "", "compare with this statistics file instead of the newest earlier span"

@@ -15,15 +15,11 @@ stops the run after the report and anomaly files are written.
 
 import datetime
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
 from tensorflow_data_validation.statistics import stats_impl
@@ -31,6 +27,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
 
 from recsys.components.validate import report
 from recsys.components.validate.config import ValidateConfig
+from recsys.core import storage
 from recsys.core.beam_io import ReadDataset, pipeline_options, to_list_batch
 from recsys.core.contracts import (
     DATASET_SCHEMAS,
@@ -128,9 +125,7 @@ def parse_policy(text: str) -> dict[str, str]:
 
 
 def row_count(directory: str) -> int:
-    return sum(
-        pq.ParquetFile(f).metadata.num_rows for f in tf.io.gfile.glob(dataset_pattern(directory))
-    )
+    return sum(storage.parquet_rows(path) for path in storage.glob(dataset_pattern(directory)))
 
 
 def _since(batch: pa.RecordBatch, column: str, start: int) -> pa.RecordBatch:
@@ -150,7 +145,7 @@ def compute_statistics(
     statistics transform keyed by dataset name (TFDV's sliced statistics), not
     one transform each: per-transform set-up dominated small runs.
     """
-    os.makedirs(stats_dir, exist_ok=True)
+    storage.makedirs(stats_dir)
     sources = {name: (directory, None) for name, directory in datasets.items()}
     sources.update(
         {
@@ -158,7 +153,7 @@ def compute_statistics(
             for name, (directory, column, start) in (since or {}).items()
         }
     )
-    combined = os.path.join(stats_dir, "all.stats.pb")
+    combined = storage.join(stats_dir, "all.stats.pb")
     with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
         keyed = []
         for name, (directory, keep) in sources.items():
@@ -177,10 +172,12 @@ def compute_statistics(
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(combined)
         )
     statistics = {}
-    for dataset in tfdv.load_stats_binary(combined).datasets:
+    for dataset in load_statistics(combined).datasets:
         statistics[dataset.name] = statistics_pb2.DatasetFeatureStatisticsList(datasets=[dataset])
-        with open(os.path.join(stats_dir, f"{dataset.name}.stats.pb"), "wb") as handle:
-            handle.write(statistics[dataset.name].SerializeToString())
+        storage.write_bytes(
+            storage.join(stats_dir, f"{dataset.name}.stats.pb"),
+            statistics[dataset.name].SerializeToString(),
+        )
     return {name: statistics[name] for name in sources}
 
 
@@ -221,30 +218,28 @@ def _measurements(result, field: str) -> list[tuple[str, str, float, float]]:
 
 def find_baseline(statistics_root: str, span_day: str) -> tuple[str, str] | None:
     """The newest stored span strictly before ``span_day``: (stats path, label)."""
-    if not statistics_root or not tf.io.gfile.isdir(statistics_root):
+    if not statistics_root:
         return None
-    spans = sorted(
-        name.rstrip("/")
-        for name in tf.io.gfile.listdir(statistics_root)
-        if name.startswith("span=")
-    )
+    spans = [name for name in storage.listdir(statistics_root) if name.startswith("span=")]
     earlier = [span for span in spans if span < f"span={span_day}"]
     for span in reversed(earlier):
-        path = os.path.join(statistics_root, span, f"{SPAN}.stats.pb")
-        if tf.io.gfile.exists(path):
+        path = storage.join(statistics_root, span, f"{SPAN}.stats.pb")
+        if storage.exists(path):
             return path, f"the previous span ({span[len('span=') :]}, {path})"
     return None
 
 
 def store_span(statistics_root: str, span_day: str, stats_path: str) -> str:
-    """Keep this span's statistics as the next run's drift baseline (copy, then
-    rename, so a reader never sees half a file)."""
-    directory = os.path.join(statistics_root, f"span={span_day}")
-    tf.io.gfile.makedirs(directory)
-    target = os.path.join(directory, f"{SPAN}.stats.pb")
-    tf.io.gfile.copy(stats_path, target + ".tmp", overwrite=True)
-    tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+    """Keep this span's statistics as the next run's drift baseline (one write: a
+    reader never sees half a file)."""
+    target = storage.join(statistics_root, f"span={span_day}", f"{SPAN}.stats.pb")
+    storage.write_bytes(target, storage.read_bytes(stats_path))
     return target
+
+
+def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
+    """TFDV's ``load_stats_binary`` through the filesystem layer (any root)."""
+    return statistics_pb2.DatasetFeatureStatisticsList.FromString(storage.read_bytes(path))
 
 
 def validate(
@@ -314,7 +309,7 @@ def validate(
         else find_baseline(statistics_root, span_day)
     )
     if baseline:
-        statistics[PREVIOUS_SPAN] = tfdv.load_stats_binary(baseline[0])
+        statistics[PREVIOUS_SPAN] = load_statistics(baseline[0])
         result = tfdv.validate_statistics(
             span,
             examples_schema,
@@ -352,13 +347,13 @@ def validate(
             **{name: [name] for name in (USERS, ITEMS, USER_FEATURES, ITEM_FEATURES)},
         }
         groups = {table: [n for n in names if n in statistics] for table, names in groups.items()}
-        with open(report_path, "w") as handle:
-            handle.write(
-                report.render(statistics, groups, blocking, warnings, measurements, notes, span_day)
-            )
+        storage.write_text(
+            report_path,
+            report.render(statistics, groups, blocking, warnings, measurements, notes, span_day),
+        )
     stored = None
     if not blocking and statistics_root:
-        stored = store_span(statistics_root, span_day, os.path.join(stats_dir, f"{SPAN}.stats.pb"))
+        stored = store_span(statistics_root, span_day, storage.join(stats_dir, f"{SPAN}.stats.pb"))
     summary.update(
         markdown=markdown,
         anomalies=found,
@@ -366,8 +361,10 @@ def validate(
         stored_span=stored,
         measurements=measurements,
     )
-    with open(os.path.join(anomalies_dir, SUMMARY_FILE), "w") as handle:
-        json.dump({**summary, "anomalies": [asdict(a) for a in found]}, handle, indent=2)
+    storage.write_text(
+        storage.join(anomalies_dir, SUMMARY_FILE),
+        json.dumps({**summary, "anomalies": [asdict(a) for a in found]}, indent=2),
+    )
     if blocking:
         raise ValidationFailed(
             _failure_message(blocking, schema_dir, anomalies_dir, baseline), blocking
@@ -394,9 +391,9 @@ def _failure_message(blocking, schema_dir, anomalies_dir, baseline) -> str:
 
 
 def _write(anomalies_dir: str, name: str, result) -> None:
-    os.makedirs(anomalies_dir, exist_ok=True)
-    with open(os.path.join(anomalies_dir, f"{name}.anomalies.pbtxt"), "w") as handle:
-        handle.write(text_format.MessageToString(result))
+    storage.write_text(
+        storage.join(anomalies_dir, f"{name}.anomalies.pbtxt"), text_format.MessageToString(result)
+    )
 
 
 def _day(timestamp: int) -> str:
@@ -405,9 +402,7 @@ def _day(timestamp: int) -> str:
 
 def export_schemas(schema_dir: str, destination: str) -> None:
     """Copy the schemas this run validated against, so later stages use the same ones."""
-    shutil.copytree(
-        schema_dir or SCHEMA_DIR,
-        destination,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("*.py", "__pycache__"),
-    )
+    source = schema_dir or SCHEMA_DIR
+    for relative in storage.find(source):
+        if not relative.endswith(".py") and "__pycache__" not in relative:
+            storage.copy_file(storage.join(source, relative), storage.join(destination, relative))

@@ -1,0 +1,139 @@
+"""The Beam stages off DirectRunner: the point-in-time join (bucketed and broadcast),
+TFDV statistics and TFT analyze+transform run on Beam's PortableRunner against
+Beam's own job service with an external SDK worker pool, and give DirectRunner's
+output.
+
+This is the path Flink, Spark and Dataflow take (the pipeline as a proto through
+the Job API, every element through coders, user code in a separate SDK worker
+process over the Fn API); the job service runs the pipeline with the FnApiRunner,
+so it says nothing about a distributed shuffle (docs/design.md).
+"""
+
+import filecmp
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+
+from recsys.components.features import join
+from recsys.components.features.config import JoinConfig
+from recsys.components.features.join import join_features
+from recsys.components.features.transform import transform
+from recsys.components.validate.validate import compute_statistics
+from recsys.core.contracts import (
+    EVAL_EXAMPLES,
+    ITEM_SNAPSHOT,
+    JOIN_INPUTS,
+    TRAIN_EXAMPLES,
+    USER_SNAPSHOT,
+)
+from recsys.core.tables import read_dataset
+from tests.servers import free_port, server
+
+# One pytest-xdist worker runs every test that shares the session's trained stages.
+pytestmark = pytest.mark.xdist_group("stages")
+
+JOINED = [TRAIN_EXAMPLES, EVAL_EXAMPLES, USER_SNAPSHOT, ITEM_SNAPSHOT]
+
+
+@pytest.fixture(scope="session")
+def portable_args(tmp_path_factory) -> str:
+    """Beam's job service and an external worker pool on free loopback ports, for the
+    session; the Beam arguments (JSON, as KFP passes them) that run a stage there."""
+    logs = tmp_path_factory.mktemp("beam_job_service")
+    job_port, pool_port = free_port(), free_port()
+    job_service = [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.portability.local_job_service_main",
+        f"--port={job_port}",
+        f"--staging_dir={logs / 'staging'}",
+    ]
+    pool = [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.worker.worker_pool_main",
+        f"--service_port={pool_port}",
+    ]
+    with (
+        server(job_service, job_port, str(logs / "job_service.log")),
+        server(pool, pool_port, str(logs / "worker_pool.log")),
+    ):
+        yield json.dumps(
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{pool_port}",
+                # Also bounds the job's state and message streams: a job longer than the
+                # default 60 s would fail on the client while the service reports DONE.
+                "--job_server_timeout=900",
+            ]
+        )
+
+
+def _canonical(directory: str) -> pd.DataFrame:
+    """A dataset as rows in a fixed order: runners write their shards in any order."""
+    frame = read_dataset(directory)
+    frame = frame.apply(lambda c: c.map(repr) if c.dtype == object else c)
+    return frame.sort_values(list(frame.columns), ignore_index=True)
+
+
+@pytest.mark.parametrize("strategy", ["bucket", "broadcast"])
+def test_join_on_the_portable_runner_equals_direct_runner(
+    stages, tmp_path, portable_args, strategy, monkeypatch
+):
+    paths = stages["paths"]
+    views = ("user_features", "item_features")
+    config = JoinConfig(feature_views=json.dumps({v: {"join": strategy} for v in views}))
+    if strategy == "bucket":  # the engagement history too (it is broadcast below this size)
+        monkeypatch.setattr(join, "BROADCAST_MAX_ROWS", 0)
+    outputs = {name: str(tmp_path / name) for name in JOINED}
+    join_features(
+        {name: paths[name] for name in JOIN_INPUTS},
+        stages["counts"]["as_of"],
+        "",
+        outputs,
+        config,
+        beam_pipeline_args=portable_args,
+    )
+    for name in JOINED:
+        pd.testing.assert_frame_equal(_canonical(outputs[name]), _canonical(paths[name]))
+
+
+def test_tfdv_statistics_on_the_portable_runner_equal_direct_runner(
+    stages, tmp_path, portable_args
+):
+    datasets = {name: stages["paths"][name] for name in ("train_examples", "eval_examples")}
+    direct = compute_statistics(datasets, str(tmp_path / "direct"), "[]")
+    portable = compute_statistics(datasets, str(tmp_path / "portable"), portable_args)
+    assert portable == direct
+
+
+def test_tft_on_the_portable_runner_equals_direct_runner(stages, tmp_path, portable_args):
+    paths = stages["paths"]
+    graph = str(tmp_path / "transform_graph")
+    outputs = {split: str(tmp_path / f"transformed_{split}") for split in ("train", "eval")}
+    transform(
+        paths["train_examples"],
+        paths["eval_examples"],
+        paths["schema"],
+        graph,
+        outputs,
+        str(tmp_path / "tmp"),
+        beam_pipeline_args=portable_args,
+    )
+    vocabularies = os.path.join("transform_fn", "assets")
+    direct_vocabularies = os.path.join(paths["transform_graph"], vocabularies)
+    names = sorted(os.listdir(direct_vocabularies))
+    assert names == sorted(os.listdir(os.path.join(graph, vocabularies)))
+    match, mismatch, errors = filecmp.cmpfiles(
+        direct_vocabularies, os.path.join(graph, vocabularies), names, shallow=False
+    )
+    assert (mismatch, errors) == ([], [])
+    for split, directory in outputs.items():
+        pd.testing.assert_frame_equal(
+            _canonical(directory), _canonical(paths[f"transformed_{split}"])
+        )
