@@ -28,22 +28,18 @@ from recsys.components.features import join  # noqa: E402
 from recsys.components.features.config import JoinConfig  # noqa: E402
 from recsys.components.features.transform import transform  # noqa: E402
 from recsys.components.validate.validate import compute_statistics  # noqa: E402
-from recsys.core.contracts import JOIN_INPUTS, TRAIN_EXAMPLES  # noqa: E402
+from recsys.core.contracts import (  # noqa: E402
+    EVAL_EXAMPLES,
+    ITEM_SNAPSHOT,
+    JOIN_INPUTS,
+    TRAIN_EXAMPLES,
+    USER_SNAPSHOT,
+)
 from recsys.core.tables import read_dataset  # noqa: E402
 from recsys.pipelines.in_process import run_in_process  # noqa: E402
-from tests.servers import free_port, server  # noqa: E402
+from tests.servers import beam_portable_runner  # noqa: E402
 
-
-def portable_args(job_port: int, pool_port: int) -> str:
-    return json.dumps(
-        [
-            "--runner=PortableRunner",
-            f"--job_endpoint=localhost:{job_port}",
-            "--environment_type=EXTERNAL",
-            f"--environment_config=localhost:{pool_port}",
-            "--job_server_timeout=900",
-        ]
-    )
+JOINED = (TRAIN_EXAMPLES, EVAL_EXAMPLES, USER_SNAPSHOT, ITEM_SNAPSHOT)
 
 
 def same_rows(left: str, right: str) -> bool:
@@ -77,8 +73,7 @@ def main() -> int:
         maximum = join.BROADCAST_MAX_ROWS
         join.BROADCAST_MAX_ROWS = 0 if strategy == "bucket" else maximum  # history too
         try:
-            outputs = {TRAIN_EXAMPLES: os.path.join(out, TRAIN_EXAMPLES)}
-            outputs["eval_examples"] = os.path.join(out, "eval_examples")
+            outputs = {name: os.path.join(out, name) for name in JOINED}
             join.join_features(inputs, as_of, "", outputs, JoinConfig(json.dumps(views)), beam_args)
         finally:
             join.BROADCAST_MAX_ROWS = maximum
@@ -106,31 +101,11 @@ def main() -> int:
         "TFDV statistics": statistics_stage,
         "TFT analyze+transform": transform_stage,
     }
-    job_port, pool_port = free_port(), free_port()
-    job_service = [
-        sys.executable,
-        "-m",
-        "apache_beam.runners.portability.local_job_service_main",
-        f"--port={job_port}",
-        f"--staging_dir={os.path.join(work, 'staging')}",
-    ]
-    pool = [
-        sys.executable,
-        "-m",
-        "apache_beam.runners.worker.worker_pool_main",
-        f"--service_port={pool_port}",
-    ]
     rows = []
-    with (
-        server(job_service, job_port, os.path.join(work, "job_service.log")),
-        server(pool, pool_port, os.path.join(work, "worker_pool.log")),
-    ):
+    with beam_portable_runner(work) as portable:
         for name, stage in stages.items():
             results, seconds = {}, {}
-            for runner, beam_args in (
-                ("direct", "[]"),
-                ("portable", portable_args(job_port, pool_port)),
-            ):
+            for runner, beam_args in (("direct", "[]"), ("portable", portable)):
                 log(f"{name} on {runner}")
                 started = time.perf_counter()
                 results[runner] = stage(beam_args, os.path.join(work, f"{name}-{runner}"))

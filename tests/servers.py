@@ -1,10 +1,11 @@
-"""Servers the tests start and stop themselves, on free loopback ports.
+"""Servers the tests (and benches) start and stop themselves, on free loopback ports.
 
 Each runs in its own process group, so whatever it spawns (Beam's worker pool
 starts one SDK worker process per job) stops with it.
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -61,3 +62,38 @@ def server(command: list[str], port: int, log: str, env: dict[str, str] | None =
         with contextlib.suppress(ProcessLookupError):  # anything it spawned that outlived it
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@contextlib.contextmanager
+def beam_portable_runner(directory: str):
+    """Beam's job service and an external SDK worker pool; yields the Beam arguments
+    (a JSON list, as KFP passes them) that run a pipeline there. Logs in ``directory``."""
+    job_port, pool_port = free_port(), free_port()
+    job_service = [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.portability.local_job_service_main",
+        f"--port={job_port}",
+        f"--staging_dir={os.path.join(directory, 'staging')}",
+    ]
+    pool = [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.worker.worker_pool_main",
+        f"--service_port={pool_port}",
+    ]
+    with (
+        server(job_service, job_port, os.path.join(directory, "job_service.log")),
+        server(pool, pool_port, os.path.join(directory, "worker_pool.log")),
+    ):
+        yield json.dumps(
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{pool_port}",
+                # Also bounds the job's state and message streams: a job longer than the
+                # default 60 s would fail on the client while the service reports DONE.
+                "--job_server_timeout=900",
+            ]
+        )

@@ -121,16 +121,23 @@ def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
         assert got[column].map(repr).tolist() == expected[column].map(repr).tolist(), column
 
 
-def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
-    paths = stages["paths"]
-    outputs = {name: str(tmp_path / name) for name in JOINED}
+def join_stage(stages, out, beam_args: str, config: JoinConfig = JoinConfig()) -> dict:
+    """The join stage on the shared run's inputs, with these Beam options; its outputs."""
+    outputs = {name: str(out / name) for name in JOINED}
     join_features(
-        {name: paths[name] for name in JOIN_INPUTS},
+        {name: stages["paths"][name] for name in JOIN_INPUTS},
         stages["counts"]["as_of"],
         "",
         outputs,
-        beam_pipeline_args=MULTI_PROCESSING,
+        config,
+        beam_pipeline_args=beam_args,
     )
+    return outputs
+
+
+def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
+    paths = stages["paths"]
+    outputs = join_stage(stages, tmp_path, MULTI_PROCESSING)
     for split in ("train_examples", "eval_examples"):
         expected = read_dataset(paths[split]).sort_values("event_id", ignore_index=True)
         got = read_dataset(outputs[split]).sort_values("event_id", ignore_index=True)

@@ -121,8 +121,10 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     ):
         assert f"{stage}: started" in stderr and f"{stage}: finished in" in stderr
     # The summary `recsys run` prints shows every check of the blessing.
-    summary = local_run.summary({**outputs, "seconds": 0})
+    run_dir = local_run.run_dir(str(successful_run["workdir"]), "day01")
+    summary = local_run.summary({**outputs, "seconds": 0, "run_dir": run_dir})
     assert "pushed version 1" in summary
+    assert f"this run's outputs and full log: {run_dir}" in summary
     assert "| pass | infra | infra validation of retrieval |" in summary
     assert "no model serving yet: value thresholds only" in summary
     assert "quarantined 0 rows" in summary

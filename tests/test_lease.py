@@ -89,8 +89,8 @@ def test_a_writer_that_lost_its_lease_stops_before_committing(root):
 
 
 def test_a_live_writer_keeps_its_lease_by_renewing_it(root):
-    with lease(root, "long push", ttl_seconds=1.5) as held:
-        time.sleep(2.5)  # past the first expiry: renewed every 0.5 s meanwhile
+    with lease(root, "long push", ttl_seconds=4) as held:
+        time.sleep(6)  # past the first expiry: renewed every 1.3 s meanwhile
         assert held.holds()
         with pytest.raises(LeaseHeld), lease(root, "second", wait_seconds=0):
             pass

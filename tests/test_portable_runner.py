@@ -12,66 +12,27 @@ so it says nothing about a distributed shuffle (docs/design.md).
 import filecmp
 import json
 import os
-import sys
 
 import pandas as pd
 import pytest
 
 from recsys.components.features import join
 from recsys.components.features.config import JoinConfig
-from recsys.components.features.join import join_features
 from recsys.components.features.transform import transform
 from recsys.components.validate.validate import compute_statistics
-from recsys.core.contracts import (
-    EVAL_EXAMPLES,
-    ITEM_SNAPSHOT,
-    JOIN_INPUTS,
-    TRAIN_EXAMPLES,
-    USER_SNAPSHOT,
-)
 from recsys.core.tables import read_dataset
-from tests.servers import free_port, server
+from tests.servers import beam_portable_runner
+from tests.test_beam_asof import JOINED, join_stage
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
 
-JOINED = [TRAIN_EXAMPLES, EVAL_EXAMPLES, USER_SNAPSHOT, ITEM_SNAPSHOT]
-
 
 @pytest.fixture(scope="session")
-def portable_args(tmp_path_factory) -> str:
-    """Beam's job service and an external worker pool on free loopback ports, for the
-    session; the Beam arguments (JSON, as KFP passes them) that run a stage there."""
-    logs = tmp_path_factory.mktemp("beam_job_service")
-    job_port, pool_port = free_port(), free_port()
-    job_service = [
-        sys.executable,
-        "-m",
-        "apache_beam.runners.portability.local_job_service_main",
-        f"--port={job_port}",
-        f"--staging_dir={logs / 'staging'}",
-    ]
-    pool = [
-        sys.executable,
-        "-m",
-        "apache_beam.runners.worker.worker_pool_main",
-        f"--service_port={pool_port}",
-    ]
-    with (
-        server(job_service, job_port, str(logs / "job_service.log")),
-        server(pool, pool_port, str(logs / "worker_pool.log")),
-    ):
-        yield json.dumps(
-            [
-                "--runner=PortableRunner",
-                f"--job_endpoint=localhost:{job_port}",
-                "--environment_type=EXTERNAL",
-                f"--environment_config=localhost:{pool_port}",
-                # Also bounds the job's state and message streams: a job longer than the
-                # default 60 s would fail on the client while the service reports DONE.
-                "--job_server_timeout=900",
-            ]
-        )
+def portable_args(tmp_path_factory):
+    """Beam's job service and an external worker pool for the session."""
+    with beam_portable_runner(str(tmp_path_factory.mktemp("beam_job_service"))) as args:
+        yield args
 
 
 def _canonical(directory: str) -> pd.DataFrame:
@@ -90,15 +51,7 @@ def test_join_on_the_portable_runner_equals_direct_runner(
     config = JoinConfig(feature_views=json.dumps({v: {"join": strategy} for v in views}))
     if strategy == "bucket":  # the engagement history too (it is broadcast below this size)
         monkeypatch.setattr(join, "BROADCAST_MAX_ROWS", 0)
-    outputs = {name: str(tmp_path / name) for name in JOINED}
-    join_features(
-        {name: paths[name] for name in JOIN_INPUTS},
-        stages["counts"]["as_of"],
-        "",
-        outputs,
-        config,
-        beam_pipeline_args=portable_args,
-    )
+    outputs = join_stage(stages, tmp_path, portable_args, config)
     for name in JOINED:
         pd.testing.assert_frame_equal(_canonical(outputs[name]), _canonical(paths[name]))
 

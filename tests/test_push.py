@@ -291,7 +291,7 @@ def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, servin
     generator = random.Random(1234)
     killed_mid_push = 0
     try:
-        iterations = 50 if storage.is_local(serving_root) else 12  # a bucket is slower
+        iterations = 50 if storage.is_local(serving_root) else 8  # a bucket is slower
         for _ in range(iterations):
             served_before = root_.served_versions(serving_root)
             # The child pushes content other than what is served; the parent then a third.

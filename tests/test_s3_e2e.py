@@ -43,8 +43,9 @@ def test_the_pipeline_runs_on_buckets_and_operators_work_there(
     )
 
     config = tmp_path / "s3.yaml"
+    fast = CONFIG.replace("retrieval_epochs: 3", "retrieval_epochs: 1")  # paths, not quality
     config.write_text(
-        CONFIG
+        fast.replace("ranking_epochs: 2", "ranking_epochs: 1")
         + f"serving_root: {serving_root}\nstate_root: {state_root}\nwarm_start: true\n"
         # Compared with version 1 on the same data, but never refused for noise:
         # this test is about where things are read and written.
