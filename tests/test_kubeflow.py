@@ -226,3 +226,35 @@ def test_volumes_are_mounted_in_every_task(kfp_api, tmp_path, capsys):
 
     assert recsys_main(["compile", "--out", str(out), "--volume", "data"]) == 2
     assert "expected PVC_NAME:/absolute/mount/path" in capsys.readouterr().err
+
+
+def test_bucket_credentials_reach_every_task_from_a_secret(tmp_path, capsys):
+    """--secret-env: how the pods get the keys of the buckets they read (here the
+    MinIO secret Kubeflow ships) as the environment S3 clients read."""
+    import yaml
+
+    from recsys.pipelines.dag import STAGES
+
+    out = tmp_path / "pipeline.yaml"
+    secrets = [
+        "--secret-env",
+        "mlpipeline-minio-artifact:accesskey=AWS_ACCESS_KEY_ID",
+        "--secret-env",
+        "mlpipeline-minio-artifact:secretkey=AWS_SECRET_ACCESS_KEY",
+    ]
+    assert recsys_main(["compile", "--out", str(out), *secrets]) == 0
+    _, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(STAGES)
+    for spec in executors.values():
+        variables = {
+            pair["envVar"]: (entry["secretName"], pair["secretKey"])
+            for entry in spec["secretAsEnv"]
+            for pair in entry["keyToEnv"]
+        }
+        assert variables == {
+            "AWS_ACCESS_KEY_ID": ("mlpipeline-minio-artifact", "accesskey"),
+            "AWS_SECRET_ACCESS_KEY": ("mlpipeline-minio-artifact", "secretkey"),
+        }
+    assert recsys_main(["compile", "--out", str(out), "--secret-env", "minio:accesskey"]) == 2
+    assert "expected SECRET:KEY=ENV_VAR" in capsys.readouterr().err

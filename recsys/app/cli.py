@@ -108,16 +108,19 @@ def _import_movielens(args):
     return _import(args)
 
 
-def _volumes(args) -> tuple:
-    from recsys.pipelines.kfp_pipeline import Volume
+def _platform(args) -> tuple:
+    """The --volume and --secret-env settings every task gets."""
+    from recsys.pipelines.kfp_pipeline import SecretEnv, Volume
 
-    return tuple(Volume.parse(text) for text in args.volume)
+    return tuple(Volume.parse(text) for text in args.volume) + tuple(
+        SecretEnv.parse(text) for text in args.secret_env
+    )
 
 
 def _compile(args):
     from recsys.pipelines.kfp_pipeline import compile_pipeline
 
-    print(compile_pipeline(args.out, args.image, _volumes(args)))
+    print(compile_pipeline(args.out, args.image, _platform(args)))
 
 
 def _run(args):
@@ -153,7 +156,7 @@ def _submit(args):
             args.run_name,
             args.image,
             args.pipeline_yaml,
-            volumes=_volumes(args),
+            platform=_platform(args),
         )
     print(f"submitted run {run['run_id']} to experiment '{args.experiment}': {run['url']}")
 
@@ -190,7 +193,7 @@ def _schedule(args):
             args.max_concurrency,
             args.image,
             args.pipeline_yaml,
-            volumes=_volumes(args),
+            platform=_platform(args),
         )
         print(
             f"created recurring run {job['recurring_run_id']} ('{job['name']}', cron "
@@ -424,6 +427,14 @@ def main(argv=None):
             default=[],
             metavar="PVC_NAME:MOUNT_PATH",
             help="mount this PersistentVolumeClaim in every task (repeatable)",
+        )
+        command.add_argument(
+            "--secret-env",
+            action="append",
+            default=[],
+            metavar="SECRET:KEY=ENV_VAR",
+            help="set ENV_VAR in every task from this Kubernetes Secret's key, e.g. bucket "
+            "credentials (repeatable)",
         )
 
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")

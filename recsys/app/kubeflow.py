@@ -68,19 +68,19 @@ def client(host: str, **kwargs):
     return kfp.Client(host=host, **kwargs)
 
 
-def package(pipeline_yaml: str | None, image: str, directory: str, volumes: tuple = ()) -> str:
+def package(pipeline_yaml: str | None, image: str, directory: str, platform: tuple = ()) -> str:
     """A compiled package: the one given, or the pipeline compiled against ``image``
-    with ``volumes`` mounted in every task."""
+    with ``platform`` (volumes, secrets as environment) applied to every task."""
     if pipeline_yaml:
         if not os.path.isfile(pipeline_yaml):
             raise FileNotFoundError(f"no compiled pipeline at {pipeline_yaml}")
-        if volumes:
+        if platform:
             raise ValueError(
-                "--volume applies when compiling; compile the package with it "
-                "(recsys compile --volume ...) instead of passing both"
+                "--volume and --secret-env apply when compiling; compile the package with "
+                "them (recsys compile --volume ...) instead of passing both"
             )
         return pipeline_yaml
-    return compile_pipeline(os.path.join(directory, "pipeline.yaml"), image, volumes)
+    return compile_pipeline(os.path.join(directory, "pipeline.yaml"), image, platform)
 
 
 def submit(
@@ -91,13 +91,13 @@ def submit(
     image: str = DEFAULT_IMAGE,
     pipeline_yaml: str | None = None,
     kfp_client=None,
-    volumes: tuple = (),
+    platform: tuple = (),
 ) -> dict:
     """One run now; returns its id and the UI link."""
     kfp_client = kfp_client or client(host)
     with tempfile.TemporaryDirectory() as directory:
         result = kfp_client.create_run_from_pipeline_package(
-            package(pipeline_yaml, image, directory, volumes),
+            package(pipeline_yaml, image, directory, platform),
             arguments=params,
             run_name=run_name or None,
             experiment_name=experiment,
@@ -120,7 +120,7 @@ def schedule(
     image: str = DEFAULT_IMAGE,
     pipeline_yaml: str | None = None,
     kfp_client=None,
-    volumes: tuple = (),
+    platform: tuple = (),
 ) -> dict:
     """A recurring run. ``cron`` has six fields, seconds first, as KFP expects.
     Unless ``params`` sets ``as_of``, each run's data window ends at its scheduled
@@ -142,7 +142,7 @@ def schedule(
             max_concurrency=max_concurrency,
             no_catchup=no_catchup,
             params={"as_of": SCHEDULED_AS_OF, **params},
-            pipeline_package_path=package(pipeline_yaml, image, directory, volumes),
+            pipeline_package_path=package(pipeline_yaml, image, directory, platform),
         )
     return {"recurring_run_id": job.recurring_run_id, "name": name, "cron": cron}
 

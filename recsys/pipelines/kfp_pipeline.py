@@ -57,6 +57,37 @@ class Volume:
             )
         return cls(claim, mount_path)
 
+    def apply(self, task) -> None:
+        kubernetes.mount_pvc(task, pvc_name=self.claim, mount_path=self.mount_path)
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable every task takes from a Kubernetes Secret: how a pod
+    gets the credentials of the buckets it reads (e.g. MinIO's keys for
+    ``AWS_ACCESS_KEY_ID``)."""
+
+    secret: str
+    key: str
+    variable: str
+
+    @classmethod
+    def parse(cls, text: str) -> "SecretEnv":
+        """``SECRET:KEY=ENV_VAR`` (the command line's ``--secret-env``)."""
+        secret, _, rest = text.partition(":")
+        key, _, variable = rest.partition("=")
+        if not (secret and key and variable.replace("_", "").isalnum()):
+            raise ValueError(
+                f"--secret-env {text!r}: expected SECRET:KEY=ENV_VAR, e.g. "
+                "mlpipeline-minio-artifact:accesskey=AWS_ACCESS_KEY_ID"
+            )
+        return cls(secret, key, variable)
+
+    def apply(self, task) -> None:
+        kubernetes.use_secret_as_env(
+            task, secret_name=self.secret, secret_key_to_env={self.key: self.variable}
+        )
+
 
 class KfpStages:
     """The stages as KFP components in ``image``; ``configure`` sets where and how a
@@ -64,8 +95,8 @@ class KfpStages:
 
     pipeline_root = dsl.PIPELINE_ROOT_PLACEHOLDER
 
-    def __init__(self, image: str, volumes: tuple[Volume, ...] = ()):
-        self.volumes = volumes
+    def __init__(self, image: str, platform: tuple[Volume | SecretEnv, ...] = ()):
+        self.platform = platform
         code = code_version()
         for name, shim in STAGES.items():
             component = dsl.component(shim, base_image=image, install_kfp_package=False)
@@ -83,16 +114,16 @@ class KfpStages:
         if retries:  # transient storage and scheduling failures: try again, slower
             task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
         task.set_caching_options(cache)
-        for volume in self.volumes:  # kfp-kubernetes: the task's platform spec
-            kubernetes.mount_pvc(task, pvc_name=volume.claim, mount_path=volume.mount_path)
+        for setting in self.platform:  # kfp-kubernetes: the task's platform spec
+            setting.apply(task)
         return task
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE, volumes: tuple[Volume, ...] = ()):
+def build_pipeline(image: str = DEFAULT_IMAGE, platform: tuple[Volume | SecretEnv, ...] = ()):
     """The pipeline; every stage runs in ``image`` unless a run sets the ``image``
-    parameter, with each of ``volumes`` mounted."""
+    parameter, with each of ``platform`` (volumes, secrets as environment) applied."""
     names = list(pipeline_parameters(image))
-    stages = KfpStages(image, tuple(volumes))
+    stages = KfpStages(image, tuple(platform))
 
     def recsys_pipeline(*values):
         arguments = Arguments(dict(zip(names, values, strict=True)))
@@ -108,9 +139,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE, volumes: tuple[Volume, ...] = ())
 
 
 def compile_pipeline(
-    path: str, image: str = DEFAULT_IMAGE, volumes: tuple[Volume, ...] = ()
+    path: str, image: str = DEFAULT_IMAGE, platform: tuple[Volume | SecretEnv, ...] = ()
 ) -> str:
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(image, volumes), path)
+    compiler.Compiler().compile(build_pipeline(image, platform), path)
     return path
