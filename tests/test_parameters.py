@@ -172,3 +172,20 @@ def test_the_readme_example_config_uses_real_parameters():
             or (kind is float and isinstance(value, int))
             or (name == "beam_pipeline_args" and isinstance(value, list))
         ), (name, value)
+
+
+def test_a_value_a_stage_refuses_stops_the_run_before_it_starts(tmp_path, capsys):
+    """`max_regression: 1.0` is refused by evaluate's config; `recsys run` says so
+    at once, naming the parameter, instead of failing at evaluate minutes in."""
+    from recsys.app.cli import main as recsys_main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("max_regression: 1.0\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    workdir = tmp_path / "work"
+    command = ["run", "--data", str(data), "--workdir", str(workdir), "--config", str(config)]
+    assert recsys_main(command) == 2
+    error = capsys.readouterr().err
+    assert "pipeline parameters: max_regression is a fraction in [0, 1), got 1.0" in error
+    assert not workdir.exists()  # nothing compiled, nothing run

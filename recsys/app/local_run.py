@@ -29,7 +29,7 @@ from recsys.core.contracts import RAW_TABLES
 from recsys.core.features import load_registry
 from recsys.core.progress import PROGRESS_LINE, log
 from recsys.pipelines.kfp_pipeline import compile_pipeline
-from recsys.pipelines.parameters import DEFAULT_IMAGE, pipeline_parameters
+from recsys.pipelines.parameters import DEFAULT_IMAGE, check_arguments, pipeline_parameters
 
 # Pipeline parameters that belong to a data directory (``recsys import-movielens``
 # writes them), picked up by ``recsys run --data`` and ``recsys check``.
@@ -138,14 +138,15 @@ def run(
     This run's files go to ``run_dir(workdir, label)`` (default label: the start
     time and a random suffix), so runs at once never mix them."""
     workdir = os.path.abspath(workdir)
-    directory = run_dir(workdir, label or new_run_id())
-    os.makedirs(directory, exist_ok=True)
-    pipeline_yaml = compile_pipeline(os.path.join(directory, "pipeline.yaml"), image)
     arguments = {
         "data_root": absolute(data_root),
         "serving_root": os.path.join(workdir, "serving"),
     }
     arguments.update(config)
+    check_arguments(arguments, image)  # a refused value is reported now, not minutes in
+    directory = run_dir(workdir, label or new_run_id())
+    os.makedirs(directory, exist_ok=True)
+    pipeline_yaml = compile_pipeline(os.path.join(directory, "pipeline.yaml"), image)
     outputs_path = os.path.join(directory, OUTPUTS_FILE)
     log_path = os.path.join(directory, LOG_FILE)
     if os.path.exists(outputs_path):  # a label used before: its old outputs are not ours

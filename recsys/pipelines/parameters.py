@@ -21,7 +21,7 @@ from recsys.components.push.config import PushConfig
 from recsys.components.train_ranking.config import RankingConfig
 from recsys.components.train_retrieval.config import RetrievalConfig
 from recsys.components.validate.config import ValidateConfig
-from recsys.core.config import Parameter, parameter, parameters
+from recsys.core.config import Parameter, config_from, parameter, parameters
 from recsys.serving.rerank import RerankConfig
 
 # Tag images immutably: KFP's cache key includes the image string, not its content.
@@ -156,6 +156,18 @@ def with_defaults(arguments: Mapping, image: str = DEFAULT_IMAGE) -> Arguments:
     if missing:
         raise ValueError(f"pipeline parameter(s) {missing} are required")
     return Arguments(values)
+
+
+def check_arguments(arguments: Mapping, image: str = DEFAULT_IMAGE) -> None:
+    """Build every stage's config from ``arguments`` so that a value its config
+    refuses (``__post_init__``) is reported before a run starts, not when its
+    stage runs minutes later."""
+    values = with_defaults(arguments, image)
+    for config in CONFIGS:
+        try:
+            config_from(config, values.of(config))
+        except ValueError as error:
+            raise ValueError(f"pipeline parameters: {error}") from None
 
 
 def parameters_markdown(image: str = DEFAULT_IMAGE) -> str:
