@@ -73,7 +73,7 @@ def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
     with storage.open(path) as handle:
         frame = pd.read_csv(
             handle,
-            sep=csv_separator(path),
+            sep=csv_separator(handle, path),
             dtype=str,
             keep_default_na=False,
             na_values=[""],
@@ -102,12 +102,13 @@ def read_raw_file(path: str, encoding: str = "utf-8") -> RawFile:
     return RawFile(path, frame, missing, undecodable)
 
 
-def csv_separator(path: str) -> str:
-    """The CSV's separator, read off its header line: a comma unless the header has
-    none and splits on ';' (spreadsheets in many locales), a tab or '|'. An empty
-    file is an error here, before pandas reports it without the file's name."""
-    with storage.open(path) as handle:
-        header = handle.readline()
+def csv_separator(handle, path: str) -> str:
+    """The separator of the CSV open in ``handle`` (binary, left at its start), read off
+    its header line: a comma unless the header has none and splits on ';'
+    (spreadsheets in many locales), a tab or '|'. An empty file is an error here,
+    before pandas reports it without the file's name (``path``)."""
+    header = handle.readline()
+    handle.seek(0)
     if not header.strip():
         raise DataError(
             f"{path}: the file is empty, not even a header row. Export it with a header "
@@ -138,7 +139,7 @@ def read_raw_table(data_root: str, name: str, schema_dir: str = "") -> pd.DataFr
             with storage.open(path) as handle:
                 frame = pd.read_csv(
                     handle,
-                    sep=csv_separator(path),
+                    sep=csv_separator(handle, path),
                     encoding="utf-8-sig",
                     encoding_errors="replace",
                 )
