@@ -446,7 +446,7 @@ def main(argv=None):
     run = commands.add_parser("run", help="compile, then run the compiled YAML locally")
     run.add_argument("--data", help="raw data directory (default: generate the sample)")
     run.add_argument(
-        "--workdir", default="work", help="outputs: pipeline.yaml, pipeline_root/, serving/"
+        "--workdir", default="work", help="outputs: runs/<run id>/, pipeline_root/, serving/"
     )
     run.add_argument(
         "--config",
