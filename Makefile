@@ -9,7 +9,7 @@ WORKDIR ?= work
 IMAGE ?= localhost/recsys-pipeline:0.1.0
 BASE_IMAGE ?= localhost/py311:base
 
-.PHONY: help run test lint format test-image compile image base-image lock clean
+.PHONY: help run test test-servers lint format test-image compile image base-image lock clean
 .DEFAULT_GOAL := help
 
 help:
@@ -32,8 +32,19 @@ run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 
 # Lint first (seconds), then two workers (the machine's two cores): tests sharing the
 # trained stages run on one, whole-pipeline runs (mostly single-threaded imports) beside them.
-test: lint
+test: lint test-servers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# Servers the tests start and stop on free loopback ports that pip cannot install:
+# Redis (the online feature store), from Debian's package when missing.
+test-servers:
+	@command -v redis-server >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's redis-server for the tests"; \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+		else \
+			echo "make test needs redis-server: sudo apt-get install redis-server"; exit 1; \
+		fi; }
 
 # ruff's rules and format (pyproject.toml), and import-linter's layer contracts.
 lint: $(VENV)/.installed

@@ -159,7 +159,14 @@ def push_stages(
     ``options`` are push's (rerank, provenance, ...)."""
     from recsys.components.push.config import PushConfig
     from recsys.components.push.push import push
-    from recsys.core.contracts import SNAPSHOT_EMBEDDINGS, SNAPSHOT_ITEMS, SNAPSHOT_USERS
+    from recsys.core.contracts import (
+        SNAPSHOT_AS_OF,
+        SNAPSHOT_EMBEDDINGS,
+        SNAPSHOT_HISTORY_LENGTH,
+        SNAPSHOT_ITEMS,
+        SNAPSHOT_QUERY_MODEL,
+        SNAPSHOT_USERS,
+    )
 
     paths = stages["paths"]
     return push(
@@ -170,8 +177,13 @@ def push_stages(
             SNAPSHOT_USERS: paths["user_snapshot"],
             SNAPSHOT_ITEMS: paths["item_snapshot"],
             SNAPSHOT_EMBEDDINGS: paths["item_embeddings"],
+            SNAPSHOT_QUERY_MODEL: paths["query_model"],
         },
         serving_root,
         config=PushConfig(keep_versions=keep_versions),
+        snapshot_meta={
+            SNAPSHOT_AS_OF: stages["counts"]["as_of"],
+            SNAPSHOT_HISTORY_LENGTH: stages["join_counts"][SNAPSHOT_HISTORY_LENGTH],
+        },
         **options,
     )

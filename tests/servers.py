@@ -97,3 +97,31 @@ def beam_portable_runner(directory: str):
                 "--job_server_timeout=900",
             ]
         )
+
+
+REDIS_SERVER = "redis-server"
+
+
+@contextlib.contextmanager
+def redis_server(directory: str):
+    """Redis on a free loopback port with nothing persisted; yields its URL. Redis
+    is Debian's ``redis-server`` (`make test` installs it when missing)."""
+    import shutil
+
+    binary = shutil.which(REDIS_SERVER)
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed: `make test` installs Debian's package when "
+            "run as root; otherwise: sudo apt-get install redis-server"
+        )
+    port = free_port()
+    command = [
+        binary,
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", directory,
+    ]  # fmt: skip
+    with server(command, port, os.path.join(directory, "redis.log")) as process:
+        yield f"redis://127.0.0.1:{port}/0", process

@@ -126,3 +126,27 @@ def test_the_ingest_component_runs_as_the_compiled_yaml_says(image, container, t
         f"ls {pipeline_root}/run/ingest/train_events && stat -c %U {pipeline_root}/run/ingest",
     ).stdout
     assert "part-00000.parquet" in listed and listed.strip().endswith("recsys")
+
+
+def test_the_service_runs_as_the_non_root_user(container):
+    """`recsys serve` starts in the image (its HTTP stack, metrics and TensorFlow
+    import), answers liveness, and says it is not ready on a root nothing was
+    pushed to."""
+    script = (
+        "recsys serve --serving-root /tmp/no-models --port 18766 >/tmp/serve.log 2>&1 & SERVE=$!; "
+        'python3 -c "import json, time, urllib.request, urllib.error\n'
+        "for _ in range(240):\n"
+        "    try:\n"
+        "        print(urllib.request.urlopen('http://127.0.0.1:18766/healthz').read().decode())\n"
+        "        break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.5)\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://127.0.0.1:18766/readyz')\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code, json.loads(error.read())['status'])\n\"; "
+        "kill $SERVE; cat /tmp/serve.log"
+    )
+    out = inside(container, "sh", "-c", script).stdout
+    assert '{"alive":true}' in out, out
+    assert "503 not ready: nothing is served under /tmp/no-models" in out, out

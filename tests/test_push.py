@@ -73,10 +73,17 @@ def test_push_writes_a_version_its_record_and_the_tf_serving_config(stages, tmp_
     assert sorted(os.listdir(snapshot)) == [
         "item_embeddings",
         "items",
+        "query_model",
         "rerank.json",
         "schemas",
+        "snapshot.json",
         "users",
     ]
+    with open(os.path.join(snapshot, "snapshot.json")) as handle:
+        assert json.load(handle) == {
+            "as_of": stages["counts"]["as_of"],
+            "history_length": stages["join_counts"]["history_length"],
+        }
 
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
     config = root_.read_config(serving_root).model_config_list.config

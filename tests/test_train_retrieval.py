@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from recsys.components.train_retrieval import train_retrieval as tr
 from recsys.components.train_retrieval.config import RetrievalConfig
 from recsys.core import modeling
-from recsys.core.contracts import CANDIDATE_TOWER, ITEM_ID, QUERY_EMBEDDING, QUERY_TOWER
+from recsys.core.contracts import (
+    ANN_INDEX_FILE,
+    CANDIDATE_TOWER,
+    ITEM_ID,
+    QUERY_EMBEDDING,
+    QUERY_TOWER,
+)
 from recsys.core.features import load_registry
 from recsys.core.tables import read_dataset
 
@@ -234,7 +240,7 @@ def test_export_writes_the_ann_index_beside_the_embeddings(stages, tmp_path):
         out["embeddings"],
         paths["transformed_eval"],
     )
-    assert (tmp_path / "embeddings" / tr.ANN_INDEX_FILE).is_file()
+    assert (tmp_path / "embeddings" / ANN_INDEX_FILE).is_file()
     assert 0.9 <= exported["ann_recall_at_20_vs_exact"] <= 1.0
     table = read_dataset(out["embeddings"])
     assert len(table) == exported["indexed_items"] == len(read_dataset(paths["item_snapshot"]))

@@ -268,6 +268,42 @@ def _recommend(args):
         print(f"served features logged under {args.log_dir}")
 
 
+def _serve(args):
+    import logging
+    import os
+
+    import uvicorn
+
+    from recsys.serving.service import Service, ServiceConfig, create_app
+
+    token = os.environ.get(args.token_env, "") if args.token_env else ""
+    if args.token_env and not token:
+        raise ValueError(f"--token-env {args.token_env}: that environment variable is empty")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(
+            f"warning: serving on {args.host} without a bearer token: anyone who reaches "
+            "the port can ask for recommendations and send events (see --token-env)"
+        )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    config = ServiceConfig(
+        serving_root=args.serving_root,
+        backend=args.backend,
+        feature_store=args.feature_store,
+        retrieval=args.retrieval,
+        ann_min_items=args.ann_min_items,
+        serving_log=args.serving_log or "",
+        reload_seconds=args.reload_seconds,
+        max_k=args.max_k,
+        token=token,
+    )
+    app = create_app(Service(config))
+    print(
+        f"recsys serve: http://{args.host}:{args.port} (OpenAPI at /docs), models from "
+        f"{args.serving_root}, backend {args.backend}, feature store {args.feature_store}"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
 def _versions(args):
     from recsys.serving import serving_root as root_
 
@@ -551,6 +587,47 @@ def main(argv=None):
     recommend.add_argument("--blocklist", nargs="*", help="item ids never to recommend")
     recommend.add_argument("--log-dir", help="append the served features to this serving log")
     recommend.set_defaults(func=_recommend)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the recommendation service: an HTTP API over the served models, "
+        "hot-reloading new versions",
+    )
+    serve.add_argument("--serving-root", required=True, help="the root push writes")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default loopback only)"
+    )
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--backend",
+        default="in-process",
+        help="where the models run: in-process (default), grpc:HOST:8500 or "
+        "rest:http://HOST:8501 (TF Serving reading the same root's models.config)",
+    )
+    serve.add_argument(
+        "--feature-store",
+        default="embedded",
+        help="embedded (the pushed snapshot in memory, default) or a Redis URL, "
+        "redis://HOST:6379/0 (materialized once per version, shared by replicas)",
+    )
+    serve.add_argument(
+        "--retrieval",
+        choices=["auto", "index", "model"],
+        default="auto",
+        help="index: query tower + item index (exact, or HNSW from --ann-min-items "
+        "items); model: the retrieval model's top-K; auto: index when pushed (default)",
+    )
+    serve.add_argument("--ann-min-items", type=int, default=500_000)
+    serve.add_argument("--serving-log", help="write the served features here (ingest's layout)")
+    serve.add_argument("--reload-seconds", type=float, default=2.0, help="models.config poll")
+    serve.add_argument("--max-k", type=int, default=100, help="largest page a request may ask")
+    serve.add_argument(
+        "--token-env",
+        help="name of an environment variable holding a bearer token /v1/* requests "
+        "must send (never the token itself: command lines are visible to others)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.set_defaults(func=_serve)
 
     versions = commands.add_parser(
         "versions", help="pushed versions, which are served, and recent pushes and rollbacks"

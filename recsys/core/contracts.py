@@ -145,7 +145,15 @@ WARMUP_FILE = os.path.join("assets.extra", WARMUP_FILE_NAME)
 # Inside feature_snapshot/<version>/: the tables, the rules, and the curated schemas with
 # the feature registry (``schemas/``) the models were trained with.
 SNAPSHOT_USERS, SNAPSHOT_ITEMS, SNAPSHOT_EMBEDDINGS = "users", "items", "item_embeddings"
+# The query tower alone (a SavedModel): the service's retrieval over an item index.
+SNAPSHOT_QUERY_MODEL = "query_model"
+# The approximate item index train_retrieval may write beside the item embeddings.
+ANN_INDEX_FILE = "ann_hnsw.faiss"
 RERANK_FILE = "rerank.json"
+# What the snapshot was computed as of, and the history length the join used (the
+# service folds later engagements into the rows with them).
+SNAPSHOT_META = "snapshot.json"
+SNAPSHOT_AS_OF, SNAPSHOT_HISTORY_LENGTH = "as_of", "history_length"
 SNAPSHOT_SCHEMAS = "schemas"
 # The feature registry's file, beside the curated schemas.
 FEATURES_FILE = "features.yaml"

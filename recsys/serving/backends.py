@@ -56,6 +56,10 @@ class InProcessBackend:
     def signature(self, model: str) -> dict:
         return self._functions[model].structured_input_signature[1]
 
+    def close(self) -> None:
+        """Delete the local copies of models read from a bucket."""
+        self._local.close()
+
     def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 

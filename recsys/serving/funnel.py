@@ -34,6 +34,7 @@ from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.requests import raw_arrays
 from recsys.serving.backends import InProcessBackend
 from recsys.serving.rerank import Candidates, RerankConfig, rerank
+from recsys.serving.retrieval import ModelRetrieval
 from recsys.serving.serving_log import ServingLog
 from recsys.serving.serving_root import served_version
 from recsys.serving.snapshot import FeatureSnapshot, pushed_rerank_config
@@ -81,10 +82,14 @@ class Funnel:
         rerank_config: RerankConfig = RerankConfig(),
         serving_log: "ServingLog | None" = None,
         version: int | None = None,
+        retrieval=None,
     ):
+        """``retrieval``: where candidates come from (``recsys.serving.retrieval``);
+        default the retrieval model's own top-K behind ``backend``."""
         self.backend, self.features, self.config = backend, features, rerank_config
         self.serving_log, self.version = serving_log, version
-        self.retrieval_signature = backend.signature(RETRIEVAL)
+        self.retrieval = retrieval or ModelRetrieval(backend)
+        self.retrieval_signature = self.retrieval.signature
         self.ranking_signature = backend.signature(RANKING)
         # The ranker's inputs the request brings (the user and the context); the
         # others are each candidate item's, from the snapshot.
@@ -110,15 +115,26 @@ class Funnel:
         )
 
     def recommend(
-        self, user_id: str, context: Context | None = None, k: int | None = None
+        self,
+        user_id: str,
+        context: Context | None = None,
+        k: int | None = None,
+        exclude=(),
+        user_row: dict | None = None,
+        log: bool = True,
     ) -> Recommendations:
-        """One request: the user's features from the snapshot plus the context."""
+        """One request: the user's features (``user_row`` when an online store gave
+        them, else the snapshot's) plus the context; ``exclude``: item ids not to show.
+        ``log``: write it to the serving log (if there is one; not for warmups)."""
         clock = {}
-        user, known = self.features.user(str(user_id))
+        if user_row is not None:
+            user, known = user_row, True
+        else:
+            user, known = self.features.user(str(user_id))
         query = {**user, **(context or Context()).columns()}
-        ((page, removed, served_rows),) = self.pages(query, k, clock)
+        ((page, removed, served_rows),) = self.pages(query, k, clock, exclude)
         request_id = uuid.uuid4().hex
-        if self.serving_log is not None:
+        if self.serving_log is not None and log:
             started = time.perf_counter()
             self.serving_log.append(
                 request_id,
@@ -129,11 +145,11 @@ class Funnel:
         return Recommendations(page, request_id, self.version, known, removed, clock)
 
     def pages(
-        self, queries: dict, k: int | None = None, clock: dict | None = None
+        self, queries: dict, k: int | None = None, clock: dict | None = None, exclude=()
     ) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
         """Pages for many queries at once (raw query columns, one row per query):
         one (page, removed-counts, snapshot rows of the page's items) per query.
-        ``clock`` collects milliseconds per step."""
+        ``clock`` collects milliseconds per step; ``exclude``: item ids no page shows."""
         if isinstance(queries, pd.DataFrame):
             queries = {name: queries[name].to_numpy() for name in queries.columns}
         started = time.perf_counter()
@@ -144,7 +160,9 @@ class Funnel:
                 clock[step] = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
 
-        retrieved = self._predict(RETRIEVAL, raw_arrays(queries, self.retrieval_signature))
+        retrieved = self._predict(
+            self.retrieval.retrieve, RETRIEVAL, raw_arrays(queries, self.retrieval_signature)
+        )
         n_queries, n_retrieved = retrieved[ITEM_IDS].shape
         item_ids = _text(retrieved[ITEM_IDS].ravel())
         retrieval_scores = retrieved[SCORES].ravel()
@@ -166,7 +184,9 @@ class Funnel:
             queries, {name: self.ranking_signature[name] for name in self.user_inputs}
         )
         inputs.update({name: values[query_of] for name, values in user_arrays.items()})
-        ranked = self._predict(RANKING, inputs)
+        ranked = self._predict(
+            lambda arrays: self.backend.predict(RANKING, arrays), RANKING, inputs
+        )
         lap("ranking")
 
         config = replace(self.config, k=k) if k else self.config
@@ -197,6 +217,7 @@ class Funnel:
                 ),
                 config,
                 watched=list(histories[query]) if histories is not None else [],
+                excluded=exclude,
             )
             chosen = page.positions + bounds[query]
             frame = pd.DataFrame(
@@ -218,19 +239,15 @@ class Funnel:
         lap("rerank")
         return results
 
-    def _predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``backend.predict`` in slices of PREDICT_BATCH_ROWS rows, concatenated."""
+    def _predict(self, predict, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``predict(inputs)`` of ``model`` in slices of PREDICT_BATCH_ROWS rows,
+        concatenated."""
         n = len(next(iter(inputs.values())))
         if n <= PREDICT_BATCH_ROWS:
-            return self.backend.predict(model, inputs) if n else self._empty(model)
+            return predict(inputs) if n else self._empty(model)
+        items = inputs.items()
         parts = [
-            self.backend.predict(
-                model,
-                {
-                    name: values[start : start + PREDICT_BATCH_ROWS]
-                    for name, values in inputs.items()
-                },
-            )
+            predict({name: values[start : start + PREDICT_BATCH_ROWS] for name, values in items})
             for start in range(0, n, PREDICT_BATCH_ROWS)
         ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

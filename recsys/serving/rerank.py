@@ -7,7 +7,7 @@ funnel's defaults. Not a pipeline stage: it has no KFP shim.
 
 Stages, in this order, all deterministic (ties keep the input order):
 
-1. hard filters: items on the blocklist are removed;
+1. hard filters: items on the blocklist, and those the request excludes, are removed;
 2. duplicates: only the first (best-scored) occurrence of an item id stays;
 3. watched: items in the user's history are removed;
 4. freshness: score * (1 + freshness_boost * 2^(-age_days / half_life_days));
@@ -104,8 +104,13 @@ def first_occurrences(item_ids: np.ndarray) -> np.ndarray:
 
 
 def rerank(
-    candidates: Candidates, config: RerankConfig, watched: np.ndarray | list = ()
+    candidates: Candidates,
+    config: RerankConfig,
+    watched: np.ndarray | list = (),
+    excluded: np.ndarray | list = (),
 ) -> Reranked:
+    """``watched``: the user's history (removed when ``drop_watched``); ``excluded``:
+    item ids the request asks not to see (the client's own filter)."""
     # Best score first, so "first occurrence" is the best-scored one and ties keep
     # the input order.
     order = np.argsort(-candidates.scores, kind="stable")
@@ -113,6 +118,7 @@ def rerank(
     removed = {}
     for rule, drop in (
         ("blocklist", lambda ids: np.isin(ids, list(config.blocklist))),
+        ("excluded", lambda ids: np.isin(ids, np.asarray(excluded, dtype=str))),
         ("duplicate", lambda ids: ~first_occurrences(ids)),
         (
             "watched",

@@ -57,10 +57,16 @@ class FeatureSnapshot:
         """One user's feature columns (length 1) and whether the user is known. An
         unknown user gets the registry's cold-start row (defaults, missing flags set,
         an empty history): what the model saw in training for users without features."""
-        row = self.user_index.get_indexer([user_id])[0]
-        if row >= 0:
-            return {name: values[row : row + 1] for name, values in self.users.items()}, True
-        return self.registry.missing_row("user", user_id), False
+        try:
+            row = self.user_index.get_loc(user_id)
+        except KeyError:
+            return self.registry.missing_row("user", user_id), False
+        return {name: values[row : row + 1] for name, values in self.users.items()}, True
+
+    def keep_users(self, n: int) -> None:
+        """Forget all but the first ``n`` users (an online store holds them)."""
+        self.user_index = self.user_index[:n]
+        self.users = {name: values[:n] for name, values in self.users.items()}
 
     def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Row of each id in the snapshot, -1 where unknown."""

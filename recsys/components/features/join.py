@@ -397,7 +397,7 @@ def join_features(
     counts.update(
         snapshot_users=user_rows.num_rows,
         snapshot_items=item_rows.num_rows,
-        history_length=history.length,
+        **{contracts.SNAPSHOT_HISTORY_LENGTH: history.length},
         history_broadcast=int(broadcast_history),
         **{f"{name}_broadcast": int(broadcast[name]) for name in views},
     )

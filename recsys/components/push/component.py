@@ -12,7 +12,9 @@ def push(
     user_snapshot: Input[Dataset],
     item_snapshot: Input[Dataset],
     item_embeddings: Input[Dataset],
+    query_model: Input[Model],
     ingest_metrics: Input[Metrics],
+    join_metrics: Input[Metrics],
     retrieval_checkpoint: Input[Model],
     ranking_checkpoint: Input[Model],
     schema_dir: str,
@@ -32,8 +34,11 @@ def push(
     from recsys.core.contracts import (
         RANKING,
         RETRIEVAL,
+        SNAPSHOT_AS_OF,
         SNAPSHOT_EMBEDDINGS,
+        SNAPSHOT_HISTORY_LENGTH,
         SNAPSHOT_ITEMS,
+        SNAPSHOT_QUERY_MODEL,
         SNAPSHOT_USERS,
     )
     from recsys.core.progress import log, stage
@@ -54,6 +59,7 @@ def push(
                 SNAPSHOT_USERS: user_snapshot.path,
                 SNAPSHOT_ITEMS: item_snapshot.path,
                 SNAPSHOT_EMBEDDINGS: item_embeddings.path,
+                SNAPSHOT_QUERY_MODEL: query_model.path,
             },
             serving_root,
             rerank,
@@ -65,6 +71,10 @@ def push(
                 "sources": {RETRIEVAL: retrieval_model.uri, RANKING: ranking_model.uri},
             },
             schema_dir=schema_dir,
+            snapshot_meta={  # KFP metrics hold numbers as floats
+                SNAPSHOT_AS_OF: int(window["as_of"]),
+                SNAPSHOT_HISTORY_LENGTH: int(join_metrics.metadata[SNAPSHOT_HISTORY_LENGTH]),
+            },
         )
         if report["pushed"] or report.get("noop"):
             # What the next run's warm start finds under the state root.

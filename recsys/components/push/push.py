@@ -24,6 +24,7 @@ from recsys.core.contracts import (
     RERANK_FILE,
     SERVED_WHEN_EVALUATED,
     SNAPSHOT_DIR,
+    SNAPSHOT_META,
     SNAPSHOT_SCHEMAS,
     WARMUP_FILE,
     warmup_path,
@@ -53,15 +54,18 @@ def release_hash(
     snapshots: dict[str, str],
     rules: dict,
     schema_dir: str = "",
+    meta: dict | None = None,
 ) -> str:
     """What a version holds, hashed: the models, their warmup requests, the snapshot
-    tables, the schemas and registry, and the re-ranking rules."""
+    tables and their meta, the schemas and registry, and the re-ranking rules."""
     files = {f"model/{name}": path for name, path in models.items()}
     files.update({f"warmup/{name}": warmup_path(warmup_dir, name) for name in models})
     files.update({f"snapshot/{name}": path for name, path in snapshots.items()})
     files.update({f"schemas/{name}": path for name, path in schema_files(schema_dir).items()})
     digest = hashlib.sha256(root_.content_hash(files).encode())
     digest.update(json.dumps(rules, sort_keys=True, default=sorted).encode())
+    if meta:
+        digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -77,7 +81,12 @@ def _stage_model(serving_root: str, name: str, version: int, source: str, warmup
 
 
 def _stage_snapshot(
-    serving_root: str, version: int, snapshots: dict[str, str], rules: dict, schema_dir: str
+    serving_root: str,
+    version: int,
+    snapshots: dict[str, str],
+    rules: dict,
+    schema_dir: str,
+    meta: dict,
 ) -> str:
     staged = root_.staging_dir(serving_root, SNAPSHOT_DIR, version)
     storage.makedirs(staged)
@@ -86,6 +95,8 @@ def _stage_snapshot(
     storage.write_text(
         storage.join(staged, RERANK_FILE), json.dumps(rules, indent=2, default=sorted)
     )
+    if meta:
+        storage.write_text(storage.join(staged, SNAPSHOT_META), json.dumps(meta, indent=2))
     for name, source in schema_files(schema_dir).items():
         storage.copy_file(source, storage.join(staged, SNAPSHOT_SCHEMAS, name))
     return staged
@@ -125,12 +136,15 @@ def push(
     config: PushConfig = PushConfig(),
     provenance: dict | None = None,
     schema_dir: str = "",
+    snapshot_meta: dict | None = None,
 ) -> dict:
     """Push every model in ``models`` (name -> SavedModel dir) as one new version.
 
     ``warmup_dir`` holds ``<name>/tf_serving_warmup_requests`` per model (infra
     validation's output); ``snapshots`` maps a table name to a dataset directory;
-    ``rerank`` is the JSON of ``parse_rerank_config``; the schemas and registry of
+    ``rerank`` is the JSON of ``parse_rerank_config``; ``snapshot_meta`` (the
+    snapshot's as_of and history length) goes with it as ``SNAPSHOT_META``; the
+    schemas and registry of
     ``schema_dir`` go with the snapshot; ``provenance`` (data window, code and image
     version, run) goes into the push record. Keeps the newest ``config.keep_versions``
     versions (and every served one). Returns a report; when the blessing says no,
@@ -150,7 +164,7 @@ def push(
                 f"push: no warmup requests for '{name}' at {warmup}; infra validation writes them"
             )
     rules = dataclasses.asdict(parse_rerank_config(rerank))
-    digest = release_hash(models, warmup_dir, snapshots, rules, schema_dir)
+    digest = release_hash(models, warmup_dir, snapshots, rules, schema_dir, snapshot_meta)
 
     with root_.lock(serving_root, "push") as held:
         served = root_.served_versions(serving_root)
@@ -183,7 +197,7 @@ def push(
                     serving_root, name, version, source, warmup_path(warmup_dir, name)
                 )
             staged[SNAPSHOT_DIR] = _stage_snapshot(
-                serving_root, version, snapshots, rules, schema_dir
+                serving_root, version, snapshots, rules, schema_dir, snapshot_meta or {}
             )
             for directory in staged.values():
                 storage.fsync_tree(directory)

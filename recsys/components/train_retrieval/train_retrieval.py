@@ -37,13 +37,13 @@ from recsys.core import contracts, modeling, warm_start
 from recsys.core.contracts import CANDIDATE_TOWER, QUERY_TOWER, WATCH_SECONDS
 from recsys.core.features import FeatureRegistry, load_registry, transformed_name
 from recsys.core.progress import log
+from recsys.core.ranking import hnsw_index, recall_vs_exact
 from recsys.core.ranking import top_k as exact_top_k
 from recsys.core.tables import read_dataset, write_dataset
 
 # The transformed id columns (vocabulary indices) of users and items.
 USER_INDEX = transformed_name(contracts.USER_ID, "vocabulary")
 ITEM_INDEX = transformed_name(contracts.ITEM_ID, "vocabulary")
-ANN_INDEX_FILE = "ann_hnsw.faiss"
 # Validation recall is computed on at most this many positives (a seeded sample).
 MAX_VALIDATION_QUERIES = 5000
 # Scores held at once while ranking the catalog for validation (float32: 200 MB).
@@ -402,34 +402,25 @@ def export(
                 item_embeddings,
                 query_embeddings,
                 k,
-                os.path.join(item_embeddings_dir, ANN_INDEX_FILE),
+                os.path.join(item_embeddings_dir, contracts.ANN_INDEX_FILE),
             )
         )
     return exported
 
 
 def write_ann_index(
-    item_embeddings: np.ndarray,
-    query_embeddings: np.ndarray,
-    k: int,
-    path: str,
-    neighbours: int = 32,
-    ef_search: int = 128,
+    item_embeddings: np.ndarray, query_embeddings: np.ndarray, k: int, path: str
 ) -> dict:
-    """A faiss HNSW graph over the item embeddings (inner product, the towers'
-    score), written to ``path``, and its recall@k against exact search on
-    ``query_embeddings``. Rows of the index are rows of the embedding table.
-
-    For catalogs past about a million items, where exact search per request gets
-    too slow; TF Serving cannot run it (faiss is not a TF op), so it is served by
-    the caller next to the query-tower SavedModel."""
+    """An HNSW graph over the item embeddings (``recsys.core.ranking.hnsw_index``),
+    written to ``path``, and its recall@k against exact search on
+    ``query_embeddings``. Rows of the index are rows of the embedding table. TF
+    Serving cannot run it (faiss is not a TF op): ``recsys serve`` does, next to the
+    query tower."""
     import faiss
 
     items = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
-    index = faiss.IndexHNSWFlat(items.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = ef_search
-    index.add(items)
+    index = hnsw_index(items)
     faiss.write_index(index, path)
     _, approximate = index.search(queries, k)
     exact = exact_top_k(queries @ items.T, k)
@@ -437,9 +428,3 @@ def write_ann_index(
         f"ann_recall_at_{k}_vs_exact": recall_vs_exact(approximate, exact),
         "ann_index": os.path.basename(path),
     }
-
-
-def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each exact top-k list that the approximate list also returns."""
-    found = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate, exact, strict=True)]
-    return float(np.mean(found) / exact.shape[1])
