@@ -112,6 +112,16 @@ def stages(tiny_data, tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session")
+def pushed_root(stages, tmp_path_factory) -> str:
+    """A serving root with the stages' models pushed as version 1, for tests that
+    only read it."""
+    root = str(tmp_path_factory.mktemp("pushed_root"))
+    report = push_stages(stages, root)
+    assert report["pushed"], report["reason"]
+    return root
+
+
 def evaluation_of(run) -> dict:
     """What evaluate reported: its metrics, the blessing and the reports, as written."""
 

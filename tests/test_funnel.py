@@ -11,19 +11,11 @@ import pytest
 
 from recsys.core.tables import read_dataset
 from recsys.serving import Context, Funnel, GrpcBackend, RerankConfig, RestBackend, ServingLog
-from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, push_stages
+from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS
 from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
 pytestmark = pytest.mark.xdist_group("stages")
-
-
-@pytest.fixture(scope="session")
-def serving_root(stages, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("serving"))
-    report = push_stages(stages, root)
-    assert report["pushed"], report["reason"]
-    return root
 
 
 def request_time(stages):
@@ -31,9 +23,9 @@ def request_time(stages):
     return pd.Timestamp(stages["counts"]["as_of"] - 3600, unit="s", tz="UTC")
 
 
-def test_recommend_applies_the_rules_to_ranked_candidates(stages, serving_root):
+def test_recommend_applies_the_rules_to_ranked_candidates(stages, pushed_root):
     funnel = Funnel.from_serving_root(
-        serving_root, rerank_config=RerankConfig(k=10, max_per_creator=2, max_per_category=4)
+        pushed_root, rerank_config=RerankConfig(k=10, max_per_creator=2, max_per_category=4)
     )
     user = funnel.features.user_index[0]
     result = funnel.recommend(user, Context(request_time(stages)))
@@ -61,13 +53,13 @@ def _retrieved(funnel, user, stages):
     return [v.decode() for v in out["item_ids"][0]]
 
 
-def test_mmr_makes_pages_more_diverse(stages, serving_root):
+def test_mmr_makes_pages_more_diverse(stages, pushed_root):
     """Mean pairwise cosine similarity of the page's item embeddings drops as lambda
     goes down, over the same users."""
 
     def similarity(mmr_lambda):
         funnel = Funnel.from_serving_root(
-            serving_root, rerank_config=RerankConfig(k=10, max_per_creator=0, mmr_lambda=mmr_lambda)
+            pushed_root, rerank_config=RerankConfig(k=10, max_per_creator=0, mmr_lambda=mmr_lambda)
         )
         values = []
         for user in funnel.features.user_index[:20]:
@@ -82,17 +74,17 @@ def test_mmr_makes_pages_more_diverse(stages, serving_root):
     assert similarity(0.3) < similarity(1.0) - 0.02
 
 
-def test_grpc_and_rest_backends_serve_the_same_pages(stages, serving_root):
-    models = ServedModels(serving_root, ["retrieval", "ranking"])
+def test_grpc_and_rest_backends_serve_the_same_pages(stages, pushed_root):
+    models = ServedModels(pushed_root, ["retrieval", "ranking"])
     grpc_server, target = start_grpc(models)
     http_server, url = start_rest(models)
     try:
         at = Context(request_time(stages))
-        local = Funnel.from_serving_root(serving_root)
+        local = Funnel.from_serving_root(pushed_root)
         grpc_backend = GrpcBackend(target)
         remote = {
-            "grpc": Funnel.from_serving_root(serving_root, backend=grpc_backend),
-            "rest": Funnel.from_serving_root(serving_root, backend=RestBackend(url)),
+            "grpc": Funnel.from_serving_root(pushed_root, backend=grpc_backend),
+            "rest": Funnel.from_serving_root(pushed_root, backend=RestBackend(url)),
         }
         for user in list(local.features.user_index[:3]) + ["someone-new"]:
             expected = local.recommend(user, at).items
@@ -111,8 +103,8 @@ def test_grpc_and_rest_backends_serve_the_same_pages(stages, serving_root):
         http_server.shutdown()
 
 
-def test_rest_errors_name_the_model(serving_root):
-    models = ServedModels(serving_root, ["retrieval"])
+def test_rest_errors_name_the_model(pushed_root):
+    models = ServedModels(pushed_root, ["retrieval"])
     http_server, url = start_rest(models)
     try:
         with pytest.raises(Exception, match="404"):
@@ -121,7 +113,7 @@ def test_rest_errors_name_the_model(serving_root):
         http_server.shutdown()
 
 
-def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_data, tmp_path):
+def test_serving_log_is_ingested_as_the_serving_log(stages, pushed_root, tiny_data, tmp_path):
     """What the funnel logs passes ingest's serving-log contract row for row, with
     the features it served."""
     from recsys.components.ingest.config import IngestConfig
@@ -131,7 +123,7 @@ def test_serving_log_is_ingested_as_the_serving_log(stages, serving_root, tiny_d
     log_dir = tmp_path / "data" / "serving_log"
     log = ServingLog(str(log_dir), rows_per_file=25)
     funnel = Funnel.from_serving_root(
-        serving_root, serving_log=log, rerank_config=RerankConfig(k=10)
+        pushed_root, serving_log=log, rerank_config=RerankConfig(k=10)
     )
     users = list(funnel.features.user_index[:6])
     pages = {user: funnel.recommend(user, Context(request_time(stages))).items for user in users}

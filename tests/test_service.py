@@ -19,18 +19,9 @@ from recsys.core.tables import read_dataset
 from recsys.serving import Context, Funnel
 from recsys.serving.retrieval import ModelRetrieval, index_retrieval
 from recsys.serving.service import Service, ServiceConfig, create_app
-from tests.conftest import push_stages
 from tests.servers import redis_server
 
 pytestmark = pytest.mark.xdist_group("stages")
-
-
-@pytest.fixture(scope="session")
-def service_root(stages, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("service_root"))
-    report = push_stages(stages, root)
-    assert report["pushed"], report["reason"]
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +45,9 @@ def started(client: TestClient, timeout: float = 120) -> TestClient:
 
 
 @pytest.fixture(scope="session")
-def client(service_root):
+def client(pushed_root):
     """One service on the embedded store, for the tests that only send requests."""
-    service = Service(ServiceConfig(service_root, max_k=20))
+    service = Service(ServiceConfig(pushed_root, max_k=20))
     with TestClient(create_app(service)) as client:
         yield started(client)
 
@@ -68,8 +59,8 @@ def known_users(root, n=5) -> list[str]:
     return list(snapshot.user_index[:n])
 
 
-def test_recommendations_over_http_match_the_funnel(client, service_root, request_at):
-    user = known_users(service_root)[0]
+def test_recommendations_over_http_match_the_funnel(client, pushed_root, request_at):
+    user = known_users(pushed_root)[0]
     response = client.post("/v1/recommend", json={"user_id": user, "k": 7, "at": request_at})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -83,7 +74,7 @@ def test_recommendations_over_http_match_the_funnel(client, service_root, reques
 
     # The same page as the library's funnel with the retrieval model's own top-K:
     # below the ANN threshold the service's exact item index returns the same items.
-    funnel = Funnel.from_serving_root(service_root)
+    funnel = Funnel.from_serving_root(pushed_root)
     expected = funnel.recommend(user, Context(pd.Timestamp(request_at)), k=7).items
     assert [item["item_id"] for item in body["items"]] == list(expected["item_id"])
     np.testing.assert_allclose(
@@ -103,13 +94,13 @@ def test_recommendations_over_http_match_the_funnel(client, service_root, reques
     assert not cold["known_user"] and len(cold["items"]) == 3
 
 
-def test_item_index_retrieval_equals_the_model_and_hnsw_recalls_it(service_root, stages):
+def test_item_index_retrieval_equals_the_model_and_hnsw_recalls_it(pushed_root, stages):
     from recsys.serving.backends import InProcessBackend
     from recsys.serving.snapshot import FeatureSnapshot
 
-    snapshot_dir = os.path.join(service_root, "feature_snapshot", "1")
+    snapshot_dir = os.path.join(pushed_root, "feature_snapshot", "1")
     features = FeatureSnapshot.load(snapshot_dir)
-    backend = InProcessBackend.from_serving_root(service_root)
+    backend = InProcessBackend.from_serving_root(pushed_root)
     model = ModelRetrieval(backend)
     context = Context(pd.Timestamp(stages["counts"]["as_of"], unit="s", tz="UTC")).columns()
     queries = {name: values[:50] for name, values in features.users.items()}
@@ -197,8 +188,8 @@ def test_health_readiness_metrics_and_openapi(client):
     assert {"/v1/recommend", "/v1/events", "/healthz", "/readyz"} <= set(paths)
 
 
-def test_bearer_token_is_required_when_set(service_root):
-    service = Service(ServiceConfig(service_root, token="s3cret", retrieval="model"))
+def test_bearer_token_is_required_when_set(pushed_root):
+    service = Service(ServiceConfig(pushed_root, token="s3cret", retrieval="model"))
     with TestClient(create_app(service)) as client:
         started(client)
         body = {"user_id": "u1", "k": 2}
@@ -210,14 +201,14 @@ def test_bearer_token_is_required_when_set(service_root):
         assert client.get("/readyz").status_code == 200  # probes need no token
 
 
-def test_engagements_reach_the_next_request_and_the_serving_log(service_root, request_at, tmp_path):
+def test_engagements_reach_the_next_request_and_the_serving_log(pushed_root, request_at, tmp_path):
     """An event posted now changes the user's next request as the join would: its
     clicked item leads the history the models get (and is dropped as watched); the
     7-day counts take the day's events from the next midnight on, like the daily
     view training reads. The serving log shows the features that were served."""
     log_dir = str(tmp_path / "serving_log")
-    service = Service(ServiceConfig(service_root, serving_log=log_dir, log_flush_seconds=0.2))
-    user = known_users(service_root)[1]
+    service = Service(ServiceConfig(pushed_root, serving_log=log_dir, log_flush_seconds=0.2))
+    user = known_users(pushed_root)[1]
     tomorrow = (pd.Timestamp(request_at) + pd.Timedelta(days=1)).isoformat()
     with TestClient(create_app(service)) as client:
         started(client)
@@ -258,7 +249,7 @@ def test_engagements_reach_the_next_request_and_the_serving_log(service_root, re
     assert later["user_clicks_7d"] == before["user_clicks_7d"] + 2
 
 
-def test_a_failing_serving_log_never_fails_a_request(service_root, tmp_path, monkeypatch):
+def test_a_failing_serving_log_never_fails_a_request(pushed_root, tmp_path, monkeypatch):
     from recsys.core import storage
 
     def broken(*args, **kwargs):
@@ -266,11 +257,11 @@ def test_a_failing_serving_log_never_fails_a_request(service_root, tmp_path, mon
 
     monkeypatch.setattr(storage, "write_parquet", broken)
     service = Service(
-        ServiceConfig(service_root, serving_log=str(tmp_path / "log"), log_flush_seconds=0.1)
+        ServiceConfig(pushed_root, serving_log=str(tmp_path / "log"), log_flush_seconds=0.1)
     )
     with TestClient(create_app(service)) as client:
         started(client)
-        for user in known_users(service_root):
+        for user in known_users(pushed_root):
             assert client.post("/v1/recommend", json={"user_id": user, "k": 4}).status_code == 200
         deadline = time.monotonic() + 20
         while service.log.dropped < 20 and time.monotonic() < deadline:
@@ -280,15 +271,15 @@ def test_a_failing_serving_log_never_fails_a_request(service_root, tmp_path, mon
     assert "recsys_serving_log_dropped_rows_total 20.0" in metrics
 
 
-def test_redis_store_serves_what_the_embedded_one_does(service_root, request_at, tmp_path):
+def test_redis_store_serves_what_the_embedded_one_does(pushed_root, request_at, tmp_path):
     """Two replicas on one Redis: the version is materialized once, both serve the
     embedded store's pages, an event sent to one reaches the other; Redis gone is a
     503 that says so, not a 500."""
-    users = known_users(service_root, 3)
+    users = known_users(pushed_root, 3)
     with redis_server(str(tmp_path)) as (url, redis_process):
-        first = Service(ServiceConfig(service_root, feature_store=url, retrieval="model"))
-        second = Service(ServiceConfig(service_root, feature_store=url, retrieval="model"))
-        embedded = Service(ServiceConfig(service_root, retrieval="model"))
+        first = Service(ServiceConfig(pushed_root, feature_store=url, retrieval="model"))
+        second = Service(ServiceConfig(pushed_root, feature_store=url, retrieval="model"))
+        embedded = Service(ServiceConfig(pushed_root, retrieval="model"))
         with (
             TestClient(create_app(first)) as a,
             TestClient(create_app(second)) as b,
@@ -300,7 +291,7 @@ def test_redis_store_serves_what_the_embedded_one_does(service_root, request_at,
             import redis
 
             keys = redis.Redis.from_url(url).keys("recsys:1-*:u:*")
-            assert len(keys) == len(known_users(service_root, 10**6))
+            assert len(keys) == len(known_users(pushed_root, 10**6))
 
             def page(client, user):
                 body = {"user_id": user, "k": 6, "at": request_at}

@@ -6,6 +6,7 @@ service fed the models with what the training join computes for the same
 impressions. It finds no skew; the same log with one feature served differently
 is caught."""
 
+import json
 import os
 import shutil
 
@@ -14,10 +15,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys.app.data_check import check_span
-from recsys.components.validate.validate import ValidationFailed
+from recsys.components.validate.validate import SUMMARY_FILE, ValidationFailed, validate
 from recsys.core.contracts import (
     CLICKED,
+    DATASET_SCHEMAS,
     EVENT_ID,
     EVENT_TS,
     IMPRESSIONS,
@@ -107,26 +108,44 @@ def served_day(stages, tiny_data, tmp_path_factory):
     return {"data": str(data), "day": day, "root": root}
 
 
-def check(data: str, workdir: str):
-    return check_span(data, workdir, {"lookback_days": LOOKBACK_DAYS, "eval_days": EVAL_DAYS})
+@pytest.fixture(scope="session")
+def next_run(served_day):
+    """The next run's ingest, join and validate on the served day (the pipeline's
+    own stages, as `recsys check` runs them)."""
+    from recsys.pipelines.in_process import run_in_process
+
+    workdir = str(served_day["root"] / "check")
+    arguments = {
+        "data_root": served_day["data"],
+        "serving_root": "",
+        "lookback_days": LOOKBACK_DAYS,
+        "eval_days": EVAL_DAYS,
+    }
+    return run_in_process(workdir, arguments, stop_after="validate")
 
 
-def test_what_the_service_served_passes_the_next_runs_skew_check(served_day):
-    result = check(served_day["data"], str(served_day["root"] / "check"))
-    counts, summary = result["ingest"], result["validate"]
+def test_what_the_service_served_passes_the_next_runs_skew_check(next_run):
+    counts = dict(next_run.artifact("ingest", "ingest_metrics").metadata)
+    with open(os.path.join(next_run.artifact("validate", "anomalies").path, SUMMARY_FILE)) as f:
+        summary = json.load(f)
     assert counts["serving_log_read"] == REQUESTS * PAGE
     assert counts["serving_log_quarantined"] == 0
     assert summary["measurements"]["skew"], summary["notes"]  # skew was measured
-    assert not [a for a in summary["anomalies"] if a.kind == "skew"], summary["markdown"]
+    assert not [a for a in summary["anomalies"] if a["kind"] == "skew"], summary["markdown"]
 
 
-def test_a_feature_served_differently_is_caught(served_day, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(served_day["data"], data)
-    log = read_dataset(str(data / SERVING_LOG))
+def test_a_feature_served_differently_is_caught(next_run, tmp_path):
+    """The same check, on the same data, with the service's log tampered with."""
+    paths = next_run.paths()
+    datasets = {}
+    for name in DATASET_SCHEMAS:
+        datasets[name] = str(tmp_path / name)
+        shutil.copytree(paths[name], datasets[name])
+    log = read_dataset(datasets[SERVING_LOG])
     log["user_impressions_7d"] = log["user_impressions_7d"] * 3  # counted three times
-    shutil.rmtree(data / SERVING_LOG)
-    write_dataset(log, str(data / SERVING_LOG))
+    shutil.rmtree(datasets[SERVING_LOG])
+    write_dataset(log, datasets[SERVING_LOG])
+    span_start = next_run.artifact("ingest", "ingest_metrics").metadata["span_start"]
     with pytest.raises(ValidationFailed) as failure:
-        check(str(data), str(tmp_path / "check"))
+        validate(datasets, "", str(tmp_path / "stats"), str(tmp_path / "anomalies"), span_start)
     assert "user_impressions_7d" in str(failure.value) and "skew" in str(failure.value)

@@ -38,7 +38,7 @@ from recsys.serving.snapshot import FeatureSnapshot
 EVENTS_PER_USER = 1000
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(OSError):
     """The store cannot be reached or holds something unreadable; the message says which."""
 
 
