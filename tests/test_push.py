@@ -227,14 +227,21 @@ def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
         for version in root_.version_dirs(serving_root, name):
             if not local and version not in committed:
                 continue
+            path = storage.join(serving_root, name, str(version))
             try:
-                digest = root_.content_hash({"": storage.join(serving_root, name, str(version))})
+                digest = root_.content_hash({"": path})
             except FileNotFoundError:
                 continue
-            # Removal deletes the record before the files: a record still there after
-            # hashing means no file was deleted while it was read.
-            still_committed = local or root_.read_record(serving_root, version) is not None
-            if digest not in hashes and still_committed:
+            # Locally, removal renames the directory away in one step; a directory
+            # walk that races the rename lists part of it without an error, so a
+            # directory gone after hashing was removed, not exposed incomplete.
+            # In a bucket, removal deletes the record before the files: a record still
+            # there after hashing means no file was deleted while it was read.
+            if local:
+                still_there = storage.isdir(path)
+            else:
+                still_there = root_.read_record(serving_root, version) is not None
+            if digest not in hashes and still_there:
                 problems.append(f"{name}/{version} is visible but incomplete")
     for name, version in root_.served_versions(serving_root).items():
         if root_.read_record(serving_root, version) is None:
