@@ -4,6 +4,8 @@ index, the serving log, and what it refuses."""
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +20,7 @@ from recsys.core.requests import raw_arrays
 from recsys.core.tables import read_dataset
 from recsys.serving import Context, Funnel
 from recsys.serving.retrieval import ModelRetrieval, index_retrieval
-from recsys.serving.service import Service, ServiceConfig, create_app
+from recsys.serving.service import Service, ServiceConfig, create_app, materialize
 from tests.servers import redis_server
 
 pytestmark = pytest.mark.xdist_group("stages")
@@ -272,9 +274,10 @@ def test_a_failing_serving_log_never_fails_a_request(pushed_root, tmp_path, monk
 
 
 def test_redis_store_serves_what_the_embedded_one_does(pushed_root, request_at, tmp_path):
-    """Two replicas on one Redis: the version is materialized once, both serve the
-    embedded store's pages, an event sent to one reaches the other; Redis gone is a
-    503 that says so, not a 500."""
+    """Two replicas on one Redis: the version is materialized once (the replicas
+    race for it; `recsys materialize` after that finds it done), both serve the
+    embedded store's pages, an event sent to one reaches the other; Redis gone is
+    a 503 that says so, not a 500."""
     users = known_users(pushed_root, 3)
     with redis_server(str(tmp_path)) as (url, redis_process):
         first = Service(ServiceConfig(pushed_root, feature_store=url, retrieval="model"))
@@ -287,6 +290,16 @@ def test_redis_store_serves_what_the_embedded_one_does(pushed_root, request_at, 
         ):
             stores = [started(client).get("/readyz").json()["feature_store"] for client in (a, b)]
             assert sorted(store["materialized"] for store in stores) == [False, True]
+            again = materialize(pushed_root, url)  # the command after a push
+            assert again["version"] == 1 and not again["materialized"]
+            assert again["users"] == stores[0]["users"] == len(known_users(pushed_root, 10**6))
+            command = [sys.executable, "-m", "recsys.app.cli", "materialize"]
+            printed = subprocess.run(
+                [*command, "--serving-root", pushed_root, "--feature-store", url],
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert f"version 1: {again['users']} users already there" in printed
             started(c)
             import redis
 

@@ -304,6 +304,14 @@ def _serve(args):
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 
+def _materialize(args):
+    from recsys.serving.service import materialize
+
+    report = materialize(args.serving_root, args.feature_store)
+    done = "written" if report["materialized"] else "already there"
+    print(f"version {report['version']}: {report['users']} users {done} in {args.feature_store}")
+
+
 def _versions(args):
     from recsys.serving import serving_root as root_
 
@@ -628,6 +636,14 @@ def main(argv=None):
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(func=_serve)
+
+    materialize = commands.add_parser(
+        "materialize",
+        help="write the served version's user features into the online store (after a push)",
+    )
+    materialize.add_argument("--serving-root", required=True)
+    materialize.add_argument("--feature-store", required=True, help="redis://HOST:6379/0")
+    materialize.set_defaults(func=_materialize)
 
     versions = commands.add_parser(
         "versions", help="pushed versions, which are served, and recent pushes and rollbacks"

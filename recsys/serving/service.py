@@ -152,6 +152,30 @@ class Bundle:
             thing.close()
 
 
+def store_key(serving_root: str, version: int) -> str:
+    """What the online store calls a version's rows: its number and content hash
+    (two roots sharing one store, or a root made again, never mix rows)."""
+    record = root_.read_record(serving_root, version) or {}
+    return f"{version}-{record.get('content_hash', 'unrecorded')[:12]}"
+
+
+def materialize(serving_root: str, feature_store: str) -> dict:
+    """Write the served version's user rows into the online store, as a service does
+    when it first loads a version: run after a push, so no replica pays for it."""
+    served = root_.served_versions(serving_root)
+    if not served:
+        raise root_.ServingRootError(f"nothing is served under {serving_root}: push first")
+    if feature_store in ("", "embedded"):
+        raise ValueError("materialize writes to a shared store: give a Redis URL")
+    version = served[RETRIEVAL]
+    snapshot = FeatureSnapshot.load(storage.join(serving_root, SNAPSHOT_DIR, str(version)))
+    store = open_store(feature_store)
+    try:
+        return {"version": version, **store.prepare(store_key(serving_root, version), snapshot)}
+    finally:
+        store.close()
+
+
 def _longest_history(funnel: Funnel) -> int:
     """Pushes without snapshot.json: the longest history in the snapshot (the join's
     history_length when any user has that many clicks)."""
@@ -294,8 +318,7 @@ class Service:
         snapshot = FeatureSnapshot.load(snapshot_dir)
         meta_path = storage.join(snapshot_dir, SNAPSHOT_META)
         meta = json.loads(storage.read_text(meta_path)) if storage.exists(meta_path) else {}
-        record = root_.read_record(root, version) or {}
-        key = f"{version}-{record.get('content_hash', 'unrecorded')[:12]}"
+        key = store_key(root, version)
         backend = self._backend(served)
         owned = [backend] if self.config.backend == "in-process" else []
         retrieval = None
