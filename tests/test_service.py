@@ -350,3 +350,22 @@ def test_a_replaced_version_closes_after_its_last_request():
     assert not bundle.acquire()  # a late request takes the new bundle instead
     bundle.retire()
     assert closed == [True]  # closed once
+
+
+def test_switching_the_ranker_alone_keeps_serving(stages, request_at, tmp_path):
+    """A rollback of one model keeps the other's version, and so the snapshot and
+    the store's rows: the switch must not drop what the new bundle still reads."""
+    from recsys.serving import serving_root as root_
+    from tests.conftest import push_stages
+
+    root = str(tmp_path / "serving")
+    assert push_stages(stages, root)["pushed"]
+    assert push_stages(stages, root, rerank='{"k": 10, "max_per_creator": 1}')["pushed"]
+    service = Service(ServiceConfig(root, retrieval="model", reload_seconds=3600))
+    assert service.reload() and service.bundle.versions == {"retrieval": 2, "ranking": 2}
+    root_.rollback(root, "ranking", 1, reason="test")
+    assert service.reload() and service.bundle.versions == {"retrieval": 2, "ranking": 1}
+    body = service.recommend(known_users(root)[0], pd.Timestamp(request_at), k=3)
+    assert body["versions"] == {"retrieval": 2, "ranking": 1, "features": 2}
+    assert len(body["items"]) == 3 and body["known_user"]
+    service.close()

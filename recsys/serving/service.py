@@ -268,10 +268,13 @@ class Service:
                 self.status = f"not ready: nothing is served under {self.config.serving_root}"
             return False
         started = time.monotonic()
+        bundle = None
         try:
             bundle = self._load(served)
             self._warm(bundle)
         except Exception as error:  # any failure to load keeps the old version serving
+            if bundle is not None:
+                self._discard(bundle)
             self._failed = served
             self._report_failure(served, f"{type(error).__name__}: {error}")
             return False
@@ -284,9 +287,16 @@ class Service:
         self.status = f"ready: serving {_versions(served)}"
         logger.info("serving %s (loaded in %.1f s)", served, time.monotonic() - started)
         if previous is not None:
-            previous.retire()
-            self.store.retire(previous.key)
+            self._discard(previous)
         return True
+
+    def _discard(self, bundle: Bundle) -> None:
+        """Close ``bundle`` after its last request, and drop its rows from the store
+        unless the current bundle reads the same ones (a switch of the ranker alone
+        keeps the retrieval version, and so the snapshot)."""
+        bundle.retire()
+        if self.bundle is None or self.bundle.key != bundle.key:
+            self.store.retire(bundle.key)
 
     def _report_failure(self, served, reason: str) -> None:
         self.metrics.reloads.labels("failed").inc()
