@@ -394,9 +394,10 @@ class Service:
         # as the join would for an event at the request's time.
         if events is not None:
             events = events[events[EVENT_TS].to_numpy() >= (bundle.as_of or 0)]
+        if row is None:  # the cold-start row, built once for this request
+            row = bundle.funnel.features.registry.missing_row("user", user_id)
         if events is not None and not events.empty:
-            base = row if row is not None else bundle.funnel.features.user(user_id)[0]
-            row = apply_events(base, events, bundle.history_length, int(context.at.timestamp()))
+            row = apply_events(row, events, bundle.history_length, int(context.at.timestamp()))
         features_seconds = time.perf_counter() - started
         result = bundle.funnel.recommend(user_id, context, k, exclude, user_row=row, log=log)
         page = result.items
