@@ -138,9 +138,9 @@ def test_serving_log_is_ingested_as_the_serving_log(stages, pushed_root, tiny_da
         np.testing.assert_allclose(mine["item_ctr_7d"], funnel.features.items["item_ctr_7d"][items])
 
     data = tmp_path / "data"
-    for name in os.listdir(tiny_data):
-        if not name.startswith("serving_log"):
-            shutil.copy(os.path.join(tiny_data, name), data / name)
+    shutil.copytree(
+        tiny_data, data, ignore=shutil.ignore_patterns("serving_log*"), dirs_exist_ok=True
+    )
     outputs = {name: str(tmp_path / "out" / name) for name in INGEST_OUTPUTS}
     counts = ingest(
         str(data), outputs, IngestConfig(lookback_days=LOOKBACK_DAYS, eval_days=EVAL_DAYS)

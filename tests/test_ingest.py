@@ -68,6 +68,8 @@ def test_ingest_writes_every_table_and_drops_future_snapshots(tiny_data, tmp_pat
     assert len(evaluation) == counts["eval_events"] > 0
     assert train["event_ts"].max() < counts["eval_start"] <= evaluation["event_ts"].min()
     assert train["event_ts"].dtype == np.int64
+    # The optional propensity column is kept when the data has it.
+    assert evaluation["propensity"].between(0, 1, inclusive="right").all()
     snapshots = read_dataset(outputs["user_features"])
     assert (snapshots["feature_ts"] <= counts["as_of"]).all()
     # The tiny data has a snapshot stamped exactly at as_of (serving uses it), none later.
@@ -170,6 +172,16 @@ FAULTS = {
         lambda f, r: _text_value(f, r, "item_id", "v999999"),
         "unknown_item_id",
         "item_id",
+    ),
+    "zero propensity": (
+        lambda f, r: _text_value(f, r, "propensity", 0.0),
+        "out_of_range",
+        "propensity",
+    ),
+    "propensity above 1": (
+        lambda f, r: _text_value(f, r, "propensity", 1.5),
+        "out_of_range",
+        "propensity",
     ),
     "watch longer than video": (
         lambda f, r: _text_value(f, r, "watch_seconds", 86000.0),

@@ -369,3 +369,35 @@ def test_switching_the_ranker_alone_keeps_serving(stages, request_at, tmp_path):
     assert body["versions"] == {"retrieval": 2, "ranking": 1, "features": 2}
     assert len(body["items"]) == 3 and body["known_user"]
     service.close()
+
+
+def test_an_exploring_service_returns_each_items_propensity(pushed_root, request_at):
+    """Half the requests show a softmax draw in the last slot; the first items are the
+    ranked page's, certain, and the last item appears as often as its propensity."""
+    from collections import Counter
+
+    from recsys.serving.exploration import ExplorationConfig
+
+    user = known_users(pushed_root)[1]
+    ranked = Funnel.from_serving_root(pushed_root).recommend(
+        user, Context(pd.Timestamp(request_at)), k=5, log=False
+    )
+    ranked_ids = list(ranked.items["item_id"])
+    assert ranked.items["propensity"].tolist() == [1.0] * 5  # no exploration: certain
+    exploring = ExplorationConfig(share=0.5, temperature=0.05)
+    service = Service(ServiceConfig(pushed_root, retrieval="model", exploration=exploring))
+    shown, propensity, requests = Counter(), {}, 300
+    with TestClient(create_app(service)) as client:
+        started(client)
+        for _ in range(requests):
+            items = client.post(
+                "/v1/recommend", json={"user_id": user, "k": 5, "at": request_at}
+            ).json()["items"]
+            assert [item["item_id"] for item in items[:4]] == ranked_ids[:4]
+            assert [item["propensity"] for item in items[:4]] == [1.0] * 4
+            shown[items[4]["item_id"]] += 1
+            propensity[items[4]["item_id"]] = items[4]["propensity"]
+    assert len(shown) > 1 and propensity[ranked_ids[4]] > 0.5
+    for item, p in propensity.items():
+        sd = np.sqrt(p * (1 - p) / requests)
+        assert abs(shown[item] / requests - p) < 4 * sd + 0.01, (item, shown[item], p)

@@ -206,6 +206,8 @@ def _simulate(args):
     from recsys.app import local_run
     from recsys.app.simulate import simulate
 
+    if args.experiment:
+        return _simulate_experiment(args)
     result = simulate(
         args.workdir,
         args.days,
@@ -224,6 +226,46 @@ def _simulate(args):
             f"{day['served_version']}"
         )
     print(f"timeline: {os.path.join(result['workdir'], 'timeline.html')} (and timeline.png)")
+
+
+def _simulate_experiment(args):
+    from recsys.app import experiment, local_run
+    from recsys.app.ab_simulation import simulate_experiment
+    from recsys.serving.experiment import Experiment
+
+    if args.drift_day:
+        raise ValueError("--experiment runs on the world as generated: drop --drift-day")
+    result = simulate_experiment(
+        args.workdir,
+        Experiment.load(args.experiment),
+        args.days,
+        args.lookback_days,
+        args.eval_days,
+        args.users,
+        args.items,
+        args.seed,
+        local_run.load_config(args.config),
+    )
+    print(experiment.markdown(result))
+    out = os.path.join(os.path.abspath(args.workdir), "experiment")
+    print(f"report: {os.path.join(out, 'experiment.html')} (and experiment.json)")
+
+
+def _experiment_report(args):
+    from recsys.app import experiment
+    from recsys.serving.experiment import Experiment
+
+    result = experiment.report(
+        args.exposures,
+        args.impressions,
+        Experiment.load(args.experiment) if args.experiment else None,
+        args.control or "",
+        args.watch_weight,
+    )
+    print(experiment.markdown(result))
+    if args.out:
+        experiment.write(result, args.out)
+        print(f"written: {args.out}/experiment.html and experiment.json")
 
 
 def _recommend(args):
@@ -274,6 +316,8 @@ def _serve(args):
 
     import uvicorn
 
+    from recsys.serving.experiment import Experiment
+    from recsys.serving.exploration import ExplorationConfig
     from recsys.serving.service import Service, ServiceConfig, create_app
 
     token = os.environ.get(args.token_env, "") if args.token_env else ""
@@ -295,6 +339,9 @@ def _serve(args):
         reload_seconds=args.reload_seconds,
         max_k=args.max_k,
         token=token,
+        exploration=ExplorationConfig(args.explore_share, args.explore_temperature),
+        experiment=Experiment.load(args.experiment) if args.experiment else None,
+        exposure_log=args.exposure_log or "",
     )
     app = create_app(Service(config))
     print(
@@ -568,7 +615,34 @@ def main(argv=None):
     simulate.add_argument("--items", type=int, default=400)
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--config", help="YAML file of pipeline parameters for every day")
+    simulate.add_argument(
+        "--experiment",
+        help="instead of daily retrains: train once, then run this A/B test file for "
+        "--days days, users responding as the world's ground truth draws it",
+    )
     simulate.set_defaults(func=_simulate)
+
+    experiment = commands.add_parser("experiment", help="A/B test results")
+    experiment_commands = experiment.add_subparsers(dest="experiment_command", required=True)
+    report = experiment_commands.add_parser(
+        "report", help="per-arm engagement with intervals and the lift over the control"
+    )
+    report.add_argument("--exposures", required=True, help="the exposure log directory")
+    report.add_argument(
+        "--impressions",
+        required=True,
+        help="a data root (its impressions table) or a directory of impression Parquet files",
+    )
+    report.add_argument("--experiment", help="the experiment file (for the sample-ratio check)")
+    report.add_argument("--control", help="the control arm (default: the first)")
+    report.add_argument(
+        "--watch-weight",
+        type=float,
+        default=1.0,
+        help="value = clicks + this x watched minutes (the ranker's score_watch_weight)",
+    )
+    report.add_argument("--out", help="write experiment.html and experiment.json here")
+    report.set_defaults(func=_experiment_report)
 
     recommend = commands.add_parser("recommend", help="top items for a user from pushed models")
     recommend.add_argument("--serving-root", required=True)
@@ -629,6 +703,26 @@ def main(argv=None):
     serve.add_argument("--serving-log", help="write the served features here (ingest's layout)")
     serve.add_argument("--reload-seconds", type=float, default=2.0, help="models.config poll")
     serve.add_argument("--max-k", type=int, default=100, help="largest page a request may ask")
+    serve.add_argument(
+        "--explore-share",
+        type=float,
+        default=0.0,
+        help="share of requests whose last slot shows an item drawn by softmax over the "
+        "final scores (each item's propensity is in the response); default 0: off",
+    )
+    serve.add_argument(
+        "--explore-temperature", type=float, default=1.0, help="softmax temperature (score units)"
+    )
+    serve.add_argument(
+        "--experiment",
+        help="an A/B test file (YAML): arms of funnel settings, users split by a stable "
+        "hash (README, 'Experiments')",
+    )
+    serve.add_argument(
+        "--exposure-log",
+        help="write what each request showed here: item, position, propensity, arm "
+        "(what `recsys experiment report` reads)",
+    )
     serve.add_argument(
         "--token-env",
         help="name of an environment variable holding a bearer token /v1/* requests "

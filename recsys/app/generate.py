@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 
 from recsys.core.aggregates import daily_view
-from recsys.core.contracts import IMPRESSIONS, ITEM_FEATURES, RAW_TABLES, USER_FEATURES
+from recsys.core.contracts import (
+    IMPRESSIONS,
+    ITEM_FEATURES,
+    PROPENSITY,
+    RAW_TABLES,
+    USER_FEATURES,
+)
 from recsys.core.derived import DAY, context_columns, item_age_days
+from recsys.core.ground_truth import HOUR_WEIGHTS, World, click_logit, respond
 from recsys.core.schemas import required_columns
 from recsys.core.tables import write_raw_tables
 
@@ -94,13 +101,19 @@ def generate(
     )
     users_frame, user_vectors, user_activity = _users(rng, users, start_ts, category_vectors)
 
-    affinity = user_vectors @ item_vectors.T / np.sqrt(LATENT_DIM)
-    affinity = (affinity - affinity.mean()) / affinity.std()
-    impressions = _impressions(
-        rng,
-        affinity,
+    world = World.of(
+        users_frame["user_id"],
+        user_vectors,
+        user_activity,
+        items_frame["item_id"],
+        item_vectors,
         item_quality,
         item_popularity,
+        items_frame["duration_s"],
+    )
+    impressions = _impressions(
+        rng,
+        world,
         user_activity,
         items_frame,
         days,
@@ -139,12 +152,14 @@ def generate(
     tables = {
         "users": users_frame,
         "items": items_frame,
-        "impressions": impressions[required_columns(RAW_TABLES[IMPRESSIONS].schema)],
+        "impressions": impressions[[*required_columns(RAW_TABLES[IMPRESSIONS].schema), PROPENSITY]],
         "user_features": user_features,
         "item_features": item_features,
         "serving_log": serving_log,
     }
-    return write_raw_tables(tables, out)
+    counts = write_raw_tables(tables, out)
+    world.save(out)
+    return counts
 
 
 def _items(rng, n, start_ts, category_vectors):
@@ -190,9 +205,7 @@ def _users(rng, n, start_ts, category_vectors):
 
 def _impressions(
     rng,
-    affinity,
-    quality,
-    popularity,
+    world,
     activity,
     items_frame,
     days,
@@ -201,6 +214,7 @@ def _impressions(
     drift,
     drift_day,
 ):
+    affinity, quality = world.affinity_matrix(), world.quality
     n_users, n_items = affinity.shape
     rate = np.full(days, per_user_day)
     if drift == "volume":
@@ -212,70 +226,36 @@ def _impressions(
         if per_user.sum()
         else np.array([], dtype=np.int64)
     )
-    # The incumbent recommender shows a taste/popularity mix, so exposure itself is biased.
-    exposure_logits = 1.5 * affinity + np.log(popularity)[None, :]
-    drifted_logits = exposure_logits
+    # The incumbent recommender shows a taste/popularity mix, so exposure itself is
+    # biased; each impression is one draw from its softmax over the catalog.
+    drift_logits = 0.0
     if drift == "category":
         category = items_frame["category"]
         pushed = category.value_counts().index[-1]
-        drifted_logits = exposure_logits + 2.5 * (category.to_numpy() == pushed)[None, :]
+        drift_logits = 2.5 * (category.to_numpy() == pushed)[None, :]
     elif drift == "numeric":
-        drifted_logits = (
-            exposure_logits + 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
-        )
+        drift_logits = 2.0 * np.log(items_frame["duration_s"].to_numpy() / 240.0)[None, :]
     user_index = np.repeat(np.arange(n_users), per_user)
     uniform = rng.random(len(user_index))
     item_index = np.empty(len(user_index), dtype=np.int64)
+    propensity = np.empty(len(user_index))
     offsets = np.concatenate([[0], np.cumsum(per_user)])
     drifted = day >= drift_day if drift in ("category", "numeric") else np.zeros(len(day), bool)
-    passes = [(exposure_logits, ~drifted)] + ([(drifted_logits, drifted)] if drifted.any() else [])
-    for logits, rows in passes:
-        exposure = np.exp(logits - logits.max(axis=1, keepdims=True))
+    passes = [(0.0, ~drifted)] + ([(drift_logits, drifted)] if drifted.any() else [])
+    for extra_logits, rows in passes:
+        probabilities = world.logging_probabilities(extra_logits)
         # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
-        cdf = np.cumsum(exposure / exposure.sum(axis=1, keepdims=True), axis=1)
+        cdf = np.cumsum(probabilities, axis=1)
         for u in range(n_users):  # per user, vectorised within the user
             lo, hi = offsets[u], offsets[u + 1]
             mine = lo + np.flatnonzero(rows[lo:hi])
             item_index[mine] = np.minimum(np.searchsorted(cdf[u], uniform[mine]), n_items - 1)
-    hour_weights = np.array(
-        [
-            1,
-            0.6,
-            0.4,
-            0.3,
-            0.3,
-            0.4,
-            0.7,
-            1.0,
-            1.2,
-            1.2,
-            1.2,
-            1.3,
-            1.5,
-            1.4,
-            1.3,
-            1.3,
-            1.5,
-            1.8,
-            2.2,
-            2.6,
-            2.8,
-            2.5,
-            2.0,
-            1.4,
-        ]
-    )
-    hour = rng.choice(24, len(user_index), p=hour_weights / hour_weights.sum())
+            propensity[mine] = probabilities[u, item_index[mine]]
+    hour = rng.choice(24, len(user_index), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     event_ts = start_ts + day * DAY + hour * 3600 + rng.integers(0, 3600, len(user_index))
 
-    evening_boost = np.where(hour >= 18, 0.3, 0.0)
-    logit = 2.5 * affinity[user_index, item_index] + quality[item_index] + evening_boost - 3.0
-    clicked = (rng.random(len(user_index)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-    duration = items_frame["duration_s"].to_numpy()[item_index]
-    watched_fraction = np.clip(
-        rng.beta(2, 2, len(user_index)) * (0.6 + 0.2 * logit.clip(-2, 2)), 0.02, 1.0
-    )
-    watch_seconds = np.where(clicked == 1, (duration * watched_fraction).round(1), 0.0)
+    logit = click_logit(affinity[user_index, item_index], quality[item_index], hour)
+    clicked, watch_seconds = respond(rng, logit, world.duration_s[item_index])
 
     order = np.argsort(event_ts, kind="stable")
     frame = pd.DataFrame(
@@ -285,6 +265,7 @@ def _impressions(
             "item_index": item_index[order],
             "clicked": clicked[order],
             "watch_seconds": watch_seconds[order],
+            PROPENSITY: propensity[order],
         }
     )
     frame.insert(0, "event_id", [f"e{i:09d}" for i in range(len(frame))])

@@ -27,6 +27,12 @@ TIMESTAMP_SUFFIX = "_ts"
 UNKNOWN = "__unknown__"
 # An item's length: a watch cannot be longer (ingest's watch_exceeds_duration rule).
 ITEM_DURATION = "duration_s"
+# Optional on impressions: the probability with which the logging policy showed the
+# item (off-policy evaluation weighs each impression by its inverse).
+PROPENSITY = "propensity"
+# The exposure log (recsys serve --exposure-log): per shown item, its request, its
+# position on the page and the experiment arm that served it.
+REQUEST_ID, POSITION, ARM = "request_id", "position", "arm"
 
 # --- raw tables and the datasets between stages ----------------------------------------
 
@@ -62,6 +68,9 @@ RAW_TABLES = {
         RawTable(SERVING_LOG, "examples", SERVING, key=EVENT_ID, optional=True),
     )
 }
+
+# Under a synthetic data root: the world the generator drew (recsys.core.ground_truth).
+GROUND_TRUTH_DIR = "ground_truth"
 
 # Datasets ingest writes (Dataset artifacts), each from the raw table of the same name
 # but the events, which are split by time.

@@ -160,9 +160,10 @@ def wire(stages, p: Arguments) -> dict:
     stages.configure(infra, cpu="1", memory="4G")
 
     # 8. evaluate: value thresholds (retrieval against popularity, ranking
-    #    calibration), the whole funnel, change thresholds against the model serving
-    #    now (overall and per slice) and infra validation; writes the blessing with
-    #    every check. No cache: the serving model it compares with changes.
+    #    calibration), the whole funnel and what each stage adds (off policy with
+    #    logged propensities, in truth on synthetic data), change thresholds against
+    #    the model serving now (overall and per slice) and infra validation; writes
+    #    the blessing with every check. No cache: the serving model it compares with changes.
     tasks["evaluate"] = evaluation = stages.evaluate(
         train_examples=joined.outputs[contracts.TRAIN_EXAMPLES],
         eval_examples=joined.outputs[contracts.EVAL_EXAMPLES],
@@ -171,10 +172,14 @@ def wire(stages, p: Arguments) -> dict:
         retrieval_model=retrieval.outputs["retrieval_model"],
         ranking_model=ranking.outputs["ranking_model"],
         eval_item_snapshot=joined.outputs[contracts.EVAL_ITEM_SNAPSHOT],
+        eval_events=ingested.outputs[contracts.EVAL_EVENTS],
         infra_validation=infra.outputs["infra_validation"],
         schema_dir=p["schema_dir"],
         rerank=p["rerank"],
         serving_root=p["serving_root"],
+        data_root=p["data_root"],
+        # Pages are valued as the ranker's score values an impression.
+        score_watch_weight=p["ranking_score_watch_weight"],
         **p.of(Thresholds),
     )
     stages.configure(evaluation, cpu="2", memory="8G", cache=False)

@@ -18,21 +18,28 @@ import pandas as pd
 
 from recsys.core import storage
 from recsys.core.contracts import (
+    ARM,
     EVENT_TS,
     ITEM_ID,
     ITEM_IDS,
     MODEL_OUTPUTS,
+    POSITION,
+    PROPENSITY,
     RANKING,
+    REQUEST_ID,
     RETRIEVAL,
     SCORE,
     SCORES,
     SNAPSHOT_DIR,
     UNKNOWN,
+    USER_ID,
 )
 from recsys.core.derived import context_columns
 from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.requests import raw_arrays
 from recsys.serving.backends import InProcessBackend
+from recsys.serving.experiment import Arm
+from recsys.serving.exploration import ExplorationConfig, explore
 from recsys.serving.rerank import Candidates, RerankConfig, rerank
 from recsys.serving.retrieval import ModelRetrieval
 from recsys.serving.serving_log import ServingLog
@@ -68,6 +75,22 @@ class Recommendations:
     known_user: bool
     removed: dict  # candidates removed before the page: rule -> count
     milliseconds: dict = field(default_factory=dict)  # per step
+    arm: str | None = None  # the experiment arm that served it
+
+
+@dataclass
+class ScoredCandidates:
+    """Many queries' retrieved candidates, ranked, as flat arrays grouped by query (in
+    query order): ``query_of`` says whose each candidate is."""
+
+    n_queries: int
+    query_of: np.ndarray
+    item_ids: np.ndarray
+    rows: np.ndarray  # snapshot rows of the items
+    retrieval_scores: np.ndarray
+    ranked: dict[str, np.ndarray]  # the ranker's outputs (contracts.MODEL_OUTPUTS)
+    missing: np.ndarray  # per query: retrieved items the snapshot does not have
+    queries: dict[str, np.ndarray]  # the raw query columns
 
 
 # Rows per model call when many queries are scored at once (offline evaluation).
@@ -83,10 +106,19 @@ class Funnel:
         serving_log: "ServingLog | None" = None,
         version: int | None = None,
         retrieval=None,
+        exploration: ExplorationConfig = ExplorationConfig(),
+        rng: np.random.Generator | None = None,
+        exposure_log: "ServingLog | None" = None,
     ):
         """``retrieval``: where candidates come from (``recsys.serving.retrieval``);
-        default the retrieval model's own top-K behind ``backend``."""
+        default the retrieval model's own top-K behind ``backend``. ``exploration``:
+        the share of requests whose last slot explores (``recsys.serving.exploration``);
+        ``rng`` draws it. ``exposure_log``: what each request showed, with each item's
+        position, propensity and the request's arm (what ``recsys experiment report``
+        and off-policy evaluation read)."""
         self.backend, self.features, self.config = backend, features, rerank_config
+        self.exploration, self.rng = exploration, rng or np.random.default_rng()
+        self.exposure_log = exposure_log
         self.serving_log, self.version = serving_log, version
         self.retrieval = retrieval or ModelRetrieval(backend)
         self.retrieval_signature = self.retrieval.signature
@@ -122,34 +154,53 @@ class Funnel:
         exclude=(),
         user_row: dict | None = None,
         log: bool = True,
+        arm: "Arm | None" = None,
     ) -> Recommendations:
         """One request: the user's features (``user_row`` when an online store gave
         them, else the snapshot's) plus the context; ``exclude``: item ids not to show.
-        ``log``: write it to the serving log (if there is one; not for warmups)."""
+        ``log``: write it to the serving and exposure logs (if any; not for warmups).
+        ``arm``: the experiment arm whose settings serve it (``recsys.serving.experiment``)."""
         clock = {}
         if user_row is not None:
             user, known = user_row, True
         else:
             user, known = self.features.user(str(user_id))
         query = {**user, **(context or Context()).columns()}
-        ((page, removed, served_rows),) = self.pages(query, k, clock, exclude)
+        ((page, removed, served_rows),) = self.pages(query, k, clock, exclude, arm)
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
         if self.serving_log is not None and log:
-            started = time.perf_counter()
             self.serving_log.append(
                 request_id,
                 query,
                 {name: self.features.items[name][served_rows] for name in self.item_inputs},
             )
+        if self.exposure_log is not None and log:
+            self.exposure_log.append(
+                request_id,
+                {
+                    EVENT_TS: query[EVENT_TS],
+                    REQUEST_ID: np.array([request_id]),
+                    USER_ID: np.array([str(user_id)]),
+                    ARM: np.array([arm.name if arm else ""]),
+                },
+                {
+                    ITEM_ID: page[ITEM_ID].to_numpy(),
+                    POSITION: np.arange(len(page)),
+                    PROPENSITY: page[PROPENSITY].to_numpy(),
+                    "version": np.full(len(page), -1 if self.version is None else self.version),
+                },
+            )
+        if log and (self.serving_log is not None or self.exposure_log is not None):
             clock["log"] = (time.perf_counter() - started) * 1000
-        return Recommendations(page, request_id, self.version, known, removed, clock)
+        return Recommendations(
+            page, request_id, self.version, known, removed, clock, arm.name if arm else None
+        )
 
-    def pages(
-        self, queries: dict, k: int | None = None, clock: dict | None = None, exclude=()
-    ) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
-        """Pages for many queries at once (raw query columns, one row per query):
-        one (page, removed-counts, snapshot rows of the page's items) per query.
-        ``clock`` collects milliseconds per step; ``exclude``: item ids no page shows."""
+    def candidates(self, queries: dict, clock: dict | None = None) -> "ScoredCandidates":
+        """Retrieval and ranking for many queries at once (raw query columns, one row
+        per query): every retrieved candidate the snapshot has, with the ranker's
+        outputs. ``clock`` collects milliseconds per step."""
         if isinstance(queries, pd.DataFrame):
             queries = {name: queries[name].to_numpy() for name in queries.columns}
         started = time.perf_counter()
@@ -168,8 +219,10 @@ class Funnel:
         retrieval_scores = retrieved[SCORES].ravel()
         rows = self.features.item_rows(item_ids)
         in_snapshot = rows >= 0
-        query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
-        item_ids, rows, retrieval_scores = (
+        query_of = np.repeat(np.arange(n_queries), n_retrieved)
+        missing = np.bincount(query_of[~in_snapshot], minlength=n_queries)
+        query_of, item_ids, rows, retrieval_scores = (
+            query_of[in_snapshot],
             item_ids[in_snapshot],
             rows[in_snapshot],
             retrieval_scores[in_snapshot],
@@ -188,8 +241,39 @@ class Funnel:
             lambda arrays: self.backend.predict(RANKING, arrays), RANKING, inputs
         )
         lap("ranking")
+        return ScoredCandidates(
+            n_queries, query_of, item_ids, rows, retrieval_scores, ranked, missing, queries
+        )
 
-        config = replace(self.config, k=k) if k else self.config
+    def pages(
+        self,
+        queries: dict,
+        k: int | None = None,
+        clock: dict | None = None,
+        exclude=(),
+        arm: "Arm | None" = None,
+    ) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
+        """Pages for many queries at once (raw query columns, one row per query):
+        one (page, removed-counts, snapshot rows of the page's items) per query.
+        ``clock`` collects milliseconds per step; ``exclude``: item ids no page shows;
+        ``arm``: an experiment arm's order, rules and exploration instead of the
+        funnel's."""
+        scored = self.candidates(queries, clock)
+        started = time.perf_counter()
+        query_of, item_ids, rows, ranked = (
+            scored.query_of,
+            scored.item_ids,
+            scored.rows,
+            scored.ranked,
+        )
+        config = arm.rules(self.config) if arm else self.config
+        config = replace(config, k=k) if k else config
+        exploration = arm.exploration if arm else self.exploration
+        # What orders the candidates: the ranker's score, or retrieval's for an arm
+        # that measures the funnel without its ranking stage.
+        order_scores = (
+            scored.retrieval_scores if arm and arm.order == "retrieval" else ranked[SCORE]
+        )
         registry, attribute = self.features.registry, self.features.item_attribute
         # A role no feature plays switches its rules off: unknown creators and
         # categories are never capped, and an infinite age gets no freshness boost.
@@ -198,18 +282,15 @@ class Funnel:
             for role, absent in (("creator", UNKNOWN), ("category", UNKNOWN), ("item_age", np.inf))
         )
         embeddings = self.features.embeddings
-        histories = queries.get(HISTORY_ITEMS)
-        bounds = np.searchsorted(query_of, np.arange(n_queries + 1))
-        missing = np.bincount(
-            np.repeat(np.arange(n_queries), n_retrieved)[~in_snapshot], minlength=n_queries
-        )
+        histories = scored.queries.get(HISTORY_ITEMS)
+        bounds = np.searchsorted(query_of, np.arange(scored.n_queries + 1))
         results = []
-        for query in range(n_queries):
+        for query in range(scored.n_queries):
             mine = slice(bounds[query], bounds[query + 1])
             page = rerank(
                 Candidates(
                     item_ids[mine],
-                    np.asarray(ranked[SCORE][mine], dtype=np.float64),
+                    np.asarray(order_scores[mine], dtype=np.float64),
                     creators[mine],
                     categories[mine],
                     ages[mine],
@@ -219,13 +300,19 @@ class Funnel:
                 watched=list(histories[query]) if histories is not None else [],
                 excluded=exclude,
             )
-            chosen = page.positions + bounds[query]
+            shown, propensity = explore(
+                page.positions, page.eligible, page.eligible_scores, exploration, self.rng
+            )
+            final_scores = np.zeros(bounds[query + 1] - bounds[query])
+            final_scores[page.eligible] = page.eligible_scores
+            chosen = shown + bounds[query]
             frame = pd.DataFrame(
                 {
                     ITEM_ID: item_ids[chosen],
-                    "score": page.scores,
+                    "score": final_scores[shown],
                     **{name: ranked[name][chosen] for name in self._ranking_outputs},
-                    "retrieval_score": retrieval_scores[chosen],
+                    "retrieval_score": scored.retrieval_scores[chosen],
+                    PROPENSITY: propensity,
                     **{
                         registry.role(role): values[chosen]
                         for role, values in (("category", categories), ("creator", creators))
@@ -234,9 +321,14 @@ class Funnel:
                 }
             )
             results.append(
-                (frame, {"not_in_snapshot": int(missing[query]), **page.removed}, rows[chosen])
+                (
+                    frame,
+                    {"not_in_snapshot": int(scored.missing[query]), **page.removed},
+                    rows[chosen],
+                )
             )
-        lap("rerank")
+        if clock is not None:
+            clock["rerank"] = (time.perf_counter() - started) * 1000
         return results
 
     def _predict(self, predict, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -48,7 +48,10 @@ class RerankConfig:
     these defaults)."""
 
     k: int = 10
-    max_per_creator: int = 2  # 0 = no cap
+    # Caps are off by default: on the sample, the ground truth says a cap of 2 per
+    # creator costs 2% of a page's value (its users have no taste for variety); a
+    # product that wants variety sets them (README, "What each stage adds").
+    max_per_creator: int = 0  # 0 = no cap
     max_per_category: int = 0  # 0 = no cap
     mmr_lambda: float = 1.0  # 1 = relevance only; lower trades relevance for diversity
     freshness_boost: float = 0.0  # 0 = off; 0.2 = a new item's score x 1.2
@@ -89,6 +92,10 @@ class Reranked:
     positions: np.ndarray  # indices into the Candidates arrays, in page order
     scores: np.ndarray  # the boosted scores of the chosen items
     removed: dict  # rule -> number of candidates it removed
+    # Every candidate the filters (1-3) left, best boosted score first, and the
+    # boosted scores: what exploration may draw from.
+    eligible: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    eligible_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def freshness_multiplier(age_days: np.ndarray, boost: float, half_life_days: float) -> np.ndarray:
@@ -136,7 +143,8 @@ def rerank(
         candidates.age_days[order], config.freshness_boost, config.freshness_half_life_days
     )
     chosen, removed["capped"] = _select(scores, candidates, order, config)
-    return Reranked(order[chosen], scores[chosen], removed)
+    by_score = np.argsort(-scores, kind="stable")
+    return Reranked(order[chosen], scores[chosen], removed, order[by_score], scores[by_score])
 
 
 def _select(

@@ -54,6 +54,8 @@ from recsys.core.online_features import apply_events
 from recsys.core.requests import raw_arrays
 from recsys.serving import serving_root as root_
 from recsys.serving.backends import GrpcBackend, InProcessBackend, RestBackend
+from recsys.serving.experiment import Experiment
+from recsys.serving.exploration import ExplorationConfig
 from recsys.serving.funnel import Context, Funnel
 from recsys.serving.online_store import FeatureStoreError, open_store
 from recsys.serving.retrieval import ANN_MIN_ITEMS, ModelRetrieval, index_retrieval
@@ -91,6 +93,11 @@ class ServiceConfig:
     token: str = field(default="", repr=False)  # bearer token for /v1/*; empty: none
     log_rows_per_file: int = 50_000
     log_flush_seconds: float = 60.0
+    # A share of requests explores its last slot; each item's propensity is returned.
+    exploration: ExplorationConfig = ExplorationConfig()
+    # An A/B test over funnel settings: each user's arm by a stable hash.
+    experiment: Experiment | None = None
+    exposure_log: str = ""  # directory for what each request showed (arm, propensity)
 
     def __post_init__(self):
         if not self.backend == "in-process" and not self.backend.startswith(("grpc:", "rest:")):
@@ -214,6 +221,9 @@ class Metrics:
             "recsys_reloads", "Version loads by outcome", ["outcome"], registry=r
         )  # noqa: E501
         self.events = Counter("recsys_events", "Engagement events received", registry=r)
+        self.arms = Counter(
+            "recsys_arm_requests", "Requests by experiment arm", ["arm"], registry=r
+        )
         self.ready = Gauge("recsys_ready", "1 when a version is loaded and warmed", registry=r)
 
 
@@ -232,6 +242,16 @@ class Service:
                 on_drop=self.metrics.log_dropped.inc,
             )
             if config.serving_log
+            else None
+        )
+        self.exposures = (
+            BackgroundServingLog(
+                config.exposure_log,
+                config.log_rows_per_file,
+                config.log_flush_seconds,
+                on_drop=self.metrics.log_dropped.inc,
+            )
+            if config.exposure_log
             else None
         )
         self.bundle: Bundle | None = None
@@ -349,8 +369,10 @@ class Service:
             snapshot,
             pushed_rerank_config(snapshot_dir),
             serving_log=self.log,
+            exposure_log=self.exposures,
             version=version,
             retrieval=retrieval,
+            exploration=self.config.exploration,
         )
         bundle = Bundle(served, funnel, key, meta, owned)
         prepared = self.store.prepare(key, snapshot)
@@ -399,11 +421,18 @@ class Service:
         if events is not None and not events.empty:
             row = apply_events(row, events, bundle.history_length, int(context.at.timestamp()))
         features_seconds = time.perf_counter() - started
-        result = bundle.funnel.recommend(user_id, context, k, exclude, user_row=row, log=log)
+        experiment = self.config.experiment
+        arm = experiment.arm_of(user_id) if experiment else None
+        result = bundle.funnel.recommend(
+            user_id, context, k, exclude, user_row=row, log=log, arm=arm
+        )
         page = result.items
+        if arm is not None and log:
+            self.metrics.arms.labels(arm.name).inc()
         body = {
             "request_id": result.request_id,
             "user_id": user_id,
+            "arm": result.arm,
             "known_user": known,
             "versions": {**bundle.versions, "features": bundle.versions[RETRIEVAL]},
             "items": _records(page),
@@ -438,8 +467,9 @@ class Service:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=30)
-        if self.log is not None:
-            self.log.close()
+        for log in (self.log, self.exposures):
+            if log is not None:
+                log.close()
         if self.bundle is not None:
             self.bundle.retire()
         self.store.close()
@@ -491,10 +521,15 @@ def create_app(service: Service):
         click_probability: float
         expected_watch_seconds: float
         retrieval_score: float
+        propensity: float = Field(
+            description="probability this item is on this page under the serving policy "
+            "(exploration); log it with the impression for off-policy evaluation"
+        )
 
     class RecommendResponse(BaseModel):
         request_id: str
         user_id: str
+        arm: str | None = Field(description="the experiment arm that served it, if any")
         known_user: bool
         versions: dict[str, int]
         items: list[Item]

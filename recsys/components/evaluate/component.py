@@ -21,6 +21,7 @@ def evaluate(
     retrieval_model: Input[Model],
     ranking_model: Input[Model],
     eval_item_snapshot: Input[Dataset],
+    eval_events: Input[Dataset],
     infra_validation: Input[Artifact],
     schema_dir: str,
     recall_k: int,
@@ -37,6 +38,8 @@ def evaluate(
     compare_with_champion: bool,
     rerank: str,
     serving_root: str,
+    data_root: str,
+    score_watch_weight: float,
     retrieval_metrics: Output[Metrics],
     ranking_metrics: Output[Metrics],
     funnel_metrics: Output[Metrics],
@@ -71,6 +74,9 @@ def evaluate(
             blessing.path,
             serving_root,
             load_registry(schema_dir),
+            eval_events.path,
+            data_root,
+            score_watch_weight,
         )
         for artifact, metrics in (
             (retrieval_metrics, result.retrieval.metrics()),

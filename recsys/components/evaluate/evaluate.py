@@ -25,6 +25,7 @@ from recsys.components.evaluate.retrieval import (
 from recsys.core import storage
 from recsys.core.contracts import BLESSING_CHAMPION, RANKING, RETRIEVAL
 from recsys.core.features import FeatureRegistry, load_registry
+from recsys.core.ground_truth import Oracle, has_ground_truth
 from recsys.core.tables import read_dataset
 from recsys.serving.rerank import RerankConfig
 
@@ -70,13 +71,21 @@ def evaluate(
     blessing_path: str,
     serving_root: str = "",
     registry: FeatureRegistry | None = None,
+    eval_events_dir: str = "",
+    data_root: str = "",
+    watch_weight: float = 1.0,
 ) -> Evaluation:
     """Measure the candidate, compare it with the version serving now (if any), decide
-    and write the blessing to ``blessing_path``."""
+    and write the blessing to ``blessing_path``. ``eval_events_dir``: the eval
+    impressions as ingested (their propensities, if any, give off-policy estimates);
+    ``data_root``: where synthetic data keeps its ground truth, if it does;
+    ``watch_weight``: the ranker's score_watch_weight (pages are valued as its score)."""
     registry = registry or load_registry()
     train_examples = read_dataset(train_examples_dir)
     eval_examples = read_dataset(eval_examples_dir)
     eval_items = read_dataset(eval_item_snapshot_dir)
+    eval_events = read_dataset(eval_events_dir) if eval_events_dir else None
+    oracle = Oracle.load(data_root) if has_ground_truth(data_root) else None
     task = RetrievalTask.of(train_examples, eval_examples)
     retrieval = evaluate_retrieval(
         models.query_model,
@@ -91,10 +100,14 @@ def evaluate(
         models.ranking_model,
         models.item_embeddings,
         eval_items,
+        eval_examples,
         task,
         rerank_config,
         registry,
         retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples),
+        eval_events,
+        oracle,
+        watch_weight,
     )
     infra = read_infra_validation(infra_validation_path)
     champion = champion_checks(

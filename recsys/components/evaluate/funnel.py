@@ -1,41 +1,168 @@
-"""The whole funnel as served (``recsys.serving.funnel``: retrieval top-N, ranking,
-re-ranking to k) for each eval user's first request, against the retrieval order
-of the same candidates. Items carry their features from the start of the eval
-split, so no eval-window statistic reaches the ranker."""
+"""What each stage of the funnel adds: pages of four policies for every eval user.
 
-from dataclasses import dataclass
+- ``popularity``: the most clicked training items;
+- ``retrieval_order``: retrieval's top candidates in its own order;
+- ``ranker_order``: the same candidates in the ranker's order;
+- ``funnel``: the ranker's order re-ranked by the product's rules, which is what
+  ``recsys.serving.funnel`` serves (retrieval top-N, ranking, re-ranking to k).
+
+Every page drops the user's history and has up to k items; each is built for the
+user's first eval request, with items' features from the start of the eval split,
+so no eval-window statistic reaches the ranker.
+
+Each policy is measured three ways, which can disagree:
+
+- against the eval window's logged clicks (Recall@k, NDCG@10 over the users with
+  new clicks): the logging policy chose what could be clicked, so this rewards
+  policies that resemble it;
+- off policy (``offpolicy``: IPS, SNIPS, DR), when the impressions carry the
+  logging policy's propensities: expected clicks and watch seconds per request;
+- in truth (``recsys.core.ground_truth``), when the data is synthetic and the
+  world that generated it is under the data root: the same quantities, exactly.
+"""
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from recsys.components.evaluate import offpolicy
 from recsys.components.evaluate.metrics import PageQuality, page_quality
-from recsys.components.evaluate.models import call_in_batches, serving_fn
-from recsys.components.evaluate.retrieval import RetrievalTask
-from recsys.core.contracts import ITEM_ID, ITEM_IDS, RANKING, RETRIEVAL
+from recsys.components.evaluate.retrieval import RetrievalTask, first_examples
+from recsys.core.contracts import (
+    CLICK_PROBABILITY,
+    CLICKED,
+    EVENT_TS,
+    EXPECTED_WATCH_SECONDS,
+    ITEM_ID,
+    ITEM_IDS,
+    PROPENSITY,
+    RANKING,
+    RETRIEVAL,
+    SCORE,
+    SCORES,
+    USER_ID,
+    WATCH_SECONDS,
+)
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry
 from recsys.core.tables import read_dataset
 from recsys.serving.backends import InProcessBackend
-from recsys.serving.funnel import Funnel
+from recsys.serving.funnel import Funnel, ScoredCandidates
 from recsys.serving.rerank import RerankConfig
+from recsys.serving.retrieval import ModelRetrieval
 from recsys.serving.snapshot import FeatureSnapshot
+
+# The page policies compared, in funnel order, and what each is.
+VARIANTS = {
+    "popularity": "the most clicked training items",
+    "retrieval_order": "retrieval's candidates in retrieval's order",
+    "ranker_order": "the same candidates in the ranker's order",
+    "funnel": "ranking and re-ranking (the shipped rules): what is served",
+}
+# What a page row carries: its user, item and the ranker's predictions for it.
+PAGE_COLUMNS = [USER_ID, ITEM_ID, CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS]
+LOGGED_COLUMNS = [USER_ID, ITEM_ID, EVENT_TS, CLICKED, WATCH_SECONDS]
+
+
+@dataclass
+class VariantEvaluation:
+    pages: PageQuality  # against the logged clicks
+    estimates: dict | None = None  # reward -> estimator -> offpolicy.Estimate
+    true_value: dict | None = None  # reward -> value per request
 
 
 @dataclass
 class FunnelEvaluation:
     k: int
     candidates_per_user: int
-    funnel: PageQuality
-    retrieval_order: PageQuality
+    variants: dict[str, VariantEvaluation]
     # The two-tower score's AUC on the eval impressions (the ranker's task).
     retrieval_score_impression_auc: float
+    logged_requests: int = 0  # the eval requests the estimates and truth average over
+    off_policy_note: str = ""  # why there are no off-policy estimates, when there are none
+    pages: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def funnel(self) -> PageQuality:
+        return self.variants["funnel"].pages
+
+    @property
+    def retrieval_order(self) -> PageQuality:
+        return self.variants["retrieval_order"].pages
 
     def metrics(self) -> dict[str, float]:
-        """Flat, as logged: funnel_<metric> and retrieval_order_<metric>."""
-        metrics = {"funnel_k": self.k, "candidates_per_user": self.candidates_per_user}
-        for name, pages in (("funnel", self.funnel), ("retrieval_order", self.retrieval_order)):
-            metrics.update({f"{name}_{metric}": value for metric, value in pages.metrics().items()})
+        """Flat, as logged: <variant>_<page metric>, <variant>_true_<reward>,
+        <variant>_<estimator>_<reward> and its _margin (95% half-width)."""
+        metrics = {
+            "funnel_k": self.k,
+            "candidates_per_user": self.candidates_per_user,
+            "logged_requests": self.logged_requests,
+        }
+        for name, variant in self.variants.items():
+            metrics.update({f"{name}_{m}": value for m, value in variant.pages.metrics().items()})
+            for reward, value in (variant.true_value or {}).items():
+                metrics[f"{name}_true_{reward}"] = value
+            for reward, by_estimator in (variant.estimates or {}).items():
+                for estimator, estimate in by_estimator.items():
+                    metrics[f"{name}_{estimator}_{reward}"] = estimate.value
+                    metrics[f"{name}_{estimator}_{reward}_margin"] = estimate.margin
         metrics["retrieval_score_impression_auc"] = self.retrieval_score_impression_auc
         return metrics
+
+
+class PopularityRetrieval:
+    """A funnel's retrieval that returns the same top items for every query: the
+    most clicked training items, scored by their click counts."""
+
+    def __init__(self, signature, counts: pd.Series, top_n: int):
+        top = counts.sort_values(ascending=False, kind="stable").head(top_n)
+        self.signature = signature
+        self.item_ids = top.index.to_numpy(dtype=object)
+        self.scores = top.to_numpy(dtype=np.float32)
+
+    def retrieve(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(inputs.values())))
+        return {ITEM_IDS: np.tile(self.item_ids, (n, 1)), SCORES: np.tile(self.scores, (n, 1))}
+
+
+def ordered_pages(scored: ScoredCandidates, users: np.ndarray, order_by: str, k: int):
+    """Each query's candidates without the user's history, best ``order_by`` first
+    ("ranker": the ranker's score; "retrieval": retrieval's), cut to ``k``; long
+    format (PAGE_COLUMNS)."""
+    candidates = pd.DataFrame(
+        {
+            "query": scored.query_of,
+            ITEM_ID: scored.item_ids,
+            "key": scored.ranked[SCORE] if order_by == "ranker" else scored.retrieval_scores,
+            CLICK_PROBABILITY: scored.ranked[CLICK_PROBABILITY],
+            EXPECTED_WATCH_SECONDS: scored.ranked[EXPECTED_WATCH_SECONDS],
+        }
+    )
+    history = pd.Series(list(scored.queries[HISTORY_COLUMNS[0]])).explode().dropna()
+    watched = pd.DataFrame({"query": history.index, ITEM_ID: history.to_numpy(dtype=object)})
+    candidates = candidates.merge(watched.assign(watched=True), on=["query", ITEM_ID], how="left")
+    candidates = candidates[candidates["watched"].isna()]
+    candidates = candidates.sort_values(["query", "key"], ascending=[True, False], kind="stable")
+    page = candidates.groupby("query", sort=False).head(k)
+    return page.assign(**{USER_ID: users[page["query"].to_numpy()]})[PAGE_COLUMNS]
+
+
+def served_pages(funnel: Funnel, queries: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    frames = [
+        page.assign(**{USER_ID: user})
+        for (page, _, _), user in zip(funnel.pages(queries), users, strict=True)
+    ]
+    return pd.concat(frames, ignore_index=True)[PAGE_COLUMNS]
+
+
+def logged_requests(eval_events: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """The eval impressions off-policy estimates average over, or why there are none."""
+    if eval_events is None or PROPENSITY not in eval_events:
+        return None, "the impressions carry no propensity column"
+    missing = int(eval_events[PROPENSITY].isna().sum())
+    if missing:
+        return None, f"{missing} of {len(eval_events)} eval impressions have no propensity"
+    return eval_events[[*LOGGED_COLUMNS, PROPENSITY]], ""
 
 
 def evaluate_funnel(
@@ -43,34 +170,72 @@ def evaluate_funnel(
     ranking_model_dir: str,
     item_embeddings_dir: str,
     eval_items: pd.DataFrame,
+    eval_examples: pd.DataFrame,
     task: RetrievalTask,
     config: RerankConfig,
     registry: FeatureRegistry,
     retrieval_score_auc: float,
+    eval_events: pd.DataFrame | None = None,
+    oracle=None,
+    watch_weight: float = 1.0,
 ) -> FunnelEvaluation:
-    """Pages of the funnel (``config.k`` items) and of the retrieval order alone (the
-    same candidates minus the user's history, cut to k). ``eval_items``: the item
-    snapshot as of the start of the eval split."""
+    """Pages of each of VARIANTS (``config.k`` items) for every eval user, measured
+    against the logged clicks, off policy when ``eval_events`` carry propensities,
+    and in truth when an ``oracle`` (``recsys.core.ground_truth.Oracle``) is given,
+    in clicks, watch seconds and value (clicks + ``watch_weight`` * watched minutes,
+    what the ranker's score estimates). ``eval_items``: the item snapshot as of the
+    start of the eval split."""
     features = FeatureSnapshot(None, eval_items, read_dataset(item_embeddings_dir), registry)
     backend = InProcessBackend({RETRIEVAL: retrieval_model_dir, RANKING: ranking_model_dir})
+    users = np.sort(eval_examples[USER_ID].unique())
+    queries = first_examples(eval_examples, users)
     funnel = Funnel(backend, features, config)
-    funnel_pages = [page[ITEM_ID].to_numpy() for page, _, _ in funnel.pages(task.queries)]
-    retrieved = call_in_batches(serving_fn(retrieval_model_dir), task.queries, ITEM_IDS)
-    retrieval_pages = []
-    for ids, history in zip(retrieved, task.queries[HISTORY_COLUMNS[0]], strict=True):
-        ids = np.array([v.decode() if isinstance(v, bytes) else v for v in ids], dtype=object)
-        retrieval_pages.append(ids[~np.isin(ids, np.asarray(history, dtype=object))][: config.k])
+    scored = funnel.candidates(queries)
+    popular = Funnel(
+        backend,
+        features,
+        config,
+        retrieval=PopularityRetrieval(
+            ModelRetrieval(backend).signature,
+            task.train_clicks[ITEM_ID].value_counts(),
+            # Enough that a heavy user's history cannot empty the page.
+            config.k + int(queries[HISTORY_COLUMNS[0]].map(len).max()),
+        ),
+    ).candidates(queries)
+    pages = {
+        "popularity": ordered_pages(popular, users, "retrieval", config.k),
+        "retrieval_order": ordered_pages(scored, users, "retrieval", config.k),
+        "ranker_order": ordered_pages(scored, users, "ranker", config.k),
+        "funnel": served_pages(funnel, queries, users),
+    }
+    if eval_events is not None:
+        eval_events = eval_events[eval_events[USER_ID].isin(users)].reset_index(drop=True)
+    logged, note = logged_requests(eval_events)
+    valued_in = offpolicy.rewards(watch_weight)
     catalog = features.item_index.to_numpy()
-
-    def quality(pages):
-        return page_quality(
-            pages, task.users, task.positives, catalog, features.embeddings, config.k
+    variants = {}
+    for name, page in pages.items():
+        by_user = page.groupby(USER_ID, sort=False)[ITEM_ID].agg(lambda items: items.to_numpy())
+        variants[name] = VariantEvaluation(
+            page_quality(
+                [by_user.get(user, np.array([], dtype=object)) for user in task.users],
+                task.users,
+                task.positives,
+                catalog,
+                features.embeddings,
+                config.k,
+            ),
+            offpolicy.estimate(page, logged, valued_in) if logged is not None else None,
+            offpolicy.true_value(page, eval_events, oracle, valued_in)
+            if oracle is not None and eval_events is not None
+            else None,
         )
-
     return FunnelEvaluation(
         config.k,
-        int(retrieved.shape[1]),
-        quality(funnel_pages),
-        quality(retrieval_pages),
+        int((len(scored.query_of) + scored.missing.sum()) / max(scored.n_queries, 1)),
+        variants,
         retrieval_score_auc,
+        int(offpolicy.first_of_request(eval_events).sum()) if eval_events is not None else 0,
+        note,
+        pages,
     )

@@ -105,6 +105,54 @@ def funnel_metric_names(k: int) -> list[tuple[str, str]]:
     ]
 
 
+def variant_table(funnel: FunnelEvaluation) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the per-variant table: the logged-click page metrics, the
+    truth per request (synthetic data) and each off-policy estimate with its 95%
+    half-width (logged propensities)."""
+    variants = funnel.variants
+    columns = [
+        ("NDCG@10 (logged clicks)", lambda v: f"{v.pages.ndcg_at_10:.4f}"),
+        (f"Recall@{funnel.k} (logged clicks)", lambda v: f"{v.pages.recall:.4f}"),
+    ]
+    rewards = [("value", "value", 3), ("clicks", "clicks", 3), ("watch_seconds", "watch s", 0)]
+    if any(v.true_value for v in variants.values()):
+        columns += [
+            (f"true {title}", lambda v, r=reward, d=digits: f"{v.true_value[r]:.{d}f}")
+            for reward, title, digits in rewards
+        ]
+    if any(v.estimates for v in variants.values()):
+        columns += [
+            (
+                f"{estimator.upper()} {title}",
+                lambda v, r=reward, e=estimator, d=digits: (
+                    f"{v.estimates[r][e].value:.{d}f} ± {v.estimates[r][e].margin:.{d}f}"
+                ),
+            )
+            for reward, title, digits in rewards
+            for estimator in ("ips", "snips", "dr")
+        ]
+    header = ["variant", *(title for title, _ in columns)]
+    rows = [
+        [name.replace("_", " "), *(cell(variant) for _, cell in columns)]
+        for name, variant in variants.items()
+    ]
+    return header, rows
+
+
+def variant_note(funnel: FunnelEvaluation) -> str:
+    """What the variant table's value columns mean, or why some are absent."""
+    parts = [
+        f"Values are per request, over the {funnel.logged_requests} logged eval requests, "
+        f"of a page of up to {funnel.k} items: expected clicks, watch seconds and value "
+        "(clicks + score_watch_weight x watched minutes: what the ranker's score estimates)."
+    ]
+    if not any(v.true_value for v in funnel.variants.values()):
+        parts.append("No ground truth: the data root has no synthetic world.")
+    if funnel.off_policy_note:
+        parts.append(f"No off-policy estimates: {funnel.off_policy_note}.")
+    return " ".join(parts)
+
+
 def _caveats_html(caveats: list[str]) -> str:
     if not caveats:
         return ""
@@ -152,6 +200,14 @@ def render(
         f"<td>{funnel_metrics[f'retrieval_order_{name}']:.4f}</td></tr>"
         for name, title in funnel_metric_names(funnel.k)
     )
+    header, variant_rows = variant_table(funnel)
+    variants_html = "<tr>{}</tr>{}".format(
+        "".join(f"<th>{html.escape(title)}</th>" for title in header),
+        "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in variant_rows
+        ),
+    )
     figures = "".join(f'<img alt="plot" src="data:image/png;base64,{image}">' for image in images)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>recsys evaluation</title>
@@ -191,6 +247,10 @@ constant-CTR prior {ranking.prior_logloss:.4f}), mean predicted CTR
 {funnel.k}, for each eval user's first request, with item features from the start
 of the eval split; against the retrieval order of the same candidates.</p>
 <table><tr><th></th><th>funnel</th><th>retrieval order</th></tr>{funnel_rows}</table>
+<h3>What each stage adds</h3>
+<p>Popularity, retrieval's candidates in its own order, the same in the ranker's order,
+and the funnel as served. {html.escape(variant_note(funnel))}</p>
+<table>{variants_html}</table>
 <p>On the eval impressions (the ranker's task) the two-tower score has AUC
 {funnel.retrieval_score_impression_auc:.4f}, the ranker {ranking.auc:.4f}. Clicks in a
 log are clicks on what the logging policy showed, so pages that reproduce that policy score
@@ -228,6 +288,7 @@ def markdown(
         f"{funnel_metrics[f'retrieval_order_{name}']:.4f} |"
         for name, title in funnel_metric_names(k)
     ]
+    header, variant_rows = variant_table(funnel)
     watch = (
         f" Watch time of clicks: predicted / observed {ranking.watch_time_ratio:.3f}."
         if ranking.watch_time_ratio is not None
@@ -271,6 +332,12 @@ def markdown(
             "| metric | funnel | retrieval order |",
             "|---|---:|---:|",
             *funnel_rows,
+            "",
+            "What each stage adds: " + variant_note(funnel),
+            "",
+            "| " + " | ".join(header) + " |",
+            "|---|" + "---:|" * (len(header) - 1),
+            *("| " + " | ".join(row) + " |" for row in variant_rows),
             "",
             f"On the eval impressions (the ranker's task) the two-tower score has AUC "
             f"{funnel.retrieval_score_impression_auc:.4f}, the ranker {ranking.auc:.4f}. "
