@@ -188,3 +188,47 @@ def test_the_lift_interval_is_the_delta_method(t, t_margin, c, c_margin):
     z = 1.959964
     variance = (t_margin / z / c) ** 2 + (t * c_margin / z / c**2) ** 2
     assert result.margin == pytest.approx(z * np.sqrt(variance))
+
+
+@pytest.mark.xdist_group("stages")
+def test_a_simulated_ab_test_measures_what_the_world_says(pushed_root, tiny_data, tmp_path):
+    """Two simulated days of the tiny world's users served by the pushed models in
+    three arms; the users answer with the ground truth. Each arm's measured value
+    per request is its true value within the interval, a page of 3 items instead of
+    10 is measured as the large loss it truly is, and the logs join."""
+    from recsys.app.ab_simulation import run_experiment
+    from recsys.core.tables import read_dataset
+
+    experiment = Experiment.parse(
+        {
+            "name": "simulated",
+            "arms": [
+                {"name": "funnel", "share": 0.4},
+                {"name": "retrieval", "share": 0.3, "order": "retrieval"},
+                {"name": "short", "share": 0.3, "rerank": {"k": 3}, "explore_share": 0.5},
+            ],
+        }
+    )
+    out = str(tmp_path / "experiment")
+    result = run_experiment(pushed_root, tiny_data, experiment, 2, out, seed=1)
+    arms = result["arms"]
+    assert set(arms) == {"funnel", "retrieval", "short"} and result["control"] == "funnel"
+    assert not result["sample_ratio"]["mismatch"]
+    for name, arm in arms.items():
+        measured, truth = arm["per_request"]["value"], arm["true_per_request"]["value"]
+        assert abs(measured.value - truth) < 1.5 * measured.margin, (name, measured, truth)
+    short = arms["short"]
+    assert short["true_lift"]["value"] < -0.4
+    low, high = short["lift"]["value"].interval
+    assert high < 0 and low <= short["true_lift"]["value"] <= high
+    exposures = read_dataset(f"{out}/exposures")
+    impressions = read_dataset(f"{out}/impressions")
+    assert exposures["event_id"].is_unique and set(exposures["event_id"]) == set(
+        impressions["event_id"]
+    )
+    shown = exposures.groupby("request_id")["position"].max() + 1
+    by_arm = exposures.drop_duplicates("request_id").set_index("request_id")["arm"]
+    assert (shown[by_arm == "short"] == 3).all() and (shown[by_arm == "funnel"] == 10).all()
+    explored = exposures[(exposures["arm"] == "short") & (exposures["propensity"] < 1)]
+    assert len(explored) and (explored["position"] == 2).all()
+    assert (tmp_path / "experiment" / "experiment.html").exists()

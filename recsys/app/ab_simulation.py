@@ -36,6 +36,7 @@ from recsys.core.contracts import (
     POSITION,
     PROPENSITY,
     REQUEST_ID,
+    SNAPSHOT_AS_OF,
     SNAPSHOT_DIR,
     SNAPSHOT_HISTORY_LENGTH,
     SNAPSHOT_META,
@@ -116,13 +117,40 @@ def simulate_experiment(
     log("simulate", f"generating {lookback_days} days of the synthetic world into {data_root}")
     generate(data_root, users=users, items=items, days=lookback_days, seed=seed, start=START)
     parameters = {**(config or {}), "lookback_days": lookback_days, "eval_days": eval_days}
-    outputs = local_run.run(workdir, data_root, parameters, label="experiment-training")
+    try:
+        outputs = local_run.run(workdir, data_root, parameters, label="experiment-training")
+    except local_run.RunFailed as error:
+        raise ValueError(f"the training run failed, so no arm has models: {error}") from None
     if not outputs["push_report"]["metadata"]["pushed"]:
         raise ValueError(
             "the training run pushed nothing, so no arm has models to serve: "
             f"{outputs['blessing']['metadata']['reason']}"
         )
-    serving_root = os.path.join(workdir, "serving")
+    return run_experiment(
+        os.path.join(workdir, "serving"),
+        data_root,
+        experiment,
+        days,
+        os.path.join(workdir, "experiment"),
+        seed,
+        float(parameters.get("ranking_score_watch_weight", 1.0)),
+        requests_per_user_day,
+    )
+
+
+def run_experiment(
+    serving_root: str,
+    data_root: str,
+    experiment: Experiment,
+    days: int,
+    out: str,
+    seed: int = 7,
+    watch_weight: float = 1.0,
+    requests_per_user_day: float = 4.0,
+) -> dict:
+    """Serve ``days`` simulated days from the snapshot's ``as_of`` on with the version
+    ``serving_root`` serves, users of the world under ``data_root`` answering;
+    write the exposure log, the impressions and the report under ``out``."""
     funnel = Funnel.from_serving_root(serving_root, rng=np.random.default_rng(seed))
     snapshot_dir = storage.join(
         serving_root, SNAPSHOT_DIR, str(served_version(serving_root, "retrieval"))
@@ -132,13 +160,13 @@ def simulate_experiment(
     history_length = int(meta[SNAPSHOT_HISTORY_LENGTH])
     oracle = Oracle.load(data_root)
     rng = np.random.default_rng(seed + 1)
-    first_day = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=lookback_days)
+    first_day = int(meta[SNAPSHOT_AS_OF]) // DAY * DAY
     engagements = pd.DataFrame(
         {USER_ID: [], EVENT_TS: [], ITEM_ID: [], CLICKED: [], WATCH_SECONDS: []}
     )
     exposures, impressions, truth = [], [], []
     for day in range(days):
-        day_start = int(first_day.timestamp()) + day * DAY
+        day_start = first_day + day * DAY
         requests = requests_of_day(oracle.world, day_start, requests_per_user_day, rng)
         requests[REQUEST_ID] = [f"d{day:03d}r{i:07d}" for i in range(len(requests))]
         requests[ARM] = [experiment.arm_of(user).name for user in requests[USER_ID]]
@@ -182,13 +210,11 @@ def simulate_experiment(
         )
         log("simulate", f"experiment day {day + 1}/{days}: {len(requests)} requests")
 
-    out = os.path.join(workdir, "experiment")
-    write_dataset(pd.concat(exposures, ignore_index=True), os.path.join(out, "exposures"))
-    write_dataset(pd.concat(impressions, ignore_index=True), os.path.join(out, "impressions"))
-    watch_weight = float(parameters.get("ranking_score_watch_weight", 1.0))
+    write_dataset(pd.concat(exposures, ignore_index=True), storage.join(out, "exposures"))
+    write_dataset(pd.concat(impressions, ignore_index=True), storage.join(out, "impressions"))
     result = experiment_report.report(
-        os.path.join(out, "exposures"),
-        os.path.join(out, "impressions"),
+        storage.join(out, "exposures"),
+        storage.join(out, "impressions"),
         experiment,
         watch_weight=watch_weight,
     )

@@ -214,7 +214,7 @@ class Metrics:
         )  # noqa: E501
         self.log_dropped = Counter(
             "recsys_serving_log_dropped_rows",
-            "Serving-log rows dropped (queue full or write failed)",
+            "Serving-log and exposure-log rows dropped (queue full or write failed)",
             registry=r,
         )  # noqa: E501
         self.reloads = Counter(
@@ -234,25 +234,17 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         self.store = open_store(config.feature_store)
-        self.log = (
+        # Both logs are written off the request path; a dropped row is counted.
+        self.log, self.exposures = (
             BackgroundServingLog(
-                config.serving_log,
+                directory,
                 config.log_rows_per_file,
                 config.log_flush_seconds,
                 on_drop=self.metrics.log_dropped.inc,
             )
-            if config.serving_log
+            if directory
             else None
-        )
-        self.exposures = (
-            BackgroundServingLog(
-                config.exposure_log,
-                config.log_rows_per_file,
-                config.log_flush_seconds,
-                on_drop=self.metrics.log_dropped.inc,
-            )
-            if config.exposure_log
-            else None
+            for directory in (config.serving_log, config.exposure_log)
         )
         self.bundle: Bundle | None = None
         self.status = "starting: no version loaded yet"

@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from recsys.components.evaluate import gate
+from recsys.components.evaluate.funnel import FunnelEvaluation
 from recsys.components.evaluate.metrics import auc_margin, mean_margin, roc_auc
 from recsys.components.evaluate.models import call_in_batches, serving_fn
 from recsys.components.evaluate.retrieval import RetrievalTask
@@ -29,9 +30,12 @@ from recsys.core.contracts import (
     RANKING,
     RETRIEVAL,
     SERVED_WHEN_EVALUATED,
+    SNAPSHOT_DIR,
+    SNAPSHOT_EMBEDDINGS,
     USER_ID,
 )
 from recsys.serving import serving_root as root_
+from recsys.serving.snapshot import pushed_rerank_config
 
 
 @dataclass
@@ -206,3 +210,58 @@ def champion_checks(
         scored["candidate"],
         scored["champion"],
     )
+
+
+def value_check(
+    serving_root: str,
+    comparison: ChampionComparison,
+    candidate: FunnelEvaluation,
+    evaluate_champion_funnel,
+    thresholds: gate.Thresholds,
+) -> tuple[list[gate.Check], FunnelEvaluation | None]:
+    """The candidate funnel's off-policy value (DR, per request) against the serving
+    version's, on the same logged requests; ``evaluate_champion_funnel(retrieval,
+    ranking, item_embeddings, rules)`` measures the champion as the candidate was.
+    Off unless ``compare_estimated_value``; fails closed when it cannot be estimated."""
+    if not thresholds.compare_estimated_value or not comparison.compared:
+        return [], None
+    if not comparison.versions:
+        return [], None  # nothing serves (or the champion failed closed already)
+    metric = "funnel value per request (DR)"
+
+    def failed(note: str) -> tuple[list[gate.Check], None]:
+        check = gate.Check("change", metric, "all", None, None, "", "an estimate", False, note)
+        return [check], None
+
+    if candidate.variants["funnel"].estimates is None:
+        return failed(f"no off-policy estimate: {candidate.off_policy_note}")
+    version = comparison.versions[RETRIEVAL]
+    snapshot = storage.join(serving_root, SNAPSHOT_DIR, str(version))
+    try:
+        with contextlib.ExitStack() as local:  # a bucket's SavedModels, copied to load
+            models = {
+                name: local.enter_context(
+                    storage.local_copy(storage.join(serving_root, name, str(served)))
+                )
+                for name, served in comparison.versions.items()
+            }
+            champion = evaluate_champion_funnel(
+                models[RETRIEVAL],
+                models[RANKING],
+                storage.join(snapshot, SNAPSHOT_EMBEDDINGS),
+                pushed_rerank_config(snapshot),
+            )
+    except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
+        return failed(
+            f"serving version {version}'s funnel cannot be estimated on this run's data "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        )
+    ours = candidate.variants["funnel"].estimates["value"]["dr"]
+    theirs = champion.variants["funnel"].estimates["value"]["dr"]
+    name = f"serving version {version}"
+    floor = (1 - thresholds.max_regression) * theirs.value
+    threshold = f">= {1 - thresholds.max_regression:g} x {name}"
+    check = gate.at_least(
+        "change", metric, "all", ours.value, floor, theirs.value, name, threshold, ours.margin
+    )
+    return [check], champion

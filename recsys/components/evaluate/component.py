@@ -36,6 +36,7 @@ def evaluate(
     min_slice_size: int,
     slice_top_categories: int,
     compare_with_champion: bool,
+    compare_estimated_value: bool,
     rerank: str,
     serving_root: str,
     data_root: str,

@@ -44,6 +44,12 @@ class Thresholds:
         True,
         "false: value checks only, no comparison with the model serving now (the blessing says so)",
     )
+    compare_estimated_value: bool = parameter(
+        False,
+        "also require the candidate funnel's off-policy value per request (doubly robust, "
+        "from the eval impressions' propensities) to be at most max_regression below the "
+        "serving version's, both estimated on the same requests",
+    )
 
     def __post_init__(self):
         if self.min_calibration_ratio > self.max_calibration_ratio:

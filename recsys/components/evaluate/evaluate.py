@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recsys.components.evaluate import caveats, gate, report
-from recsys.components.evaluate.champion import ChampionComparison, champion_checks
+from recsys.components.evaluate.champion import ChampionComparison, champion_checks, value_check
 from recsys.components.evaluate.funnel import FunnelEvaluation, evaluate_funnel
 from recsys.components.evaluate.ranking import RankingEvaluation, evaluate_ranking
 from recsys.components.evaluate.retrieval import (
@@ -95,19 +95,29 @@ def evaluate(
         sorted({10, thresholds.recall_k, 100}),
     )
     ranking = evaluate_ranking(models.ranking_model, train_examples, eval_examples)
-    funnel = evaluate_funnel(
+
+    def funnel_of(retrieval_model, ranking_model, item_embeddings, rules, auc=float("nan")):
+        return evaluate_funnel(
+            retrieval_model,
+            ranking_model,
+            item_embeddings,
+            eval_items,
+            eval_examples,
+            task,
+            rules,
+            registry,
+            auc,
+            eval_events,
+            oracle,
+            watch_weight,
+        )
+
+    funnel = funnel_of(
         models.retrieval_model,
         models.ranking_model,
         models.item_embeddings,
-        eval_items,
-        eval_examples,
-        task,
         rerank_config,
-        registry,
         retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples),
-        eval_events,
-        oracle,
-        watch_weight,
     )
     infra = read_infra_validation(infra_validation_path)
     champion = champion_checks(
@@ -118,10 +128,14 @@ def evaluate(
         thresholds,
         registry.role("category"),
     )
+    estimated, champion_funnel = value_check(serving_root, champion, funnel, funnel_of, thresholds)
+    if champion_funnel is not None:
+        funnel.champion = champion_funnel.variants["funnel"]
     retrieval_metrics, ranking_metrics = retrieval.metrics(), ranking.metrics()
     checks = (
         gate.value_checks(retrieval_metrics, ranking_metrics, thresholds)
         + champion.checks
+        + estimated
         + gate.infra_checks(infra)
     )
     blessing = gate.decide(checks, thresholds, champion.note)

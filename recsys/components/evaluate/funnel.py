@@ -81,6 +81,8 @@ class FunnelEvaluation:
     logged_requests: int = 0  # the eval requests the estimates and truth average over
     off_policy_note: str = ""  # why there are no off-policy estimates, when there are none
     pages: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    # The serving version's funnel on the same requests (compare_estimated_value).
+    champion: VariantEvaluation | None = None
 
     @property
     def funnel(self) -> PageQuality:
@@ -98,7 +100,10 @@ class FunnelEvaluation:
             "candidates_per_user": self.candidates_per_user,
             "logged_requests": self.logged_requests,
         }
-        for name, variant in self.variants.items():
+        variants = dict(self.variants)
+        if self.champion is not None:
+            variants["champion_funnel"] = self.champion
+        for name, variant in variants.items():
             metrics.update({f"{name}_{m}": value for m, value in variant.pages.metrics().items()})
             for reward, value in (variant.true_value or {}).items():
                 metrics[f"{name}_true_{reward}"] = value
