@@ -40,8 +40,10 @@ def test_compiled_yaml_is_a_pipeline_spec_with_every_stage(tmp_path):
         "train-retrieval",
     ]
     # The blessing includes infra validation; push ships the warmup requests it replayed.
+    # The eval impressions (their propensities) come from ingest.
     assert sorted(tasks["evaluate"].dependent_tasks) == [
         "infra-validate",
+        "ingest",
         "join-features",
         "train-ranking",
         "train-retrieval",

@@ -401,3 +401,45 @@ def test_an_exploring_service_returns_each_items_propensity(pushed_root, request
     for item, p in propensity.items():
         sd = np.sqrt(p * (1 - p) / requests)
         assert abs(shown[item] / requests - p) < 4 * sd + 0.01, (item, shown[item], p)
+
+
+def test_an_experiment_splits_users_and_logs_each_arm(pushed_root, request_at, tmp_path):
+    """Each user gets their hashed arm on every request; the arm's settings serve it
+    (a 3-item page for one arm); the exposure log has the arm, the position and the
+    propensity of every shown item under the serving log's event ids."""
+    from recsys.core.tables import read_dataset
+    from recsys.serving.experiment import Experiment
+
+    experiment = Experiment.parse(
+        {
+            "name": "service",
+            "arms": [
+                {"name": "funnel", "share": 0.5},
+                {"name": "short", "share": 0.5, "rerank": {"k": 3}},
+            ],
+        }
+    )
+    exposures = str(tmp_path / "exposures")
+    config = ServiceConfig(
+        pushed_root, experiment=experiment, exposure_log=exposures, log_flush_seconds=0.2
+    )
+    users = known_users(pushed_root, n=12)
+    with TestClient(create_app(Service(config))) as client:
+        started(client)
+        served = {}
+        for user in users * 2:
+            body = client.post("/v1/recommend", json={"user_id": user, "at": request_at}).json()
+            arm = experiment.arm_of(user).name
+            assert body["arm"] == arm and served.setdefault(user, arm) == arm
+            assert len(body["items"]) == (3 if arm == "short" else 10)
+        metrics = client.get("/metrics").text
+    assert {"funnel", "short"} <= set(served.values())
+    for arm in ("funnel", "short"):
+        count = 2 * sum(a == arm for a in served.values())
+        assert f'recsys_arm_requests_total{{arm="{arm}"}} {float(count)}' in metrics
+    logged = read_dataset(exposures)
+    assert len(logged) == 2 * sum(3 if a == "short" else 10 for a in served.values())
+    assert (logged["arm"] == logged["user_id"].map(served)).all()
+    event_ids = logged["request_id"] + "-" + logged["position"].astype(str)
+    assert (logged["event_id"] == event_ids).all()  # the serving log's event ids
+    assert (logged["propensity"] == 1.0).all()  # no exploration: every item certain

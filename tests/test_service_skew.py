@@ -23,6 +23,7 @@ from recsys.core.contracts import (
     EVENT_TS,
     IMPRESSIONS,
     ITEM_ID,
+    PROPENSITY,
     SERVING_LOG,
     USER_ID,
     WATCH_SECONDS,
@@ -76,6 +77,8 @@ def served_day(stages, tiny_data, tmp_path_factory):
                     ITEM_ID: shown[ITEM_ID],
                     CLICKED: clicked.astype(np.int64),
                     WATCH_SECONDS: np.where(clicked, rng.uniform(5, 300, len(shown)), 0.0).round(1),
+                    # Logged with the impression, as the API asks.
+                    PROPENSITY: shown[PROPENSITY],
                 }
             )
             impressions.append(events)
