@@ -65,34 +65,29 @@ def requests_of_day(world, day_start: int, per_user_day: float, rng) -> pd.DataF
     return pd.DataFrame({USER_ID: users, EVENT_TS: seconds}).sort_values(EVENT_TS, kind="stable")
 
 
-def user_rows(snapshot, events, history_length, at) -> dict[str, dict]:
-    """Each user's online row at ``at``: the snapshot's (or the cold-start row) with
-    their simulated engagements before ``at`` folded in."""
+def user_rows(snapshot, users, events, history_length, at) -> dict[str, np.ndarray]:
+    """Every one of ``users``' online row at ``at``, as columns (one row per user, in
+    order): the snapshot's (or the cold-start row) with their simulated engagements
+    before ``at`` folded in."""
     by_user = dict(tuple(events.groupby(USER_ID))) if len(events) else {}
-    rows = {}
-    for user in snapshot.user_index:
+    rows = []
+    for user in users:
         row, _ = snapshot.user(user)
         mine = by_user.get(user)
-        rows[user] = apply_events(row, mine, history_length, at) if mine is not None else row
-    return rows
+        rows.append(apply_events(row, mine, history_length, at) if mine is not None else row)
+    return {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
 
 
-def queries(requests: pd.DataFrame, rows: dict[str, dict], registry) -> dict[str, np.ndarray]:
-    """The raw query columns of ``requests``: each user's row plus the request context."""
-    users = requests[USER_ID].to_numpy()
-    first = next(iter(rows.values()))
-    cold = {}
-    columns = {}
-    for name in first:
-        values = []
-        for user in users:
-            row = rows.get(user)
-            if row is None:
-                row = cold.setdefault(user, registry.missing_row("user", user))
-            values.append(row[name])
-        columns[name] = np.concatenate(values)
+def queries(requests: pd.DataFrame, rows: dict[str, np.ndarray], users) -> dict[str, np.ndarray]:
+    """The raw query columns of ``requests``: each user's row (``rows``, one per
+    ``users``) plus the request context."""
+    positions = pd.Index(users).get_indexer(requests[USER_ID])
     ts = requests[EVENT_TS].to_numpy(np.int64)
-    return {**columns, **context_columns(ts), EVENT_TS: ts}
+    return {
+        **{name: values[positions] for name, values in rows.items()},
+        **context_columns(ts),
+        EVENT_TS: ts,
+    }
 
 
 def simulate_experiment(
@@ -165,17 +160,20 @@ def run_experiment(
         {USER_ID: [], EVENT_TS: [], ITEM_ID: [], CLICKED: [], WATCH_SECONDS: []}
     )
     exposures, impressions, truth = [], [], []
+    arm_of = {user: experiment.arm_of(user).name for user in oracle.world.user_ids}
     for day in range(days):
         day_start = first_day + day * DAY
         requests = requests_of_day(oracle.world, day_start, requests_per_user_day, rng)
         requests[REQUEST_ID] = [f"d{day:03d}r{i:07d}" for i in range(len(requests))]
-        requests[ARM] = [experiment.arm_of(user).name for user in requests[USER_ID]]
-        rows = user_rows(snapshot, engagements, history_length, day_start)
+        requests[ARM] = requests[USER_ID].map(arm_of)
+        rows = user_rows(snapshot, oracle.world.user_ids, engagements, history_length, day_start)
+        # Retrieval and ranking once a day for every request; each arm arranges them.
+        scored = funnel.candidates(queries(requests, rows, oracle.world.user_ids))
         responses = []
         for arm in experiment.arms:
             # Every request gets this arm's page: the ones it serves are shown and
             # answered; all of them give the arm's true value had it served everyone.
-            pages = funnel.pages(queries(requests, rows, snapshot.registry), arm=arm)
+            pages = funnel.arrange(scored, arm=arm)
             lengths = [len(page) for page, _, _ in pages]
             shown = pd.concat([page for page, _, _ in pages], ignore_index=True)
             request = requests.loc[requests.index.repeat(lengths)].reset_index(drop=True)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from recsys.components.evaluate.metrics import Z_95
 from recsys.components.evaluate.offpolicy import Estimate, clustered_ratio
 from recsys.core import storage
 from recsys.core.contracts import (
@@ -52,12 +53,11 @@ def read_impressions(path: str) -> pd.DataFrame:
 
 def lift(treatment: Estimate, control: Estimate) -> Estimate:
     """treatment / control - 1, independent arms, by the delta method."""
-    z = 1.959964
     if not control.value:
         return Estimate(float("nan"), float("nan"))
-    se_t, se_c = treatment.margin / z, control.margin / z
+    se_t, se_c = treatment.margin / Z_95, control.margin / Z_95
     variance = (se_t / control.value) ** 2 + (treatment.value * se_c / control.value**2) ** 2
-    return Estimate(treatment.value / control.value - 1.0, float(z * np.sqrt(variance)))
+    return Estimate(treatment.value / control.value - 1.0, float(Z_95 * np.sqrt(variance)))
 
 
 def arm_results(exposures: pd.DataFrame, impressions: pd.DataFrame, watch_weight: float) -> dict:

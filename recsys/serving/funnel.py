@@ -258,7 +258,18 @@ class Funnel:
         ``clock`` collects milliseconds per step; ``exclude``: item ids no page shows;
         ``arm``: an experiment arm's order, rules and exploration instead of the
         funnel's."""
-        scored = self.candidates(queries, clock)
+        return self.arrange(self.candidates(queries, clock), k, clock, exclude, arm)
+
+    def arrange(
+        self,
+        scored: ScoredCandidates,
+        k: int | None = None,
+        clock: dict | None = None,
+        exclude=(),
+        arm: "Arm | None" = None,
+    ) -> list[tuple[pd.DataFrame, dict, np.ndarray]]:
+        """The re-ranking step of ``pages`` over candidates already scored (by
+        ``candidates``): several arms or rules can arrange one scoring."""
         started = time.perf_counter()
         query_of, item_ids, rows, ranked = (
             scored.query_of,

@@ -152,10 +152,11 @@ def ordered_pages(scored: ScoredCandidates, users: np.ndarray, order_by: str, k:
     return page.assign(**{USER_ID: users[page["query"].to_numpy()]})[PAGE_COLUMNS]
 
 
-def served_pages(funnel: Funnel, queries: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+def served_pages(funnel: Funnel, scored: ScoredCandidates, users: np.ndarray) -> pd.DataFrame:
+    """The funnel's pages (its re-ranking of the scored candidates), long format."""
     frames = [
         page.assign(**{USER_ID: user})
-        for (page, _, _), user in zip(funnel.pages(queries), users, strict=True)
+        for (page, _, _), user in zip(funnel.arrange(scored), users, strict=True)
     ]
     return pd.concat(frames, ignore_index=True)[PAGE_COLUMNS]
 
@@ -211,7 +212,7 @@ def evaluate_funnel(
         "popularity": ordered_pages(popular, users, "retrieval", config.k),
         "retrieval_order": ordered_pages(scored, users, "retrieval", config.k),
         "ranker_order": ordered_pages(scored, users, "ranker", config.k),
-        "funnel": served_pages(funnel, queries, users),
+        "funnel": served_pages(funnel, scored, users),
     }
     if eval_events is not None:
         eval_events = eval_events[eval_events[USER_ID].isin(users)].reset_index(drop=True)

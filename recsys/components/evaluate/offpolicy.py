@@ -154,24 +154,22 @@ def estimate(
     length = logged[USER_ID].map(page_length).to_numpy(float)
     if np.isnan(length).any():
         raise ValueError("every logged request's user needs a page")
+    # Each logged row with its item's page row, if the page shows it (one merge for
+    # the weights and every reward's prediction).
     shown = logged[[USER_ID, ITEM_ID]].merge(
         pages.assign(in_page=True), on=[USER_ID, ITEM_ID], how="left"
     )
     in_page = shown["in_page"].fillna(False).to_numpy(bool)
+    page_users = pages[USER_ID].to_numpy()
     weight = in_page / logged[PROPENSITY].to_numpy(float)
     users = logged[USER_ID].to_numpy()
     first = first_of_request(logged).astype(float)
     result = {}
     for reward in valued_in:
         r = reward.logged(logged)
-        page_prediction = pages.assign(q=reward.predicted(pages))
-        direct = logged[USER_ID].map(page_prediction.groupby(USER_ID)["q"].sum()).to_numpy()
-        q_logged = (
-            logged[[USER_ID, ITEM_ID]]
-            .merge(page_prediction[[USER_ID, ITEM_ID, "q"]], on=[USER_ID, ITEM_ID], how="left")["q"]
-            .fillna(0.0)
-            .to_numpy()
-        )
+        page_total = pd.Series(reward.predicted(pages)).groupby(page_users).sum()
+        direct = logged[USER_ID].map(page_total).to_numpy()
+        q_logged = np.where(in_page, reward.predicted(shown), 0.0)
         result[reward.name] = {
             "ips": clustered_ratio(weight * r, first, users),
             "snips": clustered_ratio(weight * r, weight / length, users),
