@@ -44,6 +44,7 @@ import scipy.sparse as sp  # noqa: E402
 
 from bench.common import DEFAULT_ML_100K, ingest, log, machine, prepare_split  # noqa: E402
 from recsys.app.movielens import import_movielens  # noqa: E402
+from recsys.components.evaluate.data import first_examples  # noqa: E402
 from recsys.components.evaluate.metrics import (  # noqa: E402
     hits_and_counts,
     list_quality,
@@ -51,7 +52,6 @@ from recsys.components.evaluate.metrics import (  # noqa: E402
     recall_per_user,
 )
 from recsys.components.evaluate.models import call_in_batches, serving_fn  # noqa: E402
-from recsys.components.evaluate.retrieval import first_examples  # noqa: E402
 from recsys.components.train_retrieval import train_retrieval  # noqa: E402
 from recsys.components.train_retrieval.config import RetrievalConfig  # noqa: E402
 from recsys.core.contracts import QUERY_EMBEDDING  # noqa: E402

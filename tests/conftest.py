@@ -28,8 +28,11 @@ TEST_PARAMETERS = dict(
     retrieval_epochs=3,
     retrieval_batch_size=256,
     retrieval_top_k=50,
-    ranking_epochs=2,
-    ranking_batch_size=512,
+    # The ranker needs enough steps on 8,000 rows to beat the retrieval order in truth
+    # (test_evaluate): with 512-row batches and 2 epochs it did for some seeds and not
+    # others; 128-row batches and 3 epochs won on each of the 4 seeds tried (42, 7, 11, 5).
+    ranking_epochs=3,
+    ranking_batch_size=128,
     recall_k=20,
 )
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")

@@ -22,7 +22,6 @@ from recsys.components.features.beam_asof import (
     FeatureView,
     HistoryJoin,
     HistoryView,
-    bucket_ids,
     join_history,
     join_view,
 )
@@ -37,6 +36,7 @@ from recsys.core.contracts import (
     USER_SNAPSHOT,
 )
 from recsys.core.features import load_registry
+from recsys.core.spill import stable_buckets
 from recsys.core.tables import read_dataset
 
 # One pytest-xdist worker runs every test that shares the session's trained stages.
@@ -274,7 +274,10 @@ def test_feature_view_options_are_checked(stages, tmp_path):
 
 def test_buckets_are_stable_and_spread():
     keys = pa.array([f"u{i:06d}" for i in range(10_000)])
-    first, again = bucket_ids(keys, 64), bucket_ids(pa.array(keys.to_pylist()[::-1]), 64)[::-1]
+    first, again = (
+        stable_buckets(keys, 64),
+        stable_buckets(pa.array(keys.to_pylist()[::-1]), 64)[::-1],
+    )
     np.testing.assert_array_equal(first, again)
     counts = np.bincount(first, minlength=64)
     assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()
@@ -286,7 +289,7 @@ def test_a_hot_key_is_spread_over_the_splits_and_its_features_reach_each():
         names=["user_id", "event_ts"],
     )
     groups = dict(beam_asof.split_by_bucket(batch, "user_id", num_buckets=8, splits=4))
-    hot_bucket = int(bucket_ids(pa.array(["hot"]), 8)[0])
+    hot_bucket = int(stable_buckets(pa.array(["hot"]), 8)[0])
     hot_groups = {g: rows.num_rows for g, rows in groups.items() if g // 4 == hot_bucket}
     assert len(hot_groups) == 4 and max(hot_groups.values()) <= 250 + 10
     features = pa.record_batch([pa.array(["hot"])], names=["user_id"])

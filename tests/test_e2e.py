@@ -194,3 +194,40 @@ def test_wrongly_typed_column_fails_at_ingest_and_pushes_nothing(config, tmp_pat
     assert "What to do" in result.stderr and "quarantine" in result.stderr
     assert "validate: started" not in result.stderr
     assert not (workdir / "serving").exists() or not any((workdir / "serving").iterdir())
+
+
+def test_a_stage_killed_by_the_kernel_is_named_with_what_bounds_its_memory(config, tmp_path):
+    """SIGKILL, as the kernel's out-of-memory killer sends it, to the ingest task's
+    process once it has started: the run names the stage, its memory and the knob."""
+    import signal
+
+    import psutil
+
+    data = tmp_path / "data"
+    generate(str(data), **TINY)
+    slow = tmp_path / "config.yaml"  # small batches: ingest runs long enough to be killed
+    slow.write_text(open(config).read() + "batch_rows: 20\n")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "recsys.app.cli", "run", "--data", str(data)]
+        + ["--workdir", str(tmp_path / "run"), "--config", str(slow)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines = []
+    for line in run.stderr:
+        lines.append(line)
+        if "ingest: started" in line:
+            tasks = [
+                p
+                for p in psutil.Process(run.pid).children(recursive=True)
+                if any("executor_main" in part for part in p.cmdline())
+            ]
+            assert tasks, "the ingest task's process was not found"
+            for task in tasks:
+                task.send_signal(signal.SIGKILL)
+    assert run.wait(timeout=600) == 1
+    stderr = "".join(lines)
+    assert "stage 'ingest' was killed" in stderr
+    assert "out of memory" in stderr and "batch_rows" in stderr
+    assert "validate: started" not in stderr

@@ -203,6 +203,23 @@ def test_window_leaves_enough_eval_users():
         assert propose_window(events[keep]) == proposed
 
 
+def test_the_window_holds_at_most_max_events_newest_days_first(tmp_path):
+    """A log too long for the machine: the newest days that hold at most max_events,
+    counted over calendar days (a day without events costs nothing), and the same
+    from the written file, read as it streams."""
+    days = np.array([0, 0, 0, 5, 5, 6, 7, 7, 8, 9])
+    events = pd.DataFrame({"user_id": ["a", "b", "a", "a", "b", "a", "b", "a", "b", "a"]}).assign(
+        event_ts=T0 + days * DAY + 60, clicked=1
+    )
+    assert propose_window(events)[0] == 10  # all days fit
+    assert propose_window(events, max_events=7)[0] == 9  # days 1..9: empty days are free
+    assert propose_window(events, max_events=6)[0] == 4  # days 6..9 hold 5, with 5: 7
+    assert propose_window(events, max_events=1)[0] == 2  # never less than a train and an eval day
+    frame = events.assign(event_ts=pd.to_datetime(events["event_ts"], unit="s", utc=True))
+    frame.to_parquet(tmp_path / "impressions.parquet")
+    assert propose_window(str(tmp_path / "impressions.parquet"), max_events=6)[0] == 4
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(

@@ -62,7 +62,27 @@ def test_tfdv_statistics_on_the_portable_runner_equal_direct_runner(
     datasets = {name: stages["paths"][name] for name in ("train_examples", "eval_examples")}
     direct = compute_statistics(datasets, str(tmp_path / "direct"), "[]")
     portable = compute_statistics(datasets, str(tmp_path / "portable"), portable_args)
-    assert portable == direct
+    assert portable.keys() == direct.keys()
+    approximate = set()
+    for name in direct:
+        for ours, theirs in zip(_features(portable[name]), _features(direct[name]), strict=True):
+            # Top values come from a Misra-Gries sketch of 1,024 buckets (bounded memory):
+            # exact below that many distinct values, approximate and dependent on the
+            # order sketches merge in above it (event ids, one per row).
+            if ours.string_stats.unique > MISRA_GRIES_BUCKETS:
+                approximate.add(ours.path.step[0])
+                for stats in (ours, theirs):
+                    stats.string_stats.ClearField("top_values")
+                    stats.string_stats.ClearField("rank_histogram")
+            assert ours == theirs, ours.path
+    assert approximate <= {"event_id"}  # every feature the checks read is exact
+
+
+MISRA_GRIES_BUCKETS = 1024
+
+
+def _features(statistics):
+    return sorted(statistics.datasets[0].features, key=lambda f: f.path.step[0])
 
 
 def test_tft_on_the_portable_runner_equals_direct_runner(stages, tmp_path, portable_args):

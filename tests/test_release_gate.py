@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from recsys.components.evaluate import gate
 from recsys.components.evaluate.config import Thresholds
+from recsys.components.evaluate.data import EvalData, TrainingClicks
 from recsys.components.evaluate.evaluate import CandidateModels, evaluate
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.components.evaluate.slices import Slices
@@ -292,15 +293,16 @@ def test_a_candidate_worse_on_one_slice_only_is_refused(stages, tmp_path):
     paths = stages["paths"]
     serving_root = str(tmp_path / "serving")
     push_stages(stages, serving_root)
-    train, evaluation = (read_dataset(paths[n]) for n in ("train_examples", "eval_examples"))
-    task = RetrievalTask.of(train, evaluation)
+    category = load_registry().role("category")
+    evaluation = EvalData.read(paths["eval_examples"], category)
+    task = RetrievalTask.of(TrainingClicks.read(paths["train_examples"]), evaluation)
     # The third most shown category: a slice of its own, a small part of the others.
     demoted = Slices.of(
         task.users,
         task.train_clicks,
-        evaluation,
+        evaluation.impressions,
         top_categories=3,
-        category=load_registry().role("category"),
+        category=category,
     ).categories[2]
     items = read_dataset(paths["item_snapshot"])
     demoting = Reordered(

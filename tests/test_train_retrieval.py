@@ -15,12 +15,14 @@ from recsys.core import modeling
 from recsys.core.contracts import (
     ANN_INDEX_FILE,
     CANDIDATE_TOWER,
+    CLICKED,
     ITEM_ID,
     QUERY_EMBEDDING,
     QUERY_TOWER,
+    WATCH_SECONDS,
 )
 from recsys.core.features import load_registry
-from recsys.core.tables import read_dataset
+from recsys.core.tables import read_dataset, write_dataset
 
 REGISTRY = load_registry()
 
@@ -104,13 +106,33 @@ def test_validation_recall_matches_brute_force(seed, k):
         tr.SCORE_CHUNK_ELEMENTS = chunked
 
 
-def test_watch_time_weights():
-    weights = tr.positive_weights(np.array([0.0, 10.0, 100.0, 1000.0]), "watch_time")
+def test_watch_time_weights(tmp_path):
+    """Weights from one pass over the positives average 1 over them, grow with watch
+    time, count a click without watch time, and refuse data without any."""
+    watch = np.array([0.0, 10.0, 100.0, 1000.0])
+    write_dataset(
+        pd.DataFrame({tr.ITEM_INDEX: [0, 1, 1, 2], CLICKED: 1, WATCH_SECONDS: watch}),
+        str(tmp_path / "positives"),
+    )
+    stream = modeling.ExampleStream(
+        str(tmp_path / "positives"), (tr.ITEM_INDEX, WATCH_SECONDS), clicked_only=True
+    )
+    positives = tr.count_positives(stream, 4, "watch_time")
+    assert positives.count == 4
+    np.testing.assert_allclose(positives.item_frequency, [0.25, 0.5, 0.25, 0.0])
+    weights = tr.positive_weights(watch, positives.mean_weight)
     assert np.isclose(weights.mean(), 1.0)
     assert np.all(np.diff(weights) > 0) and weights[0] > 0  # no watch time still counts
-    assert tr.positive_weights(np.array([5.0]), "none") is None
+    assert tr.count_positives(stream, 4, "none").mean_weight is None
+    write_dataset(
+        pd.DataFrame({tr.ITEM_INDEX: [0, 1], CLICKED: 1, WATCH_SECONDS: 0.0}),
+        str(tmp_path / "unwatched"),
+    )
+    unwatched = modeling.ExampleStream(
+        str(tmp_path / "unwatched"), (tr.ITEM_INDEX, WATCH_SECONDS), clicked_only=True
+    )
     with pytest.raises(ValueError, match="every clicked training example has watch_seconds 0"):
-        tr.positive_weights(np.zeros(3), "watch_time")
+        tr.count_positives(unwatched, 4, "watch_time")
 
 
 def test_config_errors_name_the_allowed_values():
@@ -160,9 +182,11 @@ def test_mixed_negatives_join_the_softmax(stages):
     columns = tr.tower_columns(REGISTRY, QUERY_TOWER, CANDIDATE_TOWER)
     rows = modeling.load_transformed(paths["transformed_train"], columns)
     corpus = tr.corpus_table(REGISTRY, rows)
-    frequency = tr.item_frequency(
-        rows[tr.ITEM_INDEX], modeling.id_cardinality(transform_output, REGISTRY[ITEM_ID])
+    positives = modeling.ExampleStream(
+        paths["transformed_train"], (tr.ITEM_INDEX,), clicked_only=True
     )
+    vocabulary = modeling.id_cardinality(transform_output, REGISTRY[ITEM_ID])
+    frequency = tr.count_positives(positives, vocabulary, "none").item_frequency
     config = RetrievalConfig(batch_size=32, uniform_negatives=16)
     model = tr.TwoTowerModel(transform_output, REGISTRY, config, corpus, frequency)
     seen = {}

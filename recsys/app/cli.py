@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from recsys.core.limits import MAX_WINDOW_EVENTS
+
 # `recsys import` options of the interactions section, and those it cannot do without.
 IMPORT_OPTIONS = ("interactions", "user", "item", "timestamp", "timestamp_unit", "label")
 IMPORT_OPTIONS += ("watch_seconds",)
@@ -86,14 +88,14 @@ def _import(args):
             )
         given["path"] = given.pop("interactions")
         mapping = {"interactions": given}
-    result = importer.import_data(mapping, args.out)
+    result = importer.import_data(mapping, args.out, args.max_window_events)
     for name, rows in result.counts.items():
         print(f"{name}: {rows} rows -> {os.path.join(args.out, name)}.parquet")
     print("features switched off (the data has nothing for them):")
     for name, reason in result.switched_off.items():
         print(f"  {name}: {reason}")
     print(
-        f"window: all {result.lookback_days} days; eval: the last {result.eval_days}, where "
+        f"window: {result.window}; eval: the last {result.eval_days}, where "
         f"{result.eval_users} users engage who also engaged before"
     )
     print(
@@ -105,6 +107,7 @@ def _import(args):
 
 def _import_movielens(args):
     args.preset, args.mapping = "movielens-100k", None
+    args.max_window_events = MAX_WINDOW_EVENTS
     return _import(args)
 
 
@@ -496,6 +499,14 @@ def main(argv=None):
     import_.add_argument("--label", help="engagement rule, e.g. 'rating >= 4', or a 0/1 column")
     import_.add_argument(
         "--watch-seconds", dest="watch_seconds", help="optional column: seconds engaged"
+    )
+    import_.add_argument(
+        "--max-window-events",
+        dest="max_window_events",
+        type=int,
+        default=MAX_WINDOW_EVENTS,
+        help="the proposed window is the newest days holding at most this many events "
+        "(default: %(default)s, about two hours of the pipeline on 2 cores)",
     )
     import_.set_defaults(func=_import)
 

@@ -14,9 +14,14 @@ computes one feature differently from a chosen day on), so validation can be
 shown to catch both.
 """
 
+import contextlib
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from recsys.core import storage
 from recsys.core.aggregates import daily_view
 from recsys.core.contracts import (
     IMPRESSIONS,
@@ -26,9 +31,9 @@ from recsys.core.contracts import (
     USER_FEATURES,
 )
 from recsys.core.derived import DAY, context_columns, item_age_days
-from recsys.core.ground_truth import HOUR_WEIGHTS, World, click_logit, respond
+from recsys.core.ground_truth import HOUR_WEIGHTS, World, click_logit, respond, user_blocks
 from recsys.core.schemas import required_columns
-from recsys.core.tables import write_raw_tables
+from recsys.core.tables import raw_table, write_raw_tables
 
 CATEGORIES = [
     "news",
@@ -111,6 +116,7 @@ def generate(
         item_popularity,
         items_frame["duration_s"],
     )
+    # Numeric columns only (user and item rows, not ids): tens of bytes per impression.
     impressions = _impressions(
         rng,
         world,
@@ -122,16 +128,26 @@ def generate(
         drift,
         drift_day,
     )
-    impressions["user_id"] = users_frame["user_id"].to_numpy()[impressions.pop("user_index")]
-    impressions["item_id"] = items_frame["item_id"].to_numpy()[impressions["item_index"]]
+    user_ids = pa.array(users_frame["user_id"], pa.string())
+    item_ids = pa.array(items_frame["item_id"], pa.string())
 
-    user_snapshots = daily_view(
-        impressions, USER_FEATURES, users_frame["user_id"], start_ts, days + 1
+    def with_ids(snapshots: pd.DataFrame, key: str, ids: pa.Array) -> pd.DataFrame:
+        snapshots[key] = ids.take(pa.array(snapshots[key].to_numpy())).to_numpy(False)
+        return snapshots
+
+    by_rows = impressions.rename(columns={"user_index": "user_id", "item_index": "item_id"})
+    user_snapshots = with_ids(
+        daily_view(by_rows, USER_FEATURES, np.arange(users), start_ts, days + 1),
+        "user_id",
+        user_ids,
     )
-    item_snapshots = daily_view(
-        impressions, ITEM_FEATURES, items_frame["item_id"], start_ts, days + 1
+    item_snapshots = with_ids(
+        daily_view(by_rows, ITEM_FEATURES, np.arange(items), start_ts, days + 1),
+        "item_id",
+        item_ids,
     )
-    serving_log = _serving_log(
+    del by_rows
+    serving_log_rows = _write_serving_log(
         impressions,
         users_frame,
         items_frame,
@@ -141,25 +157,47 @@ def generate(
         start_ts,
         skew,
         skew_day,
+        storage.join(out, "serving_log.parquet"),
     )
     # Real feature jobs miss days; a few absent snapshots exercise the as-of fallback.
     user_features, item_features = (
         frame[rng.random(len(frame)) >= 0.03].reset_index(drop=True)
         for frame in (user_snapshots, item_snapshots)
     )
-    impressions = impressions.drop(columns=["item_index"])
+    columns = [*required_columns(RAW_TABLES[IMPRESSIONS].schema), PROPENSITY]
+    impressions_table = pa.table(
+        {
+            "event_id": event_ids(len(impressions)),
+            **{
+                name: impressions[name].to_numpy()
+                for name in columns
+                if name not in ("event_id", "user_id", "item_id")
+            },
+            "user_id": user_ids.take(pa.array(impressions["user_index"].to_numpy())),
+            "item_id": item_ids.take(pa.array(impressions["item_index"].to_numpy())),
+        }
+    ).select(columns)
+    del impressions
 
     tables = {
         "users": users_frame,
         "items": items_frame,
-        "impressions": impressions[[*required_columns(RAW_TABLES[IMPRESSIONS].schema), PROPENSITY]],
+        "impressions": impressions_table,
         "user_features": user_features,
         "item_features": item_features,
-        "serving_log": serving_log,
     }
     counts = write_raw_tables(tables, out)
+    counts["serving_log"] = serving_log_rows
     world.save(out)
     return counts
+
+
+def event_ids(n: int, first: int = 0) -> pa.Array:
+    """ "e000000000", "e000000001", ... from ``first`` on: built in Arrow, not as
+    Python strings."""
+    numbers = pa.array(np.arange(first, first + n, dtype=np.int64)).cast(pa.string())
+    digits = pc.utf8_lpad(numbers, 9, "0")
+    return pc.binary_join_element_wise("e", digits, "")
 
 
 def _items(rng, n, start_ts, category_vectors):
@@ -214,15 +252,14 @@ def _impressions(
     drift,
     drift_day,
 ):
-    affinity, quality = world.affinity_matrix(), world.quality
-    n_users, n_items = affinity.shape
+    n_users, n_items = len(world.user_vectors), len(world.item_vectors)
     rate = np.full(days, per_user_day)
     if drift == "volume":
         rate[drift_day:] *= 0.4
     counts = rng.poisson(activity[:, None] * rate[None, :], size=(n_users, days))
     per_user = counts.sum(axis=1)
     day = (
-        np.concatenate([np.repeat(np.arange(days), c) for c in counts])
+        np.repeat(np.tile(np.arange(days), n_users), counts.ravel())
         if per_user.sum()
         else np.array([], dtype=np.int64)
     )
@@ -239,26 +276,34 @@ def _impressions(
     uniform = rng.random(len(user_index))
     item_index = np.empty(len(user_index), dtype=np.int64)
     propensity = np.empty(len(user_index))
+    affinity = np.empty(len(user_index))  # of each impression's user and item
     offsets = np.concatenate([[0], np.cumsum(per_user)])
     drifted = day >= drift_day if drift in ("category", "numeric") else np.zeros(len(day), bool)
     passes = [(0.0, ~drifted)] + ([(drift_logits, drifted)] if drifted.any() else [])
-    for extra_logits, rows in passes:
-        probabilities = world.logging_probabilities(extra_logits)
-        # One vectorised draw per user (not per row): inverse-CDF sampling on each user's row.
-        cdf = np.cumsum(probabilities, axis=1)
-        for u in range(n_users):  # per user, vectorised within the user
-            lo, hi = offsets[u], offsets[u + 1]
-            mine = lo + np.flatnonzero(rows[lo:hi])
-            item_index[mine] = np.minimum(np.searchsorted(cdf[u], uniform[mine]), n_items - 1)
-            propensity[mine] = probabilities[u, item_index[mine]]
+    # Users x items matrices a block of users at a time (ground_truth.user_blocks).
+    for block in user_blocks(n_users, n_items):
+        block_affinity = world.affinity_matrix(block)
+        for extra_logits, rows in passes:
+            probabilities = world.logging_probabilities(extra_logits, block_affinity)
+            # One vectorised draw per user (not per row): inverse-CDF sampling on each
+            # user's row.
+            cdf = np.cumsum(probabilities, axis=1)
+            for u in range(block.start, block.stop):  # per user, vectorised within the user
+                lo, hi = offsets[u], offsets[u + 1]
+                mine = lo + np.flatnonzero(rows[lo:hi])
+                row = u - block.start
+                item_index[mine] = np.minimum(np.searchsorted(cdf[row], uniform[mine]), n_items - 1)
+                propensity[mine] = probabilities[row, item_index[mine]]
+        rows = slice(offsets[block.start], offsets[block.stop])
+        affinity[rows] = block_affinity[user_index[rows] - block.start, item_index[rows]]
     hour = rng.choice(24, len(user_index), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     event_ts = start_ts + day * DAY + hour * 3600 + rng.integers(0, 3600, len(user_index))
 
-    logit = click_logit(affinity[user_index, item_index], quality[item_index], hour)
+    logit = click_logit(affinity, world.quality[item_index], hour)
     clicked, watch_seconds = respond(rng, logit, world.duration_s[item_index])
 
     order = np.argsort(event_ts, kind="stable")
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "event_ts": event_ts[order],
             "user_index": user_index[order],
@@ -268,82 +313,119 @@ def _impressions(
             PROPENSITY: propensity[order],
         }
     )
-    frame.insert(0, "event_id", [f"e{i:09d}" for i in range(len(frame))])
-    return frame
 
 
-def _serving_history(impressions: pd.DataFrame) -> pd.DataFrame:
+# Impressions per chunk of the serving log: it is built and written chunk by chunk.
+SERVING_LOG_CHUNK_ROWS = 1_000_000
+
+
+def _serving_history(chunk: pd.DataFrame, engagements: pa.Table) -> pd.DataFrame:
     """Each impression's engagement history as serving had it: the user's clicks
-    strictly before it (the same lookup the training join uses)."""
-    import pyarrow as pa
-
+    strictly before it (the same lookup the training join uses), by user row."""
     from recsys.components.features.beam_asof import HistoryView, join_history
 
-    view = HistoryView()
+    view = HistoryView(key="user_index")
+    events = pa.table(
+        {
+            view.key: chunk["user_index"].to_numpy(),
+            "event_ts": chunk["event_ts"].to_numpy(np.int64),
+        }
+    )
+    history = join_history(events, engagements, view)
+    return pd.DataFrame(
+        {
+            view.items_column: history.column(view.items_column).to_pandas().to_numpy(),
+            view.count_column: history.column(view.count_column).to_numpy(),
+            view.mean_column: history.column(view.mean_column).to_numpy(),
+        },
+        index=chunk.index,
+    )
+
+
+def _write_serving_log(
+    impressions,
+    users,
+    items,
+    user_snapshots,
+    item_snapshots,
+    days,
+    start_ts,
+    skew,
+    skew_day,
+    path,
+) -> int:
+    """Per impression, the features serving used: each entity's snapshot of that day
+    from serving's own feature cache (which, unlike the offline table, misses none).
+    Written to ``path`` a chunk of impressions at a time; returns the rows written."""
     clicked = impressions[impressions["clicked"] == 1]
     engagements = pa.table(
         {
-            view.key: clicked["user_id"].astype(str).to_numpy(),
+            "user_index": clicked["user_index"].to_numpy(),
             "event_ts": clicked["event_ts"].to_numpy(np.int64),
-            view.item: clicked["item_id"].astype(str).to_numpy(),
-            view.value: clicked["watch_seconds"].to_numpy(float),
+            "item_id": pa.array(items["item_id"], pa.string()).take(
+                pa.array(clicked["item_index"].to_numpy())
+            ),
+            "watch_seconds": clicked["watch_seconds"].to_numpy(float),
         }
     )
-    events = pa.table(
-        {
-            view.key: impressions["user_id"].astype(str).to_numpy(),
-            "event_ts": impressions["event_ts"].to_numpy(np.int64),
-        }
-    )
-    history = join_history(events, engagements, view).to_pandas()
-    return history[[view.items_column, view.count_column, view.mean_column]].set_axis(
-        impressions.index
-    )
+    writer, schema = None, None
+    with contextlib.ExitStack() as stack:
+        for first in range(0, max(len(impressions), 1), SERVING_LOG_CHUNK_ROWS):
+            chunk = impressions.iloc[first : first + SERVING_LOG_CHUNK_ROWS]
+            log = _serving_log_rows(
+                chunk, first, users, items, user_snapshots, item_snapshots, days, start_ts
+            )
+            log = pd.concat([log, _serving_history(chunk, engagements)], axis=1)
+            _skewed(log, (chunk["event_ts"].to_numpy() - start_ts) // DAY >= skew_day, skew)
+            table = raw_table(log.reset_index(drop=True))
+            if writer is None:
+                schema = table.schema
+                writer = stack.enter_context(storage.parquet_writer(path, schema))
+            writer.write_table(table.cast(schema))
+    return len(impressions)
 
 
-def _serving_log(
-    impressions, users, items, user_snapshots, item_snapshots, days, start_ts, skew, skew_day
-):
-    """Per impression, the features serving used: each entity's snapshot of that day
-    from serving's own feature cache (which, unlike the offline table, misses none)."""
-    day = (impressions["event_ts"].to_numpy() - start_ts) // DAY
-    user_index = pd.Index(users["user_id"]).get_indexer(impressions["user_id"])
-    item_index = impressions["item_index"].to_numpy()
+def _serving_log_rows(chunk, first, users, items, user_snapshots, item_snapshots, days, start_ts):
+    day = (chunk["event_ts"].to_numpy() - start_ts) // DAY
+    user_index = chunk["user_index"].to_numpy()
+    item_index = chunk["item_index"].to_numpy()
     user_row = user_snapshots.iloc[user_index * (days + 1) + day].reset_index(drop=True)
     item_row = item_snapshots.iloc[item_index * (days + 1) + day].reset_index(drop=True)
-    context = context_columns(impressions["event_ts"].to_numpy())
-    log = pd.DataFrame(
+    context = context_columns(chunk["event_ts"].to_numpy())
+    return pd.DataFrame(
         {
-            "event_id": impressions["event_id"],
-            "event_ts": impressions["event_ts"],
-            "user_id": impressions["user_id"],
+            "event_id": event_ids(len(chunk), first).to_numpy(False),
+            "event_ts": chunk["event_ts"].to_numpy(),
+            "user_id": users["user_id"].to_numpy()[user_index],
             "country": users["country"].to_numpy()[user_index],
             "device": users["device"].to_numpy()[user_index],
-            "user_impressions_7d": user_row["user_impressions_7d"].astype(float),
-            "user_clicks_7d": user_row["user_clicks_7d"].astype(float),
-            "user_watch_seconds_7d": user_row["user_watch_seconds_7d"].astype(float),
+            "user_impressions_7d": user_row["user_impressions_7d"].astype(float).to_numpy(),
+            "user_clicks_7d": user_row["user_clicks_7d"].astype(float).to_numpy(),
+            "user_watch_seconds_7d": user_row["user_watch_seconds_7d"].astype(float).to_numpy(),
             "user_features_missing": 0,
-            "item_id": impressions["item_id"],
+            "item_id": items["item_id"].to_numpy()[item_index],
             "category": items["category"].to_numpy()[item_index],
             "creator_id": items["creator_id"].to_numpy()[item_index],
             "duration_s": items["duration_s"].to_numpy()[item_index],
             "item_age_days": item_age_days(
-                impressions["event_ts"].to_numpy(), items["upload_ts"].to_numpy()[item_index]
+                chunk["event_ts"].to_numpy(), items["upload_ts"].to_numpy()[item_index]
             ),
-            "item_impressions_7d": item_row["item_impressions_7d"].astype(float),
-            "item_clicks_7d": item_row["item_clicks_7d"].astype(float),
-            "item_ctr_7d": item_row["item_ctr_7d"],
+            "item_impressions_7d": item_row["item_impressions_7d"].astype(float).to_numpy(),
+            "item_clicks_7d": item_row["item_clicks_7d"].astype(float).to_numpy(),
+            "item_ctr_7d": item_row["item_ctr_7d"].to_numpy(),
             "item_features_missing": 0,
             "hour_of_day": context["hour_of_day"],
             "day_of_week": context["day_of_week"],
-        }
+        },
+        index=chunk.index,
     )
-    log = pd.concat([log, _serving_history(impressions)], axis=1)
-    skewed = day >= skew_day
+
+
+def _skewed(log: pd.DataFrame, skewed: np.ndarray, skew: str) -> None:
+    """Serving's bug of ``skew``, on the rows from the skew's day on (in place)."""
     if skew == "device":
         log.loc[skewed & (log["device"] == "ios").to_numpy(), "device"] = "android"
     elif skew == "watch_minutes":
         log.loc[skewed, "user_watch_seconds_7d"] = (
             log.loc[skewed, "user_watch_seconds_7d"] / 60.0
         ).round(2)
-    return log

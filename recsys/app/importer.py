@@ -44,6 +44,7 @@ eval days that leave ``TARGET_EVAL_USERS`` users with an engagement both in trai
 and in eval (the users whose metrics the gate decides on); it says how many.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -51,12 +52,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from recsys.app.local_run import DATA_CONFIG
-from recsys.core import contracts
+from recsys.core import contracts, storage
 from recsys.core.aggregates import AGGREGATES
 from recsys.core.contracts import (
     CLICKED,
@@ -72,14 +75,18 @@ from recsys.core.contracts import (
 )
 from recsys.core.derived import DAY, DERIVED
 from recsys.core.features import HISTORY_COLUMNS, load_registry, registry_path
+from recsys.core.limits import BATCH_ROWS, MAX_WINDOW_EVENTS
 from recsys.core.progress import log
 from recsys.core.schemas import load_schema
 from recsys.core.tables import (
     EPOCH_UNITS,
     ISO,
     DataError,
+    epoch_unit,
     ids_as_text,
+    iter_raw_file,
     parse_timestamps,
+    raw_table,
     read_raw_file,
     write_raw_tables,
 )
@@ -115,6 +122,7 @@ class Imported:
     lookback_days: int
     eval_days: int
     eval_users: int
+    window: str = ""  # the proposed window, and why
 
 
 def load_mapping(path: str) -> dict:
@@ -151,21 +159,31 @@ def _section(section, name: str, required: tuple[str, ...], allowed: set[str]) -
     return section
 
 
-def _read(section: dict, name: str, columns: list[str]) -> tuple[pd.DataFrame, str]:
-    """The section's frame (given by a preset) or file, checked for ``columns``."""
+def _source(section: dict, name: str) -> str:
+    """Where the section's rows come from: its file (which must exist), or a preset."""
     if section.get("frame") is not None:
-        frame, where = section["frame"], f"{name} ({section.get('path', 'preset')})"
-    else:
-        where = section.get("path")
-        if not where or not os.path.isfile(where):
-            raise MappingError(f"mapping '{name}': file {where!r} not found")
-        frame = read_raw_file(where).frame
+        return f"{name} ({section.get('path', 'preset')})"
+    where = section.get("path")
+    if not where or not os.path.isfile(where):
+        raise MappingError(f"mapping '{name}': file {where!r} not found")
+    return where
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], where: str, name: str) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise MappingError(
             f"{where}: no column(s) {missing}; the file has {list(frame.columns)}. "
             f"Fix the mapping's '{name}' section."
         )
+
+
+def _read(section: dict, name: str, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """An attribute section's frame (given by a preset) or file, whole (one row per
+    user or item), checked for ``columns``."""
+    where = _source(section, name)
+    frame = section["frame"] if section.get("frame") is not None else read_raw_file(where).frame
+    _check_columns(frame, columns, where, name)
     return frame, where
 
 
@@ -219,49 +237,135 @@ def label_of(frame: pd.DataFrame, rule: str, where: str) -> pd.Series:
     return label.where(values.notna())
 
 
-def interactions_table(section: dict) -> tuple[pd.DataFrame, bool]:
+# Before this, timestamps are not event times of a log this tool imports: an id column
+# read as seconds since 1970 lands here.
+PLAUSIBLE_SINCE = int(pd.Timestamp("1990-01-01", tz="UTC").timestamp())
+
+
+@dataclass
+class LogSummary:
+    """What one pass over the interactions learns while it writes them."""
+
+    rows: int = 0
+    clicks: int = 0
+    labeled: int = 0
+    unreadable_ts: int = 0
+    implausible_ts: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    unit: str = ""
+
+
+def _source_batches(section: dict, where: str):
+    """The interactions' raw rows a batch at a time: the file streamed, or the
+    preset's frame."""
+    if section.get("frame") is not None:
+        yield section["frame"]
+        return
+    for raw in iter_raw_file(where, batch_rows=BATCH_ROWS):
+        yield raw.frame
+
+
+def interactions_table(section: dict, path: str) -> tuple[LogSummary, bool]:
     """The impressions table (event_id, event_ts, user_id, item_id, clicked,
-    watch_seconds) and whether the data has watch time."""
+    watch_seconds) written to ``path`` a batch at a time; returns what the pass
+    learned and whether the data has watch time."""
     required = ("user", "item", "timestamp", "label")
     optional = ("timestamp_unit", "watch_seconds", "event_id")
     section = _section(section, "interactions", required, {*required, *optional})
     columns = [
         section[key] for key in ("user", "item", "timestamp", *optional[1:]) if section.get(key)
     ]
-    frame, where = _read(section, "interactions", columns)
-    seconds, unit = as_timestamps(
-        frame[section["timestamp"]], str(section.get("timestamp_unit", "auto")), where
-    )
-    log("import", f"{where}: timestamps read as {unit}")
-    bad = int(seconds.isna().sum())
-    if bad:
+    where = _source(section, "interactions")
+    unit = str(section.get("timestamp_unit", "auto"))
+    watch = section.get("watch_seconds")
+    summary = LogSummary()
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for frame in _source_batches(section, where):
+            _check_columns(frame, columns, where, "interactions")
+            if unit == "auto" and len(frame):  # read off the first rows, then kept
+                unit = _detected_unit(frame[section["timestamp"]])
+            seconds, summary.unit = as_timestamps(frame[section["timestamp"]], unit, where)
+            label = label_of(frame, section["label"], where)
+            events = pd.DataFrame(
+                {
+                    EVENT_ID: as_ids(frame[section["event_id"]])
+                    if section.get("event_id")
+                    else pd.Series(np.arange(summary.rows + 1, summary.rows + len(frame) + 1))
+                    .astype(str)
+                    .radd("e"),
+                    EVENT_TS: seconds,
+                    USER_ID: as_ids(frame[section["user"]]),
+                    ITEM_ID: as_ids(frame[section["item"]]),
+                    CLICKED: label,
+                    # No watch time: 0, the ranker's watch head and the watch features are off.
+                    WATCH_SECONDS: pd.to_numeric(frame[watch], errors="coerce") if watch else 0.0,
+                }
+            )
+            _summarize(summary, events)
+            table = raw_table(events)
+            if writer is None:
+                writer = stack.enter_context(storage.parquet_writer(path, table.schema))
+            writer.write_table(table.cast(writer.schema))
+    _check_log(summary, section, where)
+    return summary, bool(watch)
+
+
+def _detected_unit(values: pd.Series) -> str:
+    """The epoch unit (EPOCH_UNITS key) of numeric timestamps, or ISO for text."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return ISO if numbers.isna().all() and values.notna().any() else epoch_unit(numbers)
+
+
+def _summarize(summary: LogSummary, events: pd.DataFrame) -> None:
+    seconds = events[EVENT_TS].dropna().astype(np.int64)
+    summary.rows += len(events)
+    summary.clicks += int(events[CLICKED].sum())
+    summary.labeled += int(events[CLICKED].notna().sum())
+    summary.unreadable_ts += int(events[EVENT_TS].isna().sum())
+    summary.implausible_ts += int((seconds < PLAUSIBLE_SINCE).sum())
+    if len(seconds):
+        low, high = int(seconds.min()), int(seconds.max())
+        summary.first_ts = low if summary.first_ts is None else min(summary.first_ts, low)
+        summary.last_ts = high if summary.last_ts is None else max(summary.last_ts, high)
+
+
+def _check_log(summary: LogSummary, section: dict, where: str) -> None:
+    """Refuse what no run could use: no readable time, implausible times, a constant
+    label; say what ingest will quarantine."""
+    log("import", f"{where}: timestamps read as {summary.unit}")
+    read = summary.rows - summary.unreadable_ts
+    if read == 0:
+        raise MappingError(
+            f"{where}: no row of column {section['timestamp']!r} reads as a timestamp "
+            "(ISO-8601 text or Unix epoch numbers). Is it the right column?"
+        )
+    if summary.implausible_ts > read / 2:
+        span = " to ".join(
+            str(pd.Timestamp(ts, unit="s", tz="UTC").date())
+            for ts in (summary.first_ts, summary.last_ts)
+        )
+        raise MappingError(
+            f"{where}: {summary.implausible_ts} of {read} timestamps in column "
+            f"{section['timestamp']!r}, read as {summary.unit}, fall before 1990 (the column "
+            f"spans {span}): not the times of a log's events. An id column read as seconds "
+            "since 1970 looks like this: check --timestamp (the mapping's timestamp), or "
+            "declare its unit with timestamp_unit."
+        )
+    if summary.unreadable_ts:
         log(
             "import",
-            f"{where}: {bad} row(s) without a readable timestamp: kept; ingest quarantines them",
+            f"{where}: {summary.unreadable_ts} row(s) without a readable timestamp: kept; "
+            "ingest quarantines them",
         )
-    label = label_of(frame, section["label"], where)
-    clicks = int(label.sum())
-    if clicks == 0 or clicks == int(label.notna().sum()):
+    if summary.clicks == 0 or summary.clicks == summary.labeled:
         raise MappingError(
-            f"{where}: the label {section['label']!r} makes {'no' if not clicks else 'every'} "
-            "interaction an engagement; the ranker learns engagement against its absence, "
-            "so it needs both. Choose a rule that splits them (e.g. rating >= 4)."
+            f"{where}: the label {section['label']!r} makes "
+            f"{'no' if not summary.clicks else 'every'} interaction an engagement; the "
+            "ranker learns engagement against its absence, so it needs both. Choose a rule "
+            "that splits them (e.g. rating >= 4)."
         )
-    watch = section.get("watch_seconds")
-    events = pd.DataFrame(
-        {
-            EVENT_ID: as_ids(frame[section["event_id"]])
-            if section.get("event_id")
-            else pd.Series(np.arange(1, len(frame) + 1)).astype(str).radd("e"),
-            EVENT_TS: seconds,
-            USER_ID: as_ids(frame[section["user"]]),
-            ITEM_ID: as_ids(frame[section["item"]]),
-            CLICKED: label,
-            # No watch time: 0, the ranker's watch head and the watch features are off.
-            WATCH_SECONDS: pd.to_numeric(frame[watch], errors="coerce") if watch else 0.0,
-        }
-    )
-    return events, bool(watch)
 
 
 @dataclass
@@ -380,9 +484,9 @@ def switched_off(
     return off
 
 
-def _timestamp_floor(seconds: pd.Series) -> int:
+def _timestamp_floor(first_ts: int) -> int:
     """1 January of the data's first year: the schemas' lower bound on timestamps."""
-    first = pd.Timestamp(int(seconds.min()), unit="s", tz="UTC")
+    first = pd.Timestamp(int(first_ts), unit="s", tz="UTC")
     return int(pd.Timestamp(year=first.year, month=1, day=1, tz="UTC").timestamp())
 
 
@@ -537,24 +641,58 @@ def write_registry(path: str, document: dict) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def propose_window(events: pd.DataFrame) -> tuple[int, int, int]:
-    """(lookback_days, eval_days, eval users): all the data's days, and the fewest
-    eval days (at most MAX_EVAL_SHARE of them) that leave TARGET_EVAL_USERS users
-    with an engagement before and within the eval days; else the days that leave
-    the most."""
-    valid = events.dropna(subset=[EVENT_TS, USER_ID, CLICKED])
-    seconds = valid[EVENT_TS].astype(np.int64)
-    first_day, last_day = int(seconds.min()) // DAY, int(seconds.max()) // DAY
-    days = last_day - first_day + 1
-    as_of = (last_day + 1) * DAY
-    engaged = valid[valid[CLICKED] == 1].groupby(USER_ID)[EVENT_TS]
-    first, last = engaged.min().to_numpy(np.int64), engaged.max().to_numpy(np.int64)
-    longest = max(1, min(days - 1, int(days * MAX_EVAL_SHARE)))
-    if days < 2:
+def _window_batches(events: pd.DataFrame | str):
+    """(event_ts seconds, user_id, clicked) frames of a log: the frame itself, or the
+    written impressions file streamed."""
+    if isinstance(events, pd.DataFrame):
+        yield events[[EVENT_TS, USER_ID, CLICKED]]
+        return
+    for batch in storage.iter_parquet(events, BATCH_ROWS, [EVENT_TS, USER_ID, CLICKED]):
+        frame = batch.to_pandas()
+        stamps = frame[EVENT_TS]
+        if pd.api.types.is_datetime64_any_dtype(stamps):
+            frame[EVENT_TS] = (stamps.astype("int64") // 10**9).where(stamps.notna())
+        yield frame
+
+
+def propose_window(
+    events: pd.DataFrame | str, max_events: int = MAX_WINDOW_EVENTS
+) -> tuple[int, int, int]:
+    """(lookback_days, eval_days, eval users) for a log (a frame, or the written
+    impressions file, read as it streams): the newest days that hold at most
+    ``max_events`` events (all of them when they fit), and the fewest eval days (at
+    most MAX_EVAL_SHARE of them) that leave TARGET_EVAL_USERS users with an engagement
+    before and within the eval days; else the days that leave the most."""
+    per_day = pd.Series(dtype=np.int64)
+    for frame in _window_batches(events):
+        valid = frame.dropna(subset=[EVENT_TS, USER_ID, CLICKED])
+        days = valid[EVENT_TS].astype(np.int64) // DAY
+        per_day = per_day.add(days.value_counts(), fill_value=0)
+    if per_day.empty:
+        raise MappingError("the interactions have no row with a time, a user and a label")
+    first_day, last_day = int(per_day.index.min()), int(per_day.index.max())
+    if last_day == first_day:
         raise MappingError(
             "the interactions span a single day; a time-based split needs at least two "
             "(train before eval)"
         )
+    calendar = per_day.reindex(range(first_day, last_day + 1), fill_value=0)
+    newest_first = calendar.iloc[::-1].cumsum()
+    fitting = int((newest_first <= max_events).sum())
+    start_day = max(first_day, last_day - max(fitting, 2) + 1)
+    days = last_day - start_day + 1
+    as_of = (last_day + 1) * DAY
+    spans = []  # per user: first and last engagement in the window
+    for frame in _window_batches(events):
+        valid = frame.dropna(subset=[EVENT_TS, USER_ID, CLICKED])
+        seconds = valid[EVENT_TS].astype(np.int64)
+        engaged = valid[(valid[CLICKED] == 1).to_numpy() & (seconds >= start_day * DAY).to_numpy()]
+        spans.append(engaged.groupby(USER_ID)[EVENT_TS].agg(["min", "max"]))
+        if len(spans) > 8:
+            spans = [_merged_spans(spans)]
+    merged = _merged_spans(spans)
+    first, last = merged["min"].to_numpy(np.int64), merged["max"].to_numpy(np.int64)
+    longest = max(1, min(days - 1, int(days * MAX_EVAL_SHARE)))
     counts = [
         int(((first < as_of - e * DAY) & (last >= as_of - e * DAY)).sum())
         for e in range(1, longest + 1)
@@ -564,7 +702,36 @@ def propose_window(events: pd.DataFrame) -> tuple[int, int, int]:
     return days, eval_days, counts[eval_days - 1]
 
 
-def import_data(mapping: dict, out: str) -> Imported:
+def _merged_spans(spans: list[pd.DataFrame]) -> pd.DataFrame:
+    if not spans:
+        return pd.DataFrame({"min": [], "max": []})
+    together = pd.concat(spans)
+    return together.groupby(level=0).agg({"min": "min", "max": "max"})
+
+
+def _report_unlisted(events_path: str, table: pd.DataFrame, name: str) -> None:
+    """Say how many interactions name an id the attribute file lacks (ingest
+    quarantines them), reading the written interactions' ids as they stream."""
+    key = table.columns[0]
+    listed = pa.array(table[key].astype(str).to_numpy(object), pa.string())
+    rows, ids, example = 0, [], None
+    for batch in storage.iter_parquet(events_path, BATCH_ROWS, [key]):
+        column = batch.column(0)
+        unlisted = column.filter(pc.invert(pc.is_in(column, listed).fill_null(False)))
+        if len(unlisted):
+            rows += len(unlisted)
+            ids.append(pc.unique(unlisted))
+            example = example or unlisted[0].as_py()
+    if rows:
+        distinct = len(pc.unique(pa.concat_arrays(ids)))
+        log(
+            "import",
+            f"{rows} interaction(s) of {distinct} {key}(s) missing from the {name} file (e.g. "
+            f"{example}): kept; ingest quarantines them as unknown_{key}",
+        )
+
+
+def import_data(mapping: dict, out: str, max_window_events: int = MAX_WINDOW_EVENTS) -> Imported:
     """Write ``out/impressions.parquet`` (and users/items), ``out/schemas/`` and
     ``out/recsys.yaml`` from ``mapping`` (``load_mapping``'s form)."""
     unknown = set(mapping) - {"interactions", "items", "users"}
@@ -573,38 +740,39 @@ def import_data(mapping: dict, out: str) -> Imported:
             f"mapping: unknown section(s) {sorted(unknown)}; the sections are "
             "interactions, items and users"
         )
-    events, has_watch = interactions_table(mapping["interactions"])
+    events_path = os.path.join(out, "impressions.parquet")
+    log_summary, has_watch = interactions_table(mapping["interactions"], events_path)
     users, user_attributes, users_off = attribute_table(mapping.get("users"), "user")
     items, item_attributes, items_off = attribute_table(mapping.get("items"), "item")
     off = {**switched_off(has_watch, users, items), **users_off, **items_off}
-    tables = {"impressions": events}
+    tables = {}
     for name, table in (("users", users), ("items", items)):
         if table is None:
             continue
         tables[name] = table
-        key = table.columns[0]
-        unlisted = ~events[key].isin(table[key])
-        if unlisted.any():
-            log(
-                "import",
-                f"{int(unlisted.sum())} interaction(s) of {events.loc[unlisted, key].nunique()} "
-                f"{key}(s) missing from the {name} file (e.g. {events.loc[unlisted, key].iloc[0]}):"
-                f" kept; ingest quarantines them as unknown_{key}",
-            )
-    counts = write_raw_tables(tables, out)
+        _report_unlisted(events_path, table, name)
+    counts = {"impressions": log_summary.rows, **write_raw_tables(tables, out)}
     schemas = os.path.join(out, DATA_SCHEMAS)
     write_schemas(
         schemas,
         off,
         user_attributes + item_attributes,
         tables,
-        _timestamp_floor(events[EVENT_TS].dropna()),
+        _timestamp_floor(log_summary.first_ts),
     )
     write_registry(
         os.path.join(schemas, FEATURES_FILE),
         registry_document(off, user_attributes + item_attributes),
     )
-    lookback_days, eval_days, eval_users = propose_window(events)
+    lookback_days, eval_days, eval_users = propose_window(events_path, max_window_events)
+    total_days = log_summary.last_ts // DAY - log_summary.first_ts // DAY + 1
+    window = (
+        f"all {lookback_days} days of the data"
+        if lookback_days == total_days
+        else f"the newest {lookback_days} of the data's {total_days} days, the most that hold "
+        f"at most {max_window_events:,} events (max_window_events: about two hours of "
+        "this pipeline on 2 cores, docs/benchmarks.md; older days are left out)"
+    )
     parameters = {
         "schema_dir": DATA_SCHEMAS,
         "lookback_days": lookback_days,
@@ -617,8 +785,8 @@ def import_data(mapping: dict, out: str) -> Imported:
         handle.write(
             "# Pipeline parameters for this data, written by `recsys import`; `recsys run\n"
             "# --data <this dir>` and `recsys check` read them, --config overrides them.\n"
-            f"# The window: all {lookback_days} days of the data; the last {eval_days} are the\n"
-            f"# eval split, where {eval_users} users engage who also engaged before it.\n"
+            f"# The window: {window}; the last {eval_days}\n"
+            f"# are the eval split, where {eval_users} users engage who also engaged before it.\n"
         )
         yaml.safe_dump(parameters, handle, sort_keys=False)
     if eval_users < TARGET_EVAL_USERS:
@@ -627,4 +795,4 @@ def import_data(mapping: dict, out: str) -> Imported:
             f"only {eval_users} users engage both before and within the best eval period "
             f"({eval_days} days): the gate's metrics will have wide intervals",
         )
-    return Imported(counts, off, lookback_days, eval_days, eval_users)
+    return Imported(counts, off, lookback_days, eval_days, eval_users, window)

@@ -14,19 +14,24 @@ replaces is the one its candidate was compared with.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
 
+import psutil
 import yaml
 
 from recsys.core import storage
 from recsys.core.contracts import RAW_TABLES
 from recsys.core.features import load_registry
+from recsys.core.memory import GIB, tree_rss
 from recsys.core.progress import PROGRESS_LINE, log
 from recsys.pipelines.kfp_pipeline import compile_pipeline
 from recsys.pipelines.parameters import DEFAULT_IMAGE, check_arguments, pipeline_parameters
@@ -167,19 +172,25 @@ def run(
         "--outputs",
         outputs_path,
     ]
+    watch = StageWatch()
     with (
         open(log_path, "w") as log_file,
         subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         ) as child,
+        watch.sampling(child.pid),
     ):
         for line in child.stdout:
             log_file.write(line)
+            watch.read(line)
             if verbose or PROGRESS_LINE.match(line):
                 print(line.strip() if not verbose else line.rstrip(), file=sys.stderr, flush=True)
     if child.returncode != 0 or not os.path.exists(outputs_path):
+        killed = watch.unfinished()
         raise RunFailed(
-            f"the pipeline failed after {time.monotonic() - started:.0f}s; "
+            killed_message(killed, watch.peak_of(killed), log_path)
+            if killed
+            else f"the pipeline failed after {time.monotonic() - started:.0f}s; "
             f"the failing stage's message is above, the full log in {log_path}"
         )
     with open(outputs_path) as handle:
@@ -188,6 +199,83 @@ def run(
     outputs["arguments"] = arguments
     outputs["run_dir"] = directory
     return outputs
+
+
+STAGE_EVENT = re.compile(r"\] ([\w/-]+): (started|finished in|FAILED after)")
+# What bounds each stage's memory, for the message when one is killed for it.
+MEMORY_KNOBS = {
+    "ingest": "batch_rows",
+    "features/join": "batch_rows (the serving snapshots) and the feature views' join "
+    'strategy (feature_views: {"<view>": {"join": "bucket"}} on a distributed '
+    "Beam runner)",
+    "validate": "beam_pipeline_args (a distributed Beam runner: DirectRunner holds "
+    "statistics of every table in one process)",
+    "features/transform": "beam_pipeline_args (a distributed Beam runner)",
+    "train_retrieval": "shuffle_buffer and batch_rows, or training_workers",
+    "train_ranking": "shuffle_buffer and batch_rows, or training_workers",
+    "evaluate": "batch_rows",
+}
+
+
+class StageWatch:
+    """Which stage of a local run is running (from its progress lines) and the most
+    resident memory the run's process tree held during each (sampled)."""
+
+    def __init__(self):
+        self.started: list[str] = []
+        self.ended: set[str] = set()
+        self.peaks: dict[str, int] = {}
+
+    def read(self, line: str) -> None:
+        match = STAGE_EVENT.search(line)
+        if match and match.group(2) == "started":
+            self.started.append(match.group(1))
+        elif match:
+            self.ended.add(match.group(1))
+
+    def unfinished(self) -> str | None:
+        """A stage that started and never finished nor failed: its process was killed."""
+        left = [name for name in self.started if name not in self.ended]
+        return left[-1] if left else None
+
+    def peak_of(self, stage: str) -> int:
+        return self.peaks.get(stage, 0)
+
+    @contextlib.contextmanager
+    def sampling(self, pid: int, interval: float = 0.5):
+        stop = threading.Event()
+
+        def sample():
+            process = psutil.Process(pid)
+            while not stop.wait(interval):
+                try:
+                    rss = tree_rss(process)
+                except psutil.NoSuchProcess:
+                    return
+                if self.started:
+                    stage = self.started[-1]
+                    self.peaks[stage] = max(self.peaks.get(stage, 0), rss)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
+
+def killed_message(stage: str, peak: int, log_path: str) -> str:
+    """Why a run stopped when a stage's process vanished without a word."""
+    total = psutil.virtual_memory().total
+    return (
+        f"stage '{stage}' was killed: its process ended without finishing or reporting "
+        f"an error, which is how the kernel stops a process that runs the machine out of "
+        f"memory (exit 137, SIGKILL). The run held {peak / GIB:.1f} GiB at most while it ran "
+        f"(this machine has {total / GIB:.1f} GiB). What bounds its memory: "
+        f"{MEMORY_KNOBS.get(stage, 'batch_rows')} (docs/design.md, 'Bounded memory'); "
+        f"lower it with --config, or give the task more memory. Full log: {log_path}"
+    )
 
 
 def summary(outputs: dict) -> str:

@@ -31,7 +31,7 @@ from recsys.core.progress import log
 from recsys.serving import serving_root as root_
 
 START = "2026-01-05"
-FAILED_STAGE = re.compile(r"\] ([\w/-]+): FAILED after [\d.]+s: (.*)")
+FAILED_STAGE = re.compile(r"\] ([\w/-]+): FAILED after [\d.]+s(?: \([^)]*\))?: (.*)")
 
 
 def drift_scores(anomalies_file: str) -> dict | None:

@@ -105,6 +105,10 @@ DATASET_SCHEMAS = {
 }
 # The feature-table views the join looks up point in time, by the key they are joined on.
 FEATURE_VIEWS = {USER_FEATURES: USER_ID, ITEM_FEATURES: ITEM_ID}
+# Parquet schema metadata of a feature view ingest derived and stored as the rows
+# where a value changes (``recsys.core.aggregates.view_changes``): each row holds
+# until the next one of its key.
+CHANGE_ROWS = {b"recsys.feature_view": b"change rows"}
 
 
 def missing_flag(view: str) -> str:

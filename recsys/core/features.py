@@ -42,7 +42,8 @@ SOURCES = (
 TRANSFORMS = ("vocabulary", "sequence", "log_z_score", "z_score", "flag", "category", "none")
 ROLES = ("category", "creator", "item_age")
 CROSS_KINDS = ("contains",)
-# Vocabulary indices past the vocabulary: ids unseen in training (new users, uploads).
+# Vocabulary indices past the vocabulary, by default: ids unseen in training (new users,
+# uploads) and, past a feature's ``top_ids``, the rarer ids too, by a hash of the id.
 OOV_BUCKETS = 1
 # Transformed id sequences are padded with this index (vocabulary indices are >= 0).
 SEQUENCE_PADDING = -1
@@ -88,6 +89,12 @@ class Feature:
     of: str | None = None  # sequence: whose vocabulary; missing_flag: which view
     role: str | None = None
     cardinality: int | None = None  # category: from the schema's int_domain
+    # A vocabulary's capacity, declared in features.yaml: the ``top_ids`` most frequent
+    # ids of the training data keep their own embedding row (None: every id), and every
+    # other id, seen or new, shares one of ``hash_buckets`` rows by a hash of the id.
+    # The embedding table is at most top_ids + hash_buckets rows, whatever the log.
+    top_ids: int | None = None
+    hash_buckets: int = OOV_BUCKETS
 
     @property
     def transformed_name(self) -> str:
@@ -246,7 +253,18 @@ def _load(path: str, version: int, schema_dir: str, schema_version: int) -> Feat
     return registry
 
 
-_FEATURE_KEYS = {"group", "entity", "source", "transform", "models", "of", "role", "default"}
+_FEATURE_KEYS = {
+    "group",
+    "entity",
+    "source",
+    "transform",
+    "models",
+    "of",
+    "role",
+    "default",
+    "top_ids",
+    "hash_buckets",
+}
 
 
 def _feature(path: str, name: str, attributes: dict, spec) -> Feature:
@@ -287,7 +305,24 @@ def _feature(path: str, name: str, attributes: dict, spec) -> Feature:
         of=attributes.get("of"),
         role=attributes.get("role"),
         cardinality=cardinality,
+        top_ids=_capacity(path, name, attributes, "top_ids", None),
+        hash_buckets=_capacity(path, name, attributes, "hash_buckets", OOV_BUCKETS),
     )
+
+
+def _capacity(path: str, name: str, attributes: dict, key: str, default):
+    """``top_ids`` or ``hash_buckets`` of a vocabulary feature: a positive integer."""
+    if key not in attributes:
+        return default
+    value = attributes[key]
+    if attributes.get("transform") != "vocabulary":
+        raise RegistryError(
+            f"{path}: feature '{name}' sets {key}, which only a vocabulary feature has "
+            f"(its transform is {attributes.get('transform')!r})"
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RegistryError(f"{path}: feature '{name}': {key} must be a positive integer")
+    return value
 
 
 def _cross(path: str, name: str, attributes: dict) -> Cross:

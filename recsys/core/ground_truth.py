@@ -39,6 +39,15 @@ HOUR_WEIGHTS = np.array(
 )
 
 WORLD_FILE = "world.json"
+# Users x items matrices (affinity, exposure probabilities) are computed for blocks of
+# users of at most this many pairs (32 MB of float64), whatever the world's size.
+MATRIX_PAIRS = 4_000_000
+
+
+def user_blocks(n_users: int, n_items: int) -> list[slice]:
+    """Consecutive user rows, each block at most MATRIX_PAIRS users x items."""
+    size = max(1, MATRIX_PAIRS // max(n_items, 1))
+    return [slice(start, min(start + size, n_users)) for start in range(0, n_users, size)]
 
 
 def click_logit(affinity, quality, hour_of_day) -> np.ndarray:
@@ -102,8 +111,21 @@ class World:
         popularity,
         duration_s,
     ):
-        """A world whose affinity is standardized over every user-item pair."""
-        raw = user_vectors @ item_vectors.T / np.sqrt(user_vectors.shape[1])
+        """A world whose affinity is standardized over every user-item pair (the
+        pairs' mean and standard deviation, accumulated over blocks of users)."""
+        blocks = user_blocks(len(user_vectors), len(item_vectors))
+        sizes, means, variances = [], [], []
+        for block in blocks:
+            raw = user_vectors[block] @ item_vectors.T / np.sqrt(user_vectors.shape[1])
+            sizes.append(raw.size)
+            means.append(raw.mean())
+            variances.append(raw.var())
+        if len(blocks) == 1:
+            mean, std = means[0], np.sqrt(variances[0])
+        else:  # the blocks' moments combined (Chan et al.'s parallel variance)
+            sizes, means, variances = map(np.asarray, (sizes, means, variances))
+            mean = (sizes * means).sum() / sizes.sum()
+            std = np.sqrt((sizes * (variances + (means - mean) ** 2)).sum() / sizes.sum())
         return cls(
             np.asarray(user_ids, dtype=object),
             user_vectors,
@@ -113,13 +135,14 @@ class World:
             np.asarray(popularity, dtype=np.float64),
             np.asarray(duration_s, dtype=np.float64),
             np.asarray(activity, dtype=np.float64),
-            float(raw.mean()),
-            float(raw.std()),
+            float(mean),
+            float(std),
         )
 
-    def affinity_matrix(self) -> np.ndarray:
-        """users x items standardized affinity."""
-        raw = self.user_vectors @ self.item_vectors.T / np.sqrt(self.user_vectors.shape[1])
+    def affinity_matrix(self, users: slice = slice(None)) -> np.ndarray:
+        """(users x items) standardized affinity, of every user or a block of them."""
+        vectors = self.user_vectors[users]
+        raw = vectors @ self.item_vectors.T / np.sqrt(vectors.shape[1])
         return (raw - self.affinity_mean) / self.affinity_std
 
     def affinity(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
@@ -128,13 +151,21 @@ class World:
         raw = raw / np.sqrt(self.user_vectors.shape[1])
         return (raw - self.affinity_mean) / self.affinity_std
 
-    def logging_probabilities(self, extra_logits: np.ndarray | float = 0.0) -> np.ndarray:
+    def logging_probabilities(
+        self, extra_logits: np.ndarray | float = 0.0, affinity: np.ndarray | None = None
+    ) -> np.ndarray:
         """users x items: the logging policy's probability of showing each item in one
-        impression (softmax of the exposure logits plus ``extra_logits``)."""
-        logits = EXPOSURE_AFFINITY * self.affinity_matrix() + np.log(self.popularity)[None, :]
-        logits = logits + extra_logits
-        exposure = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exposure / exposure.sum(axis=1, keepdims=True)
+        impression (softmax of the exposure logits plus ``extra_logits``), for every
+        user, or for the users whose ``affinity_matrix`` rows are given."""
+        affinity = self.affinity_matrix() if affinity is None else affinity
+        # In place, one buffer: the matrix is the generator's largest (users x items).
+        exposure = EXPOSURE_AFFINITY * affinity
+        exposure += np.log(self.popularity)[None, :]
+        exposure += extra_logits
+        exposure -= exposure.max(axis=1, keepdims=True)
+        np.exp(exposure, out=exposure)
+        exposure /= exposure.sum(axis=1, keepdims=True)
+        return exposure
 
     def save(self, data_root: str) -> None:
         directory = storage.join(data_root, GROUND_TRUTH_DIR)

@@ -5,7 +5,11 @@ transform graph, so a SavedModel takes the raw features the registry lists for
 its tower and nothing else (``recsys.core.requests`` encodes them).
 """
 
+import contextlib
+import hashlib
+import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,8 +18,9 @@ import pyarrow.compute as pc
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from recsys.core import storage
 from recsys.core.contracts import CLICKED
-from recsys.core.features import OOV_BUCKETS, SEQUENCE_PADDING, Feature, FeatureRegistry
+from recsys.core.features import SEQUENCE_PADDING, Feature, FeatureRegistry
 from recsys.core.progress import log
 from recsys.core.requests import pad_lists, raw_arrays
 from recsys.core.tables import read_dataset_table
@@ -30,11 +35,11 @@ def set_seed(seed: int) -> None:
 
 
 def id_cardinality(transform_output: tft.TFTransformOutput, feature: Feature) -> int:
-    """Rows of ``feature``'s embedding table: its vocabulary and the out-of-vocabulary
-    bucket, or its category range."""
+    """Rows of ``feature``'s embedding table: its vocabulary (at most ``top_ids``) and
+    its hashed buckets, or its category range."""
     if feature.transform == "category":
         return feature.cardinality
-    return transform_output.vocabulary_size_by_name(feature.name) + OOV_BUCKETS
+    return transform_output.vocabulary_size_by_name(feature.name) + feature.hash_buckets
 
 
 def sequence_ids(values) -> tf.Tensor:
@@ -89,9 +94,10 @@ class Tower(tf.keras.Model):
             )
 
         self.embeddings = [embedding(f, f.transformed_name) for f in id_features]
-        # Per id input: the out-of-vocabulary index its ids are dropped to in training.
+        # Per id input: the hashed buckets its ids are dropped to in training (first
+        # index, count), where new ids land at serving: so each bucket is trained.
         self.dropout_to = [
-            id_cardinality(transform_output, f) - OOV_BUCKETS
+            (id_cardinality(transform_output, f) - f.hash_buckets, f.hash_buckets)
             if f.group == "id" and id_dropout > 0
             else None
             for f in id_features
@@ -133,8 +139,13 @@ class Tower(tf.keras.Model):
         for embed, name, oov in zip(self.embeddings, self.id_inputs, self.dropout_to, strict=True):
             ids = tf.reshape(features[name], [-1])
             if training and oov is not None:
+                first, buckets = oov
                 dropped = tf.random.uniform(tf.shape(ids)) < self.id_dropout
-                ids = tf.where(dropped, tf.cast(oov, ids.dtype), ids)
+                bucket = tf.cast(first, ids.dtype)
+                if buckets > 1:
+                    offset = tf.random.uniform(tf.shape(ids), 0, buckets, dtype=tf.int64)
+                    bucket = bucket + tf.cast(offset, ids.dtype)
+                ids = tf.where(dropped, bucket, ids)
             parts.append(embed(ids))
         for embed, name, shared in zip(
             self.sequence_embeddings, self.sequence_inputs, self.affinity_with, strict=True
@@ -225,15 +236,8 @@ def predict_transformed(
     )
 
 
-def load_transformed(
-    directory: str, columns: list[str] | None = None, clicked_only: bool = False
-) -> dict[str, np.ndarray]:
-    """Transformed columns as arrays; id sequences padded to the longest one.
-    ``clicked_only`` keeps the positive rows, filtered before any conversion."""
-    label = [CLICKED] if clicked_only and columns is not None and CLICKED not in columns else []
-    table = read_dataset_table(directory, columns and columns + label)
-    if clicked_only:
-        table = table.filter(pc.equal(table.column(CLICKED), 1)).drop(label)
+def table_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """A transformed table's columns as arrays; id sequences padded to the longest."""
     arrays = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()
@@ -248,11 +252,291 @@ def load_transformed(
     return arrays
 
 
+def concat_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Row-wise concatenation of array dicts; sequences padded to the widest part."""
+    out = {}
+    for name in parts[0]:
+        values = [part[name] for part in parts]
+        if values[0].ndim == 2:
+            width = max(v.shape[1] for v in values)
+            values = [
+                np.pad(v, ((0, 0), (0, width - v.shape[1])), constant_values=SEQUENCE_PADDING)
+                for v in values
+            ]
+        out[name] = np.concatenate(values)
+    return out
+
+
+def load_transformed(
+    directory: str, columns: list[str] | None = None, clicked_only: bool = False
+) -> dict[str, np.ndarray]:
+    """A small transformed dataset whole, as arrays (tests and benches; training
+    streams, ``ExampleStream``). ``clicked_only`` keeps the positive rows."""
+    label = [CLICKED] if clicked_only and columns is not None and CLICKED not in columns else []
+    table = read_dataset_table(directory, columns and columns + label)
+    if clicked_only:
+        table = table.filter(pc.equal(table.column(CLICKED), 1)).drop(label)
+    return table_arrays(table)
+
+
 def batched(features: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
-    """Unshuffled batches, for validation. Training passes the arrays straight to
-    ``fit(..., shuffle=True)``: Keras shuffles indices and gathers whole batches,
-    which is far faster than shuffling dict elements one by one in tf.data."""
+    """Unshuffled batches of arrays held in memory (a validation sample)."""
     return tf.data.Dataset.from_tensor_slices(features).batch(batch_size)
+
+
+def steps_per_epoch(stream: "ExampleStream", batch_size: int, workers: int) -> int | None:
+    """With several workers, the batches every worker can take in an epoch (they
+    must all take the same number): the smallest share's selected rows over the
+    per-worker batch. One worker takes the whole stream (None)."""
+    if workers == 1:
+        return None
+    selected = []
+    for worker in range(workers):
+        rows = sum(t.num_rows for t in stream.tables(stream.shard(worker, workers)))
+        selected.append(rows)
+    steps = min(selected) // batch_size
+    if steps == 0:
+        raise ValueError(
+            f"{workers} training workers with {batch_size} rows per worker batch leave a "
+            f"worker with fewer rows than one batch ({min(selected)}): use fewer "
+            "training_workers or a smaller batch_size"
+        )
+    return steps
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """Rows ``[start, stop)`` of one row group of one Parquet file: what the stream
+    reads at a time (a whole row group, or a worker's part of one)."""
+
+    path: str
+    group: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class ExampleStream:
+    """A transformed dataset (its Parquet shards) as a stream of training batches.
+
+    Each epoch reads the row groups of this worker's share in an order drawn from
+    ``seed`` and the epoch, keeps the rows the stream selects (the clicks, or every
+    click and a ``negative_rate`` share of the rest, drawn per row group, so the
+    same rows every epoch), shuffles them in a buffer of ``shuffle_buffer`` rows and
+    cuts the buffer into batches. Memory is the buffer, whatever the dataset's size:
+    what replaces holding the training set as arrays, and what lets several workers
+    each read their own share (``shard``)."""
+
+    directory: str
+    columns: tuple[str, ...]
+    clicked_only: bool = False
+    negative_rate: float = 1.0
+    seed: int = 0
+
+    def units(self) -> list[Unit]:
+        units = []
+        for path in storage.glob(storage.join(self.directory, "*.parquet")):
+            with storage.parquet_file(path) as parquet:
+                metadata = parquet.metadata
+                units += [
+                    Unit(path, i, 0, metadata.row_group(i).num_rows)
+                    for i in range(metadata.num_row_groups)
+                ]
+        return units
+
+    def shard(self, worker: int = 0, workers: int = 1) -> list[Unit]:
+        """Worker ``worker``'s share of the row groups: assigned largest first to the
+        worker with the fewest rows, so shares differ by at most one row group. With
+        fewer than two row groups per worker, each is first cut into one part per
+        worker, so every worker has rows."""
+        units = self.units()
+        if workers == 1:
+            return units
+        if len(units) < 2 * workers:
+            units = [
+                Unit(
+                    u.path,
+                    u.group,
+                    u.start + u.rows * i // workers,
+                    u.start + u.rows * (i + 1) // workers,
+                )
+                for u in units
+                for i in range(workers)
+            ]
+        loads = [0] * workers
+        shares: list[list[Unit]] = [[] for _ in range(workers)]
+        for unit in sorted(units, key=lambda u: (-u.rows, u.path, u.group, u.start)):
+            least = loads.index(min(loads))
+            shares[least].append(unit)
+            loads[least] += unit.rows
+        return sorted(shares[worker])
+
+    def tables(self, units: list[Unit], order_seed: int | None = None):
+        """The selected rows of ``units`` (in a seeded random order when
+        ``order_seed`` is given), a row group at a time."""
+        order = list(range(len(units)))
+        if order_seed is not None:
+            order = list(np.random.default_rng([self.seed, order_seed]).permutation(len(units)))
+        columns = list(self.columns) + ([CLICKED] if CLICKED not in self.columns else [])
+        with contextlib.ExitStack() as stack:
+            files = {}
+            for index in order:
+                unit = units[index]
+                if unit.path not in files:
+                    files[unit.path] = stack.enter_context(storage.parquet_file(unit.path))
+                table = files[unit.path].read_row_group(unit.group, columns=columns)
+                clicked = table.column(CLICKED).to_numpy() == 1
+                # Drawn for the whole row group, so a worker's part selects the same rows.
+                if self.clicked_only:
+                    keep = clicked
+                elif self.negative_rate < 1.0:
+                    draw = np.random.default_rng([self.seed, unit.group, _path_key(unit.path)])
+                    keep = clicked | (draw.random(table.num_rows) < self.negative_rate)
+                else:
+                    keep = np.ones(table.num_rows, dtype=bool)
+                keep = keep[unit.start : unit.stop]
+                table = table.slice(unit.start, unit.rows)
+                if not keep.all():
+                    table = table.filter(pa.array(keep))
+                yield table.select(list(self.columns))
+
+    def scan(self, batch_rows: int = 65_536):
+        """Every selected row once, in file order, as array dicts of up to
+        ``batch_rows`` rows (counts, samples, validation)."""
+        pending, count = [], 0
+        for table in self.tables(self.units()):
+            pending.append(table_arrays(table))
+            count += table.num_rows
+            if count >= batch_rows:
+                yield concat_arrays(pending)
+                pending, count = [], 0
+        if count:
+            yield concat_arrays(pending)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle_buffer: int,
+        epoch: int,
+        worker: int = 0,
+        workers: int = 1,
+    ):
+        """One epoch of shuffled batches of this worker's share (the last may be short)."""
+        rng = np.random.default_rng([self.seed, epoch, worker, 1])
+        pending, count = [], 0
+
+        def drain(final: bool):
+            buffer = concat_arrays(pending)
+            n = len(next(iter(buffer.values())))
+            order = rng.permutation(n)
+            cut = n if final else n - n % batch_size
+            for start in range(0, cut, batch_size):
+                rows = order[start : min(start + batch_size, cut)]
+                yield {name: values[rows] for name, values in buffer.items()}
+            rest = order[cut:]
+            return [{name: values[rest] for name, values in buffer.items()}] if len(rest) else []
+
+        for table in self.tables(self.shard(worker, workers), order_seed=epoch):
+            if table.num_rows == 0:
+                continue
+            pending.append(table_arrays(table))
+            count += table.num_rows
+            if count >= shuffle_buffer:
+                pending = yield from drain(final=False)
+                count = sum(len(next(iter(p.values()))) for p in pending)
+        if count:
+            yield from drain(final=True)
+
+    def signature(self) -> dict[str, tf.TensorSpec]:
+        """The tensors of a batch: [batch] per column, [batch, length] per sequence."""
+        path = storage.glob(storage.join(self.directory, "*.parquet"))[0]
+        schema = storage.parquet_schema(path)
+        specs = {}
+        for name in self.columns:
+            kind = schema.field(name).type
+            if pa.types.is_list(kind):
+                specs[name] = tf.TensorSpec(
+                    [None, None], tf.as_dtype(kind.value_type.to_pandas_dtype())
+                )
+            else:
+                specs[name] = tf.TensorSpec([None], tf.as_dtype(kind.to_pandas_dtype()))
+        return specs
+
+    def dataset(
+        self,
+        batch_size: int,
+        shuffle_buffer: int,
+        worker: int = 0,
+        workers: int = 1,
+        extra=None,
+    ) -> tf.data.Dataset:
+        """The stream as a tf.data dataset: each iteration (Keras: each epoch) is the
+        next epoch's shuffled batches; with several workers it repeats (Keras then
+        takes a fixed number of steps per epoch from one iterator). ``extra(batch) ->
+        dict`` adds columns (sample weights) to each batch and to the signature."""
+        epochs = itertools.count()
+        signature = self.signature()
+        if extra is not None:
+            probe = {
+                name: np.zeros((1, 1) if spec.shape.rank == 2 else 1, spec.dtype.as_numpy_dtype)
+                for name, spec in signature.items()
+            }
+            signature.update(
+                {
+                    name: tf.TensorSpec([None], tf.as_dtype(v.dtype))
+                    for name, v in extra(probe).items()
+                }
+            )
+
+        def generate():
+            for batch in self.batches(batch_size, shuffle_buffer, next(epochs), worker, workers):
+                if extra is not None:
+                    batch.update(extra(batch))
+                yield batch
+
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        return (dataset.repeat() if workers > 1 else dataset).prefetch(tf.data.AUTOTUNE)
+
+    def validation_steps(self, batch_size: int = 8192, workers: int = 1) -> int:
+        """The batches ``validation`` yields on every worker (tf.distribute needs the
+        count): the smallest share's."""
+        return min(
+            -(-sum(t.num_rows for t in self.tables(self.shard(w, workers))) // batch_size)
+            for w in range(workers)
+        )
+
+    def validation(
+        self, batch_size: int = 8192, worker: int = 0, workers: int = 1
+    ) -> tf.data.Dataset:
+        """This worker's share of the selected rows once, unshuffled, in batches
+        (Keras' validation data)."""
+        signature = self.signature()
+
+        def generate():
+            pending, count = [], 0
+            for table in self.tables(self.shard(worker, workers)):
+                pending.append(table_arrays(table))
+                count += table.num_rows
+                if count >= batch_size:
+                    rows = concat_arrays(pending)
+                    cut = count - count % batch_size
+                    for start in range(0, cut, batch_size):
+                        yield {name: v[start : start + batch_size] for name, v in rows.items()}
+                    pending = [{name: v[cut:] for name, v in rows.items()}] if cut < count else []
+                    count -= cut
+            if count:
+                yield concat_arrays(pending)
+
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def _path_key(path: str) -> int:
+    """A stable number for a file path (seeds per row group)."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "little")
 
 
 def _reported(log_name: str) -> bool:
@@ -260,29 +544,41 @@ def _reported(log_name: str) -> bool:
     return "regularization" not in log_name and "total" not in log_name
 
 
+def distributed(strategy, workers: int, make_dataset):
+    """``make_dataset()`` as this worker's input: itself with one worker; with more,
+    a distributed dataset whose per-worker dataset is ``make_dataset()`` (already
+    this worker's share, so tf.distribute must not shard it again)."""
+    if workers == 1:
+        return make_dataset()
+    return strategy.distribute_datasets_from_function(lambda context: make_dataset())
+
+
 def fit(
     model: tf.keras.Model,
-    train_data: dict[str, np.ndarray],
-    eval_data: dict[str, np.ndarray],
-    batch_size: int,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    examples: int,
     epochs: int,
     stage: str,
     callbacks: list | None = None,
+    steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
 ) -> dict:
-    """Train with per-epoch progress lines; return the final losses, throughput and
-    the per-epoch ``history``. ``callbacks`` run before the progress line."""
+    """Train with per-epoch progress lines; return the final losses, throughput
+    (``examples`` per epoch) and the per-epoch ``history``. ``callbacks`` run before
+    the progress line."""
     started = time.monotonic()
     history = model.fit(
-        train_data,
-        batch_size=batch_size,
-        shuffle=True,
-        validation_data=batched(eval_data, 8192),
+        train,
+        validation_data=validation,
         epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
         verbose=0,
-        callbacks=[*(callbacks or []), EpochLogger(stage)],
+        callbacks=[*(callbacks or []), logger := EpochLogger(stage)],
     )
     seconds = time.monotonic() - started
-    n_train = len(next(iter(train_data.values())))
+    epoch_seconds = logger.seconds
     final = {
         f"final_{'eval' if k.startswith('val_') else 'train'}_{k.removeprefix('val_')}": float(
             v[-1]
@@ -291,10 +587,16 @@ def fit(
         if _reported(k)
     }
     epochs_run = len(next(iter(history.history.values())))
+    # After the first epoch, which also traces the graph and (with several workers)
+    # sets up the cluster: the rate that scales with the data.
+    steady = sum(epoch_seconds[1:])
     return {
         **final,
         "train_seconds": round(seconds, 2),
-        "examples_per_second": round(n_train * epochs_run / seconds, 1),
+        "examples_per_second": round(examples * epochs_run / seconds, 1),
+        "steady_examples_per_second": round(examples * (epochs_run - 1) / steady, 1)
+        if steady
+        else float("nan"),
         "history": history.history,
     }
 
@@ -305,7 +607,12 @@ class EpochLogger(tf.keras.callbacks.Callback):
     def __init__(self, stage: str):
         super().__init__()
         self.stage = stage
+        self.seconds: list[float] = []  # each epoch's, validation included
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.monotonic() - self._started)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if _reported(k))
         log(self.stage, f"epoch {epoch + 1}/{self.params['epochs']}: {shown}")

@@ -123,6 +123,12 @@ def sizes(path: str) -> dict[str, int]:
     }
 
 
+def size(path: str) -> int:
+    """A file's size in bytes."""
+    fs, name = filesystem(path)
+    return int(fs.size(name))
+
+
 def read_bytes(path: str) -> bytes:
     """The whole object in one GET (a file object would pin the version it first saw
     and fail if another writer replaced it meanwhile)."""
@@ -223,10 +229,36 @@ def parquet_rows(path: str) -> int:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
-def write_parquet(table: pa.Table, path: str) -> None:
+def write_parquet(table: pa.Table, path: str, row_group_rows: int | None = None) -> None:
     makedirs(parent(path))
     fs, name = filesystem(path)
-    pq.write_table(table, name, filesystem=fs)
+    pq.write_table(table, name, filesystem=fs, row_group_size=row_group_rows)
+
+
+def iter_parquet(
+    path: str, batch_rows: int, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The rows of a Parquet file as record batches of at most ``batch_rows``, read
+    one row group at a time: memory follows the batch size, not the file."""
+    with open(path) as handle:
+        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+@contextlib.contextmanager
+def parquet_file(path: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file open for reading parts of it (row groups, columns) by index."""
+    with open(path) as handle:
+        yield pq.ParquetFile(handle)
+
+
+@contextlib.contextmanager
+def parquet_writer(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet file written batch by batch (``writer.write_table`` /
+    ``write_batch``): each call adds row groups, nothing else is held."""
+    makedirs(parent(path))
+    fs, name = filesystem(path)
+    with fs.open(name, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        yield writer
 
 
 def makedirs(path: str) -> None:

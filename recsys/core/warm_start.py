@@ -27,7 +27,6 @@ import pandas as pd
 
 from recsys.core import storage
 from recsys.core.contracts import BLESSED_COMPLETE, BLESSED_DIR
-from recsys.core.features import OOV_BUCKETS
 
 # recsys.core.modeling (TensorFlow) is imported where weights are touched: push keeps
 # checkpoints with ``keep_blessed`` and imports no TensorFlow.
@@ -100,14 +99,22 @@ def restore(model, transform_output, directory: str) -> dict:
             }
     report = {"warm_start": True, "weights": len(variables), "vocabularies": {}}
     rows = {}  # vocabulary -> (row in the checkpoint of each row now, -1: new token)
-    for name in {n for n in names if n}:
+    for variable, value, name in zip(variables, old, names, strict=True):
+        if not name or name in rows:
+            continue
         now = _tokens(transform_output, name)
-        position = pd.Index(layout["vocabularies"][name]).get_indexer(now)
-        # Rows past the vocabulary are the out-of-vocabulary buckets: kept in place.
-        oov = np.arange(
-            len(layout["vocabularies"][name]), len(layout["vocabularies"][name]) + OOV_BUCKETS
-        )
-        rows[name] = np.concatenate([position, oov])
+        before = layout["vocabularies"][name]
+        # Rows past the vocabulary are the hashed buckets (new and rare ids): kept in
+        # place when there are as many as before.
+        buckets = variable.shape[0] - len(now)
+        if value.shape[0] - len(before) != buckets:
+            return {
+                "warm_start": False,
+                "reason": f"{name}'s hashed buckets changed from "
+                f"{value.shape[0] - len(before)} to {buckets} (features.yaml hash_buckets)",
+            }
+        position = pd.Index(before).get_indexer(now)
+        rows[name] = np.concatenate([position, np.arange(len(before), len(before) + buckets)])
         report["vocabularies"][name] = {
             "kept": int((position >= 0).sum()),
             "new": int((position < 0).sum()),

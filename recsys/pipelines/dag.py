@@ -77,7 +77,10 @@ def wire(stages, p: Arguments) -> dict:
     #    the time window, split by time. No cache: it reads external data that
     #    changes under one path.
     tasks["ingest"] = ingested = stages.ingest(
-        data_root=p["data_root"], schema_dir=p["schema_dir"], **p.of(IngestConfig)
+        data_root=p["data_root"],
+        schema_dir=p["schema_dir"],
+        batch_rows=p["batch_rows"],
+        **p.of(IngestConfig),
     )
     stages.configure(ingested, cpu="1", memory="4G", retries=2, cache=False)
     tables = {name: ingested.outputs[name] for name in contracts.JOIN_INPUTS}
@@ -88,6 +91,7 @@ def wire(stages, p: Arguments) -> dict:
         **tables,
         schema_dir=p["schema_dir"],
         beam_pipeline_args=p["beam_pipeline_args"],
+        batch_rows=p["batch_rows"],
         **p.of(JoinConfig),
     )
     stages.configure(joined, cpu="2", memory="8G", retries=2)
@@ -131,6 +135,9 @@ def wire(stages, p: Arguments) -> dict:
         warm_start=p["warm_start"],
         pipeline_root=stages.pipeline_root,
         state_root=p["state_root"],
+        image=p["image"],
+        shuffle_buffer=p["shuffle_buffer"],
+        training_workers=p["training_workers"],
         **p.of(RetrievalConfig),
     )
     stages.configure(retrieval, cpu="2", memory="8G", cache=False)
@@ -143,6 +150,9 @@ def wire(stages, p: Arguments) -> dict:
         warm_start=p["warm_start"],
         pipeline_root=stages.pipeline_root,
         state_root=p["state_root"],
+        image=p["image"],
+        shuffle_buffer=p["shuffle_buffer"],
+        training_workers=p["training_workers"],
         **p.of(RankingConfig),
     )
     stages.configure(ranking, cpu="2", memory="8G", cache=False)
@@ -180,6 +190,7 @@ def wire(stages, p: Arguments) -> dict:
         data_root=p["data_root"],
         # Pages are valued as the ranker's score values an impression.
         score_watch_weight=p["ranking_score_watch_weight"],
+        batch_rows=p["batch_rows"],
         **p.of(Thresholds),
     )
     stages.configure(evaluation, cpu="2", memory="8G", cache=False)

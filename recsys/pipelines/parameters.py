@@ -22,6 +22,7 @@ from recsys.components.train_ranking.config import RankingConfig
 from recsys.components.train_retrieval.config import RetrievalConfig
 from recsys.components.validate.config import ValidateConfig
 from recsys.core.config import Parameter, config_from, parameter, parameters
+from recsys.core.limits import BATCH_ROWS, SHUFFLE_BUFFER
 from recsys.serving.rerank import RerankConfig
 
 # Tag images immutably: KFP's cache key includes the image string, not its content.
@@ -50,6 +51,22 @@ class RunConfig:
         "[]",
         "Beam options of the Beam stages (join, validate, transform) as a JSON list; "
         "empty: DirectRunner",
+    )
+    batch_rows: int = parameter(
+        BATCH_ROWS,
+        "rows a task holds at once where it streams a table (ingest, the join's serving "
+        "snapshots, evaluate, the trainers' reads): with the trainers' shuffle buffers, "
+        "what bounds each task's memory",
+    )
+    shuffle_buffer: int = parameter(
+        SHUFFLE_BUFFER,
+        "rows the trainers shuffle together as they stream the training data (with "
+        "batch_rows, what bounds their memory)",
+    )
+    training_workers: int = parameter(
+        1,
+        "workers each trainer trains on (tf.distribute.MultiWorkerMirroredStrategy): "
+        "local processes, or a TFJob's replicas when the task runs on Kubernetes",
     )
     state_root: str = parameter(
         "",

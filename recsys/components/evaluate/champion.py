@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from recsys.components.evaluate import gate
+from recsys.components.evaluate.data import EvalData
 from recsys.components.evaluate.funnel import FunnelEvaluation
 from recsys.components.evaluate.metrics import auc_margin, mean_margin, roc_auc
 from recsys.components.evaluate.models import call_in_batches, serving_fn
@@ -105,7 +106,7 @@ def served_top_k(
 def served_metrics(
     models: dict[str, str],
     task: RetrievalTask,
-    eval_examples: pd.DataFrame,
+    data: EvalData,
     slices: Slices,
     k: int,
     category: str | None,
@@ -117,15 +118,16 @@ def served_metrics(
     top = served_top_k(models[RETRIEVAL], task.users, task.queries, task.train_clicks, k)
     hit = task.positives.merge(top.assign(_hit=True), on=[USER_ID, ITEM_ID], how="left")
     hit["_hit"] = hit["_hit"].notna()
-    labels = eval_examples[CLICKED].to_numpy()
-    probabilities = call_in_batches(serving_fn(models[RANKING]), eval_examples, CLICK_PROBABILITY)
+    impressions = data.impressions
+    labels = impressions[CLICKED].to_numpy()
+    probabilities = data.score(serving_fn(models[RANKING]), CLICK_PROBABILITY)
     if category is None:
         positive_rows = slices.masks(hit[USER_ID])
-        impression_rows = slices.masks(eval_examples[USER_ID])
+        impression_rows = slices.masks(impressions[USER_ID])
     else:
-        category_of = eval_examples.drop_duplicates(ITEM_ID).set_index(ITEM_ID)[category]
+        category_of = impressions.drop_duplicates(ITEM_ID).set_index(ITEM_ID)[category]
         positive_rows = slices.masks(hit[USER_ID], category_of.reindex(hit[ITEM_ID]))
-        impression_rows = slices.masks(eval_examples[USER_ID], eval_examples[category])
+        impression_rows = slices.masks(impressions[USER_ID], impressions[category])
     recall_name, auc_name = f"served Recall@{k}", "ranking AUC"
     values, sizes, margins = ({recall_name: {}, auc_name: {}} for _ in range(3))
     for name in positive_rows:
@@ -144,7 +146,7 @@ def champion_checks(
     serving_root: str,
     candidate: dict[str, str],
     task: RetrievalTask,
-    eval_examples: pd.DataFrame,
+    data: EvalData,
     thresholds: gate.Thresholds,
     category: str | None,
 ) -> ChampionComparison:
@@ -173,7 +175,7 @@ def champion_checks(
             gate.champion_unavailable(note, thresholds), version, note, served_when_evaluated=served
         )
     slices = Slices.of(
-        task.users, task.train_clicks, eval_examples, thresholds.slice_top_categories, category
+        task.users, task.train_clicks, data.impressions, thresholds.slice_top_categories, category
     )
     scored = {}
     try:
@@ -181,7 +183,7 @@ def champion_checks(
             loadable = {n: local.enter_context(storage.local_copy(p)) for n, p in champion.items()}
             for role, models in (("candidate", candidate), ("champion", loadable)):
                 scored[role] = served_metrics(
-                    models, task, eval_examples, slices, thresholds.recall_k, category
+                    models, task, data, slices, thresholds.recall_k, category
                 )
     except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
         # e.g. the serving model expects features this run no longer has

@@ -41,6 +41,7 @@ def evaluate(
     serving_root: str,
     data_root: str,
     score_watch_weight: float,
+    batch_rows: int,
     retrieval_metrics: Output[Metrics],
     ranking_metrics: Output[Metrics],
     funnel_metrics: Output[Metrics],
@@ -57,6 +58,7 @@ def evaluate(
     from recsys.core.config import config_from
     from recsys.core.features import load_registry
     from recsys.core.progress import log, stage
+    from recsys.core.run_metrics import log_metrics
     from recsys.serving.rerank import parse_rerank_config
 
     with stage("evaluate"):
@@ -78,19 +80,23 @@ def evaluate(
             eval_events.path,
             data_root,
             score_watch_weight,
+            batch_rows,
         )
         for artifact, metrics in (
             (retrieval_metrics, result.retrieval.metrics()),
             (ranking_metrics, result.ranking.metrics()),
             (funnel_metrics, result.funnel.metrics()),
         ):
-            for name, value in metrics.items():
-                artifact.log_metric(name, value)
+            log_metrics(artifact, metrics)
         champion = result.champion
         for role, served in (("candidate", champion.candidate), ("champion", champion.champion)):
-            for metric, by_slice in (served.values if served else {}).items():
-                name = metric.replace(" ", "_").replace("@", "_at_")
-                ranking_metrics.log_metric(f"{role}_{name}", by_slice["all"])
+            log_metrics(
+                ranking_metrics,
+                {
+                    f"{role}_{metric.replace(' ', '_').replace('@', '_at_')}": by_slice["all"]
+                    for metric, by_slice in (served.values if served else {}).items()
+                },
+            )
         roc = result.ranking.roc
         ranking_roc.log_roc_curve(roc.false_positive_rate, roc.true_positive_rate, roc.thresholds)
         storage.write_bytes(reliability_png.path, result.reliability_png)

@@ -14,7 +14,8 @@ import numpy as np
 
 from recsys.components.evaluate import caveats, gate, report
 from recsys.components.evaluate.champion import ChampionComparison, champion_checks, value_check
-from recsys.components.evaluate.funnel import FunnelEvaluation, evaluate_funnel
+from recsys.components.evaluate.data import EvalData, TrainingClicks
+from recsys.components.evaluate.funnel import LOGGED_COLUMNS, FunnelEvaluation, evaluate_funnel
 from recsys.components.evaluate.ranking import RankingEvaluation, evaluate_ranking
 from recsys.components.evaluate.retrieval import (
     RetrievalEvaluation,
@@ -23,10 +24,11 @@ from recsys.components.evaluate.retrieval import (
     retrieval_impression_auc,
 )
 from recsys.core import storage
-from recsys.core.contracts import BLESSING_CHAMPION, RANKING, RETRIEVAL
+from recsys.core.contracts import BLESSING_CHAMPION, PROPENSITY, RANKING, RETRIEVAL
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.ground_truth import Oracle, has_ground_truth
-from recsys.core.tables import read_dataset
+from recsys.core.limits import BATCH_ROWS
+from recsys.core.tables import dataset_pattern, read_dataset
 from recsys.serving.rerank import RerankConfig
 
 
@@ -74,19 +76,26 @@ def evaluate(
     eval_events_dir: str = "",
     data_root: str = "",
     watch_weight: float = 1.0,
+    batch_rows: int = BATCH_ROWS,
 ) -> Evaluation:
     """Measure the candidate, compare it with the version serving now (if any), decide
     and write the blessing to ``blessing_path``. ``eval_events_dir``: the eval
     impressions as ingested (their propensities, if any, give off-policy estimates);
     ``data_root``: where synthetic data keeps its ground truth, if it does;
-    ``watch_weight``: the ranker's score_watch_weight (pages are valued as its score)."""
+    ``watch_weight``: the ranker's score_watch_weight (pages are valued as its score).
+    The examples are streamed ``batch_rows`` at a time (``data``)."""
     registry = registry or load_registry()
-    train_examples = read_dataset(train_examples_dir)
-    eval_examples = read_dataset(eval_examples_dir)
+    category = registry.role("category")
+    train = TrainingClicks.read(train_examples_dir, batch_rows)
+    data = EvalData.read(eval_examples_dir, category, batch_rows)
     eval_items = read_dataset(eval_item_snapshot_dir)
-    eval_events = read_dataset(eval_events_dir) if eval_events_dir else None
+    eval_events = (
+        read_dataset(eval_events_dir, columns=_event_columns(eval_events_dir))
+        if eval_events_dir
+        else None
+    )
     oracle = Oracle.load(data_root) if has_ground_truth(data_root) else None
-    task = RetrievalTask.of(train_examples, eval_examples)
+    task = RetrievalTask.of(train, data)
     retrieval = evaluate_retrieval(
         models.query_model,
         models.item_embeddings,
@@ -94,7 +103,7 @@ def evaluate(
         task,
         sorted({10, thresholds.recall_k, 100}),
     )
-    ranking = evaluate_ranking(models.ranking_model, train_examples, eval_examples)
+    ranking = evaluate_ranking(models.ranking_model, train.click_rate, data)
 
     def funnel_of(retrieval_model, ranking_model, item_embeddings, rules, auc=float("nan")):
         return evaluate_funnel(
@@ -102,7 +111,7 @@ def evaluate(
             ranking_model,
             item_embeddings,
             eval_items,
-            eval_examples,
+            data,
             task,
             rules,
             registry,
@@ -117,16 +126,16 @@ def evaluate(
         models.ranking_model,
         models.item_embeddings,
         rerank_config,
-        retrieval_impression_auc(models.query_model, models.item_embeddings, eval_examples),
+        retrieval_impression_auc(models.query_model, models.item_embeddings, data),
     )
     infra = read_infra_validation(infra_validation_path)
     champion = champion_checks(
         serving_root,
         {RETRIEVAL: models.retrieval_model, RANKING: models.ranking_model},
         task,
-        eval_examples,
+        data,
         thresholds,
-        registry.role("category"),
+        category,
     )
     estimated, champion_funnel = value_check(serving_root, champion, funnel, funnel_of, thresholds)
     if champion_funnel is not None:
@@ -170,6 +179,12 @@ def evaluate(
         report.render(retrieval, ranking, funnel, blessing),
         report.reliability_png(ranking.calibration),
     )
+
+
+def _event_columns(eval_events_dir: str) -> list[str]:
+    """What the off-policy estimates and the truth read of the eval impressions."""
+    names = storage.parquet_schema(storage.glob(dataset_pattern(eval_events_dir))[0]).names
+    return [name for name in [*LOGGED_COLUMNS, PROPENSITY] if name in names]
 
 
 def _jsonable(value):

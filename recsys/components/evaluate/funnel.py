@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from recsys.components.evaluate import offpolicy
+from recsys.components.evaluate.data import EvalData
 from recsys.components.evaluate.metrics import PageQuality, page_quality
-from recsys.components.evaluate.retrieval import RetrievalTask, first_examples
+from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.core.contracts import (
     CLICK_PROBABILITY,
     CLICKED,
@@ -62,6 +63,8 @@ VARIANTS = {
 # What a page row carries: its user, item and the ranker's predictions for it.
 PAGE_COLUMNS = [USER_ID, ITEM_ID, CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS]
 LOGGED_COLUMNS = [USER_ID, ITEM_ID, EVENT_TS, CLICKED, WATCH_SECONDS]
+# Eval users whose candidates are scored together (retrieval top-N each, then ranked).
+FUNNEL_USERS_PER_CHUNK = 2_000
 
 
 @dataclass
@@ -176,7 +179,7 @@ def evaluate_funnel(
     ranking_model_dir: str,
     item_embeddings_dir: str,
     eval_items: pd.DataFrame,
-    eval_examples: pd.DataFrame,
+    data: EvalData,
     task: RetrievalTask,
     config: RerankConfig,
     registry: FeatureRegistry,
@@ -193,10 +196,8 @@ def evaluate_funnel(
     start of the eval split."""
     features = FeatureSnapshot(None, eval_items, read_dataset(item_embeddings_dir), registry)
     backend = InProcessBackend({RETRIEVAL: retrieval_model_dir, RANKING: ranking_model_dir})
-    users = np.sort(eval_examples[USER_ID].unique())
-    queries = first_examples(eval_examples, users)
+    users = data.users
     funnel = Funnel(backend, features, config)
-    scored = funnel.candidates(queries)
     popular = Funnel(
         backend,
         features,
@@ -205,15 +206,25 @@ def evaluate_funnel(
             ModelRetrieval(backend).signature,
             task.train_clicks[ITEM_ID].value_counts(),
             # Enough that a heavy user's history cannot empty the page.
-            config.k + int(queries[HISTORY_COLUMNS[0]].map(len).max()),
+            config.k + int(data.first[HISTORY_COLUMNS[0]].map(len).max()),
         ),
-    ).candidates(queries)
-    pages = {
-        "popularity": ordered_pages(popular, users, "retrieval", config.k),
-        "retrieval_order": ordered_pages(scored, users, "retrieval", config.k),
-        "ranker_order": ordered_pages(scored, users, "ranker", config.k),
-        "funnel": served_pages(funnel, scored, users),
-    }
+    )
+    # Users a chunk at a time: their candidates (retrieval top-N each, ranked) are
+    # scored together, and only the pages are kept.
+    pages = {name: [] for name in VARIANTS}
+    candidates = 0
+    for start in range(0, len(users), FUNNEL_USERS_PER_CHUNK):
+        chunk = users[start : start + FUNNEL_USERS_PER_CHUNK]
+        queries = data.first_of(chunk)
+        scored = funnel.candidates(queries)
+        candidates += len(scored.query_of) + int(scored.missing.sum())
+        pages["popularity"].append(
+            ordered_pages(popular.candidates(queries), chunk, "retrieval", config.k)
+        )
+        pages["retrieval_order"].append(ordered_pages(scored, chunk, "retrieval", config.k))
+        pages["ranker_order"].append(ordered_pages(scored, chunk, "ranker", config.k))
+        pages["funnel"].append(served_pages(funnel, scored, chunk))
+    pages = {name: pd.concat(parts, ignore_index=True) for name, parts in pages.items()}
     if eval_events is not None:
         eval_events = eval_events[eval_events[USER_ID].isin(users)].reset_index(drop=True)
     logged, note = logged_requests(eval_events)
@@ -238,7 +249,7 @@ def evaluate_funnel(
         )
     return FunnelEvaluation(
         config.k,
-        int((len(scored.query_of) + scored.missing.sum()) / max(scored.n_queries, 1)),
+        int(candidates / max(len(users), 1)),
         variants,
         retrieval_score_auc,
         int(offpolicy.first_of_request(eval_events).sum()) if eval_events is not None else 0,

@@ -17,30 +17,48 @@ from recsys.core.ranking import top_k
 # --- ranked lists ---------------------------------------------------------------------
 
 
+# Scores held at once when a catalog is ranked for many users (float64: 160 MB).
+SCORE_CHUNK_ELEMENTS = 20_000_000
+
+
 def rank_catalog(
-    scores: np.ndarray, users: np.ndarray, item_ids: np.ndarray, masked: pd.DataFrame, k: int
+    scores, users: np.ndarray, item_ids: np.ndarray, masked: pd.DataFrame, k: int
 ) -> np.ndarray:
-    """Top-k catalog indices per user, after masking each user's training items."""
-    scores = scores.astype(np.float64, copy=True)
+    """Top-k catalog indices per user, after masking each user's training items.
+    ``scores``: a users x items matrix, or ``scores(start, stop)`` giving the rows of
+    ``users[start:stop]``, called for a chunk of users at a time so that a large
+    catalog never needs a users x items matrix."""
     user_pos = pd.Index(users).get_indexer(masked[USER_ID])
     item_pos = pd.Index(item_ids).get_indexer(masked[ITEM_ID])
     keep = (user_pos >= 0) & (item_pos >= 0)
-    scores[user_pos[keep], item_pos[keep]] = -np.inf
-    return top_k(scores, k)
+    user_pos, item_pos = user_pos[keep], item_pos[keep]
+    order = np.argsort(user_pos, kind="stable")
+    user_pos, item_pos = user_pos[order], item_pos[order]
+    rows_of = scores if callable(scores) else (lambda start, stop: scores[start:stop])
+    step = max(1, SCORE_CHUNK_ELEMENTS // max(len(item_ids), 1))
+    tops = []
+    for start in range(0, len(users), step):
+        stop = min(start + step, len(users))
+        chunk = np.array(rows_of(start, stop), dtype=np.float64, copy=True)
+        lo, hi = np.searchsorted(user_pos, [start, stop])
+        chunk[user_pos[lo:hi] - start, item_pos[lo:hi]] = -np.inf
+        tops.append(top_k(chunk, k))
+    return np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
 
 
 def hits_and_counts(
     top: np.ndarray, users: np.ndarray, item_ids: np.ndarray, positives: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
     """(users x ranks boolean matrix: is the item at that rank a positive, each
-    user's number of positives)."""
-    hit_matrix = np.zeros((len(users), len(item_ids)), dtype=bool)
+    user's number of positives), from (user, item) keys: no users x items matrix."""
     user_pos = pd.Index(users).get_indexer(positives[USER_ID])
     item_pos = pd.Index(item_ids).get_indexer(positives[ITEM_ID])
     keep = (user_pos >= 0) & (item_pos >= 0)
-    hit_matrix[user_pos[keep], item_pos[keep]] = True
+    n_items = max(len(item_ids), 1)
+    positive_keys = np.unique(user_pos[keep].astype(np.int64) * n_items + item_pos[keep])
+    top_keys = np.arange(len(top), dtype=np.int64)[:, None] * n_items + top
     n_positives = np.bincount(user_pos[user_pos >= 0], minlength=len(users))
-    return np.take_along_axis(hit_matrix, top, axis=1), n_positives
+    return np.isin(top_keys, positive_keys), n_positives
 
 
 def recall_per_user(hits: np.ndarray, n_positives: np.ndarray, k: int) -> np.ndarray:

@@ -4,8 +4,8 @@ constant-CTR prior of the training window."""
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
+from recsys.components.evaluate.data import EvalData
 from recsys.components.evaluate.metrics import (
     CalibrationCurve,
     RocCurve,
@@ -69,19 +69,27 @@ class RankingEvaluation:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def evaluate_ranking(
-    ranking_model_dir: str, train_examples: pd.DataFrame, eval_examples: pd.DataFrame
-) -> RankingEvaluation:
-    labels = eval_examples[CLICKED].to_numpy()
-    outputs = outputs_in_batches(serving_fn(ranking_model_dir), eval_examples)
+def evaluate_ranking(ranking_model_dir: str, prior: float, data: EvalData) -> RankingEvaluation:
+    """The ranker on every eval impression (streamed) against ``prior``, the training
+    window's click-through rate."""
+    impressions = data.impressions
+    labels = impressions[CLICKED].to_numpy()
+    fn = serving_fn(ranking_model_dir)
+    names = [CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS]
+
+    def scored(frame):
+        outputs = outputs_in_batches(fn, frame)
+        return np.stack([outputs[name] for name in names], axis=1)
+
+    stacked = data.per_batch(scored)
+    outputs = {name: stacked[:, i] for i, name in enumerate(names)}
     probabilities = outputs[CLICK_PROBABILITY]
-    prior = float(train_examples[CLICKED].mean())
     curve = calibration(labels, probabilities)
     watch_ratio = watch_error = None
-    watched = (labels == 1) & (eval_examples[WATCH_SECONDS].to_numpy() > 0)
+    watched = (labels == 1) & (impressions[WATCH_SECONDS].to_numpy() > 0)
     if watched.any() and outputs[EXPECTED_WATCH_SECONDS][watched].any():
         predicted = outputs[EXPECTED_WATCH_SECONDS][watched]
-        observed = eval_examples[WATCH_SECONDS].to_numpy()[watched]
+        observed = impressions[WATCH_SECONDS].to_numpy()[watched]
         watch_ratio = float(predicted.mean() / observed.mean())
         watch_error = float(np.abs(predicted - observed).mean())
     row_losses = log_losses(labels, probabilities)

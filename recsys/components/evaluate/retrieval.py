@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recsys.components.evaluate.data import EvalData, TrainingClicks
 from recsys.components.evaluate.metrics import ListQuality, list_quality, rank_catalog, roc_auc
 from recsys.components.evaluate.models import call_in_batches, serving_fn
 from recsys.components.evaluate.slices import Slices
 from recsys.core import modeling
 from recsys.core.contracts import (
     CLICKED,
-    EVENT_ID,
-    EVENT_TS,
     ITEM_ID,
     ITEM_IDS,
     QUERY_EMBEDDING,
@@ -46,27 +45,15 @@ class RetrievalTask:
     train_clicks: pd.DataFrame
 
     @classmethod
-    def of(cls, train_examples: pd.DataFrame, eval_examples: pd.DataFrame) -> "RetrievalTask":
+    def of(cls, train: TrainingClicks, data: EvalData) -> "RetrievalTask":
         pairs = [USER_ID, ITEM_ID]
-        train_clicks = train_examples.loc[train_examples[CLICKED] == 1, pairs].drop_duplicates()
-        eval_clicks = eval_examples.loc[eval_examples[CLICKED] == 1, pairs].drop_duplicates()
+        train_clicks = train.pairs
+        impressions = data.impressions
+        eval_clicks = impressions.loc[impressions[CLICKED] == 1, pairs].drop_duplicates()
         seen = eval_clicks.merge(train_clicks, on=pairs, how="left", indicator=True)
         positives = seen.loc[seen["_merge"] == "left_only", pairs]
         users = np.sort(positives[USER_ID].unique())
-        return cls(users, first_examples(eval_examples, users), positives, train_clicks)
-
-
-def first_examples(examples: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
-    """Each of ``users``' earliest example, in the order of ``users``: the features
-    serving had for the user's first request of the window."""
-    # event_id breaks ties: the join writes examples in no particular order.
-    return (
-        examples.sort_values([EVENT_TS, EVENT_ID])
-        .drop_duplicates(USER_ID)
-        .set_index(USER_ID)
-        .loc[users]
-        .reset_index()
-    )
+        return cls(users, data.first_of(users), positives, train_clicks)
 
 
 @dataclass
@@ -131,10 +118,14 @@ def evaluate_retrieval(
         )
     item_ids, item_matrix = item_embeddings(item_embeddings_dir)
     query_matrix = call_in_batches(serving_fn(query_model_dir), task.queries, QUERY_EMBEDDING)
-    model_scores = query_matrix @ item_matrix.T
     counts = task.train_clicks[ITEM_ID].value_counts()
     popularity = counts.reindex(item_ids, fill_value=0).to_numpy(dtype=np.float64)
-    popularity_scores = np.broadcast_to(popularity, model_scores.shape)
+
+    def model_scores(start, stop):  # a chunk of users at a time (rank_catalog)
+        return query_matrix[start:stop] @ item_matrix.T
+
+    def popularity_scores(start, stop):
+        return np.broadcast_to(popularity, (stop - start, len(popularity)))
 
     curve_ks = sorted(set(CURVE_KS) | set(ks))
     max_k = max(curve_ks)
@@ -150,7 +141,7 @@ def evaluate_retrieval(
         [popular["all"].recall[k] for k in curve_ks],
     )
     coverage = {k: float(len(np.unique(model_top[:, :k])) / len(item_ids)) for k in (10, 100)}
-    check_serving_agrees(retrieval_model_dir, task.queries.head(16), model_scores[:16], item_ids)
+    check_serving_agrees(retrieval_model_dir, task.queries.head(16), model_scores(0, 16), item_ids)
     return RetrievalEvaluation(
         int(len(task.users)), int(len(item_ids)), list(ks), model, popular, coverage, curve
     )
@@ -177,12 +168,17 @@ def check_serving_agrees(
 
 
 def retrieval_impression_auc(
-    query_model_dir: str, item_embeddings_dir: str, eval_examples: pd.DataFrame
+    query_model_dir: str, item_embeddings_dir: str, data: EvalData
 ) -> float:
     """AUC of the two-tower score (query . item embedding) on the eval impressions: the
     ranker's task, so the two stages can be compared on it."""
-    queries = call_in_batches(serving_fn(query_model_dir), eval_examples, QUERY_EMBEDDING)
+    fn = serving_fn(query_model_dir)
     item_ids, matrix = item_embeddings(item_embeddings_dir)
-    rows = pd.Index(item_ids).get_indexer(eval_examples[ITEM_ID].astype(str))
-    scores = np.where(rows >= 0, (queries * matrix[np.maximum(rows, 0)]).sum(axis=1), -np.inf)
-    return roc_auc(eval_examples[CLICKED].to_numpy(), scores)
+    index = pd.Index(item_ids)
+
+    def scores(frame: pd.DataFrame) -> np.ndarray:
+        queries = call_in_batches(fn, frame, QUERY_EMBEDDING)
+        rows = index.get_indexer(frame[ITEM_ID].astype(str))
+        return np.where(rows >= 0, (queries * matrix[np.maximum(rows, 0)]).sum(axis=1), -np.inf)
+
+    return roc_auc(data.impressions[CLICKED].to_numpy(), data.per_batch(scores))

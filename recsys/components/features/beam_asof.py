@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from recsys.components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex, arrow_array
+from recsys.components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
 from recsys.core import contracts
 from recsys.core.beam_io import ConcatTables, as_table, concat_tables
 from recsys.core.features import history_columns
+from recsys.core.spill import stable_buckets
 
 
 class PointInTimeViolation(AssertionError):
@@ -83,20 +83,12 @@ class HistoryView:
         return history_columns(self.name, self.value)[2]
 
 
-def bucket_ids(keys: pa.Array, num_buckets: int) -> np.ndarray:
-    """Stable across processes and runs (pandas' fixed-key SipHash, not ``hash()``),
-    hashing each distinct key once."""
-    encoded = pc.dictionary_encode(arrow_array(keys))
-    hashed = pd.util.hash_array(encoded.dictionary.to_numpy(zero_copy_only=False))
-    return (hashed % np.uint64(num_buckets)).astype(np.int64)[encoded.indices.to_numpy()]
-
-
 def split_by_bucket(batch: pa.RecordBatch, key: str, num_buckets: int, splits: int = 1):
     """(group, sub-batch) pairs; with ``splits`` > 1 rows also get a split number
     (by position) so one bucket's rows spread over several groups."""
     if batch.num_rows == 0:
         return
-    groups = bucket_ids(batch.column(key), num_buckets)
+    groups = stable_buckets(batch.column(key), num_buckets)
     if splits > 1:
         groups = groups * splits + np.arange(batch.num_rows) % splits
     order = np.argsort(groups, kind="stable")

@@ -14,6 +14,7 @@ def join_features(
     feature_views: str,
     history_length: int,
     beam_pipeline_args: str,
+    batch_rows: int,
     train_examples: Output[Dataset],
     eval_examples: Output[Dataset],
     user_snapshot: Output[Dataset],
@@ -25,6 +26,7 @@ def join_features(
     from recsys.components.features.join import join_features as run_join
     from recsys.core.config import config_from
     from recsys.core.progress import stage
+    from recsys.core.run_metrics import log_metrics
 
     with stage("features/join"):
         config = config_from(JoinConfig, locals())
@@ -52,9 +54,9 @@ def join_features(
             config,
             beam_pipeline_args,
             eval_start=int(eval_events.metadata["eval_start"]),
+            batch_rows=batch_rows,
         )
-        for name, value in counts.items():
-            join_metrics.log_metric(name, value)
+        log_metrics(join_metrics, counts)
         for name in ("train_examples", "eval_examples"):
             outputs[name].metadata.update(
                 rows=counts[name], as_of=as_of, span_start=train_events.metadata["span_start"]

@@ -15,6 +15,7 @@ same lookups in-process. Validate checks the examples before the transform
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -39,13 +40,17 @@ from recsys.core.beam_io import ReadDataset, as_table, concat_tables, pipeline_o
 from recsys.core.contracts import CLICKED, EVENT_TS, ITEM_ID, USER_ID
 from recsys.core.derived import DAY, DERIVED, derive
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry, load_registry
+from recsys.core.limits import BATCH_ROWS
 from recsys.core.schemas import SCHEMA_DTYPES, is_list, load_schema
+from recsys.core.spill import KeyPartitions, stable_buckets
 from recsys.core.tables import (
     DataError,
+    DatasetWriter,
+    column_sums,
     dataset_pattern,
+    dataset_rows,
+    iter_dataset,
     read_dataset,
-    read_dataset_table,
-    write_dataset,
 )
 
 VIEW_OPTIONS = {"ttl_days", "created_before_event", "defaults", "join"}
@@ -125,11 +130,6 @@ def parse_feature_views(
             defaults={**view.defaults, **defaults},
         )
     return views, strategies
-
-
-def dataset_rows(directory: str) -> int:
-    """Rows of a Parquet dataset from its footers (no data read)."""
-    return sum(storage.parquet_rows(path) for path in storage.glob(dataset_pattern(directory)))
 
 
 def attributes(registry: FeatureRegistry, table: str) -> list[str]:
@@ -231,40 +231,80 @@ def conform_to_schema(frame: pd.DataFrame, schema_dir: str = "") -> pa.Table:
     )
 
 
-def serving_snapshots(
+def write_snapshot(
     examples: Examples,
-    user_features: pa.Table,
-    item_features: pa.Table,
-    engagements: pa.Table,
-    as_of: int,
-    views: dict[str, FeatureView],
-    history: HistoryView,
-) -> tuple[pa.Table, pa.Table]:
-    """(user rows, item rows) with every user-side feature (history included) and
-    item-side feature at ``as_of``: what serving looks up, by the same code as the
-    training join. ``engagements`` are the clicked events (``_engagements``)."""
+    side: str,
+    at: int,
+    view: FeatureView,
+    feature_rows: str,
+    output: str,
+    batch_rows: int,
+    history: HistoryView | None = None,
+    event_datasets: tuple[str, ...] = (),
+) -> int:
+    """Every user's (``side`` "user") or item's ("item") features at ``at``, with the
+    history for users: what serving looks up, by the same code as the training join
+    (``ViewLookup``, ``HistoryLookup``). The entities, their view's rows and their
+    engagements are spread over hash partitions of their key (``KeyPartitions``) of
+    about ``batch_rows`` rows each, and each partition is looked up and written on
+    its own: memory follows the batch size. Returns the rows written."""
     registry = examples.registry
+    entities = examples.users if side == "user" else examples.items
+    sizes = [dataset_rows(feature_rows), len(entities)]
+    sizes += [dataset_rows(directory) for directory in event_datasets]
+    parts = max(1, math.ceil(max(sizes) / batch_rows))
+    columns = registry.side(side)
+    with (
+        KeyPartitions(parts) as features,
+        KeyPartitions(parts) as engagements,
+        DatasetWriter(output, schema=snapshot_schema(examples.schema_dir, columns)) as writer,
+    ):
+        for batch in iter_dataset(feature_rows, batch_rows):
+            features.add(pa.Table.from_batches([batch]), batch.column(view.key))
+        for directory in event_datasets:
+            for batch in iter_dataset(directory, batch_rows, _history_columns(history)):
+                clicked = _engagements(batch, history)
+                engagements.add(clicked, clicked.column(history.key))
+        keys = entities[view.key].astype(str).to_numpy(dtype=object)
+        bucket = stable_buckets(pa.array(keys, pa.string()), parts) if parts > 1 else None
+        pairs = zip(features, engagements, strict=True)
+        for part, (feature_tables, engagement_tables) in enumerate(pairs):
+            mine = entities if bucket is None else entities[bucket == part]
+            if mine.empty:
+                continue
+            probe = pa.table(
+                {
+                    view.key: pa.array(mine[view.key].astype(str).to_numpy(object), pa.string()),
+                    EVENT_TS: np.full(len(mine), at, dtype=np.int64),
+                }
+            )
+            rows = ViewLookup(view, concat_tables(feature_tables) if feature_tables else None)
+            joined = rows.join(probe)
+            if history is not None:
+                history_rows = concat_tables(engagement_tables) if engagement_tables else None
+                joined = HistoryLookup(history, history_rows).join(joined)
+            frame = examples.attach(joined.to_pandas())
+            at_column = np.full(len(frame), at, dtype=np.int64)
+            writer.write(examples.conform(frame, at_column).select(columns))
+    return writer.rows
 
-    def newest(entities: pd.DataFrame, view: FeatureView, features: pa.Table) -> pa.Table:
-        probe = pa.table(
-            {
-                view.key: pa.array(entities[view.key].astype(str)),
-                EVENT_TS: np.full(len(entities), as_of, dtype=np.int64),
-            }
-        )
-        return ViewLookup(view, features).join(probe)
 
-    user_rows = (
-        HistoryLookup(history, engagements)
-        .join(newest(examples.users, views["user_features"], user_features))
-        .to_pandas()
-    )
-    item_rows = newest(examples.items, views["item_features"], item_features).to_pandas()
-    at = lambda rows: np.full(len(rows), as_of, dtype=np.int64)  # noqa: E731
-    user_rows, item_rows = examples.attach(user_rows), examples.attach(item_rows)
-    return (
-        examples.conform(user_rows, at(user_rows)).select(registry.side("user")),
-        examples.conform(item_rows, at(item_rows)).select(registry.side("item")),
+def snapshot_schema(schema_dir: str, columns: list[str]) -> pa.Schema:
+    schema = examples_arrow_schema(schema_dir)
+    return pa.schema([schema.field(name) for name in columns])
+
+
+def _history_columns(history: HistoryView) -> list[str]:
+    """The event columns a history is made of (and the label that picks them)."""
+    return [history.key, EVENT_TS, history.item, history.value, CLICKED]
+
+
+def engagement_rows(directories) -> int:
+    """Clicked events in the event datasets, reading the label column a batch at a time."""
+    return sum(
+        int(pc.sum(batch.column(CLICKED)).as_py() or 0)
+        for directory in directories
+        for batch in iter_dataset(directory, 1_000_000, [CLICKED])
     )
 
 
@@ -276,6 +316,7 @@ def join_features(
     config: JoinConfig = JoinConfig(),
     beam_pipeline_args: str = "[]",
     eval_start: int | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> dict:
     """Point-in-time joins into train/eval examples (one Beam pipeline), and the
     serving snapshots at ``as_of``. ``inputs``/``outputs`` map dataset names
@@ -290,12 +331,21 @@ def join_features(
     views, strategies = parse_feature_views(config.feature_views, registry)
     history = HistoryView(length=_checked_history_length(config.history_length, schema_dir))
     for name, view in views.items():
-        columns = storage.parquet_schema(storage.glob(dataset_pattern(inputs[name]))[0]).names
-        if view.created_before_event and contracts.CREATED_TS not in columns:
+        schema = storage.parquet_schema(storage.glob(dataset_pattern(inputs[name]))[0])
+        if view.created_before_event and contracts.CREATED_TS not in schema.names:
             raise DataError(
                 f"feature_views['{name}'] sets created_before_event, but the "
-                f"{name} table has no created_ts column (found {columns}). Add "
+                f"{name} table has no created_ts column (found {schema.names}). Add "
                 "when each row was written, or drop the option."
+            )
+        derived = (schema.metadata or {}).items() >= contracts.CHANGE_ROWS.items()
+        if view.ttl_seconds is not None and derived:
+            raise DataError(
+                f"feature_views['{name}'] sets ttl_days, but the data brings no {name} "
+                "table: ingest derived it from the interactions and keeps the rows where "
+                "a value changes, each current until the next, so a ttl would expire "
+                "values that are still right. Drop ttl_days for this view (it is for "
+                "feature tables you bring)."
             )
     broadcast = {
         name: strategies[name] == "broadcast"
@@ -306,9 +356,9 @@ def join_features(
         "train": (contracts.TRAIN_EVENTS, contracts.TRAIN_EXAMPLES),
         "eval": (contracts.EVAL_EVENTS, contracts.EVAL_EXAMPLES),
     }
-    # Engagements are a subset of the events: broadcast them when the events would be.
+    # The history's right side is the clicked events: broadcast when they are few enough.
     broadcast_history = (
-        sum(dataset_rows(inputs[events]) for events, _ in splits.values()) <= BROADCAST_MAX_ROWS
+        engagement_rows(inputs[events] for events, _ in splits.values()) <= BROADCAST_MAX_ROWS
     )
     examples = Examples(
         registry, schema_dir, read_dataset(inputs["users"]), read_dataset(inputs["items"])
@@ -355,48 +405,44 @@ def join_features(
 
     counts = {}
     for split, (_, dataset) in splits.items():
-        flags = read_dataset(
-            outputs[dataset], columns=[view.missing_flag for view in views.values()]
-        )
-        counts[dataset] = len(flags)
+        counts[dataset] = dataset_rows(outputs[dataset])
+        flags = column_sums(outputs[dataset], [view.missing_flag for view in views.values()])
         for view in views.values():
-            counts[f"{split}_{view.missing_flag}"] = int(flags[view.missing_flag].sum())
+            counts[f"{split}_{view.missing_flag}"] = int(flags[view.missing_flag])
     if counts[contracts.TRAIN_EXAMPLES] == 0:
         raise DataError("features: no training examples to analyze")
-    # Only the columns a history needs, for the snapshot's history at as_of.
-    history_columns = [history.key, EVENT_TS, history.item, history.value, CLICKED]
-    engagements = concat_tables(
-        [
-            _engagements(read_dataset_table(inputs[dataset], history_columns), history)
-            for dataset, _ in splits.values()
-        ]
-    )
-    tables = {name: read_dataset_table(inputs[name]) for name in views}
-    user_rows, item_rows = serving_snapshots(
+    event_datasets = tuple(inputs[events] for events, _ in splits.values())
+    counts["snapshot_users"] = write_snapshot(
         examples,
-        tables["user_features"],
-        tables["item_features"],
-        engagements,
+        "user",
         as_of,
-        views,
+        views["user_features"],
+        inputs["user_features"],
+        outputs[contracts.USER_SNAPSHOT],
+        batch_rows,
         history,
+        event_datasets,
     )
-    write_dataset(user_rows, outputs[contracts.USER_SNAPSHOT])
-    write_dataset(item_rows, outputs[contracts.ITEM_SNAPSHOT])
+    counts["snapshot_items"] = write_snapshot(
+        examples,
+        "item",
+        as_of,
+        views["item_features"],
+        inputs["item_features"],
+        outputs[contracts.ITEM_SNAPSHOT],
+        batch_rows,
+    )
     if contracts.EVAL_ITEM_SNAPSHOT in outputs:
-        _, eval_item_rows = serving_snapshots(
-            Examples(registry, schema_dir, examples.users.head(0), examples.items),
-            tables["user_features"],
-            tables["item_features"],
-            engagements,
+        write_snapshot(
+            examples,
+            "item",
             eval_start,
-            views,
-            history,
+            views["item_features"],
+            inputs["item_features"],
+            outputs[contracts.EVAL_ITEM_SNAPSHOT],
+            batch_rows,
         )
-        write_dataset(eval_item_rows, outputs[contracts.EVAL_ITEM_SNAPSHOT])
     counts.update(
-        snapshot_users=user_rows.num_rows,
-        snapshot_items=item_rows.num_rows,
         **{contracts.SNAPSHOT_HISTORY_LENGTH: history.length},
         history_broadcast=int(broadcast_history),
         **{f"{name}_broadcast": int(broadcast[name]) for name in views},

@@ -20,7 +20,7 @@ from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
 from recsys.core import contracts, storage
 from recsys.core.beam_io import ReadDataset, from_list_batch, pipeline_options, to_list_array
-from recsys.core.features import OOV_BUCKETS, FeatureRegistry, load_registry
+from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.schemas import load_schema
 
 
@@ -29,21 +29,25 @@ def preprocessing_fn_for(registry: FeatureRegistry):
 
     def preprocessing_fn(inputs):
         outputs = {}
+        # The top_ids most frequent ids keep their own index; every other id hashes
+        # into one of hash_buckets indices after them (TFT's out-of-vocabulary buckets).
         vocabularies = {
-            f.name: tft.vocabulary(inputs[f.name], vocab_filename=f.name)
+            f.name: tft.vocabulary(inputs[f.name], vocab_filename=f.name, top_k=f.top_ids)
             for f in registry.select(transform="vocabulary")
         }
         for feature in registry.features.values():
             value, out = inputs[feature.name], feature.transformed_name
             if feature.transform == "vocabulary":
                 outputs[out] = tft.apply_vocabulary(
-                    value, vocabularies[feature.name], num_oov_buckets=OOV_BUCKETS
+                    value, vocabularies[feature.name], num_oov_buckets=feature.hash_buckets
                 )
             elif feature.transform == "sequence":
                 # Stays sparse (a list per row): the models pad it to the longest list
                 # in a batch.
                 outputs[out] = tft.apply_vocabulary(
-                    value, vocabularies[feature.of], num_oov_buckets=OOV_BUCKETS
+                    value,
+                    vocabularies[feature.of],
+                    num_oov_buckets=registry[feature.of].hash_buckets,
                 )
             elif feature.transform == "log_z_score":
                 # Counts are heavy-tailed: log1p before z-scoring keeps a few giants

@@ -31,17 +31,20 @@ from recsys.core import storage
 from recsys.core.contracts import MODEL_OUTPUTS, SIGNATURE, warmup_path
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.requests import raw_arrays, serving_contract
-from recsys.core.tables import read_dataset
+from recsys.core.tables import dataset_rows, rows_at
 
 # Run as a script by path: a module of this package would run ``recsys/__init__``,
 # which sets the training stack's Keras flag that TF Serving never has.
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
 
 
-def warmup_rows(examples: pd.DataFrame, count: int) -> pd.DataFrame:
-    """``count`` eval rows spread evenly over the split (varied users, histories, times)."""
-    positions = np.unique(np.linspace(0, len(examples) - 1, min(count, len(examples))).astype(int))
-    return examples.iloc[positions]
+def warmup_rows(eval_examples_dir: str, count: int) -> pd.DataFrame:
+    """``count`` eval rows spread evenly over the split (varied users, histories,
+    times), read as the split streams."""
+    total = dataset_rows(eval_examples_dir)
+    return rows_at(
+        eval_examples_dir, np.unique(np.linspace(0, total - 1, min(count, total)).astype(int))
+    )
 
 
 def warmup_requests(
@@ -151,7 +154,7 @@ def infra_validate(
     feature registry (default: the packaged one). Does not raise on a failed check:
     the result goes into the blessing, where a failure blocks the push."""
     registry = registry or load_registry()
-    rows = warmup_rows(read_dataset(eval_examples_dir), budgets.warmup_records)
+    rows = warmup_rows(eval_examples_dir, budgets.warmup_records)
     results = {}
     for name, model_dir in models.items():
         contract = serving_contract(name, registry)

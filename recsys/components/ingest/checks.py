@@ -15,6 +15,7 @@ new country or device is a usable row and a question for the schema's owner,
 so validate reports it (TFDV) and blocks the run by default.
 """
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from recsys.core.tables import DataError, RawFile, ids_as_text, parse_timestamps
 
 # Reasons a row is quarantined, in the order they are checked.
 REASONS = {
+    "ragged_row": "a CSV row has more or fewer fields than the header",
     "undecodable_text": "a text value is not valid in the declared encoding (input_encoding)",
     "missing_value": "a required column is empty",
     "wrong_type": "a value does not parse as the column's type",
@@ -91,11 +93,11 @@ class TableCheck:
             else files[0].frame.reset_index(drop=True)
         )
         self.missing = {
-            name: np.concatenate([f.missing.get(name, np.zeros(len(f.frame), bool)) for f in files])
+            name: np.concatenate([f.missing.get(name, np.ones(len(f.frame), bool)) for f in files])
             for name in self.raw.columns
         }
         self.source = np.concatenate([np.full(len(f.frame), f.path, dtype=object) for f in files])
-        self.row = np.concatenate([np.arange(1, len(f.frame) + 1) for f in files])
+        self.row = np.concatenate([f.rows for f in files])
         n = len(self.raw)
         self.reason = np.full(n, None, dtype=object)
         self.column = np.full(n, "", dtype=object)
@@ -215,9 +217,10 @@ class TableCheck:
             )
         return values
 
-    def typed(self) -> pd.DataFrame:
-        """Accepted rows: checked columns typed (int64/float64/str), other columns as read."""
-        ok = self.accepted
+    def typed(self, keep: np.ndarray | None = None) -> pd.DataFrame:
+        """Accepted rows (of those ``keep`` selects): checked columns typed
+        (int64/float64/str), other columns as read."""
+        ok = self.accepted if keep is None else self.accepted & keep
         out = self.raw[ok].copy()
         for name, kind in self.kinds.items():
             values = self.values.loc[ok, name]
@@ -249,6 +252,39 @@ class TableCheck:
         )
 
 
+def ragged_rows(table: str, raw: RawFile) -> pd.DataFrame:
+    """The quarantine rows of ``raw``'s CSV rows that had too few or too many fields;
+    the original is the row's text."""
+    return pd.DataFrame(
+        {
+            "table": table,
+            "source_file": raw.path,
+            "row": np.array([row for row, *_ in raw.ragged], dtype=np.int64),
+            "reason": "ragged_row",
+            "column": "",
+            "detail": [
+                f"{n} fields; the header has {expected}" for _, n, expected, _ in raw.ragged
+            ],
+            "original": [json.dumps(text, ensure_ascii=False) for *_, text in raw.ragged],
+        },
+        columns=QUARANTINE_SCHEMA.names,
+    )
+
+
+# The quarantine's columns: where a row came from, why it was rejected, its values.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("table", pa.string()),
+        ("source_file", pa.string()),
+        ("row", pa.int64()),
+        ("reason", pa.string()),
+        ("column", pa.string()),
+        ("detail", pa.string()),
+        ("original", pa.string()),
+    ]
+)
+
+
 def _trimmed(values: pd.Series) -> pa.Array:
     """Text values without surrounding whitespace, computed in Arrow, not per row."""
     try:
@@ -263,23 +299,29 @@ def _equals(text: pa.Array, value: str) -> np.ndarray:
 
 
 def reject_rate_error(
-    table: str, checked: int, quarantine: pd.DataFrame, limit: float, quarantine_path: str
+    table: str,
+    checked: int,
+    quarantined: int,
+    reasons: dict[tuple[str, str], int],
+    examples: pd.DataFrame,
+    limit: float,
+    quarantine_path: str,
 ) -> str:
-    """The message for a table whose reject rate is above ``limit``."""
-    bad = quarantine[quarantine["table"] == table]
+    """The message for a table whose reject rate is above ``limit``: its top
+    (reason, column) counts with example rows."""
     lines = [
-        f"ingest: {len(bad)} of {checked} rows ({len(bad) / checked:.1%}) of table "
+        f"ingest: {quarantined} of {checked} rows ({quarantined / checked:.1%}) of table "
         f"'{table}' broke the data contract; the limit is max_reject_rate="
         f"{limit:.1%}. Top reasons:"
     ]
-    top = bad.groupby(["reason", "column"]).size().sort_values(ascending=False).head(3)
-    for (reason, column), count in top.items():
+    top = sorted(reasons.items(), key=lambda item: -item[1])[:3]
+    for (reason, column), count in top:
         lines.append(
             f"  - {reason}{f' in column {column!r}' if column else ''}: {count} rows "
             f"({REASONS[reason]}), e.g.:"
         )
-        examples = bad[(bad["reason"] == reason) & (bad["column"] == column)].head(2)
-        for row in examples.itertuples():
+        shown = examples[(examples["reason"] == reason) & (examples["column"] == column)].head(2)
+        for row in shown.itertuples():
             detail = f" [{row.detail}]" if row.detail else ""
             lines.append(f"      {row.source_file} row {row.row}{detail}: {row.original}")
     lines.append(f"All quarantined rows with their reasons: {quarantine_path}")
@@ -288,7 +330,3 @@ def reject_rate_error(
         "raise max_reject_rate (they stay quarantined either way)."
     )
     return "\n".join(lines)
-
-
-def reason_counts(quarantine: pd.DataFrame) -> dict[str, int]:
-    return {reason: int(count) for reason, count in quarantine["reason"].value_counts().items()}

@@ -11,6 +11,7 @@ def ingest(
     eval_days: int,
     max_reject_rate: float,
     input_encoding: str,
+    batch_rows: int,
     train_events: Output[Dataset],
     eval_events: Output[Dataset],
     users: Output[Dataset],
@@ -25,6 +26,7 @@ def ingest(
     from recsys.components.ingest.ingest import ingest as run_ingest
     from recsys.core.config import config_from
     from recsys.core.progress import log, stage
+    from recsys.core.run_metrics import log_metrics
 
     with stage("ingest"):
         config = config_from(IngestConfig, locals())
@@ -43,6 +45,7 @@ def ingest(
             {name: artifact.path for name, artifact in outputs.items()},
             config,
             schema_dir,
+            batch_rows=batch_rows,
         )
         for name, artifact in outputs.items():
             artifact.metadata.update(
@@ -51,7 +54,6 @@ def ingest(
                 span_start=counts["span_start"],
                 eval_start=counts["eval_start"],
             )
-        for name, value in counts.items():
-            ingest_metrics.log_metric(name, value)
+        log_metrics(ingest_metrics, counts)
         if counts["quarantined"]:
             log("ingest", f"quarantined {counts['quarantined']} row(s): {quarantine.path}")

@@ -27,13 +27,12 @@ the logit, so evaluation and serving see calibrated probabilities.
 
 import math
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from recsys.components.train_ranking.config import RankingConfig
-from recsys.core import modeling, warm_start
+from recsys.core import distributed, modeling, warm_start
 from recsys.core.contracts import (
     CLICK_PROBABILITY,
     CLICKED,
@@ -44,6 +43,7 @@ from recsys.core.contracts import (
     WATCH_SECONDS,
 )
 from recsys.core.features import FeatureRegistry, load_registry
+from recsys.core.limits import SHUFFLE_BUFFER
 from recsys.core.progress import log
 
 # Bounds the watch head's log-rate so exp() cannot overflow early in training.
@@ -63,7 +63,12 @@ class RankingModel(tfrs.Model):
         registry: FeatureRegistry,
         config: RankingConfig,
         watch_head: bool = True,
+        global_batch: int | None = None,
     ):
+        """``global_batch``: under a multi-worker strategy, the batch over all workers;
+        each worker's losses are then sums over its share divided by it (what
+        tf.distribute needs), which is the mean over the global batch, as one worker's
+        mean loss is."""
         super().__init__()
         self.encoder = modeling.Tower(
             transform_output,
@@ -88,11 +93,18 @@ class RankingModel(tfrs.Model):
         )
         self.click_head = tf.keras.layers.Dense(1, name="click_logit")
         self.watch_head = tf.keras.layers.Dense(1, name="watch_log_minutes")
-        self.click_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)],
+        reduction = (
+            tf.keras.losses.Reduction.SUM if global_batch else tf.keras.losses.Reduction.AUTO
         )
-        self.watch_task = tfrs.tasks.Ranking(loss=tf.keras.losses.Poisson())
+        self.loss_scale = 1.0 / global_batch if global_batch else 1.0
+        # Under a strategy Keras sums each worker's logged values, right for the losses
+        # (each a share of the mean) and wrong for a metric already synchronized, so
+        # the chief measures the AUC after training instead (``train``).
+        self.click_task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=reduction),
+            metrics=[] if global_batch else [tf.keras.metrics.AUC(name="auc", from_logits=True)],
+        )
+        self.watch_task = tfrs.tasks.Ranking(loss=tf.keras.losses.Poisson(reduction=reduction))
         self.logit_shift = math.log(config.negative_sampling_rate)
         self.watch_loss_weight = config.watch_loss_weight if watch_head else 0.0
         self.score_watch_weight = config.score_watch_weight if watch_head else 0.0
@@ -128,7 +140,7 @@ class RankingModel(tfrs.Model):
                 predictions=tf.exp(outputs["watch_log_minutes"]),
                 sample_weight=clicked,
             )
-        return loss
+        return loss * self.loss_scale
 
     def serving_outputs(self, outputs: dict) -> dict:
         """The served tensors, each [batch]: calibrated click probability, expected
@@ -144,17 +156,6 @@ class RankingModel(tfrs.Model):
         }
 
 
-def downsample_negatives(
-    data: dict[str, np.ndarray], rate: float, seed: int
-) -> dict[str, np.ndarray]:
-    """Every clicked row and a seeded ``rate`` share of the others."""
-    if rate >= 1.0:
-        return data
-    clicked = data[CLICKED] == 1
-    keep = clicked | (np.random.default_rng(seed).random(len(clicked)) < rate)
-    return {name: values[keep] for name, values in data.items()}
-
-
 def train(
     transformed_train: str,
     transformed_eval: str,
@@ -163,58 +164,128 @@ def train(
     registry: FeatureRegistry | None = None,
     callbacks: list | None = None,
     warm_start_dir: str = "",
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    worker: int = 0,
+    workers: int = 1,
+    strategy=None,
 ) -> tuple[RankingModel, dict]:
-    """Train on ``transformed_train``; ``transformed_eval`` gives the per-epoch
-    validation lines. ``callbacks`` are Keras callbacks (the benchmark's epoch
-    selection). With ``warm_start_dir`` (a ``recsys.core.warm_start`` checkpoint),
-    start from its weights. ``registry`` says which features the ranker takes
-    (default: the packaged registry)."""
+    """Train on ``transformed_train``, streamed from its shards
+    (``modeling.ExampleStream``: every click and a ``negative_sampling_rate`` share
+    of the other rows, shuffled in a buffer of ``shuffle_buffer`` rows);
+    ``transformed_eval`` gives the per-epoch validation lines. ``callbacks`` are
+    Keras callbacks (the benchmark's epoch selection). With ``warm_start_dir`` (a
+    ``recsys.core.warm_start`` checkpoint), start from its weights. ``registry`` says
+    which features the ranker takes (default: the packaged registry). ``worker`` of
+    ``workers``: this process's share under ``strategy`` (``recsys.core.distributed``);
+    the model returned is then a plain copy of the trained one."""
+    strategy = strategy or tf.distribute.get_strategy()
     registry = registry or load_registry()
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
-    columns = (
+    columns = tuple(
         [f.transformed_name for f in registry.select(tower=RANKER)]
         + [cross.transformed_name for cross in registry.tower_crosses(RANKER)]
         + [CLICKED, WATCH_SECONDS]
     )
-    all_train = modeling.load_transformed(transformed_train, columns)
-    eval_data = modeling.load_transformed(transformed_eval, columns)
-    train_data = downsample_negatives(all_train, config.negative_sampling_rate, config.seed)
-    clicks = train_data[CLICKED] == 1
-    if not clicks.any() or clicks.all():
+    train_rows = modeling.ExampleStream(
+        transformed_train, columns, negative_rate=config.negative_sampling_rate, seed=config.seed
+    )
+    eval_rows = modeling.ExampleStream(transformed_eval, columns, seed=config.seed)
+    kept = clicks = watched = 0
+    sample = None
+    for part in train_rows.scan():
+        clicked = part[CLICKED] == 1
+        kept += len(clicked)
+        clicks += int(clicked.sum())
+        watched += int((part[WATCH_SECONDS][clicked] > 0).sum())
+        sample = sample or {name: values[:2] for name, values in part.items()}
+    examples = sum(u.rows for u in train_rows.units())
+    if not clicks or clicks == kept:
         raise ValueError(
-            f"train_ranking: the {len(clicks)} training examples are all "
-            f"{'clicked' if clicks.any() else 'not clicked'}; a click model "
+            f"train_ranking: the {kept} training examples are all "
+            f"{'clicked' if clicks else 'not clicked'}; a click model "
             "needs both. Check the clicked column of the events."
         )
-    watch_head = config.watch_loss_weight > 0 and bool(
-        (train_data[WATCH_SECONDS][clicks] > 0).any()
-    )
+    watch_head = config.watch_loss_weight > 0 and watched > 0
     if config.watch_loss_weight > 0 and not watch_head:
         log(
             "train_ranking",
             "no training click has watch time (e.g. MovieLens): the watch-time "
             "head is off and the score is the click probability",
         )
-    model = RankingModel(transform_output, registry, config, watch_head)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    sample = {name: values[:2] for name, values in train_data.items()}
+
+    def build(global_batch=config.batch_size if workers > 1 else None):
+        return RankingModel(transform_output, registry, config, watch_head, global_batch)
+
+    with strategy.scope():
+        model = build()
+        model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     warm = warm_start.initialise(
         model, transform_output, warm_start_dir, "train_ranking", lambda: model(sample)
     )
+    per_worker = max(1, config.batch_size // workers)
     metrics = modeling.fit(
-        model, train_data, eval_data, config.batch_size, config.epochs, "train_ranking", callbacks
+        model,
+        modeling.distributed(
+            strategy,
+            workers,
+            lambda: train_rows.dataset(per_worker, shuffle_buffer, worker, workers),
+        ),
+        modeling.distributed(
+            strategy, workers, lambda: eval_rows.validation(per_worker, worker, workers)
+        )
+        if workers > 1
+        else eval_rows.validation(),
+        kept,
+        config.epochs,
+        "train_ranking",
+        callbacks,
+        steps_per_epoch=modeling.steps_per_epoch(train_rows, per_worker, workers),
+        validation_steps=eval_rows.validation_steps(per_worker, workers) if workers > 1 else None,
     )
     metrics.pop("history")
+    if workers > 1:
+        model = distributed.plain_copy(model, lambda: build(None), lambda built: built(sample))
+        model.compile()
+        measured = model.evaluate(eval_rows.validation(), verbose=0, return_dict=True)
+        metrics.update(final_eval_auc=measured["auc"], final_eval_loss=measured["loss"])
     return model, {
-        "train_examples": len(all_train[CLICKED]),
-        "train_examples_kept": len(clicks),
-        "train_clicks": int(clicks.sum()),
+        "train_examples": examples,
+        "train_examples_kept": kept,
+        "train_clicks": clicks,
         "negative_sampling_rate": config.negative_sampling_rate,
         "watch_head": int(watch_head),
         "warm_start": int(warm["warm_start"]),
         **metrics,
     }
+
+
+def run(job: dict, worker: int = 0, workers: int = 1) -> dict:
+    """The stage as a job (``recsys.core.distributed``): this worker trains its share;
+    the chief also writes the warm-start checkpoint and exports. ``job``: the dataset
+    and output paths, the config's fields, the schema directory, the warm-start
+    checkpoint and the shuffle buffer."""
+    strategy = distributed.strategy(workers)  # before any other TensorFlow work
+    config = RankingConfig(**job["config"])
+    registry = load_registry(job["schema_dir"])
+    model, metrics = train(
+        job["transformed_train"],
+        job["transformed_eval"],
+        job["transform_graph"],
+        config,
+        registry,
+        warm_start_dir=job["warm_start_dir"],
+        shuffle_buffer=job["shuffle_buffer"],
+        worker=worker,
+        workers=workers,
+        strategy=strategy,
+    )
+    if worker != 0:
+        return metrics
+    warm_start.save(model, tft.TFTransformOutput(job["transform_graph"]), job["checkpoint"])
+    export(model, job["transform_graph"], job["ranking_model"], registry)
+    metrics["training_workers"] = workers
+    return metrics
 
 
 def export(

@@ -23,25 +23,28 @@ def train_retrieval(
     warm_start: bool,
     pipeline_root: str,
     state_root: str,
+    image: str,
+    shuffle_buffer: int,
+    training_workers: int,
     retrieval_model: Output[Model],
     query_model: Output[Model],
     item_embeddings: Output[Dataset],
     retrieval_training: Output[Metrics],
     checkpoint: Output[Model],
 ):
-    import tensorflow_transform as tft
+    import dataclasses
+    import os
 
     from recsys.components.train_retrieval.config import RetrievalConfig
-    from recsys.components.train_retrieval.train_retrieval import export, train
+    from recsys.core import distributed
     from recsys.core import warm_start as warm
     from recsys.core.config import config_from
     from recsys.core.contracts import RETRIEVAL
-    from recsys.core.features import load_registry
     from recsys.core.progress import log, stage
+    from recsys.core.run_metrics import log_metrics
 
     with stage("train_retrieval"):
         config = config_from(RetrievalConfig, locals())
-        registry = load_registry(schema_dir)
         version, start_from = (
             warm.warm_start_from(state_root or pipeline_root, RETRIEVAL)
             if warm_start
@@ -52,33 +55,42 @@ def train_retrieval(
                 "train_retrieval",
                 "warm_start: no blessed model under the state root yet; training from scratch",
             )
-        model, metrics = train(
-            transformed_train.path,
-            transformed_eval.path,
-            transform_graph.path,
-            config,
-            registry,
-            start_from,
+        inputs = {
+            "transformed_train": transformed_train,
+            "transformed_eval": transformed_eval,
+            "transform_graph": transform_graph,
+            "item_snapshot": item_snapshot,
+        }
+        outputs = {
+            "retrieval_model": retrieval_model,
+            "query_model": query_model,
+            "item_embeddings": item_embeddings,
+            "checkpoint": checkpoint,
+        }
+        job = {
+            **{name: artifact.path for name, artifact in {**inputs, **outputs}.items()},
+            "config": dataclasses.asdict(config),
+            "schema_dir": schema_dir,
+            "warm_start_dir": start_from,
+            "shuffle_buffer": shuffle_buffer,
+            "metrics_path": os.path.join(os.path.dirname(retrieval_training.path), "metrics.json"),
+        }
+        metrics = distributed.run_stage(
+            "recsys.components.train_retrieval.train_retrieval:run",
+            job,
+            training_workers,
+            "train_retrieval",
+            distributed.TRAINING_TIMEOUT_SECONDS,
+            distributed.Cluster(
+                image,
+                pipeline_root,
+                {name: artifact.uri for name, artifact in inputs.items()},
+                list(outputs),
+            ),
         )
         if metrics["warm_start"]:
             metrics["warm_start_version"] = version
-        warm.save(model, tft.TFTransformOutput(transform_graph.path), checkpoint.path)
-        metrics.update(
-            export(
-                model,
-                transform_graph.path,
-                item_snapshot.path,
-                config,
-                retrieval_model.path,
-                query_model.path,
-                item_embeddings.path,
-                transformed_eval.path,
-                registry,
-            )
-        )
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)):
-                retrieval_training.log_metric(name, value)
+        log_metrics(retrieval_training, metrics)
         retrieval_model.metadata["top_k"] = metrics["top_k"]
         if ann_index:
             item_embeddings.metadata.update(ann_index=metrics["ann_index"], ann_kind=ann_index)

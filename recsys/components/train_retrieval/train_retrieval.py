@@ -24,6 +24,7 @@ weights. Seeded: the same inputs and seed give the same model.
 """
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,9 +34,10 @@ import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 
 from recsys.components.train_retrieval.config import RetrievalConfig
-from recsys.core import contracts, modeling, warm_start
+from recsys.core import contracts, distributed, modeling, warm_start
 from recsys.core.contracts import CANDIDATE_TOWER, QUERY_TOWER, WATCH_SECONDS
 from recsys.core.features import FeatureRegistry, load_registry, transformed_name
+from recsys.core.limits import SHUFFLE_BUFFER
 from recsys.core.progress import log
 from recsys.core.ranking import hnsw_index, recall_vs_exact
 from recsys.core.ranking import top_k as exact_top_k
@@ -150,24 +152,20 @@ def corpus_table(
     return {name: values[first] for name, values in merged.items()}
 
 
-def item_frequency(item_index: np.ndarray, vocabulary_size: int) -> np.ndarray:
-    """Each item index's share of the positives: its chance to be an in-batch negative."""
-    counts = np.bincount(item_index, minlength=vocabulary_size)
-    return (counts / max(len(item_index), 1)).astype(np.float32)
-
-
-def positive_weights(watch_seconds: np.ndarray, weighting: str) -> np.ndarray | None:
-    """Per-positive loss weights, mean 1: for "watch_time", 1 + log1p(watch seconds),
-    so a click without watch time still counts and long watches count more."""
-    if weighting == "none":
-        return None
-    if not (watch_seconds > 0).any():
-        raise ValueError(
-            "positive_weighting='watch_time' but every clicked training example "
-            "has watch_seconds 0 (e.g. MovieLens); use 'none'"
-        )
-    weights = 1.0 + np.log1p(np.maximum(watch_seconds, 0.0))
-    return (weights / weights.mean()).astype(np.float32)
+def streamed_corpus(registry: FeatureRegistry, *streams: "modeling.ExampleStream") -> dict:
+    """``corpus_table`` of streamed datasets: each item's first row, kept as the data
+    streams by (one row per item is what stays whole)."""
+    kept: list[dict[str, np.ndarray]] = []
+    seen = np.zeros(0, dtype=np.int64)
+    for stream in streams:
+        for part in stream.scan():
+            items = part[ITEM_INDEX]
+            _, first = np.unique(items, return_index=True)
+            new = first[~np.isin(items[first], seen)]
+            if len(new):
+                kept.append({name: values[new] for name, values in part.items()})
+                seen = np.union1d(seen, items[new])
+    return corpus_table(registry, *kept)
 
 
 class ValidationRecall(tf.keras.callbacks.Callback):
@@ -222,12 +220,83 @@ class ValidationRecall(tf.keras.callbacks.Callback):
         logs[f"val_recall_at_{self.k}"] = self.recall()
 
 
-def _sample(data: dict[str, np.ndarray], limit: int, seed: int) -> dict[str, np.ndarray]:
-    n = len(next(iter(data.values())))
-    if n <= limit:
-        return data
-    rows = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    return {name: values[rows] for name, values in data.items()}
+def sampled_rows(stream: "modeling.ExampleStream", limit: int, seed: int) -> dict:
+    """At most ``limit`` rows of a streamed dataset, a seeded uniform sample in the
+    stream's order, picked as it streams."""
+
+    def size(part: dict) -> int:
+        return len(next(iter(part.values())))
+
+    total = sum(size(part) for part in stream.scan())
+    rows = (
+        np.arange(total)
+        if total <= limit
+        else np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
+    )
+    picked, offset = [], 0
+    for part in stream.scan():
+        n = size(part)
+        mine = rows[(rows >= offset) & (rows < offset + n)] - offset
+        if len(mine):
+            picked.append({name: values[mine] for name, values in part.items()})
+        offset += n
+    return modeling.concat_arrays(picked) if picked else {}
+
+
+@dataclass
+class Positives:
+    """What training needs to know of its positives before it starts, from one pass
+    over them: how many, each item's share, the mean positive weight."""
+
+    count: int
+    item_frequency: np.ndarray
+    mean_weight: float | None
+    sample: dict[str, np.ndarray]  # the first rows, to build the model
+
+
+def count_positives(stream, vocabulary_size: int, weighting: str) -> Positives:
+    count, counts, weights, sample = 0, np.zeros(vocabulary_size, np.int64), 0.0, None
+    for part in stream.scan():
+        items = part[ITEM_INDEX]
+        count += len(items)
+        counts += np.bincount(items, minlength=vocabulary_size)[:vocabulary_size]
+        if weighting != "none":
+            weights += float(_raw_weights(part[WATCH_SECONDS]).sum())
+        if sample is None:
+            sample = {name: values[:2] for name, values in part.items()}
+    if weighting != "none" and count and weights == count:  # every weight is 1: no watch time
+        raise ValueError(
+            "positive_weighting='watch_time' but every clicked training example "
+            "has watch_seconds 0 (e.g. MovieLens); use 'none'"
+        )
+    return Positives(
+        count,
+        (counts / max(count, 1)).astype(np.float32),
+        weights / count if weighting != "none" and count else None,
+        sample or {},
+    )
+
+
+def _raw_weights(watch_seconds: np.ndarray) -> np.ndarray:
+    return 1.0 + np.log1p(np.maximum(watch_seconds, 0.0))
+
+
+def positive_weights(watch_seconds: np.ndarray, mean_weight: float) -> np.ndarray:
+    """Per-positive loss weights for "watch_time": 1 + log1p(watch seconds), so a
+    click without watch time still counts and long watches count more, over their
+    mean on all training positives (``count_positives``), so they average 1."""
+    return (_raw_weights(watch_seconds) / mean_weight).astype(np.float32)
+
+
+def masked_clicks(stream, users: np.ndarray) -> np.ndarray:
+    """(user, item) index pairs of the training clicks of ``users`` (the validation
+    queries' users): what validation masks, without holding every click."""
+    pairs = [
+        np.stack([part[USER_INDEX][mine], part[ITEM_INDEX][mine]], axis=1)
+        for part in stream.scan()
+        if (mine := np.isin(part[USER_INDEX], users)).any()
+    ]
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
 
 
 def train(
@@ -237,66 +306,70 @@ def train(
     config: RetrievalConfig,
     registry: FeatureRegistry | None = None,
     warm_start_dir: str = "",
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    worker: int = 0,
+    workers: int = 1,
+    strategy=None,
 ) -> tuple[TwoTowerModel, dict]:
-    """Train on the clicked rows of ``transformed_train``; ``transformed_eval`` is
-    the validation data (early stopping and the reported validation loss). With
-    ``warm_start_dir`` (a ``recsys.core.warm_start`` checkpoint), start from its
-    weights. ``registry`` says which features each tower takes (default: the
-    packaged registry)."""
+    """Train on the clicked rows of ``transformed_train``, streamed from its shards
+    (``modeling.ExampleStream``: memory follows ``shuffle_buffer``, not the data);
+    ``transformed_eval`` is the validation data (early stopping and the reported
+    validation loss). With ``warm_start_dir`` (a ``recsys.core.warm_start``
+    checkpoint), start from its weights. ``registry`` says which features each tower
+    takes (default: the packaged registry). ``worker`` of ``workers``: this process's
+    share of the batches under ``strategy`` (``recsys.core.distributed``); the model
+    returned is then a plain copy of the trained one."""
+    strategy = strategy or tf.distribute.get_strategy()
     registry = registry or load_registry()
     modeling.set_seed(config.seed)
     transform_output = tft.TFTransformOutput(transform_graph)
     columns = tower_columns(registry, QUERY_TOWER, CANDIDATE_TOWER)
-    # Every row's item attributes for the corpus; query features of the clicks only
-    # (padding every impression's history would be the costly part).
+    candidates = tuple(tower_columns(registry, CANDIDATE_TOWER))
+
+    def stream(path, wanted, clicked_only=False):
+        return modeling.ExampleStream(path, tuple(wanted), clicked_only, seed=config.seed)
+
+    # Every row's item attributes for the corpus; query features of the clicks only.
     train_items, eval_items = (
-        modeling.load_transformed(path, tower_columns(registry, CANDIDATE_TOWER))
-        for path in (transformed_train, transformed_eval)
+        stream(transformed_train, candidates),
+        stream(transformed_eval, candidates),
     )
     # Negatives come from the training window's items; validation ranks every item.
-    corpus = corpus_table(registry, train_items)
-    catalog = corpus_table(registry, train_items, eval_items)
-    train_data, eval_data = (
-        modeling.load_transformed(path, columns + [WATCH_SECONDS], clicked_only=True)
-        for path in (transformed_train, transformed_eval)
-    )
-    n_train = len(train_data[ITEM_INDEX])
-    if n_train < config.batch_size:
+    corpus = streamed_corpus(registry, train_items)
+    catalog = streamed_corpus(registry, train_items, eval_items)
+    wanted = list(dict.fromkeys(columns + [WATCH_SECONDS]))
+    train_positives = stream(transformed_train, wanted, clicked_only=True)
+    eval_positives = stream(transformed_eval, columns, clicked_only=True)
+    vocabulary_size = modeling.id_cardinality(transform_output, registry[contracts.ITEM_ID])
+    positives = count_positives(train_positives, vocabulary_size, config.positive_weighting)
+    if positives.count < config.batch_size:
         raise ValueError(
-            f"train_retrieval: only {n_train} clicked training examples; "
+            f"train_retrieval: only {positives.count} clicked training examples; "
             f"need at least batch_size={config.batch_size}. Widen the window."
         )
-    if not len(eval_data[ITEM_INDEX]):
+    validation_queries = sampled_rows(eval_positives, MAX_VALIDATION_QUERIES, config.seed)
+    if not validation_queries:
         raise ValueError(
             "train_retrieval: the eval split has no clicked examples to validate "
             "on (early stopping needs them). Lengthen eval_days."
         )
-    weights = positive_weights(train_data.pop(WATCH_SECONDS), config.positive_weighting)
-    if weights is not None:
-        train_data["sample_weight"] = weights
-    eval_data.pop(WATCH_SECONDS)
-    vocabulary_size = modeling.id_cardinality(transform_output, registry[contracts.ITEM_ID])
-    model = TwoTowerModel(
-        transform_output,
-        registry,
-        config,
-        corpus,
-        item_frequency(train_data[ITEM_INDEX], vocabulary_size),
-    )
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-    sample = {name: values[:2] for name, values in train_data.items()}
+
+    def build():
+        return TwoTowerModel(transform_output, registry, config, corpus, positives.item_frequency)
+
+    def create_variables(built):
+        return built.query_tower(positives.sample), built.candidate_tower(positives.sample)
+
+    with strategy.scope():
+        model = build()
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     warm = warm_start.initialise(
-        model,
-        transform_output,
-        warm_start_dir,
-        "train_retrieval",
-        lambda: (model.query_tower(sample), model.candidate_tower(sample)),
+        model, transform_output, warm_start_dir, "train_retrieval", lambda: create_variables(model)
     )
-    train_pairs = np.stack([train_data[USER_INDEX], train_data[ITEM_INDEX]], axis=1)
     validation = ValidationRecall(
-        _sample(eval_data, MAX_VALIDATION_QUERIES, config.seed),
+        validation_queries,
         catalog,
-        train_pairs,
+        masked_clicks(train_positives, np.unique(validation_queries[USER_INDEX])),
         config.validation_k,
     )
     callbacks = [validation]
@@ -310,20 +383,51 @@ def train(
                 restore_best_weights=True,
             )
         )
+
+    def weights(batch):
+        return {"sample_weight": positive_weights(batch[WATCH_SECONDS], positives.mean_weight)}
+
+    per_worker = max(1, config.batch_size // workers)
     metrics = modeling.fit(
-        model, train_data, eval_data, config.batch_size, config.epochs, "train_retrieval", callbacks
+        model,
+        modeling.distributed(
+            strategy,
+            workers,
+            lambda: train_positives.dataset(
+                per_worker,
+                shuffle_buffer,
+                worker,
+                workers,
+                extra=weights if positives.mean_weight is not None else None,
+            ),
+        ),
+        modeling.distributed(
+            strategy, workers, lambda: eval_positives.validation(per_worker, worker, workers)
+        )
+        if workers > 1
+        else eval_positives.validation(),
+        positives.count,
+        config.epochs,
+        "train_retrieval",
+        callbacks,
+        steps_per_epoch=modeling.steps_per_epoch(train_positives, per_worker, workers),
+        validation_steps=eval_positives.validation_steps(per_worker, workers)
+        if workers > 1
+        else None,
     )
     history = metrics.pop("history")
     best_epoch = int(np.nanargmax(history[monitor])) + 1
     kept = validation.recall()  # of the weights returned: the best epoch's, if stopping early
+    if workers > 1:
+        model = distributed.plain_copy(model, build, create_variables)
     log(
         "train_retrieval",
         f"best {monitor} {np.nanmax(history[monitor]):.4f} at epoch "
         f"{best_epoch} of {len(history[monitor])}; the model kept has {kept:.4f}",
     )
     return model, {
-        "train_positives": n_train,
-        "eval_positives": len(eval_data[ITEM_INDEX]),
+        "train_positives": positives.count,
+        "eval_positives": sum(len(part[ITEM_INDEX]) for part in eval_positives.scan()),
         "negative_corpus_items": len(corpus[ITEM_INDEX]),
         "validation_catalog_items": len(catalog[ITEM_INDEX]),
         "epochs_run": len(history[monitor]),
@@ -333,6 +437,46 @@ def train(
         "warm_start": int(warm["warm_start"]),
         **metrics,
     }
+
+
+def run(job: dict, worker: int = 0, workers: int = 1) -> dict:
+    """The stage as a job (``recsys.core.distributed``): this worker trains its share;
+    the chief also writes the warm-start checkpoint and exports. ``job``: the dataset
+    and output paths, the config's fields, the schema directory, the warm-start
+    checkpoint and the shuffle buffer."""
+    strategy = distributed.strategy(workers)  # before any other TensorFlow work
+    config = RetrievalConfig(**job["config"])
+    registry = load_registry(job["schema_dir"])
+    model, metrics = train(
+        job["transformed_train"],
+        job["transformed_eval"],
+        job["transform_graph"],
+        config,
+        registry,
+        job["warm_start_dir"],
+        job["shuffle_buffer"],
+        worker,
+        workers,
+        strategy,
+    )
+    if worker != 0:
+        return metrics
+    warm_start.save(model, tft.TFTransformOutput(job["transform_graph"]), job["checkpoint"])
+    metrics.update(
+        export(
+            model,
+            job["transform_graph"],
+            job["item_snapshot"],
+            config,
+            job["retrieval_model"],
+            job["query_model"],
+            job["item_embeddings"],
+            job["transformed_eval"],
+            registry,
+        )
+    )
+    metrics["training_workers"] = workers
+    return metrics
 
 
 def export(
@@ -393,9 +537,11 @@ def export(
     tf.saved_model.save(query_model, query_model_dir, signatures={contracts.SIGNATURE: embed_query})
     exported = {"top_k": k, "indexed_items": len(item_ids)}
     if config.ann_index:
-        queries = modeling.load_transformed(transformed_eval, tower_columns(registry, QUERY_TOWER))
+        eval_rows = modeling.ExampleStream(
+            transformed_eval, tuple(tower_columns(registry, QUERY_TOWER)), seed=config.seed
+        )
         query_embeddings = modeling.predict_transformed(
-            model.query_tower, _sample(queries, MAX_VALIDATION_QUERIES, config.seed)
+            model.query_tower, sampled_rows(eval_rows, MAX_VALIDATION_QUERIES, config.seed)
         )
         exported.update(
             write_ann_index(

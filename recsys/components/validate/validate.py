@@ -46,11 +46,17 @@ from recsys.core.contracts import (
     USERS,
 )
 from recsys.core.schemas import SCHEMA_DIR, load_schema
-from recsys.core.tables import DataError, dataset_pattern
+from recsys.core.tables import DataError, dataset_rows
 
 # TFDV emits one Beam element per distinct string value per batch for its top-k
 # and unique counts, so small batches multiply Python per-element overhead.
 STATS_BATCH_ROWS = 65_536
+# Top values and unique counts from sketches (Misra-Gries, KMV) of bounded size: the
+# exact counters hold every distinct value of every string column (an event id per
+# row), which is what grew validate's memory with the data. The categorical
+# features the checks read (countries, devices, categories) have far fewer values
+# than the sketch's buckets, so their counts stay exact.
+STATS_OPTIONS = tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
 
 # The eval examples of the run's newest day: what skew and drift compare.
 SPAN = "span_examples"
@@ -124,10 +130,6 @@ def parse_policy(text: str) -> dict[str, str]:
     return policy
 
 
-def row_count(directory: str) -> int:
-    return sum(storage.parquet_rows(path) for path in storage.glob(dataset_pattern(directory)))
-
-
 def _since(batch: pa.RecordBatch, column: str, start: int) -> pa.RecordBatch:
     return batch.filter(pc.greater_equal(batch.column(column), pa.scalar(start, pa.int64())))
 
@@ -168,7 +170,7 @@ def compute_statistics(
             keyed
             | "Flatten" >> beam.Flatten()
             | "Stats"
-            >> stats_impl.GenerateSlicedStatisticsImpl(tfdv.StatsOptions(), is_slicing_enabled=True)
+            >> stats_impl.GenerateSlicedStatisticsImpl(STATS_OPTIONS, is_slicing_enabled=True)
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(combined)
         )
     statistics = {}
@@ -266,7 +268,7 @@ def validate(
     policy = parse_policy(config.anomaly_policy)
     span_day = _day(span_start)
     notes = []
-    present = {name: path for name, path in datasets.items() if row_count(path) > 0}
+    present = {name: path for name, path in datasets.items() if dataset_rows(path) > 0}
     for name in sorted(set(datasets) - set(present)):
         notes.append(
             f"{name} has no rows"
