@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pipeline_e2e.py --case x1             # the `make run` sample
     .venv/bin/python bench/pipeline_e2e.py --case x1 x10 x100 long-span --out results.json
+    .venv/bin/python bench/pipeline_e2e.py --compare before.json after.json
 
 Cases:
 
@@ -262,9 +263,55 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(before: list[dict], after: list[dict]) -> str:
+    """Per case and stage: seconds and peak GiB before -> after (the last result of each
+    case in each file)."""
+    old = {r["case"]: r for r in before}
+    new = {r["case"]: r for r in after}
+    lines = [
+        "| case | stage | seconds before | seconds after | peak GiB before | peak GiB after |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for case in [c for c in [*SCALES, "long-span"] if c in old or c in new]:
+        names = list(
+            dict.fromkeys(
+                [*new.get(case, {}).get("stages", {}), *old.get(case, {}).get("stages", {})]
+            )
+        )
+        for name in names:
+            cells = []
+            for result in (old.get(case, {}), new.get(case, {})):
+                stage = result.get("stages", {}).get(name)
+                killed = result.get("sampled_stage_peak_gib", {}).get(name)
+                cells.append(
+                    (f"{stage['seconds']:.1f}", f"{stage['peak_gib']:.2f}")
+                    if stage
+                    else ("killed", f"> {killed:.1f}")
+                    if killed and name in result.get("outcome", "")
+                    else ("", "")
+                )
+            lines.append(
+                f"| {case} | {name} | {cells[0][0]} | {cells[1][0]} | {cells[0][1]} "
+                f"| {cells[1][1]} |"
+            )
+        for label, result in (("before", old.get(case)), ("after", new.get(case))):
+            if result:
+                lines.append(
+                    f"| {case} | outcome {label}: {result.get('outcome', '')}; wall "
+                    f"{result.get('wall_seconds', 0):.0f} s | | | | |"
+                )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="print the before/after table of two --out files and exit",
     )
     parser.add_argument(
         "--case", nargs="+", default=["x1"], choices=[*SCALES, "long-span"], help="data cases"
@@ -279,6 +326,10 @@ def main():
     )
     parser.add_argument("--out", help="append each case's numbers to this JSON file")
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.load(open(path)) for path in args.compare)
+        print(compare(before, after))
+        return
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-e2e-")
     limit = int(args.memory_limit_gib * GIB)
     results = []

@@ -767,7 +767,8 @@ def import_data(mapping: dict, out: str, max_window_events: int = MAX_WINDOW_EVE
     lookback_days, eval_days, eval_users = propose_window(events_path, max_window_events)
     total_days = log_summary.last_ts // DAY - log_summary.first_ts // DAY + 1
     window = (
-        f"all {lookback_days} days of the data"
+        f"all {lookback_days} days of the data ({log_summary.rows:,} events, within "
+        f"max_window_events {max_window_events:,})"
         if lookback_days == total_days
         else f"the newest {lookback_days} of the data's {total_days} days, the most that hold "
         f"at most {max_window_events:,} events (max_window_events: about two hours of "

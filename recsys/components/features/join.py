@@ -36,7 +36,13 @@ from recsys.components.features.beam_asof import (
 )
 from recsys.components.features.config import JoinConfig
 from recsys.core import contracts, storage
-from recsys.core.beam_io import ReadDataset, as_table, concat_tables, pipeline_options
+from recsys.core.beam_io import (
+    ReadDataset,
+    ReadDatasets,
+    as_table,
+    concat_tables,
+    pipeline_options,
+)
 from recsys.core.contracts import CLICKED, EVENT_TS, ITEM_ID, USER_ID
 from recsys.core.derived import DAY, DERIVED, derive
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry, load_registry
@@ -374,10 +380,19 @@ def join_features(
             split: pipeline | f"Read[{split}]" >> ReadDataset(inputs[dataset], JOIN_BATCH_ROWS)
             for split, (dataset, _) in splits.items()
         }
+        # The engagements are read apart from the events (their columns only): from
+        # the events' own read, the DirectRunner would hold every event in memory
+        # until the history's side input is complete.
         engagements = (
-            tuple(events.values())
-            | "AllEvents" >> beam.Flatten()
-            | "Engagements" >> beam.Map(_engagements, history).with_output_types(pa.Table)
+            pipeline
+            | "ReadEngagements"
+            >> ReadDatasets(
+                {split: inputs[dataset] for split, (dataset, _) in splits.items()},
+                JOIN_BATCH_ROWS,
+                _history_columns(history),
+            )
+            | "Engagements"
+            >> beam.Map(lambda named: _engagements(named[1], history)).with_output_types(pa.Table)
         )
         for split, split_events in events.items():
             joined = split_events

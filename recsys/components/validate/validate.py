@@ -28,7 +28,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
 from recsys.components.validate import report
 from recsys.components.validate.config import ValidateConfig
 from recsys.core import storage
-from recsys.core.beam_io import ReadDataset, pipeline_options, to_list_batch
+from recsys.core.beam_io import ReadDatasets, pipeline_options, to_list_batch
 from recsys.core.contracts import (
     DATASET_SCHEMAS,
     EVAL_EVENTS,
@@ -130,8 +130,14 @@ def parse_policy(text: str) -> dict[str, str]:
     return policy
 
 
-def _since(batch: pa.RecordBatch, column: str, start: int) -> pa.RecordBatch:
-    return batch.filter(pc.greater_equal(batch.column(column), pa.scalar(start, pa.int64())))
+def _keyed(named: tuple[str, pa.RecordBatch], filters: dict) -> tuple[str, pa.RecordBatch]:
+    """A dataset's batch as TFDV's sliced input, rows of a filtered dataset (``since``)
+    kept where ``column >= start``."""
+    name, batch = named
+    if name in filters:
+        column, start = filters[name]
+        batch = batch.filter(pc.greater_equal(batch.column(column), pa.scalar(start, pa.int64())))
+    return name, to_list_batch(batch)
 
 
 def compute_statistics(
@@ -156,19 +162,15 @@ def compute_statistics(
         }
     )
     combined = storage.join(stats_dir, "all.stats.pb")
+    filters = {name: keep for name, (_, keep) in sources.items() if keep}
     with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
-        keyed = []
-        for name, (directory, keep) in sources.items():
-            batches = pipeline | f"Read[{name}]" >> ReadDataset(directory, STATS_BATCH_ROWS)
-            if keep:
-                batches = batches | f"Since[{name}]" >> beam.Map(_since, *keep)
-            keyed.append(
-                batches
-                | f"Key[{name}]" >> beam.Map(lambda batch, key: (key, to_list_batch(batch)), name)
-            )
         _ = (
-            keyed
-            | "Flatten" >> beam.Flatten()
+            pipeline
+            | "Read"
+            >> ReadDatasets(
+                {name: directory for name, (directory, _) in sources.items()}, STATS_BATCH_ROWS
+            )
+            | "Key" >> beam.Map(_keyed, filters)
             | "Stats"
             >> stats_impl.GenerateSlicedStatisticsImpl(STATS_OPTIONS, is_slicing_enabled=True)
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(combined)
