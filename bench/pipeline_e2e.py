@@ -25,6 +25,7 @@ docs/benchmarks.md; ``--out`` keeps every number as JSON.
 """
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -189,6 +190,30 @@ def prepare(case: str, workdir: str, limit: int) -> dict:
     return result
 
 
+# What each trainer's metadata says of its run: the rates docs/scale.md sizes from.
+TRAINING_FIELDS = {
+    "train-ranking": ("train_examples", "steady_examples_per_second", "final_eval_auc"),
+    "train-retrieval": ("train_positives", "steady_examples_per_second", "val_recall_at_50"),
+}
+
+
+def training_metadata(workdir: str) -> dict:
+    """The newest run's trainer metadata (from KFP's executor outputs) under ``workdir``."""
+    runs = sorted(glob.glob(os.path.join(workdir, "work", "pipeline_root", "recsys-pipeline-*")))
+    found = {}
+    for task, fields in TRAINING_FIELDS.items():
+        path = os.path.join(runs[-1], task, "executor_output.json") if runs else ""
+        if not os.path.exists(path):
+            continue
+        with open(path) as handle:
+            outputs = json.load(handle)["artifacts"]
+        metadata = {
+            k: v for o in outputs.values() for a in o["artifacts"] for k, v in a["metadata"].items()
+        }
+        found[task] = {field: metadata.get(field) for field in fields}
+    return found
+
+
 def run_case(case: str, workdir: str, limit: int) -> dict:
     os.makedirs(workdir, exist_ok=True)
     result = {"case": case, "workdir": workdir, "prepare": prepare(case, workdir, limit)}
@@ -220,6 +245,7 @@ def run_case(case: str, workdir: str, limit: int) -> dict:
         sampled_stage_peak_gib={k: round(v / GIB, 2) for k, v in run.stage_peaks.items()},
         run_peak_gib=round(run.peak / GIB, 2),
         returncode=code,
+        training=training_metadata(workdir),
     )
     if run.killed_in:
         result["outcome"] = f"stopped in {run.killed_in} above {limit / GIB:.0f} GiB"
@@ -263,6 +289,16 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def killed_stage(result: dict) -> list[str]:
+    """The stage a run stopped or failed in, if it did (its ``outcome`` names it)."""
+    return [
+        name
+        for name in result.get("sampled_stage_peak_gib", {})
+        if name not in result.get("stages", {})
+        and result.get("outcome", "").startswith(("stopped in " + name, "failed in " + name))
+    ]
+
+
 def compare(before: list[dict], after: list[dict]) -> str:
     """Per case and stage: seconds and peak GiB before -> after (the last result of each
     case in each file)."""
@@ -275,7 +311,12 @@ def compare(before: list[dict], after: list[dict]) -> str:
     for case in [c for c in [*SCALES, "long-span"] if c in old or c in new]:
         names = list(
             dict.fromkeys(
-                [*new.get(case, {}).get("stages", {}), *old.get(case, {}).get("stages", {})]
+                name
+                for result in (new.get(case, {}), old.get(case, {}))
+                for name in [
+                    *result.get("stages", {}),
+                    *killed_stage(result),
+                ]
             )
         )
         for name in names:
@@ -286,8 +327,8 @@ def compare(before: list[dict], after: list[dict]) -> str:
                 cells.append(
                     (f"{stage['seconds']:.1f}", f"{stage['peak_gib']:.2f}")
                     if stage
-                    else ("killed", f"> {killed:.1f}")
-                    if killed and name in result.get("outcome", "")
+                    else (result["outcome"].split()[0], f"{killed:.2f} at the stop")
+                    if name in killed_stage(result)
                     else ("", "")
                 )
             lines.append(
@@ -297,7 +338,7 @@ def compare(before: list[dict], after: list[dict]) -> str:
         for label, result in (("before", old.get(case)), ("after", new.get(case))):
             if result:
                 lines.append(
-                    f"| {case} | outcome {label}: {result.get('outcome', '')}; wall "
+                    f"| {case} | outcome {label}: {result.get('outcome', '').split(':')[0]}; wall "
                     f"{result.get('wall_seconds', 0):.0f} s | | | | |"
                 )
     return "\n".join(lines)
@@ -349,6 +390,8 @@ def main():
             f"\n{r['case']}: {r.get('rows', {})}; {made['step']} {made['seconds']} s, peak "
             f"{made['peak_gib']} GiB; run: {r.get('outcome', '')}"
         )
+        for task, fields in r.get("training", {}).items():
+            print(f"  {task}: " + ", ".join(f"{k} {v}" for k, v in fields.items()))
     print()
     print(table([r for r in results if "stages" in r]))
 

@@ -123,7 +123,8 @@ def run_pandas(data: str, out: str, _args):
 def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False, join: bool = True):
     import apache_beam as beam
 
-    from recsys.components.features.beam_asof import AsOfJoin, FeatureView
+    from recsys.components.features.beam_asof import AsOfJoin, FeatureView, SharedRows
+    from recsys.components.features.join import read_rows
     from recsys.core.beam_io import ReadDataset, pipeline_options
 
     view = FeatureView("user_features", "user_id", tuple(VALUES))
@@ -133,12 +134,14 @@ def run_beam(data: str, out: str, beam_args: list[str], broadcast: bool = False,
         schema = schema.append(features_schema.field(name))
     schema = schema.append(pa.field(view.missing_flag, pa.int64()))
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        sides = {
-            side: pipeline | f"Read[{side}]" >> ReadDataset(f"{data}/{side}", ROW_GROUP)
-            for side in ("events", "features")
-        }
+        sides = {"events": pipeline | "Read[events]" >> ReadDataset(f"{data}/events", ROW_GROUP)}
+        if join and not broadcast:
+            sides["features"] = pipeline | "Read[features]" >> ReadDataset(
+                f"{data}/features", ROW_GROUP
+            )
+        rows = SharedRows(functools.partial(read_rows, f"{data}/features")) if broadcast else None
         joined = (
-            sides | AsOfJoin(view, broadcast=broadcast)
+            sides | AsOfJoin(view, shared_rows=rows)
             if join
             else sides["events"] | beam.Map(_without_join, view)
         )

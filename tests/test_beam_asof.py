@@ -2,6 +2,7 @@
 and both DirectRunner modes, equal to DuckDB's ASOF LEFT JOIN, and guarded: an
 injected bug stops the run naming the view and an event."""
 
+import functools
 import glob
 import json
 
@@ -14,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.components.features import beam_asof
+from recsys.components.features import beam_asof, join
 from recsys.components.features.asof import AsOfIndex
 from recsys.components.features.beam_asof import (
     AsOfJoin,
@@ -22,11 +23,12 @@ from recsys.components.features.beam_asof import (
     FeatureView,
     HistoryJoin,
     HistoryView,
+    SharedRows,
     join_history,
     join_view,
 )
 from recsys.components.features.config import JoinConfig
-from recsys.components.features.join import join_features
+from recsys.components.features.join import join_features, read_rows
 from recsys.core.beam_io import ReadDataset, pipeline_options
 from recsys.core.contracts import (
     EVAL_EXAMPLES,
@@ -51,11 +53,13 @@ MULTI_PROCESSING = '["--direct_num_workers=2", "--direct_running_mode=multi_proc
 def beam_join(events_dir, features_dir, out, args, broadcast, view=VIEW):
     """AsOfJoin alone, with small batches and buckets so every path is exercised."""
     with beam.Pipeline(options=pipeline_options(args)) as pipeline:
-        sides = {
-            "events": pipeline | "ReadEvents" >> ReadDataset(events_dir, batch_size=500),
-            "features": pipeline | "ReadFeatures" >> ReadDataset(features_dir, batch_size=700),
-        }
-        joined = sides | AsOfJoin(view, broadcast, num_buckets=8, event_splits=3)
+        sides = {"events": pipeline | "ReadEvents" >> ReadDataset(events_dir, batch_size=500)}
+        if broadcast:  # each worker reads the feature rows from the files
+            rows = SharedRows(functools.partial(read_rows, features_dir))
+            joined = sides | AsOfJoin(view, shared_rows=rows)
+        else:
+            sides["features"] = pipeline | "ReadFeatures" >> ReadDataset(features_dir, 700)
+            joined = sides | AsOfJoin(view, num_buckets=8, event_splits=3)
         _ = {"input": sides["events"], "output": joined} | CheckRowCounts("test join")
         schema = _output_schema(events_dir, features_dir, view)
         # A group without feature rows cannot know their types: cast as any sink would.
@@ -103,11 +107,12 @@ def test_beam_history_equals_in_memory_history(stages, tmp_path, broadcast):
     )
     expected = join_history(events, clicks, view).to_pandas()
     with beam.Pipeline() as pipeline:
-        sides = {
-            "events": pipeline | "Events" >> beam.Create(events.to_batches(max_chunksize=700)),
-            "features": pipeline | "Clicks" >> beam.Create(clicks.to_batches(max_chunksize=300)),
-        }
-        joined = sides | HistoryJoin(view, broadcast, num_buckets=8, event_splits=3)
+        sides = {"events": pipeline | "Events" >> beam.Create(events.to_batches(max_chunksize=700))}
+        if broadcast:
+            joined = sides | HistoryJoin(view, shared_rows=SharedRows(lambda: clicks))
+        else:
+            sides["features"] = pipeline | "Clicks" >> beam.Create(clicks.to_batches(300))
+            joined = sides | HistoryJoin(view, num_buckets=8, event_splits=3)
         _ = (
             joined
             | beam.Map(lambda table: table.to_pandas())
@@ -140,6 +145,21 @@ def test_join_stage_is_the_same_on_multi_processing(stages, tmp_path):
     outputs = join_stage(stages, tmp_path, MULTI_PROCESSING)
     for split in ("train_examples", "eval_examples"):
         expected = read_dataset(paths[split]).sort_values("event_id", ignore_index=True)
+        got = read_dataset(outputs[split]).sort_values("event_id", ignore_index=True)
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_a_bucketed_history_on_the_direct_runner_is_the_same_and_says_what_it_holds(
+    stages, tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setattr(join, "HISTORY_BROADCAST_MAX_ROWS", 0)
+    outputs = join_stage(stages, tmp_path, "[]")
+    said = capfd.readouterr().err
+    assert "joining the history (" in said and "engagements) in hash buckets" in said
+    assert "DirectRunner holds those buckets" in said and "distributed runner" in said
+    assert "user_features" not in said.split("in hash buckets")[0]  # the views broadcast
+    for split in ("train_examples", "eval_examples"):
+        expected = read_dataset(stages["paths"][split]).sort_values("event_id", ignore_index=True)
         got = read_dataset(outputs[split]).sort_values("event_id", ignore_index=True)
         pd.testing.assert_frame_equal(got, expected)
 

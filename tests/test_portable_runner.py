@@ -50,7 +50,7 @@ def test_join_on_the_portable_runner_equals_direct_runner(
     views = ("user_features", "item_features")
     config = JoinConfig(feature_views=json.dumps({v: {"join": strategy} for v in views}))
     if strategy == "bucket":  # the engagement history too (it is broadcast below this size)
-        monkeypatch.setattr(join, "BROADCAST_MAX_ROWS", 0)
+        monkeypatch.setattr(join, "HISTORY_BROADCAST_MAX_ROWS", 0)
     outputs = join_stage(stages, tmp_path, portable_args, config)
     for name in JOINED:
         pd.testing.assert_frame_equal(_canonical(outputs[name]), _canonical(paths[name]))

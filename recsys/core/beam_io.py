@@ -34,6 +34,15 @@ def pipeline_options(beam_pipeline_args: str | list[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def on_direct_runner(beam_pipeline_args: str | list[str]) -> bool:
+    """Whether these options run on Beam's DirectRunner (no ``--runner``, or it named),
+    which keeps every shuffle of the pipeline in this process's memory."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = pipeline_options(beam_pipeline_args).view_as(StandardOptions).runner
+    return runner is None or runner.removesuffix("Runner") in ("Direct", "SwitchingDirect")
+
+
 def to_list_array(column: pa.Array) -> pa.Array:
     """A flat column as a list column: one value per row, null rows become null lists.
     List columns (variable-length features) are already in that form."""
@@ -162,40 +171,6 @@ class ArrowCoder(beam.coders.Coder):
 
     def to_type_hint(self):
         return pa.Table
-
-
-class ArrowListCoder(beam.coders.Coder):
-    """A list of Arrow tables as one table (``ArrowCoder``): for combiner accumulators."""
-
-    def encode(self, tables) -> bytes:
-        return ArrowCoder().encode(pa.concat_tables(tables) if tables else pa.table({}))
-
-    def decode(self, encoded: bytes):
-        table = ArrowCoder().decode(encoded)
-        return [table] if table.num_columns else []
-
-    def is_deterministic(self) -> bool:
-        return True
-
-
-class ConcatTables(beam.CombineFn):
-    """All tables or record batches of a PCollection as one table (None if empty)."""
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, tables, part):
-        tables.append(as_table(part))
-        return tables
-
-    def merge_accumulators(self, accumulators):
-        return [table for tables in accumulators for table in tables]
-
-    def extract_output(self, tables):
-        return concat_tables(tables)
-
-    def get_accumulator_coder(self):
-        return ArrowListCoder()
 
 
 beam.coders.registry.register_coder(pa.Table, ArrowCoder)

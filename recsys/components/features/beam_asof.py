@@ -24,11 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms import window
+from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from recsys.components.features.asof import NO_MATCH, AsOfIndex, HistoryIndex
 from recsys.core import contracts
-from recsys.core.beam_io import ConcatTables, as_table, concat_tables
+from recsys.core.beam_io import as_table, concat_tables
 from recsys.core.features import history_columns
 from recsys.core.spill import stable_buckets
 
@@ -285,41 +286,64 @@ def join_history(events: pa.Table, history: pa.Table | None, view: HistoryView) 
     return HistoryLookup(view, history).join(events)
 
 
+class SharedRows:
+    """A join's right side that each worker process reads itself, once, from files
+    (``load()`` returns the rows as one table, or None), instead of receiving it as
+    a side input. A side input is encoded into the runner's buffer and decoded again
+    by its consumers, several copies of it at once: the x100 sample's 5.9 million
+    engagements held 5.8 GiB in the join that way, one copy here. Every join given
+    the same ``SharedRows`` (the train and eval splits) shares the copy."""
+
+    def __init__(self, load):
+        self._load = load
+        self._handle = shared.Shared()
+
+    def lookup(self, make_lookup):
+        return self._handle.acquire(lambda: make_lookup(self._load()))
+
+
+class _JoinWithSharedRows(beam.DoFn):
+    def __init__(self, rows: SharedRows, make_lookup):
+        self._rows, self._make_lookup = rows, make_lookup
+
+    def setup(self):
+        self._lookup = self._rows.lookup(self._make_lookup)
+
+    def process(self, batch):
+        yield self._lookup.join(as_table(batch))
+
+
 class LookupJoin(beam.PTransform):
     """``{"events": PCollection[RecordBatch | Table], "features": PCollection[...]}``
     -> PCollection[Table]: events joined with ``make_lookup(right rows)``, an object
     whose ``join(events)`` returns one row per event (``ViewLookup``, ``HistoryLookup``).
 
-    ``broadcast=True``, for a right side small enough for one worker's memory (like
-    Spark's broadcast join): the lookup is built once and handed to every worker as
-    a side input; each event batch is joined where it is, with no shuffle.
-    Otherwise both sides are bucketed by a hash of ``key`` (scales with the right
-    side): sub-batches are buffered per bucket and grouped, and each bucket builds
-    its own lookup; each bucket's events are spread over ``event_splits`` groups
-    (hot keys) and its right rows go to each of them.
+    Broadcast, with ``shared_rows`` (a ``SharedRows``), for a right side small enough
+    for one worker's memory (like Spark's broadcast join): each worker process builds
+    the lookup once from files and joins each event batch where it is, with no
+    shuffle; ``sides`` then needs no ``"features"``. Otherwise both sides are
+    bucketed by a hash of ``key`` (scales with the right side): sub-batches are
+    buffered per bucket and grouped, and each bucket builds its own lookup; each
+    bucket's events are spread over ``event_splits`` groups (hot keys) and its right
+    rows go to each of them.
     """
 
     def __init__(
         self,
         key: str,
         make_lookup,
-        broadcast: bool = False,
+        shared_rows: SharedRows | None = None,
         num_buckets: int = 64,
         event_splits: int = 2,
     ):
         super().__init__()
-        self._key, self._make_lookup, self._broadcast = key, make_lookup, broadcast
+        self._key, self._make_lookup, self._shared_rows = key, make_lookup, shared_rows
         self._buckets, self._splits = num_buckets, event_splits
 
     def expand(self, sides):
-        if self._broadcast:
-            lookup = (
-                sides["features"]
-                | "AllRows" >> beam.CombineGlobally(ConcatTables()).without_defaults()
-                | "Index" >> beam.Map(self._make_lookup)
-            )
-            return sides["events"] | "JoinBatches" >> beam.Map(
-                _join_batch, beam.pvalue.AsSingleton(lookup, default_value=self._make_lookup(None))
+        if self._shared_rows is not None:
+            return sides["events"] | "JoinBatches" >> beam.ParDo(
+                _JoinWithSharedRows(self._shared_rows, self._make_lookup)
             ).with_output_types(pa.Table)
         grouped = beam.typehints.Tuple[int, pa.Table]
         events = sides["events"] | "BucketEvents" >> beam.ParDo(
@@ -347,10 +371,6 @@ class LookupJoin(beam.PTransform):
         )
 
 
-def _join_batch(batch, lookup):
-    return lookup.join(as_table(batch))
-
-
 def _join_group(group, make_lookup):
     _, sides = group
     events = concat_tables(sides["events"])
@@ -361,15 +381,15 @@ def _join_group(group, make_lookup):
 class AsOfJoin(LookupJoin):
     """Events joined with one feature view (``ViewLookup``)."""
 
-    def __init__(self, view: FeatureView, broadcast: bool = False, **bucketing):
-        super().__init__(view.key, functools.partial(ViewLookup, view), broadcast, **bucketing)
+    def __init__(self, view: FeatureView, **options):
+        super().__init__(view.key, functools.partial(ViewLookup, view), **options)
 
 
 class HistoryJoin(LookupJoin):
     """Events with each one's engagement history (``HistoryLookup``)."""
 
-    def __init__(self, view: HistoryView, broadcast: bool = False, **bucketing):
-        super().__init__(view.key, functools.partial(HistoryLookup, view), broadcast, **bucketing)
+    def __init__(self, view: HistoryView, **options):
+        super().__init__(view.key, functools.partial(HistoryLookup, view), **options)
 
 
 class CheckRowCounts(beam.PTransform):

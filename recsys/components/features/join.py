@@ -14,6 +14,7 @@ same lookups in-process. Validate checks the examples before the transform
 (``transform.py``) analyzes them.
 """
 
+import functools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from recsys.components.features.beam_asof import (
     HistoryJoin,
     HistoryLookup,
     HistoryView,
+    SharedRows,
     ViewLookup,
 )
 from recsys.components.features.config import JoinConfig
@@ -41,12 +43,14 @@ from recsys.core.beam_io import (
     ReadDatasets,
     as_table,
     concat_tables,
+    on_direct_runner,
     pipeline_options,
 )
 from recsys.core.contracts import CLICKED, EVENT_TS, ITEM_ID, USER_ID
 from recsys.core.derived import DAY, DERIVED, derive
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry, load_registry
 from recsys.core.limits import BATCH_ROWS
+from recsys.core.progress import log
 from recsys.core.schemas import SCHEMA_DTYPES, is_list, load_schema
 from recsys.core.spill import KeyPartitions, stable_buckets
 from recsys.core.tables import (
@@ -57,6 +61,7 @@ from recsys.core.tables import (
     dataset_rows,
     iter_dataset,
     read_dataset,
+    read_dataset_table,
 )
 
 VIEW_OPTIONS = {"ttl_days", "created_before_event", "defaults", "join"}
@@ -64,6 +69,12 @@ JOIN_STRATEGIES = ("auto", "broadcast", "bucket")
 # "auto" broadcasts a feature table up to this many rows (an index of ~50 bytes a
 # row per worker), and buckets both sides by key above it.
 BROADCAST_MAX_ROWS = 5_000_000
+# The engagement history is broadcast up to this many engagements: 5 narrow columns,
+# about 38 bytes a row in Arrow (5.9 million at x100: 225 MB; docs/benchmarks.md).
+# Above it, events and engagements meet in hash buckets by user, which the
+# DirectRunner holds in memory whole (x100 bucketed: 13.8 GiB); a distributed runner
+# holds each worker's buckets.
+HISTORY_BROADCAST_MAX_ROWS = 20_000_000
 # Rows per Arrow batch read into the join: large, so each step works on whole columns.
 JOIN_BATCH_ROWS = 200_000
 # The users and items tables, by the key the join attaches them on.
@@ -363,48 +374,77 @@ def join_features(
         "eval": (contracts.EVAL_EVENTS, contracts.EVAL_EXAMPLES),
     }
     # The history's right side is the clicked events: broadcast when they are few enough.
-    broadcast_history = (
-        engagement_rows(inputs[events] for events, _ in splits.values()) <= BROADCAST_MAX_ROWS
-    )
+    engagements_count = engagement_rows(inputs[events] for events, _ in splits.values())
+    broadcast_history = engagements_count <= HISTORY_BROADCAST_MAX_ROWS
+    bucketed = [name for name in views if not broadcast[name]]
+    bucketed += [] if broadcast_history else [f"the history ({engagements_count:,} engagements)"]
+    if bucketed and on_direct_runner(beam_pipeline_args):
+        log(
+            "features/join",
+            f"joining {', '.join(bucketed)} in hash buckets (above the broadcast limits: "
+            f"{BROADCAST_MAX_ROWS:,} feature rows, {HISTORY_BROADCAST_MAX_ROWS:,} "
+            "engagements). Beam's DirectRunner holds those buckets, every event of the "
+            "window, in this one process: for windows this large, pass a distributed "
+            "runner in beam_pipeline_args (README, 'Dataflow').",
+        )
     examples = Examples(
         registry, schema_dir, read_dataset(inputs["users"]), read_dataset(inputs["items"])
     )
     arrow_schema = examples_arrow_schema(schema_dir)
 
     with beam.Pipeline(options=pipeline_options(beam_pipeline_args)) as pipeline:
-        features = {
+        # Broadcast: each worker reads a view's rows itself, once, for both splits.
+        # Bucketed: the view is read into the pipeline and shuffled with the events.
+        shared_views = {
+            name: SharedRows(functools.partial(read_rows, inputs[name]))
+            for name in views
+            if broadcast[name]
+        }
+        bucketed_views = {
             name: pipeline | f"Read[{name}]" >> ReadDataset(inputs[name], JOIN_BATCH_ROWS)
             for name in views
+            if not broadcast[name]
         }
         events = {
             split: pipeline | f"Read[{split}]" >> ReadDataset(inputs[dataset], JOIN_BATCH_ROWS)
             for split, (dataset, _) in splits.items()
         }
-        # The engagements are read apart from the events (their columns only): from
-        # the events' own read, the DirectRunner would hold every event in memory
-        # until the history's side input is complete.
-        engagements = (
-            pipeline
-            | "ReadEngagements"
-            >> ReadDatasets(
-                {split: inputs[dataset] for split, (dataset, _) in splits.items()},
-                JOIN_BATCH_ROWS,
-                _history_columns(history),
-            )
-            | "Engagements"
-            >> beam.Map(lambda named: _engagements(named[1], history)).with_output_types(pa.Table)
+        # The engagements, the same two ways; bucketed, they are read apart from the
+        # events (their columns only): from the events' own read, the DirectRunner
+        # would hold every event until the buckets are full.
+        event_directories = [inputs[dataset] for dataset, _ in splits.values()]
+        shared_engagements = (
+            SharedRows(functools.partial(read_engagements, event_directories, history))
+            if broadcast_history
+            else None
+        )
+        bucketed_engagements = (
+            {}
+            if broadcast_history
+            else {
+                "features": pipeline
+                | "ReadEngagements"
+                >> ReadDatasets(
+                    {split: inputs[dataset] for split, (dataset, _) in splits.items()},
+                    JOIN_BATCH_ROWS,
+                    _history_columns(history),
+                )
+                | "Engagements"
+                >> beam.Map(lambda named: _engagements(named[1], history)).with_output_types(
+                    pa.Table
+                )
+            }
         )
         for split, split_events in events.items():
             joined = split_events
             for name, view in views.items():
-                joined = {
-                    "events": joined,
-                    "features": features[name],
-                } | f"Join[{split}][{name}]" >> AsOfJoin(view, broadcast[name])
-            joined = {
-                "events": joined,
-                "features": engagements,
-            } | f"History[{split}]" >> HistoryJoin(history, broadcast_history)
+                rows = {"features": bucketed_views[name]} if name in bucketed_views else {}
+                joined = {"events": joined, **rows} | f"Join[{split}][{name}]" >> AsOfJoin(
+                    view, shared_rows=shared_views.get(name)
+                )
+            joined = {"events": joined, **bucketed_engagements} | f"History[{split}]" >> (
+                HistoryJoin(history, shared_rows=shared_engagements)
+            )
             finished = joined | f"Finish[{split}]" >> beam.Map(examples.finish).with_output_types(
                 pa.Table
             )
@@ -463,6 +503,20 @@ def join_features(
         **{f"{name}_broadcast": int(broadcast[name]) for name in views},
     )
     return counts
+
+
+def read_rows(directory: str) -> pa.Table | None:
+    """A dataset as one single-chunk table (None without rows): a broadcast view."""
+    return concat_tables([read_dataset_table(directory)])
+
+
+def read_engagements(directories: list[str], view: HistoryView) -> pa.Table | None:
+    """The clicked events of the event datasets (the history's columns), as one table."""
+    return concat_tables(
+        _engagements(batch, view)
+        for directory in directories
+        for batch in iter_dataset(directory, JOIN_BATCH_ROWS, _history_columns(view))
+    )
 
 
 def _engagements(batch, view: HistoryView) -> pa.Table:
