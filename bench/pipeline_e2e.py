@@ -47,7 +47,7 @@ from bench.common import log, machine  # noqa: E402
 from recsys.core.memory import GIB, tree_rss  # noqa: E402
 
 STAGE_LINE = re.compile(
-    r"\] ([\w/-]+): (started|finished in ([\d.]+)s, peak memory ([\d.]+) GiB|FAILED after)"
+    r"\]\s+([\w/-]+): (started|finished in ([\d.]+)s, peak memory ([\d.]+) GiB|FAILED after)"
 )
 SCALES = {"x1": 1, "x10": 10, "x100": 100}
 # The long-span case (issue 27's reproduction): random interactions over 15 years.
@@ -191,9 +191,10 @@ def prepare(case: str, workdir: str, limit: int) -> dict:
 
 
 # What each trainer's metadata says of its run: the rates docs/scale.md sizes from.
+RATES = ("train_seconds", "examples_per_second", "steady_examples_per_second")
 TRAINING_FIELDS = {
-    "train-ranking": ("train_examples", "steady_examples_per_second", "final_eval_auc"),
-    "train-retrieval": ("train_positives", "steady_examples_per_second", "val_recall_at_50"),
+    "train-ranking": ("train_examples", *RATES, "final_eval_auc"),
+    "train-retrieval": ("train_positives", "epochs_run", *RATES, "val_recall_at_50"),
 }
 
 
