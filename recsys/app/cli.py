@@ -424,7 +424,12 @@ def _schema_diff(args):
     print(schema_tools.diff(args.proposed, args.curated))
 
 
-def main(argv=None):
+def _choices_help(choices: dict[str, str]) -> str:
+    """Each choice and what it does, for a help text (argparse formats help with %)."""
+    return "; ".join(f"{k}: {v}" for k, v in choices.items()).replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from recsys.app.generate import DRIFTS, SKEWS
     from recsys.pipelines.parameters import DEFAULT_IMAGE, pipeline_parameters
 
@@ -442,15 +447,14 @@ def main(argv=None):
     generate.add_argument(
         "--drift",
         choices=sorted(DRIFTS),
-        help="inject drift from --drift-day on: "
-        + "; ".join(f"{k}: {v}" for k, v in DRIFTS.items()),
+        help="inject drift from --drift-day on: " + _choices_help(DRIFTS),
     )
     generate.add_argument("--drift-day", type=int, default=0, help="0 = the first day")
     generate.add_argument(
         "--skew",
         choices=sorted(SKEWS),
         help="inject training/serving skew into the serving log from "
-        "--skew-day on: " + "; ".join(f"{k}: {v}" for k, v in SKEWS.items()),
+        "--skew-day on: " + _choices_help(SKEWS),
     )
     generate.add_argument("--skew-day", type=int, default=0, help="0 = the first day")
     generate.set_defaults(func=_generate)
@@ -778,8 +782,11 @@ def main(argv=None):
     schema_diff.add_argument("--proposed", default="proposed_schemas")
     schema_diff.add_argument("--curated", default="", help="default: the packaged schemas/")
     schema_diff.set_defaults(func=_schema_diff)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, OSError) as error:  # bad input: say what, not a traceback
