@@ -70,13 +70,13 @@ def main() -> int:
 
     def join_stage(strategy: str, beam_args: str, out: str) -> str:
         views = {v: {"join": strategy} for v in ("user_features", "item_features")}
-        maximum = join.BROADCAST_MAX_ROWS
-        join.BROADCAST_MAX_ROWS = 0 if strategy == "bucket" else maximum  # history too
+        maximum = join.HISTORY_BROADCAST_MAX_ROWS  # the views follow their "join"
+        join.HISTORY_BROADCAST_MAX_ROWS = 0 if strategy == "bucket" else maximum
         try:
             outputs = {name: os.path.join(out, name) for name in JOINED}
             join.join_features(inputs, as_of, "", outputs, JoinConfig(json.dumps(views)), beam_args)
         finally:
-            join.BROADCAST_MAX_ROWS = maximum
+            join.HISTORY_BROADCAST_MAX_ROWS = maximum
         return outputs[TRAIN_EXAMPLES]
 
     def statistics_stage(beam_args: str, out: str):
