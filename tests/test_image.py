@@ -83,15 +83,15 @@ def test_the_ingest_component_runs_as_the_compiled_yaml_says(image, container, t
         spec["components"]["comp-ingest"], pipeline_spec_pb2.ComponentSpec()
     )
     pipeline_root, data = "/tmp/pipeline_root", "/tmp/data"
+    # Every ingest input the pipeline feeds from its own parameters, at the
+    # compiled default: a parameter added later cannot go missing here.
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
     arguments = {
-        "data_root": data,
-        "as_of": "",
-        "lookback_days": 5,
-        "eval_days": 1,
-        "schema_dir": "",
-        "max_reject_rate": 0.01,
-        "input_encoding": "utf-8",
+        name: defaults[source["componentInputParameter"]].get("defaultValue")
+        for name, source in spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"].items()
+        if name in component.input_definitions.parameters and "componentInputParameter" in source
     }
+    arguments.update(data_root=data, lookback_days=5, eval_days=1)
     executor_input = executor_input_utils.construct_executor_input(
         component, arguments, f"{pipeline_root}/run/ingest", block_input_artifact=True
     )
