@@ -18,6 +18,7 @@ from recsys.components.evaluate.metrics import (
     mean_margin,
     normalized_entropy,
     page_quality,
+    rank_by_one_order,
     rank_catalog,
     ratio_margin,
     roc_auc,
@@ -46,6 +47,40 @@ def test_masking_and_recall_by_hand():
     u1_ndcg = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
     assert np.isclose(quality["all"].ndcg_at_10, u1_ndcg / 2)
     assert np.isclose(quality["first"].ndcg_at_10, u1_ndcg)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=12),  # item scores, with many ties
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 11)), max_size=30),  # masked pairs
+    st.integers(1, 6),
+    st.booleans(),
+)
+def test_ranking_by_one_order_equals_ranking_the_broadcast_scores(counts, pairs, k, float32):
+    """Popularity's shortcut (sort the catalog once, skip each user's masked items)
+    is the stable sort of the masked scores for every user with k unmasked items,
+    and rank_catalog (argpartition: any of the items tied at the cut) picks lists of
+    the same scores, on float32 as on float64."""
+    items = np.array([f"i{j}" for j in range(len(counts))])
+    users = np.array([f"u{i}" for i in range(5)])
+    masked = pd.DataFrame(
+        [(users[u], items[i]) for u, i in pairs if i < len(items)], columns=["user_id", "item_id"]
+    )
+    scores = np.asarray(counts, dtype=np.float32 if float32 else np.float64)
+    broadcast = np.broadcast_to(scores, (len(users), len(items)))
+    masked_scores = broadcast.astype(np.float64)
+    for user, item in masked.itertuples(index=False):
+        masked_scores[int(user[1:]), int(item[1:])] = -np.inf
+    stable = np.argsort(-masked_scores, axis=1, kind="stable")[:, : min(k, len(items))]
+    enough = np.isfinite(np.take_along_axis(masked_scores, stable, axis=1)).all(axis=1)
+    got = rank_by_one_order(scores, users, items, masked, k)
+    np.testing.assert_array_equal(got[enough], stable[enough])
+    catalog = rank_catalog(broadcast, users, items, masked, k)
+    np.testing.assert_array_equal(
+        np.take_along_axis(masked_scores, catalog, axis=1),
+        np.take_along_axis(masked_scores, stable, axis=1),
+    )
+    assert broadcast.flags.writeable is False  # masked on a copy, never the caller's
 
 
 @settings(max_examples=50, deadline=None)
@@ -165,18 +200,35 @@ def test_page_metrics_by_hand():
     positives = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "c", "d"]})
     catalog = np.array(["a", "b", "c", "d"])
     embeddings = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    pages = [np.array(["b", "a"]), np.array(["d", "c"])]
-    metrics = page_quality(pages, users, positives, catalog, embeddings, k=2)
+
+    def long(*pages):  # one row per (user, item), in page order
+        return pd.DataFrame(
+            [(user, item) for user, page in zip(users, pages, strict=True) for item in page],
+            columns=["user_id", "item_id"],
+        )
+
+    metrics = page_quality(long("ba", "dc"), users, positives, catalog, embeddings, k=2)
     assert metrics.recall == pytest.approx((1 / 2 + 1) / 2)
     ideal_u1 = 1 + 1 / np.log2(3)
     assert metrics.ndcg_at_10 == pytest.approx(((1 / np.log2(3)) / ideal_u1 + 1.0) / 2)
     assert metrics.intra_list_diversity == pytest.approx(0.0)  # both pages: one direction
     assert metrics.catalog_coverage == 1.0 and metrics.exposure_gini == 0.0
-    diverse = page_quality(
-        [np.array(["a", "c"]), np.array(["a", "d"])], users, positives, catalog, embeddings, k=2
-    )
+    diverse = page_quality(long("ac", "ad"), users, positives, catalog, embeddings, k=2)
     assert diverse.intra_list_diversity == pytest.approx(1.0)
     assert diverse.catalog_coverage == 0.75 and diverse.exposure_gini > 0
+    # u2's page empty, u1's of three items (pairwise distances 0, 1, 1), rows of a
+    # user not evaluated ignored: recall over both users, diversity over u1's page.
+    uneven = page_quality(
+        pd.concat([long("abc", ""), pd.DataFrame({"user_id": ["u9"], "item_id": ["d"]})]),
+        users,
+        positives,
+        catalog,
+        embeddings,
+        k=2,
+    )
+    assert uneven.recall == pytest.approx((1 / 2 + 0) / 2)  # k=2: a in the top 2, c not
+    assert uneven.intra_list_diversity == pytest.approx(2 / 3)
+    assert uneven.mean_page_length == pytest.approx(1.5) and uneven.catalog_coverage == 0.75
 
 
 def test_funnel_evaluation_reports_pages_as_served(stages):

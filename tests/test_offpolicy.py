@@ -1,6 +1,8 @@
 """Off-policy estimators against a known truth, and the synthetic world's oracle
 against the data the generator drew from it."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys.app.generate import generate
+from recsys.components.evaluate import offpolicy
 from recsys.components.evaluate.offpolicy import clustered_ratio, estimate, rewards, true_value
 from recsys.core.contracts import (
     CLICK_PROBABILITY,
@@ -228,6 +231,53 @@ def test_off_policy_estimates_on_generated_logs_cover_the_oracle(world):
         for name in ("ips", "snips", "dr"):
             low, high = estimates[reward][name].interval
             assert low <= truth[reward] <= high, (reward, name, estimates[reward][name], truth)
+
+
+class HashOracle:
+    """A stand-in for ``Oracle.engagement`` whose truth is a known function of
+    (user, item, time): what true_value does with it is then checkable by hand."""
+
+    def engagement(self, user_ids, item_ids, event_ts):
+        users = np.array([int(u[1:]) for u in user_ids], dtype=float)
+        items = np.array([int(i[1:]) for i in item_ids], dtype=float)
+        ts = np.asarray(event_ts, dtype=float)
+        return SimpleNamespace(
+            click_probability=(users * 7 + items * 3 + ts) % 10 / 10,
+            expected_watch_seconds=items + ts % 5,
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 9), max_size=4), min_size=1, max_size=5),  # pages
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3)), min_size=1, max_size=12),
+    st.integers(1, 5),
+)
+def test_true_value_in_chunks_is_the_mean_of_each_requests_page(
+    page_items, logged_rows, chunk_rows
+):
+    """Each request's page (its user's rows; none for a user without a page) scored
+    at the request's time, summed and averaged over requests: written out per request
+    here, against true_value scoring a few rows at a time."""
+    pages = pd.DataFrame(
+        [(f"u{u}", f"i{i}") for u, items in enumerate(page_items) for i in items],
+        columns=[USER_ID, ITEM_ID],
+    )
+    logged = pd.DataFrame(
+        [(f"u{u}", f"i{u}", ts) for u, ts in logged_rows], columns=[USER_ID, ITEM_ID, EVENT_TS]
+    )
+    oracle = HashOracle()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offpolicy, "TRUTH_CHUNK_ROWS", chunk_rows)
+        got = true_value(pages, logged, oracle, VALUED_IN)
+    requests = logged.drop_duplicates([USER_ID, EVENT_TS])
+    for reward in VALUED_IN:
+        per_request = []
+        for user, ts in requests[[USER_ID, EVENT_TS]].itertuples(index=False):
+            items = pages.loc[pages[USER_ID] == user, ITEM_ID].to_numpy()
+            truth = oracle.engagement([user] * len(items), items, [ts] * len(items))
+            per_request.append(reward.true(truth).sum())
+        assert got[reward.name] == pytest.approx(np.mean(per_request))
 
 
 def test_exploration_shows_each_item_as_often_as_its_propensity_says():

@@ -6,7 +6,8 @@ import numpy as np
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's k highest scores, best first (ties: lower index)."""
+    """Column indices of each row's k highest scores, best first (argpartition: of
+    items tied at the k-th score, any may be chosen)."""
     k = min(k, scores.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")

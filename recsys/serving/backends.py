@@ -42,6 +42,14 @@ class InProcessBackend:
         }
 
     @classmethod
+    def of_signatures(cls, functions: dict[str, object]) -> "InProcessBackend":
+        """A backend over serving signatures already loaded by the caller (evaluate
+        loads each model once and scores it both ways)."""
+        backend = cls({})
+        backend._functions = dict(functions)
+        return backend
+
+    @classmethod
     def from_serving_root(cls, serving_root: str):
         """The versions ``models.config`` serves, as TF Serving would load them."""
         versions = {name: served_version(serving_root, name) for name in MODELS}

@@ -271,41 +271,63 @@ class Funnel:
         """The re-ranking step of ``pages`` over candidates already scored (by
         ``candidates``): several arms or rules can arrange one scoring."""
         started = time.perf_counter()
-        query_of, item_ids, rows, ranked = (
-            scored.query_of,
-            scored.item_ids,
-            scored.rows,
-            scored.ranked,
-        )
+        registry = self.features.registry
+        attributes = self._attributes(scored.rows)
+        results = []
+        for chosen, final_scores, propensity, removed in self.choose(scored, k, exclude, arm):
+            frame = pd.DataFrame(
+                {
+                    ITEM_ID: scored.item_ids[chosen],
+                    "score": final_scores,
+                    **{name: scored.ranked[name][chosen] for name in self._ranking_outputs},
+                    "retrieval_score": scored.retrieval_scores[chosen],
+                    PROPENSITY: propensity,
+                    **{
+                        registry.role(role): attributes[role][chosen]
+                        for role in ("category", "creator")
+                        if registry.role(role)
+                    },
+                }
+            )
+            results.append((frame, removed, scored.rows[chosen]))
+        if clock is not None:
+            clock["rerank"] = (time.perf_counter() - started) * 1000
+        return results
+
+    def choose(
+        self,
+        scored: ScoredCandidates,
+        k: int | None = None,
+        exclude=(),
+        arm: "Arm | None" = None,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
+        """Per query, what ``arrange`` puts on its page, as arrays: (the shown
+        candidates' offsets into ``scored``, their final scores, their propensities,
+        removed counts per rule). Evaluation reads pages for many users this way
+        without building a frame per page."""
         config = arm.rules(self.config) if arm else self.config
         config = replace(config, k=k) if k else config
         exploration = arm.exploration if arm else self.exploration
         # What orders the candidates: the ranker's score, or retrieval's for an arm
         # that measures the funnel without its ranking stage.
         order_scores = (
-            scored.retrieval_scores if arm and arm.order == "retrieval" else ranked[SCORE]
+            scored.retrieval_scores if arm and arm.order == "retrieval" else scored.ranked[SCORE]
         )
-        registry, attribute = self.features.registry, self.features.item_attribute
-        # A role no feature plays switches its rules off: unknown creators and
-        # categories are never capped, and an infinite age gets no freshness boost.
-        creators, categories, ages = (
-            attribute(role, rows, absent)
-            for role, absent in (("creator", UNKNOWN), ("category", UNKNOWN), ("item_age", np.inf))
-        )
+        attributes = self._attributes(scored.rows)
         embeddings = self.features.embeddings
         histories = scored.queries.get(HISTORY_ITEMS)
-        bounds = np.searchsorted(query_of, np.arange(scored.n_queries + 1))
-        results = []
+        bounds = np.searchsorted(scored.query_of, np.arange(scored.n_queries + 1))
+        chosen = []
         for query in range(scored.n_queries):
             mine = slice(bounds[query], bounds[query + 1])
             page = rerank(
                 Candidates(
-                    item_ids[mine],
+                    scored.item_ids[mine],
                     np.asarray(order_scores[mine], dtype=np.float64),
-                    creators[mine],
-                    categories[mine],
-                    ages[mine],
-                    embeddings[rows[mine]] if embeddings is not None else None,
+                    attributes["creator"][mine],
+                    attributes["category"][mine],
+                    attributes["item_age"][mine],
+                    embeddings[scored.rows[mine]] if embeddings is not None else None,
                 ),
                 config,
                 watched=list(histories[query]) if histories is not None else [],
@@ -316,31 +338,24 @@ class Funnel:
             )
             final_scores = np.zeros(bounds[query + 1] - bounds[query])
             final_scores[page.eligible] = page.eligible_scores
-            chosen = shown + bounds[query]
-            frame = pd.DataFrame(
-                {
-                    ITEM_ID: item_ids[chosen],
-                    "score": final_scores[shown],
-                    **{name: ranked[name][chosen] for name in self._ranking_outputs},
-                    "retrieval_score": scored.retrieval_scores[chosen],
-                    PROPENSITY: propensity,
-                    **{
-                        registry.role(role): values[chosen]
-                        for role, values in (("category", categories), ("creator", creators))
-                        if registry.role(role)
-                    },
-                }
-            )
-            results.append(
+            chosen.append(
                 (
-                    frame,
+                    shown + bounds[query],
+                    final_scores[shown],
+                    propensity,
                     {"not_in_snapshot": int(scored.missing[query]), **page.removed},
-                    rows[chosen],
                 )
             )
-        if clock is not None:
-            clock["rerank"] = (time.perf_counter() - started) * 1000
-        return results
+        return chosen
+
+    def _attributes(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The candidates' creator, category and age (the rules' inputs). A role no
+        feature plays switches its rules off: unknown creators and categories are
+        never capped, and an infinite age gets no freshness boost."""
+        return {
+            role: self.features.item_attribute(role, rows, absent)
+            for role, absent in (("creator", UNKNOWN), ("category", UNKNOWN), ("item_age", np.inf))
+        }
 
     def _predict(self, predict, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``predict(inputs)`` of ``model`` in slices of PREDICT_BATCH_ROWS rows,

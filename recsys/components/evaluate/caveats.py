@@ -8,7 +8,6 @@ catalog does not have, without being told.
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from recsys.components.evaluate.retrieval import RetrievalTask
@@ -46,7 +45,8 @@ def training_history(task: RetrievalTask) -> list[str]:
     users = len(task.users)
     if not users:
         return []
-    new = int((~np.isin(task.users, task.train_clicks[USER_ID].unique())).sum())
+    # pandas hashes; np.isin on object (string) arrays compares every pair.
+    new = int((~pd.Index(task.users).isin(task.train_clicks[USER_ID])).sum())
     if new / users <= MAX_NEW_USER_SHARE:
         return []
     return [

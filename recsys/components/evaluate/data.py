@@ -55,14 +55,23 @@ class EvalData:
         columns = IMPRESSION_COLUMNS + ([category] if category else [])
         parts, firsts = [], []
         for batch in iter_dataset(directory, batch_rows):
-            frame = batch.to_pandas()
-            parts.append(frame[[c for c in columns if c in frame.columns]])
-            earliest = frame.sort_values([EVENT_TS, EVENT_ID]).drop_duplicates(USER_ID)
-            firsts.append(earliest)
+            # Kept as Arrow and converted once at the end: pandas then holds one
+            # Python string per distinct id (to_pandas deduplicates within a
+            # conversion), not one per batch that mentions it.
+            table = pa.Table.from_batches([batch])
+            parts.append(table.select([c for c in columns if c in table.column_names]))
+            firsts.append(_earliest(table))
             if len(firsts) > 4:  # keep one candidate row per user
-                firsts = [_earliest(firsts)]
-        impressions = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        first = _earliest(firsts).sort_values(USER_ID).reset_index(drop=True) if firsts else None
+                firsts = [_earliest(pa.concat_tables(firsts))]
+        impressions = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame()
+        first = (
+            _earliest(pa.concat_tables(firsts))
+            .to_pandas()
+            .sort_values(USER_ID)
+            .reset_index(drop=True)
+            if firsts
+            else None
+        )
         return cls(directory, impressions, first, batch_rows)
 
     @property
@@ -84,12 +93,13 @@ class EvalData:
         return self.per_batch(lambda frame: call_in_batches(fn, frame, output))
 
 
-def _earliest(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    return (
-        pd.concat(frames, ignore_index=True)
-        .sort_values([EVENT_TS, EVENT_ID])
-        .drop_duplicates(USER_ID)
-    )
+def _earliest(table: pa.Table) -> pa.Table:
+    """Each user's earliest row (event_id breaks ties: the join writes examples in no
+    particular order), in Arrow: only the rows kept ever become Python objects."""
+    table = table.take(pc.sort_indices(table, [(EVENT_TS, "ascending"), (EVENT_ID, "ascending")]))
+    users = pc.dictionary_encode(table.column(USER_ID).combine_chunks()).indices
+    _, first = np.unique(users.to_numpy(zero_copy_only=False), return_index=True)
+    return table.take(pa.array(first))
 
 
 @dataclass
@@ -106,13 +116,18 @@ class TrainingClicks:
             clicked = pc.equal(batch.column(CLICKED), 1)
             clicks += int(pc.sum(clicked).as_py() or 0)
             rows += batch.num_rows
-            kept = pa.Table.from_batches([batch]).filter(clicked).select([USER_ID, ITEM_ID])
-            pairs.append(kept.to_pandas().drop_duplicates())
+            pairs.append(_unique_pairs(pa.Table.from_batches([batch]).filter(clicked)))
             if len(pairs) > 4:
-                pairs = [pd.concat(pairs, ignore_index=True).drop_duplicates()]
+                pairs = [_unique_pairs(pa.concat_tables(pairs))]
         frame = (
-            pd.concat(pairs, ignore_index=True).drop_duplicates().reset_index(drop=True)
+            _unique_pairs(pa.concat_tables(pairs)).to_pandas()  # one string per distinct id
             if pairs
             else pd.DataFrame({USER_ID: [], ITEM_ID: []})
         )
         return cls(frame, clicks / rows if rows else float("nan"))
+
+
+def _unique_pairs(table: pa.Table) -> pa.Table:
+    """The distinct (user, item) pairs of ``table``, in Arrow (a group-by with no
+    aggregates)."""
+    return table.group_by([USER_ID, ITEM_ID]).aggregate([]).select([USER_ID, ITEM_ID])

@@ -29,6 +29,7 @@ import pandas as pd
 from recsys.components.evaluate import offpolicy
 from recsys.components.evaluate.data import EvalData
 from recsys.components.evaluate.metrics import PageQuality, page_quality
+from recsys.components.evaluate.models import serving_fn
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.core.contracts import (
     CLICK_PROBABILITY,
@@ -156,12 +157,28 @@ def ordered_pages(scored: ScoredCandidates, users: np.ndarray, order_by: str, k:
 
 
 def served_pages(funnel: Funnel, scored: ScoredCandidates, users: np.ndarray) -> pd.DataFrame:
-    """The funnel's pages (its re-ranking of the scored candidates), long format."""
-    frames = [
-        page.assign(**{USER_ID: user})
-        for (page, _, _), user in zip(funnel.arrange(scored), users, strict=True)
-    ]
-    return pd.concat(frames, ignore_index=True)[PAGE_COLUMNS]
+    """The funnel's pages (its re-ranking of the scored candidates), long format:
+    the shown candidates of every query gathered at once, no frame per page."""
+    chosen = [shown for shown, _, _, _ in funnel.choose(scored)]
+    shown = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            USER_ID: users[scored.query_of[shown]],
+            ITEM_ID: scored.item_ids[shown],
+            CLICK_PROBABILITY: scored.ranked[CLICK_PROBABILITY][shown],
+            EXPECTED_WATCH_SECONDS: scored.ranked[EXPECTED_WATCH_SECONDS][shown],
+        }
+    )[PAGE_COLUMNS]
+
+
+def _catalog_strings(page: pd.DataFrame, index: pd.Index, catalog: np.ndarray) -> pd.DataFrame:
+    """The page with its item ids as the catalog's own string objects: the model
+    returns a fresh string per candidate, and the pages of every eval user (x100:
+    8 million rows) would otherwise hold one string per row."""
+    rows = index.get_indexer(page[ITEM_ID])
+    return page.assign(
+        **{ITEM_ID: np.where(rows >= 0, catalog[np.maximum(rows, 0)], page[ITEM_ID])}
+    )
 
 
 def logged_requests(eval_events: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
@@ -171,7 +188,8 @@ def logged_requests(eval_events: pd.DataFrame | None) -> tuple[pd.DataFrame | No
     missing = int(eval_events[PROPENSITY].isna().sum())
     if missing:
         return None, f"{missing} of {len(eval_events)} eval impressions have no propensity"
-    return eval_events[[*LOGGED_COLUMNS, PROPENSITY]], ""
+    columns = [*LOGGED_COLUMNS, PROPENSITY]
+    return eval_events if list(eval_events.columns) == columns else eval_events[columns], ""
 
 
 def evaluate_funnel(
@@ -195,7 +213,9 @@ def evaluate_funnel(
     what the ranker's score estimates). ``eval_items``: the item snapshot as of the
     start of the eval split."""
     features = FeatureSnapshot(None, eval_items, read_dataset(item_embeddings_dir), registry)
-    backend = InProcessBackend({RETRIEVAL: retrieval_model_dir, RANKING: ranking_model_dir})
+    backend = InProcessBackend.of_signatures(
+        {RETRIEVAL: serving_fn(retrieval_model_dir), RANKING: serving_fn(ranking_model_dir)}
+    )
     users = data.users
     funnel = Funnel(backend, features, config)
     popular = Funnel(
@@ -213,29 +233,33 @@ def evaluate_funnel(
     # scored together, and only the pages are kept.
     pages = {name: [] for name in VARIANTS}
     candidates = 0
+    catalog = features.item_index.to_numpy()
     for start in range(0, len(users), FUNNEL_USERS_PER_CHUNK):
         chunk = users[start : start + FUNNEL_USERS_PER_CHUNK]
         queries = data.first_of(chunk)
         scored = funnel.candidates(queries)
         candidates += len(scored.query_of) + int(scored.missing.sum())
-        pages["popularity"].append(
-            ordered_pages(popular.candidates(queries), chunk, "retrieval", config.k)
-        )
-        pages["retrieval_order"].append(ordered_pages(scored, chunk, "retrieval", config.k))
-        pages["ranker_order"].append(ordered_pages(scored, chunk, "ranker", config.k))
-        pages["funnel"].append(served_pages(funnel, scored, chunk))
+        chunk_pages = {
+            "popularity": ordered_pages(popular.candidates(queries), chunk, "retrieval", config.k),
+            "retrieval_order": ordered_pages(scored, chunk, "retrieval", config.k),
+            "ranker_order": ordered_pages(scored, chunk, "ranker", config.k),
+            "funnel": served_pages(funnel, scored, chunk),
+        }
+        for name, page in chunk_pages.items():
+            pages[name].append(_catalog_strings(page, features.item_index, catalog))
     pages = {name: pd.concat(parts, ignore_index=True) for name, parts in pages.items()}
     if eval_events is not None:
-        eval_events = eval_events[eval_events[USER_ID].isin(users)].reset_index(drop=True)
+        # Copied only when some user has no page: at x100 a copy is 150 MB.
+        of_users = eval_events[USER_ID].isin(users).to_numpy()
+        if not of_users.all():
+            eval_events = eval_events[of_users].reset_index(drop=True)
     logged, note = logged_requests(eval_events)
     valued_in = offpolicy.rewards(watch_weight)
-    catalog = features.item_index.to_numpy()
     variants = {}
     for name, page in pages.items():
-        by_user = page.groupby(USER_ID, sort=False)[ITEM_ID].agg(lambda items: items.to_numpy())
         variants[name] = VariantEvaluation(
             page_quality(
-                [by_user.get(user, np.array([], dtype=object)) for user in task.users],
+                page,
                 task.users,
                 task.positives,
                 catalog,

@@ -122,7 +122,7 @@ def clustered_ratio(numerators, denominators, clusters) -> Estimate:
     """sum(numerators) / sum(denominators), with the 95% half-width by the delta
     method over clusters (rows of one cluster are not independent). For a plain
     mean, denominators are ones."""
-    codes = pd.factorize(np.asarray(clusters, dtype=object))[0]
+    codes = pd.factorize(np.asarray(clusters))[0]
     a = np.bincount(codes, weights=np.asarray(numerators, dtype=float))
     b = np.bincount(codes, weights=np.asarray(denominators, dtype=float))
     total = b.sum()
@@ -149,10 +149,13 @@ def estimate(
     -> estimate. ``pages``: one row per (user, item) shown, with the ranker's
     outputs; ``logged``: the logged requests (user, item, event_ts, the rewards,
     propensity), each of whose users has a page."""
-    logged = logged.reset_index(drop=True)
-    page_length = pages.groupby(USER_ID)[ITEM_ID].size()
-    length = logged[USER_ID].map(page_length).to_numpy(float)
-    if np.isnan(length).any():
+    # Users as codes, factorized once: the clusters of every interval, and the key
+    # every per-user sum of the pages is gathered by.
+    users, user_ids = pd.factorize(logged[USER_ID])
+    page_user = pd.Index(user_ids).get_indexer(pages[USER_ID])
+    of_logged = page_user >= 0
+    length = np.bincount(page_user[of_logged], minlength=len(user_ids))[users].astype(float)
+    if (length == 0).any():
         raise ValueError("every logged request's user needs a page")
     # Each logged row with its item's page row, if the page shows it (one merge for
     # the weights and every reward's prediction).
@@ -160,15 +163,15 @@ def estimate(
         pages.assign(in_page=True), on=[USER_ID, ITEM_ID], how="left"
     )
     in_page = shown["in_page"].fillna(False).to_numpy(bool)
-    page_users = pages[USER_ID].to_numpy()
     weight = in_page / logged[PROPENSITY].to_numpy(float)
-    users = logged[USER_ID].to_numpy()
     first = first_of_request(logged).astype(float)
     result = {}
     for reward in valued_in:
         r = reward.logged(logged)
-        page_total = pd.Series(reward.predicted(pages)).groupby(page_users).sum()
-        direct = logged[USER_ID].map(page_total).to_numpy()
+        page_total = np.bincount(
+            page_user[of_logged], reward.predicted(pages)[of_logged], len(user_ids)
+        )
+        direct = page_total[users]
         q_logged = np.where(in_page, reward.predicted(shown), 0.0)
         result[reward.name] = {
             "ips": clustered_ratio(weight * r, first, users),
@@ -179,18 +182,46 @@ def estimate(
     return result
 
 
+# Rows (request x page item) the oracle scores at once in ``true_value``.
+TRUTH_CHUNK_ROWS = 500_000
+
+
 def true_value(
     pages: pd.DataFrame, logged: pd.DataFrame, oracle, valued_in: list[Reward]
 ) -> dict[str, float]:
     """The page policy's true value per logged request (reward -> value): each
     request's page scored by ``oracle`` (``recsys.core.ground_truth.Oracle``) at
-    the request's time, averaged over the requests."""
+    the request's time, averaged over the requests. Requests x page items grow with
+    the log (x100: 24 million), so they are scored TRUTH_CHUNK_ROWS at a time."""
     requests = logged.loc[first_of_request(logged), [USER_ID, EVENT_TS]]
-    requests = requests.assign(request=np.arange(len(requests)))
-    # Each request with every item of its user's page: what the policy would show.
-    rows = requests.merge(pages[[USER_ID, ITEM_ID]], on=USER_ID, how="inner")
-    truth = oracle.engagement(rows[USER_ID], rows[ITEM_ID], rows[EVENT_TS])
-    return {
-        reward.name: float(np.bincount(rows["request"], reward.true(truth), len(requests)).mean())
-        for reward in valued_in
-    }
+    # Each user's page as a run of rows: a request expands to its user's run.
+    pages = pages.sort_values(USER_ID, kind="stable")
+    page_users, page_start, page_length = np.unique(
+        pages[USER_ID].to_numpy(dtype=object), return_index=True, return_counts=True
+    )
+    found = pd.Index(page_users).get_indexer(requests[USER_ID])
+    # A request whose user has no page is worth nothing (a run of length 0).
+    length = np.zeros(len(requests), dtype=np.int64)
+    start = np.zeros(len(requests), dtype=np.int64)
+    length[found >= 0], start[found >= 0] = (
+        page_length[found[found >= 0]],
+        page_start[found[found >= 0]],
+    )
+    page_items = pages[ITEM_ID].to_numpy(dtype=object)
+    request_users = requests[USER_ID].to_numpy(dtype=object)
+    request_times = requests[EVENT_TS].to_numpy()
+    totals = np.zeros((len(valued_in), len(requests)))
+    per_chunk = max(1, TRUTH_CHUNK_ROWS // max(int(page_length.max(initial=1)), 1))
+    for first in range(0, len(requests), per_chunk):
+        chunk = slice(first, first + per_chunk)
+        request = np.repeat(np.arange(first, min(first + per_chunk, len(requests))), length[chunk])
+        # Offset of each row within its request's page: 0..length-1 per request.
+        offset = np.arange(len(request)) - np.repeat(
+            np.cumsum(length[chunk]) - length[chunk], length[chunk]
+        )
+        truth = oracle.engagement(
+            request_users[request], page_items[start[request] + offset], request_times[request]
+        )
+        for i, reward in enumerate(valued_in):
+            totals[i] += np.bincount(request, reward.true(truth), len(requests))
+    return {reward.name: float(totals[i].mean()) for i, reward in enumerate(valued_in)}

@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 
 from recsys.components.evaluate.data import EvalData, TrainingClicks
-from recsys.components.evaluate.metrics import ListQuality, list_quality, rank_catalog, roc_auc
+from recsys.components.evaluate.metrics import (
+    ListQuality,
+    list_quality,
+    rank_by_one_order,
+    rank_catalog,
+    roc_auc,
+)
 from recsys.components.evaluate.models import call_in_batches, serving_fn
 from recsys.components.evaluate.slices import Slices
 from recsys.core import modeling
@@ -124,13 +130,10 @@ def evaluate_retrieval(
     def model_scores(start, stop):  # a chunk of users at a time (rank_catalog)
         return query_matrix[start:stop] @ item_matrix.T
 
-    def popularity_scores(start, stop):
-        return np.broadcast_to(popularity, (stop - start, len(popularity)))
-
     curve_ks = sorted(set(CURVE_KS) | set(ks))
     max_k = max(curve_ks)
     model_top = rank_catalog(model_scores, task.users, item_ids, task.train_clicks, max_k)
-    popularity_top = rank_catalog(popularity_scores, task.users, item_ids, task.train_clicks, max_k)
+    popularity_top = rank_by_one_order(popularity, task.users, item_ids, task.train_clicks, max_k)
     masks = Slices.of(task.users, task.train_clicks).masks(task.users)
     slices = {name: masks[name] for name in USER_SLICES}
     model = list_quality(model_top, task.users, item_ids, task.positives, curve_ks, slices)
