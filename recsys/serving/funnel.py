@@ -87,6 +87,7 @@ class ScoredCandidates:
     query_of: np.ndarray
     item_ids: np.ndarray
     rows: np.ndarray  # snapshot rows of the items
+    attributes: dict[str, np.ndarray]  # the items' creator, category and age
     retrieval_scores: np.ndarray
     ranked: dict[str, np.ndarray]  # the ranker's outputs (contracts.MODEL_OUTPUTS)
     missing: np.ndarray  # per query: retrieved items the snapshot does not have
@@ -117,6 +118,9 @@ class Funnel:
         position, propensity and the request's arm (what ``recsys experiment report``
         and off-policy evaluation read)."""
         self.backend, self.features, self.config = backend, features, rerank_config
+        # Candidates carry the catalog's own id strings, not one decoded per model
+        # output: the pages of many users then share them.
+        self.catalog = features.item_index.to_numpy()
         self.exploration, self.rng = exploration, rng or np.random.default_rng()
         self.exposure_log = exposure_log
         self.serving_log, self.version = serving_log, version
@@ -221,12 +225,12 @@ class Funnel:
         in_snapshot = rows >= 0
         query_of = np.repeat(np.arange(n_queries), n_retrieved)
         missing = np.bincount(query_of[~in_snapshot], minlength=n_queries)
-        query_of, item_ids, rows, retrieval_scores = (
+        query_of, rows, retrieval_scores = (
             query_of[in_snapshot],
-            item_ids[in_snapshot],
             rows[in_snapshot],
             retrieval_scores[in_snapshot],
         )
+        attributes = self._attributes(rows)
         lap("retrieval")
 
         inputs = raw_arrays(
@@ -242,7 +246,15 @@ class Funnel:
         )
         lap("ranking")
         return ScoredCandidates(
-            n_queries, query_of, item_ids, rows, retrieval_scores, ranked, missing, queries
+            n_queries,
+            query_of,
+            self.catalog[rows],
+            rows,
+            attributes,
+            retrieval_scores,
+            ranked,
+            missing,
+            queries,
         )
 
     def pages(
@@ -272,7 +284,7 @@ class Funnel:
         ``candidates``): several arms or rules can arrange one scoring."""
         started = time.perf_counter()
         registry = self.features.registry
-        attributes = self._attributes(scored.rows)
+        attributes = scored.attributes
         results = []
         for chosen, final_scores, propensity, removed in self.choose(scored, k, exclude, arm):
             frame = pd.DataFrame(
@@ -313,7 +325,7 @@ class Funnel:
         order_scores = (
             scored.retrieval_scores if arm and arm.order == "retrieval" else scored.ranked[SCORE]
         )
-        attributes = self._attributes(scored.rows)
+        attributes = scored.attributes
         embeddings = self.features.embeddings
         histories = scored.queries.get(HISTORY_ITEMS)
         bounds = np.searchsorted(scored.query_of, np.arange(scored.n_queries + 1))

@@ -171,16 +171,6 @@ def served_pages(funnel: Funnel, scored: ScoredCandidates, users: np.ndarray) ->
     )[PAGE_COLUMNS]
 
 
-def _catalog_strings(page: pd.DataFrame, index: pd.Index, catalog: np.ndarray) -> pd.DataFrame:
-    """The page with its item ids as the catalog's own string objects: the model
-    returns a fresh string per candidate, and the pages of every eval user (x100:
-    8 million rows) would otherwise hold one string per row."""
-    rows = index.get_indexer(page[ITEM_ID])
-    return page.assign(
-        **{ITEM_ID: np.where(rows >= 0, catalog[np.maximum(rows, 0)], page[ITEM_ID])}
-    )
-
-
 def logged_requests(eval_events: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
     """The eval impressions off-policy estimates average over, or why there are none."""
     if eval_events is None or PROPENSITY not in eval_events:
@@ -233,7 +223,6 @@ def evaluate_funnel(
     # scored together, and only the pages are kept.
     pages = {name: [] for name in VARIANTS}
     candidates = 0
-    catalog = features.item_index.to_numpy()
     for start in range(0, len(users), FUNNEL_USERS_PER_CHUNK):
         chunk = users[start : start + FUNNEL_USERS_PER_CHUNK]
         queries = data.first_of(chunk)
@@ -246,7 +235,7 @@ def evaluate_funnel(
             "funnel": served_pages(funnel, scored, chunk),
         }
         for name, page in chunk_pages.items():
-            pages[name].append(_catalog_strings(page, features.item_index, catalog))
+            pages[name].append(page)
     pages = {name: pd.concat(parts, ignore_index=True) for name, parts in pages.items()}
     if eval_events is not None:
         # Copied only when some user has no page: at x100 a copy is 150 MB.
@@ -262,7 +251,7 @@ def evaluate_funnel(
                 page,
                 task.users,
                 task.positives,
-                catalog,
+                funnel.catalog,
                 features.embeddings,
                 config.k,
             ),
