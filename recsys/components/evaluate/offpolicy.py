@@ -142,6 +142,15 @@ def first_of_request(logged: pd.DataFrame) -> np.ndarray:
     return ~logged.duplicated([USER_ID, EVENT_TS]).to_numpy()
 
 
+def pages_of(row_users: pd.Series, pages: pd.DataFrame):
+    """The users of some rows (logged requests) as codes, factorized once, and their
+    pages by code: (each row's user code, each page row's user code (-1: a user
+    with no such row), page length per code; 0: no page)."""
+    codes, users = pd.factorize(row_users)
+    page_user = pd.Index(users).get_indexer(pages[USER_ID])
+    return codes, page_user, np.bincount(page_user[page_user >= 0], minlength=len(users))
+
+
 def estimate(
     pages: pd.DataFrame, logged: pd.DataFrame, valued_in: list[Reward]
 ) -> dict[str, dict[str, Estimate]]:
@@ -151,10 +160,9 @@ def estimate(
     propensity), each of whose users has a page."""
     # Users as codes, factorized once: the clusters of every interval, and the key
     # every per-user sum of the pages is gathered by.
-    users, user_ids = pd.factorize(logged[USER_ID])
-    page_user = pd.Index(user_ids).get_indexer(pages[USER_ID])
+    users, page_user, page_length = pages_of(logged[USER_ID], pages)
     of_logged = page_user >= 0
-    length = np.bincount(page_user[of_logged], minlength=len(user_ids))[users].astype(float)
+    length = page_length[users].astype(float)
     if (length == 0).any():
         raise ValueError("every logged request's user needs a page")
     # Each logged row with its item's page row, if the page shows it (one merge for
@@ -169,7 +177,7 @@ def estimate(
     for reward in valued_in:
         r = reward.logged(logged)
         page_total = np.bincount(
-            page_user[of_logged], reward.predicted(pages)[of_logged], len(user_ids)
+            page_user[of_logged], reward.predicted(pages)[of_logged], len(page_length)
         )
         direct = page_total[users]
         q_logged = np.where(in_page, reward.predicted(shown), 0.0)
@@ -194,20 +202,14 @@ def true_value(
     the request's time, averaged over the requests. Requests x page items grow with
     the log (x100: 24 million), so they are scored TRUTH_CHUNK_ROWS at a time."""
     requests = logged.loc[first_of_request(logged), [USER_ID, EVENT_TS]]
-    # Each user's page as a run of rows: a request expands to its user's run.
-    pages = pages.sort_values(USER_ID, kind="stable")
-    page_users, page_start, page_length = np.unique(
-        pages[USER_ID].to_numpy(dtype=object), return_index=True, return_counts=True
-    )
-    found = pd.Index(page_users).get_indexer(requests[USER_ID])
-    # A request whose user has no page is worth nothing (a run of length 0).
-    length = np.zeros(len(requests), dtype=np.int64)
-    start = np.zeros(len(requests), dtype=np.int64)
-    length[found >= 0], start[found >= 0] = (
-        page_length[found[found >= 0]],
-        page_start[found[found >= 0]],
-    )
-    page_items = pages[ITEM_ID].to_numpy(dtype=object)
+    users, page_user, page_length = pages_of(requests[USER_ID], pages)
+    # Each user's page as a run of rows: a request expands to its user's run (a
+    # request whose user has no page, to a run of length 0: worth nothing).
+    by_user = np.argsort(page_user, kind="stable")
+    by_user = by_user[page_user[by_user] >= 0]
+    page_items = pages[ITEM_ID].to_numpy(dtype=object)[by_user]
+    length = page_length[users]
+    start = (np.cumsum(page_length) - page_length)[users]
     request_users = requests[USER_ID].to_numpy(dtype=object)
     request_times = requests[EVENT_TS].to_numpy()
     totals = np.zeros((len(valued_in), len(requests)))
