@@ -33,9 +33,17 @@ recall_k: 20
 """
 
 
+# A hang detector, not a budget: the 3-day simulation takes minutes here, and CI
+# machines can be several times slower or busy with other jobs.
+HANG_SECONDS = 3600
+
+
 def recsys(*args):
     return subprocess.run(
-        [sys.executable, "-m", "recsys.app.cli", *args], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "recsys.app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS,
     )
 
 
@@ -128,6 +136,16 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     assert "| pass | infra | infra validation of retrieval |" in summary
     assert "no model serving yet: value thresholds only" in summary
     assert "quarantined 0 rows" in summary
+    # Its first line: the wall time against the stages' own (their `finished` lines).
+    watch = local_run.StageWatch()
+    for line in stderr.splitlines():
+        watch.read(line)
+    assert set(watch.seconds) >= {"ingest", "features/join", "evaluate", "push"}
+    work = sum(watch.seconds.values())
+    timed = local_run.summary(
+        {**outputs, "seconds": 2 * work, "stage_seconds": work, "run_dir": run_dir}
+    )
+    assert f"finished in {2 * work:.0f}s (the stages' own work {work:.0f}s: 2.00x)" in timed
     assert os.path.isfile(outputs["evaluation_html"]["path"])
     assert os.path.isfile(outputs["validation_html"]["path"])
 

@@ -138,7 +138,14 @@ def _run(args):
         log("run", f"no --data given: generating the sample into {data_root}")
         generate(data_root)
     try:
-        outputs = local_run.run(args.workdir, data_root, config, args.image, args.verbose)
+        outputs = local_run.run(
+            args.workdir,
+            data_root,
+            config,
+            args.image,
+            args.verbose,
+            fresh_task_processes=args.fresh_task_processes,
+        )
     except local_run.RunFailed as error:
         print(f"\nrecsys run FAILED: {error}", file=sys.stderr)
         return 1
@@ -561,6 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--image", default=DEFAULT_IMAGE)
     run.add_argument("--verbose", action="store_true", help="stream every task's full log")
+    run.add_argument(
+        "--fresh-task-processes",
+        action="store_true",
+        help="start each task in a new interpreter that imports its libraries (KFP's "
+        "default; slower) instead of forking it from one that has",
+    )
     run.set_defaults(func=_run)
 
     def kubeflow_options(command):

@@ -28,6 +28,7 @@ import warnings
 import psutil
 import yaml
 
+from recsys.app import fork_server
 from recsys.core import storage
 from recsys.core.contracts import RAW_TABLES
 from recsys.core.features import load_registry
@@ -107,11 +108,26 @@ def run_compiled(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> dic
         pipeline_root=pipeline_root,
         raise_on_error=True,
     )
+    if os.environ.get(fork_server.SOCKET_ENV):
+        _tasks_through_fork_server()
     task = kfp.components.load_component_from_file(pipeline_yaml)(**arguments)
     return {
         name: {"path": artifact.path, "metadata": dict(artifact.metadata)}
         for name, artifact in task.outputs.items()
     }
+
+
+def _tasks_through_fork_server() -> None:
+    """KFP's SubprocessRunner puts its interpreter where a task's compiled command says
+    ``python3``; put the fork server's client there instead (``recsys.app.fork_server``).
+    A patch of kfp 2.13's module function (pinned in requirements.lock): the runner
+    has no setting for the interpreter."""
+    from kfp.local import subprocess_task_handler
+
+    replace = subprocess_task_handler.replace_python_executable
+    subprocess_task_handler.replace_python_executable = lambda command, python: replace(
+        command, fork_server.client_command(python)
+    )
 
 
 OUTPUTS_FILE, LOG_FILE = "outputs.json", "run.log"
@@ -138,10 +154,13 @@ def run(
     image: str = DEFAULT_IMAGE,
     verbose: bool = False,
     label: str = "",
+    fresh_task_processes: bool = False,
 ) -> dict:
     """Compile, run the YAML in a child process, return its outputs (raises RunFailed).
     This run's files go to ``run_dir(workdir, label)`` (default label: the start
-    time and a random suffix), so runs at once never mix them."""
+    time and a random suffix), so runs at once never mix them. Tasks start from a fork
+    server (``recsys.app.fork_server``) unless ``fresh_task_processes``: then each
+    imports its libraries in a new interpreter, as KFP's runner does by default."""
     workdir = os.path.abspath(workdir)
     arguments = {
         "data_root": absolute(data_root),
@@ -174,11 +193,17 @@ def run(
     ]
     watch = StageWatch()
     with (
+        fork_server.running(not fresh_task_processes, lambda line: log("run", line)) as launcher,
         open(log_path, "w") as log_file,
         subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **launcher.env},
         ) as child,
-        watch.sampling(child.pid),
+        watch.sampling(child.pid, launcher.pid),
     ):
         for line in child.stdout:
             log_file.write(line)
@@ -196,12 +221,13 @@ def run(
     with open(outputs_path) as handle:
         outputs = json.load(handle)
     outputs["seconds"] = time.monotonic() - started
+    outputs["stage_seconds"] = sum(watch.seconds.values())
     outputs["arguments"] = arguments
     outputs["run_dir"] = directory
     return outputs
 
 
-STAGE_EVENT = re.compile(r"\] ([\w/-]+): (started|finished in|FAILED after)")
+STAGE_EVENT = re.compile(r"\] ([\w/-]+): (started|finished in|FAILED after) ?([\d.]+)?")
 # What bounds each stage's memory, for the message when one is killed for it.
 MEMORY_KNOBS = {
     "ingest": "batch_rows",
@@ -218,13 +244,14 @@ MEMORY_KNOBS = {
 
 
 class StageWatch:
-    """Which stage of a local run is running (from its progress lines) and the most
-    resident memory the run's process tree held during each (sampled)."""
+    """Which stage of a local run is running (from its progress lines), how long each
+    took, and the most resident memory the run's processes held during each (sampled)."""
 
     def __init__(self):
         self.started: list[str] = []
         self.ended: set[str] = set()
         self.peaks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
 
     def read(self, line: str) -> None:
         match = STAGE_EVENT.search(line)
@@ -232,6 +259,8 @@ class StageWatch:
             self.started.append(match.group(1))
         elif match:
             self.ended.add(match.group(1))
+            if match.group(3):
+                self.seconds[match.group(1)] = float(match.group(3))
 
     def unfinished(self) -> str | None:
         """A stage that started and never finished nor failed: its process was killed."""
@@ -242,16 +271,22 @@ class StageWatch:
         return self.peaks.get(stage, 0)
 
     @contextlib.contextmanager
-    def sampling(self, pid: int, interval: float = 0.5):
+    def sampling(self, pid: int, launcher_pid: int | None = None, interval: float = 0.5):
+        """Samples ``pid``'s process tree and the tasks the fork server ``launcher_pid``
+        started (not the server itself: it only holds the libraries the tasks share)."""
         stop = threading.Event()
 
         def sample():
             process = psutil.Process(pid)
+            launcher = psutil.Process(launcher_pid) if launcher_pid else None
             while not stop.wait(interval):
                 try:
                     rss = tree_rss(process)
                 except psutil.NoSuchProcess:
                     return
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    tasks = launcher.children() if launcher else []
+                    rss += sum(tree_rss(task) for task in tasks)
                 if self.started:
                     stage = self.started[-1]
                     self.peaks[stage] = max(self.peaks.get(stage, 0), rss)
@@ -281,9 +316,14 @@ def killed_message(stage: str, peak: int, log_path: str) -> str:
 def summary(outputs: dict) -> str:
     """Data sizes, metrics against baseline, the gate decision and pushed paths."""
     counts = {k: int(v) for k, v in outputs["ingest_metrics"]["metadata"].items()}
+    work = outputs.get("stage_seconds")
+    # Wall time against the stages' own: the rest is starting tasks and moving artifacts.
+    against_work = (
+        f" (the stages' own work {work:.0f}s: {outputs['seconds'] / work:.2f}x)" if work else ""
+    )
     lines = [
         "",
-        f"=== recsys run finished in {outputs['seconds']:.0f}s ===",
+        f"=== recsys run finished in {outputs['seconds']:.0f}s{against_work} ===",
         f"data: {counts['train_events']} train / {counts['eval_events']} eval events, "
         f"{counts['users']} users, {counts['items']} items, {counts['user_features']} user + "
         f"{counts['item_features']} item feature rows; outside the window and left out: "

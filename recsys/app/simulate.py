@@ -24,7 +24,7 @@ import pandas as pd
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from recsys.app import local_run
+from recsys.app import fork_server, local_run
 from recsys.core.contracts import MODELS, RETRIEVAL
 from recsys.core.derived import DAY
 from recsys.core.progress import log
@@ -169,23 +169,25 @@ def simulate(
         "warm_start": True,
     }
     timeline = []
-    for day in range(1, days + 1):
-        as_of = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=lookback_days + day)
-        log("simulate", f"day {day}/{days}: as_of {as_of:%Y-%m-%d}")
-        outcome = day_outcome(day, as_of, workdir, data_root, base, events)
-        drift_note = (
-            "drift not checked"
-            if outcome["drift"] is None
-            else f"drift flagged on {outcome['drift']['flagged']}"
-            if outcome["drift"]["flagged"]
-            else "no drift"
-        )
-        log(
-            "simulate",
-            f"day {day}/{days}: {outcome['status']}; {drift_note}; serving version "
-            f"{outcome['served_version']}",
-        )
-        timeline.append(outcome)
+    # One fork server for every day's run: the libraries are imported once.
+    with fork_server.running(log=lambda line: log("simulate", line)):
+        for day in range(1, days + 1):
+            as_of = pd.Timestamp(START, tz="UTC") + pd.Timedelta(days=lookback_days + day)
+            log("simulate", f"day {day}/{days}: as_of {as_of:%Y-%m-%d}")
+            outcome = day_outcome(day, as_of, workdir, data_root, base, events)
+            drift_note = (
+                "drift not checked"
+                if outcome["drift"] is None
+                else f"drift flagged on {outcome['drift']['flagged']}"
+                if outcome["drift"]["flagged"]
+                else "no drift"
+            )
+            log(
+                "simulate",
+                f"day {day}/{days}: {outcome['status']}; {drift_note}; serving version "
+                f"{outcome['served_version']}",
+            )
+            timeline.append(outcome)
     result = {
         "days": timeline,
         "drift_day": drift_day,
