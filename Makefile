@@ -9,12 +9,13 @@ WORKDIR ?= work
 IMAGE ?= localhost/recsys-pipeline:0.1.0
 BASE_IMAGE ?= localhost/py311:base
 
-.PHONY: help run test test-servers lint format test-image compile image base-image lock clean
+.PHONY: help run test test-quick test-servers lint format test-image compile image base-image lock clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run   - set up .venv if needed, run the whole pipeline on the sample data"
 	@echo "make test  - set up .venv if needed, run the test suite"
+	@echo "make test-quick - lint and the tests that train nothing and run no pipeline (the inner loop)"
 	@echo "make test-image - build the image with buildah and run a component in it"
 	@echo "make lint  - ruff (lint and format check) and the import layers; part of make test"
 	@echo "make format | compile | image | base-image | lock | clean"
@@ -34,6 +35,11 @@ run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 # trained stages run on one, whole-pipeline runs (mostly single-threaded imports) beside them.
 test: lint test-servers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# The inner loop: lint, then every test not marked `trains` (tests/conftest.py marks
+# those that train a model or run the pipeline, or need a fixture that does).
+test-quick: lint test-servers
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not image and not trains"
 
 # Servers the tests start and stop on free loopback ports that pip cannot install:
 # Redis (the online feature store), from Debian's package when missing.

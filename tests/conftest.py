@@ -35,6 +35,18 @@ TEST_PARAMETERS = dict(
     ranking_batch_size=128,
     recall_k=20,
 )
+# Fixtures that train the models or run the pipeline's stages: every test that needs
+# one (or a fixture built on one) is marked `trains`, and `make test-quick` leaves it
+# out. Tests that train or run stages without them carry the mark themselves.
+TRAINED_FIXTURES = {"stages", "simulation", "with_language", "clean_baseline"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINED_FIXTURES & set(item.fixturenames) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.trains)
+
+
 ML_100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
 

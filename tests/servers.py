@@ -27,7 +27,7 @@ def venv_environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, **extra}
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: str, timeout: float = 120) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, log: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

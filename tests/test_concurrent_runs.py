@@ -63,6 +63,7 @@ def test_two_pushes_at_once_replace_only_what_they_were_compared_with(
     assert "another run pushed in between" in refused["reason"]
 
 
+@pytest.mark.trains
 def test_runs_at_once_on_one_workdir_keep_their_own_outputs_and_logs(tmp_path):
     """Two `recsys run` processes started together on one workdir (each fails at
     ingest, on data of its own, which keeps this quick): each run has its own
@@ -79,7 +80,7 @@ def test_runs_at_once_on_one_workdir_keep_their_own_outputs_and_logs(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
-    consoles = {label: child.communicate(timeout=600) for label, child in children.items()}
+    consoles = {label: child.communicate(timeout=1800) for label, child in children.items()}
     assert [child.returncode for child in children.values()] == [1, 1]
     runs = sorted(os.listdir(os.path.join(workdir, "runs")))
     assert len(runs) == 2

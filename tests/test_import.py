@@ -82,6 +82,7 @@ def spreadsheet_layout(tmp_path):
     return tmp_path / "mapping.yaml", log
 
 
+@pytest.mark.trains
 def test_spreadsheet_layout_with_attributes(spreadsheet_layout, tmp_path):
     mapping, log = spreadsheet_layout
     out = tmp_path / "raw"
@@ -108,6 +109,7 @@ def test_spreadsheet_layout_with_attributes(spreadsheet_layout, tmp_path):
     assert checked["ingest"]["user_features_derived"] == 1
 
 
+@pytest.mark.trains
 def test_interactions_alone_with_integer_ids_in_milliseconds(tmp_path):
     """Parquet with integer ids and epoch milliseconds, label by a rule; no other
     file: ingest derives users, items and both feature views from the log."""

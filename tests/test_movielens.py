@@ -124,6 +124,7 @@ needs_movielens = pytest.mark.skipif(
 )
 
 
+@pytest.mark.trains
 @needs_movielens
 def test_real_movielens_converts_and_passes_the_data_checks(tmp_path):
     """The real files through import, then ingest -> join -> validate with the

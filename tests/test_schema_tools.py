@@ -1,6 +1,7 @@
 import shutil
 
 import pandas as pd
+import pytest
 import tensorflow_data_validation as tfdv
 
 from recsys.app import schema_tools
@@ -33,6 +34,7 @@ def test_infer_proposes_ranges_and_diff_shows_only_real_differences(tiny_data, t
     assert schema_tools.diff(str(tmp_path / "same")) == "no differences"
 
 
+@pytest.mark.trains
 def test_inferred_schemas_are_a_schema_dir_that_passes_its_data(tiny_data, tmp_path):
     """Usable as written: the proposed directory (the examples schema and registry
     included) checks the data it came from without a blocking anomaly."""

@@ -34,7 +34,7 @@ class Load:
                 f"{self.url}/v1/recommend", body, {"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=30) as response:
+                with urllib.request.urlopen(request, timeout=120) as response:
                     versions = json.loads(response.read())["versions"]
                     self.results.append((time.monotonic(), response.status, versions, client))
             except Exception as error:  # every failure is a result the test reports
@@ -51,7 +51,15 @@ class Load:
         for thread in self._threads:
             thread.join(60)
 
-    def wait_for(self, versions: dict, timeout: float = 180) -> float:
+    def wait_for_requests(self, count: int, timeout: float = 600) -> None:
+        """Keep the load on until ``count`` requests were answered (a slow or busy
+        machine answers fewer per second, not fewer in all)."""
+        deadline = time.monotonic() + timeout
+        while len(self.results) < count:
+            assert time.monotonic() < deadline, f"{len(self.results)} requests in {timeout} s"
+            time.sleep(0.1)
+
+    def wait_for(self, versions: dict, timeout: float = 600) -> float:
         """Seconds until a response served by ``versions`` arrived (from now)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
@@ -65,7 +73,7 @@ def _models(versions: dict) -> dict:
     return {name: versions[name] for name in ("retrieval", "ranking")}
 
 
-def ready(url: str, timeout: float = 180) -> dict:
+def ready(url: str, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -102,10 +110,11 @@ def test_versions_switch_under_load_without_a_failed_request(stages, tmp_path):
             # reported and never served; version 1 keeps serving.
             os.remove(os.path.join(root, "ranking", "2", "saved_model.pb"))
             root_.rollback(root, "ranking", 2, reason="test: a broken version")
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600
             while "not loaded" not in ready(url)["status"] and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1)
+            load.wait_for_requests(51)
         status = ready(url)
     assert "ranking v2, retrieval v1 not loaded" in status["status"], status
     assert status["versions"] == {"retrieval": 1, "ranking": 1}

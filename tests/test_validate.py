@@ -49,6 +49,7 @@ def clean_baseline(tmp_path_factory):
     return find_baseline(str(root / "statistics"), "2026-01-15")[0]
 
 
+@pytest.mark.trains
 def test_clean_data_raises_no_alarm_over_five_seeds(tmp_path):
     for seed in range(1, 6):
         generate(str(tmp_path / f"data{seed}"), seed=seed, **DETECTION)
