@@ -48,6 +48,7 @@ PRELOAD_PACKAGES = ("recsys.components",)
 PRELOAD_MODULES = ("kfp.dsl.executor", "recsys.core.progress")
 # A generous bound on the server's imports (seconds): a hang detector, not a budget.
 START_TIMEOUT = 600
+SOCKET_DIR_MAX = 90
 REQUEST_TIMEOUT = 60  # seconds a connected client may take to send its request
 _HEADER = struct.Struct("!Q")  # the request body's length
 _STATUS = struct.Struct("!i")  # the task's exit code; -N: killed by signal N
@@ -288,6 +289,9 @@ def running(enabled: bool = True, log=None):
         yield _active[-1] if enabled else Launcher()
         return
     directory = tempfile.mkdtemp(prefix="recsys-fork-")
+    if len(directory) > SOCKET_DIR_MAX:  # a Unix socket's path has at most 107 bytes
+        os.rmdir(directory)
+        directory = tempfile.mkdtemp(prefix="recsys-fork-", dir="/tmp")
     path = os.path.join(directory, "socket")
     started = time.monotonic()
     server = subprocess.Popen(
