@@ -2,6 +2,7 @@
 (or warns, by policy) with a message a person can act on; clean data raises none."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -232,3 +233,44 @@ def test_policy_errors_name_the_problem():
         parse_policy('{"drift": "ignore"}')
     with pytest.raises(DataError, match="not JSON"):
         parse_policy("drift=warn")
+
+
+def test_the_report_draws_each_feature_in_every_dataset_offline():
+    """One SVG chart per plottable feature, each dataset in its legend, drawn to its
+    data's range; an id-like string feature is listed, not drawn."""
+    import xml.etree.ElementTree as ElementTree
+
+    import numpy as np
+    import tensorflow_data_validation as tfdv
+
+    from recsys.components.validate.report import render
+
+    frames = {
+        "train_events": pd.DataFrame(
+            {
+                "watch_seconds": np.linspace(0.0, 30.0, 80),
+                "device": ["phone", "tv"] * 40,
+                "event_id": [f"e{i}" for i in range(80)],
+            }
+        ),
+        "eval_events": pd.DataFrame(
+            {
+                "watch_seconds": np.linspace(10.0, 50.0, 80),
+                "device": ["phone"] * 60 + ["tablet"] * 20,
+                "event_id": [f"f{i}" for i in range(80)],
+            }
+        ),
+    }
+    statistics = {name: tfdv.generate_statistics_from_dataframe(f) for name, f in frames.items()}
+    page = render(statistics, {"impressions": list(frames)}, [], [], {}, [], "2026-01-15")
+    charts = [ElementTree.fromstring(chart) for chart in re.findall(r"<svg .*?</svg>", page, re.S)]
+    titles = [chart.find("{http://www.w3.org/2000/svg}title").text for chart in charts]
+    assert titles == ["watch_seconds", "device"]
+    for chart in charts:
+        texts = [t.text for t in chart.iter("{http://www.w3.org/2000/svg}text")]
+        assert {"train_events", "eval_events"} <= set(texts)
+    histogram_labels = [t.text for t in charts[0].iter("{http://www.w3.org/2000/svg}text")]
+    assert "0" in histogram_labels and "50" in histogram_labels  # the range of both datasets
+    bars = [t.text for t in charts[1].iter("{http://www.w3.org/2000/svg}text")]
+    assert {"phone", "tv", "tablet"} <= set(bars)
+    assert "event_id" in page and "https://" not in page
