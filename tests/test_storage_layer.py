@@ -4,7 +4,9 @@ bucket. The scan reads the code's syntax tree, and is shown to catch an injected
 ``open``; storage itself is checked against a real S3 API server."""
 
 import ast
+import contextlib
 import os
+import threading
 
 import pyarrow as pa
 import pytest
@@ -139,3 +141,28 @@ def test_storage_on_a_real_s3_server(s3_root):
     assert storage.read_text(storage.join(minio, "config")) == "two"
     storage.remove(storage.join(s3_root, "copy"))
     assert storage.listdir(s3_root) == ["config", "data", "lease"]
+
+
+def test_a_conditional_create_is_seen_whole_or_not_at_all(tmp_path):
+    """A reader polling the name while it is created sees nothing or every byte. The
+    writer lease reads the newest record and took an empty one for a free lease: two
+    writers held it at once on a busy machine."""
+    payload = b"x" * 64 * 2**20
+    path = str(tmp_path / "record")
+    sizes, done = set(), threading.Event()
+
+    def poll():
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                sizes.add(os.path.getsize(path))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        assert storage.create_exclusive(path, payload)
+    finally:
+        done.set()
+        reader.join()
+    assert sizes <= {len(payload)}
+    assert not storage.create_exclusive(path, b"theirs")
+    assert os.listdir(tmp_path) == ["record"]  # nothing left aside

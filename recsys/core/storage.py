@@ -199,12 +199,19 @@ def create_exclusive(path: str, data: bytes) -> bool:
     GCS ``ifGenerationMatch=0``): True if this call created it, False if it existed."""
     if is_local(path):
         makedirs(parent(path))
+        # Written aside, then hard-linked into place (link fails if the name exists): a
+        # reader sees the whole file or none. O_EXCL then write showed it empty for a
+        # moment, and the lease took an empty record for a free lease.
+        descriptor, temporary = tempfile.mkstemp(dir=parent(path), suffix=".partial")
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+            os.chmod(temporary, 0o644)
+            os.link(temporary, path)
         except FileExistsError:
             return False
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
+        finally:
+            os.remove(temporary)
         return True
     fs, name = filesystem(path)
     try:
