@@ -48,7 +48,7 @@ PRELOAD_PACKAGES = ("recsys.components",)
 PRELOAD_MODULES = ("kfp.dsl.executor", "recsys.core.progress")
 # A generous bound on the server's imports (seconds): a hang detector, not a budget.
 START_TIMEOUT = 600
-SOCKET_DIR_MAX = 90
+SOCKET_DIR_MAX = 90  # characters of the socket directory; a socket path has at most 107
 REQUEST_TIMEOUT = 60  # seconds a connected client may take to send its request
 _HEADER = struct.Struct("!Q")  # the request body's length
 _STATUS = struct.Struct("!i")  # the task's exit code; -N: killed by signal N
