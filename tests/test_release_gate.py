@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -21,17 +22,19 @@ from recsys.components.evaluate.evaluate import CandidateModels, evaluate
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.components.evaluate.slices import Slices
 from recsys.components.infra_validate.config import Budgets
-from recsys.components.infra_validate.infra_validate import infra_validate, probe
+from recsys.components.infra_validate.infra_validate import (
+    infra_validate,
+    probe,
+    probe_models,
+    probe_spec,
+)
 from recsys.core.contracts import MODEL_OUTPUTS
 from recsys.core.features import load_registry
 from recsys.core.requests import serving_contract
 from recsys.core.tables import read_dataset, read_dataset_table, write_dataset
 from recsys.serving import serving_root as root_
 from recsys.serving.rerank import RerankConfig
-from tests.conftest import push_stages
-
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
+from tests.conftest import built_once, push_stages
 
 THRESHOLDS = dict(recall_k=20, min_slice_size=5)
 
@@ -75,15 +78,21 @@ def _failed(blessing: dict) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="session")
-def shuffled(stages, tmp_path_factory):
+def shuffled(request, stages, tmp_path_factory) -> dict:
     """Both models trained on shuffled click labels (same features, same epochs):
     what a labelling bug upstream would produce. Exported and infra-validated."""
+    return built_once(
+        request, tmp_path_factory, "shuffled", lambda root: _train_shuffled(stages, root)
+    )
+
+
+def _train_shuffled(stages, root) -> dict:
     from recsys.components.train_ranking import train_ranking
     from recsys.components.train_ranking.config import RankingConfig
     from recsys.components.train_retrieval import train_retrieval
     from recsys.components.train_retrieval.config import RetrievalConfig
 
-    paths, root = stages["paths"], tmp_path_factory.mktemp("shuffled")
+    paths = stages["paths"]
     table = read_dataset_table(paths["transformed_train"])
     permutation = np.random.default_rng(0).permutation(table.num_rows)
     for label in ("clicked", "watch_seconds"):
@@ -523,18 +532,76 @@ def test_infra_validation_names_what_tf_serving_would_choke_on(stages, tmp_path)
     shutil.copytree(stages["paths"]["ranking_model"], truncated)
     os.remove(os.path.join(truncated, "saved_model.pb"))
 
-    def failures(model_dir, budgets=Budgets()):
-        result = probe(model_dir, warmup, contract, MODEL_OUTPUTS["ranking"], budgets)
-        assert result["passed"] is False
-        return {c["check"]: c["detail"] for c in result["checks"] if not c["passed"]}
+    def spec(model_dir, budgets=Budgets()):
+        return probe_spec(model_dir, warmup, contract, MODEL_OUTPUTS["ranking"], budgets)
 
-    assert "'click_probability' has 1 non-finite value(s)" in failures(nan)["outputs"]
+    # All five in one probe process, as infra_validate probes its models.
+    results = probe_models(
+        [
+            spec(nan),
+            spec(wrong_dtype),
+            spec(out_of_range),
+            spec(truncated),
+            spec(stages["paths"]["ranking_model"], Budgets(max_request_ms=1e-6)),
+        ]
+    )
+    assert not any(result["passed"] for result in results)
+    nan, wrong_dtype, out_of_range, truncated, slow = (
+        {c["check"]: c["detail"] for c in result["checks"] if not c["passed"]} for result in results
+    )
+    assert "'click_probability' has 1 non-finite value(s)" in nan["outputs"]
     assert (
         "input 'user_id' is int64 rank 1, the serving contract says string rank 1"
-        in failures(wrong_dtype)["signature"]
+        in wrong_dtype["signature"]
     )
-    assert "outside [0.0, 1.0]" in failures(out_of_range)["outputs"]
-    assert "cannot read saved_model.pb" in failures(truncated)["loads"]
-    slow = failures(stages["paths"]["ranking_model"], Budgets(max_request_ms=1e-6))
+    assert "outside [0.0, 1.0]" in out_of_range["outputs"]
+    assert "cannot read saved_model.pb" in truncated["loads"]
     assert list(slow) == ["latency"] and "budget 1e-06 ms" in slow["latency"]
     assert "of CPU time" in slow["latency"] and "at load average" in slow["latency"]
+
+
+# A stand-in for probe.py (injected fault): reports each model as passed, except
+# that it dies of SIGSEGV on a model named "crash" and sleeps on one named "hang".
+# Every start appends a line to the file named by PROBE_STARTS.
+FAULTY_PROBE = """
+import json, os, signal, sys, time
+with open(os.environ["PROBE_STARTS"], "a") as starts:
+    starts.write("started\\n")
+for spec in json.load(sys.stdin):
+    if spec["model_dir"] == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if spec["model_dir"] == "hang":
+        time.sleep(600)
+    print(json.dumps({"model_dir": spec["model_dir"], "passed": True, "checks": []}), flush=True)
+"""
+
+
+def test_a_model_that_kills_the_probe_fails_alone(tmp_path, monkeypatch):
+    """The models share one probe process: the one it died or hung on fails with the
+    reason, and the models after it are still probed, in a new process."""
+    from recsys.components.infra_validate import infra_validate as module
+
+    script = tmp_path / "probe.py"
+    script.write_text(FAULTY_PROBE)
+    starts = tmp_path / "starts"
+    monkeypatch.setattr(module, "PROBE", str(script))
+    monkeypatch.setattr(module, "PROBE_GRACE_SECONDS", 5)
+    monkeypatch.setenv("PROBE_STARTS", str(starts))
+    names = ["first", "crash", "third", "hang", "fifth"]
+    specs = [{"model_dir": name, "max_load_seconds": 1.0} for name in names]
+
+    results = probe_models(specs)
+
+    assert [r["model_dir"] for r in results] == names
+    assert [r["passed"] for r in results] == [True, False, True, False, True]
+    (crashed,) = results[1]["checks"]
+    assert crashed["check"] == "responds"
+    assert crashed["detail"].startswith(f"the probe process exited with {-signal.SIGSEGV}")
+    (hung,) = results[3]["checks"]
+    # Its process (third, hang, fifth) had their load budgets and the grace: 3 + 5 s.
+    assert hung == {
+        "check": "responds",
+        "passed": False,
+        "detail": "the probe did not finish within 8 s",
+    }
+    assert starts.read_text().count("started") == 3

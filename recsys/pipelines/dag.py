@@ -157,8 +157,8 @@ def wire(stages, p: Arguments) -> dict:
     )
     stages.configure(ranking, cpu="2", memory="8G", cache=False)
 
-    # 7. infra_validate: each SavedModel loads in a fresh process with only
-    #    TensorFlow, takes the serving contract and answers its warmup requests
+    # 7. infra_validate: the SavedModels load in a fresh process with only
+    #    TensorFlow, take the serving contract and answer their warmup requests
     #    within budget
     infra = stages.infra_validate(
         retrieval_model=retrieval.outputs["retrieval_model"],

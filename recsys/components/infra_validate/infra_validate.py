@@ -36,6 +36,9 @@ from recsys.core.tables import dataset_rows, rows_at
 # Run as a script by path: a module of this package would run ``recsys/__init__``,
 # which sets the training stack's Keras flag that TF Serving never has.
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
+# Time a probe process has beyond its models' load budgets (TensorFlow's import,
+# the warmup replays) before it counts as hung: a hang detector, far above the need.
+PROBE_GRACE_SECONDS = 300
 
 
 def warmup_rows(eval_examples_dir: str, count: int) -> pd.DataFrame:
@@ -78,55 +81,84 @@ def write_warmup(path: str, logs: list) -> str:
     return path
 
 
-def probe(
+def probe_spec(
     model_dir: str, warmup_file: str, contract: dict, outputs: dict, budgets: Budgets
 ) -> dict:
-    """Run probe.py on one model in a fresh process; a crash or hang is a failed check."""
-    spec = {
+    """What probe.py needs to check one model."""
+    return {
         "model_dir": model_dir,
         "warmup_file": warmup_file,
         "inputs": {name: list(value) for name, value in contract.items()},
         "outputs": outputs,
         **asdict(budgets),
     }
+
+
+def probe(
+    model_dir: str, warmup_file: str, contract: dict, outputs: dict, budgets: Budgets
+) -> dict:
+    """Probe one model in a fresh process; a crash or hang is a failed check."""
+    return probe_models([probe_spec(model_dir, warmup_file, contract, outputs, budgets)])[0]
+
+
+def probe_models(specs: list[dict]) -> list[dict]:
+    """Probe every model (``probe_spec``) in one fresh process, one after another: one
+    TensorFlow import, not one per model. A model that crashes or hangs the process
+    fails the "responds" check, and the models after it are probed in a new one."""
+    results = []
+    while len(results) < len(specs):
+        results += _probe_process(specs[len(results) :])
+    return results
+
+
+def _probe_process(specs: list[dict]) -> list[dict]:
+    """Results of the models the process finished, in order, and the failure of the
+    one it was probing when it died or ran out of time."""
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    timeout = budgets.max_load_seconds + 300
+    timeout = sum(spec["max_load_seconds"] for spec in specs) + PROBE_GRACE_SECONDS
     try:
         done = subprocess.run(
             [sys.executable, PROBE],
-            input=json.dumps(spec),
+            input=json.dumps(specs),
             capture_output=True,
             text=True,
             timeout=timeout,
             env=environment,
         )
-    except subprocess.TimeoutExpired:
-        return {
-            "model_dir": model_dir,
-            "passed": False,
-            "checks": [
-                {
-                    "check": "responds",
-                    "passed": False,
-                    "detail": f"the probe did not finish within {timeout:g} s",
-                }
-            ],
-        }
-    if done.returncode != 0:
+    except subprocess.TimeoutExpired as expired:
+        finished = _reported(expired.stdout)
+        return finished + [
+            _did_not_respond(specs[len(finished)], f"the probe did not finish within {timeout:g} s")
+        ]
+    finished = _reported(done.stdout)
+    if len(finished) < len(specs):
         tail = done.stderr.strip().splitlines()[-3:]
-        return {
-            "model_dir": model_dir,
-            "passed": False,
-            "checks": [
-                {
-                    "check": "responds",
-                    "passed": False,
-                    "detail": f"the probe process exited with {done.returncode}: "
-                    f"{' | '.join(tail)}",
-                }
-            ],
-        }
-    return json.loads(done.stdout)
+        return finished + [
+            _did_not_respond(
+                specs[len(finished)],
+                f"the probe process exited with {done.returncode}: {' | '.join(tail)}",
+            )
+        ]
+    # Every model reported: an exit status after the last report (a crash in the
+    # interpreter's teardown) says nothing about the models.
+    return finished
+
+
+def _reported(stdout: str | bytes | None) -> list[dict]:
+    """The complete result lines: probe.py prints one per model as it finishes."""
+    if isinstance(stdout, bytes):  # what a timeout captured, undecoded
+        stdout = stdout.decode(errors="replace")
+    return [
+        json.loads(line) for line in (stdout or "").splitlines(keepends=True) if line.endswith("\n")
+    ]
+
+
+def _did_not_respond(spec: dict, detail: str) -> dict:
+    return {
+        "model_dir": spec["model_dir"],
+        "passed": False,
+        "checks": [{"check": "responds", "passed": False, "detail": detail}],
+    }
 
 
 def summary(result: dict) -> str:
@@ -155,12 +187,14 @@ def infra_validate(
     the result goes into the blessing, where a failure blocks the push."""
     registry = registry or load_registry()
     rows = warmup_rows(eval_examples_dir, budgets.warmup_records)
-    results = {}
+    specs = []
     for name, model_dir in models.items():
         contract = serving_contract(name, registry)
         warmup = write_warmup(warmup_path(warmup_dir, name), warmup_requests(name, contract, rows))
-        results[name] = probe(model_dir, warmup, contract, MODEL_OUTPUTS[name], budgets)
-        results[name]["summary"] = summary(results[name])
+        specs.append(probe_spec(model_dir, warmup, contract, MODEL_OUTPUTS[name], budgets))
+    results = dict(zip(models, probe_models(specs), strict=True))
+    for result in results.values():
+        result["summary"] = summary(result)
     outcome = {
         "passed": all(r["passed"] for r in results.values()),
         "models": results,

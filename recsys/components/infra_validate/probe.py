@@ -1,6 +1,6 @@
-"""One SavedModel, probed the way TF Serving would use it, in a fresh process.
+"""SavedModels, probed the way TF Serving would use them, in a fresh process.
 
-    python recsys/components/infra_validate/probe.py < spec.json > result.json
+    python recsys/components/infra_validate/probe.py < specs.json > results.jsonl
 
 This process imports TensorFlow and tensorflow-serving-api's protos and nothing of
 the project's training stack (no tensorflow-transform, no TFRS, no Keras
@@ -22,9 +22,12 @@ training time shows up here as it would in TF Serving's C++ model server:
    gate must not flip with the load. The wall-clock p99 and the load average are
    reported beside it.
 
-The spec (JSON on stdin) names the model directory, the warmup file, the expected
-``inputs`` ({name: [dtype, rank]}) and ``outputs`` ({name: {dtype, rank, min, max}})
-and the budgets; the result (JSON on stdout) lists every check.
+Each spec (a JSON list of them on stdin) names the model directory, the warmup
+file, the expected ``inputs`` ({name: [dtype, rank]}) and ``outputs`` ({name:
+{dtype, rank, min, max}}) and the budgets. The models are probed one after another
+(loading a SavedModel registers no ops, so one model cannot hide another's unknown
+op), and each result, listing every check, is printed as one JSON line when its
+model is done: if the process dies, the caller knows which model it was on.
 """
 
 import json
@@ -236,8 +239,8 @@ def _stack(tensors: list) -> tf.Tensor:
 
 
 def main() -> int:
-    spec = json.load(sys.stdin)
-    json.dump(Probe(spec).run(), sys.stdout)
+    for spec in json.load(sys.stdin):
+        print(json.dumps(Probe(spec).run()), flush=True)
     return 0
 
 
