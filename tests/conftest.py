@@ -9,8 +9,11 @@ the same stages and arguments as the compiled pipeline, without KFP. The
 end-to-end tests in test_e2e.py run the compiled YAML instead.
 """
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import sys
 import uuid
 
@@ -88,60 +91,104 @@ def s3_root(s3_server, request) -> str:
     return f"{s3_server}/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("tiny_data"))
-    generate(out, **TINY)
-    return out
+def built_once(request, tmp_path_factory, name: str, build):
+    """``build(directory)``'s JSON-able result, built once per session for all workers.
+
+    Under pytest-xdist the first worker to ask builds it in the workers' shared
+    basetemp while holding a lock; the others wait on the lock and read what it
+    recorded, so the trained state's tests can run on any worker. A build that
+    fails records nothing: the next worker to ask builds again and reports its own
+    error. Everything built this way is only read by the tests.
+    """
+    if not hasattr(request.config, "workerinput"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent
+    record = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock, _held(lock):
+        if record.exists():
+            return json.loads(record.read_text())
+        directory = shared / name
+        if directory.exists():  # a failed build's leftovers
+            shutil.rmtree(directory)
+        directory.mkdir()
+        value = build(directory)
+        record.write_text(json.dumps(value))
+        return value
+
+
+@contextlib.contextmanager
+def _held(lock_file):
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
-def stages(tiny_data, tmp_path_factory):
+def tiny_data(request, tmp_path_factory) -> str:
+    def build(directory):
+        generate(str(directory), **TINY)
+        return str(directory)
+
+    return built_once(request, tmp_path_factory, "tiny_data", build)
+
+
+@pytest.fixture(scope="session")
+def stages(request, tiny_data, tmp_path_factory) -> dict:
     """The whole DAG run once on the tiny data (nothing serving before it, so push
     pushes version 1 into its own serving root); every output's path, and what the
     stages reported."""
-    from recsys.components.validate.validate import SUMMARY_FILE
-    from recsys.pipelines.in_process import run_in_process
 
-    root = tmp_path_factory.mktemp("stages")
-    run = run_in_process(
-        str(root / "pipeline_root"),
-        {"data_root": tiny_data, "serving_root": str(root / "serving"), **TEST_PARAMETERS},
-    )
-    paths = run.paths()
-    paths["statistics_root"] = str(root / "pipeline_root" / "statistics")
-    with open(paths["infra_validation"]) as handle:
-        infra = json.load(handle)
-    with open(os.path.join(paths["anomalies"], SUMMARY_FILE)) as handle:
-        validation = json.load(handle)
-    return {
-        "paths": paths,
-        "run": run,
-        "root": root,
-        "serving_root": str(root / "serving"),
-        "counts": dict(run.artifact("ingest", "ingest_metrics").metadata),
-        "join_counts": dict(run.artifact("join_features", "join_metrics").metadata),
-        "validation": validation,
-        "infra": infra,
-        "evaluation": evaluation_of(run),
-    }
+    def build(root):
+        from recsys.components.validate.validate import SUMMARY_FILE
+        from recsys.pipelines.in_process import run_in_process
+
+        run = run_in_process(
+            str(root / "pipeline_root"),
+            {"data_root": tiny_data, "serving_root": str(root / "serving"), **TEST_PARAMETERS},
+        )
+        paths = run.paths()
+        paths["statistics_root"] = str(root / "pipeline_root" / "statistics")
+        with open(paths["infra_validation"]) as handle:
+            infra = json.load(handle)
+        with open(os.path.join(paths["anomalies"], SUMMARY_FILE)) as handle:
+            validation = json.load(handle)
+        # A conditional push blessing, written once here while nothing else reads.
+        blessing = repeatable_blessing(paths["blessing"], str(root))
+        return {
+            "paths": paths,
+            "root": str(root),
+            "serving_root": str(root / "serving"),
+            "repeatable_blessing": blessing,
+            "counts": dict(run.artifact("ingest", "ingest_metrics").metadata),
+            "join_counts": dict(run.artifact("join_features", "join_metrics").metadata),
+            "validation": validation,
+            "infra": infra,
+            "evaluation": evaluation_of(run),
+        }
+
+    return built_once(request, tmp_path_factory, "stages", build)
 
 
 @pytest.fixture(scope="session")
-def pushed_root(stages, tmp_path_factory) -> str:
+def pushed_root(request, stages, tmp_path_factory) -> str:
     """A serving root with the stages' models pushed as version 1, for tests that
     only read it."""
-    root = str(tmp_path_factory.mktemp("pushed_root"))
-    report = push_stages(stages, root)
-    assert report["pushed"], report["reason"]
-    return root
+
+    def build(root):
+        report = push_stages(stages, str(root))
+        assert report["pushed"], report["reason"]
+        return str(root)
+
+    return built_once(request, tmp_path_factory, "pushed_root", build)
 
 
 def evaluation_of(run) -> dict:
     """What evaluate reported: its metrics, the blessing and the reports, as written."""
 
-    def read(output, mode="r"):
-        with open(run.artifact("evaluate", output).path, mode) as handle:
+    def read(output):
+        with open(run.artifact("evaluate", output).path) as handle:
             return handle.read()
 
     return {
@@ -151,24 +198,22 @@ def evaluation_of(run) -> dict:
         "blessing": json.loads(read("blessing")),
         "markdown": read("evaluation_report"),
         "html": read("evaluation_html"),
-        "reliability_png": read("reliability_png", "rb"),
     }
 
 
-def repeatable_blessing(stages) -> str:
+def repeatable_blessing(blessing_path: str, directory: str) -> str:
     """The stages' blessing, made independent of what serves: a candidate compared with
     the serving version may only replace that version (push re-checks), so the push
     tests, which push one trained candidate many times, use it with
     compare_with_champion off."""
     from recsys.core.contracts import BLESSING_CHAMPION, COMPARED_WITH_CHAMPION
 
-    path = os.path.join(stages["root"], "repeatable_blessing.json")
-    if not os.path.exists(path):
-        with open(stages["paths"]["blessing"]) as handle:
-            blessing = json.load(handle)
-        blessing[BLESSING_CHAMPION][COMPARED_WITH_CHAMPION] = False
-        with open(path, "w") as handle:
-            json.dump(blessing, handle)
+    with open(blessing_path) as handle:
+        blessing = json.load(handle)
+    blessing[BLESSING_CHAMPION][COMPARED_WITH_CHAMPION] = False
+    path = os.path.join(directory, "repeatable_blessing.json")
+    with open(path, "w") as handle:
+        json.dump(blessing, handle)
     return path
 
 
@@ -195,7 +240,7 @@ def push_stages(
 
     paths = stages["paths"]
     return push(
-        blessing or repeatable_blessing(stages),
+        blessing or stages["repeatable_blessing"],
         models or {RETRIEVAL: paths["retrieval_model"], RANKING: paths["ranking_model"]},
         paths["warmup_requests"],
         {

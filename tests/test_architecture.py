@@ -90,7 +90,6 @@ def test_an_injected_import_breaks_its_contract(module, injected, broken, tmp_pa
         )
 
 
-@pytest.mark.xdist_group("stages")
 def test_serving_a_request_loads_no_training_stack(stages):
     """A fresh process imports the serving code, then serves a request from the pushed
     models in process: TensorFlow is loaded then, to run them, but never

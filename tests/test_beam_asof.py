@@ -41,9 +41,6 @@ from recsys.core.features import load_registry
 from recsys.core.spill import stable_buckets
 from recsys.core.tables import read_dataset
 
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
-
 USER_FEATURE_COLUMNS = [f.name for f in load_registry().select(source="user_features")]
 VIEW = FeatureView("user_features", "user_id", tuple(USER_FEATURE_COLUMNS))
 JOINED = [TRAIN_EXAMPLES, EVAL_EXAMPLES, USER_SNAPSHOT, ITEM_SNAPSHOT]

@@ -19,7 +19,6 @@ from tests.push_child import push_with_environment
 MODELS = ("retrieval", "ranking")
 
 
-@pytest.mark.xdist_group("stages")
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_pushes_at_once_replace_only_what_they_were_compared_with(
     stages, tmp_path, request, where

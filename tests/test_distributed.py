@@ -15,8 +15,6 @@ from recsys.components.train_ranking.config import RankingConfig
 from recsys.components.train_retrieval.config import RetrievalConfig
 from recsys.core import distributed, modeling, tfjob
 
-pytestmark = pytest.mark.xdist_group("stages")
-
 RANKER = "recsys.components.train_ranking.train_ranking:run"
 RETRIEVAL = "recsys.components.train_retrieval.train_retrieval:run"
 

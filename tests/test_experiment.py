@@ -190,7 +190,6 @@ def test_the_lift_interval_is_the_delta_method(t, t_margin, c, c_margin):
     assert result.margin == pytest.approx(z * np.sqrt(variance))
 
 
-@pytest.mark.xdist_group("stages")
 def test_a_simulated_ab_test_measures_what_the_world_says(pushed_root, tiny_data, tmp_path):
     """Two simulated days of the tiny world's users served by the pushed models in
     three arms; the users answer with the ground truth. Each arm's measured value

@@ -3,7 +3,6 @@ import os
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pytest
 import tensorflow_transform as tft
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,9 +11,6 @@ from recsys.components.features.beam_asof import FeatureView, join_view
 from recsys.components.features.transform import history_has_item
 from recsys.core.features import load_registry
 from recsys.core.tables import read_dataset
-
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
 
 keys = st.sampled_from(["a", "b", "c", "d"])
 timestamps = st.integers(0, 40)

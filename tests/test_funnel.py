@@ -14,9 +14,6 @@ from recsys.serving import Context, Funnel, GrpcBackend, RerankConfig, RestBacke
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS
 from tests.tf_serving_double import ServedModels, start_grpc, start_rest
 
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
-
 
 def request_time(stages):
     """A request on the last day of the window (the span the serving log covers)."""

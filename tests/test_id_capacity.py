@@ -21,7 +21,6 @@ from recsys.core.features import RegistryError, load_registry
 from recsys.core.schemas import SCHEMA_DIR
 from recsys.core.tables import read_dataset
 
-pytestmark = pytest.mark.xdist_group("stages")
 TOP_IDS, BUCKETS = 40, 8
 
 

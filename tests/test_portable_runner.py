@@ -24,8 +24,8 @@ from recsys.core.tables import read_dataset
 from tests.servers import beam_portable_runner
 from tests.test_beam_asof import JOINED, join_stage
 
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
+# One worker runs these tests: they share the session's job service.
+pytestmark = pytest.mark.xdist_group("portable_runner")
 
 
 @pytest.fixture(scope="session")

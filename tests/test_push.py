@@ -22,11 +22,8 @@ from recsys.components.push.push import push
 from recsys.core import storage
 from recsys.core.contracts import SNAPSHOT_DIR, WARMUP_FILE
 from recsys.serving import serving_root as root_
-from tests.conftest import push_stages, repeatable_blessing
+from tests.conftest import push_stages
 from tests.push_child import push_with_environment
-
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
 
 RULES_A, RULES_B = '{"k": 10}', '{"k": 12}'
 MODELS = ("retrieval", "ranking")
@@ -252,7 +249,7 @@ def _scan(serving_root: str, expected: dict[str, set]) -> list[str]:
 def test_sigkill_at_random_points_never_exposes_a_partial_version(stages, serving_root):
     paths = stages["paths"]
     arguments = {
-        "blessing_path": repeatable_blessing(stages),
+        "blessing_path": stages["repeatable_blessing"],
         "models": {"retrieval": paths["retrieval_model"], "ranking": paths["ranking_model"]},
         "warmup_dir": paths["warmup_requests"],
         "snapshots": {"users": paths["user_snapshot"], "items": paths["item_snapshot"]},

@@ -21,7 +21,7 @@ from recsys.serving import serving_root as root_
 from tests.conftest import push_stages
 from tests.test_e2e import CONFIG, recsys
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stages")]
+pytestmark = pytest.mark.e2e
 
 
 def test_the_pipeline_runs_on_buckets_and_operators_work_there(

@@ -23,8 +23,6 @@ from recsys.serving.retrieval import ModelRetrieval, index_retrieval
 from recsys.serving.service import Service, ServiceConfig, create_app, materialize
 from tests.servers import redis_server
 
-pytestmark = pytest.mark.xdist_group("stages")
-
 
 @pytest.fixture(scope="session")
 def request_at(stages) -> str:

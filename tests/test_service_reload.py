@@ -9,13 +9,9 @@ import threading
 import time
 import urllib.request
 
-import pytest
-
 from recsys.serving import serving_root as root_
 from tests.conftest import push_stages
 from tests.servers import free_port, server
-
-pytestmark = pytest.mark.xdist_group("stages")
 
 
 class Load:

@@ -33,8 +33,8 @@ from recsys.serving.service import Service, ServiceConfig, create_app
 from tests.conftest import EVAL_DAYS, LOOKBACK_DAYS, push_stages
 from tests.test_service import started
 
-pytestmark = pytest.mark.xdist_group("stages")
-
+# One worker runs both tests: they share the served day and the next run.
+pytestmark = pytest.mark.xdist_group("service_skew")
 REQUESTS, PAGE = 600, 5
 
 

@@ -26,9 +26,6 @@ from recsys.core.tables import read_dataset, write_dataset
 
 REGISTRY = load_registry()
 
-# One pytest-xdist worker runs every test that shares the session's trained stages.
-pytestmark = pytest.mark.xdist_group("stages")
-
 
 def test_mixed_sampling_probability_is_each_items_share_of_the_negatives():
     """Monte Carlo: draw B in-batch negatives by click frequency and M uniformly,

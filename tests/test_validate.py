@@ -149,7 +149,6 @@ def _validate(stages, copies, tmp_path, **options):
     )
 
 
-@pytest.mark.xdist_group("stages")
 def test_clean_run_reports_every_dataset_offline(stages):
     summary = stages["validation"]
     assert summary["anomalies"] == []
@@ -160,7 +159,6 @@ def test_clean_run_reports_every_dataset_offline(stages):
     assert any("drift was not checked" in note for note in summary["notes"])
 
 
-@pytest.mark.xdist_group("stages")
 @pytest.mark.parametrize(
     "dataset, change, anomaly_type, expected",
     [
@@ -213,7 +211,6 @@ def test_schema_violations_block_and_policy_can_warn(
     ]
 
 
-@pytest.mark.xdist_group("stages")
 def test_missing_serving_log_is_said_not_skipped(stages, tmp_path):
     copies = _copy(stages, tmp_path)
     _rewrite(copies, "serving_log", pd.DataFrame({"event_id": pd.Series([], dtype=str)}))
