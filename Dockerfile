@@ -10,6 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 # Dependencies first, from the lock file only, so code changes reuse this layer.
+# Their bytecode is compiled into the image: with PYTHONDONTWRITEBYTECODE and a
+# read-only site-packages every task would otherwise compile what it imports
+# (`import tensorflow` 14 s instead of 4 s on the 2-core test machine).
 # A few locked packages (e.g. pyfarmhash) ship only sources: a C++ compiler and the
 # Python headers are installed for the build and removed in the same layer.
 COPY requirements.lock /tmp/requirements.lock
@@ -19,14 +22,14 @@ RUN apt-get update \
         || apt-get install -y --no-install-recommends python3-dev) \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check uv==0.13.8 \
-    && /opt/venv/bin/uv pip sync --system-certs --no-cache --python /opt/venv/bin/python /tmp/requirements.lock \
+    && /opt/venv/bin/uv pip sync --compile-bytecode --system-certs --no-cache --python /opt/venv/bin/python /tmp/requirements.lock \
     && apt-get purge -y --auto-remove g++ python3-dev \
     && rm -rf /var/lib/apt/lists/* /tmp/requirements.lock
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY recsys ./recsys
-RUN /opt/venv/bin/uv pip install --system-certs --no-cache --python /opt/venv/bin/python --no-deps . \
+RUN /opt/venv/bin/uv pip install --compile-bytecode --system-certs --no-cache --python /opt/venv/bin/python --no-deps . \
     && useradd --create-home --uid 1000 recsys
 
 USER recsys
