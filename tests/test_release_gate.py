@@ -77,6 +77,11 @@ def _failed(blessing: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+# The tests of the shuffled models run on one worker, one after another: the other
+# worker would wait for the models to be built (built_once) instead of working.
+SHUFFLED_GROUP = pytest.mark.xdist_group("shuffled")
+
+
 @pytest.fixture(scope="session")
 def shuffled(request, stages, tmp_path_factory) -> dict:
     """Both models trained on shuffled click labels (same features, same epochs):
@@ -143,6 +148,7 @@ def _stage_models(stages) -> dict:
     }
 
 
+@SHUFFLED_GROUP
 def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, shuffled, tmp_path):
     serving_root = str(tmp_path / "serving")
     assert push_stages(stages, serving_root)["version"] == 1  # the good model serves
@@ -180,6 +186,7 @@ def test_a_degraded_candidate_is_refused_with_the_failing_checks_named(stages, s
     assert root_.served_versions(serving_root) == {"ranking": 1, "retrieval": 1}
 
 
+@SHUFFLED_GROUP
 def test_a_better_candidate_is_blessed_against_the_champion_and_pushed(stages, shuffled, tmp_path):
     from recsys.components.push.push import push
 
@@ -251,6 +258,7 @@ class Reordered(tf.Module):
         return path
 
 
+@SHUFFLED_GROUP
 def test_the_estimated_value_gate_compares_funnels_off_policy(
     stages, shuffled, tiny_data, tmp_path
 ):
