@@ -20,13 +20,13 @@ help:
 	@echo "make lint  - ruff (lint and format check) and the import layers; part of make test"
 	@echo "make format | compile | image | base-image | lock | clean"
 
+# Bytecode is compiled at install (uv does not by default): without .pyc files every
+# process compiles what it imports, and `import tensorflow` took 14 s, not 4 s, where
+# PYTHONDONTWRITEBYTECODE is set (as on the machines this is tested on).
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-pipeline needs Python 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	# Bytecode compiled once here (uv does not by default): without .pyc files every
-	# process compiles what it imports, and `import tensorflow` took 14 s, not 4 s,
-	# where PYTHONDONTWRITEBYTECODE is set (as on the machines this is tested on).
 	$(BIN)/uv pip sync --compile-bytecode --system-certs --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --system-certs --python $(BIN)/python --no-deps -e .
 	touch $@
@@ -34,8 +34,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 	$(BIN)/recsys run --workdir $(WORKDIR)
 
-# Lint first (seconds), then two workers (the machine's two cores): tests sharing the
-# trained stages run on one, whole-pipeline runs (mostly single-threaded imports) beside them.
+# Lint first (seconds), then two workers (the machine's two cores). The trained state
+# tests share is built once, by the first worker that needs it (tests/conftest.py,
+# built_once); each whole-pipeline group (xdist_group) runs on one worker.
 test: lint test-servers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
