@@ -51,26 +51,6 @@ def _check_source(src: str) -> None:
         )
 
 
-def _users(src: str, first_rating: pd.Series) -> pd.DataFrame:
-    users = pd.read_csv(
-        os.path.join(src, "u.user"),
-        sep="|",
-        header=None,
-        encoding=ENCODING,
-        names=["user", "age", "gender", "occupation", "zip"],
-        dtype=str,
-    )
-    user = users["user"].astype(np.int64)
-    return pd.DataFrame(
-        {
-            "user_id": "u" + users["user"],
-            "country": np.where(users["zip"].str.fullmatch(r"\d{5}"), "US", "CA"),
-            "device": "web",
-            "signup_ts": first_rating.reindex(user).to_numpy(),
-        }
-    )
-
-
 def _genres(src: str) -> list[str]:
     genres = pd.read_csv(
         os.path.join(src, "u.genre"),
