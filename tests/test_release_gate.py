@@ -613,3 +613,29 @@ def test_a_model_that_kills_the_probe_fails_alone(tmp_path, monkeypatch):
         "detail": "the probe did not finish within 8 s",
     }
     assert starts.read_text().count("started") == 3
+
+
+def test_a_blessing_names_the_checks_relaxed_from_their_defaults():
+    """A candidate that passes only because a threshold was loosened says so beside
+    the decision (a new user turned the popularity-lift check off to get a model
+    served); tightening, or changing what is measured, is not listed."""
+    checks = gate.value_checks(
+        {"recall_at_50": 0.2, "popularity_recall_at_50": 0.25},
+        {"auc": 0.8, "normalized_entropy": 0.8, "calibration_ratio": 1.0},
+        Thresholds(recall_k=50, min_recall_lift=0.0),
+    )
+    loosened = Thresholds(min_recall_lift=0.0, max_slice_regression=0.25, min_auc=0.6)
+    blessing = gate.decide(checks, loosened, "no model serving yet")
+    assert blessing["blessed"]
+    assert blessing["relaxed"] == [
+        "min_recall_lift 0 (default 1.05)",
+        "max_slice_regression 0.25 (default 0.05)",
+    ]
+    assert blessing["reason"].endswith(
+        "; checks relaxed from their defaults: min_recall_lift 0 (default 1.05), "
+        "max_slice_regression 0.25 (default 0.05)"
+    )
+    off = gate.decide(checks, Thresholds(compare_with_champion=False), "not compared")
+    assert off["relaxed"] == ["compare_with_champion false (default true)"]
+    strict = gate.decide(checks, Thresholds(recall_k=20, compare_estimated_value=True), "x")
+    assert strict["relaxed"] == [] and "relaxed" not in strict["reason"]

@@ -18,7 +18,7 @@ so does a champion that exists but cannot be scored (unless
 import math
 from dataclasses import asdict, dataclass
 
-from recsys.components.evaluate.config import Thresholds
+from recsys.components.evaluate.config import LOOSER_WHEN, Thresholds
 
 
 @dataclass
@@ -281,9 +281,26 @@ def infra_checks(infra: dict) -> list[Check]:
     return checks
 
 
+def relaxed(thresholds: Thresholds) -> list[str]:
+    """Each setting looser than its default (``LOOSER_WHEN``), as "name value
+    (default d)"."""
+    defaults = Thresholds()
+    settings = []
+    for name, looser in LOOSER_WHEN.items():
+        value, default = getattr(thresholds, name), getattr(defaults, name)
+        if (value < default) if looser == "lower" else (value > default):
+            settings.append(f"{name} {_setting(value)} (default {_setting(default)})")
+    return settings
+
+
+def _setting(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
 def decide(checks: list[Check], thresholds: Thresholds, champion_note: str) -> dict:
     """The blessing: blessed when no check failed; the reason names the failing checks
-    first, then says what the candidate was compared with."""
+    first, then says what the candidate was compared with, and every threshold set
+    looser than its default."""
     failed = [c for c in checks if c.passed is False]
     judged = [c for c in checks if c.passed is not None]
     skipped = len(checks) - len(judged)
@@ -296,6 +313,9 @@ def decide(checks: list[Check], thresholds: Thresholds, champion_note: str) -> d
     reason += f" ({champion_note}" + (
         f"; {skipped} slice checks skipped as too small)" if skipped else ")"
     )
+    loosened = relaxed(thresholds)
+    if loosened:
+        reason += "; checks relaxed from their defaults: " + ", ".join(loosened)
     ordered = (
         failed + [c for c in checks if c.passed is None] + [c for c in checks if c.passed is True]
     )
@@ -304,6 +324,7 @@ def decide(checks: list[Check], thresholds: Thresholds, champion_note: str) -> d
         "reason": reason,
         "checks": [{**asdict(c), "status": c.status} for c in ordered],
         "thresholds": asdict(thresholds),
+        "relaxed": loosened,
     }
 
 
