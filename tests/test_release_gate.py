@@ -24,7 +24,6 @@ from recsys.components.evaluate.slices import Slices
 from recsys.components.infra_validate.config import Budgets
 from recsys.components.infra_validate.infra_validate import (
     infra_validate,
-    probe,
     probe_models,
     probe_spec,
 )
@@ -478,7 +477,9 @@ def test_a_busy_machine_does_not_decide_the_latency_check(stages):
         subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count())
     ]
     try:
-        busy = probe(model, warmup, contract, MODEL_OUTPUTS["ranking"], budget)
+        (busy,) = probe_models(
+            [probe_spec(model, warmup, contract, MODEL_OUTPUTS["ranking"], budget)]
+        )
     finally:
         for spinner in spinners:
             spinner.kill()

@@ -94,13 +94,6 @@ def probe_spec(
     }
 
 
-def probe(
-    model_dir: str, warmup_file: str, contract: dict, outputs: dict, budgets: Budgets
-) -> dict:
-    """Probe one model in a fresh process; a crash or hang is a failed check."""
-    return probe_models([probe_spec(model_dir, warmup_file, contract, outputs, budgets)])[0]
-
-
 def probe_models(specs: list[dict]) -> list[dict]:
     """Probe every model (``probe_spec``) in one fresh process, one after another: one
     TensorFlow import, not one per model. A model that crashes or hangs the process
