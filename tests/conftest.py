@@ -235,6 +235,7 @@ def push_stages(
     from recsys.components.push.push import push
     from recsys.core.contracts import (
         SNAPSHOT_AS_OF,
+        SNAPSHOT_CANDIDATE_SOURCES,
         SNAPSHOT_EMBEDDINGS,
         SNAPSHOT_HISTORY_LENGTH,
         SNAPSHOT_ITEMS,
@@ -252,6 +253,7 @@ def push_stages(
             SNAPSHOT_ITEMS: paths["item_snapshot"],
             SNAPSHOT_EMBEDDINGS: paths["item_embeddings"],
             SNAPSHOT_QUERY_MODEL: paths["query_model"],
+            SNAPSHOT_CANDIDATE_SOURCES: paths[SNAPSHOT_CANDIDATE_SOURCES],
         },
         serving_root,
         config=PushConfig(keep_versions=keep_versions),

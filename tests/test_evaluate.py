@@ -242,6 +242,28 @@ def test_funnel_evaluation_reports_pages_as_served(stages):
     assert "| exposure Gini |" in stages["evaluation"]["markdown"]
 
 
+def test_the_merged_candidates_are_measured_beside_the_two_tower_alone(stages):
+    """The gate's Recall@K is the merged candidates' (what the funnel ranks); the
+    two-tower's own is reported beside it, and each source's share of the lists."""
+    from recsys.core.contracts import CANDIDATE_SOURCES, TWO_TOWER
+
+    retrieval = stages["evaluation"]["retrieval"]
+    funnel = stages["evaluation"]["funnel"]
+    assert retrieval["two_tower_recall_at_20"] > retrieval["popularity_recall_at_20"]
+    assert retrieval["recall_at_20"] != retrieval["two_tower_recall_at_20"]
+    shares = [retrieval[f"share_from_{source}"] for source in CANDIDATE_SOURCES]
+    assert all(share > 0 for share in shares) and sum(shares) == pytest.approx(1)
+    assert retrieval[f"share_from_{TWO_TOWER}"] == max(shares)
+    page_shares = [funnel[f"funnel_share_from_{source}"] for source in CANDIDATE_SOURCES]
+    assert sum(page_shares) == pytest.approx(1)
+    assert funnel["popularity_share_from_popular"] == 1
+    gated = next(
+        c for c in stages["evaluation"]["blessing"]["checks"] if c["metric"].startswith("retrieval")
+    )
+    assert gated["candidate"] == pytest.approx(retrieval["recall_at_20"])
+    assert "merged by reciprocal rank fusion" in stages["evaluation"]["markdown"]
+
+
 VARIANTS = ("popularity", "retrieval_order", "ranker_order", "funnel")
 
 

@@ -43,11 +43,55 @@ def test_recommend_applies_the_rules_to_ranked_candidates(stages, pushed_root):
 
 
 def _retrieved(funnel, user, stages):
-    from recsys.core.requests import raw_arrays
-
+    """The user's candidates: the two-tower's merged with the other sources'."""
     query = {**funnel.features.user(user)[0], **Context(request_time(stages)).columns()}
+    return list(funnel.candidates(query).item_ids)
+
+
+def test_candidates_come_from_every_source_and_the_page_says_which(stages, pushed_root):
+    from recsys.core.contracts import CANDIDATE_SOURCES, CO_ENGAGEMENT, POPULAR, TWO_TOWER
+    from recsys.core.requests import raw_arrays
+    from recsys.serving.candidates import RankedLists, fuse
+
+    funnel = Funnel.from_serving_root(pushed_root)
+    sources = funnel.features.sources
+    assert sources is not None and sources.served == list(CANDIDATE_SOURCES)
+    at = Context(request_time(stages)).columns()
+    histories = funnel.features.users["user_history_items"]
+    user = funnel.features.user_index[int(np.argmax([len(h) for h in histories]))]
+    query = {**funnel.features.user(user)[0], **at}
+    scored = funnel.candidates(query)
+    found = {CANDIDATE_SOURCES[s] for s in scored.sources}
+    assert found == {TWO_TOWER, CO_ENGAGEMENT, POPULAR}
+    assert len(scored.item_ids) == len(set(scored.item_ids)) <= sources.per_source
+    # The retrieval model's top-K fused with the sources' lists, the best per_source
+    # kept, in fused order (fuse itself: test_candidate_sources).
     out = funnel.backend.predict("retrieval", raw_arrays(query, funnel.retrieval_signature))
-    return [v.decode() for v in out["item_ids"][0]]
+    two_tower = funnel.features.item_rows([v.decode() for v in out["item_ids"][0]])
+    expected = fuse(
+        {
+            TWO_TOWER: RankedLists.of_matrix(two_tower[None, :]),
+            **sources.lists(query["user_history_items"], 1),
+        },
+        1,
+        len(funnel.catalog),
+        sources.fusion_weights,
+    ).head(sources.per_source)
+    assert list(scored.item_ids) == list(funnel.catalog[expected.rows])
+    assert (np.diff(scored.retrieval_scores) <= 0).all()
+    co_engaged = scored.item_ids[scored.sources == CANDIDATE_SOURCES.index(CO_ENGAGEMENT)]
+    assert not set(co_engaged) & set(funnel.features.user(user)[0]["user_history_items"][0])
+
+    cold = funnel.candidates({**funnel.features.registry.missing_row("user", "new"), **at})
+    assert CANDIDATE_SOURCES.index(CO_ENGAGEMENT) not in set(cold.sources)  # no history
+    assert CANDIDATE_SOURCES.index(POPULAR) in set(cold.sources)
+
+    page = funnel.recommend(user, Context(request_time(stages))).items
+    assert set(page["source"]) <= set(CANDIDATE_SOURCES)
+    funnel.features.sources = None  # a push without sources: the two-tower's alone
+    alone = funnel.candidates(query)
+    assert set(alone.sources) == {CANDIDATE_SOURCES.index(TWO_TOWER)}
+    assert set(alone.item_ids) <= {v.decode() for v in out["item_ids"][0]}
 
 
 def test_mmr_makes_pages_more_diverse(stages, pushed_root):

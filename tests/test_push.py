@@ -68,6 +68,7 @@ def test_push_writes_a_version_its_record_and_the_tf_serving_config(stages, tmp_
         assert set(request.inputs) == set(signature.structured_input_signature[1])
     snapshot = os.path.join(serving_root, SNAPSHOT_DIR, "1")
     assert sorted(os.listdir(snapshot)) == [
+        "candidate_sources",
         "item_embeddings",
         "items",
         "query_model",

@@ -58,6 +58,7 @@ def _evaluate(
             models["query_model"],
             models["item_embeddings"],
             models["ranking_model"],
+            models.get("candidate_sources", ""),  # the shuffled models serve the two-tower's
         ),
         paths["eval_item_snapshot"],
         infra_path,
@@ -143,7 +144,13 @@ def _train_shuffled(stages, root) -> dict:
 def _stage_models(stages) -> dict:
     return {
         name: stages["paths"][name]
-        for name in ("retrieval_model", "query_model", "item_embeddings", "ranking_model")
+        for name in (
+            "retrieval_model",
+            "query_model",
+            "item_embeddings",
+            "ranking_model",
+            "candidate_sources",
+        )
     }
 
 

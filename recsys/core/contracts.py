@@ -160,6 +160,21 @@ WARMUP_FILE = os.path.join("assets.extra", WARMUP_FILE_NAME)
 SNAPSHOT_USERS, SNAPSHOT_ITEMS, SNAPSHOT_EMBEDDINGS = "users", "items", "item_embeddings"
 # The query tower alone (a SavedModel): the service's retrieval over an item index.
 SNAPSHOT_QUERY_MODEL = "query_model"
+# Candidates from sources besides the two-tower (train_retrieval writes them, push ships
+# them in the snapshot, the funnel merges them): a directory holding
+#   popular.parquet          item_id, weight: the most clicked training items, most first
+#   co_engagement.parquet    item_id, neighbor_id, weight: items clicked after one another
+#   sources.json             the sources served, per-source list length, history looked up
+SNAPSHOT_CANDIDATE_SOURCES = "candidate_sources"
+POPULAR_FILE, CO_ENGAGEMENT_FILE, SOURCES_FILE = (
+    "popular.parquet",
+    "co_engagement.parquet",
+    "sources.json",
+)
+NEIGHBOR_ID, WEIGHT = "neighbor_id", "weight"
+# The candidate sources, in the order that breaks ties between them.
+TWO_TOWER, CO_ENGAGEMENT, POPULAR = "two_tower", "co_engagement", "popular"
+CANDIDATE_SOURCES = (TWO_TOWER, CO_ENGAGEMENT, POPULAR)
 # The approximate item index train_retrieval may write beside the item embeddings.
 ANN_INDEX_FILE = "ann_hnsw.faiss"
 RERANK_FILE = "rerank.json"

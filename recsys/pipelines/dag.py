@@ -125,12 +125,14 @@ def wire(stages, p: Arguments) -> dict:
     }
 
     # 5. train_retrieval: two-tower model (logQ-corrected mixed negatives, early
-    #    stopping on eval recall) with a brute-force top-K index; with warm_start,
+    #    stopping on eval recall) with a brute-force top-K index, and the other
+    #    candidate sources (co-engagement, popular) counted from the examples; with warm_start,
     #    initialised from the last blessed model (found under the pipeline root).
     #    No cache: that checkpoint is found at run time, outside KFP's cache key.
     tasks["train_retrieval"] = retrieval = stages.train_retrieval(
         **transformed,
         item_snapshot=joined.outputs[contracts.ITEM_SNAPSHOT],
+        train_examples=joined.outputs[contracts.TRAIN_EXAMPLES],
         schema_dir=p["schema_dir"],
         warm_start=p["warm_start"],
         pipeline_root=stages.pipeline_root,
@@ -138,6 +140,7 @@ def wire(stages, p: Arguments) -> dict:
         image=p["image"],
         shuffle_buffer=p["shuffle_buffer"],
         training_workers=p["training_workers"],
+        batch_rows=p["batch_rows"],
         **p.of(RetrievalConfig),
     )
     stages.configure(retrieval, cpu="2", memory="8G", cache=False)
@@ -181,6 +184,7 @@ def wire(stages, p: Arguments) -> dict:
         item_embeddings=retrieval.outputs["item_embeddings"],
         retrieval_model=retrieval.outputs["retrieval_model"],
         ranking_model=ranking.outputs["ranking_model"],
+        candidate_sources=retrieval.outputs[contracts.SNAPSHOT_CANDIDATE_SOURCES],
         eval_item_snapshot=joined.outputs[contracts.EVAL_ITEM_SNAPSHOT],
         eval_events=ingested.outputs[contracts.EVAL_EVENTS],
         infra_validation=infra.outputs["infra_validation"],
@@ -209,6 +213,7 @@ def wire(stages, p: Arguments) -> dict:
         item_snapshot=joined.outputs[contracts.ITEM_SNAPSHOT],
         item_embeddings=retrieval.outputs["item_embeddings"],
         query_model=retrieval.outputs["query_model"],
+        candidate_sources=retrieval.outputs[contracts.SNAPSHOT_CANDIDATE_SOURCES],
         ingest_metrics=ingested.outputs["ingest_metrics"],
         join_metrics=joined.outputs["join_metrics"],
         retrieval_checkpoint=retrieval.outputs["checkpoint"],

@@ -19,6 +19,7 @@ import pandas as pd
 from recsys.core import storage
 from recsys.core.contracts import (
     ARM,
+    CANDIDATE_SOURCES,
     EVENT_TS,
     ITEM_ID,
     ITEM_IDS,
@@ -31,6 +32,7 @@ from recsys.core.contracts import (
     SCORE,
     SCORES,
     SNAPSHOT_DIR,
+    TWO_TOWER,
     UNKNOWN,
     USER_ID,
 )
@@ -38,6 +40,7 @@ from recsys.core.derived import context_columns
 from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.requests import raw_arrays
 from recsys.serving.backends import InProcessBackend
+from recsys.serving.candidates import RankedLists, fuse
 from recsys.serving.experiment import Arm
 from recsys.serving.exploration import ExplorationConfig, explore
 from recsys.serving.rerank import Candidates, RerankConfig, rerank
@@ -88,10 +91,14 @@ class ScoredCandidates:
     item_ids: np.ndarray
     rows: np.ndarray  # snapshot rows of the items
     attributes: dict[str, np.ndarray]  # the items' creator, category and age
+    # The two-tower's scores, or with several sources their fused score (the
+    # retrieval order either way).
     retrieval_scores: np.ndarray
     ranked: dict[str, np.ndarray]  # the ranker's outputs (contracts.MODEL_OUTPUTS)
     missing: np.ndarray  # per query: retrieved items the snapshot does not have
     queries: dict[str, np.ndarray]  # the raw query columns
+    # Which source found each candidate (index into contracts.CANDIDATE_SOURCES).
+    sources: np.ndarray
 
 
 # Rows per model call when many queries are scored at once (offline evaluation).
@@ -220,16 +227,30 @@ class Funnel:
         )
         n_queries, n_retrieved = retrieved[ITEM_IDS].shape
         item_ids = _text(retrieved[ITEM_IDS].ravel())
-        retrieval_scores = retrieved[SCORES].ravel()
-        rows = self.features.item_rows(item_ids)
-        in_snapshot = rows >= 0
-        query_of = np.repeat(np.arange(n_queries), n_retrieved)
-        missing = np.bincount(query_of[~in_snapshot], minlength=n_queries)
-        query_of, rows, retrieval_scores = (
-            query_of[in_snapshot],
-            rows[in_snapshot],
-            retrieval_scores[in_snapshot],
-        )
+        rows = self.features.item_rows(item_ids).reshape(n_queries, n_retrieved)
+        missing = (rows < 0).sum(axis=1)
+        if self.features.sources is None:  # the two-tower's candidates alone
+            in_snapshot = rows.ravel() >= 0
+            query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
+            retrieval_scores = retrieved[SCORES].ravel()[in_snapshot]
+            rows = rows.ravel()[in_snapshot]
+            # Whose they are: a retrieval may say (evaluation's popularity baseline).
+            source = getattr(self.retrieval, "source", TWO_TOWER)
+            sources = np.full(len(rows), CANDIDATE_SOURCES.index(source), dtype=np.int8)
+        else:  # merged with the other sources' (recsys.serving.candidates)
+            lists = self.features.sources.lists(queries.get(HISTORY_ITEMS), n_queries)
+            merged = fuse(
+                {TWO_TOWER: RankedLists.of_matrix(rows), **lists},
+                n_queries,
+                len(self.catalog),
+                self.features.sources.fusion_weights,
+            ).head(self.features.sources.per_source)
+            query_of, rows, retrieval_scores, sources = (
+                merged.query_of,
+                merged.rows,
+                merged.fused_score,
+                merged.source,
+            )
         attributes = self._attributes(rows)
         lap("retrieval")
 
@@ -255,6 +276,7 @@ class Funnel:
             ranked,
             missing,
             queries,
+            sources,
         )
 
     def pages(
@@ -293,6 +315,7 @@ class Funnel:
                     "score": final_scores,
                     **{name: scored.ranked[name][chosen] for name in self._ranking_outputs},
                     "retrieval_score": scored.retrieval_scores[chosen],
+                    "source": np.asarray(CANDIDATE_SOURCES, dtype=object)[scored.sources[chosen]],
                     PROPENSITY: propensity,
                     **{
                         registry.role(role): attributes[role][chosen]

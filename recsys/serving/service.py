@@ -512,7 +512,11 @@ def create_app(service: Service):
         score: float
         click_probability: float
         expected_watch_seconds: float
-        retrieval_score: float
+        retrieval_score: float = Field(
+            description="the retrieval order's score: the two-tower's, or with several "
+            "candidate sources their reciprocal rank fusion"
+        )
+        source: str = Field(description="the candidate source that ranked it highest")
         propensity: float = Field(
             description="probability this item is on this page under the serving policy "
             "(exploration); log it with the impression for off-policy evaluation"

@@ -7,7 +7,8 @@ Layout under ``<root>``::
     retrieval/<version>/            a SavedModel with its warmup requests; immutable once visible
     ranking/<version>/
     feature_snapshot/<version>/     what the funnel looks up beside the models (users/, items/,
-                                    item_embeddings/ as Parquet parts, rerank.json)
+                                    item_embeddings/ as Parquet parts, candidate_sources/,
+                                    rerank.json)
     records/<version>.json          the push record; a version is committed when it has one
     records/events/<time>-<kind>.json   every push, no-op, rollback and removal
 

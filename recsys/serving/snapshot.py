@@ -1,6 +1,7 @@
 """What serving looks up beside the models, pushed with them as
 ``feature_snapshot/<version>/`` in the serving root: each user's and item's
-features as of the push, the item-tower embeddings (for MMR), the re-ranking
+features as of the push, the item-tower embeddings (for MMR), the candidate
+sources besides the two-tower (``recsys.serving.candidates``), the re-ranking
 rules, and the curated schemas and feature registry the models were trained
 with. A stand-in for an online feature store."""
 
@@ -12,6 +13,7 @@ import pandas as pd
 from recsys.core import contracts, storage
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.tables import read_dataset
+from recsys.serving.candidates import load_candidate_sources
 from recsys.serving.rerank import RerankConfig, parse_rerank_config
 
 
@@ -24,9 +26,11 @@ class FeatureSnapshot:
         items: pd.DataFrame,
         item_embeddings: pd.DataFrame | None = None,
         registry: FeatureRegistry | None = None,
+        candidate_sources_dir: str = "",
     ):
         """``users`` may be None when queries bring their own user features
-        (offline evaluation)."""
+        (offline evaluation). ``candidate_sources_dir``: what train_retrieval wrote
+        besides the two-tower (none: the two-tower's candidates alone)."""
         self.registry = registry or load_registry()
         users = users if users is not None else pd.DataFrame({contracts.USER_ID: []})
         self.user_index = pd.Index(users[contracts.USER_ID].astype(str))
@@ -41,16 +45,23 @@ class FeatureSnapshot:
             matrix = np.stack(item_embeddings["embedding"].to_numpy())
             # Items without an embedding get zeros: similar to nothing under MMR.
             self.embeddings = np.where((rows >= 0)[:, None], matrix[np.maximum(rows, 0)], 0.0)
+        self.sources = (
+            load_candidate_sources(candidate_sources_dir, self.item_index)
+            if candidate_sources_dir
+            else None
+        )
 
     @classmethod
     def load(cls, directory: str) -> "FeatureSnapshot":
-        """A pushed snapshot: users, items, item embeddings (if pushed) and the registry."""
+        """A pushed snapshot: users, items, item embeddings and candidate sources (each
+        if pushed) and the registry."""
         embeddings = storage.join(directory, contracts.SNAPSHOT_EMBEDDINGS)
         return cls(
             read_dataset(storage.join(directory, contracts.SNAPSHOT_USERS)),
             read_dataset(storage.join(directory, contracts.SNAPSHOT_ITEMS)),
             read_dataset(embeddings) if storage.isdir(embeddings) else None,
             pushed_registry(directory),
+            storage.join(directory, contracts.SNAPSHOT_CANDIDATE_SOURCES),
         )
 
     def user(self, user_id: str) -> tuple[dict[str, np.ndarray], bool]:

@@ -31,6 +31,7 @@ from recsys.core.contracts import (
     RANKING,
     RETRIEVAL,
     SERVED_WHEN_EVALUATED,
+    SNAPSHOT_CANDIDATE_SOURCES,
     SNAPSHOT_DIR,
     SNAPSHOT_EMBEDDINGS,
     USER_ID,
@@ -223,7 +224,8 @@ def value_check(
 ) -> tuple[list[gate.Check], FunnelEvaluation | None]:
     """The candidate funnel's off-policy value (DR, per request) against the serving
     version's, on the same logged requests; ``evaluate_champion_funnel(retrieval,
-    ranking, item_embeddings, rules)`` measures the champion as the candidate was.
+    ranking, item_embeddings, rules, candidate_sources)`` measures the champion as the
+    candidate was.
     Off unless ``compare_estimated_value``; fails closed when it cannot be estimated."""
     if not thresholds.compare_estimated_value or not comparison.compared:
         return [], None
@@ -252,6 +254,7 @@ def value_check(
                 models[RANKING],
                 storage.join(snapshot, SNAPSHOT_EMBEDDINGS),
                 pushed_rerank_config(snapshot),
+                storage.join(snapshot, SNAPSHOT_CANDIDATE_SOURCES),
             )
     except (KeyError, ValueError, TypeError, OSError, tf.errors.OpError) as error:
         return failed(

@@ -20,6 +20,7 @@ def evaluate(
     item_embeddings: Input[Dataset],
     retrieval_model: Input[Model],
     ranking_model: Input[Model],
+    candidate_sources: Input[Dataset],
     eval_item_snapshot: Input[Dataset],
     eval_events: Input[Dataset],
     infra_validation: Input[Artifact],
@@ -64,7 +65,11 @@ def evaluate(
     with stage("evaluate"):
         thresholds = config_from(Thresholds, locals())
         models = CandidateModels(
-            retrieval_model.path, query_model.path, item_embeddings.path, ranking_model.path
+            retrieval_model.path,
+            query_model.path,
+            item_embeddings.path,
+            ranking_model.path,
+            candidate_sources.path,
         )
         result = run_evaluate(
             train_examples.path,

@@ -41,6 +41,8 @@ class CandidateModels:
     query_model: str
     item_embeddings: str
     ranking_model: str
+    # The other candidate sources (co-engagement, popular); empty: the two-tower alone.
+    candidate_sources: str = ""
 
 
 @dataclass
@@ -108,14 +110,19 @@ def evaluate(
         models.retrieval_model,
         task,
         sorted({10, thresholds.recall_k, 100}),
+        models.candidate_sources,
+        thresholds.recall_k,
     )
     ranking = evaluate_ranking(models.ranking_model, train.click_rate, data)
 
-    def funnel_of(retrieval_model, ranking_model, item_embeddings, rules, auc=float("nan")):
+    def funnel_of(
+        retrieval_model, ranking_model, item_embeddings, rules, sources, auc=float("nan")
+    ):
         return evaluate_funnel(
             retrieval_model,
             ranking_model,
             item_embeddings,
+            sources,
             eval_items,
             data,
             task,
@@ -132,6 +139,7 @@ def evaluate(
         models.ranking_model,
         models.item_embeddings,
         rerank_config,
+        models.candidate_sources,
         retrieval_impression_auc(models.query_model, models.item_embeddings, data),
     )
     infra = read_infra_validation(infra_validation_path)

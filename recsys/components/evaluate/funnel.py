@@ -21,6 +21,7 @@ Each policy is measured three ways, which can disagree:
   world that generated it is under the data root: the same quantities, exactly.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,12 +33,14 @@ from recsys.components.evaluate.metrics import PageQuality, page_quality
 from recsys.components.evaluate.models import serving_fn
 from recsys.components.evaluate.retrieval import RetrievalTask
 from recsys.core.contracts import (
+    CANDIDATE_SOURCES,
     CLICK_PROBABILITY,
     CLICKED,
     EVENT_TS,
     EXPECTED_WATCH_SECONDS,
     ITEM_ID,
     ITEM_IDS,
+    POPULAR,
     PROPENSITY,
     RANKING,
     RETRIEVAL,
@@ -61,8 +64,10 @@ VARIANTS = {
     "ranker_order": "the same candidates in the ranker's order",
     "funnel": "ranking and re-ranking (the shipped rules): what is served",
 }
-# What a page row carries: its user, item and the ranker's predictions for it.
-PAGE_COLUMNS = [USER_ID, ITEM_ID, CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS]
+# What a page row carries: its user, item, the ranker's predictions for it and the
+# candidate source that found it.
+SOURCE = "source"
+PAGE_COLUMNS = [USER_ID, ITEM_ID, CLICK_PROBABILITY, EXPECTED_WATCH_SECONDS, SOURCE]
 LOGGED_COLUMNS = [USER_ID, ITEM_ID, EVENT_TS, CLICKED, WATCH_SECONDS]
 # Eval users whose candidates are scored together (retrieval top-N each, then ranked).
 FUNNEL_USERS_PER_CHUNK = 2_000
@@ -71,6 +76,10 @@ FUNNEL_USERS_PER_CHUNK = 2_000
 @dataclass
 class VariantEvaluation:
     pages: PageQuality  # against the logged clicks
+    # Per candidate source: its share of the shown items, and of the shown items that
+    # were clicked in the eval window (positives).
+    source_share: dict[str, float] = field(default_factory=dict)
+    source_hit_share: dict[str, float] = field(default_factory=dict)
     estimates: dict | None = None  # reward -> estimator -> offpolicy.Estimate
     true_value: dict | None = None  # reward -> value per request
 
@@ -109,6 +118,9 @@ class FunnelEvaluation:
             variants["champion_funnel"] = self.champion
         for name, variant in variants.items():
             metrics.update({f"{name}_{m}": value for m, value in variant.pages.metrics().items()})
+            for source, share in variant.source_share.items():
+                metrics[f"{name}_share_from_{source}"] = share
+                metrics[f"{name}_hit_share_from_{source}"] = variant.source_hit_share[source]
             for reward, value in (variant.true_value or {}).items():
                 metrics[f"{name}_true_{reward}"] = value
             for reward, by_estimator in (variant.estimates or {}).items():
@@ -122,6 +134,8 @@ class FunnelEvaluation:
 class PopularityRetrieval:
     """A funnel's retrieval that returns the same top items for every query: the
     most clicked training items, scored by their click counts."""
+
+    source = POPULAR
 
     def __init__(self, signature, counts: pd.Series, top_n: int):
         top = counts.sort_values(ascending=False, kind="stable").head(top_n)
@@ -145,6 +159,7 @@ def ordered_pages(scored: ScoredCandidates, users: np.ndarray, order_by: str, k:
             "key": scored.ranked[SCORE] if order_by == "ranker" else scored.retrieval_scores,
             CLICK_PROBABILITY: scored.ranked[CLICK_PROBABILITY],
             EXPECTED_WATCH_SECONDS: scored.ranked[EXPECTED_WATCH_SECONDS],
+            SOURCE: scored.sources,
         }
     )
     history = pd.Series(list(scored.queries[HISTORY_COLUMNS[0]])).explode().dropna()
@@ -167,8 +182,24 @@ def served_pages(funnel: Funnel, scored: ScoredCandidates, users: np.ndarray) ->
             ITEM_ID: scored.item_ids[shown],
             CLICK_PROBABILITY: scored.ranked[CLICK_PROBABILITY][shown],
             EXPECTED_WATCH_SECONDS: scored.ranked[EXPECTED_WATCH_SECONDS][shown],
+            SOURCE: scored.sources[shown],
         }
     )[PAGE_COLUMNS]
+
+
+def source_shares(page: pd.DataFrame, positives: pd.DataFrame) -> tuple[dict, dict]:
+    """Per candidate source, its share of the page items and of the page items that
+    are eval positives (both 0 for a source that found none)."""
+    hit = page.merge(positives.assign(_hit=True), on=[USER_ID, ITEM_ID], how="left")["_hit"]
+    hit = hit.fillna(False).to_numpy(dtype=bool)
+    sources = page[SOURCE].to_numpy()
+    n = len(CANDIDATE_SOURCES)
+    shown = np.bincount(sources, minlength=n)
+    hits = np.bincount(sources[hit], minlength=n)
+    return (
+        {name: float(shown[i] / max(shown.sum(), 1)) for i, name in enumerate(CANDIDATE_SOURCES)},
+        {name: float(hits[i] / max(hits.sum(), 1)) for i, name in enumerate(CANDIDATE_SOURCES)},
+    )
 
 
 def logged_requests(eval_events: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
@@ -186,6 +217,7 @@ def evaluate_funnel(
     retrieval_model_dir: str,
     ranking_model_dir: str,
     item_embeddings_dir: str,
+    candidate_sources_dir: str,
     eval_items: pd.DataFrame,
     data: EvalData,
     task: RetrievalTask,
@@ -201,16 +233,21 @@ def evaluate_funnel(
     and in truth when an ``oracle`` (``recsys.core.ground_truth.Oracle``) is given,
     in clicks, watch seconds and value (clicks + ``watch_weight`` * watched minutes,
     what the ranker's score estimates). ``eval_items``: the item snapshot as of the
-    start of the eval split."""
-    features = FeatureSnapshot(None, eval_items, read_dataset(item_embeddings_dir), registry)
+    start of the eval split; ``candidate_sources_dir``: the sources merged with the
+    two-tower's (``recsys.serving.candidates``; empty: none)."""
+    features = FeatureSnapshot(
+        None, eval_items, read_dataset(item_embeddings_dir), registry, candidate_sources_dir
+    )
     backend = InProcessBackend.of_signatures(
         {RETRIEVAL: serving_fn(retrieval_model_dir), RANKING: serving_fn(ranking_model_dir)}
     )
     users = data.users
     funnel = Funnel(backend, features, config)
+    two_tower_only = copy.copy(features)
+    two_tower_only.sources = None
     popular = Funnel(
         backend,
-        features,
+        two_tower_only,
         config,
         retrieval=PopularityRetrieval(
             ModelRetrieval(backend).signature,
@@ -255,8 +292,9 @@ def evaluate_funnel(
                 features.embeddings,
                 config.k,
             ),
-            offpolicy.estimate(page, logged, valued_in) if logged is not None else None,
-            offpolicy.true_value(page, eval_events, oracle, valued_in)
+            *source_shares(page, task.positives),
+            estimates=offpolicy.estimate(page, logged, valued_in) if logged is not None else None,
+            true_value=offpolicy.true_value(page, eval_events, oracle, valued_in)
             if oracle is not None and eval_events is not None
             else None,
         )

@@ -122,6 +122,9 @@ class ListQuality:
     recall: dict[int, float]
     ndcg_at_10: float
     recall_margin: dict[int, float] = field(default_factory=dict)  # 95% half-width
+    # The slice's users' own values (recall_at_<k>, ndcg_at_10), in user order: what
+    # paired intervals between two lists over the same users need.
+    per_user: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def metrics(self) -> dict[str, float]:
         """As metric names: recall_at_<k>, ndcg_at_10."""
@@ -155,6 +158,10 @@ def list_quality(
             {k: mean(values, members) for k, values in recalls.items()},
             mean(ndcg, members),
             {k: mean_margin(values[members]) for k, values in recalls.items()},
+            {
+                **{f"recall_at_{k}": values[members] for k, values in recalls.items()},
+                "ndcg_at_10": ndcg[members],
+            },
         )
         for name, members in masks.items()
     }

@@ -16,6 +16,7 @@ from recsys.components.evaluate.funnel import FunnelEvaluation  # noqa: E402
 from recsys.components.evaluate.metrics import CalibrationCurve, RocCurve  # noqa: E402
 from recsys.components.evaluate.ranking import RankingEvaluation  # noqa: E402
 from recsys.components.evaluate.retrieval import USER_SLICES, RecallCurve, RetrievalEvaluation  # noqa: E402
+from recsys.core.contracts import CANDIDATE_SOURCES  # noqa: E402
 
 
 def _png_bytes(figure) -> bytes:
@@ -31,6 +32,7 @@ def _png(figure) -> str:
 
 def _recall_plot(curve: RecallCurve) -> str:
     figure, axis = plt.subplots(figsize=(5, 3.4))
+    axis.plot(curve.k, curve.candidates, marker="D", label="merged candidates")
     axis.plot(curve.k, curve.two_tower, marker="o", label="two-tower")
     axis.plot(curve.k, curve.popularity, marker="s", label="popularity")
     axis.set_xscale("log")
@@ -105,6 +107,20 @@ def funnel_metric_names(k: int) -> list[tuple[str, str]]:
     ]
 
 
+def sources_sentence(retrieval: RetrievalEvaluation, k: int) -> str:
+    """Which candidate sources were merged, and each one's share of the top k."""
+    if len(retrieval.sources) < 2:
+        return "Candidates: the two-tower's alone."
+    shares = ", ".join(
+        f"{name.replace('_', ' ')} {share:.0%}" for name, share in retrieval.source_share.items()
+    )
+    return (
+        f"Candidates: {', '.join(s.replace('_', ' ') for s in retrieval.sources)}, merged by "
+        f"reciprocal rank fusion; of the merged top {k}: {shares} (the source that ranked "
+        "each item highest)."
+    )
+
+
 def variant_table(funnel: FunnelEvaluation) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the per-variant table: the logged-click page metrics, the
     truth per request (synthetic data) and each off-policy estimate with its 95%
@@ -113,6 +129,14 @@ def variant_table(funnel: FunnelEvaluation) -> tuple[list[str], list[list[str]]]
     columns = [
         ("NDCG@10 (logged clicks)", lambda v: f"{v.pages.ndcg_at_10:.4f}"),
         (f"Recall@{funnel.k} (logged clicks)", lambda v: f"{v.pages.recall:.4f}"),
+        (
+            "items from "
+            + " / ".join(s.replace("_", " ") for s in CANDIDATE_SOURCES)
+            + " (of the clicked ones)",
+            lambda v: " / ".join(
+                f"{v.source_share[s]:.0%} ({v.source_hit_share[s]:.0%})" for s in CANDIDATE_SOURCES
+            ),
+        ),
     ]
     rewards = [("value", "value", 3), ("clicks", "clicks", 3), ("watch_seconds", "watch s", 0)]
     if any(v.true_value for v in variants.values()):
@@ -172,11 +196,14 @@ def render(
     colour = "#1b7f3b" if blessing["blessed"] else "#b3261e"
     curve = retrieval.curve
     rows = "".join(
-        f"<tr><td>Recall@{k}</td><td>{m:.4f}</td><td>{p:.4f}</td></tr>"
-        for k, m, p in zip(curve.k, curve.two_tower, curve.popularity, strict=True)
+        f"<tr><td>Recall@{k}</td><td>{m:.4f}</td><td>{t:.4f}</td><td>{p:.4f}</td></tr>"
+        for k, m, t, p in zip(
+            curve.k, curve.candidates, curve.two_tower, curve.popularity, strict=True
+        )
     )
     rows += (
         f"<tr><td>NDCG@10</td><td>{metrics['ndcg_at_10']:.4f}</td>"
+        f"<td>{metrics['two_tower_ndcg_at_10']:.4f}</td>"
         f"<td>{metrics['popularity_ndcg_at_10']:.4f}</td></tr>"
     )
     k = blessing["thresholds"]["recall_k"]
@@ -229,12 +256,13 @@ img {{ margin: 0.3em; vertical-align: top; }}
 <h2>Retrieval</h2>
 <p>{retrieval.eval_users} eval users, {retrieval.catalog_items} catalog items;
 each user's training clicks are masked; positives are eval-window clicks on items
-new to the user.</p>
-<table><tr><th></th><th>two-tower</th><th>popularity</th></tr>{rows}</table>
-<p>Catalog coverage of the two-tower's top 10: {retrieval.catalog_coverage[10]:.1%},
+new to the user. {html.escape(sources_sentence(retrieval, k))}</p>
+<table><tr><th></th><th>merged candidates</th><th>two-tower alone</th><th>popularity</th></tr>
+{rows}</table>
+<p>Catalog coverage of the merged candidates' top 10: {retrieval.catalog_coverage[10]:.1%},
 top 100: {retrieval.catalog_coverage[100]:.1%}.</p>
-<table><tr><th>slice</th><th>users</th><th>Recall@{k} two-tower</th><th>popularity</th>
-<th>NDCG@10 two-tower</th><th>popularity</th></tr>{slice_rows}</table>
+<table><tr><th>slice</th><th>users</th><th>Recall@{k} merged</th><th>popularity</th>
+<th>NDCG@10 merged</th><th>popularity</th></tr>{slice_rows}</table>
 <h2>Ranking</h2>
 <p>{ranking.eval_examples} eval impressions: AUC {ranking.auc:.4f},
 normalized entropy {ranking.normalized_entropy:.4f} (log loss {ranking.logloss:.4f},
@@ -273,7 +301,11 @@ def markdown(
     label = {
         name: name.replace("recall_at_", "Recall@").replace("ndcg_at_", "NDCG@") for name in names
     }
-    rows = [f"| {label[n]} | {metrics[n]:.4f} | {metrics[f'popularity_{n}']:.4f} |" for n in names]
+    rows = [
+        f"| {label[n]} | {metrics[n]:.4f} | {metrics[f'two_tower_{n}']:.4f} | "
+        f"{metrics[f'popularity_{n}']:.4f} |"
+        for n in names
+    ]
     slice_rows = [
         f"| {name.replace('_', ' ')} | {metrics[f'{name}_users']} | "
         + " | ".join(
@@ -308,13 +340,14 @@ def markdown(
             "",
             f"Retrieval over the full catalog ({retrieval.catalog_items} items, "
             f"{retrieval.eval_users} eval users, training items masked; catalog coverage of "
-            f"the top 10: {retrieval.catalog_coverage[10]:.1%}):",
+            f"the top 10: {retrieval.catalog_coverage[10]:.1%}). "
+            + sources_sentence(retrieval, blessing["thresholds"]["recall_k"]),
             "",
-            "| metric | two-tower | popularity |",
-            "|---|---:|---:|",
+            "| metric | merged candidates | two-tower alone | popularity |",
+            "|---|---:|---:|---:|",
             *rows,
             "",
-            "Per slice (two-tower / popularity):",
+            "Per slice (merged candidates / popularity):",
             "",
             "| slice | users | " + " | ".join(label[n] for n in names) + " |",
             "|---|---:|" + "---:|" * len(names),

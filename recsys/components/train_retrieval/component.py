@@ -8,6 +8,7 @@ def train_retrieval(
     transformed_eval: Input[Dataset],
     transform_graph: Input[Artifact],
     item_snapshot: Input[Dataset],
+    train_examples: Input[Dataset],
     schema_dir: str,
     epochs: int,
     embedding_dim: int,
@@ -19,6 +20,10 @@ def train_retrieval(
     positive_weighting: str,
     early_stopping_patience: int,
     ann_index: str,
+    sources: str,
+    co_engagement_history: int,
+    co_engagement_neighbors: int,
+    sources_weight: float,
     seed: int,
     warm_start: bool,
     pipeline_root: str,
@@ -26,15 +31,18 @@ def train_retrieval(
     image: str,
     shuffle_buffer: int,
     training_workers: int,
+    batch_rows: int,
     retrieval_model: Output[Model],
     query_model: Output[Model],
     item_embeddings: Output[Dataset],
     retrieval_training: Output[Metrics],
     checkpoint: Output[Model],
+    candidate_sources: Output[Dataset],
 ):
     import dataclasses
     import os
 
+    from recsys.components.train_retrieval.candidate_sources import build_candidate_sources
     from recsys.components.train_retrieval.config import RetrievalConfig
     from recsys.core import distributed
     from recsys.core import warm_start as warm
@@ -88,6 +96,21 @@ def train_retrieval(
                 list(outputs),
             ),
         )
+        # The other candidate sources: counts over the raw examples, in this process.
+        metrics.update(
+            build_candidate_sources(
+                train_examples.path,
+                item_snapshot.path,
+                candidate_sources.path,
+                config.source_list,
+                config.top_k,
+                config.co_engagement_history,
+                config.co_engagement_neighbors,
+                config.sources_weight,
+                batch_rows,
+            )
+        )
+        log("train_retrieval", f"candidate sources: {config.sources}")
         if metrics["warm_start"]:
             metrics["warm_start_version"] = version
         log_metrics(retrieval_training, metrics)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from recsys.core.config import parameter
+from recsys.core.contracts import CANDIDATE_SOURCES, TWO_TOWER
 
 POSITIVE_WEIGHTINGS = ("none", "watch_time")
 ANN_INDEXES = ("", "faiss-hnsw")
@@ -33,6 +34,19 @@ class RetrievalConfig:
         2, "epochs without a better eval Recall@50 before stopping; 0 = train all epochs"
     )
     ann_index: str = parameter("", "faiss-hnsw: also write an approximate index; empty: none")
+    sources: str = parameter(
+        ",".join(CANDIDATE_SOURCES),
+        "candidate sources the funnel merges, comma-separated: two_tower (always), "
+        "co_engagement, popular; each gives top_k candidates per request",
+    )
+    co_engagement_history: int = parameter(
+        20, "newest history items each click pairs with, and each request looks up"
+    )
+    co_engagement_neighbors: int = parameter(50, "co-engaged items kept per item")
+    sources_weight: float = parameter(
+        0.5,
+        "weight of the other sources' ranks in the fusion with the two-tower's (1 = equal)",
+    )
     seed: int = parameter(42, "random seed of both trainers (repeatable models)", shared=True)
     logq_correction: bool = parameter(
         True, "correct logits by sampling probability", pipeline=False
@@ -51,8 +65,26 @@ class RetrievalConfig:
             raise ValueError(
                 f"ann_index must be one of {ANN_INDEXES} ('' = none), got {self.ann_index!r}"
             )
-        for name in ("epochs", "batch_size", "top_k", "validation_k", "embedding_dim"):
+        unknown = sorted(set(self.source_list) - set(CANDIDATE_SOURCES))
+        if unknown or TWO_TOWER not in self.source_list:
+            raise ValueError(
+                f"sources must name {TWO_TOWER} and only {list(CANDIDATE_SOURCES)}, "
+                f"comma-separated; got {self.sources!r}"
+            )
+        for name in (
+            "epochs",
+            "batch_size",
+            "top_k",
+            "validation_k",
+            "embedding_dim",
+            "co_engagement_history",
+            "co_engagement_neighbors",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.uniform_negatives < 0 or self.early_stopping_patience < 0:
             raise ValueError("uniform_negatives and early_stopping_patience must be >= 0")
+
+    @property
+    def source_list(self) -> list[str]:
+        return [name.strip() for name in self.sources.split(",") if name.strip()]
