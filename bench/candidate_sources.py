@@ -9,7 +9,8 @@ Then evaluate's own retrieval measurement on that run's artifacts, kept per user
 the merged candidates (the two-tower's, co-engagement's and popularity's, fused as
 the funnel fuses them), the two-tower alone and popularity, over all eval users and
 over the cold ones (no training click), with the mean per-user difference and its
-95% interval (docs/benchmarks.md, "Candidate sources").
+95% interval; then the run's own table of pages per variant (docs/benchmarks.md,
+"Candidate sources").
 """
 
 import argparse
@@ -91,6 +92,15 @@ def markdown(result) -> str:
     return "\n".join([*lines, "", f"Of the merged top 50: {shares}.", "", machine()])
 
 
+def pages_table(root: str) -> str:
+    """The run's own "What each stage adds" table (pages of each variant, logged clicks)."""
+    with open(os.path.join(root, "evaluate", "evaluation_report")) as handle:
+        lines = handle.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| variant |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return "\n".join(lines[start:end])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the unzipped ml-100k directory")
@@ -101,6 +111,8 @@ def main(argv=None) -> int:
         root = run_pipeline(args.src, work)
         result = measure(root, os.path.join(work, "movielens", "schemas"))
         print(markdown(result))
+        print("\nThe run's pages (evaluate's report):\n")
+        print(pages_table(root))
     return 0
 
 

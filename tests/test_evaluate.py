@@ -276,6 +276,10 @@ def test_the_shipped_funnel_is_the_ground_truth_best_of_the_variants(stages):
     truth = {name: funnel[f"{name}_true_value"] for name in VARIANTS}
     assert truth["funnel"] >= max(truth.values()) - 1e-9, truth
     assert truth["funnel"] > truth["retrieval_order"] > truth["popularity"]
+    # The truth's own best order of the same candidates is the ceiling.
+    ceiling = funnel["oracle_order_true_value"]
+    assert ceiling >= max(truth.values()) and ceiling >= funnel["click_order_true_value"]
+    assert funnel["funnel_true_value_share_of_oracle"] == pytest.approx(truth["funnel"] / ceiling)
     for name in VARIANTS:
         value = funnel[f"{name}_true_value"]
         assert value == pytest.approx(

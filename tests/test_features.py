@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from recsys.components.features.beam_asof import FeatureView, join_view
 from recsys.components.features.transform import history_has_item
+from recsys.core.contracts import WATCHED_ITEMS
 from recsys.core.features import load_registry
 from recsys.core.tables import read_dataset
 
@@ -101,7 +102,7 @@ def test_serving_snapshots_use_latest_known_features(stages):
     user_rows = read_dataset(paths["user_snapshot"])
     item_rows = read_dataset(paths["item_snapshot"])
     registry = load_registry()
-    assert list(user_rows.columns) == registry.side("user")
+    assert list(user_rows.columns) == [*registry.side("user"), WATCHED_ITEMS]
     assert list(item_rows.columns) == registry.side("item")
     features = read_dataset(paths["user_features"])
     newest = features.sort_values("feature_ts").groupby("user_id").last()
@@ -121,6 +122,9 @@ def test_serving_snapshots_use_latest_known_features(stages):
         newest_first = mine["item_id"].to_numpy()[::-1][:length]
         # Clicks within the same second may come in either order.
         assert sorted(user["user_history_items"]) == sorted(newest_first)
+        # Watched: every item clicked before as_of (the sample spans less than the
+        # horizon), each once, however long the history.
+        assert sorted(user[WATCHED_ITEMS]) == sorted(mine["item_id"].unique())
 
 
 def test_history_holds_only_earlier_engagements(stages):

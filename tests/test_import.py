@@ -102,6 +102,8 @@ def test_spreadsheet_layout_with_attributes(spreadsheet_layout, tmp_path):
     assert registry.switched_off["country"] == "the users mapping names no column for it"
     assert "item_age_days" in registry.switched_off  # no upload time given
     assert "no watch time" in registry.switched_off["user_watch_seconds_7d"]
+    # A 0/1 label column: an impression is only an exposure, the watched rule reads clicks.
+    assert "watched_from" not in yaml.safe_load((out / "recsys.yaml").read_text())
     # The written schemas pass the data they were written for: no anomaly blocks.
     checked = check_span(str(out), str(tmp_path / "check"), data_config(str(out)))
     assert checked["validate"]["anomalies"] == []
@@ -147,6 +149,7 @@ def test_interactions_alone_with_integer_ids_in_milliseconds(tmp_path):
     config = yaml.safe_load((out / "recsys.yaml").read_text())
     assert config["lookback_days"] == 12 and 1 <= config["eval_days"] <= 3
     assert config["rerank"] == '{"max_per_creator": 0}'
+    assert config["watched_from"] == "impressions"  # a rated item was consumed
     checked = check_span(str(out), str(tmp_path / "check"), data_config(str(out)))
     assert checked["validate"]["anomalies"] == []
     ingested = checked["ingest"]

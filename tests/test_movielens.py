@@ -98,6 +98,7 @@ def test_schemas_and_parameters_fit_the_data(small_movielens, tmp_path):
     config = yaml.safe_load((out / "recsys.yaml").read_text())
     assert config["schema_dir"] == "schemas"
     assert config["lookback_days"] == 10  # ratings span day 0 to day 9
+    assert config["watched_from"] == "impressions"
     # `recsys run --data` resolves the schema directory against the data directory.
     assert data_config(str(out))["schema_dir"] == str(out / "schemas")
     assert data_config(str(tmp_path)) == {}

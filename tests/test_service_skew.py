@@ -49,6 +49,8 @@ def served_day(stages, tiny_data, tmp_path_factory):
     service = Service(ServiceConfig(serving_root, serving_log=log_dir, log_flush_seconds=1))
     as_of = int(stages["counts"]["as_of"])
     users = pd.read_parquet(os.path.join(tiny_data, "users.parquet"))[USER_ID].to_numpy()
+    items = pd.read_parquet(os.path.join(tiny_data, "items.parquet"))
+    duration = items.set_index(ITEM_ID)["duration_s"]
     rng = np.random.default_rng(0)
     # Distinct request times over the day, in order; users drawn with repeats, so
     # later requests of a user see the clicks of their earlier ones.
@@ -66,9 +68,11 @@ def served_day(stages, tiny_data, tmp_path_factory):
                     "at": pd.Timestamp(at, unit="s").isoformat(),
                 },
             ).json()
-            # The user clicks as the ranker predicted, and watches part of it.
+            # The user clicks as the ranker predicted, and watches part of it (never
+            # more than the video: ingest would quarantine that).
             shown = pd.DataFrame(page["items"])
             clicked = rng.random(len(shown)) < shown["click_probability"].to_numpy()
+            longest = duration.reindex(shown[ITEM_ID]).to_numpy()
             events = pd.DataFrame(
                 {
                     EVENT_ID: [f"{page['request_id']}-{i}" for i in range(len(shown))],
@@ -76,7 +80,11 @@ def served_day(stages, tiny_data, tmp_path_factory):
                     USER_ID: str(user),
                     ITEM_ID: shown[ITEM_ID],
                     CLICKED: clicked.astype(np.int64),
-                    WATCH_SECONDS: np.where(clicked, rng.uniform(5, 300, len(shown)), 0.0).round(1),
+                    WATCH_SECONDS: np.floor(
+                        np.where(clicked, np.minimum(rng.uniform(5, 300, len(shown)), longest), 0)
+                        * 10
+                    )
+                    / 10,
                     # Logged with the impression, as the API asks.
                     PROPENSITY: shown[PROPENSITY],
                 }

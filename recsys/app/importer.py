@@ -41,7 +41,10 @@ features (a numeric column with empty cells is switched off: no value is invente
 
 The written ``recsys.yaml`` proposes the window: all the data's days, and the fewest
 eval days that leave ``TARGET_EVAL_USERS`` users with an engagement both in training
-and in eval (the users whose metrics the gate decides on); it says how many.
+and in eval (the users whose metrics the gate decides on); it says how many. A label
+given as a rule over a rating (``rating >= 4``) also sets ``watched_from:
+impressions``: each row is something the user consumed, liked or not, so the
+watched rule keeps every rated item off their pages.
 """
 
 import contextlib
@@ -782,6 +785,10 @@ def import_data(mapping: dict, out: str, max_window_events: int = MAX_WINDOW_EVE
     if "creator_id" in off:
         # No creators: the default per-creator cap has nothing to act on.
         parameters["rerank"] = '{"max_per_creator": 0}'
+    if LABEL_RULE.match(str(mapping["interactions"].get("label", ""))):
+        # A label read off a rating: every row is an item the user consumed, liked or
+        # not, which pages should not offer again.
+        parameters["watched_from"] = "impressions"
     with open(os.path.join(out, DATA_CONFIG), "w") as handle:
         handle.write(
             "# Pipeline parameters for this data, written by `recsys import`; `recsys run\n"

@@ -182,6 +182,11 @@ RERANK_FILE = "rerank.json"
 # service folds later engagements into the rows with them).
 SNAPSHOT_META = "snapshot.json"
 SNAPSHOT_AS_OF, SNAPSHOT_HISTORY_LENGTH = "as_of", "history_length"
+# The user snapshot's column of what the watched rule keeps out of pages: every item
+# the user engaged with in the join's horizon before as_of, newest first (not a model
+# input); and, in snapshot.json, which events add to it online and how many it keeps.
+WATCHED_ITEMS = "user_watched_items"
+SNAPSHOT_WATCHED_FROM, SNAPSHOT_WATCHED_MAX = "watched_from", "watched_max_items"
 SNAPSHOT_SCHEMAS = "schemas"
 # The feature registry's file, beside the curated schemas.
 FEATURES_FILE = "features.yaml"

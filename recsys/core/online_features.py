@@ -14,7 +14,11 @@ definitions, so serving computes what training would for an event at ``at``:
   are a daily view: an event sees the row of its day's midnight, which holds the
   days before. So events count from the first midnight after them: a request on a
   later day than the snapshot adds the events of the days in between, as that
-  day's view row would; the same day's events wait, exactly as in training.
+  day's view row would; the same day's events wait, exactly as in training;
+- the watched items (``contracts.WATCHED_ITEMS``, what the watched rule keeps out
+  of pages) gain every clicked item before ``at`` (every impression when the
+  snapshot was built ``watched_from: impressions``), newest first, each once, at
+  most ``watched_max`` kept.
 
 Two things the row cannot tell, and what is done instead, until the next daily
 push recomputes the row: the snapshot keeps the mean of its listed items' values,
@@ -27,7 +31,15 @@ import numpy as np
 import pandas as pd
 
 from recsys.core.aggregates import AGGREGATES
-from recsys.core.contracts import CLICKED, EVENT_TS, ITEM_ID, USER_FEATURES, USER_ID, WATCH_SECONDS
+from recsys.core.contracts import (
+    CLICKED,
+    EVENT_TS,
+    ITEM_ID,
+    USER_FEATURES,
+    USER_ID,
+    WATCH_SECONDS,
+    WATCHED_ITEMS,
+)
 from recsys.core.derived import DAY
 from recsys.core.features import HISTORY_COLUMNS
 
@@ -35,7 +47,14 @@ from recsys.core.features import HISTORY_COLUMNS
 EVENT_COLUMNS = (USER_ID, ITEM_ID, EVENT_TS, CLICKED, WATCH_SECONDS)
 
 
-def apply_events(row: dict, events: pd.DataFrame, history_length: int, at: int) -> dict:
+def apply_events(
+    row: dict,
+    events: pd.DataFrame,
+    history_length: int,
+    at: int,
+    watched_max: int = 10_000,
+    watched_from_impressions: bool = False,
+) -> dict:
     """``row`` (feature name -> array of length 1, as the snapshot gives it) with
     ``events`` (one user's since the snapshot, the EVENT_COLUMNS, any order) folded
     in for a request at ``at`` (Unix seconds). Columns the row does not have are
@@ -44,6 +63,13 @@ def apply_events(row: dict, events: pd.DataFrame, history_length: int, at: int) 
     if events.empty:
         return row
     updated = dict(row)
+    if WATCHED_ITEMS in row:
+        consumed = events if watched_from_impressions else events[events[CLICKED] == 1]
+        newest = consumed.iloc[::-1].sort_values(EVENT_TS, ascending=False, kind="stable")
+        items = list(newest[ITEM_ID].astype(str)) + [str(item) for item in row[WATCHED_ITEMS][0]]
+        listed = np.empty(1, dtype=object)
+        listed[0] = list(dict.fromkeys(items))[:watched_max]  # each once, newest first
+        updated[WATCHED_ITEMS] = listed
     viewed = events[events[EVENT_TS].to_numpy() < at - at % DAY]  # before at's midnight
     for name, aggregate in AGGREGATES.items():
         # A smoothed ratio (ctr) cannot be updated without the counts behind it: it

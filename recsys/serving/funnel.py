@@ -35,6 +35,7 @@ from recsys.core.contracts import (
     TWO_TOWER,
     UNKNOWN,
     USER_ID,
+    WATCHED_ITEMS,
 )
 from recsys.core.derived import context_columns
 from recsys.core.features import HISTORY_COLUMNS
@@ -49,7 +50,8 @@ from recsys.serving.serving_log import ServingLog
 from recsys.serving.serving_root import served_version
 from recsys.serving.snapshot import FeatureSnapshot, pushed_rerank_config
 
-# The watched rule removes what the user engaged with: the history's items.
+# The watched rule removes what the user engaged with: the history's items and the
+# user snapshot's watched items (the join's horizon, longer than the history).
 HISTORY_ITEMS = HISTORY_COLUMNS[0]
 
 
@@ -68,6 +70,12 @@ class Context:
 def _text(values: np.ndarray) -> np.ndarray:
     """String tensors come back as bytes (in process, gRPC) or str (REST)."""
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def watched_by(query: int, *columns) -> list:
+    """What query ``query``'s user engaged with: its lists in the columns given (None
+    for a column the queries lack)."""
+    return [item for column in columns if column is not None for item in column[query]]
 
 
 @dataclass
@@ -183,7 +191,8 @@ class Funnel:
         if self.serving_log is not None and log:
             self.serving_log.append(
                 request_id,
-                query,
+                # The model inputs (the skew check's), not the watched items' long list.
+                {name: values for name, values in query.items() if name != WATCHED_ITEMS},
                 {name: self.features.items[name][served_rows] for name in self.item_inputs},
             )
         if self.exposure_log is not None and log:
@@ -351,6 +360,7 @@ class Funnel:
         attributes = scored.attributes
         embeddings = self.features.embeddings
         histories = scored.queries.get(HISTORY_ITEMS)
+        watched_items = scored.queries.get(WATCHED_ITEMS)
         bounds = np.searchsorted(scored.query_of, np.arange(scored.n_queries + 1))
         chosen = []
         for query in range(scored.n_queries):
@@ -365,7 +375,7 @@ class Funnel:
                     embeddings[scored.rows[mine]] if embeddings is not None else None,
                 ),
                 config,
-                watched=list(histories[query]) if histories is not None else [],
+                watched=watched_by(query, histories, watched_items),
                 excluded=exclude,
             )
             shown, propensity = explore(

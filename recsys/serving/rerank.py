@@ -9,7 +9,8 @@ Stages, in this order, all deterministic (ties keep the input order):
 
 1. hard filters: items on the blocklist, and those the request excludes, are removed;
 2. duplicates: only the first (best-scored) occurrence of an item id stays;
-3. watched: items in the user's history are removed;
+3. watched: items the user already engaged with are removed (the history, and
+   the user snapshot's watched items: the join's horizon, not the history length);
 4. freshness: score * (1 + freshness_boost * 2^(-age_days / half_life_days));
 5. selection of ``k`` items, greedily: maximal marginal relevance (Carbonell &
    Goldstein, SIGIR 1998) on the item-tower embeddings,
@@ -116,7 +117,7 @@ def rerank(
     watched: np.ndarray | list = (),
     excluded: np.ndarray | list = (),
 ) -> Reranked:
-    """``watched``: the user's history (removed when ``drop_watched``); ``excluded``:
+    """``watched``: what the user engaged with (removed when ``drop_watched``); ``excluded``:
     item ids the request asks not to see (the client's own filter)."""
     # Best score first, so "first occurrence" is the best-scored one and ties keep
     # the input order.

@@ -46,6 +46,8 @@ from recsys.core.contracts import (
     SNAPSHOT_HISTORY_LENGTH,
     SNAPSHOT_META,
     SNAPSHOT_QUERY_MODEL,
+    SNAPSHOT_WATCHED_FROM,
+    SNAPSHOT_WATCHED_MAX,
     USER_ID,
     WATCH_SECONDS,
 )
@@ -124,6 +126,11 @@ class Bundle:
         self.versions, self.funnel, self.key, self.owned = versions, funnel, key, owned
         self.as_of = meta.get(SNAPSHOT_AS_OF)
         self.history_length = int(meta.get(SNAPSHOT_HISTORY_LENGTH) or _longest_history(funnel))
+        # How the watched items grow online (as the join built them).
+        self.watched = {
+            "watched_max": int(meta.get(SNAPSHOT_WATCHED_MAX, 10_000)),
+            "watched_from_impressions": meta.get(SNAPSHOT_WATCHED_FROM) == "impressions",
+        }
         self.feature_store: dict = {}  # what the online store said when it was prepared
         self._users = 0
         self._retired = self._closed = False
@@ -411,7 +418,9 @@ class Service:
         if row is None:  # the cold-start row, built once for this request
             row = bundle.funnel.features.registry.missing_row("user", user_id)
         if events is not None and not events.empty:
-            row = apply_events(row, events, bundle.history_length, int(context.at.timestamp()))
+            row = apply_events(
+                row, events, bundle.history_length, int(context.at.timestamp()), **bundle.watched
+            )
         features_seconds = time.perf_counter() - started
         experiment = self.config.experiment
         arm = experiment.arm_of(user_id) if experiment else None

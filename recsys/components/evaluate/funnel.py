@@ -1,10 +1,13 @@
-"""What each stage of the funnel adds: pages of four policies for every eval user.
+"""What each stage of the funnel adds: pages of five policies for every eval user.
 
 - ``popularity``: the most clicked training items;
 - ``retrieval_order``: retrieval's top candidates in its own order;
 - ``ranker_order``: the same candidates in the ranker's order;
+- ``click_order``: the same candidates by the ranker's click probability alone;
 - ``funnel``: the ranker's order re-ranked by the product's rules, which is what
-  ``recsys.serving.funnel`` serves (retrieval top-N, ranking, re-ranking to k).
+  ``recsys.serving.funnel`` serves (retrieval top-N, ranking, re-ranking to k);
+- with a ground truth, ``oracle_order``: the same candidates in the order of their
+  true value at the user's first request, the ceiling the others are read against.
 
 Every page drops the user's history and has up to k items; each is built for the
 user's first eval request, with items' features from the start of the eval split,
@@ -48,6 +51,7 @@ from recsys.core.contracts import (
     SCORES,
     USER_ID,
     WATCH_SECONDS,
+    WATCHED_ITEMS,
 )
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry
 from recsys.core.tables import read_dataset
@@ -62,8 +66,12 @@ VARIANTS = {
     "popularity": "the most clicked training items",
     "retrieval_order": "retrieval's candidates in retrieval's order",
     "ranker_order": "the same candidates in the ranker's order",
+    "click_order": "the same candidates by the ranker's click probability alone",
     "funnel": "ranking and re-ranking (the shipped rules): what is served",
 }
+# With a ground truth (synthetic data), the ceiling every variant is read against.
+ORACLE = "oracle_order"
+ORACLE_VARIANT = {ORACLE: "the same candidates in the truth's best order (by true value)"}
 # What a page row carries: its user, item, the ranker's predictions for it and the
 # candidate source that found it.
 SOURCE = "source"
@@ -128,6 +136,11 @@ class FunnelEvaluation:
                     metrics[f"{name}_{estimator}_{reward}"] = estimate.value
                     metrics[f"{name}_{estimator}_{reward}_margin"] = estimate.margin
         metrics["retrieval_score_impression_auc"] = self.retrieval_score_impression_auc
+        oracle = self.variants.get(ORACLE)
+        if oracle is not None and oracle.true_value and oracle.true_value["value"] > 0:
+            metrics["funnel_true_value_share_of_oracle"] = (
+                self.variants["funnel"].true_value["value"] / oracle.true_value["value"]
+            )
         return metrics
 
 
@@ -148,21 +161,25 @@ class PopularityRetrieval:
         return {ITEM_IDS: np.tile(self.item_ids, (n, 1)), SCORES: np.tile(self.scores, (n, 1))}
 
 
-def ordered_pages(scored: ScoredCandidates, users: np.ndarray, order_by: str, k: int):
-    """Each query's candidates without the user's history, best ``order_by`` first
-    ("ranker": the ranker's score; "retrieval": retrieval's), cut to ``k``; long
-    format (PAGE_COLUMNS)."""
+def ordered_pages(scored: ScoredCandidates, users: np.ndarray, key: np.ndarray, k: int):
+    """Each query's candidates without the user's history, highest ``key`` (one per
+    candidate) first, cut to ``k``; long format (PAGE_COLUMNS)."""
     candidates = pd.DataFrame(
         {
             "query": scored.query_of,
             ITEM_ID: scored.item_ids,
-            "key": scored.ranked[SCORE] if order_by == "ranker" else scored.retrieval_scores,
+            "key": key,
             CLICK_PROBABILITY: scored.ranked[CLICK_PROBABILITY],
             EXPECTED_WATCH_SECONDS: scored.ranked[EXPECTED_WATCH_SECONDS],
             SOURCE: scored.sources,
         }
     )
-    history = pd.Series(list(scored.queries[HISTORY_COLUMNS[0]])).explode().dropna()
+    engaged = [scored.queries.get(name) for name in (HISTORY_COLUMNS[0], WATCHED_ITEMS)]
+    history = (
+        pd.concat([pd.Series(list(column)) for column in engaged if column is not None])
+        .explode()
+        .dropna()
+    )
     watched = pd.DataFrame({"query": history.index, ITEM_ID: history.to_numpy(dtype=object)})
     candidates = candidates.merge(watched.assign(watched=True), on=["query", ITEM_ID], how="left")
     candidates = candidates[candidates["watched"].isna()]
@@ -185,6 +202,17 @@ def served_pages(funnel: Funnel, scored: ScoredCandidates, users: np.ndarray) ->
             SOURCE: scored.sources[shown],
         }
     )[PAGE_COLUMNS]
+
+
+def watched_in_training(train_clicks: pd.DataFrame, users: np.ndarray) -> np.ndarray:
+    """Per user of ``users`` (in order), the items they clicked in training (a list)."""
+    mine = train_clicks[train_clicks[USER_ID].isin(users)]
+    lists = mine.groupby(USER_ID, sort=False)[ITEM_ID].agg(list).reindex(users)
+    column = np.empty(len(users), dtype=object)
+    # One by one: numpy would read equally long lists as a second dimension.
+    for position, items in enumerate(lists.to_list()):
+        column[position] = items if isinstance(items, list) else []
+    return column
 
 
 def source_shares(page: pd.DataFrame, positives: pd.DataFrame) -> tuple[dict, dict]:
@@ -258,19 +286,37 @@ def evaluate_funnel(
     )
     # Users a chunk at a time: their candidates (retrieval top-N each, ranked) are
     # scored together, and only the pages are kept.
-    pages = {name: [] for name in VARIANTS}
+    variants = {**VARIANTS, **(ORACLE_VARIANT if oracle is not None else {})}
+    value = next(reward for reward in offpolicy.rewards(watch_weight) if reward.name == "value")
+    pages = {name: [] for name in variants}
     candidates = 0
     for start in range(0, len(users), FUNNEL_USERS_PER_CHUNK):
         chunk = users[start : start + FUNNEL_USERS_PER_CHUNK]
         queries = data.first_of(chunk)
+        # What the watched rule keeps out, as serving's snapshot would: every item the
+        # user clicked in training (the eval positives exclude them too).
+        queries[WATCHED_ITEMS] = watched_in_training(task.train_clicks, chunk)
         scored = funnel.candidates(queries)
         candidates += len(scored.query_of) + int(scored.missing.sum())
         chunk_pages = {
-            "popularity": ordered_pages(popular.candidates(queries), chunk, "retrieval", config.k),
-            "retrieval_order": ordered_pages(scored, chunk, "retrieval", config.k),
-            "ranker_order": ordered_pages(scored, chunk, "ranker", config.k),
+            "popularity": ordered_pages(
+                (by_popularity := popular.candidates(queries)),
+                chunk,
+                by_popularity.retrieval_scores,
+                config.k,
+            ),
+            "retrieval_order": ordered_pages(scored, chunk, scored.retrieval_scores, config.k),
+            "ranker_order": ordered_pages(scored, chunk, scored.ranked[SCORE], config.k),
+            "click_order": ordered_pages(scored, chunk, scored.ranked[CLICK_PROBABILITY], config.k),
             "funnel": served_pages(funnel, scored, chunk),
         }
+        if oracle is not None:  # each candidate's true value at the user's first request
+            truth = oracle.engagement(
+                chunk[scored.query_of],
+                scored.item_ids,
+                queries[EVENT_TS].to_numpy()[scored.query_of],
+            )
+            chunk_pages[ORACLE] = ordered_pages(scored, chunk, value.true(truth), config.k)
         for name, page in chunk_pages.items():
             pages[name].append(page)
     pages = {name: pd.concat(parts, ignore_index=True) for name, parts in pages.items()}

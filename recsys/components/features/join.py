@@ -248,6 +248,47 @@ def conform_to_schema(frame: pd.DataFrame, schema_dir: str = "") -> pa.Table:
     )
 
 
+@dataclass(frozen=True)
+class Watched:
+    """What the user snapshot's watched items hold (JoinConfig's watched_*)."""
+
+    horizon_seconds: int
+    max_items: int
+    from_impressions: bool
+
+    @classmethod
+    def of(cls, config: JoinConfig) -> "Watched":
+        return cls(
+            config.watched_horizon_days * DAY,
+            config.watched_max_items,
+            config.watched_from == "impressions",
+        )
+
+
+def watched_items(
+    rows: pa.Table | None, keys: np.ndarray, at: int, watched: Watched
+) -> pa.ListArray:
+    """Per key of ``keys`` (in order): the distinct items of its ``rows`` (key, event_ts,
+    item) in [at - horizon, at), newest first, at most ``max_items``."""
+    frame = pd.DataFrame({USER_ID: [], ITEM_ID: [], EVENT_TS: []})
+    if rows is not None and rows.num_rows:
+        ts = rows.column(EVENT_TS).to_numpy()
+        inside = pa.array((ts < at) & (ts >= at - watched.horizon_seconds))
+        frame = rows.filter(inside).select([USER_ID, ITEM_ID, EVENT_TS]).to_pandas()
+    # Newest first; each item once, at its newest engagement.
+    frame = frame.iloc[::-1].sort_values(EVENT_TS, ascending=False, kind="stable")
+    frame = frame.drop_duplicates([USER_ID, ITEM_ID])
+    frame = frame[frame.groupby(USER_ID, sort=False).cumcount().to_numpy() < watched.max_items]
+    position = pd.Index(keys).get_indexer(frame[USER_ID])
+    order = np.argsort(position, kind="stable")  # by key, newest first within each
+    lengths = np.bincount(position[position >= 0], minlength=len(keys))
+    items = pa.array(
+        frame[ITEM_ID].to_numpy(dtype=object)[order][position[order] >= 0], pa.string()
+    )
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, items)
+
+
 def write_snapshot(
     examples: Examples,
     side: str,
@@ -258,10 +299,12 @@ def write_snapshot(
     batch_rows: int,
     history: HistoryView | None = None,
     event_datasets: tuple[str, ...] = (),
+    watched: Watched | None = None,
 ) -> int:
     """Every user's (``side`` "user") or item's ("item") features at ``at``, with the
     history for users: what serving looks up, by the same code as the training join
-    (``ViewLookup``, ``HistoryLookup``). The entities, their view's rows and their
+    (``ViewLookup``, ``HistoryLookup``); with ``watched``, also each user's watched
+    items (``contracts.WATCHED_ITEMS``). The entities, their view's rows and their
     engagements are spread over hash partitions of their key (``KeyPartitions``) of
     about ``batch_rows`` rows each, and each partition is looked up and written on
     its own: memory follows the batch size. Returns the rows written."""
@@ -271,10 +314,14 @@ def write_snapshot(
     sizes += [dataset_rows(directory) for directory in event_datasets]
     parts = max(1, math.ceil(max(sizes) / batch_rows))
     columns = registry.side(side)
+    schema = snapshot_schema(examples.schema_dir, columns)
+    if watched is not None:
+        schema = schema.append(pa.field(contracts.WATCHED_ITEMS, pa.list_(pa.string())))
     with (
         KeyPartitions(parts) as features,
         KeyPartitions(parts) as engagements,
-        DatasetWriter(output, schema=snapshot_schema(examples.schema_dir, columns)) as writer,
+        KeyPartitions(parts) as impressions,
+        DatasetWriter(output, schema=schema) as writer,
     ):
         for batch in iter_dataset(feature_rows, batch_rows):
             features.add(pa.Table.from_batches([batch]), batch.column(view.key))
@@ -282,10 +329,14 @@ def write_snapshot(
             for batch in iter_dataset(directory, batch_rows, _history_columns(history)):
                 clicked = _engagements(batch, history)
                 engagements.add(clicked, clicked.column(history.key))
+                if watched is not None and watched.from_impressions:
+                    seen = as_table(batch).select([USER_ID, EVENT_TS, ITEM_ID])
+                    impressions.add(seen, seen.column(USER_ID))
         keys = entities[view.key].astype(str).to_numpy(dtype=object)
         bucket = stable_buckets(pa.array(keys, pa.string()), parts) if parts > 1 else None
-        pairs = zip(features, engagements, strict=True)
-        for part, (feature_tables, engagement_tables) in enumerate(pairs):
+        # Without impressions partitions iterate as empty lists: one per partition.
+        pairs = zip(features, engagements, impressions, strict=True)
+        for part, (feature_tables, engagement_tables, impression_tables) in enumerate(pairs):
             mine = entities if bucket is None else entities[bucket == part]
             if mine.empty:
                 continue
@@ -302,7 +353,15 @@ def write_snapshot(
                 joined = HistoryLookup(history, history_rows).join(joined)
             frame = examples.attach(joined.to_pandas())
             at_column = np.full(len(frame), at, dtype=np.int64)
-            writer.write(examples.conform(frame, at_column).select(columns))
+            table = examples.conform(frame, at_column).select(columns)
+            if watched is not None:
+                consumed = impression_tables if watched.from_impressions else engagement_tables
+                consumed = concat_tables(consumed) if consumed else None
+                keys_here = mine[view.key].astype(str).to_numpy(dtype=object)
+                table = table.append_column(
+                    contracts.WATCHED_ITEMS, watched_items(consumed, keys_here, at, watched)
+                )
+            writer.write(table)
     return writer.rows
 
 
@@ -477,6 +536,7 @@ def join_features(
         batch_rows,
         history,
         event_datasets,
+        Watched.of(config),
     )
     counts["snapshot_items"] = write_snapshot(
         examples,
@@ -499,6 +559,11 @@ def join_features(
         )
     counts.update(
         **{contracts.SNAPSHOT_HISTORY_LENGTH: history.length},
+        # Numbers: KFP metrics hold nothing else (push writes them to snapshot.json).
+        **{
+            contracts.SNAPSHOT_WATCHED_MAX: config.watched_max_items,
+            "watched_from_impressions": int(config.watched_from == "impressions"),
+        },
         history_broadcast=int(broadcast_history),
         **{f"{name}_broadcast": int(broadcast[name]) for name in views},
     )

@@ -42,6 +42,8 @@ def push(
         SNAPSHOT_ITEMS,
         SNAPSHOT_QUERY_MODEL,
         SNAPSHOT_USERS,
+        SNAPSHOT_WATCHED_FROM,
+        SNAPSHOT_WATCHED_MAX,
     )
     from recsys.core.progress import log, stage
     from recsys.core.provenance import code_version
@@ -77,6 +79,10 @@ def push(
             snapshot_meta={  # KFP metrics hold numbers as floats
                 SNAPSHOT_AS_OF: int(window["as_of"]),
                 SNAPSHOT_HISTORY_LENGTH: int(join_metrics.metadata[SNAPSHOT_HISTORY_LENGTH]),
+                SNAPSHOT_WATCHED_MAX: int(join_metrics.metadata[SNAPSHOT_WATCHED_MAX]),
+                SNAPSHOT_WATCHED_FROM: "impressions"
+                if join_metrics.metadata["watched_from_impressions"]
+                else "clicks",
             },
         )
         if report["pushed"] or report.get("noop"):
