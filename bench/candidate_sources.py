@@ -23,11 +23,14 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_ML_100K, log, machine  # noqa: E402
 from recsys.components.evaluate.data import EvalData, TrainingClicks  # noqa: E402
 from recsys.components.evaluate.retrieval import RetrievalTask, evaluate_retrieval  # noqa: E402
+from recsys.core.contracts import EVENT_TS, ITEM_ID, USER_ID  # noqa: E402
 from recsys.core.features import load_registry  # noqa: E402
+from recsys.serving import Context, Funnel  # noqa: E402
 
 METRICS = ("recall_at_50", "ndcg_at_10")
 SLICES = {"all": "all eval users", "new_users": "cold eval users (no training click)"}
@@ -101,6 +104,24 @@ def pages_table(root: str) -> str:
     return "\n".join(lines[start:end])
 
 
+def heaviest_users_page(work: str) -> str:
+    """The page served to the user with the most ratings, and how many of its items
+    that user had rated before (the watched rule: none)."""
+    ratings = pd.read_parquet(os.path.join(work, "movielens", "impressions.parquet"))
+    user = ratings[USER_ID].value_counts().index[0]
+    funnel = Funnel.from_serving_root(os.path.join(work, "run", "serving"))
+    newest = pd.Timestamp(ratings[EVENT_TS].max())
+    at = (newest if newest.tzinfo else newest.tz_localize("UTC")) + pd.Timedelta(hours=1)
+    result = funnel.recommend(str(user), Context(at), k=10)
+    rated = set(ratings.loc[ratings[USER_ID] == user, ITEM_ID].astype(str))
+    again = len(set(result.items[ITEM_ID]) & rated)
+    return (
+        f"The heaviest user ({user}, {len(rated)} rated items): a page of "
+        f"{len(result.items)} with {again} already rated; the watched rule removed "
+        f"{result.removed.get('watched', 0)} of the candidates."
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the unzipped ml-100k directory")
@@ -113,6 +134,7 @@ def main(argv=None) -> int:
         print(markdown(result))
         print("\nThe run's pages (evaluate's report):\n")
         print(pages_table(root))
+        print("\n" + heaviest_users_page(work))
     return 0
 
 
