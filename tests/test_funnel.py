@@ -49,9 +49,15 @@ def _retrieved(funnel, user, stages):
 
 
 def test_candidates_come_from_every_source_and_the_page_says_which(stages, pushed_root):
-    from recsys.core.contracts import CANDIDATE_SOURCES, CO_ENGAGEMENT, POPULAR, TWO_TOWER
+    from recsys.core.contracts import (
+        CANDIDATE_SOURCES,
+        CO_ENGAGEMENT,
+        POPULAR,
+        TWO_TOWER,
+        WATCHED_ITEMS,
+    )
     from recsys.core.requests import raw_arrays
-    from recsys.serving.candidates import RankedLists, fuse
+    from recsys.serving.candidates import RankedLists, engaged_keys, fuse
 
     funnel = Funnel.from_serving_root(pushed_root)
     sources = funnel.features.sources
@@ -64,14 +70,21 @@ def test_candidates_come_from_every_source_and_the_page_says_which(stages, pushe
     found = {CANDIDATE_SOURCES[s] for s in scored.sources}
     assert found == {TWO_TOWER, CO_ENGAGEMENT, POPULAR}
     assert len(scored.item_ids) == len(set(scored.item_ids)) <= sources.per_source
-    # The retrieval model's top-K fused with the sources' lists, the best per_source
-    # kept, in fused order (fuse itself: test_candidate_sources).
+    # The retrieval model's top-K fused with the sources' lists, each without what the
+    # user engaged with, the best per_source kept, in fused order (fuse itself:
+    # test_candidate_sources).
     out = funnel.backend.predict("retrieval", raw_arrays(query, funnel.retrieval_signature))
     two_tower = funnel.features.item_rows([v.decode() for v in out["item_ids"][0]])
+    engaged = engaged_keys(
+        [[*query["user_history_items"][0], *query[WATCHED_ITEMS][0]]], funnel.features.item_index
+    )
+    assert len(engaged) > 0
     expected = fuse(
         {
-            TWO_TOWER: RankedLists.of_matrix(two_tower[None, :]),
-            **sources.lists(query["user_history_items"], 1),
+            TWO_TOWER: RankedLists.of_matrix(two_tower[None, :]).without(
+                engaged, len(funnel.catalog)
+            ),
+            **sources.lists(query["user_history_items"], 1, engaged),
         },
         1,
         len(funnel.catalog),

@@ -53,6 +53,18 @@ class RankedLists:
     rows: np.ndarray
     rank: np.ndarray
 
+    def without(self, engaged: np.ndarray, n_items: int) -> "RankedLists":
+        """These lists without the (query, row) keys in ``engaged`` (``engaged_keys``);
+        the rest keep their ranks."""
+        keep = ~np.isin(self.query_of.astype(np.int64) * n_items + self.rows, engaged)
+        return RankedLists(self.query_of[keep], self.rows[keep], self.rank[keep])
+
+    def head(self, n: int) -> "RankedLists":
+        """Each query's first ``n`` entries, ranked again from 0 (grouped by query)."""
+        rank = np.arange(len(self.rows)) - np.searchsorted(self.query_of, self.query_of)
+        keep = rank < n
+        return RankedLists(self.query_of[keep], self.rows[keep], rank[keep])
+
     @classmethod
     def of_matrix(cls, rows: np.ndarray) -> "RankedLists":
         """From a queries x K matrix of rows, best first; rows < 0 are skipped."""
@@ -81,6 +93,16 @@ class Merged:
         return Merged(
             self.query_of[keep], self.rows[keep], self.fused_score[keep], self.source[keep]
         )
+
+
+def engaged_keys(engaged, item_index: pd.Index) -> np.ndarray:
+    """The sorted (query, row) keys of each query's engaged items (``engaged``: one
+    list of item ids per query); ids the snapshot lacks are skipped."""
+    lengths = np.fromiter((len(items) for items in engaged), dtype=np.int64, count=len(engaged))
+    flat = np.concatenate([np.asarray(items, dtype=object) for items in engaged] or [[]])
+    rows = item_index.get_indexer(flat.astype(str)) if len(flat) else np.zeros(0, np.int64)
+    query_of = np.repeat(np.arange(len(engaged)), lengths)
+    return np.unique(query_of[rows >= 0].astype(np.int64) * len(item_index) + rows[rows >= 0])
 
 
 def fuse(
@@ -134,7 +156,9 @@ class CandidateSources:
         }
         self.item_index = item_index
         rows = item_index.get_indexer(popular[ITEM_ID].astype(str))
-        self.popular_rows = rows[rows >= 0][: self.per_source]
+        # All kept (train_retrieval keeps 10 lists' worth): a heavy user's list is the
+        # first per_source they have not engaged with.
+        self.popular_rows = rows[rows >= 0]
         source = item_index.get_indexer(co_engagement[ITEM_ID].astype(str))
         neighbor = item_index.get_indexer(co_engagement[NEIGHBOR_ID].astype(str))
         keep = (source >= 0) & (neighbor >= 0)
@@ -153,20 +177,27 @@ class CandidateSources:
             meta,
         )
 
-    def lists(self, histories, n_queries: int) -> dict[str, RankedLists]:
-        """Each served source's lists for ``n_queries`` queries (``histories``: each
-        query's engagement history, newest first, or None)."""
+    def lists(
+        self, histories, n_queries: int, engaged: np.ndarray | None = None
+    ) -> dict[str, RankedLists]:
+        """Each served source's lists for ``n_queries`` queries, ``per_source`` long,
+        without what each query's user engaged with (``engaged``: ``engaged_keys``)
+        (``histories``: each query's engagement history, newest first, or None)."""
+        n_items = len(self.item_index)
+        engaged = np.zeros(0, dtype=np.int64) if engaged is None else engaged
         lists = {}
         if POPULAR in self.served:
-            lists[POPULAR] = RankedLists.of_matrix(np.tile(self.popular_rows, (n_queries, 1)))
+            popular = RankedLists.of_matrix(np.tile(self.popular_rows, (n_queries, 1)))
+            lists[POPULAR] = popular.without(engaged, n_items).head(self.per_source)
         if CO_ENGAGEMENT in self.served and histories is not None:
-            lists[CO_ENGAGEMENT] = self.co_engaged(histories)
+            lists[CO_ENGAGEMENT] = self.co_engaged(histories, engaged)
         return lists
 
-    def co_engaged(self, histories) -> RankedLists:
+    def co_engaged(self, histories, engaged: np.ndarray | None = None) -> RankedLists:
         """Per query, the neighbours of its last ``history`` history items, scored by
         their summed weights, best first, at most ``per_source``; items of the history
-        itself are left out (the watched rule would drop them)."""
+        itself, and the ``engaged`` keys, are left out (the watched rule would drop
+        them)."""
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
         flat = np.concatenate([np.asarray(h, dtype=object) for h in histories] or [[]])
         query_of = np.repeat(np.arange(len(histories)), lengths)
@@ -175,6 +206,8 @@ class CandidateSources:
         rows = self.item_index.get_indexer(flat.astype(str)) if len(flat) else np.zeros(0, int)
         n_items = len(self.item_index)
         seen = np.unique(query_of.astype(np.int64) * n_items + rows)
+        if engaged is not None:
+            seen = np.union1d(seen, engaged)
         keep = (position < self.history) & (rows >= 0)
         query_of, rows = query_of[keep], rows[keep]
         # Gather every history item's neighbour list at once.

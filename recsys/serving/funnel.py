@@ -41,7 +41,7 @@ from recsys.core.derived import context_columns
 from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.requests import raw_arrays
 from recsys.serving.backends import InProcessBackend
-from recsys.serving.candidates import RankedLists, fuse
+from recsys.serving.candidates import RankedLists, engaged_keys, fuse
 from recsys.serving.experiment import Arm
 from recsys.serving.exploration import ExplorationConfig, explore
 from recsys.serving.rerank import Candidates, RerankConfig, rerank
@@ -247,9 +247,19 @@ class Funnel:
             source = getattr(self.retrieval, "source", TWO_TOWER)
             sources = np.full(len(rows), CANDIDATE_SOURCES.index(source), dtype=np.int8)
         else:  # merged with the other sources' (recsys.serving.candidates)
-            lists = self.features.sources.lists(queries.get(HISTORY_ITEMS), n_queries)
+            # What the user engaged with is left out before the lists are cut, so a
+            # heavy user's candidates are not mostly what the watched rule drops.
+            engaged = engaged_keys(
+                [
+                    watched_by(query, queries.get(HISTORY_ITEMS), queries.get(WATCHED_ITEMS))
+                    for query in range(n_queries)
+                ],
+                self.features.item_index,
+            )
+            lists = self.features.sources.lists(queries.get(HISTORY_ITEMS), n_queries, engaged)
+            two_tower = RankedLists.of_matrix(rows).without(engaged, len(self.catalog))
             merged = fuse(
-                {TWO_TOWER: RankedLists.of_matrix(rows), **lists},
+                {TWO_TOWER: two_tower, **lists},
                 n_queries,
                 len(self.catalog),
                 self.features.sources.fusion_weights,

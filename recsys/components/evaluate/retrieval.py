@@ -172,10 +172,16 @@ def evaluate_retrieval(
     model_top, model = two_tower_top, two_tower
     if sources is not None:
         served = sources.served
+        # Each user's training clicks are left out of every list, as serving leaves out
+        # what the user engaged with (the two-tower's top is masked already).
+        user_pos = pd.Index(task.users).get_indexer(task.train_clicks[USER_ID])
+        item_pos = pd.Index(item_ids).get_indexer(task.train_clicks[ITEM_ID])
+        known = (user_pos >= 0) & (item_pos >= 0)
+        engaged = np.unique(user_pos[known].astype(np.int64) * len(item_ids) + item_pos[known])
         merged = fuse(
             {
                 TWO_TOWER: RankedLists.of_matrix(two_tower_top[:, : sources.per_source]),
-                **sources.lists(task.queries[HISTORY_ITEMS].to_numpy(), len(task.users)),
+                **sources.lists(task.queries[HISTORY_ITEMS].to_numpy(), len(task.users), engaged),
             },
             len(task.users),
             len(item_ids),
