@@ -21,12 +21,13 @@ Protocol (docs/benchmarks.md has the results):
   split by Recall@50, then refit on the whole training split. EASE (Steck 2019,
   closed-form item-item weights): its L2 regularization chosen the same way. Two-tower: the
   pipeline's own stage functions (point-in-time join with engagement history,
-  tensorflow-transform, ``train_retrieval``); temperature and learning rate
-  chosen on the validation split by the same Recall@50, the number of epochs by
-  early stopping there; then retrained on the whole training split for that
-  many epochs (early stopping off: the test split is passed as the trainer's
-  eval data only to report a loss). Each test user is queried with the features
-  of their first test rating, as serving would have seen them then.
+  tensorflow-transform, ``train_retrieval``); temperature, learning rate and the
+  history encoder (a bag or ordered) chosen on the validation split by the same
+  Recall@50, the number of epochs by early stopping there; then retrained on the
+  whole training split for that many epochs (early stopping off: the test split
+  is passed as the trainer's eval data only to report a loss). Each test user is
+  queried with the features of their first test rating, as serving would have seen
+  them then.
 """
 
 import argparse
@@ -82,7 +83,12 @@ TWO_TOWER = dict(
     early_stopping_patience=3,
     seed=42,
 )
-TWO_TOWER_GRID = {"temperature": [0.05, 0.1, 0.2], "learning_rate": [0.05, 0.1]}
+TWO_TOWER_GRID = {
+    "temperature": [0.05, 0.1, 0.2],
+    "learning_rate": [0.05, 0.1],
+    # The engagement history as a bag, or ordered (positions and self-attention).
+    "history_encoder": ["mean", "attention"],
+}
 SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
 
 

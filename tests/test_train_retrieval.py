@@ -266,3 +266,45 @@ def test_export_writes_the_ann_index_beside_the_embeddings(stages, tmp_path):
     table = read_dataset(out["embeddings"])
     assert len(table) == exported["indexed_items"] == len(read_dataset(paths["item_snapshot"]))
     assert pd.Series(table["item_id"]).is_unique
+
+
+@pytest.mark.trains
+def test_the_attention_encoder_reads_the_history_in_order_and_exports(stages, tmp_path):
+    """history_encoder: attention: the query embedding depends on the history's order
+    (a bag does not), and the exported query model serves it from raw features."""
+    model, _ = _train(stages, history_encoder="attention", embedding_dim=16)
+    paths = stages["paths"]
+    out = {name: str(tmp_path / name) for name in ("retrieval", "query", "embeddings")}
+    tr.export(
+        model,
+        paths["transform_graph"],
+        paths["item_snapshot"],
+        RetrievalConfig(top_k=20, embedding_dim=16),
+        out["retrieval"],
+        out["query"],
+        out["embeddings"],
+    )
+    serve = tf.saved_model.load(out["query"]).signatures["serving_default"]
+    user = read_dataset(paths["user_snapshot"])
+    user = user[user["user_history_count"] > 3].head(1).assign(hour_of_day=20, day_of_week=4)
+    history = list(user["user_history_items"].iloc[0])
+    assert len(set(history)) > 2
+
+    def embed(items):
+        frame = user.assign(user_history_items=[items])
+        return serve(**modeling.raw_tensors(frame, serve.structured_input_signature[1]))[
+            QUERY_EMBEDDING
+        ].numpy()
+
+    assert not np.allclose(embed(history), embed(history[::-1]), atol=1e-5)
+    assert np.all(np.isfinite(embed([])))  # a user without a history: no NaN
+    bag, _ = _train(stages, embedding_dim=16)  # the mean encoder ignores order
+    rows = modeling.load_transformed(
+        paths["transformed_eval"], tr.tower_columns(REGISTRY, QUERY_TOWER)
+    )
+    one = {name: values[:1] for name, values in rows.items()}
+    history_input = REGISTRY["user_history_items"].transformed_name
+    flipped = {**one, history_input: one[history_input][:, ::-1]}
+    np.testing.assert_allclose(
+        bag.query_tower(one).numpy(), bag.query_tower(flipped).numpy(), atol=1e-5
+    )

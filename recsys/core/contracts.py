@@ -127,6 +127,8 @@ QUERY_TOWER, CANDIDATE_TOWER = "retrieval.query", "retrieval.candidate"
 RANKER = "ranking"
 TOWERS = (QUERY_TOWER, CANDIDATE_TOWER, RANKER)
 SERVING_INPUTS = {RETRIEVAL: QUERY_TOWER, RANKING: RANKER}
+# How a tower may encode an id sequence (the engagement history): a bag, or ordered.
+SEQUENCE_ENCODERS = ("mean", "attention")
 # Outputs of the retrieval model (top-K item ids and scores) and of the query model.
 ITEM_IDS, SCORES = "item_ids", "scores"
 QUERY_EMBEDDING = "query_embedding"

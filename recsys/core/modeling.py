@@ -20,7 +20,7 @@ import tensorflow_transform as tft
 from tensorflow.python.autograph.core import config as autograph_config
 
 from recsys.core import storage
-from recsys.core.contracts import CLICKED
+from recsys.core.contracts import CLICKED, SEQUENCE_ENCODERS
 from recsys.core.features import SEQUENCE_PADDING, Feature, FeatureRegistry
 from recsys.core.progress import log
 from recsys.core.requests import pad_lists, raw_arrays
@@ -73,7 +73,14 @@ class Tower(tf.keras.Model):
     that feature's embedding table, and the dot product of the sequence's mean
     embedding with the id's embedding is added as a feature: how close the
     candidate is to what the user engaged with. ``id_dropout`` replaces that share
-    of the ids (group ``id``) in training with the out-of-vocabulary bucket."""
+    of the ids (group ``id``) in training with the out-of-vocabulary bucket.
+
+    ``sequence_encoder``: "mean" pools each id sequence's embeddings as a bag;
+    "attention" keeps their order: a learned position embedding (newest first, as
+    the join writes them) added to each, one self-attention layer over the present
+    ones (Keras' MultiHeadAttention, padding masked) with a residual, then the
+    masked mean beside the newest slot's attended state (as SASRec reads the last
+    one). The history carries no timestamps, so positions stand for time."""
 
     def __init__(
         self,
@@ -86,9 +93,15 @@ class Tower(tf.keras.Model):
         normalize: bool = False,
         history_affinity: bool = False,
         id_dropout: float = 0.0,
+        sequence_encoder: str = "mean",
+        max_sequence_length: int = 64,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if sequence_encoder not in SEQUENCE_ENCODERS:
+            raise ValueError(
+                f"sequence_encoder must be one of {SEQUENCE_ENCODERS}, got {sequence_encoder!r}"
+            )
         features = registry.select(tower=tower)
         id_features = [f for f in features if f.embedded]
         sequences = [f for f in features if f.transform == "sequence"]
@@ -139,6 +152,19 @@ class Tower(tf.keras.Model):
                 if id(table) not in self.vocabulary_of
             }
         )
+        self.ordered = [
+            (
+                tf.keras.layers.Embedding(
+                    max_sequence_length, table.output_dim, name=f"{name}_positions"
+                ),
+                tf.keras.layers.MultiHeadAttention(
+                    num_heads=2, key_dim=max(table.output_dim // 2, 1), name=f"{name}_attention"
+                ),
+            )
+            if sequence_encoder == "attention"
+            else None
+            for table, name in zip(self.sequence_embeddings, self.sequence_inputs, strict=True)
+        ]
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))
@@ -159,14 +185,31 @@ class Tower(tf.keras.Model):
                     bucket = bucket + tf.cast(offset, ids.dtype)
                 ids = tf.where(dropped, bucket, ids)
             parts.append(embed(ids))
-        for embed, name, shared in zip(
-            self.sequence_embeddings, self.sequence_inputs, self.affinity_with, strict=True
+        for embed, name, shared, ordered in zip(
+            self.sequence_embeddings,
+            self.sequence_inputs,
+            self.affinity_with,
+            self.ordered,
+            strict=True,
         ):
             ids = sequence_ids(features[name])
-            present = tf.cast(ids != SEQUENCE_PADDING, tf.float32)[..., None]
-            summed = tf.reduce_sum(embed(tf.maximum(ids, 0)) * present, axis=1)
+            mask = ids != SEQUENCE_PADDING
+            present = tf.cast(mask, tf.float32)[..., None]
+            embedded = embed(tf.maximum(ids, 0))
+            if ordered is not None:
+                positions, attention = ordered
+                slots = tf.minimum(tf.range(tf.shape(ids)[1]), positions.input_dim - 1)
+                embedded = embedded + positions(slots)[None]
+                pairs = tf.logical_and(mask[:, :, None], mask[:, None, :])
+                embedded = embedded + attention(
+                    embedded, embedded, attention_mask=pairs, training=training
+                )
+            summed = tf.reduce_sum(embedded * present, axis=1)
             mean = summed / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
             parts.append(mean)
+            if ordered is not None:
+                # The newest slot's attended state too: a mean alone is blind to order.
+                parts.append(embedded[:, 0, :] * present[:, 0, :])
             if shared is not None:
                 parts.append(tf.reduce_sum(mean * parts[shared], axis=1, keepdims=True))
         if self.dense_inputs:

@@ -20,6 +20,7 @@ def train_retrieval(
     positive_weighting: str,
     early_stopping_patience: int,
     ann_index: str,
+    history_encoder: str,
     sources: str,
     co_engagement_history: int,
     co_engagement_neighbors: int,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from recsys.core.config import parameter
-from recsys.core.contracts import CANDIDATE_SOURCES, TWO_TOWER
+from recsys.core.contracts import CANDIDATE_SOURCES, SEQUENCE_ENCODERS, TWO_TOWER
 
 POSITIVE_WEIGHTINGS = ("none", "watch_time")
 ANN_INDEXES = ("", "faiss-hnsw")
@@ -34,6 +34,11 @@ class RetrievalConfig:
         2, "epochs without a better eval Recall@50 before stopping; 0 = train all epochs"
     )
     ann_index: str = parameter("", "faiss-hnsw: also write an approximate index; empty: none")
+    history_encoder: str = parameter(
+        "mean",
+        "how the query tower reads the engagement history: mean (a bag of items) or "
+        "attention (ordered: positions and one self-attention layer)",
+    )
     sources: str = parameter(
         ",".join(CANDIDATE_SOURCES),
         "candidate sources the funnel merges, comma-separated: two_tower (always), "
@@ -60,6 +65,10 @@ class RetrievalConfig:
             raise ValueError(
                 f"positive_weighting must be one of {POSITIVE_WEIGHTINGS}, "
                 f"got {self.positive_weighting!r}"
+            )
+        if self.history_encoder not in SEQUENCE_ENCODERS:
+            raise ValueError(
+                f"history_encoder must be one of {SEQUENCE_ENCODERS}, got {self.history_encoder!r}"
             )
         if self.ann_index not in ANN_INDEXES:
             raise ValueError(

@@ -73,6 +73,7 @@ class TwoTowerModel(tfrs.Model):
             [64],
             config.embedding_dim,
             normalize=True,
+            sequence_encoder=config.history_encoder,
             name="query_tower",
         )
         self.candidate_tower = modeling.Tower(
