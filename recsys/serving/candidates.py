@@ -5,16 +5,19 @@ eval users are new, popularity beat it. So each request's candidates come from
 every source train_retrieval wrote (``contracts.CANDIDATE_SOURCES``):
 
 - ``two_tower``: the retrieval model's top-K (``recsys.serving.retrieval``);
-- ``co_engagement``: items clicked right after the items of the user's recent
-  history, by other users in training (cosine-normalised counts), summed over the
+- ``co_engagement``: items other users clicked close to (before or after) the
+  items of this user's newest history, cosine-normalised counts summed over the
   history; nothing for a user without one;
 - ``popular``: the most clicked training items, the same for everyone.
 
-The lists are merged by reciprocal rank fusion (Cormack et al. 2009: each
-candidate scores the sum of 1 / (RRF_K + rank) over the lists that hold it). RRF
-needs no weights fitted to a log, so the same setting holds on any log; its one
-constant is the paper's. The ranker then orders the merged candidates; each
-candidate keeps the source that ranked it highest, which evaluation reports.
+Each list leaves out what the user already engaged with before it is cut, so a
+heavy user's lists are not mostly what the watched rule would drop. The lists are
+merged by reciprocal rank fusion (Cormack et al. 2009: each candidate scores the sum
+of 1 / (RRF_K + rank) over the lists that hold it), the other sources' terms times
+one weight (``retrieval_sources_weight``); RRF needs no score calibration between
+sources, and its constant is the paper's. The funnel keeps the best
+``retrieval_top_k`` and the ranker orders them; each candidate keeps the source that
+ranked it highest, which evaluation reports.
 
 Everything is whole-array work over many queries at once: serving calls it with
 one query, evaluation with thousands.
