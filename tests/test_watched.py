@@ -20,7 +20,7 @@ from recsys.core.contracts import (
 from recsys.core.derived import DAY
 from recsys.core.online_features import apply_events
 from recsys.serving import Context, Funnel
-from tests.test_funnel import request_time
+from tests.test_funnel import _retrieved, request_time
 
 AT = 1_700_000_000 - 1_700_000_000 % DAY
 
@@ -105,6 +105,11 @@ def test_the_funnel_keeps_thousands_of_watched_items_off_the_page(stages, pushed
     # A full page of what is left: the watched items were left out of every source's
     # list before the candidates were cut, not dropped from a page of them.
     assert len(result.items) == 10 and set(result.items[ITEM_ID]) <= keep
+    # Counted: the retrieval model's own candidates watched or in the history.
+    top_k = set(_retrieved(funnel, user, stages))
+    engaged = (set(catalog) - keep) | set(row["user_history_items"][0])
+    assert result.removed["watched"] == len(top_k & engaged) > len(top_k) // 2
+    assert not set(result.items[ITEM_ID]) & engaged
     assert (
         not set(funnel.candidates({**row, **Context(request_time(stages)).columns()}).item_ids)
         - keep

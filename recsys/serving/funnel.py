@@ -105,6 +105,9 @@ class ScoredCandidates:
     ranked: dict[str, np.ndarray]  # the ranker's outputs (contracts.MODEL_OUTPUTS)
     missing: np.ndarray  # per query: retrieved items the snapshot does not have
     queries: dict[str, np.ndarray]  # the raw query columns
+    # Per query: the retrieval model's candidates left out as already engaged with,
+    # before the lists were merged (the watched rule, applied early).
+    watched_before: np.ndarray
     # Which source found each candidate (index into contracts.CANDIDATE_SOURCES).
     sources: np.ndarray
 
@@ -238,6 +241,7 @@ class Funnel:
         item_ids = _text(retrieved[ITEM_IDS].ravel())
         rows = self.features.item_rows(item_ids).reshape(n_queries, n_retrieved)
         missing = (rows < 0).sum(axis=1)
+        left_out = np.zeros(n_queries, dtype=np.int64)
         if self.features.sources is None:  # the two-tower's candidates alone
             in_snapshot = rows.ravel() >= 0
             query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
@@ -257,7 +261,12 @@ class Funnel:
                 self.features.item_index,
             )
             lists = self.features.sources.lists(queries.get(HISTORY_ITEMS), n_queries, engaged)
-            two_tower = RankedLists.of_matrix(rows).without(engaged, len(self.catalog))
+            retrieved_lists = RankedLists.of_matrix(rows)
+            two_tower = retrieved_lists.without(engaged, len(self.catalog))
+            # The watched rule's count: the retrieval model's candidates left out here.
+            left_out = np.bincount(retrieved_lists.query_of, minlength=n_queries) - np.bincount(
+                two_tower.query_of, minlength=n_queries
+            )
             merged = fuse(
                 {TWO_TOWER: two_tower, **lists},
                 n_queries,
@@ -295,6 +304,7 @@ class Funnel:
             ranked,
             missing,
             queries,
+            left_out,
             sources,
         )
 
@@ -398,7 +408,11 @@ class Funnel:
                     shown + bounds[query],
                     final_scores[shown],
                     propensity,
-                    {"not_in_snapshot": int(scored.missing[query]), **page.removed},
+                    {
+                        "not_in_snapshot": int(scored.missing[query]),
+                        **page.removed,
+                        "watched": page.removed["watched"] + int(scored.watched_before[query]),
+                    },
                 )
             )
         return chosen
