@@ -189,6 +189,7 @@ SNAPSHOT_AS_OF, SNAPSHOT_HISTORY_LENGTH = "as_of", "history_length"
 # input); and, in snapshot.json, which events add to it online and how many it keeps.
 WATCHED_ITEMS = "user_watched_items"
 SNAPSHOT_WATCHED_FROM, SNAPSHOT_WATCHED_MAX = "watched_from", "watched_max_items"
+WATCHED_MAX_ITEMS = 10_000  # the default cap (the join's watched_max_items)
 SNAPSHOT_SCHEMAS = "schemas"
 # The feature registry's file, beside the curated schemas.
 FEATURES_FILE = "features.yaml"

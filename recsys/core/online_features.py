@@ -39,6 +39,7 @@ from recsys.core.contracts import (
     USER_ID,
     WATCH_SECONDS,
     WATCHED_ITEMS,
+    WATCHED_MAX_ITEMS,
 )
 from recsys.core.derived import DAY
 from recsys.core.features import HISTORY_COLUMNS
@@ -52,7 +53,7 @@ def apply_events(
     events: pd.DataFrame,
     history_length: int,
     at: int,
-    watched_max: int = 10_000,
+    watched_max: int = WATCHED_MAX_ITEMS,
     watched_from_impressions: bool = False,
 ) -> dict:
     """``row`` (feature name -> array of length 1, as the snapshot gives it) with

@@ -47,6 +47,11 @@ from recsys.core.contracts import (
 RRF_K = 60
 
 
+def rank_within_query(query_of: np.ndarray) -> np.ndarray:
+    """Each entry's position within its query's run (``query_of`` grouped, sorted)."""
+    return np.arange(len(query_of)) - np.searchsorted(query_of, query_of)
+
+
 @dataclass
 class RankedLists:
     """Ranked lists of many queries as flat arrays: the query of each entry, the
@@ -64,7 +69,7 @@ class RankedLists:
 
     def head(self, n: int) -> "RankedLists":
         """Each query's first ``n`` entries, ranked again from 0 (grouped by query)."""
-        rank = np.arange(len(self.rows)) - np.searchsorted(self.query_of, self.query_of)
+        rank = rank_within_query(self.query_of)
         keep = rank < n
         return RankedLists(self.query_of[keep], self.rows[keep], rank[keep])
 
@@ -91,8 +96,7 @@ class Merged:
 
     def head(self, n: int) -> "Merged":
         """Each query's ``n`` best."""
-        rank = np.arange(len(self.rows)) - np.searchsorted(self.query_of, self.query_of)
-        keep = rank < n
+        keep = rank_within_query(self.query_of) < n
         return Merged(
             self.query_of[keep], self.rows[keep], self.fused_score[keep], self.source[keep]
         )
@@ -225,8 +229,7 @@ class CandidateSources:
         query_of, rows = unique // n_items, unique % n_items
         order = np.lexsort((rows, -scores, query_of))
         query_of, rows = query_of[order], rows[order]
-        starts = np.searchsorted(query_of, query_of, side="left")
-        rank = np.arange(len(rows)) - starts
+        rank = rank_within_query(query_of)
         top = rank < self.per_source
         return RankedLists(query_of[top], rows[top], rank[top])
 

@@ -106,8 +106,9 @@ class ScoredCandidates:
     missing: np.ndarray  # per query: retrieved items the snapshot does not have
     queries: dict[str, np.ndarray]  # the raw query columns
     # Per query: the retrieval model's candidates left out as already engaged with,
-    # before the lists were merged (the watched rule, applied early).
-    watched_before: np.ndarray
+    # before the lists were merged (the watched rule, applied early); None where it
+    # was not (the re-ranking applies it).
+    watched_before: np.ndarray | None
     # Which source found each candidate (index into contracts.CANDIDATE_SOURCES).
     sources: np.ndarray
 
@@ -241,7 +242,7 @@ class Funnel:
         item_ids = _text(retrieved[ITEM_IDS].ravel())
         rows = self.features.item_rows(item_ids).reshape(n_queries, n_retrieved)
         missing = (rows < 0).sum(axis=1)
-        left_out = np.zeros(n_queries, dtype=np.int64)
+        left_out = None  # the two-tower's alone: the re-ranking's watched rule applies
         if self.features.sources is None:  # the two-tower's candidates alone
             in_snapshot = rows.ravel() >= 0
             query_of = np.repeat(np.arange(n_queries), n_retrieved)[in_snapshot]
@@ -381,6 +382,9 @@ class Funnel:
         embeddings = self.features.embeddings
         histories = scored.queries.get(HISTORY_ITEMS)
         watched_items = scored.queries.get(WATCHED_ITEMS)
+        # Not again, per request, over up to watched_max_items ids, where the
+        # candidates already left the engaged items out.
+        applied = scored.watched_before is not None
         bounds = np.searchsorted(scored.query_of, np.arange(scored.n_queries + 1))
         chosen = []
         for query in range(scored.n_queries):
@@ -395,7 +399,7 @@ class Funnel:
                     embeddings[scored.rows[mine]] if embeddings is not None else None,
                 ),
                 config,
-                watched=watched_by(query, histories, watched_items),
+                watched=[] if applied else watched_by(query, histories, watched_items),
                 excluded=exclude,
             )
             shown, propensity = explore(
@@ -411,7 +415,8 @@ class Funnel:
                     {
                         "not_in_snapshot": int(scored.missing[query]),
                         **page.removed,
-                        "watched": page.removed["watched"] + int(scored.watched_before[query]),
+                        "watched": page.removed["watched"]
+                        + (int(scored.watched_before[query]) if applied else 0),
                     },
                 )
             )

@@ -50,6 +50,7 @@ from recsys.core.contracts import (
     SNAPSHOT_WATCHED_MAX,
     USER_ID,
     WATCH_SECONDS,
+    WATCHED_MAX_ITEMS,
 )
 from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.online_features import apply_events
@@ -128,7 +129,7 @@ class Bundle:
         self.history_length = int(meta.get(SNAPSHOT_HISTORY_LENGTH) or _longest_history(funnel))
         # How the watched items grow online (as the join built them).
         self.watched = {
-            "watched_max": int(meta.get(SNAPSHOT_WATCHED_MAX, 10_000)),
+            "watched_max": int(meta.get(SNAPSHOT_WATCHED_MAX, WATCHED_MAX_ITEMS)),
             "watched_from_impressions": meta.get(SNAPSHOT_WATCHED_FROM) == "impressions",
         }
         self.feature_store: dict = {}  # what the online store said when it was prepared

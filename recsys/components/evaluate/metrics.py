@@ -22,7 +22,7 @@ from recsys.core.ranking import top_k
 SCORE_CHUNK_ELEMENTS = 20_000_000
 
 
-def _masked_positions(users: np.ndarray, item_ids: np.ndarray, masked: pd.DataFrame):
+def masked_positions(users: np.ndarray, item_ids: np.ndarray, masked: pd.DataFrame):
     """(user positions, item positions) of ``masked``'s known pairs, sorted by user."""
     user_pos = pd.Index(users).get_indexer(masked[USER_ID])
     item_pos = pd.Index(item_ids).get_indexer(masked[ITEM_ID])
@@ -39,7 +39,7 @@ def rank_catalog(
     ``users[start:stop]``, called for a chunk of users at a time so that a large
     catalog never needs a users x items matrix. Scores keep their dtype (a float32
     model's are ranked as float32: half the memory traffic of float64)."""
-    user_pos, item_pos = _masked_positions(users, item_ids, masked)
+    user_pos, item_pos = masked_positions(users, item_ids, masked)
     rows_of = scores if callable(scores) else (lambda start, stop: scores[start:stop])
     step = max(1, SCORE_CHUNK_ELEMENTS // max(len(item_ids), 1))
     tops = []
@@ -64,7 +64,7 @@ def rank_by_one_order(
     order = np.argsort(-item_scores, kind="stable")  # ties: lower index first
     rank_of = np.empty(len(order), dtype=np.int64)
     rank_of[order] = np.arange(len(order))
-    user_pos, item_pos = _masked_positions(users, item_ids, masked)
+    user_pos, item_pos = masked_positions(users, item_ids, masked)
     masked_ranks = rank_of[item_pos]
     per_user = np.bincount(user_pos, minlength=len(users))
     k = min(k, len(order))

@@ -18,6 +18,7 @@ from recsys.components.evaluate.data import EvalData, TrainingClicks
 from recsys.components.evaluate.metrics import (
     ListQuality,
     list_quality,
+    masked_positions,
     rank_by_one_order,
     rank_catalog,
     roc_auc,
@@ -174,10 +175,8 @@ def evaluate_retrieval(
         served = sources.served
         # Each user's training clicks are left out of every list, as serving leaves out
         # what the user engaged with (the two-tower's top is masked already).
-        user_pos = pd.Index(task.users).get_indexer(task.train_clicks[USER_ID])
-        item_pos = pd.Index(item_ids).get_indexer(task.train_clicks[ITEM_ID])
-        known = (user_pos >= 0) & (item_pos >= 0)
-        engaged = np.unique(user_pos[known].astype(np.int64) * len(item_ids) + item_pos[known])
+        user_pos, item_pos = masked_positions(task.users, item_ids, task.train_clicks)
+        engaged = np.unique(user_pos.astype(np.int64) * len(item_ids) + item_pos)
         merged = fuse(
             {
                 TWO_TOWER: RankedLists.of_matrix(two_tower_top[:, : sources.per_source]),

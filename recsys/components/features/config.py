@@ -8,6 +8,7 @@ imports here: the pipeline reads every stage's config to build its signature.
 from dataclasses import dataclass
 
 from recsys.core.config import parameter
+from recsys.core.contracts import WATCHED_MAX_ITEMS
 
 WATCHED_FROM = ("clicks", "impressions")
 
@@ -29,7 +30,7 @@ class JoinConfig:
         "(the user snapshot's watched items; the history is kept out too)",
     )
     watched_max_items: int = parameter(
-        10_000, "most watched items kept per user (the newest; bounds the user snapshot)"
+        WATCHED_MAX_ITEMS, "most watched items kept per user (the newest; bounds the user snapshot)"
     )
     watched_from: str = parameter(
         "clicks",
