@@ -69,6 +69,21 @@ def test_fusion_is_reciprocal_rank_fusion(data):
     assert list(merged.source) == [e[3] for e in expected]
 
 
+def test_a_list_without_engaged_items_is_ranked_again_from_zero():
+    """What the watched rule removes from the two-tower's list costs it no places in
+    the fusion: the kept items move up, in their order, per query."""
+    lists = RankedLists.of_matrix(np.array([[5, 2, 7, 1], [2, 3, -1, 4]]))
+    n_items = 10
+    engaged = np.array([0 * n_items + 5, 0 * n_items + 7, 1 * n_items + 3])
+    kept = lists.without(engaged, n_items)
+    assert list(zip(kept.query_of, kept.rows, kept.rank, strict=True)) == [
+        (0, 2, 0),
+        (0, 1, 1),
+        (1, 2, 0),
+        (1, 4, 1),
+    ]
+
+
 def sources_over(items, neighbors, popular, per_source=3, history=2):
     """CandidateSources over ``items`` with hand-written tables."""
     return CandidateSources(

@@ -62,10 +62,13 @@ class RankedLists:
     rank: np.ndarray
 
     def without(self, engaged: np.ndarray, n_items: int) -> "RankedLists":
-        """These lists without the (query, row) keys in ``engaged`` (``engaged_keys``);
-        the rest keep their ranks."""
+        """These lists without the (query, row) keys in ``engaged`` (``engaged_keys``),
+        the rest ranked again from 0: the other sources rank after leaving engaged
+        items out, so a list keeping its old ranks would lose the fusion (and the
+        credit for its items) by as many places as the watched rule removed above."""
         keep = ~np.isin(self.query_of.astype(np.int64) * n_items + self.rows, engaged)
-        return RankedLists(self.query_of[keep], self.rows[keep], self.rank[keep])
+        query_of = self.query_of[keep]
+        return RankedLists(query_of, self.rows[keep], rank_within_query(query_of))
 
     def head(self, n: int) -> "RankedLists":
         """Each query's first ``n`` entries, ranked again from 0 (grouped by query)."""
