@@ -5,6 +5,16 @@ closest to a production log, where 2 in 3 eval users have no training click).
 
     .venv/bin/python bench/candidate_sources.py [--src ../shared/data/ml-100k]
 
+First the fusion weight (``retrieval_sources_weight``: the other sources' ranks
+against the two-tower's) is chosen on validation splits, never on the eval split
+reported: the same log with its window ending where the eval split starts (so the
+run's own eval split is the last ``eval_days`` before it), and a synthetic world
+of another seed than the sample's. Each weight of FUSION_WEIGHTS is applied to
+the validation run's own candidate sources (the weight is read at fusion time,
+from sources.json) and the merged candidates' Recall@50 measured, as the release
+gate measures it; the weight with the best mean Recall@50 relative to the
+default's wins.
+
 Then evaluate's own retrieval measurement on that run's artifacts, kept per user:
 the merged candidates (the two-tower's, co-engagement's and popularity's, fused as
 the funnel fuses them), the two-tower alone and popularity, over all eval users and
@@ -15,7 +25,9 @@ over the cold ones (no training click), with the mean per-user difference and it
 
 import argparse
 import glob
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,12 +40,16 @@ import pandas as pd  # noqa: E402
 from bench.common import DEFAULT_ML_100K, log, machine  # noqa: E402
 from recsys.components.evaluate.data import EvalData, TrainingClicks  # noqa: E402
 from recsys.components.evaluate.retrieval import RetrievalTask, evaluate_retrieval  # noqa: E402
-from recsys.core.contracts import EVENT_TS, ITEM_ID, USER_ID  # noqa: E402
+from recsys.components.train_retrieval.config import RetrievalConfig  # noqa: E402
+from recsys.core.contracts import EVENT_TS, ITEM_ID, SOURCES_FILE, USER_ID  # noqa: E402
 from recsys.core.features import load_registry  # noqa: E402
 from recsys.serving import Context, Funnel  # noqa: E402
 
 METRICS = ("recall_at_50", "ndcg_at_10")
 SLICES = {"all": "all eval users", "new_users": "cold eval users (no training click)"}
+FUSION_WEIGHTS = [0.25, 0.5, 1.0, 2.0]
+DEFAULT_WEIGHT = RetrievalConfig().sources_weight
+DAY_SECONDS = 86_400
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> str:
@@ -43,20 +59,84 @@ def paired(a: np.ndarray, b: np.ndarray) -> str:
     return f"{difference.mean():+.4f} ± {margin:.4f}"
 
 
-def run_pipeline(src: str, work: str) -> str:
-    """``recsys import`` and ``recsys run`` with their defaults; the run's pipeline root."""
-    recsys = os.path.join(os.path.dirname(sys.executable), "recsys")
-    data = os.path.join(work, "movielens")
-    for argv in (
-        ["import", "--preset", "movielens-100k", "--src", src, "--out", data],
-        ["run", "--data", data, "--workdir", os.path.join(work, "run")],
-    ):
-        log(" ".join(["recsys", *argv]))
-        subprocess.run([recsys, *argv], check=True, stdout=subprocess.DEVNULL)
-    return glob.glob(os.path.join(work, "run", "pipeline_root", "recsys-pipeline-*"))[0]
+RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
 
 
-def measure(root: str, schema_dir: str):
+def recsys(*argv: str) -> None:
+    log(" ".join(["recsys", *argv]))
+    subprocess.run([RECSYS, *argv], check=True, stdout=subprocess.DEVNULL)
+
+
+def run_pipeline(data: str, workdir: str, config: str = "") -> str:
+    """``recsys run`` on ``data`` (its recsys.yaml, and ``config`` over it); the run's
+    pipeline root."""
+    recsys("run", "--data", data, "--workdir", workdir, *(["--config", config] if config else []))
+    return glob.glob(os.path.join(workdir, "pipeline_root", "recsys-pipeline-*"))[0]
+
+
+def validation_config(data: str, path: str) -> str:
+    """Parameters whose window ends where ``data``'s eval split starts, with an eval
+    split as long: that split becomes the run's eval split, inside the training data."""
+    with open(os.path.join(data, "recsys.yaml")) as handle:
+        lines = [line.split(":", 1) for line in handle if ":" in line and line[0] != "#"]
+    parameters = {key.strip(): value.strip() for key, value in lines}
+    lookback, eval_days = int(parameters["lookback_days"]), int(parameters["eval_days"])
+    newest = pd.read_parquet(os.path.join(data, "impressions.parquet"), columns=[EVENT_TS])
+    newest = pd.Timestamp(newest[EVENT_TS].max())
+    as_of = newest.normalize() + pd.Timedelta(days=1 - eval_days)
+    with open(path, "w") as handle:
+        handle.write(
+            f"as_of: '{as_of.strftime('%Y-%m-%d')}'\nlookback_days: {lookback - eval_days}\n"
+        )
+    return path
+
+
+def weighted_sources(root: str, weight: float, directory: str) -> str:
+    """A copy of the run's candidate sources with the fusion ``weight``."""
+    shutil.copytree(os.path.join(root, "train-retrieval", "candidate_sources"), directory)
+    path = os.path.join(directory, SOURCES_FILE)
+    with open(path) as handle:
+        meta = json.load(handle)
+    with open(path, "w") as handle:
+        json.dump({**meta, "weight": weight}, handle)
+    return directory
+
+
+def fusion_grid(root: str, schema_dir: str, work: str) -> dict[float, float]:
+    """Per fusion weight, the merged candidates' Recall@50 on the run's eval split."""
+    recall = {}
+    for weight in FUSION_WEIGHTS:
+        sources = weighted_sources(root, weight, os.path.join(work, f"sources_{weight}"))
+        result = measure(root, schema_dir, sources)
+        recall[weight] = float(result.model["all"].per_user["recall_at_50"].mean())
+        log(f"fusion weight {weight}: merged Recall@50 {recall[weight]:.4f}")
+    return recall
+
+
+def choose_fusion_weight(grids: dict[str, dict[float, float]]) -> tuple[float, str]:
+    """The weight with the best mean Recall@50 relative to the default's, and a table."""
+    relative = {
+        weight: float(np.mean([grid[weight] / grid[DEFAULT_WEIGHT] for grid in grids.values()]))
+        for weight in FUSION_WEIGHTS
+    }
+    chosen = max(FUSION_WEIGHTS, key=lambda weight: (relative[weight], weight == DEFAULT_WEIGHT))
+    lines = [
+        "| fusion weight | "
+        + " | ".join(f"{name}: Recall@50" for name in grids)
+        + " | mean relative to the default |",
+        "|---:|" + "---:|" * (len(grids) + 1),
+    ]
+    for weight in FUSION_WEIGHTS:
+        mark = " (chosen)" if weight == chosen else ""
+        lines.append(
+            f"| {weight}{mark} | "
+            + " | ".join(f"{grid[weight]:.4f}" for grid in grids.values())
+            + f" | {relative[weight]:.4f} |"
+        )
+    return chosen, "\n".join(lines)
+
+
+def measure(root: str, schema_dir: str, candidate_sources: str = ""):
     def artifact(path):
         return os.path.join(root, path)
 
@@ -69,7 +149,7 @@ def measure(root: str, schema_dir: str):
         artifact("train-retrieval/retrieval_model"),
         RetrievalTask.of(train, data),
         [10, 50, 100],
-        artifact("train-retrieval/candidate_sources"),
+        candidate_sources or artifact("train-retrieval/candidate_sources"),
     )
 
 
@@ -126,11 +206,39 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", default=DEFAULT_ML_100K, help="the unzipped ml-100k directory")
     parser.add_argument("--workdir", default="", help="default: a temporary directory")
+    parser.add_argument(
+        "--validation-seed", type=int, default=11, help="the synthetic validation world's seed"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.workdir or temporary
-        root = run_pipeline(args.src, work)
-        result = measure(root, os.path.join(work, "movielens", "schemas"))
+        data = os.path.join(work, "movielens")
+        recsys("import", "--preset", "movielens-100k", "--src", args.src, "--out", data)
+        schema_dir = os.path.join(data, "schemas")
+        world = os.path.join(work, f"world{args.validation_seed}")
+        recsys("generate", "--out", world, "--seed", str(args.validation_seed))
+        validation = os.path.join(work, "validation.yaml")
+        grids = {
+            "MovieLens, the window before the eval split": fusion_grid(
+                run_pipeline(
+                    data, os.path.join(work, "validation"), validation_config(data, validation)
+                ),
+                schema_dir,
+                os.path.join(work, "ml_grid"),
+            ),
+            f"synthetic world {args.validation_seed}": fusion_grid(
+                run_pipeline(world, os.path.join(work, "world_run")),
+                "",
+                os.path.join(work, "world_grid"),
+            ),
+        }
+        chosen, table = choose_fusion_weight(grids)
+        print("Fusion weight, chosen on validation splits:\n")
+        print(table)
+        if chosen != DEFAULT_WEIGHT:
+            print(f"\nThe default ({DEFAULT_WEIGHT}) is not the chosen weight ({chosen}).")
+        root = run_pipeline(data, os.path.join(work, "run"))
+        result = measure(root, schema_dir)
         print(markdown(result))
         print("\nThe run's pages (evaluate's report):\n")
         print(pages_table(root))

@@ -21,8 +21,9 @@ Protocol (docs/benchmarks.md has the results):
   split by Recall@50, then refit on the whole training split. EASE (Steck 2019,
   closed-form item-item weights): its L2 regularization chosen the same way. Two-tower: the
   pipeline's own stage functions (point-in-time join with engagement history,
-  tensorflow-transform, ``train_retrieval``); temperature, learning rate and the
-  history encoder (a bag or ordered) chosen on the validation split by the same
+  tensorflow-transform, ``train_retrieval``); the join's history length (10 or
+  50 clicked items), temperature, learning rate and the history encoder (a bag
+  or ordered) chosen on the validation split by the same
   Recall@50, the number of epochs by early stopping there; then retrained on the
   whole training split for that many epochs (early stopping off: the test split
   is passed as the trainer's eval data only to report a loss). Each test user is
@@ -89,6 +90,9 @@ TWO_TOWER_GRID = {
     # The engagement history as a bag, or ordered (positions and self-attention).
     "history_encoder": ["mean", "attention"],
 }
+# The join's history_length: clicked items in each example's history (the pipeline's
+# default and the examples schema's maximum), each a join and transform of its own.
+HISTORY_LENGTHS = [10, 50]
 SIZES = {"100k": 100_000, "1M": 1_000_000, "5M": 5_000_000}
 
 
@@ -247,15 +251,20 @@ class Pipeline:
         self.registry = load_registry(schema_dir)
         self.runs = 0
 
-    def prepare(self, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict:
-        """Examples and transformed data of one (train, eval) split; returns paths."""
+    def prepare(
+        self, train: pd.DataFrame, evaluation: pd.DataFrame, history_length: int | None = None
+    ) -> dict:
+        """Examples and transformed data of one (train, eval) split, with the join's
+        ``history_length`` (default: the pipeline's); returns paths."""
         self.runs += 1
+        join = {} if history_length is None else {"history_length": history_length}
         return prepare_split(
             self.ingested,
             os.path.join(self.root, f"split{self.runs}"),
             train,
             evaluation,
             schema_dir=self.schema_dir,
+            **join,
         )
 
     def train(self, paths: dict, config: RetrievalConfig, name: str):
@@ -296,21 +305,25 @@ def two_tower_scores(paths: dict, users, item_ids) -> np.ndarray:
 def tune_two_tower(
     pipeline: Pipeline, fit: pd.DataFrame, validation: pd.DataFrame, item_ids
 ) -> tuple[dict, dict]:
-    """The TWO_TOWER_GRID point with the best validation Recall@50 (the same measure
-    as ALS's tuning), each trained with early stopping on the validation split."""
+    """The point of HISTORY_LENGTHS x TWO_TOWER_GRID with the best validation
+    Recall@50 (the same measure as ALS's tuning), each trained with early stopping on
+    the validation split."""
     users, positives, masked = task(fit, validation)
-    paths = pipeline.prepare(fit, validation)
     best, best_tuning = None, {"recall_at_50": -1.0}
-    for number, values in enumerate(itertools.product(*TWO_TOWER_GRID.values())):
+    points = itertools.product(HISTORY_LENGTHS, itertools.product(*TWO_TOWER_GRID.values()))
+    paths = {}
+    for number, (history_length, values) in enumerate(points):
+        if history_length not in paths:
+            paths[history_length] = pipeline.prepare(fit, validation, history_length)
         params = dict(zip(TWO_TOWER_GRID, values, strict=True))
         config = RetrievalConfig(**{**TWO_TOWER, **params})
-        models, metrics = pipeline.train(paths, config, f"tune{number}")
+        models, metrics = pipeline.train(paths[history_length], config, f"tune{number}")
         recall = score(
             two_tower_scores(models, users, item_ids), users, item_ids, positives, masked
         )["recall_at_50"]
         if recall > best_tuning["recall_at_50"]:
             best, best_tuning = (
-                params,
+                {"history_length": history_length, **params},
                 {"recall_at_50": recall, "best_epoch": metrics["best_epoch"]},
             )
     return best, best_tuning
@@ -370,10 +383,18 @@ def quality(src: str, root: str) -> dict:
 
         started = time.monotonic()
         params, tuning = tune_two_tower(pipeline, fit, validation, item_ids)
+        model_params = {name: value for name, value in params.items() if name != "history_length"}
         final_config = RetrievalConfig(
-            **{**TWO_TOWER, **params, "epochs": tuning["best_epoch"], "early_stopping_patience": 0}
+            **{
+                **TWO_TOWER,
+                **model_params,
+                "epochs": tuning["best_epoch"],
+                "early_stopping_patience": 0,
+            }
         )
-        paths, metrics = pipeline.train(pipeline.prepare(train, test), final_config, "final")
+        paths, metrics = pipeline.train(
+            pipeline.prepare(train, test, params["history_length"]), final_config, "final"
+        )
         table["two-tower"] = score(
             two_tower_scores(paths, users, item_ids), users, item_ids, positives, masked
         )

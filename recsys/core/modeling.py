@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
 from tensorflow.python.autograph.core import config as autograph_config
 
@@ -80,7 +81,13 @@ class Tower(tf.keras.Model):
     the join writes them) added to each, one self-attention layer over the present
     ones (Keras' MultiHeadAttention, padding masked) with a residual, then the
     masked mean beside the newest slot's attended state (as SASRec reads the last
-    one). The history carries no timestamps, so positions stand for time."""
+    one). The history carries no timestamps, so positions stand for time.
+
+    With ``dot_interactions`` every embedding (ids, categories, each sequence's
+    pooled one) is ``embedding_dim`` wide and their pairwise dot products are added
+    as features (DLRM's interaction, Naumov et al. 2019, tfrs' DotInteraction): the
+    user-item, history-item and history-category affinities an MLP or cross layer
+    would otherwise have to discover as products of its inputs."""
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class Tower(tf.keras.Model):
         id_dropout: float = 0.0,
         sequence_encoder: str = "mean",
         max_sequence_length: int = 64,
+        dot_interactions: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,9 +122,10 @@ class Tower(tf.keras.Model):
 
         def embedding(feature: Feature, name: str):
             cardinality = id_cardinality(transform_output, feature)
-            return tf.keras.layers.Embedding(
-                cardinality, min(embedding_dim, cardinality), name=f"{name}_embedding"
-            )
+            # A small vocabulary needs no more dimensions than it has values, unless
+            # its embedding is dotted with the others (which need one width).
+            width = embedding_dim if dot_interactions else min(embedding_dim, cardinality)
+            return tf.keras.layers.Embedding(cardinality, width, name=f"{name}_embedding")
 
         self.embeddings = [embedding(f, f.transformed_name) for f in id_features]
         # Per id input: the hashed buckets its ids are dropped to in training (first
@@ -165,6 +174,11 @@ class Tower(tf.keras.Model):
             else None
             for table, name in zip(self.sequence_embeddings, self.sequence_inputs, strict=True)
         ]
+        self.interaction = (
+            tfrs.layers.feature_interaction.DotInteraction(name="dot_interaction")
+            if dot_interactions
+            else None
+        )
         layers = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
         if output_dim:
             layers.append(tf.keras.layers.Dense(output_dim))
@@ -185,6 +199,7 @@ class Tower(tf.keras.Model):
                     bucket = bucket + tf.cast(offset, ids.dtype)
                 ids = tf.where(dropped, bucket, ids)
             parts.append(embed(ids))
+        vectors = list(parts)  # the embeddings, each [batch, embedding_dim] when dotted
         for embed, name, shared, ordered in zip(
             self.sequence_embeddings,
             self.sequence_inputs,
@@ -207,11 +222,14 @@ class Tower(tf.keras.Model):
             summed = tf.reduce_sum(embedded * present, axis=1)
             mean = summed / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
             parts.append(mean)
+            vectors.append(mean)
             if ordered is not None:
                 # The newest slot's attended state too: a mean alone is blind to order.
                 parts.append(embedded[:, 0, :] * present[:, 0, :])
             if shared is not None:
                 parts.append(tf.reduce_sum(mean * parts[shared], axis=1, keepdims=True))
+        if self.interaction is not None:
+            parts.append(self.interaction(vectors))
         if self.dense_inputs:
             parts.append(
                 tf.stack(

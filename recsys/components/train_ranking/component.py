@@ -10,6 +10,7 @@ def train_ranking(
     schema_dir: str,
     epochs: int,
     embedding_dim: int,
+    dot_interactions: bool,
     cross_layers: int,
     cross_projection_dim: int,
     batch_size: int,

@@ -16,6 +16,11 @@ class RankingConfig:
     PREFIX: ClassVar[str] = "ranking_"
     epochs: int = parameter(3, "training epochs")
     embedding_dim: int = parameter(16, "embedding size of the ids and categories")
+    dot_interactions: bool = parameter(
+        True,
+        "add the pairwise dot products of the ranker's embeddings (user, item, history, "
+        "categories) to its inputs, as DLRM does; false: the cross layers alone",
+    )
     cross_layers: int = parameter(2, "DCN-v2 cross layers")
     cross_projection_dim: int = parameter(
         0, "0: full-rank cross matrices; > 0: low-rank with this inner size"

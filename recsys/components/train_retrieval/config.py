@@ -49,8 +49,9 @@ class RetrievalConfig:
     )
     co_engagement_neighbors: int = parameter(50, "co-engaged items kept per item")
     sources_weight: float = parameter(
-        0.5,
-        "weight of the other sources' ranks in the fusion with the two-tower's (1 = equal)",
+        0.25,
+        "weight of the other sources' ranks in the fusion with the two-tower's (1 = equal; "
+        "0.25 was chosen on validation splits, docs/benchmarks.md)",
     )
     seed: int = parameter(42, "random seed of both trainers (repeatable models)", shared=True)
     logq_correction: bool = parameter(
