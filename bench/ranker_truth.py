@@ -1,8 +1,8 @@
 """The ranker against the oracle's order, chosen on held-out worlds, reported on the
 sample: how much of what its candidates allow the funnel earns, in truth.
 
-    .venv/bin/python bench/ranker_truth.py                    # ~25 min
-    .venv/bin/python bench/ranker_truth.py --parts extras     # the defaults only, ~6 min
+    .venv/bin/python bench/ranker_truth.py                    # ~30 min
+    .venv/bin/python bench/ranker_truth.py --parts extras     # the defaults only, ~10 min
 
 Protocol (docs/benchmarks.md, "The ranker against the oracle"):
 - Worlds: ``recsys generate`` with the sample's size and a seed. The choice is
@@ -119,8 +119,10 @@ def grid_points() -> list[dict]:
     ]
 
 
-def measure_variants(data_root: str, root: str, work: str, points: list[dict]) -> dict[str, dict]:
-    """Per point (RankingConfig fields): the funnel's metrics with a ranker retrained so."""
+def run_inputs(root: str):
+    """What evaluate reads of a run (pipeline root ``root``): a path maker for its
+    artifacts, the registry, the eval data, the retrieval task and the eval
+    impressions."""
 
     def artifact(path):
         return os.path.join(root, path)
@@ -128,11 +130,16 @@ def measure_variants(data_root: str, root: str, work: str, points: list[dict]) -
     registry = load_registry(artifact("validate/schema"))
     train = TrainingClicks.read(artifact("join-features/train_examples"))
     data = EvalData.read(artifact("join-features/eval_examples"), registry.role("category"))
-    task = RetrievalTask.of(train, data)
-    eval_items = read_dataset(artifact("join-features/eval_item_snapshot"))
     eval_events = read_dataset(
         artifact("ingest/eval_events"), columns=[*LOGGED_COLUMNS, PROPENSITY]
     )
+    return artifact, registry, data, RetrievalTask.of(train, data), eval_events
+
+
+def measure_variants(data_root: str, root: str, work: str, points: list[dict]) -> dict[str, dict]:
+    """Per point (RankingConfig fields): the funnel's metrics with a ranker retrained so."""
+    artifact, registry, data, task, eval_events = run_inputs(root)
+    eval_items = read_dataset(artifact("join-features/eval_item_snapshot"))
     oracle = Oracle.load(data_root)
     transformed = artifact("transform-features")
     results = {}
@@ -171,14 +178,7 @@ def decomposition(data_root: str, root: str) -> dict[str, float]:
     """The run's own models: the true value per eval request of pages ordered by the
     oracle, the ranker's score and the two mixes of the ranker's heads with the truth,
     each over the oracle's."""
-
-    def artifact(path):
-        return os.path.join(root, path)
-
-    registry = load_registry(artifact("validate/schema"))
-    train = TrainingClicks.read(artifact("join-features/train_examples"))
-    data = EvalData.read(artifact("join-features/eval_examples"), registry.role("category"))
-    task = RetrievalTask.of(train, data)
+    artifact, registry, data, task, eval_events = run_inputs(root)
     features = FeatureSnapshot(
         None,
         read_dataset(artifact("join-features/eval_item_snapshot")),
@@ -213,9 +213,6 @@ def decomposition(data_root: str, root: str) -> dict[str, float]:
         "ranker's click probability x true watch time": scored.ranked[CLICK_PROBABILITY]
         * (1 + watch_weight * true_minutes),
     }
-    eval_events = read_dataset(
-        artifact("ingest/eval_events"), columns=[*LOGGED_COLUMNS, PROPENSITY]
-    )
     value = [r for r in offpolicy.rewards(watch_weight) if r.name == "value"]
     values = {
         name: offpolicy.true_value(
