@@ -131,11 +131,27 @@ def test_a_page_that_never_shows_the_logged_items_is_worth_nothing_to_ips():
     assert np.isnan(clicks["snips"].value)  # no weight at all: undefined, not 0
 
 
-def test_every_logged_request_needs_a_page():
+def test_a_request_without_a_page_is_worth_nothing_and_still_counted():
+    """A user whose page is empty (everything already watched): their requests add
+    nothing to any estimator's sum and still count in its average, so each estimate
+    is the one over the other users' requests scaled by their share of requests."""
     bandit = Bandit(seed=3)
     pages = bandit.pages(bandit.click, bandit.click)
-    with pytest.raises(ValueError, match="needs a page"):
-        estimate(pages[pages[USER_ID] != "u0"], bandit.log(2), VALUED_IN)
+    logged = bandit.log(4)
+    others = logged[USER_ID] != "u0"
+    without = estimate(pages[pages[USER_ID] != "u0"], logged, VALUED_IN)["clicks"]
+    among_others = estimate(pages, logged[others].reset_index(drop=True), VALUED_IN)["clicks"]
+    share = others.mean()
+    for name in ("ips", "dr", "dm"):
+        assert without[name].value == pytest.approx(among_others[name].value * share)
+    # SNIPS: the same weighted sum over a normalizer one larger per row of u0's.
+    mine = logged[others]
+    in_page = mine.merge(pages.assign(shown=True), on=[USER_ID, ITEM_ID], how="left")["shown"]
+    weight = in_page.fillna(False).to_numpy(bool) / mine[PROPENSITY].to_numpy()
+    normalizer = (weight / bandit.k).sum()
+    expected = among_others["snips"].value * normalizer / (normalizer + (~others).sum())
+    assert without["snips"].value == pytest.approx(expected)
+    assert np.isfinite([estimate.value for estimate in without.values()]).all()
 
 
 @settings(max_examples=50, deadline=None)

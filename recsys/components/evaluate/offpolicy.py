@@ -157,14 +157,16 @@ def estimate(
     """Off-policy estimates of a page policy's value per request: reward -> estimator
     -> estimate. ``pages``: one row per (user, item) shown, with the ranker's
     outputs; ``logged``: the logged requests (user, item, event_ts, the rewards,
-    propensity), each of whose users has a page."""
+    propensity). A request whose user has no page (every candidate was already
+    watched, say) is a request the policy earns nothing on: 0 in every estimator's
+    numerator, and counted in SNIPS's normalizer as one per logged row, which is
+    that normalizer's expectation for a page that exists."""
     # Users as codes, factorized once: the clusters of every interval, and the key
     # every per-user sum of the pages is gathered by.
     users, page_user, page_length = pages_of(logged[USER_ID], pages)
     of_logged = page_user >= 0
     length = page_length[users].astype(float)
-    if (length == 0).any():
-        raise ValueError("every logged request's user needs a page")
+    no_page = length == 0
     # Each logged row with its item's page row, if the page shows it (one merge for
     # the weights and every reward's prediction).
     shown = logged[[USER_ID, ITEM_ID]].merge(
@@ -173,6 +175,7 @@ def estimate(
     in_page = shown["in_page"].fillna(False).to_numpy(bool)
     weight = in_page / logged[PROPENSITY].to_numpy(float)
     first = first_of_request(logged).astype(float)
+    snips_normalizer = np.where(no_page, 1.0, weight / np.maximum(length, 1.0))
     result = {}
     for reward in valued_in:
         r = reward.logged(logged)
@@ -183,7 +186,7 @@ def estimate(
         q_logged = np.where(in_page, reward.predicted(shown), 0.0)
         result[reward.name] = {
             "ips": clustered_ratio(weight * r, first, users),
-            "snips": clustered_ratio(weight * r, weight / length, users),
+            "snips": clustered_ratio(weight * r, snips_normalizer, users),
             "dr": clustered_ratio(first * direct + weight * (r - q_logged), first, users),
             "dm": clustered_ratio(first * direct, first, users),
         }
