@@ -353,3 +353,29 @@ def test_interval_margins_cover_the_spread_of_resampled_metrics():
         assert computed[name] == pytest.approx(expected, rel=0.15), name
     assert np.isnan(mean_margin(np.array([0.5])))
     assert np.isnan(auc_margin(np.zeros(10), np.arange(10)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 50), min_size=0, max_size=12),
+    engaged=st.lists(st.sets(st.integers(0, 14)), min_size=1, max_size=4),
+    k=st.integers(1, 5),
+)
+def test_the_popularity_baseline_gives_each_user_the_most_clicked_items_they_have_not_seen(
+    counts, engaged, k
+):
+    """Per query, the k most clicked items left after the user's engaged ones (fewer
+    only when the catalog runs out), best first, "" padding the rest."""
+    from recsys.components.evaluate.funnel import PopularityRetrieval
+    from recsys.core.contracts import ITEM_IDS, SCORES
+
+    clicks = pd.Series(counts, index=[f"i{i}" for i in range(len(counts))], dtype=float)
+    retrieval = PopularityRetrieval(None, clicks, k)
+    retrieval.leave_out([[f"i{i}" for i in items] for items in engaged])
+    out = retrieval.retrieve({"user_id": np.array(["u"] * len(engaged), dtype=object)})
+    ranked = clicks.sort_values(ascending=False, kind="stable")
+    for query, items in enumerate(engaged):
+        expected = [i for i in ranked.index if int(i[1:]) not in items][:k]
+        got = [item for item in out[ITEM_IDS][query] if item != ""]
+        assert got == expected
+        assert list(out[SCORES][query][: len(got)]) == list(ranked[expected].astype(np.float32))

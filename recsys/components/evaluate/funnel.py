@@ -145,20 +145,46 @@ class FunnelEvaluation:
 
 
 class PopularityRetrieval:
-    """A funnel's retrieval that returns the same top items for every query: the
-    most clicked training items, scored by their click counts."""
+    """A funnel's retrieval that returns each query the ``k`` most clicked training
+    items it has not engaged with (``leave_out``), scored by their click counts: a
+    full page for any user the catalog allows, however much they watched, with no
+    more candidates to rank than a page holds."""
 
     source = POPULAR
 
-    def __init__(self, signature, counts: pd.Series, top_n: int):
-        top = counts.sort_values(ascending=False, kind="stable").head(top_n)
+    def __init__(self, signature, counts: pd.Series, k: int):
+        top = counts.sort_values(ascending=False, kind="stable")
         self.signature = signature
         self.item_ids = top.index.to_numpy(dtype=object)
         self.scores = top.to_numpy(dtype=np.float32)
+        self.position = pd.Index(self.item_ids)
+        self.k = k
+        self.engaged: list = []
+
+    def leave_out(self, engaged: list) -> None:
+        """Per query of the next ``retrieve`` call, the item ids it must not return."""
+        self.engaged = engaged
 
     def retrieve(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(inputs.values())))
-        return {ITEM_IDS: np.tile(self.item_ids, (n, 1)), SCORES: np.tile(self.scores, (n, 1))}
+        engaged = self.engaged if len(self.engaged) == n else [[]] * n
+        lengths = np.fromiter((len(items) for items in engaged), dtype=np.int64, count=n)
+        # Past the k + (the most any query leaves out) most clicked, no query looks.
+        width = min(self.k + int(lengths.max(initial=0)), len(self.item_ids))
+        flat = np.concatenate([np.asarray(items, dtype=object) for items in engaged] or [[]])
+        positions = self.position.get_indexer(flat.astype(str)) if len(flat) else flat
+        query_of = np.repeat(np.arange(n), lengths)
+        inside = (positions >= 0) & (positions < width)
+        skip = np.zeros((n, width), dtype=bool)
+        skip[query_of[inside], positions[inside].astype(np.int64)] = True
+        kept = ~skip & (np.cumsum(~skip, axis=1) <= self.k)
+        # Each query's kept positions first, in popularity order; "" (no item) pads.
+        order = np.argsort(~kept, axis=1, kind="stable")[:, : self.k]
+        found = np.take_along_axis(kept, order, axis=1)
+        return {
+            ITEM_IDS: np.where(found, self.item_ids[order], ""),
+            SCORES: np.where(found, self.scores[order], 0.0).astype(np.float32),
+        }
 
 
 def ordered_pages(scored: ScoredCandidates, users: np.ndarray, key: np.ndarray, k: int):
@@ -273,17 +299,10 @@ def evaluate_funnel(
     funnel = Funnel(backend, features, config)
     two_tower_only = copy.copy(features)
     two_tower_only.sources = None
-    popular = Funnel(
-        backend,
-        two_tower_only,
-        config,
-        retrieval=PopularityRetrieval(
-            ModelRetrieval(backend).signature,
-            task.train_clicks[ITEM_ID].value_counts(),
-            # Enough that a heavy user's history cannot empty the page.
-            config.k + int(data.first[HISTORY_COLUMNS[0]].map(len).max()),
-        ),
+    popularity = PopularityRetrieval(
+        ModelRetrieval(backend).signature, task.train_clicks[ITEM_ID].value_counts(), config.k
     )
+    popular = Funnel(backend, two_tower_only, config, retrieval=popularity)
     # Users a chunk at a time: their candidates (retrieval top-N each, ranked) are
     # scored together, and only the pages are kept.
     variants = {**VARIANTS, **(ORACLE_VARIANT if oracle is not None else {})}
@@ -298,6 +317,14 @@ def evaluate_funnel(
         queries[WATCHED_ITEMS] = watched_in_training(task.train_clicks, chunk)
         scored = funnel.candidates(queries)
         candidates += len(scored.query_of) + int(scored.missing.sum())
+        popularity.leave_out(
+            [
+                [*history, *watched]
+                for history, watched in zip(
+                    queries[HISTORY_COLUMNS[0]], queries[WATCHED_ITEMS], strict=True
+                )
+            ]
+        )
         chunk_pages = {
             "popularity": ordered_pages(
                 (by_popularity := popular.candidates(queries)),
