@@ -56,7 +56,8 @@ from recsys.core.contracts import (
 from recsys.core.features import HISTORY_COLUMNS, FeatureRegistry
 from recsys.core.tables import read_dataset
 from recsys.serving.backends import InProcessBackend
-from recsys.serving.funnel import Funnel, ScoredCandidates
+from recsys.serving.candidates import RankedLists, engaged_keys
+from recsys.serving.funnel import Funnel, ScoredCandidates, watched_by
 from recsys.serving.rerank import RerankConfig
 from recsys.serving.retrieval import ModelRetrieval
 from recsys.serving.snapshot import FeatureSnapshot
@@ -168,23 +169,19 @@ class PopularityRetrieval:
     def retrieve(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(inputs.values())))
         engaged = self.engaged if len(self.engaged) == n else [[]] * n
-        lengths = np.fromiter((len(items) for items in engaged), dtype=np.int64, count=n)
         # Past the k + (the most any query leaves out) most clicked, no query looks.
-        width = min(self.k + int(lengths.max(initial=0)), len(self.item_ids))
-        flat = np.concatenate([np.asarray(items, dtype=object) for items in engaged] or [[]])
-        positions = self.position.get_indexer(flat.astype(str)) if len(flat) else flat
-        query_of = np.repeat(np.arange(n), lengths)
-        inside = (positions >= 0) & (positions < width)
-        skip = np.zeros((n, width), dtype=bool)
-        skip[query_of[inside], positions[inside].astype(np.int64)] = True
-        kept = ~skip & (np.cumsum(~skip, axis=1) <= self.k)
-        # Each query's kept positions first, in popularity order; "" (no item) pads.
-        order = np.argsort(~kept, axis=1, kind="stable")[:, : self.k]
-        found = np.take_along_axis(kept, order, axis=1)
-        return {
-            ITEM_IDS: np.where(found, self.item_ids[order], ""),
-            SCORES: np.where(found, self.scores[order], 0.0).astype(np.float32),
-        }
+        width = min(self.k + max(map(len, engaged), default=0), len(self.item_ids))
+        lists = (
+            RankedLists.of_matrix(np.tile(np.arange(width), (n, 1)))
+            .without(engaged_keys(engaged, self.position), len(self.position))
+            .head(self.k)
+        )
+        # Back to a queries x k matrix in popularity order; "" (no item) pads.
+        item_ids = np.full((n, self.k), "", dtype=object)
+        scores = np.zeros((n, self.k), dtype=np.float32)
+        item_ids[lists.query_of, lists.rank] = self.item_ids[lists.rows]
+        scores[lists.query_of, lists.rank] = self.scores[lists.rows]
+        return {ITEM_IDS: item_ids, SCORES: scores}
 
 
 def ordered_pages(scored: ScoredCandidates, users: np.ndarray, key: np.ndarray, k: int):
@@ -317,14 +314,8 @@ def evaluate_funnel(
         queries[WATCHED_ITEMS] = watched_in_training(task.train_clicks, chunk)
         scored = funnel.candidates(queries)
         candidates += len(scored.query_of) + int(scored.missing.sum())
-        popularity.leave_out(
-            [
-                [*history, *watched]
-                for history, watched in zip(
-                    queries[HISTORY_COLUMNS[0]], queries[WATCHED_ITEMS], strict=True
-                )
-            ]
-        )
+        engaged = [queries[column].to_numpy() for column in (HISTORY_COLUMNS[0], WATCHED_ITEMS)]
+        popularity.leave_out([watched_by(query, *engaged) for query in range(len(chunk))])
         chunk_pages = {
             "popularity": ordered_pages(
                 (by_popularity := popular.candidates(queries)),
