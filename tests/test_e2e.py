@@ -116,6 +116,8 @@ def test_run_beats_popularity_and_reports_stages(successful_run):
     assert outputs["blessing"]["metadata"]["blessed"] is True
     assert outputs["blessing"]["metadata"]["failed_checks"] == 0
     assert outputs["push_report"]["metadata"]["pushed"] is True
+    # Impressions that were shown, not chosen: the click head alone models them.
+    assert outputs["ranking_training"]["metadata"]["consumption_head"] == 0
     for stage in (
         "ingest",
         "features/join",

@@ -183,6 +183,8 @@ def test_recsys_run_on_movielens(tmp_path):
     assert retrieval["catalog_items"] == len(pd.read_parquet(data / "items.parquet"))
     assert retrieval["recall_at_50"] > retrieval["popularity_recall_at_50"]
     assert outputs["blessing"]["metadata"]["blessed"] is True
+    # A ratings log: every impression is a consumption, so the ranker learns which.
+    assert outputs["ranking_training"]["metadata"]["consumption_head"] == 1
     # MovieLens has no creators: no creator cap cuts pages.
     funnel = outputs["funnel_metrics"]["metadata"]
     assert funnel["funnel_mean_page_length"] == funnel["funnel_k"]

@@ -156,6 +156,8 @@ def wire(stages, p: Arguments) -> dict:
         image=p["image"],
         shuffle_buffer=p["shuffle_buffer"],
         training_workers=p["training_workers"],
+        # A log of consumptions (a ratings log) adds the ranker's consumption head.
+        watched_from=p["watched_from"],
         **p.of(RankingConfig),
     )
     stages.configure(ranking, cpu="2", memory="8G", cache=False)

@@ -19,6 +19,8 @@ def train_ranking(
     negative_sampling_rate: float,
     watch_loss_weight: float,
     score_watch_weight: float,
+    consumption_negatives: int,
+    watched_from: str,
     seed: int,
     warm_start: bool,
     pipeline_root: str,
@@ -63,6 +65,7 @@ def train_ranking(
             "schema_dir": schema_dir,
             "warm_start_dir": start_from,
             "shuffle_buffer": shuffle_buffer,
+            "consumed_impressions": watched_from == "impressions",
             "metrics_path": os.path.join(os.path.dirname(ranking_training.path), "metrics.json"),
         }
         metrics = distributed.run_stage(

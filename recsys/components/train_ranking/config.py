@@ -39,6 +39,14 @@ class RankingConfig:
     score_watch_weight: float = parameter(
         1.0, "score = P(click) * (1 + this * expected watched minutes)"
     )
+    consumption_negatives: int = parameter(
+        3,
+        "with watched_from: impressions (every logged impression is something the user "
+        "chose, e.g. a rating): per training row, this many rows of the same batch with "
+        "another row's item train a consumption head, and the score becomes "
+        "P(consumed) * P(click | consumed) * (1 + watch); 0 = off. Ignored for logs of "
+        "shown impressions, where the click head already models P(click | shown)",
+    )
     seed: int = parameter(42, "random seed of both trainers (repeatable models)", shared=True)
     deep_units: tuple[int, ...] = parameter(
         (128, 64), "units of the MLP after the cross layers", pipeline=False
@@ -57,6 +65,7 @@ class RankingConfig:
             "score_watch_weight",
             "cross_layers",
             "cross_projection_dim",
+            "consumption_negatives",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -22,6 +22,20 @@ so unlike the retrieval towers it can look at the user and the item together:
 - the served ``score`` combines them as the expected value of the impression:
   P(click) * (1 + score_watch_weight * E[watched minutes | click]).
 
+Logs whose impressions are consumptions (``watched_from: impressions``: a ratings
+log, where every row is an item the user chose, rated and then liked or not) hold
+no impression the user passed over, so the click head learns P(like | consumed)
+and knows nothing of which items a user consumes at all: it ranks an obscure
+item the user would never pick as high as a popular one they would. A third
+head, the consumption head, learns that from in-batch negatives: each row's user
+and context with another row's item columns (the crosses recomputed), label "not
+consumed" (``consumption_negatives`` per row). Negatives drawn like that follow
+the items' frequency q(i) in the log, so its logit estimates log p(i | u) - log
+q(i) - log(negatives) (the same correction as the retrieval's logQ); the model adds
+log q(i) and log(negatives) back outside training, so the served score is
+P(consumed next = i) * P(click | consumed) * (1 + ...). The click head, and what
+the release gate checks of its calibration, are unchanged.
+
 Negative downsampling: training keeps every click and a ``negative_sampling_rate``
 share of the non-clicks, which multiplies the predicted odds by 1/rate. The model
 undoes that outside training, q = p / (p + (1 - p) / rate), i.e. log(rate) added to
@@ -30,6 +44,7 @@ the logit, so evaluation and serving see calibrated probabilities.
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tensorflow_transform as tft
@@ -47,6 +62,7 @@ from recsys.core.contracts import (
 )
 from recsys.core.features import FeatureRegistry, load_registry
 from recsys.core.limits import SHUFFLE_BUFFER
+from recsys.core.modeling import sequence_ids
 from recsys.core.progress import log
 
 # Bounds the watch head's log-rate so exp() cannot overflow early in training.
@@ -67,11 +83,14 @@ class RankingModel(tfrs.Model):
         config: RankingConfig,
         watch_head: bool = True,
         global_batch: int | None = None,
+        item_counts: np.ndarray | None = None,
     ):
         """``global_batch``: under a multi-worker strategy, the batch over all workers;
         each worker's losses are then sums over its share divided by it (what
         tf.distribute needs), which is the mean over the global batch, as one worker's
-        mean loss is."""
+        mean loss is. ``item_counts``: each item index's training rows, given when
+        the impressions are consumptions; it switches the consumption head on
+        (with ``config.consumption_negatives`` > 0)."""
         super().__init__()
         self.encoder = modeling.Tower(
             transform_output,
@@ -112,11 +131,38 @@ class RankingModel(tfrs.Model):
         self.logit_shift = math.log(config.negative_sampling_rate)
         self.watch_loss_weight = config.watch_loss_weight if watch_head else 0.0
         self.score_watch_weight = config.score_watch_weight if watch_head else 0.0
+        self.consumption_negatives = config.consumption_negatives if item_counts is not None else 0
+        if self.consumption_negatives:
+            self.consumption_head = tf.keras.layers.Dense(1, name="consumption_logit")
+            self.consumption_task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=reduction)
+            )
+            # Each row's loss counted once whatever the number of negatives, like the
+            # click loss (a mean over rows, or its share of the global batch's).
+            self.consumption_scale = 1.0 / (1 + self.consumption_negatives)
+            # log q(i); an item never seen in training counts as half an occurrence.
+            self.log_item_frequency = tf.constant(
+                np.log(np.maximum(item_counts, 0.5) / max(item_counts.sum(), 1)), tf.float32
+            )
+            (self.item_index,) = [
+                f.transformed_name for f in registry.select(tower=RANKER, group="id", entity="item")
+            ]
+            self.item_columns = [
+                f.transformed_name for f in registry.select(tower=RANKER, entity="item")
+            ]
+            # The crosses of a user list with an item column (the item in the history),
+            # recomputed for the negatives from the transformed indices.
+            self.item_crosses = [
+                (cross.name, *(registry[name].transformed_name for name in cross.inputs))
+                for cross in registry.tower_crosses(RANKER)
+                if registry[cross.inputs[1]].entity == "item"
+            ]
 
     @modeling.NO_AUTOGRAPH
     def call(self, features, training=None):
         """{"click_logit": calibrated outside training, "watch_log_minutes": log of the
-        expected watched minutes given a click}, each [batch, 1]."""
+        expected watched minutes given a click}, each [batch, 1]; with the
+        consumption head also its in-batch logit and "consumption_log_probability"."""
         x0 = self.encoder(features, training=training)
         x = x0
         for cross in self.cross:
@@ -125,12 +171,38 @@ class RankingModel(tfrs.Model):
         logit = self.click_head(hidden)
         if not training:
             logit = logit + self.logit_shift
-        return {
+        outputs = {
             "click_logit": logit,
             "watch_log_minutes": tf.clip_by_value(
                 self.watch_head(hidden), -MAX_LOG_MINUTES, MAX_LOG_MINUTES
             ),
         }
+        if self.consumption_negatives:
+            # The in-batch logit the loss reads, and log p(i | u) served: the sampling
+            # undone.
+            outputs["consumption_logit"] = logit = self.consumption_head(hidden)
+            items = tf.reshape(features[self.item_index], [-1, 1])
+            outputs["consumption_log_probability"] = (
+                logit
+                + tf.gather(self.log_item_frequency, items)
+                + math.log(self.consumption_negatives)
+            )
+        return outputs
+
+    def with_other_items(self, features: dict) -> dict:
+        """``features`` with each row's item columns taken from another row of the
+        batch (a random rotation, so no row keeps its own), the crosses recomputed."""
+        rows = tf.shape(features[self.item_index])[0]
+        shift = tf.random.uniform([], 1, tf.maximum(rows, 2), dtype=tf.int32)
+        swapped = dict(features)
+        for name in self.item_columns:
+            swapped[name] = tf.roll(features[name], shift, axis=0)
+        for name, history, item in self.item_crosses:
+            ids = sequence_ids(swapped[history])
+            candidate = tf.reshape(tf.cast(swapped[item], ids.dtype), [-1, 1])
+            found = tf.cast(tf.reduce_any(tf.equal(ids, candidate), axis=1), features[name].dtype)
+            swapped[name] = tf.reshape(found, tf.shape(features[name]))
+        return swapped
 
     @modeling.NO_AUTOGRAPH
     def compute_loss(self, features, training=False):
@@ -144,6 +216,15 @@ class RankingModel(tfrs.Model):
                 predictions=tf.exp(outputs["watch_log_minutes"]),
                 sample_weight=clicked,
             )
+        if self.consumption_negatives:
+            logits = [outputs["consumption_logit"]] + [
+                self(self.with_other_items(features), training=training)["consumption_logit"]
+                for _ in range(self.consumption_negatives)
+            ]
+            labels = [tf.ones_like(logits[0])] + [tf.zeros_like(x) for x in logits[1:]]
+            loss += self.consumption_scale * self.consumption_task(
+                labels=tf.concat(labels, 0), predictions=tf.concat(logits, 0)
+            )
         return loss * self.loss_scale
 
     def serving_outputs(self, outputs: dict) -> dict:
@@ -153,10 +234,15 @@ class RankingModel(tfrs.Model):
         minutes = tf.exp(tf.reshape(outputs["watch_log_minutes"], [-1]))
         if not self.watch_loss_weight:
             minutes = tf.zeros_like(minutes)
+        score = probability * (1.0 + self.score_watch_weight * minutes)
+        if self.consumption_negatives:
+            log_probability = tf.reshape(outputs["consumption_log_probability"], [-1])
+            consumed = tf.exp(tf.minimum(log_probability, 0.0))
+            score = consumed * score
         return {
             CLICK_PROBABILITY: probability,
             EXPECTED_WATCH_SECONDS: minutes * 60.0,
-            SCORE: probability * (1.0 + self.score_watch_weight * minutes),
+            SCORE: score,
         }
 
 
@@ -172,6 +258,7 @@ def train(
     worker: int = 0,
     workers: int = 1,
     strategy=None,
+    consumed_impressions: bool = False,
 ) -> tuple[RankingModel, dict]:
     """Train on ``transformed_train``, streamed from its shards
     (``modeling.ExampleStream``: every click and a ``negative_sampling_rate`` share
@@ -181,7 +268,9 @@ def train(
     ``recsys.core.warm_start`` checkpoint), start from its weights. ``registry`` says
     which features the ranker takes (default: the packaged registry). ``worker`` of
     ``workers``: this process's share under ``strategy`` (``recsys.core.distributed``);
-    the model returned is then a plain copy of the trained one."""
+    the model returned is then a plain copy of the trained one.
+    ``consumed_impressions``: the log's impressions are consumptions (the join's
+    ``watched_from: impressions``), which adds the consumption head."""
     strategy = strategy or tf.distribute.get_strategy()
     registry = registry or load_registry()
     modeling.set_seed(config.seed)
@@ -197,11 +286,17 @@ def train(
     eval_rows = modeling.ExampleStream(transformed_eval, columns, seed=config.seed)
     kept = clicks = watched = 0
     sample = None
+    consumption = consumed_impressions and config.consumption_negatives > 0
+    item_index = registry.select(tower=RANKER, group="id", entity="item")[0]
+    item_counts = np.zeros(modeling.id_cardinality(transform_output, item_index), np.int64)
     for part in train_rows.scan():
         clicked = part[CLICKED] == 1
         kept += len(clicked)
         clicks += int(clicked.sum())
         watched += int((part[WATCH_SECONDS][clicked] > 0).sum())
+        if consumption:
+            items = part[item_index.transformed_name]
+            item_counts += np.bincount(items, minlength=len(item_counts))[: len(item_counts)]
         sample = sample or {name: values[:2] for name, values in part.items()}
     examples = sum(u.rows for u in train_rows.units())
     if not clicks or clicks == kept:
@@ -219,7 +314,14 @@ def train(
         )
 
     def build(global_batch=config.batch_size if workers > 1 else None):
-        return RankingModel(transform_output, registry, config, watch_head, global_batch)
+        return RankingModel(
+            transform_output,
+            registry,
+            config,
+            watch_head,
+            global_batch,
+            item_counts if consumption else None,
+        )
 
     with strategy.scope():
         model = build()
@@ -259,6 +361,7 @@ def train(
         "train_clicks": clicks,
         "negative_sampling_rate": config.negative_sampling_rate,
         "watch_head": int(watch_head),
+        "consumption_head": int(consumption),
         "warm_start": int(warm["warm_start"]),
         **metrics,
     }
@@ -268,7 +371,7 @@ def run(job: dict, worker: int = 0, workers: int = 1) -> dict:
     """The stage as a job (``recsys.core.distributed``): this worker trains its share;
     the chief also writes the warm-start checkpoint and exports. ``job``: the dataset
     and output paths, the config's fields, the schema directory, the warm-start
-    checkpoint and the shuffle buffer."""
+    checkpoint, the shuffle buffer and whether the impressions are consumptions."""
     strategy = distributed.strategy(workers)  # before any other TensorFlow work
     config = RankingConfig(**job["config"])
     registry = load_registry(job["schema_dir"])
@@ -283,6 +386,7 @@ def run(job: dict, worker: int = 0, workers: int = 1) -> dict:
         worker=worker,
         workers=workers,
         strategy=strategy,
+        consumed_impressions=job["consumed_impressions"],
     )
     if worker != 0:
         return metrics
