@@ -15,6 +15,11 @@ from sources.json) and the merged candidates' Recall@50 measured, as the release
 gate measures it; the weight with the best mean Recall@50 relative to the
 default's wins.
 
+Then, on the same MovieLens validation window, the ranker's consumption head
+(``ranking_consumption_negatives``; 0 = off, the click head alone): a ``recsys run``
+per value, and the NDCG@10 of the pages the ranker orders, from the run's own
+report; the best is chosen (``--parts consumption`` runs this part alone).
+
 Then evaluate's own retrieval measurement on that run's artifacts, kept per user:
 the merged candidates (the two-tower's, co-engagement's and popularity's, fused as
 the funnel fuses them), the two-tower alone and popularity, over all eval users and
@@ -40,6 +45,7 @@ import pandas as pd  # noqa: E402
 from bench.common import DEFAULT_ML_100K, log, machine  # noqa: E402
 from recsys.components.evaluate.data import EvalData, TrainingClicks  # noqa: E402
 from recsys.components.evaluate.retrieval import RetrievalTask, evaluate_retrieval  # noqa: E402
+from recsys.components.train_ranking.config import RankingConfig  # noqa: E402
 from recsys.components.train_retrieval.config import RetrievalConfig  # noqa: E402
 from recsys.core.contracts import EVENT_TS, ITEM_ID, SOURCES_FILE, USER_ID  # noqa: E402
 from recsys.core.features import load_registry  # noqa: E402
@@ -49,6 +55,9 @@ METRICS = ("recall_at_50", "ndcg_at_10")
 SLICES = {"all": "all eval users", "new_users": "cold eval users (no training click)"}
 FUSION_WEIGHTS = [0.25, 0.5, 1.0, 2.0]
 DEFAULT_WEIGHT = RetrievalConfig().sources_weight
+CONSUMPTION_NEGATIVES = [0, 1, 3, 8]
+DEFAULT_NEGATIVES = RankingConfig().consumption_negatives
+PARTS = ("fusion", "consumption", "eval")
 DAY_SECONDS = 86_400
 
 
@@ -184,6 +193,39 @@ def pages_table(root: str) -> str:
     return "\n".join(lines[start:end])
 
 
+def pages_ndcg(root: str) -> dict[str, float]:
+    """Each variant's NDCG@10 from the run's pages table."""
+    rows = [line.split("|") for line in pages_table(root).splitlines()[2:]]
+    return {cells[1].strip(): float(cells[2]) for cells in rows}
+
+
+def consumption_grid(data: str, validation: str, work: str) -> tuple[int, str]:
+    """Per value of CONSUMPTION_NEGATIVES, a run on the validation window and the
+    NDCG@10 of the ranker's pages; the best value and a table."""
+    with open(validation) as handle:
+        window = handle.read()
+    os.makedirs(work, exist_ok=True)
+    ndcg = {}
+    for negatives in CONSUMPTION_NEGATIVES:
+        config = os.path.join(work, f"consumption_{negatives}.yaml")
+        with open(config, "w") as handle:
+            handle.write(f"{window}ranking_consumption_negatives: {negatives}\n")
+        ndcg[negatives] = pages_ndcg(
+            run_pipeline(data, os.path.join(work, f"consumption_{negatives}"), config)
+        )
+        log(f"consumption negatives {negatives}: {ndcg[negatives]}")
+    chosen = max(CONSUMPTION_NEGATIVES, key=lambda n: ndcg[n]["ranker order"])
+    lines = [
+        "| consumption negatives | the ranker's pages: NDCG@10 | popularity's pages |",
+        "|---:|---:|---:|",
+    ] + [
+        f"| {n}{' (chosen)' if n == chosen else ''}{' (off)' if n == 0 else ''} | "
+        f"{ndcg[n]['ranker order']:.4f} | {ndcg[n]['popularity']:.4f} |"
+        for n in CONSUMPTION_NEGATIVES
+    ]
+    return chosen, "\n".join(lines)
+
+
 def heaviest_users_page(work: str) -> str:
     """The page served to the user with the most ratings, and how many of its items
     that user had rated before (the watched rule: none)."""
@@ -209,41 +251,55 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--validation-seed", type=int, default=11, help="the synthetic validation world's seed"
     )
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="default: all of them"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.workdir or temporary
         data = os.path.join(work, "movielens")
         recsys("import", "--preset", "movielens-100k", "--src", args.src, "--out", data)
         schema_dir = os.path.join(data, "schemas")
-        world = os.path.join(work, f"world{args.validation_seed}")
-        recsys("generate", "--out", world, "--seed", str(args.validation_seed))
-        validation = os.path.join(work, "validation.yaml")
-        grids = {
-            "MovieLens, the window before the eval split": fusion_grid(
-                run_pipeline(
-                    data, os.path.join(work, "validation"), validation_config(data, validation)
-                ),
-                schema_dir,
-                os.path.join(work, "ml_grid"),
-            ),
-            f"synthetic world {args.validation_seed}": fusion_grid(
-                run_pipeline(world, os.path.join(work, "world_run")),
-                "",
-                os.path.join(work, "world_grid"),
-            ),
-        }
-        chosen, table = choose_fusion_weight(grids)
-        print("Fusion weight, chosen on validation splits:\n")
-        print(table)
-        if chosen != DEFAULT_WEIGHT:
-            print(f"\nThe default ({DEFAULT_WEIGHT}) is not the chosen weight ({chosen}).")
-        root = run_pipeline(data, os.path.join(work, "run"))
-        result = measure(root, schema_dir)
-        print(markdown(result))
-        print("\nThe run's pages (evaluate's report):\n")
-        print(pages_table(root))
-        print("\n" + heaviest_users_page(work))
+        validation = validation_config(data, os.path.join(work, "validation.yaml"))
+        if "fusion" in args.parts:
+            fusion(data, schema_dir, validation, work, args.validation_seed)
+        if "consumption" in args.parts:
+            chosen, table = consumption_grid(data, validation, os.path.join(work, "consumption"))
+            print("The ranker's consumption negatives, chosen on MovieLens's validation window:\n")
+            print(table)
+            if chosen != DEFAULT_NEGATIVES:
+                print(f"\nThe default ({DEFAULT_NEGATIVES}) is not the chosen value ({chosen}).")
+        if "eval" in args.parts:
+            root = run_pipeline(data, os.path.join(work, "run"))
+            result = measure(root, schema_dir)
+            print(markdown(result))
+            print("\nThe run's pages (evaluate's report):\n")
+            print(pages_table(root))
+            print("\n" + heaviest_users_page(work))
     return 0
+
+
+def fusion(data: str, schema_dir: str, validation: str, work: str, seed: int) -> None:
+    """Choose the fusion weight on the validation splits and print the table."""
+    world = os.path.join(work, f"world{seed}")
+    recsys("generate", "--out", world, "--seed", str(seed))
+    grids = {
+        "MovieLens, the window before the eval split": fusion_grid(
+            run_pipeline(data, os.path.join(work, "validation"), validation),
+            schema_dir,
+            os.path.join(work, "ml_grid"),
+        ),
+        f"synthetic world {seed}": fusion_grid(
+            run_pipeline(world, os.path.join(work, "world_run")),
+            "",
+            os.path.join(work, "world_grid"),
+        ),
+    }
+    chosen, table = choose_fusion_weight(grids)
+    print("Fusion weight, chosen on validation splits:\n")
+    print(table)
+    if chosen != DEFAULT_WEIGHT:
+        print(f"\nThe default ({DEFAULT_WEIGHT}) is not the chosen weight ({chosen}).")
 
 
 if __name__ == "__main__":
