@@ -28,7 +28,12 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The package, and the folders its links point to (components/, pipelines/, schemas/
+# hold the stages, the DAG and the schemas at the repository's top level).
 COPY recsys ./recsys
+COPY components ./components
+COPY pipelines ./pipelines
+COPY schemas ./schemas
 RUN /opt/venv/bin/uv pip install --compile-bytecode --system-certs --no-cache --python /opt/venv/bin/python --no-deps . \
     && useradd --create-home --uid 1000 recsys
 

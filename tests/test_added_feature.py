@@ -52,7 +52,7 @@ def with_language(tmp_path_factory):
     shutil.copytree(SCHEMA_DIR, root / "recsys" / "schemas")
     diff = documented_diff()
     assert all(
-        line.split()[-1].startswith("b/recsys/schemas/")
+        line.split()[-1].startswith("b/schemas/")
         for line in diff.splitlines()
         if line.startswith("+++")
     )  # schemas only
@@ -92,9 +92,9 @@ def with_language(tmp_path_factory):
 def test_the_documented_diff_touches_only_declarative_files():
     files = re.findall(r"^\+\+\+ b/(\S+)", documented_diff(), re.MULTILINE)
     assert files == [
-        "recsys/schemas/users.schema.pbtxt",
-        "recsys/schemas/examples.schema.pbtxt",
-        "recsys/schemas/features.yaml",
+        "schemas/users.schema.pbtxt",
+        "schemas/examples.schema.pbtxt",
+        "schemas/features.yaml",
     ]
 
 

@@ -121,6 +121,12 @@ def _platform(args) -> tuple:
 
 
 def _compile(args):
+    if args.specs:
+        from recsys.pipelines.specs import write_specs
+
+        for path in write_specs():
+            print(path)
+        return
     from recsys.pipelines.kfp_pipeline import compile_pipeline
 
     print(compile_pipeline(args.out, args.image, _platform(args)))
@@ -552,6 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
     compile_.add_argument("--out", default="pipeline.yaml")
+    compile_.add_argument(
+        "--specs",
+        action="store_true",
+        help="instead, refresh the checked-in specifications of this checkout: "
+        "pipelines/pipeline.yaml and components/<stage>/component.yaml with their READMEs "
+        "(the release image, no code version; --out, --image and the platform options "
+        "do not apply)",
+    )
     compile_.add_argument("--image", default=DEFAULT_IMAGE)
     volume_option(compile_)
     compile_.set_defaults(func=_compile)

@@ -625,7 +625,7 @@ def _attribute_entry(attribute: Attribute) -> dict:
 def write_registry(path: str, document: dict) -> None:
     lines = [
         "# The feature registry for this data, written by `recsys import` from the packaged",
-        "# one (recsys/schemas/features.yaml explains each key). switched_off: the packaged",
+        "# one (schemas/features.yaml explains each key). switched_off: the packaged",
         "# features this data cannot feed, and why; `recsys run` lists them in its summary.",
         "",
     ]

@@ -1,6 +1,6 @@
 """The feature registry: what each feature of the training examples is for.
 
-``features.yaml`` (beside the curated schemas, ``recsys/schemas/`` or your own
+``features.yaml`` (beside the curated schemas, ``schemas/`` or your own
 ``schema_dir``) declares per feature its group, its source, its transform, the
 models that use it, its role and its default; ``examples.schema.pbtxt`` declares
 its type and domain. ``load_registry`` reads both and checks each against the

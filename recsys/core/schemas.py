@@ -1,7 +1,7 @@
 """The curated TFDV schemas: one ``<name>.schema.pbtxt`` per raw table, and the
 examples schema of what the models see.
 
-They live in ``recsys/schemas/`` (or a ``schema_dir`` of your own, beside its
+They live in ``schemas/`` (or a ``schema_dir`` of your own, beside its
 ``features.yaml``) and are reviewed like code: a change in the data that a schema
 does not allow stops the pipeline at validate until the data or the schema is
 fixed. Parsed with protobuf directly, not TFDV's loader, which would import

@@ -89,23 +89,32 @@ class SecretEnv:
         )
 
 
+def stage_component(shim, image: str, code: str = ""):
+    """The KFP component of a stage's shim, in ``image``. With ``code`` (a code
+    version), each task's command line carries it: KFP's cache key covers the image
+    string and the command line, not what the image holds, so a reused tag cannot
+    serve results of older code (the executor ignores unknown arguments)."""
+    component = dsl.component(shim, base_image=image, install_kfp_package=False)
+    if code:
+        component.component_spec.implementation.container.args.extend(["--code-version", code])
+    return component
+
+
 class KfpStages:
     """The stages as KFP components in ``image``; ``configure`` sets where and how a
-    task runs on Kubeflow (the local runner ignores all of it)."""
+    task runs on Kubeflow (the local runner ignores all of it). ``code``: the code
+    version on each task's command line (default: this checkout's; "" for none, as
+    the checked-in specifications are compiled: ``recsys.pipelines.specs``)."""
 
     pipeline_root = dsl.PIPELINE_ROOT_PLACEHOLDER
 
-    def __init__(self, image: str, platform: tuple[Volume | SecretEnv, ...] = ()):
+    def __init__(
+        self, image: str, platform: tuple[Volume | SecretEnv, ...] = (), code: str | None = None
+    ):
         self.platform = platform
-        code = code_version()
+        code = code_version() if code is None else code
         for name, shim in STAGES.items():
-            component = dsl.component(shim, base_image=image, install_kfp_package=False)
-            # KFP's cache key covers the image string and the command line, not what
-            # the image holds; the code version on the command line (the executor
-            # ignores unknown arguments) keeps a reused tag from serving results of
-            # older code.
-            component.component_spec.implementation.container.args.extend(["--code-version", code])
-            setattr(self, name, component)
+            setattr(self, name, stage_component(shim, image, code))
         self.image = image
 
     def configure(self, task, cpu: str, memory: str, retries: int = 0, cache: bool = True):
@@ -119,11 +128,16 @@ class KfpStages:
         return task
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE, platform: tuple[Volume | SecretEnv, ...] = ()):
+def build_pipeline(
+    image: str = DEFAULT_IMAGE,
+    platform: tuple[Volume | SecretEnv, ...] = (),
+    code: str | None = None,
+):
     """The pipeline; every stage runs in ``image`` unless a run sets the ``image``
-    parameter, with each of ``platform`` (volumes, secrets as environment) applied."""
+    parameter, with each of ``platform`` (volumes, secrets as environment) applied;
+    ``code``: as for ``KfpStages``."""
     names = list(pipeline_parameters(image))
-    stages = KfpStages(image, tuple(platform))
+    stages = KfpStages(image, tuple(platform), code)
 
     def recsys_pipeline(*values):
         arguments = Arguments(dict(zip(names, values, strict=True)))
@@ -139,9 +153,12 @@ def build_pipeline(image: str = DEFAULT_IMAGE, platform: tuple[Volume | SecretEn
 
 
 def compile_pipeline(
-    path: str, image: str = DEFAULT_IMAGE, platform: tuple[Volume | SecretEnv, ...] = ()
+    path: str,
+    image: str = DEFAULT_IMAGE,
+    platform: tuple[Volume | SecretEnv, ...] = (),
+    code: str | None = None,
 ) -> str:
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(image, platform), path)
+    compiler.Compiler().compile(build_pipeline(image, platform, code), path)
     return path

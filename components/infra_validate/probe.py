@@ -1,6 +1,6 @@
 """SavedModels, probed the way TF Serving would use them, in a fresh process.
 
-    python recsys/components/infra_validate/probe.py < specs.json > results.jsonl
+    python components/infra_validate/probe.py < specs.json > results.jsonl
 
 This process imports TensorFlow and tensorflow-serving-api's protos and nothing of
 the project's training stack (no tensorflow-transform, no TFRS, no Keras

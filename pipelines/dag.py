@@ -11,7 +11,7 @@ the same step, and nothing is transformed or trained until it passes.
 KFP components (compiling the YAML that runs on Kubeflow and locally), and
 ``in_process`` calls it with the same shims run in this process (data checks,
 tests, benchmarks, over the whole DAG or a slice of it). Stage logic lives in
-``recsys/components/<stage>/``.
+``components/<stage>/``.
 """
 
 from recsys.components.evaluate.component import evaluate
