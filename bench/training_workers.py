@@ -85,6 +85,7 @@ def main():
                 "schema_dir": "",
                 "warm_start_dir": "",
                 "shuffle_buffer": SHUFFLE_BUFFER,
+                "consumed_impressions": False,  # the synthetic log's impressions were shown
                 "metrics_path": os.path.join(out, "metrics.json"),
                 **{name: os.path.join(out, name) for name in outputs},
             }

@@ -26,6 +26,7 @@ import yaml
 from kfp import compiler
 
 import recsys.components
+from recsys.core import storage
 from recsys.core.config import Parameter
 from recsys.pipelines.dag import STAGES
 from recsys.pipelines.kfp_pipeline import compile_pipeline, stage_component
@@ -45,7 +46,7 @@ def repository_root() -> str:
     where the package is installed without it (a wheel, the image)."""
     components = os.path.realpath(recsys.components.__path__[0])
     root = os.path.dirname(components)
-    if os.path.basename(components) != "components" or not os.path.isfile(
+    if os.path.basename(components) != "components" or not storage.isfile(
         os.path.join(root, "pyproject.toml")
     ):
         raise FileNotFoundError(
@@ -73,13 +74,11 @@ def compiled_specs(image: str = DEFAULT_IMAGE) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         path = os.path.join(scratch, "pipeline.yaml")
         compile_pipeline(path, image, code="")
-        with open(path) as handle:
-            files[PIPELINE_SPEC] = handle.read()
+        files[PIPELINE_SPEC] = storage.read_text(path)
         for name in STAGES:
             path = os.path.join(scratch, f"{name}.yaml")
             compiler.Compiler().compile(stage_component(STAGES[name], image), path)
-            with open(path) as handle:
-                text = handle.read()
+            text = storage.read_text(path)
             folder = spec_folder(name)
             files[os.path.join(folder, "component.yaml")] = text
             files[os.path.join(folder, "README.md")] = component_readme(name, yaml.safe_load(text))
@@ -92,9 +91,8 @@ def write_specs(root: str | None = None) -> list[str]:
     written = []
     for relative, text in compiled_specs().items():
         path = os.path.join(root, relative)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
+        storage.makedirs(os.path.dirname(path))
+        storage.write_text(path, text)
         written.append(path)
     return written
 
@@ -106,7 +104,7 @@ def stale_specs(root: str | None = None) -> list[str]:
     stale = []
     for relative, text in compiled_specs().items():
         path = os.path.join(root, relative)
-        if not os.path.isfile(path) or open(path).read() != text:
+        if not storage.isfile(path) or storage.read_text(path) != text:
             stale.append(relative)
     return stale
 
@@ -131,7 +129,8 @@ def component_readme(name: str, spec: dict) -> str:
         "```python",
         "from kfp import components",
         "",
-        f'{name} = components.load_component_from_file("{folder}/component.yaml")',
+        f'spec = "{folder}/component.yaml"',
+        f"{name} = components.load_component_from_file(spec)",
         "# or components.load_component_from_url(<this file's raw URL>)",
         "```",
         "",
@@ -209,6 +208,6 @@ def logic_module(name: str) -> str:
 def summary(name: str) -> str:
     """The first paragraph of the stage logic's docstring (read, not imported: the
     stages import TensorFlow and Beam)."""
-    with open(importlib.util.find_spec(f"recsys.{logic_module(name)}").origin) as handle:
-        doc = ast.get_docstring(ast.parse(handle.read())) or ""
+    source = storage.read_text(importlib.util.find_spec(f"recsys.{logic_module(name)}").origin)
+    doc = ast.get_docstring(ast.parse(source)) or ""
     return " ".join(doc.split("\n\n")[0].split())

@@ -49,7 +49,7 @@ def documented_diff() -> str:
 @pytest.fixture(scope="session")
 def with_language(tmp_path_factory):
     root = tmp_path_factory.mktemp("added_feature")
-    shutil.copytree(SCHEMA_DIR, root / "recsys" / "schemas")
+    shutil.copytree(SCHEMA_DIR, root / "schemas")
     diff = documented_diff()
     assert all(
         line.split()[-1].startswith("b/schemas/")
@@ -61,7 +61,7 @@ def with_language(tmp_path_factory):
         ["git", "apply", "language.diff"], cwd=root, capture_output=True, text=True
     )
     assert applied.returncode == 0, applied.stderr
-    schema_dir = str(root / "recsys" / "schemas")
+    schema_dir = str(root / "schemas")
 
     data = root / "data"
     generate(str(data), **TINY)

@@ -28,6 +28,7 @@ def _job(paths, out, config, **outputs) -> dict:
         "schema_dir": "",
         "warm_start_dir": "",
         "shuffle_buffer": 1_000_000,
+        "consumed_impressions": False,  # the sample's impressions were shown, not chosen
         "metrics_path": str(out / "metrics.json"),
         **{name: str(out / name) for name in outputs},
     }
