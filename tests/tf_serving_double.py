@@ -92,7 +92,10 @@ def start_grpc(models: ServedModels) -> tuple[grpc.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def _rest_handler(models: ServedModels):
+def _rest_handler(models: ServedModels, served_as: dict[str, str]):
+    """``served_as``: the name in the URL of each model served under another (KServe
+    names a model after its InferenceService)."""
+
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: dict):
             data = json.dumps(body).encode()
@@ -104,6 +107,7 @@ def _rest_handler(models: ServedModels):
 
         def do_GET(self):  # noqa: N802
             name = self.path.removeprefix("/v1/models/").removesuffix("/metadata")
+            name = served_as.get(name, name)
             if name not in models.functions:
                 return self._reply(404, {"error": f"Servable not found: {name}"})
             signature_map = json_format.MessageToDict(
@@ -123,6 +127,7 @@ def _rest_handler(models: ServedModels):
 
         def do_POST(self):  # noqa: N802
             name = self.path.removeprefix("/v1/models/").removesuffix(":predict")
+            name = served_as.get(name, name)
             if name not in models.functions:
                 return self._reply(404, {"error": f"Servable not found: {name}"})
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -155,7 +160,9 @@ def _jsonable(value: np.ndarray):
     return value.tolist()
 
 
-def start_rest(models: ServedModels) -> tuple[ThreadingHTTPServer, str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(models))
+def start_rest(
+    models: ServedModels, served_as: dict[str, str] | None = None
+) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(models, served_as or {}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -1,5 +1,5 @@
 """The ``recsys`` command: generate, import, import-movielens, check, parameters, compile, run,
-submit, schedule, simulate, recommend, versions, rollback, schema."""
+submit, schedule, simulate, recommend, versions, rollback, schema, deploy."""
 
 import argparse
 import os
@@ -117,6 +117,29 @@ def _platform(args) -> tuple:
 
     return tuple(Volume.parse(text) for text in args.volume) + tuple(
         SecretEnv.parse(text) for text in args.secret_env
+    )
+
+
+def _deploy_kserve(args):
+    from recsys.app.kserve import KServeDeployment, write_manifests
+
+    deployment = KServeDeployment(
+        serving_root=args.serving_root,
+        namespace=args.namespace,
+        name=args.name,
+        image=args.image,
+        secret=args.secret,
+        service_account=args.service_account,
+        deployment_mode=args.deployment_mode,
+        canary_percent=args.canary_percent,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+    )
+    for path in write_manifests(deployment, args.out):
+        print(path)
+    print(
+        f"apply with: kubectl apply -k {args.out} (after creating the Secret "
+        f"{args.secret} with keys token and redis-url in namespace {args.namespace})"
     )
 
 
@@ -556,6 +579,49 @@ def build_parser() -> argparse.ArgumentParser:
             "credentials (repeatable)",
         )
 
+    deploy = commands.add_parser(
+        "deploy", help="write the manifests that serve the pushed models on a cluster"
+    )
+    targets = deploy.add_subparsers(dest="target", required=True)
+    kserve = targets.add_parser(
+        "kserve",
+        help="KServe InferenceServices for the models (TensorFlow runtime) and recsys serve "
+        "as a Deployment calling them, with its Service, probes, autoscaler and budget",
+    )
+    kserve.add_argument(
+        "--serving-root", required=True, help="the root push writes: a bucket the cluster reads"
+    )
+    kserve.add_argument("--out", required=True, help="a local folder for the manifests")
+    kserve.add_argument("--namespace", default="recsys")
+    kserve.add_argument("--name", default="recsys", help="prefix of every object's name")
+    kserve.add_argument("--image", default=DEFAULT_IMAGE, help="the project's image (recsys serve)")
+    kserve.add_argument(
+        "--secret",
+        default="recsys-serve",
+        help="the Secret with keys token (the bearer token) and redis-url",
+    )
+    kserve.add_argument(
+        "--service-account",
+        default="",
+        help="the service account whose credentials read the bucket (KServe's storage "
+        "initializer and recsys serve); default: the namespace's",
+    )
+    kserve.add_argument(
+        "--deployment-mode",
+        choices=["Serverless", "RawDeployment"],
+        default="Serverless",
+        help="KServe's mode: Serverless (Knative; canaries) or RawDeployment",
+    )
+    kserve.add_argument(
+        "--canary-percent",
+        type=int,
+        default=0,
+        help="share of traffic the new revision takes (canaryTrafficPercent); 0 = all at once",
+    )
+    kserve.add_argument("--min-replicas", type=int, default=2, help="of recsys serve")
+    kserve.add_argument("--max-replicas", type=int, default=10, help="of recsys serve")
+    kserve.set_defaults(func=_deploy_kserve)
+
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
     compile_.add_argument("--out", default="pipeline.yaml")
     compile_.add_argument(
@@ -726,7 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default="in-process",
         help="where the models run: in-process (default), grpc:HOST:8500 or "
-        "rest:http://HOST:8501 (TF Serving reading the same root's models.config)",
+        "rest:http://HOST:8501 (TF Serving reading the same root's models.config), or "
+        "kserve-v1:retrieval=URL,ranking=URL (KServe InferenceServices, each URL ending "
+        "/v1/models/<its name>; recsys deploy kserve writes it)",
     )
     serve.add_argument(
         "--feature-store",

@@ -139,17 +139,28 @@ class GrpcBackend:
 
 class RestBackend:
     """TF Serving's REST API: ``POST <url>/v1/models/<name>:predict`` in the columnar
-    format, signatures from ``GET <url>/v1/models/<name>/metadata``."""
+    format, signatures from ``GET <url>/v1/models/<name>/metadata``. KServe's v1
+    protocol on its TensorFlow runtime is the same API with one address per model
+    (an InferenceService each): ``model_urls`` maps each model to its
+    ``.../v1/models/<served name>`` URL instead."""
 
-    def __init__(self, url: str, timeout_seconds: float = 1.0):
+    def __init__(self, url: str = "", timeout_seconds: float = 1.0, model_urls: dict | None = None):
         self.url = url.rstrip("/")
+        self.model_urls = {name: u.rstrip("/") for name, u in (model_urls or {}).items()}
         self.timeout = timeout_seconds
         self._signatures = {}
 
-    def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+    def _model_url(self, model: str) -> str:
+        if self.model_urls:
+            if model not in self.model_urls:
+                raise ValueError(f"no URL for model {model!r}: have {sorted(self.model_urls)}")
+            return self.model_urls[model]
+        return f"{self.url}/v1/models/{model}"
+
+    def _call(self, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"}
+            url, data=data, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
             return json.loads(response.read())
@@ -159,7 +170,7 @@ class RestBackend:
         from tensorflow.core.framework import types_pb2
 
         if model not in self._signatures:
-            metadata = self._call(f"/v1/models/{model}/metadata", timeout=self.timeout * 10)
+            metadata = self._call(f"{self._model_url(model)}/metadata", timeout=self.timeout * 10)
             signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
             dtype = lambda info: types_pb2.DataType.Value(info["dtype"])  # noqa: E731
             self._signatures[model] = {
@@ -190,7 +201,7 @@ class RestBackend:
             "signature_name": SIGNATURE,
             "inputs": {name: _json_values(values) for name, values in inputs.items()},
         }
-        outputs = self._call(f"/v1/models/{model}:predict", body)["outputs"]
+        outputs = self._call(f"{self._model_url(model)}:predict", body)["outputs"]
         dtypes = self._metadata(model)["outputs"]
         return {name: np.asarray(values, dtype=dtypes[name]) for name, values in outputs.items()}
 
@@ -214,3 +225,34 @@ def _json_values(values: np.ndarray):
             ]
         )
     return values.tolist()
+
+
+BACKEND_SPECS = (
+    "in-process, grpc:HOST:PORT, rest:http://HOST:PORT (TF Serving) or "
+    "kserve-v1:retrieval=URL,ranking=URL (an InferenceService per model, each URL "
+    "ending /v1/models/<its name>)"
+)
+
+
+def backend_target(spec: str) -> tuple[str, object]:
+    """(kind, target) of a remote backend spec (``BACKEND_SPECS``, but in-process):
+    the address, or for kserve-v1 each model's URL; a ValueError says what is wrong."""
+    kind, _, target = spec.partition(":")
+    if kind in ("grpc", "rest") and target:
+        return kind, target
+    if kind == "kserve-v1" and target:
+        urls = dict(part.partition("=")[::2] for part in target.split(","))
+        if not urls or any(not url.startswith(("http://", "https://")) for url in urls.values()):
+            raise ValueError(f"backend {spec!r}: each model needs model=http(s)://URL")
+        return kind, urls
+    raise ValueError(f"backend {spec!r}: use {BACKEND_SPECS}")
+
+
+def remote_backend(spec: str):
+    """The client of a remote backend spec (``backend_target``)."""
+    kind, target = backend_target(spec)
+    if kind == "grpc":
+        return GrpcBackend(target)
+    if kind == "rest":
+        return RestBackend(target)
+    return RestBackend(model_urls=target)

@@ -56,7 +56,7 @@ from recsys.core.features import HISTORY_COLUMNS
 from recsys.core.online_features import apply_events
 from recsys.core.requests import raw_arrays
 from recsys.serving import serving_root as root_
-from recsys.serving.backends import GrpcBackend, InProcessBackend, RestBackend
+from recsys.serving.backends import InProcessBackend, backend_target, remote_backend
 from recsys.serving.experiment import Experiment
 from recsys.serving.exploration import ExplorationConfig
 from recsys.serving.funnel import Context, Funnel
@@ -80,7 +80,7 @@ WARMUP_USERS = 3
 @dataclass(frozen=True)
 class ServiceConfig:
     serving_root: str
-    backend: str = "in-process"  # in-process, grpc:HOST:PORT, rest:URL
+    backend: str = "in-process"  # in-process or a remote spec (backends.BACKEND_SPECS)
     feature_store: str = "embedded"  # embedded, or redis://host:port/db
     # Candidates: "index" (query tower + item index, exact below ann_min_items items,
     # HNSW above), "model" (the retrieval model's top-K), "auto" (index when the
@@ -103,10 +103,8 @@ class ServiceConfig:
     exposure_log: str = ""  # directory for what each request showed (arm, propensity)
 
     def __post_init__(self):
-        if not self.backend == "in-process" and not self.backend.startswith(("grpc:", "rest:")):
-            raise ValueError(
-                f"backend {self.backend!r}: use in-process, grpc:HOST:PORT or rest:http://HOST:PORT"
-            )
+        if self.backend != "in-process":
+            backend_target(self.backend)  # a ValueError names what is wrong
         if self.retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval {self.retrieval!r}: use one of {RETRIEVALS}")
         if self.max_k < 1 or self.reload_seconds <= 0:
@@ -337,8 +335,7 @@ class Service:
         # TF Serving loads versions itself (it reads the same models.config): one
         # client for every bundle.
         if self._shared_backend is None:
-            kind, target = spec.split(":", 1)
-            self._shared_backend = GrpcBackend(target) if kind == "grpc" else RestBackend(target)
+            self._shared_backend = remote_backend(spec)
         return self._shared_backend
 
     def _load(self, served: dict[str, int]) -> Bundle:
