@@ -3,6 +3,7 @@
 
 PYTHON ?= python3
 VENV := .venv
+KSERVE_VENV := .venv-kserve
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 WORKDIR ?= work
@@ -37,8 +38,15 @@ run: $(VENV)/.installed  ## the whole pipeline on the embedded sample data
 # Lint first (seconds), then two workers (the machine's two cores). The trained state
 # tests share is built once, by the first worker that needs it (tests/conftest.py,
 # built_once); each whole-pipeline group (xdist_group) runs on one worker.
-test: lint test-servers
+test: lint test-servers $(KSERVE_VENV)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# KServe's typed models, for tests/test_kserve.py only: kserve cannot be installed
+# beside the TFX libraries (pandas), so it gets an environment of its own.
+$(KSERVE_VENV)/.installed: requirements-kserve.lock $(VENV)/.installed
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(BIN)/uv pip sync --system-certs --python $(KSERVE_VENV)/bin/python requirements-kserve.lock
+	touch $@
 
 # The inner loop: lint, then every test not marked `trains` (tests/conftest.py marks
 # those that train a model or run the pipeline, or need a fixture that does).
@@ -80,6 +88,8 @@ compile: $(VENV)/.installed
 lock: $(VENV)/.installed
 	$(BIN)/uv pip compile --system-certs requirements.in -o requirements.lock --python-version 3.11 \
 		--python-platform x86_64-unknown-linux-gnu --generate-hashes
+	$(BIN)/uv pip compile --system-certs requirements-kserve.in -o requirements-kserve.lock \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes
 
 # One image for every component. Docker when an engine answers, otherwise buildah
 # (no daemon needed). Base-image registries may be unreachable: `make base-image`

@@ -3,12 +3,16 @@ calling InferenceServices over KServe's v1 protocol.
 
 No cluster runs here. The Kubernetes objects are read back through the official
 client's typed models (a field the models do not know would be lost on the way and
-fail the comparison); the service's KServe backend is driven against TF Serving's
-REST API served under the InferenceServices' model names (tests/tf_serving_double.py).
+fail the comparison); the InferenceServices through KServe's own typed models, in
+the separate environment .venv-kserve (requirements-kserve.lock; `make test`
+creates it) because kserve cannot be installed beside this stack; the service's
+KServe backend is driven against TF Serving's REST API served under the
+InferenceServices' model names (tests/tf_serving_double.py).
 """
 
 import json
 import os
+import subprocess
 
 import pandas as pd
 import pytest
@@ -23,6 +27,8 @@ from recsys.serving.backends import backend_target, remote_backend
 from recsys.serving.service import ServiceConfig
 from tests.tf_serving_double import ServedModels, start_rest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KSERVE_PYTHON = os.path.join(ROOT, ".venv-kserve", "bin", "python")
 TYPED = {
     "Deployment": "V1Deployment",
     "Service": "V1Service",
@@ -46,11 +52,11 @@ def written(pushed_root, tmp_path):
         serving_root=pushed_root, namespace="feeds", canary_percent=10, service_account="reader"
     )
     write_manifests(deployment, str(tmp_path / "out"))
-    return deployment, read_manifests(tmp_path / "out")
+    return deployment, read_manifests(tmp_path / "out"), tmp_path / "out"
 
 
 def test_the_service_objects_are_what_the_typed_models_read(written):
-    deployment, files = written
+    deployment, files, _ = written
     objects = files["recsys-serve.yaml"]
     assert [o["kind"] for o in objects] == list(TYPED)
     api = k8s.ApiClient()
@@ -83,7 +89,7 @@ def test_the_service_objects_are_what_the_typed_models_read(written):
 
 
 def test_an_inference_service_per_model_at_the_pushed_version(written, pushed_root):
-    deployment, files = written
+    deployment, files, _ = written
     version = roots.served_version(pushed_root, "retrieval")
     backend = files["recsys-serve.yaml"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     urls = backend_target(backend[backend.index("--backend") + 1])[1]
@@ -107,6 +113,33 @@ def test_an_inference_service_per_model_at_the_pushed_version(written, pushed_ro
         assert urls[model] == f"http://{name}.feeds.svc.cluster.local/v1/models/{name}"
     kustomization = files["kustomization.yaml"][0]
     assert sorted(kustomization["resources"]) == sorted(set(files) - {"kustomization.yaml"})
+
+
+def kserve_typed(*paths) -> subprocess.CompletedProcess:
+    assert os.path.isfile(KSERVE_PYTHON), (
+        "no .venv-kserve: `make test` creates it (make .venv-kserve/.installed)"
+    )
+    script = os.path.join(ROOT, "tests", "kserve_typed.py")
+    return subprocess.run(
+        [KSERVE_PYTHON, script, *map(str, paths)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_inference_services_are_what_kserves_typed_models_read(written, tmp_path):
+    _, _, out = written
+    read = kserve_typed(*(out / f"inferenceservice-{model}.yaml" for model in MODELS))
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert json.loads(read.stdout) == ["V1beta1InferenceService"] * len(MODELS)
+    # The check can fail: a misspelt field, a number written as text.
+    service = yaml.safe_load((out / "inferenceservice-ranking.yaml").read_text())
+    predictor = service["spec"]["predictor"]
+    predictor["canaryTraficPercent"] = predictor.pop("canaryTrafficPercent")
+    (tmp_path / "misspelt.yaml").write_text(yaml.safe_dump(service))
+    predictor["canaryTrafficPercent"] = str(predictor.pop("canaryTraficPercent"))
+    (tmp_path / "text.yaml").write_text(yaml.safe_dump(service))
+    misspelt, text = kserve_typed(tmp_path / "misspelt.yaml"), kserve_typed(tmp_path / "text.yaml")
+    assert "V1beta1PredictorSpec has no field(s) ['canaryTraficPercent']" in misspelt.stderr
+    assert "canaryTrafficPercent: expected int, got '10'" in text.stderr
 
 
 def test_the_service_pages_are_the_same_through_inference_services(stages, pushed_root):
