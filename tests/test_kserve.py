@@ -25,7 +25,7 @@ from recsys.serving import Context, Funnel
 from recsys.serving import serving_root as roots
 from recsys.serving.backends import backend_target, remote_backend
 from recsys.serving.service import ServiceConfig
-from tests.tf_serving_double import ServedModels, start_rest
+from tests.tf_serving_double import ServedModels, start_rest, start_v2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KSERVE_PYTHON = os.path.join(ROOT, ".venv-kserve", "bin", "python")
@@ -142,22 +142,24 @@ def test_the_inference_services_are_what_kserves_typed_models_read(written, tmp_
     assert "canaryTrafficPercent: expected int, got '10'" in text.stderr
 
 
-def test_the_service_pages_are_the_same_through_inference_services(stages, pushed_root):
-    """Each model behind its own server, under its InferenceService's name, as KServe's
-    TensorFlow runtime serves it: the pages equal the in-process ones."""
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_the_service_pages_are_the_same_through_inference_services(stages, pushed_root, protocol):
+    """Each model behind its own server, under its InferenceService's name, over
+    KServe's v1 protocol (its TensorFlow runtime: TF Serving's REST API) or its v2
+    protocol (the Open Inference Protocol): the pages equal the in-process ones."""
     from tests.test_funnel import request_time
 
     models = ServedModels(pushed_root, list(MODELS))
     deployment = KServeDeployment(serving_root=pushed_root)
+    start = {"v1": start_rest, "v2": start_v2}[protocol]
     servers, urls = [], {}
     try:
         for model in MODELS:
-            server, url = start_rest(models, {deployment.model_name(model): model})
+            name = deployment.model_name(model)
+            server, url = start(models, {name: model})
             servers.append(server)
-            urls[model] = deployment.model_url(model).replace(
-                f"http://{deployment.model_name(model)}.recsys.svc.cluster.local", url
-            )
-        spec = "kserve-v1:" + ",".join(f"{model}={url}" for model, url in urls.items())
+            urls[model] = f"{url}/{protocol}/models/{name}"
+        spec = f"kserve-{protocol}:" + ",".join(f"{model}={url}" for model, url in urls.items())
         remote = Funnel.from_serving_root(pushed_root, backend=remote_backend(spec))
         local = Funnel.from_serving_root(pushed_root)
         at = Context(request_time(stages))

@@ -158,9 +158,12 @@ def test_schedule_creates_lists_disables_and_deletes_recurring_runs(kfp_api, cap
         )
         == 0
     )
-    assert (
-        "created recurring run job-1 ('recsys-daily', cron '0 0 3 * * *'" in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "created recurring run job-1 ('recsys-daily', cron '0 0 3 * * *'" in out
+    # What the schedule does day after day, as the settings given make it.
+    assert "window ending at its scheduled time" in out
+    assert "at most 1 run(s) at once" in out and "no catch-up" in out
+    assert "a failed run blocks nothing" in out and "the version serving stays" in out
     job = _posted(kfp_api, "recurringruns")[0]
     assert job["display_name"] == "recsys-daily"
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"

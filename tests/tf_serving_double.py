@@ -6,9 +6,13 @@ pins (as TF Serving started with ``--model_config_file`` does), from the real
 SavedModels, through the real protocols: a gRPC ``PredictionService`` built on
 ``tensorflow-serving-api``'s generated servicer (``Predict`` and
 ``GetModelMetadata``), and the REST endpoints ``POST /v1/models/<name>:predict``
-(columnar "inputs") and ``GET /v1/models/<name>/metadata``. Message layouts
-follow TF Serving's; batching and config polling do not exist here (make a new
-``ServedModels`` after the config changes).
+(columnar "inputs") and ``GET /v1/models/<name>/metadata``; and KServe's v2
+protocol (the Open Inference Protocol, which Triton and KServe's v2 runtimes
+serve): ``GET /v2/models/<name>`` and ``POST /v2/models/<name>/infer``. A model
+can be served under another name (``served_as``: KServe names it after its
+InferenceService). Message layouts follow TF Serving's and the protocol's;
+batching and config polling do not exist here (make a new ``ServedModels`` after
+the config changes).
 """
 
 import json
@@ -21,6 +25,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
@@ -164,5 +169,97 @@ def start_rest(
     models: ServedModels, served_as: dict[str, str] | None = None
 ) -> tuple[ThreadingHTTPServer, str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(models, served_as or {}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+# TensorFlow's dtypes as the Open Inference Protocol names them.
+V2_DATATYPE = {
+    types_pb2.DT_BOOL: "BOOL",
+    types_pb2.DT_INT32: "INT32",
+    types_pb2.DT_INT64: "INT64",
+    types_pb2.DT_FLOAT: "FP32",
+    types_pb2.DT_DOUBLE: "FP64",
+    types_pb2.DT_STRING: "BYTES",
+}
+
+
+def _v2_tensors(tensor_map) -> list[dict]:
+    return [
+        {
+            "name": name,
+            "datatype": V2_DATATYPE[info.dtype],
+            "shape": [d.size for d in info.tensor_shape.dim],
+        }
+        for name, info in tensor_map.items()
+    ]
+
+
+def _v2_handler(models: ServedModels, served_as: dict[str, str]):
+    """KServe's v2 protocol (Open Inference Protocol, REST): ``GET /v2/models/<name>``
+    and ``POST /v2/models/<name>/infer``, as Triton or a KServe v2 runtime answers."""
+
+    class Handler(BaseHTTPRequestHandler):
+        _reply = _rest_handler(models, served_as)._reply
+
+        def _model(self, suffix: str) -> str:
+            name = self.path.removeprefix("/v2/models/").removesuffix(suffix)
+            return served_as.get(name, name)
+
+        def do_GET(self):  # noqa: N802
+            name = self._model("")
+            if name not in models.functions:
+                return self._reply(404, {"error": f"Model {name} not found"})
+            signature = models.signature_maps[name].signature_def["serving_default"]
+            self._reply(
+                200,
+                {
+                    "name": name,
+                    "versions": [str(models.versions[name])],
+                    "platform": "tensorflow_savedmodel",
+                    "inputs": _v2_tensors(signature.inputs),
+                    "outputs": _v2_tensors(signature.outputs),
+                },
+            )
+
+        def do_POST(self):  # noqa: N802
+            name = self._model("/infer")
+            if name not in models.functions:
+                return self._reply(404, {"error": f"Model {name} not found"})
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            inputs = {
+                tensor["name"]: np.asarray(
+                    tensor["data"], dtype=object if tensor["datatype"] == "BYTES" else None
+                ).reshape(tensor["shape"])
+                for tensor in body["inputs"]
+            }
+            outputs = models.predict(name, inputs)
+            signature = models.signature_maps[name].signature_def["serving_default"]
+            self._reply(
+                200,
+                {
+                    "model_name": name,
+                    "outputs": [
+                        {
+                            "name": key,
+                            "datatype": V2_DATATYPE[signature.outputs[key].dtype],
+                            "shape": list(value.shape),
+                            "data": _jsonable(value.reshape(-1)),
+                        }
+                        for key, value in outputs.items()
+                    ],
+                },
+            )
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def start_v2(
+    models: ServedModels, served_as: dict[str, str] | None = None
+) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _v2_handler(models, served_as or {}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -239,6 +239,7 @@ def _schedule(args):
             f"'{job['cron']}', max concurrency {args.max_concurrency}, "
             f"{'catch-up' if args.catchup else 'no catch-up'})"
         )
+        print(kubeflow.schedule_behaviour(args.catchup, args.max_concurrency, "as_of" in params))
 
 
 def _simulate(args):
@@ -794,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the models run: in-process (default), grpc:HOST:8500 or "
         "rest:http://HOST:8501 (TF Serving reading the same root's models.config), or "
         "kserve-v1:retrieval=URL,ranking=URL (KServe InferenceServices, each URL ending "
-        "/v1/models/<its name>; recsys deploy kserve writes it)",
+        "/v1/models/<its name>; recsys deploy kserve writes it) or kserve-v2:... (KServe's "
+        "v2 protocol, the Open Inference Protocol, each URL ending /v2/models/<its name>)",
     )
     serve.add_argument(
         "--feature-store",

@@ -109,6 +109,33 @@ def experiment_id(kfp_client, name: str) -> str:
     return kfp_client.create_experiment(name).experiment_id  # gets it when it exists
 
 
+def schedule_behaviour(catchup: bool, max_concurrency: int, as_of_pinned: bool) -> str:
+    """What a recurring run with these settings does, day after day, in words."""
+    window = (
+        "every run trains on the as_of you pinned"
+        if as_of_pinned
+        else "each run trains on the window ending at its scheduled time (as_of is KFP's "
+        "[[ScheduledTime]]), so a retried or backfilled run sees the same data"
+    )
+    missed = (
+        "catch-up: after a pause (the schedule disabled, the controller down), every "
+        "missed day runs, oldest first"
+        if catchup
+        else "no catch-up: after a pause only the next due time runs; missed days are skipped"
+    )
+    return "\n".join(
+        [
+            f"- {window};",
+            f"- at most {max_concurrency} run(s) at once: a run due while "
+            f"{'that many are' if max_concurrency > 1 else 'one is'} still going waits for a slot;",
+            f"- {missed};",
+            "- a failed run blocks nothing: it stops at the failing stage (validate's "
+            "anomalies, the gate, ...), push never runs, so the version serving stays and is "
+            "the champion the next day's run is compared with; that run starts on time.",
+        ]
+    )
+
+
 def schedule(
     host: str,
     cron: str,

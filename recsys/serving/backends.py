@@ -5,7 +5,11 @@
 - ``GrpcBackend``: TF Serving's ``PredictionService`` over gRPC
   (``tensorflow-serving-api``), signatures from ``GetModelMetadata``;
 - ``RestBackend``: TF Serving's REST API (``/v1/models/<name>:predict``, columnar
-  "inputs"), signatures from ``/v1/models/<name>/metadata``.
+  "inputs"), signatures from ``/v1/models/<name>/metadata``; also KServe's v1
+  protocol, one URL per model;
+- ``OpenInferenceBackend``: KServe's v2 protocol, the Open Inference Protocol
+  (``POST <model URL>/infer``, tensors as flat data with shape and datatype),
+  signatures from ``GET <model URL>``, as Triton and KServe's v2 runtimes serve it.
 
 TensorFlow and the serving protos are imported when a backend is made, not
 with this module.
@@ -227,20 +231,96 @@ def _json_values(values: np.ndarray):
     return values.tolist()
 
 
+# The Open Inference Protocol's tensor datatypes and TensorFlow's.
+V2_DATATYPES = {
+    "BOOL": "bool",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "string",
+}
+
+
+class OpenInferenceBackend:
+    """KServe's v2 protocol (the Open Inference Protocol's REST binding): each model's
+    URL is ``.../v2/models/<its name>``; ``GET`` it for the inputs' names, datatypes
+    and shapes, ``POST .../infer`` with ``{"inputs": [{name, shape, datatype, data}]}``
+    (data flat, row-major; strings as text) for ``{"outputs": [...]}`` alike."""
+
+    def __init__(self, model_urls: dict[str, str], timeout_seconds: float = 1.0):
+        self.model_urls = {name: url.rstrip("/") for name, url in model_urls.items()}
+        self.timeout = timeout_seconds
+        self._metadata = {}
+
+    def _call(self, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+            return json.loads(response.read())
+
+    def _url(self, model: str) -> str:
+        if model not in self.model_urls:
+            raise ValueError(f"no URL for model {model!r}: have {sorted(self.model_urls)}")
+        return self.model_urls[model]
+
+    def _inputs(self, model: str) -> dict[str, dict]:
+        if model not in self._metadata:
+            metadata = self._call(self._url(model), timeout=self.timeout * 10)
+            self._metadata[model] = {tensor["name"]: tensor for tensor in metadata["inputs"]}
+        return self._metadata[model]
+
+    def signature(self, model: str) -> dict:
+        return {
+            name: _spec_from_tensor_info(
+                name,
+                V2_DATATYPES[tensor["datatype"]],
+                [d if d >= 0 else None for d in tensor["shape"]],
+            )
+            for name, tensor in self._inputs(model).items()
+        }
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        declared = self._inputs(model)
+        body = {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(values.shape),
+                    "datatype": declared[name]["datatype"],
+                    "data": _json_values(values.reshape(-1)),
+                }
+                for name, values in inputs.items()
+            ]
+        }
+        outputs = self._call(f"{self._url(model)}/infer", body)["outputs"]
+        return {
+            tensor["name"]: np.asarray(
+                tensor["data"],
+                dtype=object if tensor["datatype"] == "BYTES" else V2_DATATYPES[tensor["datatype"]],
+            ).reshape(tensor["shape"])
+            for tensor in outputs
+        }
+
+
 BACKEND_SPECS = (
     "in-process, grpc:HOST:PORT, rest:http://HOST:PORT (TF Serving) or "
     "kserve-v1:retrieval=URL,ranking=URL (an InferenceService per model, each URL "
-    "ending /v1/models/<its name>)"
+    "ending /v1/models/<its name>) or kserve-v2:retrieval=URL,ranking=URL (KServe's "
+    "v2 protocol, each URL ending /v2/models/<its name>)"
 )
 
 
 def backend_target(spec: str) -> tuple[str, object]:
     """(kind, target) of a remote backend spec (``BACKEND_SPECS``, but in-process):
-    the address, or for kserve-v1 each model's URL; a ValueError says what is wrong."""
+    the address, or for kserve-v1 and kserve-v2 each model's URL; a ValueError says
+    what is wrong."""
     kind, _, target = spec.partition(":")
     if kind in ("grpc", "rest") and target:
         return kind, target
-    if kind == "kserve-v1" and target:
+    if kind in ("kserve-v1", "kserve-v2") and target:
         urls = dict(part.partition("=")[::2] for part in target.split(","))
         if not urls or any(not url.startswith(("http://", "https://")) for url in urls.values()):
             raise ValueError(f"backend {spec!r}: each model needs model=http(s)://URL")
@@ -255,4 +335,6 @@ def remote_backend(spec: str):
         return GrpcBackend(target)
     if kind == "rest":
         return RestBackend(target)
-    return RestBackend(model_urls=target)
+    if kind == "kserve-v1":
+        return RestBackend(model_urls=target)
+    return OpenInferenceBackend(target)
