@@ -162,12 +162,7 @@ class RestBackend:
         return f"{self.url}/v1/models/{model}"
 
     def _call(self, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-            return json.loads(response.read())
+        return _json_call(url, body, timeout or self.timeout)
 
     def _metadata(self, model: str) -> dict:
         """{"inputs": {name: TensorSpec}, "outputs": {name: numpy dtype}}, fetched once."""
@@ -208,6 +203,14 @@ class RestBackend:
         outputs = self._call(f"{self._model_url(model)}:predict", body)["outputs"]
         dtypes = self._metadata(model)["outputs"]
         return {name: np.asarray(values, dtype=dtypes[name]) for name, values in outputs.items()}
+
+
+def _json_call(url: str, body: dict | None, timeout: float) -> dict:
+    """GET ``url`` (``body`` None) or POST ``body`` to it, as JSON both ways."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
 
 
 def _numpy_dtype(data_type: int):
@@ -254,12 +257,7 @@ class OpenInferenceBackend:
         self._metadata = {}
 
     def _call(self, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-            return json.loads(response.read())
+        return _json_call(url, body, timeout or self.timeout)
 
     def _url(self, model: str) -> str:
         if model not in self.model_urls:
