@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 
+import jsonschema
 import pandas as pd
 import pytest
 import yaml
@@ -34,6 +35,67 @@ TYPED = {
     "Service": "V1Service",
     "HorizontalPodAutoscaler": "V2HorizontalPodAutoscaler",
     "PodDisruptionBudget": "V1PodDisruptionBudget",
+}
+
+
+# KServe's InferenceService CRD (serving.kserve.io_inferenceservices.yaml, v1beta1)
+# and its admission webhook, the parts a manifest of ours touches, restated: the
+# CRD cannot be fetched here (no route to GitHub) and its text stays out of this
+# repository.
+INFERENCE_SERVICE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "serving.kserve.io/v1beta1"},
+        "kind": {"const": "InferenceService"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                # The webhook's name rule: a DNS-1035 label, at most 63 characters.
+                "name": {
+                    "type": "string",
+                    "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$",
+                    "maxLength": 63,
+                },
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["predictor"],
+            "properties": {
+                "predictor": {
+                    "type": "object",
+                    "properties": {
+                        "canaryTrafficPercent": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "minReplicas": {"type": "integer", "minimum": 0},
+                        "serviceAccountName": {"type": "string"},
+                        "model": {
+                            "type": "object",
+                            "required": ["modelFormat"],
+                            "properties": {
+                                "modelFormat": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {"name": {"type": "string"}},
+                                },
+                                "storageUri": {"type": "string"},
+                                "resources": {
+                                    "type": "object",
+                                    "properties": {
+                                        "requests": {"type": "object"},
+                                        "limits": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
 }
 
 
@@ -125,8 +187,10 @@ def kserve_typed(*paths) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_inference_services_are_what_kserves_typed_models_read(written, tmp_path):
-    _, _, out = written
+def test_the_inference_services_fit_kserves_typed_models_and_crd(written, tmp_path):
+    _, files, out = written
+    for model in MODELS:
+        jsonschema.validate(files[f"inferenceservice-{model}.yaml"][0], INFERENCE_SERVICE_SCHEMA)
     read = kserve_typed(*(out / f"inferenceservice-{model}.yaml" for model in MODELS))
     assert read.returncode == 0, read.stderr[-3000:]
     assert json.loads(read.stdout) == ["V1beta1InferenceService"] * len(MODELS)
@@ -177,6 +241,8 @@ def test_the_service_pages_are_the_same_through_inference_services(stages, pushe
 
 
 def test_a_rolled_back_root_and_bad_options_are_explained(pushed_root, tmp_path, capsys):
+    with pytest.raises(ValueError, match="starting with a letter"):
+        KServeDeployment(pushed_root, name="Recsys")
     with pytest.raises(ValueError, match="needs KServe's Serverless mode"):
         KServeDeployment(pushed_root, deployment_mode="RawDeployment", canary_percent=5)
     with pytest.raises(ValueError, match="model=http"):

@@ -28,6 +28,7 @@ on KServe").
 """
 
 import os
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -44,6 +45,11 @@ MODES = ("Serverless", "RawDeployment")
 # The Secret's keys, which the service reads as environment variables.
 SECRET_KEYS = {"token": "RECSYS_TOKEN", "redis-url": "REDIS_URL"}
 VERSION_ANNOTATION = "recsys.io/model-version"
+# Kubernetes names: a DNS-1035 label for the objects (KServe's rule for an
+# InferenceService; its longest suffix here is "-retrieval-predictor"), DNS-1123
+# for the namespace.
+NAME = re.compile(r"[a-z]([-a-z0-9]{0,30}[a-z0-9])?")
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,13 @@ class KServeDeployment:
     model_memory: str = "2Gi"
 
     def __post_init__(self):
+        if not NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name {self.name!r}: lower-case letters, digits and '-', starting with a "
+                "letter, at most 32 characters (the InferenceServices' names start with it)"
+            )
+        if not NAMESPACE.fullmatch(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a Kubernetes namespace name")
         if self.deployment_mode not in MODES:
             raise ValueError(f"deployment mode must be one of {MODES}, got {self.deployment_mode}")
         if not 0 <= self.canary_percent <= 100:
