@@ -378,6 +378,7 @@ def _serve(args):
         serving_log=args.serving_log or "",
         reload_seconds=args.reload_seconds,
         max_k=args.max_k,
+        max_in_flight=args.max_in_flight,
         token=token,
         exploration=ExplorationConfig(args.explore_share, args.explore_temperature),
         experiment=Experiment.load(args.experiment) if args.experiment else None,
@@ -815,6 +816,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serving-log", help="write the served features here (ingest's layout)")
     serve.add_argument("--reload-seconds", type=float, default=2.0, help="models.config poll")
     serve.add_argument("--max-k", type=int, default=100, help="largest page a request may ask")
+    serve.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4,
+        help="requests in progress at once; past it a request gets 503 with Retry-After "
+        "at once instead of queueing (counted as recsys_rejected_total in /metrics)",
+    )
     serve.add_argument(
         "--explore-share",
         type=float,

@@ -93,6 +93,9 @@ class ServiceConfig:
     max_exclude: int = 1000
     max_events: int = 1000
     max_body_bytes: int = 256 * 1024
+    # Requests in progress at once (/v1/*); past it a request gets 503 with
+    # Retry-After at once instead of waiting in a queue that only grows.
+    max_in_flight: int = 4
     token: str = field(default="", repr=False)  # bearer token for /v1/*; empty: none
     log_rows_per_file: int = 50_000
     log_flush_seconds: float = 60.0
@@ -105,6 +108,8 @@ class ServiceConfig:
     def __post_init__(self):
         if self.backend != "in-process":
             backend_target(self.backend)  # a ValueError names what is wrong
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.retrieval not in RETRIEVALS:
             raise ValueError(f"retrieval {self.retrieval!r}: use one of {RETRIEVALS}")
         if self.max_k < 1 or self.reload_seconds <= 0:
@@ -212,6 +217,10 @@ class Metrics:
         self.errors = Counter(
             "recsys_errors", "Requests that failed in the service", ["reason"], registry=r
         )  # noqa: E501
+        self.rejected = Counter(
+            "recsys_rejected", "Requests refused at capacity (503)", ["endpoint"], registry=r
+        )
+        self.in_flight = Gauge("recsys_in_flight", "Requests in progress", registry=r)
         self.served_version = Gauge(
             "recsys_served_version", "Version being served", ["model"], registry=r
         )  # noqa: E501
@@ -494,24 +503,40 @@ def create_app(service: Service):
     /readyz, /metrics and the OpenAPI description at /openapi.json."""
     from typing import Annotated
 
+    import anyio.to_thread
     import orjson
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = service.config
-    Id = Annotated[str, Field(min_length=1, max_length=256)]
+    # Acceptance is as strict as the document: no number taken for a time, no
+    # boolean for a number, no text for either (pydantic's lax mode would).
+    Id = Annotated[str, Field(min_length=1, max_length=256, strict=True)]
+    Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    RequestTime = Annotated[
+        datetime,
+        BeforeValidator(_time_as_text),
+        AfterValidator(_time_in_range),
+        Field(
+            description=f"ISO 8601 date-time in the years {TIME_YEARS_TEXT}",
+            json_schema_extra={"pattern": TIME_YEARS_PATTERN},
+        ),
+    ]
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: Id
-        k: int | None = Field(None, ge=1, le=config.max_k, description="page length")
+        k: Annotated[int, Field(ge=1, le=config.max_k), BeforeValidator(_json_integer)] | None = (
+            Field(None, description="page length")
+        )
         exclude: list[Id] = Field(
             default_factory=list, max_length=config.max_exclude, description="item ids not to show"
         )
-        at: datetime | None = Field(None, description="request time (ISO 8601); default now")
+        at: RequestTime | None = Field(None, description="request time; default now")
 
     class Item(BaseModel):
         model_config = ConfigDict(extra="allow")  # the item's category and creator, if any
@@ -543,17 +568,63 @@ def create_app(service: Service):
         model_config = ConfigDict(extra="forbid")
         user_id: Id
         item_id: Id
-        ts: int | None = Field(None, ge=0, description="Unix seconds; default now")
-        clicked: bool
-        watch_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+        ts: (
+            Annotated[int, Field(ge=0, le=MAX_UNIX_SECONDS), BeforeValidator(_json_integer)] | None
+        ) = Field(None, description="Unix seconds; default now")
+        clicked: Annotated[bool, Field(strict=True)]
+        watch_seconds: Number = Field(0.0, ge=0)
 
     class EventsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         events: list[Event] = Field(max_length=config.max_events)
 
-    # The handlers are coroutines that do their work inline: on the one core a
-    # service process is given, handing each request to a thread pool only adds a
-    # thread switch (measured in docs/benchmarks.md). Scale with processes.
+    class EventsResponse(BaseModel):
+        added: int = Field(description="engagements added to the users' online features")
+
+    class Problem(BaseModel):
+        where: str = Field(description="the field, e.g. body.k")
+        problem: str
+
+    class ErrorBody(BaseModel):
+        error: str
+        problems: list[Problem] | None = Field(None, description="with 422: what is wrong, where")
+
+    class Liveness(BaseModel):
+        alive: bool
+
+    class Readiness(BaseModel):
+        model_config = ConfigDict(extra="allow")  # the versions and the feature store
+        ready: bool
+        status: str
+
+    # Every status a request can get besides 200, each with the same error body.
+    def errors(*codes: int) -> dict:
+        return {code: {"model": ErrorBody, "description": ERROR_STATUSES[code]} for code in codes}
+
+    # The handlers admit at most max_in_flight requests and run each in a worker
+    # thread, so the event loop stays free: a request past capacity is refused at
+    # once (503, Retry-After) instead of queueing behind the others, and the probes
+    # answer while the service is busy. Scale with processes.
+    in_flight = 0  # admitted and not finished; read and written on the event loop only
+
+    @contextlib.asynccontextmanager
+    async def admitted(endpoint: str):
+        nonlocal in_flight
+        if in_flight >= config.max_in_flight:
+            service.metrics.rejected.labels(endpoint).inc()
+            raise HTTPException(
+                503,
+                f"at capacity: {config.max_in_flight} requests in progress; retry shortly",
+                {"Retry-After": "1"},
+            )
+        in_flight += 1
+        service.metrics.in_flight.set(in_flight)
+        try:
+            yield
+        finally:
+            in_flight -= 1
+            service.metrics.in_flight.set(in_flight)
+
     async def authorized(request: Request) -> None:
         if not config.token:
             return
@@ -586,8 +657,10 @@ def create_app(service: Service):
         ]
         return JSONResponse({"error": "invalid request", "problems": problems}, 422)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
+    # Starlette's class: FastAPI raises it too (a body that is not JSON: 400), and
+    # every error then has the one documented body.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
         count.labels(request.url.path, str(error.status_code)).inc()
         return JSONResponse({"error": error.detail}, error.status_code, headers=error.headers)
 
@@ -595,12 +668,15 @@ def create_app(service: Service):
         "/v1/recommend",
         response_model=RecommendResponse,
         dependencies=[Depends(authorized)],
-        responses={503: {"description": "no version loaded, or the feature store is down"}},
+        responses=errors(400, 401, 413, 422, 503),
     )
     async def recommend(request: RecommendRequest):
         started = time.perf_counter()
         try:
-            body = service.recommend(request.user_id, _utc(request.at), request.k, request.exclude)
+            async with admitted("/v1/recommend"):
+                body = await anyio.to_thread.run_sync(
+                    service.recommend, request.user_id, _utc(request.at), request.k, request.exclude
+                )
         except NotReady as error:
             raise HTTPException(503, str(error)) from None
         except FeatureStoreError as error:
@@ -614,21 +690,33 @@ def create_app(service: Service):
         count.labels("/v1/recommend", "200").inc()
         return Response(content, media_type="application/json")
 
-    @app.post("/v1/events", dependencies=[Depends(authorized)])
+    @app.post(
+        "/v1/events",
+        response_model=EventsResponse,
+        dependencies=[Depends(authorized)],
+        responses=errors(400, 401, 413, 422, 503),
+    )
     async def events(request: EventsRequest) -> dict:
         try:
-            added = service.add_events([event.model_dump() for event in request.events])
+            async with admitted("/v1/events"):
+                added = await anyio.to_thread.run_sync(
+                    service.add_events, [event.model_dump() for event in request.events]
+                )
         except FeatureStoreError as error:
             service.metrics.errors.labels("feature_store").inc()
             raise HTTPException(503, str(error)) from None
         count.labels("/v1/events", "200").inc()
         return {"added": added}
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Liveness)
     def healthz() -> dict:
         return {"alive": True}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not ready: nothing loaded yet"}},
+    )
     def readyz():
         ready = service.bundle is not None
         body = {"ready": ready, "status": service.status}
@@ -637,13 +725,55 @@ def create_app(service: Service):
             body["feature_store"] = service.bundle.feature_store
         return JSONResponse(body, 200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus' text exposition format"}},
+    )
     def metrics():
         return PlainTextResponse(
             generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
     return app
+
+
+# The request times the service takes: years a pandas timestamp holds in any time
+# zone. The document states them as a pattern on the text (JSON Schema bounds no
+# date-time), so a client generated from it knows them too.
+TIME_YEARS = (1970, 2261)
+TIME_YEARS_TEXT = "1970 to 2261"
+TIME_YEARS_PATTERN = r"^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9]|226[01])-"
+MAX_UNIX_SECONDS = int(datetime(TIME_YEARS[1], 12, 31, tzinfo=timezone.utc).timestamp())
+ERROR_STATUSES = {
+    400: "the body is not JSON",
+    401: "missing or wrong bearer token (when the service has one)",
+    413: "the body is larger than the service takes",
+    422: "the body does not match the schema: `problems` says where",
+    503: "no version loaded yet, the feature store is down, or the service is at capacity "
+    "(then with Retry-After)",
+}
+
+
+def _json_integer(value):
+    """What JSON Schema calls an integer: a whole number, 2.0 included; never a
+    boolean or text (pydantic's lax mode takes "2" and true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a whole number")
+    return value
+
+
+def _time_as_text(value):
+    """A time arrives as ISO 8601 text: a number is not taken for one."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date-time string, e.g. 2026-01-19T20:00:00Z")
+    return value
+
+
+def _time_in_range(value: datetime) -> datetime:
+    if not TIME_YEARS[0] <= value.year <= TIME_YEARS[1]:
+        raise ValueError(f"expected a time in the years {TIME_YEARS_TEXT}")
+    return value
 
 
 def _utc(at: datetime | None) -> pd.Timestamp | None:
