@@ -162,6 +162,11 @@ def component_readme(name: str, spec: dict) -> str:
     ]
     for parameter, kind in inputs.get("parameters", {}).items():
         declared = declared_as(name, parameter)
+        if not declared and parameter not in WIRED:
+            raise ValueError(
+                f"component {name}: argument {parameter!r} is neither a pipeline parameter "
+                "nor explained in pipelines/specs.py's WIRED"
+            )
         source, meaning = (
             (f"`{declared.name}`", declared.help)
             if declared
