@@ -172,3 +172,34 @@ def test_the_consumption_head_learns_what_users_choose(stages, tmp_path):
         * (1 + config.score_watch_weight * served[EXPECTED_WATCH_SECONDS] / 60.0),
         rtol=1e-4,
     )
+
+
+def test_the_loss_is_the_same_on_one_worker_and_under_a_strategys_scaling(stages):
+    """A worker's loss under a strategy is its sum over the global batch's rows (what
+    tf.distribute needs); with the whole batch on one worker it must equal the
+    single-worker loss, consumption head included."""
+    import tensorflow as tf
+
+    from recsys.components.train_ranking.train_ranking import RankingModel
+    from recsys.core.contracts import CLICKED, WATCH_SECONDS
+
+    paths = stages["paths"]
+    columns = [f.transformed_name for f in REGISTRY.select(tower=RANKER)] + [
+        cross.transformed_name for cross in REGISTRY.tower_crosses(RANKER)
+    ]
+    rows = modeling.load_transformed(paths["transformed_train"], [*columns, CLICKED, WATCH_SECONDS])
+    batch = {name: tf.constant(values[:64]) for name, values in rows.items()}
+    transform_output = tft.TFTransformOutput(paths["transform_graph"])
+    config = RankingConfig(consumption_negatives=3)
+    counts = np.ones(modeling.id_cardinality(transform_output, REGISTRY["item_id"]), np.int64)
+    one, scaled = (
+        RankingModel(transform_output, REGISTRY, config, global_batch=size, item_counts=counts)
+        for size in (None, 64)
+    )
+    one(batch), scaled(batch)
+    scaled.set_weights(one.get_weights())
+    losses = []
+    for model in (one, scaled):
+        tf.random.set_seed(7)  # the same negatives for both
+        losses.append(float(model.compute_loss(batch, training=False)))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -137,9 +137,13 @@ class RankingModel(tfrs.Model):
             self.consumption_task = tfrs.tasks.Ranking(
                 loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=reduction)
             )
-            # Each row's loss counted once whatever the number of negatives, like the
-            # click loss (a mean over rows, or its share of the global batch's).
-            self.consumption_scale = 1.0 / (1 + self.consumption_negatives)
+            # The consumption loss: 1 / (1 + negatives) of the mean over a batch's
+            # (1 + negatives) x rows terms (the weighting the defaults were chosen
+            # with). One worker's task takes that mean itself; under a strategy the
+            # task sums and loss_scale divides by the global batch's rows only, so
+            # the terms per row divide once more.
+            terms = 1 + self.consumption_negatives
+            self.consumption_scale = 1.0 / (terms * terms if global_batch else terms)
             # log q(i); an item never seen in training counts as half an occurrence.
             self.log_item_frequency = tf.constant(
                 np.log(np.maximum(item_counts, 0.5) / max(item_counts.sum(), 1)), tf.float32
