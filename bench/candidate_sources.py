@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.common import DEFAULT_ML_100K, log, machine  # noqa: E402
+from recsys.app.local_run import OUTPUTS_FILE  # noqa: E402
 from recsys.components.evaluate.data import EvalData, TrainingClicks  # noqa: E402
 from recsys.components.evaluate.retrieval import RetrievalTask, evaluate_retrieval  # noqa: E402
 from recsys.components.train_ranking.config import RankingConfig  # noqa: E402
@@ -193,10 +194,11 @@ def pages_table(root: str) -> str:
     return "\n".join(lines[start:end])
 
 
-def pages_ndcg(root: str) -> dict[str, float]:
-    """Each variant's NDCG@10 from the run's pages table."""
-    rows = [line.split("|") for line in pages_table(root).splitlines()[2:]]
-    return {cells[1].strip(): float(cells[2]) for cells in rows}
+def funnel_metrics(workdir: str) -> dict:
+    """The funnel metrics of the one run under ``workdir`` (its outputs file)."""
+    (path,) = glob.glob(os.path.join(workdir, "runs", "*", OUTPUTS_FILE))
+    with open(path) as handle:
+        return json.load(handle)["funnel_metrics"]["metadata"]
 
 
 def consumption_grid(data: str, validation: str, work: str) -> tuple[int, str]:
@@ -210,17 +212,20 @@ def consumption_grid(data: str, validation: str, work: str) -> tuple[int, str]:
         config = os.path.join(work, f"consumption_{negatives}.yaml")
         with open(config, "w") as handle:
             handle.write(f"{window}ranking_consumption_negatives: {negatives}\n")
-        ndcg[negatives] = pages_ndcg(
-            run_pipeline(data, os.path.join(work, f"consumption_{negatives}"), config)
+        run = os.path.join(work, f"consumption_{negatives}")
+        run_pipeline(data, run, config)
+        ndcg[negatives] = funnel_metrics(run)
+        log(
+            f"consumption negatives {negatives}: ranker's pages NDCG@10 "
+            f"{ndcg[negatives]['ranker_order_ndcg_at_10']:.4f}"
         )
-        log(f"consumption negatives {negatives}: {ndcg[negatives]}")
-    chosen = max(CONSUMPTION_NEGATIVES, key=lambda n: ndcg[n]["ranker order"])
+    chosen = max(CONSUMPTION_NEGATIVES, key=lambda n: ndcg[n]["ranker_order_ndcg_at_10"])
     lines = [
         "| consumption negatives | the ranker's pages: NDCG@10 | popularity's pages |",
         "|---:|---:|---:|",
     ] + [
         f"| {n}{' (chosen)' if n == chosen else ''}{' (off)' if n == 0 else ''} | "
-        f"{ndcg[n]['ranker order']:.4f} | {ndcg[n]['popularity']:.4f} |"
+        f"{ndcg[n]['ranker_order_ndcg_at_10']:.4f} | {ndcg[n]['popularity_ndcg_at_10']:.4f} |"
         for n in CONSUMPTION_NEGATIVES
     ]
     return chosen, "\n".join(lines)

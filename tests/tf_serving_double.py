@@ -97,19 +97,26 @@ def start_grpc(models: ServedModels) -> tuple[grpc.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """Replies in JSON, quietly (both REST protocols)."""
+
+    def _reply(self, status: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
 def _rest_handler(models: ServedModels, served_as: dict[str, str]):
     """``served_as``: the name in the URL of each model served under another (KServe
     names a model after its InferenceService)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: int, body: dict):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self):  # noqa: N802
             name = self.path.removeprefix("/v1/models/").removesuffix("/metadata")
             name = served_as.get(name, name)
@@ -144,9 +151,6 @@ def _rest_handler(models: ServedModels, served_as: dict[str, str]):
                 },
             )
             self._reply(200, {"outputs": {key: _jsonable(value) for key, value in outputs.items()}})
-
-        def log_message(self, *args):  # keep test output quiet
-            pass
 
     return Handler
 
@@ -199,9 +203,7 @@ def _v2_handler(models: ServedModels, served_as: dict[str, str]):
     """KServe's v2 protocol (Open Inference Protocol, REST): ``GET /v2/models/<name>``
     and ``POST /v2/models/<name>/infer``, as Triton or a KServe v2 runtime answers."""
 
-    class Handler(BaseHTTPRequestHandler):
-        _reply = _rest_handler(models, served_as)._reply
-
+    class Handler(JsonHandler):
         def _model(self, suffix: str) -> str:
             name = self.path.removeprefix("/v2/models/").removesuffix(suffix)
             return served_as.get(name, name)
@@ -250,9 +252,6 @@ def _v2_handler(models: ServedModels, served_as: dict[str, str]):
                     ],
                 },
             )
-
-        def log_message(self, *args):
-            pass
 
     return Handler
 

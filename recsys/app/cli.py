@@ -121,25 +121,24 @@ def _platform(args) -> tuple:
 
 
 def _deploy_kserve(args):
+    import dataclasses
+
     from recsys.app.kserve import KServeDeployment, write_manifests
 
+    # The options left unset take the dataclass' defaults, declared there once.
     deployment = KServeDeployment(
-        serving_root=args.serving_root,
-        namespace=args.namespace,
-        name=args.name,
-        image=args.image,
-        secret=args.secret,
-        service_account=args.service_account,
-        deployment_mode=args.deployment_mode,
-        canary_percent=args.canary_percent,
-        min_replicas=args.min_replicas,
-        max_replicas=args.max_replicas,
+        **{
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(KServeDeployment)
+            if getattr(args, field.name, None) is not None
+        }
     )
     for path in write_manifests(deployment, args.out):
         print(path)
     print(
         f"apply with: kubectl apply -k {args.out} (after creating the Secret "
-        f"{args.secret} with keys token and redis-url in namespace {args.namespace})"
+        f"{deployment.secret} with keys token and redis-url in namespace "
+        f"{deployment.namespace})"
     )
 
 
@@ -378,7 +377,7 @@ def _serve(args):
         serving_log=args.serving_log or "",
         reload_seconds=args.reload_seconds,
         max_k=args.max_k,
-        max_in_flight=args.max_in_flight,
+        **({"max_in_flight": args.max_in_flight} if args.max_in_flight is not None else {}),
         token=token,
         exploration=ExplorationConfig(args.explore_share, args.explore_temperature),
         experiment=Experiment.load(args.experiment) if args.experiment else None,
@@ -594,34 +593,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--serving-root", required=True, help="the root push writes: a bucket the cluster reads"
     )
     kserve.add_argument("--out", required=True, help="a local folder for the manifests")
-    kserve.add_argument("--namespace", default="recsys")
-    kserve.add_argument("--name", default="recsys", help="prefix of every object's name")
-    kserve.add_argument("--image", default=DEFAULT_IMAGE, help="the project's image (recsys serve)")
+    kserve.add_argument("--namespace")
+    kserve.add_argument("--name", help="prefix of every object's name")
+    kserve.add_argument(
+        "--image", help=f"the project's image (recsys serve; default {DEFAULT_IMAGE})"
+    )
     kserve.add_argument(
         "--secret",
-        default="recsys-serve",
         help="the Secret with keys token (the bearer token) and redis-url",
     )
     kserve.add_argument(
         "--service-account",
-        default="",
         help="the service account whose credentials read the bucket (KServe's storage "
         "initializer and recsys serve); default: the namespace's",
     )
     kserve.add_argument(
         "--deployment-mode",
         choices=["Serverless", "RawDeployment"],
-        default="Serverless",
-        help="KServe's mode: Serverless (Knative; canaries) or RawDeployment",
+        help="KServe's mode: Serverless (Knative; canaries; the default) or RawDeployment",
     )
     kserve.add_argument(
         "--canary-percent",
         type=int,
-        default=0,
         help="share of traffic the new revision takes (canaryTrafficPercent); 0 = all at once",
     )
-    kserve.add_argument("--min-replicas", type=int, default=2, help="of recsys serve")
-    kserve.add_argument("--max-replicas", type=int, default=10, help="of recsys serve")
+    kserve.add_argument("--min-replicas", type=int, help="of recsys serve")
+    kserve.add_argument("--max-replicas", type=int, help="of recsys serve")
     kserve.set_defaults(func=_deploy_kserve)
 
     compile_ = commands.add_parser("compile", help="write the KFP v2 pipeline YAML")
@@ -819,7 +816,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-in-flight",
         type=int,
-        default=4,
         help="requests in progress at once; past it a request gets 503 with Retry-After "
         "at once instead of queueing (counted as recsys_rejected_total in /metrics)",
     )
